@@ -1,0 +1,211 @@
+"""The transform protocol: ``GradientTransformation``, chains and ``apply_updates``.
+
+A gradient transformation is a pair of pure functions, ``init(params) -> state`` and
+``update(updates, state, params=None, **extra) -> (updates, state)``. It is structurally
+the same as Optax's ``GradientTransformation`` on purpose: transforms of either library
+sit inside the other's ``chain``, and Flax accepts a gradtx optimizer as ``tx``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+
+from gradtx import tree
+
+Params = Any
+"""A pytree of arrays (``None`` leaves allowed) holding the model's parameters."""
+Updates = Any
+"""A pytree with the structure of the parameters: gradients going in, steps coming out."""
+OptState = Any
+"""A pytree of arrays: the state of a transform. Its structure never changes."""
+Schedule = Callable[[Any], Any]
+"""A pure function ``step -> value``; ``step`` is an int or a traced int32 array."""
+ScalarOrSchedule = float | jax.Array | Schedule
+
+
+class TransformInitFn(Protocol):
+    def __call__(self, params: Params) -> OptState: ...
+
+
+class TransformUpdateFn(Protocol):
+    def __call__(
+        self, updates: Updates, state: OptState, params: Params | None = None, **extra: Any
+    ) -> tuple[Updates, OptState]: ...
+
+
+class GradientTransformation(NamedTuple):
+    """A gradient transformation: the pair ``(init, update)``.
+
+    ``init(params)`` builds the state from concrete arrays, ``jax.ShapeDtypeStruct``s or
+    Flax ``nnx.State`` trees. ``update(updates, state, params=None, **extra)`` returns the
+    transformed updates and the new state; extra keyword arguments (``value=loss`` for a
+    plateau schedule, say) are passed on to children and ignored where unused.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.scale(0.5)
+        >>> updates, state = tx.update({"w": jnp.ones(2)}, tx.init({"w": jnp.zeros(2)}))
+        >>> updates["w"].tolist()
+        [0.5, 0.5]
+    """
+
+    init: TransformInitFn
+    update: TransformUpdateFn
+
+
+class EmptyState(NamedTuple):
+    """The state of a transform that keeps none."""
+
+
+def _accepts_extra_args(update: Callable[..., Any]) -> bool:
+    try:
+        parameters = inspect.signature(update).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def _update_with_extra_args(transform: Any) -> TransformUpdateFn:
+    """``transform.update``, made to accept (and drop) extra keyword arguments if it does not.
+
+    Optax's plain ``GradientTransformation.update`` takes no ``**extra``; this lets one sit
+    in a gradtx chain next to a transform that needs ``value=loss``.
+    """
+    if not (hasattr(transform, "init") and hasattr(transform, "update")):
+        raise TypeError(
+            f"chain expects gradient transformations (objects with init and update), "
+            f"got {transform!r}"
+        )
+    update = transform.update
+    if _accepts_extra_args(update):
+        return update
+
+    def update_dropping_extra(updates, state, params=None, **extra):
+        del extra
+        return update(updates, state, params)
+
+    return update_dropping_extra
+
+
+def identity() -> GradientTransformation:
+    """The transform that returns its updates unchanged and keeps no state.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.identity()
+        >>> tx.update(jnp.ones(2), tx.init(jnp.zeros(2)))[0].tolist()
+        [1.0, 1.0]
+    """
+
+    def init(params):
+        del params
+        return EmptyState()
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+        return updates, state
+
+    return GradientTransformation(init, update)
+
+
+def chain(*transforms: GradientTransformation) -> GradientTransformation:
+    """Applies transforms one after another; the state is the tuple of their states.
+
+    ``chain(a, b).update(g, (sa, sb))`` computes ``u, sa = a.update(g, sa)`` then
+    ``u, sb = b.update(u, sb)``. Extra keyword arguments reach every transform that
+    accepts them. Optax transforms may be chained too.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.chain(gtx.clip(1.0), gtx.scale(-0.1))
+        >>> updates, _ = tx.update(jnp.array([3.0, -0.5]), tx.init(jnp.zeros(2)))
+        >>> [round(float(u), 6) for u in updates]
+        [-0.1, 0.05]
+    """
+    update_fns = tuple(_update_with_extra_args(t) for t in transforms)
+
+    def init(params):
+        return tuple(t.init(params) for t in transforms)
+
+    def update(updates, state, params=None, **extra):
+        if not isinstance(state, tuple) or len(state) != len(update_fns):
+            raise ValueError(
+                f"chain of {len(update_fns)} transforms got a state that is not a tuple of "
+                f"{len(update_fns)} states: {type(state).__name__}"
+            )
+        new_state = []
+        for update_fn, inner_state in zip(update_fns, state, strict=True):
+            updates, inner_state = update_fn(updates, inner_state, params, **extra)
+            new_state.append(inner_state)
+        return updates, tuple(new_state)
+
+    return GradientTransformation(init, update)
+
+
+def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTransformation:
+    """A chain whose state is a dict keyed by the name given to each transform.
+
+    Names make ablations and introspection readable (``state["adam"].mu``) and keep a
+    checkpoint meaningful when a transform is swapped for another of the same role.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.named_chain(("clip", gtx.clip(1.0)), ("lr", gtx.scale(-0.1)))
+        >>> sorted(tx.init(jnp.zeros(2)))
+        ['clip', 'lr']
+    """
+    names = [name for name, _ in transforms]
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"named_chain expects (str, transform) pairs, got name {name!r}")
+    if len(set(names)) != len(names):
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"named_chain names must be unique, got duplicates {duplicated}")
+    update_fns = tuple((name, _update_with_extra_args(t)) for name, t in transforms)
+
+    def init(params):
+        return {name: t.init(params) for name, t in transforms}
+
+    def update(updates, state, params=None, **extra):
+        missing = [name for name in names if name not in state]
+        if missing:
+            raise ValueError(f"named_chain state has no entry for {missing}")
+        new_state = {}
+        for name, update_fn in update_fns:
+            updates, new_state[name] = update_fn(updates, state[name], params, **extra)
+        return updates, new_state
+
+    return GradientTransformation(init, update)
+
+
+def apply_updates(params: Params, updates: Updates) -> Params:
+    """Returns ``params + updates``, each leaf in its parameter's own dtype.
+
+    ``None`` leaves in ``params`` stay ``None``. The sum is computed in the promoted dtype
+    and cast back, so float32 updates applied to bfloat16 parameters keep bfloat16.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> p = gtx.apply_updates({"w": jnp.ones(2, jnp.bfloat16)}, {"w": jnp.full(2, 0.5)})
+        >>> p["w"].dtype, p["w"].tolist()
+        (dtype(bfloat16), [1.5, 1.5])
+    """
+    tree.check_same_structure(params, updates, "params", "updates")
+
+    def add(p, u):
+        if p is None:
+            return None
+        p = jnp.asarray(p)
+        return jnp.asarray(p + u).astype(p.dtype)
+
+    return jax.tree.map(add, params, updates, is_leaf=lambda x: x is None)

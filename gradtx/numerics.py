@@ -1,0 +1,79 @@
+"""Numerical helpers: saturating counters, compute dtypes and bias corrections.
+
+The rule (DESIGN.md): state keeps the parameter dtype, but denominators, reductions and
+bias corrections are computed in at least float32, so float16/bfloat16 parameters never
+produce NaN from an underflowing ``eps`` or lose a small update.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+INT32_MAX = jnp.iinfo(jnp.int32).max
+
+
+def safe_increment(count: jax.Array) -> jax.Array:
+    """``count + 1`` for an int32 step counter, saturating at the int32 maximum.
+
+    A wrapped counter would turn bias corrections (``1 - b**count``) negative after
+    2**31 steps; a saturated one keeps them at their limit.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx import numerics
+        >>> int(numerics.safe_increment(jnp.asarray(numerics.INT32_MAX, jnp.int32)))
+        2147483647
+    """
+    count = jnp.asarray(count)
+    return jnp.where(count < INT32_MAX, count + 1, INT32_MAX).astype(count.dtype)
+
+
+def real_dtype(dtype: Any) -> jnp.dtype:
+    """The real counterpart of a complex dtype; other dtypes unchanged."""
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        return jnp.finfo(dtype).dtype
+    return dtype
+
+
+def compute_dtype(dtype: Any) -> jnp.dtype:
+    """The dtype transform math runs in: at least float32 (complex64 for complex).
+
+    float16/bfloat16 -> float32; float32 and float64 (and complex) are unchanged.
+    """
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        return jnp.promote_types(dtype, jnp.complex64)
+    if jnp.issubdtype(dtype, jnp.floating):
+        return jnp.promote_types(dtype, jnp.float32)
+    return jnp.dtype(jnp.float32)
+
+
+def abs_sq(x: jax.Array) -> jax.Array:
+    """``|x|^2``, real for complex ``x``."""
+    if jnp.iscomplexobj(x):
+        return jnp.real(x) ** 2 + jnp.imag(x) ** 2
+    return x * x
+
+
+def bias_correction(decay: Any, count: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
+    """``1 - decay**count``, the debiasing factor of an exponential moving average.
+
+    Computed in ``dtype`` (at least float32): in float16, ``0.999**t`` rounds badly.
+    """
+    dtype = compute_dtype(real_dtype(dtype))
+    return 1 - jnp.asarray(decay, dtype) ** count.astype(dtype)
+
+
+def hyperparameter(value: Any, dtype: Any) -> Any:
+    """A hyperparameter ready for arithmetic in ``dtype``.
+
+    Python numbers stay Python numbers (weakly typed, so they take the leaf's dtype
+    exactly); arrays (injected hyperparameters live in the state as float32) are cast.
+    """
+    if isinstance(value, (int, float)):
+        return value
+    return jnp.asarray(value).astype(real_dtype(dtype))

@@ -1,0 +1,241 @@
+"""``schedule_injection``: hyperparameters held in the state, readable and settable.
+
+An injected transform evaluates each numeric hyperparameter (a constant or a schedule)
+at every step, keeps the values in its state as float32, and rebuilds the inner
+transform with them. The hyperparameters are then ordinary arrays of the state:
+``get_hyperparams`` reads them and ``set_hyperparams`` changes them between steps
+without recompiling anything.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradtx import numerics
+from gradtx.core import GradientTransformation, OptState
+
+
+class InjectState(NamedTuple):
+    count: jax.Array  # int32, saturating: updates made so far (schedules read it)
+    hyperparams: dict[str, jax.Array]  # float32 scalars: the values used by the last update
+    inner_state: OptState
+
+
+def _is_injectable(value: Any) -> bool:
+    """Float numbers and float arrays are injected; ints, bools and the rest are static."""
+    if isinstance(value, bool | int | np.integer | str | type(None)):
+        return False
+    if isinstance(value, float | np.floating):
+        return True
+    if isinstance(value, jax.Array | np.ndarray):
+        return jnp.issubdtype(value.dtype, jnp.floating)
+    return False
+
+
+def _as_float32(name: str, value: Any) -> jax.Array:
+    value = jnp.asarray(value)
+    if value.ndim != 0:
+        raise ValueError(f"hyperparameter {name} must be a scalar, got shape {value.shape}")
+    return value.astype(jnp.float32)
+
+
+def schedule_injection(
+    factory: Callable[..., GradientTransformation] | None = None,
+    *,
+    static_args: Iterable[str] = (),
+) -> Callable[..., GradientTransformation]:
+    """Makes every float hyperparameter of ``factory`` a constant-or-schedule in the state.
+
+    ``schedule_injection(factory)(**hyperparams)`` returns a transform that, at update t
+    (t counting from 0), evaluates each schedule at t, stores every float hyperparameter
+    as a float32 scalar in ``InjectState.hyperparams`` and applies
+    ``factory(**values)``. Integer, boolean, string and None arguments, and those named
+    in ``static_args`` (e.g. a mask function), are passed through unchanged. The
+    factory's defaults count as arguments, so ``get_hyperparams`` lists them all.
+
+    It also works as a decorator, which is how every optimizer in gradtx is written::
+
+        @schedule_injection
+        def adam(learning_rate, b1=0.9, ...):
+            return chain(scale_by_adam(b1, ...), scale_by_learning_rate(learning_rate))
+
+    The factory must accept its float hyperparameters as (traced) float32 scalars.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.schedule_injection(gtx.scale)(step_size=lambda t: 0.5 ** t)
+        >>> state = tx.init(jnp.zeros(1))
+        >>> _, state = tx.update(jnp.ones(1), state)
+        >>> u, state = tx.update(jnp.ones(1), state)
+        >>> u.tolist(), float(gtx.get_hyperparams(state)["step_size"])
+        ([0.5], 0.5)
+    """
+    static = frozenset(static_args)
+    if factory is None:
+        return functools.partial(schedule_injection, static_args=static)
+
+    signature = inspect.signature(factory)
+
+    @functools.wraps(factory)
+    def build(*args: Any, **kwargs: Any) -> GradientTransformation:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        factory(**arguments)  # validates the hyperparameters where the mistake is made
+        schedules = {
+            name: value
+            for name, value in arguments.items()
+            if name not in static and callable(value)
+        }
+        constants = {
+            name: value
+            for name, value in arguments.items()
+            if name not in static and name not in schedules and _is_injectable(value)
+        }
+        fixed = {
+            name: value
+            for name, value in arguments.items()
+            if name not in schedules and name not in constants
+        }
+
+        def values_at(count, stored):
+            values = dict(stored)
+            for name, schedule in schedules.items():
+                values[name] = _as_float32(name, schedule(count))
+            return values
+
+        def init(params):
+            count = jnp.zeros([], jnp.int32)
+            constant_values = {n: _as_float32(n, v) for n, v in constants.items()}
+            hyperparams = values_at(count, constant_values)
+            inner = factory(**fixed, **hyperparams)
+            return InjectState(count, hyperparams, inner.init(params))
+
+        def update(updates, state, params=None, **extra):
+            hyperparams = values_at(state.count, state.hyperparams)
+            inner = factory(**fixed, **hyperparams)
+            updates, inner_state = inner.update(updates, state.inner_state, params, **extra)
+            count = numerics.safe_increment(state.count)
+            return updates, InjectState(count, hyperparams, inner_state)
+
+        return GradientTransformation(init, update)
+
+    return build
+
+
+def _injected_states(state: OptState) -> list[tuple[str, InjectState]]:
+    """Every InjectState inside ``state`` (nested ones too), with its path."""
+    found = []
+
+    def visit(prefix: str, subtree: Any) -> None:
+        flat, _ = jax.tree_util.tree_flatten_with_path(
+            subtree, is_leaf=lambda x: isinstance(x, InjectState)
+        )
+        for path, leaf in flat:
+            if isinstance(leaf, InjectState):
+                here = prefix + jax.tree_util.keystr(path)
+                found.append((here, leaf))
+                visit(here + ".inner_state", leaf.inner_state)
+
+    visit("", state)
+    return found
+
+
+def get_hyperparams(state: OptState, *, path: str | None = None) -> dict[str, jax.Array]:
+    """The current hyperparameters of the injected transform inside ``state``.
+
+    Every optimizer in gradtx is injected, so ``get_hyperparams(state)["learning_rate"]``
+    works on all of them, wherever the optimizer sits inside chains and wrappers.
+
+    Args:
+        state: an optimizer state.
+        path: where several injected transforms hold the same name (parameter groups
+            with their own learning rate, say), a substring of the state path of the
+            one to read (``"['decay']"``); the error lists the paths.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> state = gtx.adam(1e-3).init({"w": jnp.zeros(2)})
+        >>> round(float(gtx.get_hyperparams(state)["learning_rate"]), 6)
+        0.001
+    """
+    found = [(p, s) for p, s in _injected_states(state) if path is None or path in p]
+    if not found:
+        raise ValueError(
+            "no injected hyperparameters in this state"
+            + (f" under a path containing {path!r}" if path else "")
+            + "; build the transform with gradtx.schedule_injection"
+        )
+    merged: dict[str, jax.Array] = {}
+    owner: dict[str, str] = {}
+    for where, injected in found:
+        for name, value in injected.hyperparams.items():
+            if name in merged:
+                raise ValueError(
+                    f"hyperparameter {name!r} is held by several injected transforms "
+                    f"(at {owner[name] or 'the root'} and {where or 'the root'}); pass "
+                    f"path= with a part of the one to read"
+                )
+            merged[name], owner[name] = value, where
+    return merged
+
+
+def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) -> OptState:
+    """A new state with the named hyperparameters set, in every injected transform that
+    holds them (optionally only those whose state path contains ``path``).
+
+    The values become float32 scalars, so changing them between steps compiles nothing.
+    A hyperparameter given as a schedule is recomputed at the next update; set the
+    constant ones.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> state = gtx.adam(1e-3).init({"w": jnp.zeros(2)})
+        >>> state = gtx.set_hyperparams(state, learning_rate=1e-4)
+        >>> round(float(gtx.get_hyperparams(state)["learning_rate"]), 6)
+        0.0001
+    """
+    targets = [p for p, _ in _injected_states(state) if path is None or path in p]
+    if not targets:
+        raise ValueError(
+            "no injected hyperparameters in this state"
+            + (f" under a path containing {path!r}" if path else "")
+        )
+    unknown = set(values)
+    converted = {name: _as_float32(name, value) for name, value in values.items()}
+
+    def replace(prefix: str, subtree: Any) -> Any:
+        def visit(key_path, node):
+            if not isinstance(node, InjectState):
+                return node
+            here = prefix + jax.tree_util.keystr(key_path)
+            hyperparams = dict(node.hyperparams)
+            if here in targets:
+                for name, value in converted.items():
+                    if name in hyperparams:
+                        hyperparams[name] = value.astype(hyperparams[name].dtype)
+                        unknown.discard(name)
+            inner = replace(here + ".inner_state", node.inner_state)
+            return InjectState(node.count, hyperparams, inner)
+
+        return jax.tree_util.tree_map_with_path(
+            visit, subtree, is_leaf=lambda x: isinstance(x, InjectState)
+        )
+
+    new_state = replace("", state)
+    if unknown:
+        available = sorted({n for _, s in _injected_states(state) for n in s.hyperparams})
+        raise ValueError(
+            f"no injected hyperparameter named {sorted(unknown)}; available: {available}"
+        )
+    return new_state

@@ -1,0 +1,109 @@
+"""Scaling transforms: multiply updates by a constant, a learning rate or a schedule."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradtx import check, numerics, tree
+from gradtx.core import EmptyState, GradientTransformation, ScalarOrSchedule, Schedule
+
+
+def _scale_leaves(updates, step_size):
+    def leaf(u):
+        return (u * numerics.hyperparameter(step_size, u.dtype)).astype(u.dtype)
+
+    (scaled,) = tree.map_unzip(leaf, updates, outputs=1)
+    return scaled
+
+
+def scale(step_size: float | jax.Array) -> GradientTransformation:
+    """Multiplies every update by a constant: ``u <- step_size * u``.
+
+    Args:
+        step_size: any real number (negative to descend).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.scale(-0.1)
+        >>> tx.update(jnp.array([1.0, 2.0]), tx.init(jnp.zeros(2)))[0].tolist()
+        [-0.10000000149011612, -0.20000000298023224]
+    """
+    check.number("step_size", step_size)
+
+    def init(params):
+        del params
+        return EmptyState()
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+        return _scale_leaves(updates, step_size), state
+
+    return GradientTransformation(init, update)
+
+
+class ScaleByScheduleState(NamedTuple):
+    count: jax.Array  # int32, saturating: the number of updates made so far
+
+
+def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
+    """Multiplies updates by ``step_size_fn(t)``, t counting updates from 0.
+
+    The state holds the int32 count (saturating at the int32 maximum).
+
+    Args:
+        step_size_fn: a schedule ``step -> value`` (see ``gradtx.schedules``).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.scale_by_schedule(lambda t: 1.0 / (1 + t))
+        >>> state = tx.init(jnp.zeros(1))
+        >>> u, state = tx.update(jnp.ones(1), state)
+        >>> u, state = tx.update(jnp.ones(1), state)
+        >>> u.tolist()
+        [0.5]
+    """
+    if not callable(step_size_fn):
+        raise TypeError(f"step_size_fn must be a schedule (a callable), got {step_size_fn!r}")
+
+    def init(params):
+        del params
+        return ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+        step_size = step_size_fn(state.count)
+        return _scale_leaves(updates, step_size), ScaleByScheduleState(
+            numerics.safe_increment(state.count)
+        )
+
+    return GradientTransformation(init, update)
+
+
+def scale_by_learning_rate(
+    learning_rate: ScalarOrSchedule, *, flip_sign: bool = True
+) -> GradientTransformation:
+    """Multiplies updates by ``-learning_rate`` (a constant or a schedule).
+
+    Descending is the default: ``u <- -lr * u``; ``flip_sign=False`` ascends.
+
+    Args:
+        learning_rate: a non-negative number, or a schedule ``step -> value``.
+        flip_sign: negate the step (gradient descent), the default.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.scale_by_learning_rate(0.5)
+        >>> tx.update(jnp.array([2.0]), tx.init(jnp.zeros(1)))[0].tolist()
+        [-1.0]
+    """
+    sign = -1 if flip_sign else 1
+    if callable(learning_rate):
+        return scale_by_schedule(lambda count: sign * jnp.asarray(learning_rate(count)))
+    check.non_negative("learning_rate", learning_rate)
+    return scale(sign * learning_rate)

@@ -1,0 +1,181 @@
+"""Tree math used by transforms: one traversal per update, clear errors on mismatch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradtx import numerics
+
+_is_none = lambda x: x is None  # noqa: E731  (used as is_leaf everywhere)
+
+
+def _leaves_with_paths(tree: Any) -> list[tuple[str, Any]]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)
+    return [(jax.tree_util.keystr(path), leaf) for path, leaf in flat]
+
+
+def _describe(leaf: Any) -> str:
+    if leaf is None:
+        return "None"
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+        return f"{jnp.dtype(leaf.dtype).name}{list(leaf.shape)}"
+    return type(leaf).__name__
+
+
+def check_same_structure(reference: Any, other: Any, reference_name: str, other_name: str):
+    """Raises ValueError naming the first path where two trees differ in structure.
+
+    Costs one treedef comparison when they match, so it is cheap enough to run on every
+    (traced) update.
+    """
+    if jax.tree.structure(reference) == jax.tree.structure(other):
+        return
+    ref_paths = _leaves_with_paths(reference)
+    other_paths = _leaves_with_paths(other)
+    for (ref_path, ref_leaf), (other_path, other_leaf) in zip(ref_paths, other_paths):
+        if ref_path != other_path or (ref_leaf is None) != (other_leaf is None):
+            raise ValueError(
+                f"the structure of {other_name} differs from {reference_name}: first "
+                f"difference at {ref_path or 'the root'} ({reference_name}: "
+                f"{ref_path or 'root'} = {_describe(ref_leaf)}; {other_name}: "
+                f"{other_path or 'root'} = {_describe(other_leaf)})"
+            )
+    if len(ref_paths) != len(other_paths):
+        longer, name = (ref_paths, reference_name)
+        if len(other_paths) > len(ref_paths):
+            longer, name = (other_paths, other_name)
+        extra_path = longer[min(len(ref_paths), len(other_paths))][0]
+        raise ValueError(
+            f"the structure of {other_name} differs from {reference_name}: first difference "
+            f"at {extra_path or 'the root'}, which only {name} has"
+        )
+    raise ValueError(
+        f"the structure of {other_name} differs from {reference_name} in its containers "
+        f"({jax.tree.structure(reference)} vs {jax.tree.structure(other)})"
+    )
+
+
+def check_inexact(tree: Any, what: str) -> None:
+    """Raises TypeError naming the first leaf whose dtype is not floating or complex."""
+    for path, leaf in _leaves_with_paths(tree):
+        if leaf is None:
+            continue
+        dtype = jnp.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                f"{what} at {path or 'the root'} has dtype {dtype.name}; gradient "
+                f"transformations need floating or complex leaves. Mask integer "
+                f"leaves out (e.g. gradtx.masked or gradtx.partition with freeze)."
+            )
+
+
+def zeros_like(tree: Any, dtype: Any = None, *, real: bool = False) -> Any:
+    """A tree of zeros shaped like ``tree``; ``None`` leaves stay ``None``.
+
+    Works on concrete arrays, ``jax.ShapeDtypeStruct`` and Flax ``nnx.State`` trees.
+
+    Args:
+        tree: the parameters (or any tree of array-likes).
+        dtype: the dtype of every leaf; ``None`` keeps each leaf's own dtype.
+        real: for complex leaves, use the matching real dtype (second moments of
+            complex parameters are real).
+    """
+    check_inexact(tree, "parameter")
+
+    def zeros(x):
+        leaf_dtype = jnp.dtype(dtype) if dtype is not None else jnp.dtype(x.dtype)
+        if real:
+            leaf_dtype = numerics.real_dtype(leaf_dtype)
+        return jnp.zeros(jnp.shape(x), leaf_dtype)
+
+    return jax.tree.map(zeros, tree)
+
+
+def full_like(tree: Any, fill_value: Any, dtype: Any = None) -> Any:
+    """A tree shaped like ``tree`` filled with ``fill_value`` (leaf dtypes kept by default)."""
+    check_inexact(tree, "parameter")
+    return jax.tree.map(
+        lambda x: jnp.full(jnp.shape(x), fill_value, dtype if dtype is not None else x.dtype),
+        tree,
+    )
+
+
+def map_unzip(fn: Callable[..., tuple], tree: Any, *rest: Any, outputs: int) -> tuple:
+    """Applies a per-leaf ``fn`` returning ``outputs`` values; returns ``outputs`` trees.
+
+    This is the one traversal a transform makes: ``fn(g, m, v) -> (u, m, v)`` reads
+    like the paper's equations for one array, and ``map_unzip`` lifts it to the tree.
+    The first tree sets the structure (``None`` subtrees are skipped); every other tree
+    must match it, leaf for leaf and shape for shape, or a ValueError names the first
+    path that differs. Leaves of the first tree must be floating or complex.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx import tree
+        >>> doubled, squared = tree.map_unzip(lambda x: (2 * x, x * x), {"a": jnp.ones(2)},
+        ...                                   outputs=2)
+        >>> doubled["a"].tolist(), squared["a"].tolist()
+        ([2.0, 2.0], [1.0, 1.0])
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    flat_rest = []
+    for index, other in enumerate(rest):
+        if jax.tree.structure(other) != treedef:
+            check_same_structure(tree, other, "the updates", f"the state (tree {index + 1})")
+        flat_rest.append(treedef.flatten_up_to(other))
+    _check_leaves(tree, leaves, flat_rest)
+    results = [fn(*args) for args in zip(leaves, *flat_rest)]
+    if outputs == 1:
+        return (treedef.unflatten([r[0] if isinstance(r, tuple) else r for r in results]),)
+    return tuple(treedef.unflatten([r[i] for r in results]) for i in range(outputs))
+
+
+def _check_leaves(tree: Any, leaves: list, flat_rest: list) -> None:
+    for i, leaf in enumerate(leaves):
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            check_inexact(tree, "the update")
+        shape = jnp.shape(leaf)
+        for other in flat_rest:
+            if other[i] is not None and jnp.shape(other[i]) != shape:
+                path = _leaves_with_paths(tree)[i][0]
+                raise ValueError(
+                    f"shape mismatch at {path or 'the root'}: the update has shape "
+                    f"{list(shape)} but the state holds {list(jnp.shape(other[i]))}"
+                )
+
+
+def global_norm(tree: Any) -> jax.Array:
+    """The l2 norm of all leaves together, accumulated in at least float32."""
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return jnp.zeros([], jnp.float32)
+    squares = []
+    for x in leaves:
+        dtype = numerics.compute_dtype(numerics.real_dtype(jnp.result_type(x)))
+        squares.append(jnp.sum(numerics.abs_sq(x.astype(numerics.compute_dtype(x.dtype)))
+                               .astype(dtype)))
+    total_dtype = jnp.result_type(*squares)
+    return jnp.sqrt(sum(s.astype(total_dtype) for s in squares))
+
+
+def cast(tree: Any, dtype: Any) -> Any:
+    """Casts every leaf to ``dtype`` (``None`` keeps each leaf's dtype)."""
+    if dtype is None:
+        return tree
+    return jax.tree.map(lambda x: jnp.asarray(x).astype(dtype), tree)
+
+
+def cast_like(tree: Any, like: Any) -> Any:
+    """Casts every leaf of ``tree`` to the dtype of the matching leaf of ``like``."""
+    return jax.tree.map(lambda x, y: jnp.asarray(x).astype(jnp.result_type(y)), tree, like)
+
+
+def where(condition: jax.Array, on_true: Any, on_false: Any) -> Any:
+    """Selects whole trees with a scalar ``condition`` (traceable, no Python branching)."""
+    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
