@@ -37,6 +37,18 @@ from gradtx.transforms.adaptive import (
     scale_by_adam,
 )
 
+# --- clipping ---
+from gradtx.transforms.clipping import (
+    clip,
+    clip_by_global_norm,
+)
+
+# --- regularizers ---
+from gradtx.transforms.regularize import (
+    AddDecayedWeightsState,
+    add_decayed_weights,
+)
+
 # --- scaling ---
 from gradtx.transforms.scaling import (
     ScaleByScheduleState,
@@ -48,6 +60,10 @@ from gradtx.transforms.scaling import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AddDecayedWeightsState",
+    "add_decayed_weights",
+    "clip",
+    "clip_by_global_norm",
     "EmptyState",
     "GradientTransformation",
     "InjectState",

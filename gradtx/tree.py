@@ -37,7 +37,7 @@ def check_same_structure(reference: Any, other: Any, reference_name: str, other_
         return
     ref_paths = _leaves_with_paths(reference)
     other_paths = _leaves_with_paths(other)
-    for (ref_path, ref_leaf), (other_path, other_leaf) in zip(ref_paths, other_paths):
+    for (ref_path, ref_leaf), (other_path, other_leaf) in zip(ref_paths, other_paths, strict=False):
         if ref_path != other_path or (ref_leaf is None) != (other_leaf is None):
             raise ValueError(
                 f"the structure of {other_name} differs from {reference_name}: first "
@@ -129,7 +129,7 @@ def map_unzip(fn: Callable[..., tuple], tree: Any, *rest: Any, outputs: int) -> 
             check_same_structure(tree, other, "the updates", f"the state (tree {index + 1})")
         flat_rest.append(treedef.flatten_up_to(other))
     _check_leaves(tree, leaves, flat_rest)
-    results = [fn(*args) for args in zip(leaves, *flat_rest)]
+    results = [fn(*args) for args in zip(leaves, *flat_rest, strict=True)]
     if outputs == 1:
         return (treedef.unflatten([r[0] if isinstance(r, tuple) else r for r in results]),)
     return tuple(treedef.unflatten([r[i] for r in results]) for i in range(outputs))
@@ -142,7 +142,9 @@ def _check_leaves(tree: Any, leaves: list, flat_rest: list) -> None:
             check_inexact(tree, "the update")
         shape = jnp.shape(leaf)
         for other in flat_rest:
-            if other[i] is not None and jnp.shape(other[i]) != shape:
+            if isinstance(other[i], bool) or other[i] is None:  # static per-leaf flags
+                continue
+            if jnp.shape(other[i]) != shape:
                 path = _leaves_with_paths(tree)[i][0]
                 raise ValueError(
                     f"shape mismatch at {path or 'the root'}: the update has shape "
@@ -158,8 +160,9 @@ def global_norm(tree: Any) -> jax.Array:
     squares = []
     for x in leaves:
         dtype = numerics.compute_dtype(numerics.real_dtype(jnp.result_type(x)))
-        squares.append(jnp.sum(numerics.abs_sq(x.astype(numerics.compute_dtype(x.dtype)))
-                               .astype(dtype)))
+        squares.append(
+            jnp.sum(numerics.abs_sq(x.astype(numerics.compute_dtype(x.dtype))).astype(dtype))
+        )
     total_dtype = jnp.result_type(*squares)
     return jnp.sqrt(sum(s.astype(total_dtype) for s in squares))
 

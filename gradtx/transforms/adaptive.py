@@ -92,8 +92,9 @@ def scale_by_adam(
             v_new = b2 * v.astype(numerics.real_dtype(dtype)) + (1 - b2) * numerics.abs_sq(g_)
             bias_correction1 = numerics.bias_correction(b1, count, dtype)
             if nesterov:
-                next_correction = numerics.bias_correction(b1, numerics.safe_increment(count),
-                                                           dtype)
+                next_correction = numerics.bias_correction(
+                    b1, numerics.safe_increment(count), dtype
+                )
                 m_hat = b1 * m_new / next_correction + (1 - b1) * g_ / bias_correction1
             else:
                 m_hat = m_new / bias_correction1

@@ -1,0 +1,84 @@
+"""Clipping: bound each update element, or the global norm of all updates together."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from gradtx import check, numerics, tree
+from gradtx.core import EmptyState, GradientTransformation
+
+
+def _no_state(params):
+    del params
+    return EmptyState()
+
+
+def clip(max_delta: float) -> GradientTransformation:
+    """Clips every element of the updates to ``[-max_delta, max_delta]``.
+
+    Args:
+        max_delta: the bound, >= 0.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.clip(1.0)
+        >>> tx.update(jnp.array([3.0, -0.5, -2.0]), tx.init(jnp.zeros(3)))[0].tolist()
+        [1.0, -0.5, -1.0]
+    """
+    check.non_negative("max_delta", max_delta)
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+
+        def leaf(u):
+            bound = numerics.hyperparameter(max_delta, u.dtype)
+            return jnp.clip(u, -bound, bound).astype(u.dtype)
+
+        (clipped,) = tree.map_unzip(leaf, updates, outputs=1)
+        return clipped, state
+
+    return GradientTransformation(_no_state, update)
+
+
+def clip_by_global_norm(max_norm: float) -> GradientTransformation:
+    r"""Rescales the updates so that their global l2 norm is at most ``max_norm``.
+
+    ::
+
+        n = sqrt(sum over leaves of sum |u|^2)     (accumulated in float32)
+        u <- u                       if n < max_norm
+        u <- u * max_norm / n        otherwise
+
+    Same as ``optax.clip_by_global_norm`` and ``torch.nn.utils.clip_grad_norm_``
+    (PyTorch scales by ``max_norm / (n + 1e-6)`` and only when ``n > max_norm``).
+
+    Args:
+        max_norm: the largest global norm allowed, > 0.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.clip_by_global_norm(1.0)
+        >>> u, _ = tx.update({"a": jnp.array([3.0]), "b": jnp.array([4.0])}, tx.init(None))
+        >>> [round(float(x[0]), 6) for x in (u["a"], u["b"])]
+        [0.6, 0.8]
+
+    Reference: Pascanu, Mikolov & Bengio, 2013, "On the difficulty of training
+    recurrent neural networks".
+    """
+    check.positive("max_norm", max_norm)
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+        norm = tree.global_norm(updates)
+
+        def leaf(u):
+            dtype = numerics.compute_dtype(u.dtype)
+            scaled = u.astype(dtype) / norm.astype(dtype) * numerics.hyperparameter(max_norm, dtype)
+            return jnp.where(norm < max_norm, u, scaled.astype(u.dtype))
+
+        (clipped,) = tree.map_unzip(leaf, updates, outputs=1)
+        return clipped, state
+
+    return GradientTransformation(_no_state, update)
