@@ -1,0 +1,251 @@
+"""schedule_injection (issue 3): hyperparameters as constants or schedules in the state."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradtx as gtx
+from tests import zoo
+from tests.compilations import count_compilations
+
+
+def halving(t):
+    return 0.5 ** jnp.asarray(t, jnp.float32)
+
+
+def test_a_schedule_is_evaluated_at_each_update_counting_from_zero():
+    tx = gtx.schedule_injection(gtx.scale)(step_size=lambda t: 1.0 + jnp.asarray(t, jnp.float32))
+    state = tx.init(jnp.zeros(2))
+    for t in range(4):
+        updates, state = tx.update(jnp.array([1.0, -2.0]), state)
+        np.testing.assert_allclose(updates, [1.0 + t, -2.0 * (1.0 + t)])
+        assert float(gtx.get_hyperparams(state)["step_size"]) == 1.0 + t
+
+
+def test_a_learning_rate_schedule_scales_the_plain_adam_step():
+    injected = gtx.adam(halving)
+    # The injected optimizer computes with the float32 values it stores.
+    plain = gtx.scale_by_adam(b1=float(np.float32(0.9)), b2=float(np.float32(0.999)))
+    params = {"w": jnp.zeros(3)}
+    injected_state, plain_state = injected.init(params), plain.init(params)
+    rng = np.random.default_rng(0)
+    for t in range(5):
+        grads = {"w": jnp.asarray(rng.normal(size=3), jnp.float32)}
+        injected_updates, injected_state = injected.update(grads, injected_state, params)
+        plain_updates, plain_state = plain.update(grads, plain_state, params)
+        np.testing.assert_allclose(injected_updates["w"], -(0.5**t) * plain_updates["w"], rtol=1e-6)
+
+
+def test_any_float_hyperparameter_may_be_a_schedule():
+    b1_schedule = lambda t: jnp.where(t < 2, 0.0, 0.9)  # noqa: E731
+    tx = gtx.adam(0.1, b1=b1_schedule)
+    state = tx.init(jnp.zeros(1))
+    seen = []
+    for g in [1.0, -1.0, 1.0]:
+        _, state = tx.update(jnp.array([g]), state)
+        seen.append(float(gtx.get_hyperparams(state)["b1"]))
+    assert seen == [0.0, 0.0, pytest.approx(0.9)]
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+def test_hyperparameters_live_in_the_state_as_float32_whatever_the_parameter_dtype(dtype):
+    tx = gtx.adam(1e-3)
+    params = {"w": jnp.zeros(3, dtype)}
+    state = tx.init(params)
+    _, state = tx.update({"w": jnp.ones(3, dtype)}, state, params)
+    hyperparams = gtx.get_hyperparams(state)
+    assert set(hyperparams) == {"learning_rate", "b1", "b2", "eps", "eps_root"}
+    for value in hyperparams.values():
+        assert value.dtype == jnp.float32 and value.shape == ()
+
+
+def test_hyperparameters_stay_float32_for_float64_parameters(x64):
+    tx = gtx.adam(1e-3)
+    params = jnp.zeros(3, jnp.float64)
+    state = tx.init(params)
+    updates, state = tx.update(jnp.ones(3, jnp.float64), state, params)
+    assert updates.dtype == jnp.float64
+    assert all(v.dtype == jnp.float32 for v in gtx.get_hyperparams(state).values())
+
+
+def test_integer_boolean_and_dtype_arguments_are_static():
+    tx = gtx.adam(1e-3, nesterov=True, mu_dtype=jnp.bfloat16)
+    state = tx.init(jnp.zeros(2))
+    assert "nesterov" not in gtx.get_hyperparams(state)
+    assert "mu_dtype" not in gtx.get_hyperparams(state)
+    assert state.inner_state[0].mu.dtype == jnp.bfloat16
+
+    def repeat_scale(factor, times=2, negate=False):
+        del times
+        return gtx.scale(-factor if negate else factor)
+
+    injected = gtx.schedule_injection(repeat_scale)(0.5, times=3, negate=True)
+    state = injected.init(jnp.zeros(1))
+    assert set(gtx.get_hyperparams(state)) == {"factor"}
+    updates, _ = injected.update(jnp.ones(1), state)
+    np.testing.assert_allclose(updates, [-0.5])
+
+
+def test_an_integer_value_for_a_float_hyperparameter_is_injected():
+    state = gtx.adam(1).init(jnp.zeros(2))
+    assert float(gtx.get_hyperparams(state)["learning_rate"]) == 1.0
+    state = gtx.set_hyperparams(state, learning_rate=2)
+    assert float(gtx.get_hyperparams(state)["learning_rate"]) == 2.0
+
+
+def test_static_args_keep_a_float_argument_out_of_the_state():
+    injected = gtx.schedule_injection(gtx.scale, static_args=["step_size"])(0.5)
+    state = injected.init(jnp.zeros(1))
+    assert state.hyperparams == {}
+
+
+def test_invalid_hyperparameters_are_reported_when_the_injected_transform_is_built():
+    with pytest.raises(ValueError, match=r"b1 must be in \[0.0, 1.0\), got 1.5"):
+        gtx.adam(1e-3, b1=1.5)
+
+
+def test_a_non_scalar_hyperparameter_is_rejected():
+    with pytest.raises(ValueError, match="learning_rate must be a scalar"):
+        gtx.adam(jnp.ones(2)).init(jnp.zeros(2))
+
+
+def nested_chain():
+    return gtx.named_chain(
+        ("clip", gtx.clip_by_global_norm(1.0)),
+        ("body", gtx.chain(gtx.identity(), gtx.adam(0.1))),
+    )
+
+
+def test_get_and_set_reach_an_optimizer_inside_chains_and_named_chains():
+    tx = nested_chain()
+    state = tx.init({"w": jnp.zeros(2)})
+    assert float(gtx.get_hyperparams(state)["learning_rate"]) == pytest.approx(0.1)
+    state = gtx.set_hyperparams(state, learning_rate=0.01, b1=0.5)
+    hyperparams = gtx.get_hyperparams(state)
+    assert float(hyperparams["learning_rate"]) == pytest.approx(0.01)
+    assert float(hyperparams["b1"]) == 0.5
+    updates, state = tx.update({"w": jnp.array([1.0, -1.0])}, state)
+    np.testing.assert_allclose(updates["w"], [-0.01, 0.01], rtol=1e-5)
+    assert float(gtx.get_hyperparams(state)["learning_rate"]) == pytest.approx(0.01)
+
+
+def test_get_and_set_reach_an_optimizer_inside_optax_wrappers():
+    tx = optax.apply_if_finite(gtx.chain(gtx.clip(1.0), gtx.adam(0.1)), 3)
+    state = tx.init({"w": jnp.zeros(2)})
+    state = gtx.set_hyperparams(state, learning_rate=0.2)
+    updates, state = tx.update({"w": jnp.array([1.0, -1.0])}, state)
+    np.testing.assert_allclose(updates["w"], [-0.2, 0.2], rtol=1e-5)
+    assert float(gtx.get_hyperparams(state)["learning_rate"]) == pytest.approx(0.2)
+
+
+def test_two_optimizers_holding_the_same_name_are_told_apart_by_path():
+    tx = gtx.named_chain(("fast", gtx.adam(0.1)), ("slow", gtx.adam(0.01)))
+    state = tx.init(jnp.zeros(2))
+    with pytest.raises(ValueError, match=r"learning_rate.*\['fast'\].*\['slow'\]"):
+        gtx.get_hyperparams(state)
+    assert float(gtx.get_hyperparams(state, path="slow")["learning_rate"]) == pytest.approx(0.01)
+    state = gtx.set_hyperparams(state, path="fast", learning_rate=0.5)
+    assert float(gtx.get_hyperparams(state, path="fast")["learning_rate"]) == 0.5
+    assert float(gtx.get_hyperparams(state, path="slow")["learning_rate"]) == pytest.approx(0.01)
+
+
+def test_setting_an_unknown_hyperparameter_names_the_available_ones():
+    state = gtx.adam(0.1).init(jnp.zeros(2))
+    with pytest.raises(ValueError, match=r"\['lr'\].*'learning_rate'"):
+        gtx.set_hyperparams(state, lr=0.01)
+
+
+def test_a_state_without_injection_says_how_to_get_one():
+    with pytest.raises(ValueError, match="schedule_injection"):
+        gtx.get_hyperparams(gtx.scale_by_adam().init(jnp.zeros(2)))
+
+
+def test_changing_a_hyperparameter_between_steps_compiles_nothing():
+    tx = gtx.adam(0.1)
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state):
+        grads = jax.grad(lambda p: jnp.sum(p["w"] ** 2))(params)
+        updates, state = tx.update(grads, state, params)
+        return gtx.apply_updates(params, updates), state
+
+    params, state = step(params, state)
+    state = gtx.set_hyperparams(state, learning_rate=0.3)
+    before = params["w"]
+    with count_compilations() as compiled:
+        for lr in [0.0, 0.5, 0.25]:
+            state = gtx.set_hyperparams(state, learning_rate=lr, b2=0.99)
+            params, state = step(params, state)
+    assert compiled == []
+    assert float(gtx.get_hyperparams(state)["b2"]) == pytest.approx(0.99)
+    assert not np.allclose(params["w"], before)
+
+
+def test_setting_a_hyperparameter_inside_jit_works():
+    tx = gtx.adam(0.1)
+    state = tx.init(jnp.zeros(2))
+
+    @jax.jit
+    def with_lr(state, lr):
+        return gtx.set_hyperparams(state, learning_rate=lr)
+
+    state = with_lr(state, jnp.asarray(0.02))
+    assert float(gtx.get_hyperparams(state)["learning_rate"]) == pytest.approx(0.02)
+
+
+def _trajectory(tx, grads):
+    params = jnp.zeros(grads.shape[1:], grads.dtype)
+
+    def body(carry, g):
+        params, state = carry
+        updates, state = tx.update(g, state, params)
+        return (gtx.apply_updates(params, updates), state), None
+
+    (params, _), _ = jax.lax.scan(body, (params, tx.init(params)), grads)
+    return params
+
+
+STATIC_ARGUMENTS = {"sgd_nesterov": {"nesterov": True}}
+FLOAT_ARGUMENTS = {"sgd_momentum": {"momentum": 0.9}, "sgd_nesterov": {"momentum": 0.9}}
+
+
+def _factories(name):
+    injected_factory = zoo.require(name)
+    return injected_factory, injected_factory.__wrapped__
+
+
+@pytest.mark.parametrize("name", zoo.ALL)
+def test_the_injected_optimizer_follows_the_plain_chain(name):
+    """Each optimizer's injected form and its plain chain (the decorated function,
+    ``__wrapped__``) called with the float32 values the injected state holds give the
+    same 50-step trajectory within 1e-6."""
+    injected_factory, plain_factory = _factories(name)
+    static = STATIC_ARGUMENTS.get(name, {})
+    injected = injected_factory(1e-2, **FLOAT_ARGUMENTS.get(name, {}), **static)
+    grads = jnp.asarray(np.random.default_rng(1).normal(size=(50, 4)), jnp.float32)
+    stored = gtx.get_hyperparams(injected.init(grads[0]))
+    plain = plain_factory(**{k: float(v) for k, v in stored.items()}, **static)
+    run = jax.jit(_trajectory, static_argnums=0)
+    np.testing.assert_allclose(run(injected, grads), run(plain, grads), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "rmsprop", "sgd_momentum"])
+def test_the_injected_optimizer_is_close_to_the_plain_chain_with_decimal_floats(name):
+    """With decimal hyperparameters (b2=0.999) the plain chain computes 1 - b2 in double
+    precision and the injected one in float32: the trajectories agree within 1e-5."""
+    injected_factory, plain_factory = _factories(name)
+    arguments = {**FLOAT_ARGUMENTS.get(name, {}), **STATIC_ARGUMENTS.get(name, {})}
+    grads = jnp.asarray(np.random.default_rng(2).normal(size=(50, 4)), jnp.float32)
+    run = jax.jit(_trajectory, static_argnums=0)
+    np.testing.assert_allclose(
+        run(injected_factory(1e-2, **arguments), grads),
+        run(plain_factory(1e-2, **arguments), grads),
+        rtol=1e-5,
+        atol=1e-7,
+    )

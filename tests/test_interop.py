@@ -1,0 +1,124 @@
+"""Interoperability without adapters: Optax chains, Flax TrainState and nnx.Optimizer."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradtx as gtx
+from tests import zoo
+
+GRADS = [{"w": jnp.array([0.5, -1.0, 2.0])}, {"w": jnp.array([-0.25, 0.75, 1.5])}]
+
+
+def run(tx, grads_sequence, params):
+    state = tx.init(params)
+    for grads in grads_sequence:
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+def test_optax_transform_inside_gradtx_chain_matches_optax_adam():
+    params = {"w": jnp.zeros(3)}
+    mixed = gtx.chain(optax.scale_by_adam(), gtx.scale_by_learning_rate(0.1))
+    reference = optax.adam(0.1)
+    np.testing.assert_allclose(
+        run(mixed, GRADS, params)["w"], run(reference, GRADS, params)["w"], rtol=1e-6
+    )
+
+
+def test_optax_transform_in_gradtx_chain_receives_no_unexpected_extra_args():
+    # optax.scale_by_adam's update takes no **extra; value= reaches only those that do.
+    tx = gtx.chain(optax.scale_by_adam(), gtx.scale(-0.1))
+    updates, _ = tx.update({"w": jnp.ones(3)}, tx.init({"w": jnp.zeros(3)}), value=1.0)
+    np.testing.assert_allclose(updates["w"], -0.1, rtol=1e-5)
+
+
+def test_gradtx_transform_inside_optax_chain_matches_optax_adamw():
+    params = {"w": jnp.array([1.0, -2.0, 0.5])}
+    mixed = optax.chain(
+        gtx.scale_by_adam(),
+        optax.add_decayed_weights(1e-2),
+        gtx.scale_by_learning_rate(0.1),
+    )
+    reference = optax.adamw(0.1, weight_decay=1e-2)
+    np.testing.assert_allclose(
+        run(mixed, GRADS, params)["w"], run(reference, GRADS, params)["w"], rtol=1e-6
+    )
+
+
+def test_gradtx_optimizer_inside_optax_chain_with_extra_args():
+    tx = optax.chain(optax.clip_by_global_norm(1.0), gtx.adam(0.1))
+    state = tx.init({"w": jnp.zeros(3)})
+    updates, state = tx.update({"w": jnp.array([3.0, 0.0, 4.0])}, state, value=jnp.array(1.0))
+    np.testing.assert_allclose(updates["w"], [-0.1, 0.0, -0.1], rtol=1e-5, atol=1e-7)
+    assert float(gtx.get_hyperparams(state)["learning_rate"]) == pytest.approx(0.1)
+
+
+def test_optax_apply_if_finite_wraps_a_gradtx_optimizer():
+    tx = optax.apply_if_finite(gtx.adam(0.1), max_consecutive_errors=2)
+    params = {"w": jnp.zeros(2)}
+    state = tx.init(params)
+    updates, state = tx.update({"w": jnp.array([jnp.nan, 1.0])}, state, params)
+    np.testing.assert_array_equal(updates["w"], [0.0, 0.0])
+    updates, state = tx.update({"w": jnp.array([1.0, 1.0])}, state, params)
+    np.testing.assert_allclose(updates["w"], [-0.1, -0.1], rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd_momentum"])
+def test_flax_train_state_takes_a_gradtx_optimizer_as_tx(name):
+    from flax.training import train_state
+
+    params = {"w": jnp.array([1.0, -2.0])}
+
+    def apply_fn(variables, x):
+        return jnp.dot(variables["params"]["w"], x)
+
+    state = train_state.TrainState.create(apply_fn=apply_fn, params=params, tx=zoo.make(name, 0.1))
+
+    @jax.jit
+    def train_step(state, x):
+        def loss(p):
+            return state.apply_fn({"params": p}, x) ** 2
+
+        return state.apply_gradients(grads=jax.grad(loss)(state.params))
+
+    x = jnp.array([1.0, 1.0])
+    new_state = train_step(state, x)
+    expected = run(zoo.make(name, 0.1), [{"w": 2 * (-1.0) * x}], params)
+    np.testing.assert_allclose(new_state.params["w"], expected["w"], rtol=1e-6)
+    assert int(new_state.step) == 1
+    new_state = train_step(new_state, x)
+    assert int(new_state.step) == 2
+
+
+def test_flax_nnx_optimizer_takes_a_gradtx_optimizer_as_tx():
+    from flax import nnx
+
+    model = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, zoo.require("adamw")(0.05, weight_decay=1e-2), wrt=nnx.Param)
+    x = jnp.ones((4, 3))
+    y = jnp.zeros((4, 1))
+
+    def loss_fn(model):
+        return jnp.mean((model(x) - y) ** 2)
+
+    @nnx.jit
+    def train_step(model, optimizer):
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    kernel_before = np.asarray(model.kernel.value)
+    grads = jax.grad(lambda k: jnp.mean((x @ k + model.bias.value - y) ** 2))(kernel_before)
+    first_loss = train_step(model, optimizer)
+    # First AdamW step: -lr * (sign(g) + wd * p), elementwise.
+    expected = kernel_before - 0.05 * (np.sign(grads) + 1e-2 * kernel_before)
+    np.testing.assert_allclose(model.kernel.value, expected, rtol=1e-5, atol=1e-7)
+    for _ in range(20):
+        loss = train_step(model, optimizer)
+    assert float(loss) < 0.5 * float(first_loss)
