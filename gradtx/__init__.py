@@ -44,9 +44,15 @@ from gradtx.transforms.clipping import (
 )
 
 # --- regularizers ---
+from gradtx.transforms.local_gain import ScaleByLocalGainState, scale_by_local_gain
 from gradtx.transforms.regularize import (
     AddDecayedWeightsState,
+    AddNoiseState,
     add_decayed_weights,
+    add_l1,
+    add_noise,
+    max_norm,
+    proximal_l1,
 )
 
 # --- scaling ---
@@ -55,6 +61,34 @@ from gradtx.transforms.scaling import (
     scale,
     scale_by_learning_rate,
     scale_by_schedule,
+)
+
+# --- introspection ---
+from gradtx.tree import tree_get, tree_set
+
+# --- wrappers (issue 4) ---
+from gradtx.wrappers import (
+    ApplyIfFiniteState,
+    AverageParamsState,
+    EmaParamsState,
+    LookaheadState,
+    MaskedState,
+    MultiStepsState,
+    PartitionState,
+    SwatsState,
+    apply_if_finite,
+    average_params,
+    ema_params,
+    flatten,
+    freeze,
+    has_updated,
+    lookahead,
+    masked,
+    multi_steps,
+    partition,
+    reset_group,
+    set_to_zero,
+    swats,
 )
 
 __version__ = "0.1.0"
@@ -87,4 +121,36 @@ __all__ = [
     "schedules",
     "set_hyperparams",
     "tree",
+    "tree_get",
+    "tree_set",
+    # regularizers, noise and local gains (issue 4)
+    "AddNoiseState",
+    "ScaleByLocalGainState",
+    "add_l1",
+    "add_noise",
+    "max_norm",
+    "proximal_l1",
+    "scale_by_local_gain",
+    # wrappers (issue 4)
+    "ApplyIfFiniteState",
+    "AverageParamsState",
+    "EmaParamsState",
+    "LookaheadState",
+    "MaskedState",
+    "MultiStepsState",
+    "PartitionState",
+    "SwatsState",
+    "apply_if_finite",
+    "average_params",
+    "ema_params",
+    "flatten",
+    "freeze",
+    "has_updated",
+    "lookahead",
+    "masked",
+    "multi_steps",
+    "partition",
+    "reset_group",
+    "set_to_zero",
+    "swats",
 ]

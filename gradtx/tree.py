@@ -182,3 +182,126 @@ def cast_like(tree: Any, like: Any) -> Any:
 def where(condition: jax.Array, on_true: Any, on_false: Any) -> Any:
     """Selects whole trees with a scalar ``condition`` (traceable, no Python branching)."""
     return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
+
+
+def _named_children(node: Any) -> list[tuple[str, Any, Any]] | None:
+    """``(path piece, key, child)`` for a NamedTuple, dict, list or tuple; None for a leaf.
+
+    Only NamedTuple fields and dict keys are names ``tree_get`` can find; list and tuple
+    positions are walked through (a chain's state is a tuple) but are not names.
+    """
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+        return [(f".{name}", name, getattr(node, name)) for name in node._fields]
+    if isinstance(node, dict):
+        return [(f"[{key!r}]", key, value) for key, value in node.items()]
+    if isinstance(node, list | tuple):
+        return [(f"[{index}]", None, value) for index, value in enumerate(node)]
+    return None
+
+
+def _find_named(tree: Any, name: str, path: str | None) -> list[tuple[str, ...]]:
+    """The paths (as pieces: ``(".inner_state", "[0]", ".mu")``) of every ``name`` field."""
+    found = []
+
+    def visit(prefix: tuple[str, ...], node: Any) -> None:
+        children = _named_children(node)
+        if children is None:
+            return
+        for piece, key, child in children:
+            here = (*prefix, piece)
+            if key == name and (path is None or path in "".join(here)):
+                found.append(here)
+            visit(here, child)
+
+    visit((), tree)
+    return found
+
+
+def _replace_at(node: Any, pieces: tuple[str, ...], value: Any) -> Any:
+    if not pieces:
+        return value
+    piece, rest = pieces[0], pieces[1:]
+    for child_piece, key, child in _named_children(node):
+        if child_piece == piece:
+            new_child = _replace_at(child, rest, value)
+            if isinstance(node, tuple) and hasattr(node, "_fields"):
+                return node._replace(**{key: new_child})
+            if isinstance(node, dict):
+                return {**node, key: new_child}
+            index = int(piece[1:-1])
+            items = list(node)
+            items[index] = new_child
+            return type(node)(items)
+    raise AssertionError(f"path piece {piece} vanished")  # _find_named produced it
+
+
+def _lookup(tree: Any, name: str, path: str | None) -> tuple[str, ...]:
+    found = _find_named(tree, name, path)
+    where = f" under a path containing {path!r}" if path is not None else ""
+    if not found:
+        raise KeyError(f"no field or key named {name!r}{where} in this tree")
+    if len(found) > 1:
+        raise ValueError(
+            f"{name!r} is ambiguous{where}: found at "
+            f"{', '.join(''.join(pieces) for pieces in found)}; pass path= with a part of "
+            f"the one you mean"
+        )
+    return found[0]
+
+
+def tree_get(tree: Any, name: str, *, path: str | None = None) -> Any:
+    """The value of the one NamedTuple field or dict key called ``name`` inside ``tree``.
+
+    Searches nested states (chains, named chains, wrappers, injected hyperparameters) for
+    ``name`` (``"count"``, ``"mu"``, ``"learning_rate"``...). Raises KeyError when no
+    field has that name and ValueError, listing the paths, when several do; ``path``
+    (a substring of the printed path, e.g. ``"[0]"`` or ``"['decay']"``) picks one.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.chain(gtx.scale_by_adam(), gtx.scale(-0.1))
+        >>> state = tx.init({"w": jnp.zeros(2)})
+        >>> gtx.tree_get(state, "mu")["w"].tolist()
+        [0.0, 0.0]
+    """
+    node = tree
+    for piece in _lookup(tree, name, path):
+        node = next(child for p, _, child in _named_children(node) if p == piece)
+    return node
+
+
+def tree_set(tree: Any, *, path: str | None = None, **values: Any) -> Any:
+    """A copy of ``tree`` with the named fields (found as ``tree_get`` finds them) replaced.
+
+    Each new value must have the structure and leaf shapes of the old one; array leaves
+    are cast to the old leaf's dtype, so a state keeps its structure and dtypes (a
+    jit-compiled step does not recompile). Errors as ``tree_get``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> state = gtx.scale_by_adam().init(jnp.zeros(2))
+        >>> state = gtx.tree_set(state, count=jnp.asarray(10))
+        >>> int(state.count), state.count.dtype
+        (10, dtype('int32'))
+    """
+    for name, value in values.items():
+        pieces = _lookup(tree, name, path)
+        found = "".join(pieces)
+        old = tree_get(tree, name, path=path)
+        check_same_structure(old, value, f"the current {name!r}", f"the new {name!r}")
+
+        def conform(old_leaf, new_leaf, found=found):
+            if not hasattr(old_leaf, "dtype"):
+                return new_leaf
+            new_leaf = jnp.asarray(new_leaf)
+            if new_leaf.shape != jnp.shape(old_leaf):
+                raise ValueError(
+                    f"tree_set: {found} has shape {list(jnp.shape(old_leaf))}, the new value "
+                    f"has shape {list(new_leaf.shape)}"
+                )
+            return new_leaf.astype(old_leaf.dtype)
+
+        tree = _replace_at(tree, pieces, jax.tree.map(conform, old, value))
+    return tree

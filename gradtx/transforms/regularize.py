@@ -100,3 +100,278 @@ def add_decayed_weights(
         return decayed, new_state
 
     return GradientTransformation(init, update)
+
+
+def _require_params(name: str, params: Params | None) -> None:
+    if params is None:
+        raise ValueError(f"{name} needs the parameters: call update(updates, state, params)")
+
+
+def add_l1(strength: float = 0.0, mask: Any = None) -> GradientTransformation:
+    r"""Adds the L1 subgradient to the updates: ``u <- u + strength * sign(p)``.
+
+    The subgradient of ``strength * sum |p|`` (0 at p = 0). Placed before the learning
+    rate (and before a preconditioner, like L2 in ``add_decayed_weights``), it makes a
+    step push every weight towards zero by ``lr * strength``; weights then oscillate
+    around zero instead of reaching it. For exact zeros use ``proximal_l1``.
+
+    Args:
+        strength: the L1 coefficient, >= 0.
+        mask: as in ``add_decayed_weights``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.add_l1(0.5)
+        >>> params = jnp.array([2.0, 0.0, -3.0])
+        >>> tx.update(jnp.zeros(3), tx.init(params), params)[0].tolist()
+        [0.5, 0.0, -0.5]
+
+    Reference: Tibshirani, 1996, "Regression Shrinkage and Selection via the Lasso".
+    """
+    check.non_negative("strength", strength)
+
+    def init(params):
+        del params
+        return EmptyState()
+
+    def update(updates, state, params=None, **extra):
+        del extra
+        _require_params("add_l1", params)
+
+        def leaf(u, p, keep):
+            if not keep:
+                return u
+            dtype = numerics.compute_dtype(u.dtype)
+            step = u.astype(dtype) + numerics.hyperparameter(strength, dtype) * jnp.sign(
+                p.astype(dtype)
+            )
+            return step.astype(u.dtype)
+
+        mask_tree = resolve_mask(mask, params, updates)
+        (new_updates,) = tree.map_unzip(leaf, updates, params, mask_tree, outputs=1)
+        return new_updates, state
+
+    return GradientTransformation(init, update)
+
+
+def proximal_l1(strength: float = 0.0, mask: Any = None) -> GradientTransformation:
+    r"""Soft-thresholds the parameters after the step, so that weights reach exact zeros.
+
+    With q = p + u the parameters the step would give::
+
+        q' = sign(q) * max(|q| - strength, 0)          (the proximal map of strength*|.|_1)
+        u <- q' - p
+
+    so ``apply_updates(params, updates)`` is ``q'``, with exact zeros wherever
+    ``|q| <= strength``. This is the proximal gradient step (ISTA) for the loss plus
+    ``l1 * sum |p|``: the threshold is **learning rate times the L1 coefficient**,
+    ``strength = lr * l1``. It needs the params and must come **last** in the chain,
+    after the learning rate, because it maps parameters, not gradients::
+
+        chain(scale_by_adam(), scale_by_learning_rate(lr), proximal_l1(lr * l1))
+
+    (with a learning-rate schedule, pass ``strength`` as the same schedule times l1).
+
+    Args:
+        strength: the threshold in parameter units, >= 0, or a schedule of the update
+            count (from 0).
+        mask: as in ``add_decayed_weights``.
+
+    State: a step count when ``strength`` is a schedule, else nothing.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.chain(gtx.scale(-0.1), gtx.proximal_l1(0.05))
+        >>> params = jnp.array([0.5, 0.02, -0.5])
+        >>> updates, _ = tx.update(jnp.array([1.0, 0.0, 0.0]), tx.init(params), params)
+        >>> [round(x, 4) for x in gtx.apply_updates(params, updates).tolist()]
+        [0.35, 0.0, -0.45]
+
+    Reference: Beck & Teboulle, 2009, "A Fast Iterative Shrinkage-Thresholding
+    Algorithm for Linear Inverse Problems" (ISTA, the proximal gradient step).
+    """
+    scheduled = callable(strength)
+    if not scheduled:
+        check.non_negative("strength", strength)
+
+    def init(params):
+        del params
+        if scheduled:
+            return AddDecayedWeightsState(count=jnp.zeros([], jnp.int32))
+        return EmptyState()
+
+    def update(updates, state, params=None, **extra):
+        del extra
+        _require_params("proximal_l1", params)
+        threshold = strength(state.count) if scheduled else strength
+
+        def leaf(u, p, keep):
+            if not keep:
+                return u
+            dtype = numerics.compute_dtype(jnp.result_type(u, p))
+            q = p.astype(dtype) + u.astype(dtype)
+            shrunk = jnp.sign(q) * jnp.maximum(
+                jnp.abs(q) - numerics.hyperparameter(threshold, dtype), 0
+            )
+            return (shrunk - p.astype(dtype)).astype(u.dtype)
+
+        mask_tree = resolve_mask(mask, params, updates)
+        (new_updates,) = tree.map_unzip(leaf, updates, params, mask_tree, outputs=1)
+        new_state = (
+            AddDecayedWeightsState(numerics.safe_increment(state.count)) if scheduled else state
+        )
+        return new_updates, new_state
+
+    return GradientTransformation(init, update)
+
+
+def max_norm(
+    max_value: float = 2.0, axis: int | tuple[int, ...] = 0, mask: Any = None
+) -> GradientTransformation:
+    r"""Projects each unit's incoming weights back into the ball of radius ``max_value``.
+
+    With q = p + u the parameters the step would give and the norm taken over ``axis``
+    (for a Dense kernel of shape ``(inputs, units)``, ``axis=0`` is each unit's incoming
+    weight vector)::
+
+        n = ||q||_2 over axis
+        q' = q * min(1, max_value / n)
+        u <- q' - p
+
+    so after every step each unit's norm is at most ``max_value`` (Srivastava et al.,
+    2014, sec. 5.1, used with dropout). Like ``proximal_l1`` it maps parameters: it
+    needs the params and comes **last** in the chain, after the learning rate. Keras'
+    ``MaxNorm`` constraint does the same after ``optimizer.apply``, scaling by
+    ``max_value / (1e-7 + n)``; here no epsilon is added, so norms are at most
+    ``max_value`` (to rounding) rather than slightly below it. Mask out biases and
+    scales (``mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)``).
+
+    Args:
+        max_value: the largest norm allowed, > 0.
+        axis: the axis or axes the norm runs over (each leaf must have them).
+        mask: as in ``add_decayed_weights``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.max_norm(1.0, axis=0)
+        >>> params = jnp.array([[3.0, 0.5], [4.0, 0.0]])
+        >>> updates, _ = tx.update(jnp.zeros((2, 2)), tx.init(params), params)
+        >>> [[round(x, 5) for x in row] for row in gtx.apply_updates(params, updates).tolist()]
+        [[0.6, 0.5], [0.8, 0.0]]
+
+    Reference: Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov, 2014,
+    "Dropout: A Simple Way to Prevent Neural Networks from Overfitting".
+    """
+    check.positive("max_value", max_value)
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    for a in axes:
+        if isinstance(a, bool) or not isinstance(a, int):
+            raise ValueError(f"axis must be an int or a tuple of ints, got {axis!r}")
+
+    def init(params):
+        del params
+        return EmptyState()
+
+    def check_axes(params, mask_tree):
+        flat_mask = jax.tree.leaves(mask_tree)
+        for (path, p), keep in zip(
+            jax.tree_util.tree_flatten_with_path(params)[0], flat_mask, strict=False
+        ):
+            ndim = jnp.ndim(p)
+            if keep and any(not -ndim <= a < ndim for a in axes):
+                raise ValueError(
+                    f"max_norm: the parameter at {jax.tree_util.keystr(path) or 'the root'} "
+                    f"has {ndim} dimensions, so it has no axis {axis!r}; mask it out"
+                )
+
+    def update(updates, state, params=None, **extra):
+        del extra
+        _require_params("max_norm", params)
+        mask_tree = resolve_mask(mask, params, updates)
+        check_axes(params, mask_tree)
+
+        def leaf(u, p, keep):
+            if not keep:
+                return u
+            dtype = numerics.compute_dtype(jnp.result_type(u, p))
+            q = p.astype(dtype) + u.astype(dtype)
+            norm = jnp.sqrt(jnp.sum(numerics.abs_sq(q), axis=axes, keepdims=True))
+            bound = numerics.hyperparameter(max_value, norm.dtype)
+            factor = jnp.where(norm > bound, bound / jnp.where(norm > 0, norm, 1), 1)
+            return (q * factor - p.astype(dtype)).astype(u.dtype)
+
+        (new_updates,) = tree.map_unzip(leaf, updates, params, mask_tree, outputs=1)
+        return new_updates, state
+
+    return GradientTransformation(init, update)
+
+
+class AddNoiseState(NamedTuple):
+    count: jax.Array  # int32, saturating: updates made so far (t)
+    rng_key: jax.Array  # uint32[2], the PRNG key of the next draw
+
+
+def add_noise(eta: float = 0.01, gamma: float = 0.55, seed: int = 0) -> GradientTransformation:
+    r"""Adds annealed Gaussian noise to the updates (Neelakantan et al., 2015).
+
+    With t counting updates from 0::
+
+        u <- u + N(0, sigma_t^2),   sigma_t^2 = eta / (1 + t)^gamma
+
+    The paper uses eta in {0.01, 0.3, 1.0} and gamma = 0.55, with the noise added to the
+    gradient (place it first in the chain). The PRNG key lives in the state, so a run is
+    reproducible from ``seed`` and resumes exactly from a checkpoint. For complex
+    updates the noise is complex with the same total variance. Optax's ``add_noise`` is
+    the same map (its key stream differs).
+
+    Args:
+        eta: the initial variance, >= 0.
+        gamma: the annealing exponent, >= 0.
+        seed: an int, the seed of the PRNG key.
+
+    State: ``AddNoiseState(count, rng_key)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.add_noise(eta=0.0, gamma=0.55, seed=0)
+        >>> tx.update(jnp.ones(2), tx.init(jnp.zeros(2)))[0].tolist()
+        [1.0, 1.0]
+
+    Reference: Neelakantan, Vilnis, Le, Sutskever, Kaiser, Kurach & Martens, 2015,
+    "Adding Gradient Noise Improves Learning for Very Deep Networks".
+    """
+    check.non_negative("eta", eta)
+    check.non_negative("gamma", gamma)
+    check.non_negative_int("seed", seed)
+
+    def init(params):
+        del params
+        return AddNoiseState(count=jnp.zeros([], jnp.int32), rng_key=jax.random.PRNGKey(seed))
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+        leaves, treedef = jax.tree.flatten(updates)
+        keys = jax.random.split(state.rng_key, len(leaves) + 1)
+        noise = treedef.unflatten(
+            [
+                jax.random.normal(key, jnp.shape(g), numerics.compute_dtype(jnp.result_type(g)))
+                for key, g in zip(keys[1:], leaves, strict=True)
+            ]
+        )
+
+        def leaf(g, z):
+            dtype = z.dtype
+            real = numerics.real_dtype(dtype)
+            variance = numerics.hyperparameter(eta, real) / (
+                1 + state.count.astype(real)
+            ) ** numerics.hyperparameter(gamma, real)
+            return (g.astype(dtype) + jnp.sqrt(variance) * z).astype(g.dtype)
+
+        (noisy,) = tree.map_unzip(leaf, updates, noise, outputs=1)
+        return noisy, AddNoiseState(numerics.safe_increment(state.count), keys[0])
+
+    return GradientTransformation(init, update)

@@ -1,0 +1,149 @@
+"""``multi_steps``: gradient accumulation, with a number of micro-steps that may grow."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradtx import check, numerics, tree
+from gradtx.core import GradientTransformation, OptState, Updates, _update_with_extra_args
+
+
+class MultiStepsState(NamedTuple):
+    mini_step: jax.Array  # int32: micro-steps accumulated since the last real step
+    gradient_step: jax.Array  # int32, saturating: real (inner) steps taken so far
+    acc_grads: Updates  # the running mean of this real step's gradients
+    inner_state: OptState
+
+
+def multi_steps(
+    inner: GradientTransformation,
+    every_k: int | Any,
+    *,
+    accumulator_dtype: Any = None,
+) -> GradientTransformation:
+    r"""Accumulates ``k`` micro-batch gradients, then takes one step of ``inner`` on their mean.
+
+    With n counting the micro-steps of the current real step from 1::
+
+        a_n = a_{n-1} + (g_n - a_{n-1}) / n          (a_n = mean of g_1..g_n)
+        if n == k(s):  u = inner(a_k);  a <- 0;  s <- s + 1
+        else:          u = 0                          (the inner state is untouched)
+
+    so ``multi_steps(tx, 4)`` over four micro-batches is one step of ``tx`` on the mean
+    of their gradients: the step of a batch four times larger.
+
+    ``every_k`` may be a schedule of s, **the number of real steps taken so far**
+    (from 0): ``lambda s: 2 ** (s // 100)`` doubles the effective batch every 100
+    real steps, instead of decaying the learning rate (Smith, Kindermans, Ying & Le,
+    2018, "Don't Decay the Learning Rate, Increase the Batch Size"). The value read for
+    a real step is ``k(s)`` with s fixed while its micro-batches accumulate; it should
+    be an integer >= 1 (values below 1 act as 1).
+
+    One accumulator is held: the running mean, in ``accumulator_dtype``. By default
+    that is the parameter dtype promoted to at least float32 (float32 for bfloat16 and
+    float16 parameters), because a running mean kept in bfloat16 loses the later
+    micro-batches' contributions (bfloat16 has 8 significant bits). Pass
+    ``accumulator_dtype=jnp.bfloat16`` to halve its memory. The mean is cast to the
+    gradient dtype before the inner step.
+
+    Use ``has_updated(state)`` to tell whether the last call took a real step (e.g. to
+    log the loss or update an EMA only then).
+
+    Args:
+        inner: the transform to run once per real step.
+        every_k: an int >= 1, or a schedule ``real steps taken -> k``.
+        accumulator_dtype: dtype of the running mean; None as described above.
+
+    State: ``MultiStepsState(mini_step, gradient_step, acc_grads, inner_state)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.multi_steps(gtx.scale(-1.0), every_k=2)
+        >>> state = tx.init(jnp.zeros(1))
+        >>> u1, state = tx.update(jnp.array([1.0]), state)
+        >>> u2, state = tx.update(jnp.array([3.0]), state)
+        >>> u1.tolist(), u2.tolist(), bool(gtx.has_updated(state))
+        ([0.0], [-2.0], True)
+    """
+    scheduled = callable(every_k)
+    if not scheduled:
+        check.positive_int("every_k", every_k)
+    check.dtype_or_none("accumulator_dtype", accumulator_dtype)
+    inner_update = _update_with_extra_args(inner)
+
+    def init(params):
+        def accumulator(x):
+            dtype = accumulator_dtype or numerics.compute_dtype(x.dtype)
+            return jnp.zeros(jnp.shape(x), dtype)
+
+        tree.check_inexact(params, "parameter")
+        return MultiStepsState(
+            mini_step=jnp.zeros([], jnp.int32),
+            gradient_step=jnp.zeros([], jnp.int32),
+            acc_grads=jax.tree.map(accumulator, params),
+            inner_state=inner.init(params),
+        )
+
+    def update(updates, state, params=None, **extra):
+        k = every_k(state.gradient_step) if scheduled else every_k
+        k = jnp.maximum(jnp.asarray(k).astype(jnp.int32), 1)
+        n = state.mini_step + 1
+        emit = n >= k
+
+        def leaf(g, a):
+            dtype = jnp.promote_types(a.dtype, numerics.compute_dtype(g.dtype))
+            mean = a.astype(dtype) + (g.astype(dtype) - a.astype(dtype)) / n.astype(dtype)
+            return mean.astype(g.dtype), mean.astype(a.dtype)
+
+        mean, acc_grads = tree.map_unzip(leaf, updates, state.acc_grads, outputs=2)
+
+        def real_step(_):
+            return inner_update(mean, state.inner_state, params, **extra)
+
+        def accumulate_only(_):
+            return jax.tree.map(jnp.zeros_like, updates), state.inner_state
+
+        # lax.cond runs the inner transform only on real steps (the predicate is a scalar
+        # that is never batched here); its outputs are cast back so both branches agree.
+        new_updates, inner_state = jax.lax.cond(
+            emit,
+            lambda operand: _cast_like_pair(real_step(operand), updates, state.inner_state),
+            accumulate_only,
+            None,
+        )
+        zeros = jax.tree.map(jnp.zeros_like, acc_grads)
+        return new_updates, MultiStepsState(
+            mini_step=jnp.where(emit, 0, n).astype(jnp.int32),
+            gradient_step=jnp.where(
+                emit, numerics.safe_increment(state.gradient_step), state.gradient_step
+            ),
+            acc_grads=tree.where(emit, zeros, acc_grads),
+            inner_state=inner_state,
+        )
+
+    return GradientTransformation(init, update)
+
+
+def _cast_like_pair(result, updates, inner_state):
+    new_updates, new_state = result
+    return tree.cast_like(new_updates, updates), tree.cast_like(new_state, inner_state)
+
+
+def has_updated(state: MultiStepsState) -> jax.Array:
+    """True when the last ``multi_steps`` update took a real (inner) step.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.multi_steps(gtx.scale(-1.0), every_k=2)
+        >>> _, state = tx.update(jnp.ones(1), tx.init(jnp.zeros(1)))
+        >>> bool(gtx.has_updated(state))
+        False
+    """
+    if not isinstance(state, MultiStepsState):
+        raise TypeError(f"has_updated expects a MultiStepsState, got {type(state).__name__}")
+    return (state.mini_step == 0) & (state.gradient_step > 0)

@@ -1,0 +1,168 @@
+"""Parameter averages for evaluation: an exponential moving average and Polyak/SWA averaging.
+
+Both pass the updates through unchanged and keep, in their state, an average of the
+parameters **after** each step (``params + updates``), so they belong at the end of a
+chain, after the learning rate and anything else that changes the step. They are named
+``*_params`` to keep them apart from a moving average of the updates (momentum).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradtx import check, numerics, tree
+from gradtx.core import GradientTransformation, Params
+
+
+class EmaParamsState(NamedTuple):
+    count: jax.Array  # int32, saturating: updates seen
+    ema: Params  # the average, ready to use (debiased when debias=True)
+
+
+class AverageParamsState(NamedTuple):
+    count: jax.Array  # int32, saturating: updates seen
+    average: Params  # the mean of the averaged iterates (the params while none is)
+
+
+def _average_leaf(weight_fn):
+    """``avg <- avg + w * (p + u - avg)``, ``w = weight_fn(dtype)``: a running average."""
+
+    def leaf(u, p, avg):
+        dtype = numerics.compute_dtype(jnp.result_type(u, p, avg))
+        iterate = p.astype(dtype) + u.astype(dtype)
+        new = avg.astype(dtype) + weight_fn(dtype) * (iterate - avg.astype(dtype))
+        return u, new.astype(avg.dtype)
+
+    return leaf
+
+
+def _needs_params(name: str, params: Any) -> None:
+    if params is None:
+        raise ValueError(f"{name} needs the parameters: call update(updates, state, params)")
+
+
+def _init_average(params, dtype):
+    tree.check_inexact(params, "parameter")
+    return jax.tree.map(lambda p: jnp.asarray(p).astype(dtype or jnp.result_type(p)), params)
+
+
+def ema_params(
+    decay: float = 0.999, *, debias: bool = True, dtype: Any = None
+) -> GradientTransformation:
+    r"""An exponential moving average of the parameters, readable as ``state.ema``.
+
+    With p_t the params after update t (t from 1)::
+
+        debias=True:   ema_t = ema_{t-1} + w_t (p_t - ema_{t-1}),  w_t = (1 - decay) / (1 - decay^t)
+        debias=False:  ema_t = decay * ema_{t-1} + (1 - decay) * p_t,  ema_0 = the initial params
+
+    ``debias=True`` is Adam's bias correction applied to an average started at zero,
+    kept in closed form so that ``state.ema`` needs no correction to read: the first
+    update gives ``ema_1 = p_1``. ``debias=False`` starts the average at the initial
+    params (TensorFlow's ``ExponentialMovingAverage`` without ``num_updates``).
+
+    The updates pass through unchanged: place it last in the chain. Evaluate with
+    ``gtx.tree_get(state, "ema")``.
+
+    Args:
+        decay: in [0, 1); 0.999 averages over about the last 1000 steps.
+        debias: as above.
+        dtype: dtype of the average; None keeps the parameter dtype.
+
+    State: ``EmaParamsState(count, ema)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.chain(gtx.scale(-1.0), gtx.ema_params(0.5))
+        >>> params = jnp.array([0.0])
+        >>> state = tx.init(params)
+        >>> for _ in range(2):
+        ...     updates, state = tx.update(jnp.array([1.0]), state, params)
+        ...     params = gtx.apply_updates(params, updates)
+        >>> params.tolist(), [round(x, 4) for x in gtx.tree_get(state, "ema").tolist()]
+        ([-2.0], [-1.6667])
+
+    Reference: Polyak & Juditsky, 1992, "Acceleration of Stochastic Approximation by
+    Averaging" (averaged iterates); Kingma & Ba, 2015 (bias correction).
+    """
+    check.unit_interval("decay", decay)
+    check.dtype_or_none("dtype", dtype)
+
+    def init(params):
+        return EmaParamsState(jnp.zeros([], jnp.int32), _init_average(params, dtype))
+
+    def update(updates, state, params=None, **extra):
+        del extra
+        _needs_params("ema_params", params)
+        count = numerics.safe_increment(state.count)
+
+        def weight(dtype):
+            rate = 1 - numerics.hyperparameter(decay, dtype)
+            return rate / numerics.bias_correction(decay, count, dtype) if debias else rate
+
+        _, ema = tree.map_unzip(_average_leaf(weight), updates, params, state.ema, outputs=2)
+        return updates, EmaParamsState(count, ema)
+
+    return GradientTransformation(init, update)
+
+
+def average_params(start_step: int = 0, *, dtype: Any = None) -> GradientTransformation:
+    r"""The plain mean of the parameter iterates (Polyak–Ruppert averaging, SWA).
+
+    With p_t the params after update t (t from 1), the iterates after ``start_step``
+    updates are averaged::
+
+        average = mean(p_{start_step+1}, ..., p_t)     (t <= start_step: average = p_t)
+
+    Polyak & Juditsky (1992) average every iterate; stochastic weight averaging (Izmailov
+    et al., 2018) starts after a burn-in, usually with a cyclical or high constant
+    learning rate. The updates pass through unchanged: place it last in the chain and
+    evaluate with ``state.average``.
+
+    Args:
+        start_step: updates to skip before averaging, an int >= 0.
+        dtype: dtype of the average; None keeps the parameter dtype.
+
+    State: ``AverageParamsState(count, average)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.chain(gtx.scale(-1.0), gtx.average_params())
+        >>> params = jnp.array([0.0])
+        >>> state = tx.init(params)
+        >>> for _ in range(3):
+        ...     updates, state = tx.update(jnp.array([1.0]), state, params)
+        ...     params = gtx.apply_updates(params, updates)
+        >>> gtx.tree_get(state, "average").tolist()   # mean of -1, -2, -3
+        [-2.0]
+
+    References: Polyak & Juditsky, 1992; Izmailov, Podoprikhin, Garipov, Vetrov &
+    Wilson, 2018, "Averaging Weights Leads to Wider Optima and Better Generalization".
+    """
+    check.non_negative_int("start_step", start_step)
+    check.dtype_or_none("dtype", dtype)
+
+    def init(params):
+        return AverageParamsState(jnp.zeros([], jnp.int32), _init_average(params, dtype))
+
+    def update(updates, state, params=None, **extra):
+        del extra
+        _needs_params("average_params", params)
+        count = numerics.safe_increment(state.count)
+        averaged = count - start_step
+
+        def weight(dtype):
+            # before start_step the "average" follows the params (weight 1)
+            return 1 / jnp.maximum(averaged, 1).astype(dtype)
+
+        _, average = tree.map_unzip(
+            _average_leaf(weight), updates, params, state.average, outputs=2
+        )
+        return updates, AverageParamsState(count, average)
+
+    return GradientTransformation(init, update)

@@ -1,0 +1,86 @@
+"""``apply_if_finite``: skip the steps whose gradients hold NaN or Inf."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradtx import check, numerics, tree
+from gradtx.core import GradientTransformation, OptState, _update_with_extra_args
+
+
+class ApplyIfFiniteState(NamedTuple):
+    notfinite_count: jax.Array  # int32: consecutive non-finite steps skipped so far
+    last_finite: jax.Array  # bool: whether the last updates were all finite
+    total_notfinite: jax.Array  # int32, saturating: every non-finite step seen
+    inner_state: OptState
+
+
+def _all_finite(updates) -> jax.Array:
+    flags = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(updates)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
+
+
+def apply_if_finite(
+    inner: GradientTransformation, max_consecutive_errors: int
+) -> GradientTransformation:
+    """Applies ``inner`` only when every update is finite; otherwise a zero step.
+
+    A step whose updates hold a NaN or an Inf is skipped: the updates returned are zero
+    and the inner state is left exactly as it was (so one bad batch does not poison
+    Adam's moments). Skips are counted. When ``max_consecutive_errors`` steps in a row
+    have been skipped, the next non-finite step is applied (the problem is not a
+    transient spike; let it surface) and the consecutive count restarts from zero.
+    Optax's ``apply_if_finite`` keeps counting instead, so there every further
+    non-finite step is applied until a finite one arrives.
+
+    Args:
+        inner: the transform to protect.
+        max_consecutive_errors: the number of consecutive non-finite steps to skip,
+            an int >= 0.
+
+    State: ``ApplyIfFiniteState(notfinite_count, last_finite, total_notfinite,
+    inner_state)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.apply_if_finite(gtx.scale(-1.0), max_consecutive_errors=3)
+        >>> state = tx.init(jnp.zeros(2))
+        >>> updates, state = tx.update(jnp.array([1.0, jnp.nan]), state)
+        >>> updates.tolist(), int(state.total_notfinite)
+        ([0.0, 0.0], 1)
+    """
+    check.non_negative_int("max_consecutive_errors", max_consecutive_errors)
+    inner_update = _update_with_extra_args(inner)
+
+    def init(params):
+        return ApplyIfFiniteState(
+            notfinite_count=jnp.zeros([], jnp.int32),
+            last_finite=jnp.asarray(True),
+            total_notfinite=jnp.zeros([], jnp.int32),
+            inner_state=inner.init(params),
+        )
+
+    def update(updates, state, params=None, **extra):
+        finite = _all_finite(updates)
+        notfinite_count = jnp.where(finite, 0, state.notfinite_count + 1).astype(jnp.int32)
+        apply = finite | (notfinite_count > max_consecutive_errors)
+        new_updates, new_inner_state = inner_update(updates, state.inner_state, params, **extra)
+        # A select, not lax.cond: both branches are cheap next to a training step, and a
+        # select keeps the state's dtypes exactly (no weak-type mismatch between branches).
+        zeros = jax.tree.map(jnp.zeros_like, new_updates)
+        new_updates = tree.where(apply, new_updates, zeros)
+        new_inner_state = tree.where(apply, new_inner_state, state.inner_state)
+        return new_updates, ApplyIfFiniteState(
+            notfinite_count=jnp.where(apply, 0, notfinite_count).astype(jnp.int32),
+            last_finite=finite,
+            total_notfinite=jnp.where(
+                finite, state.total_notfinite, numerics.safe_increment(state.total_notfinite)
+            ),
+            inner_state=new_inner_state,
+        )
+
+    return GradientTransformation(init, update)

@@ -1,0 +1,97 @@
+"""``lookahead``: k fast steps forward, one step back (Zhang, Lucas, Hinton & Ba, 2019)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradtx import check, numerics, tree
+from gradtx.core import GradientTransformation, OptState, Params, _update_with_extra_args
+
+
+class LookaheadState(NamedTuple):
+    count: jax.Array  # int32, saturating: fast steps taken so far
+    slow_params: Params  # the slow weights theta, in the parameter dtype
+    inner_state: OptState  # the fast optimizer's state (kept across syncs, as in the paper)
+
+
+def lookahead(
+    inner: GradientTransformation,
+    sync_period: int = 6,
+    slow_step_size: float = 0.5,
+) -> GradientTransformation:
+    r"""Lookahead (Zhang, Lucas, Hinton & Ba, 2019, Algorithm 1) around a fast optimizer.
+
+    The params the user holds are the **fast weights** phi; the **slow weights** theta
+    live in the state (``state.slow_params``, initialized to the params). With t
+    counting updates from 1 and ``u_t`` the inner optimizer's step::
+
+        phi <- phi + u_t                                        (a fast step)
+        every sync_period steps:
+            theta <- theta + slow_step_size * (phi - theta)     (the slow step)
+            phi   <- theta                                      (fast weights reset)
+
+    The returned updates move the params to phi, so
+    ``apply_updates(params, updates)`` is the whole algorithm and the update is an
+    ordinary transform in a chain (place it outermost: ``lookahead(adam(1e-3))``).
+    Right after a sync the params equal the slow weights; between syncs evaluate with
+    ``state.slow_params``, as the paper does. The inner optimizer's state is kept
+    across syncs (the paper's default). Optax's ``lookahead`` instead asks the user to
+    hold both weight sets in a ``LookaheadParams``.
+
+    Args:
+        inner: the fast optimizer (its updates are added to the params, so it includes
+            the learning rate).
+        sync_period: k, the number of fast steps per slow step, an int >= 1.
+        slow_step_size: alpha, in [0, 1].
+
+    State: ``LookaheadState(count, slow_params, inner_state)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.lookahead(gtx.scale(-1.0), sync_period=2, slow_step_size=0.5)
+        >>> params = jnp.array([0.0])
+        >>> state = tx.init(params)
+        >>> for _ in range(2):
+        ...     updates, state = tx.update(jnp.array([1.0]), state, params)
+        ...     params = gtx.apply_updates(params, updates)
+        >>> params.tolist(), state.slow_params.tolist()
+        ([-1.0], [-1.0])
+
+    Reference: Zhang, Lucas, Hinton & Ba, 2019, "Lookahead Optimizer: k steps forward,
+    1 step back".
+    """
+    check.positive_int("sync_period", sync_period)
+    check.in_range("slow_step_size", slow_step_size, 0.0, 1.0)
+    inner_update = _update_with_extra_args(inner)
+
+    def init(params):
+        tree.check_inexact(params, "parameter")
+        return LookaheadState(
+            count=jnp.zeros([], jnp.int32),
+            slow_params=jax.tree.map(jnp.asarray, params),
+            inner_state=inner.init(params),
+        )
+
+    def update(updates, state, params=None, **extra):
+        if params is None:
+            raise ValueError("lookahead needs the parameters: call update(updates, state, params)")
+        updates, inner_state = inner_update(updates, state.inner_state, params, **extra)
+        count = numerics.safe_increment(state.count)
+        sync = count % sync_period == 0
+
+        def leaf(u, p, slow):
+            dtype = numerics.compute_dtype(jnp.result_type(u, p))
+            fast = p.astype(dtype) + u.astype(dtype)
+            alpha = numerics.hyperparameter(slow_step_size, dtype)
+            synced = slow.astype(dtype) + alpha * (fast - slow.astype(dtype))
+            step = jnp.where(sync, synced - p.astype(dtype), u.astype(dtype))
+            return step.astype(u.dtype), jnp.where(sync, synced, slow).astype(slow.dtype)
+
+        updates, slow_params = tree.map_unzip(leaf, updates, params, state.slow_params, outputs=2)
+        return updates, LookaheadState(count, slow_params, inner_state)
+
+    return GradientTransformation(init, update)

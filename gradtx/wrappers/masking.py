@@ -1,0 +1,330 @@
+"""Routing updates by leaf: ``masked``, ``partition`` (parameter groups) and ``freeze``.
+
+A routed transform sees a copy of the tree in which the leaves it does not own are
+``None``. ``None`` is an empty subtree to JAX, so the inner transform builds state only
+for the leaves it owns (an Adam on the weights of a big model keeps no moments for its
+embeddings), and nested wrappers compose: an inner mask simply sees more ``None``\\s.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradtx import check, tree
+from gradtx.core import (
+    EmptyState,
+    GradientTransformation,
+    OptState,
+    Params,
+    _update_with_extra_args,
+)
+
+
+class MaskedState(NamedTuple):
+    inner_state: OptState  # the inner transform's state, for the masked-in leaves only
+
+
+class PartitionState(NamedTuple):
+    inner_states: dict[str, OptState]  # label -> that group's state (its leaves only)
+
+
+def _flat_prefix(prefix: Any, full: Any, what: str) -> tuple[Any, list]:
+    """``prefix``'s treedef and the subtrees of ``full`` at its leaves.
+
+    A mask or label tree may be a prefix of the params (``{"encoder": False, ...}``
+    covers every leaf under ``encoder``).
+    """
+    treedef = jax.tree.structure(prefix)
+    try:
+        return treedef, treedef.flatten_up_to(full)
+    except (ValueError, TypeError) as error:
+        tree.check_same_structure(full, prefix, "the updates", what)
+        raise ValueError(f"{what} is not a prefix of the updates' structure: {error}") from None
+
+
+def _select(full: Any, keep: list[bool], treedef: Any) -> Any:
+    """``full`` with every subtree not kept replaced by None (an empty subtree)."""
+    if full is None:
+        return None
+    subtrees = treedef.flatten_up_to(full)
+    return treedef.unflatten([s if k else None for s, k in zip(subtrees, keep, strict=True)])
+
+
+def _merge(treedef: Any, parts: list[tuple[list[bool], Any]], fallback: list) -> Any:
+    """One tree taking each subtree from the part that owns it, else from ``fallback``."""
+    merged = list(fallback)
+    for keep, part in parts:
+        for index, subtree in enumerate(treedef.flatten_up_to(part)):
+            if keep[index]:
+                merged[index] = subtree
+    return treedef.unflatten(merged)
+
+
+def _as_flags(mask_tree: Any, full: Any) -> tuple[Any, list[bool]]:
+    treedef, _ = _flat_prefix(mask_tree, full, "the mask")
+    flags = treedef.flatten_up_to(mask_tree)
+    for flag in flags:
+        if not isinstance(flag, bool | jnp.bool_):
+            raise TypeError(
+                f"mask leaves must be Python bools (a mask decides the state's structure, so "
+                f"it is static), got {flag!r}"
+            )
+    return treedef, [bool(flag) for flag in flags]
+
+
+def _zeros_like_subtree(subtree: Any) -> Any:
+    return jax.tree.map(jnp.zeros_like, subtree)
+
+
+def masked(
+    inner: GradientTransformation,
+    mask: Any,
+    *,
+    masked_leaves: str = "pass",
+) -> GradientTransformation:
+    """Applies ``inner`` only to the leaves where ``mask`` is True.
+
+    Leaves whose mask is False pass through unchanged (``masked_leaves="pass"``) or
+    become zero (``masked_leaves="zero"``). ``inner`` sees the params and updates with
+    the masked-out leaves replaced by ``None``, so its state exists for the masked-in
+    leaves only; masks nest (``masked(masked(tx, m2), m1)``).
+
+    Args:
+        inner: the transform to apply where the mask is True.
+        mask: a tree of Python bools with the structure of the params (or a prefix of
+            it: one bool for a whole subtree), or a function returning one; the function
+            is called with the params in ``init`` and with the updates in ``update``
+            (they share structure and shapes). Masks are static.
+        masked_leaves: ``"pass"`` (unchanged) or ``"zero"``.
+
+    State: ``MaskedState(inner_state)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.masked(gtx.scale(-0.1), {"w": True, "b": False})
+        >>> grads = {"w": jnp.ones(2), "b": jnp.ones(1)}
+        >>> updates, _ = tx.update(grads, tx.init(grads))
+        >>> updates["w"].tolist(), updates["b"].tolist()
+        ([-0.10000000149011612, -0.10000000149011612], [1.0])
+    """
+    check.one_of("masked_leaves", masked_leaves, ("pass", "zero"))
+    if isinstance(mask, bool):
+        raise TypeError("mask must be a tree of bools or a function of params, not a bool")
+    inner_update = _update_with_extra_args(inner)
+
+    def init(params):
+        mask_tree = mask(params) if callable(mask) else mask
+        treedef, keep = _as_flags(mask_tree, params)
+        return MaskedState(inner.init(_select(params, keep, treedef)))
+
+    def update(updates, state, params=None, **extra):
+        mask_tree = mask(updates) if callable(mask) else mask
+        treedef, keep = _as_flags(mask_tree, updates)
+        inner_updates, inner_state = inner_update(
+            _select(updates, keep, treedef),
+            state.inner_state,
+            _select(params, keep, treedef),
+            **extra,
+        )
+        fallback = treedef.flatten_up_to(updates)
+        if masked_leaves == "zero":
+            fallback = [_zeros_like_subtree(s) for s in fallback]
+        return _merge(treedef, [(keep, inner_updates)], fallback), MaskedState(inner_state)
+
+    return GradientTransformation(init, update)
+
+
+def set_to_zero() -> GradientTransformation:
+    """Replaces every update by zeros; keeps no state (a frozen parameter group).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.set_to_zero()
+        >>> tx.update(jnp.ones(2), tx.init(jnp.ones(2)))[0].tolist()
+        [0.0, 0.0]
+    """
+
+    def init(params):
+        del params
+        return EmptyState()
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+        return _zeros_like_subtree(updates), state
+
+    return GradientTransformation(init, update)
+
+
+def freeze(mask: Any = None) -> GradientTransformation:
+    """Stops the updates of the leaves where ``mask`` is True (their update is zero).
+
+    Args:
+        mask: as in ``masked``; None freezes every leaf (useful as a parameter group in
+            ``partition``).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.chain(gtx.scale(-0.1), gtx.freeze({"encoder": True, "head": False}))
+        >>> grads = {"encoder": jnp.ones(1), "head": jnp.ones(1)}
+        >>> updates, _ = tx.update(grads, tx.init(grads))
+        >>> updates["encoder"].tolist(), updates["head"].tolist()
+        ([0.0], [-0.10000000149011612])
+    """
+    if mask is None:
+        return set_to_zero()
+    return masked(set_to_zero(), mask)
+
+
+def _labels_from_patterns(patterns: Mapping[str, str], full: Any) -> Any:
+    compiled = []
+    for pattern, value in patterns.items():
+        try:
+            compiled.append((re.compile(pattern), value))
+        except re.error as error:
+            raise ValueError(f"labels: invalid path pattern {pattern!r}: {error}") from None
+
+    def label(path, leaf):
+        del leaf
+        name = jax.tree_util.keystr(path)
+        for regex, value in compiled:
+            if regex.search(name):
+                return value
+        raise ValueError(
+            f"partition: the parameter at {name} matches none of the label patterns "
+            f"{list(patterns)}; add a catch-all pattern such as r'.*'"
+        )
+
+    return jax.tree_util.tree_map_with_path(label, full)
+
+
+def _is_pattern_dict(labels: Any, full: Any) -> bool:
+    """A dict of labels is read as path patterns unless its keys are the params' keys."""
+    if not isinstance(labels, Mapping):
+        return False
+    if not all(isinstance(v, str) for v in labels.values()):
+        return False
+    return not (isinstance(full, Mapping) and set(labels) == set(full))
+
+
+def _resolve_labels(labels: Any, full: Any, names: list[str]) -> tuple[Any, list]:
+    if _is_pattern_dict(labels, full):
+        label_tree = _labels_from_patterns(labels, full)
+    else:
+        label_tree = labels(full) if callable(labels) else labels
+    treedef, _ = _flat_prefix(label_tree, full, "the labels")
+    flat = treedef.flatten_up_to(label_tree)
+    unknown = sorted({str(label) for label in flat if label not in names})
+    if unknown:
+        raise ValueError(
+            f"partition: labels {unknown} have no transform; transforms are given for {names}"
+        )
+    return treedef, flat
+
+
+def partition(
+    transforms: Mapping[str, GradientTransformation],
+    labels: Any,
+) -> GradientTransformation:
+    r"""A different transform for each group of parameters (PyTorch's parameter groups).
+
+    Each leaf gets a label; the transform of that label updates it, seeing only its own
+    group (the other leaves are ``None``), so each group has its own state.
+
+    Args:
+        transforms: label -> transform (e.g. optimizers with their own learning rate and
+            weight decay). A label no leaf carries is allowed (its state is empty).
+        labels: one of
+
+            - a tree of label strings with the structure of the params (or a prefix);
+            - a function returning that tree, called with the params in ``init`` and
+              with the updates in ``update``;
+            - a dict ``{path regex: label}``: each leaf's path, as
+              ``jax.tree_util.keystr`` prints it (``"['dense']['bias']"``), is searched
+              (``re.search``) with the patterns in order and the first match wins; a
+              leaf matching none is an error. (A dict whose keys are exactly the params'
+              top-level keys is read as a label tree instead.)
+
+    State: ``PartitionState(inner_states)``, a dict label -> that group's state.
+    ``reset_group`` re-initializes one group.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.partition(
+        ...     {"decay": gtx.chain(gtx.add_decayed_weights(0.1), gtx.scale(-1.0)),
+        ...      "no_decay": gtx.scale(-1.0)},
+        ...     {r"bias": "no_decay", r".*": "decay"})
+        >>> params = {"kernel": jnp.ones(1), "bias": jnp.ones(1)}
+        >>> updates, _ = tx.update({"kernel": jnp.ones(1), "bias": jnp.ones(1)},
+        ...                        tx.init(params), params)
+        >>> [round(float(updates[k][0]), 6) for k in ("kernel", "bias")]
+        [-1.1, -1.0]
+    """
+    if not isinstance(transforms, Mapping) or not transforms:
+        raise TypeError(f"transforms must be a non-empty dict label -> transform, got {transforms}")
+    names = list(transforms)
+    update_fns = {name: _update_with_extra_args(t) for name, t in transforms.items()}
+
+    def init(params):
+        treedef, flat = _resolve_labels(labels, params, names)
+        return PartitionState(
+            {
+                name: t.init(_select(params, [label == name for label in flat], treedef))
+                for name, t in transforms.items()
+            }
+        )
+
+    def update(updates, state, params=None, **extra):
+        treedef, flat = _resolve_labels(labels, updates, names)
+        parts, new_states = [], {}
+        for name, update_fn in update_fns.items():
+            keep = [label == name for label in flat]
+            group_updates, new_states[name] = update_fn(
+                _select(updates, keep, treedef),
+                state.inner_states[name],
+                _select(params, keep, treedef),
+                **extra,
+            )
+            parts.append((keep, group_updates))
+        merged = _merge(treedef, parts, treedef.flatten_up_to(updates))
+        return merged, PartitionState(new_states)
+
+    return GradientTransformation(init, update)
+
+
+def reset_group(
+    partitioned: GradientTransformation, state: PartitionState, label: str, params: Params
+) -> PartitionState:
+    """``state`` with the group ``label`` re-initialized (its moments, counts... as at init).
+
+    Args:
+        partitioned: the transform returned by ``partition``.
+        state: its current state.
+        label: the group to reset.
+        params: the current params (the group's init may read them).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.partition({"a": gtx.scale_by_adam(), "b": gtx.scale_by_adam()},
+        ...                    {"x": "a", "y": "b"})
+        >>> params = {"x": jnp.zeros(1), "y": jnp.zeros(1)}
+        >>> _, state = tx.update({"x": jnp.ones(1), "y": jnp.ones(1)}, tx.init(params))
+        >>> state = gtx.reset_group(tx, state, "a", params)
+        >>> int(state.inner_states["a"].count), int(state.inner_states["b"].count)
+        (0, 1)
+    """
+    if not isinstance(state, PartitionState):
+        raise TypeError(f"reset_group expects a PartitionState, got {type(state).__name__}")
+    if label not in state.inner_states:
+        raise ValueError(f"no group {label!r}; the groups are {list(state.inner_states)}")
+    fresh = partitioned.init(params).inner_states[label]
+    return PartitionState({**state.inner_states, label: fresh})

@@ -1,0 +1,162 @@
+"""SWATS: start with Adam, switch to SGD when Adam's projected step size settles."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradtx import check, numerics, tree
+from gradtx.core import GradientTransformation, ScalarOrSchedule, Updates
+
+
+class SwatsState(NamedTuple):
+    count: jax.Array  # int32, saturating: k, the updates made so far
+    mu: Updates  # m_k, Adam's first moment (frozen after the switch)
+    nu: Updates  # a_k, Adam's second moment (frozen after the switch)
+    momentum: Updates  # v_k, the SGD momentum buffer (zero until the switch)
+    lambda_avg: jax.Array  # lambda_k, the running average of the projected rates gamma_k
+    switched: jax.Array  # bool: whether the SGD phase has begun
+    switch_step: jax.Array  # int32: the k at which the criterion held (0 while in Adam)
+    sgd_learning_rate: jax.Array  # Lambda = lambda_k / (1 - b2^k) at the switch (0 before)
+
+
+def swats(
+    learning_rate: ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-9,
+    *,
+    switch_tol: float = 1e-9,
+) -> GradientTransformation:
+    r"""SWATS, Switching from Adam to SGD (Keskar & Socher, 2017, Algorithm 1).
+
+    A complete optimizer: its updates include the learning rate and the sign, ready for
+    ``apply_updates``. With k counting updates from 1, g_k the gradient and all vectors
+    the whole parameter tree (the switch is global)::
+
+        Adam phase:
+            m_k = b1 m_{k-1} + (1 - b1) g_k
+            a_k = b2 a_{k-1} + (1 - b2) g_k^2
+            p_k = -alpha_k sqrt(1 - b2^k) / (1 - b1^k) * m_k / (sqrt(a_k) + eps)
+            update: p_k
+            if p_k^T g_k != 0:
+                gamma_k  = p_k^T p_k / (-p_k^T g_k)       (the SGD rate whose step, projected
+                                                         on p_k, is p_k)
+                lambda_k = b2 lambda_{k-1} + (1 - b2) gamma_k
+                if k > 1 and |lambda_k / (1 - b2^k) - gamma_k| < switch_tol:
+                    switch to SGD from step k + 1, with Lambda = lambda_k / (1 - b2^k)
+        SGD phase:
+            v_k = b1 v_{k-1} + g_k
+            update: -(1 - b1) Lambda v_k
+
+    The running average of gamma uses b2 and its bias correction ``1 - b2^k``, as in the
+    paper's Algorithm 1. The paper uses eps = 1e-9 both in Adam's denominator and as the
+    switching tolerance; here they are separate arguments with that default (in float32,
+    a tolerance of 1e-9 is tighter than the rounding of gamma itself unless gamma is
+    small: pass a larger ``switch_tol``, or train in float64, to see it trigger).
+
+    Args:
+        learning_rate: Adam's alpha, a non-negative number or a schedule of k - 1.
+        b1: in [0, 1): Adam's first-moment decay and the SGD momentum.
+        b2: in [0, 1): Adam's second-moment decay and the decay of lambda.
+        eps: added to sqrt(a_k), >= 0.
+        switch_tol: the switching tolerance, >= 0.
+
+    State: ``SwatsState``: ``switched`` and ``switch_step`` say whether and when it
+    switched, ``sgd_learning_rate`` is Lambda.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.swats(learning_rate=0.1)
+        >>> updates, state = tx.update(jnp.array([2.0, -1.0]), tx.init(jnp.zeros(2)))
+        >>> [round(float(u), 4) for u in updates], bool(state.switched)
+        ([-0.1, 0.1], False)
+
+    Reference: Keskar & Socher, 2017, "Improving Generalization Performance by
+    Switching from Adam to SGD".
+    """
+    scheduled = callable(learning_rate)
+    if not scheduled:
+        check.non_negative("learning_rate", learning_rate)
+    check.unit_interval("b1", b1)
+    check.unit_interval("b2", b2)
+    check.non_negative("eps", eps)
+    check.non_negative("switch_tol", switch_tol)
+
+    def scalar_dtype(params):
+        dtypes = [numerics.compute_dtype(jnp.result_type(x)) for x in jax.tree.leaves(params)]
+        return numerics.real_dtype(jnp.result_type(*dtypes)) if dtypes else jnp.float32
+
+    def init(params):
+        dtype = scalar_dtype(params)
+        return SwatsState(
+            count=jnp.zeros([], jnp.int32),
+            mu=tree.zeros_like(params),
+            nu=tree.zeros_like(params, real=True),
+            momentum=tree.zeros_like(params),
+            lambda_avg=jnp.zeros([], dtype),
+            switched=jnp.asarray(False),
+            switch_step=jnp.zeros([], jnp.int32),
+            sgd_learning_rate=jnp.zeros([], dtype),
+        )
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+        count = numerics.safe_increment(state.count)
+        alpha = learning_rate(state.count) if scheduled else learning_rate
+        switched = state.switched
+
+        def leaf(g, m, a, v):
+            dtype = numerics.compute_dtype(g.dtype)
+            g_ = g.astype(dtype)
+            m_new = b1 * m.astype(dtype) + (1 - b1) * g_
+            a_new = b2 * a.astype(numerics.real_dtype(dtype)) + (1 - b2) * numerics.abs_sq(g_)
+            step_size = (
+                numerics.hyperparameter(alpha, dtype)
+                * jnp.sqrt(numerics.bias_correction(b2, count, dtype))
+                / numerics.bias_correction(b1, count, dtype)
+            )
+            p = -step_size * m_new / (jnp.sqrt(a_new) + eps)
+            v_new = b1 * v.astype(dtype) + g_
+            sgd_rate = state.sgd_learning_rate.astype(numerics.real_dtype(dtype))
+            sgd_step = -(1 - b1) * sgd_rate * v_new
+            u = jnp.where(switched, sgd_step, p)
+            p_dot_p = jnp.sum(numerics.abs_sq(p))
+            p_dot_g = jnp.sum(jnp.real(jnp.conj(p) * g_))
+            return (
+                u.astype(g.dtype),
+                jnp.where(switched, m, m_new.astype(m.dtype)),
+                jnp.where(switched, a, a_new.astype(a.dtype)),
+                jnp.where(switched, v_new.astype(v.dtype), v),
+                p_dot_p,
+                p_dot_g,
+            )
+
+        new_updates, mu, nu, momentum, p_dot_p, p_dot_g = tree.map_unzip(
+            leaf, updates, state.mu, state.nu, state.momentum, outputs=6
+        )
+        dtype = state.lambda_avg.dtype
+        p_dot_p = sum(x.astype(dtype) for x in jax.tree.leaves(p_dot_p))
+        p_dot_g = sum(x.astype(dtype) for x in jax.tree.leaves(p_dot_g))
+        projected = (~switched) & (p_dot_g != 0)
+        gamma = p_dot_p / jnp.where(projected, -p_dot_g, 1)
+        lambda_avg = jnp.where(
+            projected, b2 * state.lambda_avg + (1 - b2) * gamma, state.lambda_avg
+        )
+        lambda_hat = lambda_avg / numerics.bias_correction(b2, count, dtype)
+        trigger = projected & (count > 1) & (jnp.abs(lambda_hat - gamma) < switch_tol)
+        return new_updates, SwatsState(
+            count=count,
+            mu=mu,
+            nu=nu,
+            momentum=momentum,
+            lambda_avg=lambda_avg.astype(dtype),
+            switched=switched | trigger,
+            switch_step=jnp.where(trigger, count, state.switch_step),
+            sgd_learning_rate=jnp.where(trigger, lambda_hat, state.sgd_learning_rate).astype(dtype),
+        )
+
+    return GradientTransformation(init, update)

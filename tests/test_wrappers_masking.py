@@ -1,0 +1,214 @@
+"""masked, partition, freeze and reset_group: routing updates to parameter groups."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradtx as gtx
+
+
+def _params():
+    return {
+        "dense": {"kernel": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "bias": jnp.array([0.1, -0.2])},
+        "norm": {"scale": jnp.array([1.0, 1.0])},
+    }
+
+
+def _grads():
+    return {
+        "dense": {"kernel": jnp.array([[0.3, -0.1], [0.2, 0.4]]), "bias": jnp.array([0.5, 0.7])},
+        "norm": {"scale": jnp.array([-0.6, 0.2])},
+    }
+
+
+MASK = {"dense": {"kernel": True, "bias": False}, "norm": {"scale": False}}
+
+
+def test_masked_applies_inner_only_where_mask_is_true_and_passes_the_rest():
+    tx = gtx.masked(gtx.scale(-0.5), MASK)
+    updates, _ = tx.update(_grads(), tx.init(_params()))
+    np.testing.assert_array_equal(updates["dense"]["kernel"], -0.5 * _grads()["dense"]["kernel"])
+    np.testing.assert_array_equal(updates["dense"]["bias"], _grads()["dense"]["bias"])
+    np.testing.assert_array_equal(updates["norm"]["scale"], _grads()["norm"]["scale"])
+
+
+def test_masked_leaves_become_zero_with_masked_leaves_zero():
+    tx = gtx.masked(gtx.scale(-0.5), MASK, masked_leaves="zero")
+    updates, _ = tx.update(_grads(), tx.init(_params()))
+    np.testing.assert_array_equal(updates["dense"]["kernel"], -0.5 * _grads()["dense"]["kernel"])
+    np.testing.assert_array_equal(updates["dense"]["bias"], np.zeros(2))
+    np.testing.assert_array_equal(updates["norm"]["scale"], np.zeros(2))
+
+
+def test_masked_inner_state_exists_only_for_masked_in_leaves():
+    state = gtx.masked(gtx.scale_by_adam(), MASK).init(_params())
+    mu = state.inner_state.mu
+    assert mu["dense"]["kernel"].shape == (2, 2)
+    assert mu["dense"]["bias"] is None and mu["norm"]["scale"] is None
+    assert len(jax.tree.leaves(state)) == 3  # count, one mu leaf, one nu leaf
+
+
+def test_masked_adam_equals_optax_masked_adam_over_steps():
+    tx = gtx.masked(gtx.adam(0.1), MASK)
+    reference = optax.masked(optax.adam(0.1), MASK)
+    params, ref_params = _params(), _params()
+    state, ref_state = tx.init(params), reference.init(ref_params)
+    step = jax.jit(tx.update)
+    for _ in range(3):
+        updates, state = step(_grads(), state, params)
+        params = gtx.apply_updates(params, updates)
+        ref_updates, ref_state = reference.update(_grads(), ref_state, ref_params)
+        ref_params = optax.apply_updates(ref_params, ref_updates)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_nested_masks_apply_inner_where_both_masks_are_true():
+    outer = {"dense": True, "norm": {"scale": True}}  # a prefix mask: one bool for a subtree
+    inner_mask = {"dense": {"kernel": False, "bias": True}, "norm": {"scale": False}}
+    tx = gtx.masked(gtx.masked(gtx.scale_by_adam(), inner_mask), outer)
+    state = tx.init(_params())
+    updates, state = jax.jit(tx.update)(_grads(), state)
+    np.testing.assert_allclose(
+        updates["dense"]["bias"], np.sign(_grads()["dense"]["bias"]), rtol=1e-5
+    )
+    np.testing.assert_array_equal(updates["dense"]["kernel"], _grads()["dense"]["kernel"])
+    np.testing.assert_array_equal(updates["norm"]["scale"], _grads()["norm"]["scale"])
+    assert len(jax.tree.leaves(state)) == 3
+
+
+def test_mask_may_be_a_function_of_the_params():
+    tx = gtx.masked(gtx.scale(0.0), lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
+    updates, _ = tx.update(_grads(), tx.init(_params()))
+    np.testing.assert_array_equal(updates["dense"]["kernel"], np.zeros((2, 2)))
+    np.testing.assert_array_equal(updates["dense"]["bias"], _grads()["dense"]["bias"])
+
+
+def test_mask_with_non_bool_leaves_is_a_clear_error():
+    tx = gtx.masked(gtx.scale(2.0), {"w": jnp.asarray(True)})
+    with pytest.raises(TypeError, match="Python bools"):
+        tx.init({"w": jnp.ones(1)})
+    with pytest.raises(ValueError, match="masked_leaves"):
+        gtx.masked(gtx.scale(2.0), MASK, masked_leaves="drop")
+
+
+def test_partition_groups_move_by_their_own_learning_rates():
+    tx = gtx.partition(
+        {"fast": gtx.scale_by_learning_rate(0.1), "slow": gtx.scale_by_learning_rate(0.01)},
+        {"dense": "fast", "norm": "slow"},
+    )
+    params = _params()
+    updates, _ = jax.jit(tx.update)(_grads(), tx.init(params), params)
+    new = gtx.apply_updates(params, updates)
+    g, p = _grads(), params
+    for name in ("kernel", "bias"):
+        np.testing.assert_allclose(
+            new["dense"][name] - p["dense"][name], -0.1 * g["dense"][name], atol=1e-7
+        )
+    np.testing.assert_allclose(
+        new["norm"]["scale"] - p["norm"]["scale"], -0.01 * g["norm"]["scale"], atol=1e-7
+    )
+
+
+def test_partition_by_path_regexes_gives_torch_style_groups_with_and_without_decay():
+    lr, wd = 0.1, 0.5
+    tx = gtx.partition(
+        {
+            "decay": gtx.chain(gtx.add_decayed_weights(wd), gtx.scale_by_learning_rate(lr)),
+            "no_decay": gtx.scale_by_learning_rate(lr),
+        },
+        {r".*bias|.*scale": "no_decay", r".*": "decay"},
+    )
+    params, grads = _params(), _grads()
+    updates, _ = tx.update(grads, tx.init(params), params)
+    k, gk = np.asarray(params["dense"]["kernel"]), np.asarray(grads["dense"]["kernel"])
+    np.testing.assert_allclose(updates["dense"]["kernel"], -lr * (gk + wd * k), rtol=1e-6)
+    np.testing.assert_allclose(updates["dense"]["bias"], -lr * grads["dense"]["bias"], rtol=1e-6)
+    np.testing.assert_allclose(updates["norm"]["scale"], -lr * grads["norm"]["scale"], rtol=1e-6)
+
+
+def test_partition_equals_optax_partition_with_adam_groups():
+    labels = {"dense": {"kernel": "a", "bias": "b"}, "norm": {"scale": "b"}}
+    tx = gtx.partition({"a": gtx.adam(0.1), "b": gtx.adam(0.01, b1=0.5)}, labels)
+    reference = optax.partition({"a": optax.adam(0.1), "b": optax.adam(0.01, b1=0.5)}, labels)
+    params, ref_params = _params(), _params()
+    state, ref_state = tx.init(params), reference.init(ref_params)
+    step = jax.jit(tx.update)
+    for _ in range(3):
+        updates, state = step(_grads(), state, params)
+        params = gtx.apply_updates(params, updates)
+        ref_updates, ref_state = reference.update(_grads(), ref_state, ref_params)
+        ref_params = optax.apply_updates(ref_params, ref_updates)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_partition_labels_may_be_a_function_of_the_params():
+    tx = gtx.partition(
+        {"matrix": gtx.scale(0.0), "vector": gtx.identity()},
+        lambda p: jax.tree.map(lambda x: "matrix" if x.ndim > 1 else "vector", p),
+    )
+    updates, _ = tx.update(_grads(), tx.init(_params()))
+    np.testing.assert_array_equal(updates["dense"]["kernel"], np.zeros((2, 2)))
+    np.testing.assert_array_equal(updates["norm"]["scale"], _grads()["norm"]["scale"])
+
+
+def test_partition_leaf_matching_no_pattern_is_an_error_naming_its_path():
+    tx = gtx.partition({"no_decay": gtx.identity()}, {r"bias": "no_decay"})
+    with pytest.raises(ValueError, match=r"\['dense'\]\['kernel'\]"):
+        tx.init(_params())
+
+
+def test_partition_label_without_transform_is_an_error():
+    tx = gtx.partition({"a": gtx.identity()}, {"dense": "a", "norm": "b"})
+    with pytest.raises(ValueError, match=r"\['b'\] have no transform"):
+        tx.init(_params())
+
+
+def test_freeze_stops_the_updates_of_frozen_leaves():
+    tx = gtx.chain(gtx.scale(-0.1), gtx.freeze({"dense": True, "norm": False}))
+    updates, _ = tx.update(_grads(), tx.init(_params()))
+    np.testing.assert_array_equal(updates["dense"]["kernel"], np.zeros((2, 2)))
+    np.testing.assert_array_equal(updates["dense"]["bias"], np.zeros(2))
+    np.testing.assert_allclose(updates["norm"]["scale"], -0.1 * _grads()["norm"]["scale"])
+
+
+def test_frozen_group_in_partition_keeps_its_params_and_no_state():
+    tx = gtx.partition(
+        {"train": gtx.adam(0.1), "frozen": gtx.freeze()}, {"dense": "train", "norm": "frozen"}
+    )
+    params = _params()
+    state = tx.init(params)
+    updates, state = tx.update(_grads(), state, params)
+    new = gtx.apply_updates(params, updates)
+    np.testing.assert_array_equal(new["norm"]["scale"], params["norm"]["scale"])
+    assert not np.allclose(new["dense"]["kernel"], params["dense"]["kernel"])
+    assert jax.tree.leaves(state.inner_states["frozen"]) == []
+
+
+def test_reset_group_reinitializes_one_group_and_keeps_the_other():
+    tx = gtx.partition({"a": gtx.adam(0.1), "b": gtx.adam(0.1)}, {"dense": "a", "norm": "b"})
+    params = _params()
+    state = tx.init(params)
+    _, state = tx.update(_grads(), state, params)
+    reset = gtx.reset_group(tx, state, "a", params)
+    fresh = tx.init(params)
+    for a, b in zip(
+        jax.tree.leaves(reset.inner_states["a"]),
+        jax.tree.leaves(fresh.inner_states["a"]),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(
+        jax.tree.leaves(reset.inner_states["b"]),
+        jax.tree.leaves(state.inner_states["b"]),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    assert int(gtx.tree_get(reset, "count", path="['b'].count")) == 1
+    with pytest.raises(ValueError, match="no group 'c'"):
+        gtx.reset_group(tx, state, "c", params)
