@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
 import pytest
 
 import gradtx as gtx
@@ -56,3 +57,27 @@ def make(name: str, learning_rate: float = 1e-2) -> gtx.GradientTransformation:
     if name in VARIANTS:
         return VARIANTS[name](learning_rate)
     return getattr(gtx, name)(learning_rate)
+
+
+def run_steps(tx: gtx.GradientTransformation, params, grads_sequence):
+    """(params, state) after applying every gradient in ``grads_sequence`` (a list of
+    trees like ``params``), the whole loop compiled once with ``lax.scan``."""
+    if not jax.tree.leaves(grads_sequence):
+        state = tx.init(params)
+        for grads in grads_sequence:
+            updates, state = tx.update(grads, state, params)
+            params = gtx.apply_updates(params, updates)
+        return params, state
+    stacked = jax.tree.map(lambda *xs: jax.numpy.stack(xs), *grads_sequence)
+
+    @jax.jit
+    def run(params, stacked):
+        def step(carry, grads):
+            params, state = carry
+            updates, state = tx.update(grads, state, params)
+            return (gtx.apply_updates(params, updates), state), None
+
+        (params, state), _ = jax.lax.scan(step, (params, tx.init(params)), stacked)
+        return params, state
+
+    return run(params, stacked)

@@ -1,0 +1,137 @@
+"""Dtypes: updates and state keep the parameter dtype; float16 never produces NaN.
+
+Each run uses a tree with one leaf per dtype, each with its own shape, so the state
+leaves belonging to a parameter are recognised by their shape.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradtx as gtx
+from tests import zoo
+
+SHAPES = {"bfloat16": (2,), "float16": (3,), "float32": (4,), "float16_zero_grad": (5,)}
+DTYPES = {
+    "bfloat16": jnp.bfloat16,
+    "float16": jnp.float16,
+    "float32": jnp.float32,
+    "float16_zero_grad": jnp.float16,
+}
+
+
+DECOUPLED_DECAY = {"adamw", "nadamw"}  # weight_decay=1e-4 by default, as in Optax
+
+
+def mixed_tree(rng):
+    params = {k: jnp.asarray(rng.normal(size=SHAPES[k]), DTYPES[k]) for k in SHAPES}
+    grads = {
+        k: jnp.zeros(SHAPES[k], DTYPES[k])
+        if k == "float16_zero_grad"
+        else jnp.asarray(rng.normal(size=SHAPES[k]), DTYPES[k])
+        for k in SHAPES
+    }
+    return params, grads
+
+
+def assert_state_keeps_parameter_dtypes(state, shapes_to_dtypes):
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        where = jax.tree_util.keystr(path)
+        if leaf.shape == ():
+            # step counters are int32, injected hyperparameters float32
+            assert leaf.dtype in (jnp.int32, jnp.float32), where
+        else:
+            assert leaf.dtype == shapes_to_dtypes[leaf.shape], where
+
+
+@pytest.mark.parametrize("name", zoo.ALL)
+def test_updates_and_state_keep_each_parameters_dtype_and_float16_stays_finite(name, rng):
+    tx = zoo.make(name, 1e-2)
+    params, grads = mixed_tree(rng)
+
+    @jax.jit
+    def three_steps(params, grads):
+        def step(carry, _):
+            params, state = carry
+            updates, state = tx.update(grads, state, params)
+            return (gtx.apply_updates(params, updates), state), updates
+
+        (params, state), updates = jax.lax.scan(step, (params, tx.init(params)), length=3)
+        return updates, params, state
+
+    updates, new_params, state = three_steps(params, grads)
+    for key in SHAPES:
+        assert updates[key].dtype == jnp.dtype(DTYPES[key]), key
+        assert new_params[key].dtype == jnp.dtype(DTYPES[key]), key
+        assert np.all(np.isfinite(np.asarray(updates[key], np.float32))), key
+    # Zero gradients in float16: no NaN from an eps that underflows, and no motion
+    # except decoupled weight decay (-lr * wd * p per step).
+    decay = 1e-2 * 1e-4 if name in DECOUPLED_DECAY else 0.0
+    start = np.asarray(params["float16_zero_grad"], np.float32)
+    np.testing.assert_allclose(
+        np.asarray(updates["float16_zero_grad"][0], np.float32), -decay * start, atol=1e-7
+    )
+    assert_state_keeps_parameter_dtypes(state, {SHAPES[k]: jnp.dtype(DTYPES[k]) for k in SHAPES})
+    assert any(leaf.shape == (2,) for leaf in jax.tree.leaves(state)) or name == "sgd"
+
+
+@pytest.mark.parametrize("name", zoo.ALL)
+def test_float64_parameters_keep_float64(name, rng, x64):
+    tx = zoo.make(name, 1e-2)
+    params = jnp.asarray(rng.normal(size=3), jnp.float64)
+    grads = jnp.asarray(rng.normal(size=3), jnp.float64)
+    state = tx.init(params)
+    updates, state = jax.jit(tx.update)(grads, state, params)
+    assert updates.dtype == jnp.float64
+    assert gtx.apply_updates(params, updates).dtype == jnp.float64
+    assert_state_keeps_parameter_dtypes(state, {(3,): jnp.dtype(jnp.float64)})
+
+
+def test_adam_moments_follow_mu_dtype_and_nu_dtype():
+    tx = gtx.scale_by_adam(mu_dtype=jnp.bfloat16, nu_dtype=jnp.float32)
+    params = jnp.zeros(3, jnp.float16)
+    state = tx.init(params)
+    assert state.mu.dtype == jnp.bfloat16 and state.nu.dtype == jnp.float32
+    grads = jnp.array([1e-3, -2.0, 0.5], jnp.float16)
+    updates, state = tx.update(grads, state)
+    assert updates.dtype == jnp.float16
+    assert state.mu.dtype == jnp.bfloat16 and state.nu.dtype == jnp.float32
+    # nu = (1 - b2) g^2 kept in float32: 1e-9 for g = 1e-3, which float16 would flush
+    np.testing.assert_allclose(
+        state.nu, (1 - 0.999) * np.asarray(grads, np.float32) ** 2, rtol=1e-3
+    )
+    np.testing.assert_allclose(np.asarray(updates, np.float32), [1.0, -1.0, 1.0], rtol=1e-3)
+
+
+OPTIMIZERS_WITH_MU_DTYPE = [
+    name
+    for name in zoo.OPTIMIZER_NAMES
+    if hasattr(gtx, name) and "mu_dtype" in inspect.signature(getattr(gtx, name)).parameters
+]
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS_WITH_MU_DTYPE)
+def test_mu_dtype_of_an_optimizer_sets_the_first_moment_dtype_only(name):
+    tx = getattr(gtx, name)(1e-3, mu_dtype=jnp.bfloat16)
+    params = jnp.zeros(4, jnp.float32)
+    state = tx.init(params)
+    _, state = tx.update(jnp.ones(4), state, params)
+    shaped = [leaf for leaf in jax.tree.leaves(state) if leaf.shape == (4,)]
+    assert jnp.dtype(jnp.bfloat16) in [leaf.dtype for leaf in shaped]
+    assert jnp.dtype(jnp.float32) in [leaf.dtype for leaf in shaped]
+    hyperparams = gtx.get_hyperparams(state)
+    assert "mu_dtype" not in hyperparams
+
+
+def test_adam_in_float16_matches_float32_math_for_tiny_gradients():
+    """float16 parameters: the step is computed in float32, so a gradient of 1e-4 (whose
+    square underflows float16) still gives a unit Adam step instead of 0/0."""
+    tx = gtx.adam(1e-3)
+    params = jnp.zeros(2, jnp.float16)
+    updates, _ = tx.update(jnp.array([1e-4, -1e-4], jnp.float16), tx.init(params), params)
+    np.testing.assert_allclose(np.asarray(updates, np.float32), [-1e-3, 1e-3], rtol=2e-3)

@@ -1,0 +1,148 @@
+"""Any pytree: nested containers, None leaves, empty trees, 0-d arrays, complex leaves.
+
+Every named optimizer is elementwise (no norm couples the leaves), so running it on a
+nested tree must give, leaf for leaf, the numbers it gives on the flat concatenation of
+the leaves: that is the reference here.
+
+Complex parameters: sgd (with and without momentum), adam, adamw, amsgrad, adamax,
+nadam, nadamw, rmsprop, adagrad and adadelta take complex64 leaves (second moments are
+|g|^2, real); rprop does not (it compares signs of successive gradients, which has no
+complex meaning).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradtx as gtx
+from tests import zoo
+from tests.reference.complex_adam import adam_complex
+
+
+class Layer(NamedTuple):
+    kernel: jax.Array
+    bias: jax.Array
+
+
+def nested_params():
+    """Nested dict, list, tuple and NamedTuple, None leaves and a 0-d array."""
+    return {
+        "encoder": [Layer(jnp.zeros((2, 3)), jnp.zeros(3)), (jnp.zeros(()), None)],
+        "head": {"scale": jnp.zeros(1), "frozen": None},
+    }
+
+
+def random_like(tree, rng, steps):
+    treedef = jax.tree.structure(tree)
+    leaves = jax.tree.leaves(tree)
+    return [
+        treedef.unflatten(
+            [jnp.asarray(rng.normal(size=x.shape) + 0.5, jnp.float32) for x in leaves]
+        )
+        for _ in range(steps)
+    ]
+
+
+def flatten(tree):
+    return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+@pytest.mark.parametrize("name", zoo.ALL)
+def test_any_pytree_gives_the_numbers_of_its_flat_concatenation(name, rng):
+    params = nested_params()
+    grads = random_like(params, rng, steps=3)
+    tree_result, state = zoo.run_steps(zoo.make(name, 0.1), params, grads)
+    flat_result, _ = zoo.run_steps(
+        zoo.make(name, 0.1), flatten(params), [flatten(g) for g in grads]
+    )
+    assert jax.tree.structure(tree_result) == jax.tree.structure(params)
+    assert isinstance(tree_result["encoder"][0], Layer)
+    assert tree_result["encoder"][1][0].shape == ()
+    assert tree_result["encoder"][1][1] is None and tree_result["head"]["frozen"] is None
+    np.testing.assert_allclose(flatten(tree_result), flat_result, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("empty", [{}, [], ()], ids=["dict", "list", "tuple"])
+@pytest.mark.parametrize("name", zoo.ALL)
+def test_an_empty_tree_gives_an_empty_update(name, empty):
+    tx = zoo.make(name, 0.1)
+    state = tx.init(empty)
+    updates, state = tx.update(empty, state, empty)
+    assert updates == empty
+    assert gtx.apply_updates(empty, updates) == empty
+
+
+def complex_grads(rng, steps, size=3):
+    return [
+        jnp.asarray(rng.normal(size=size) + 1j * rng.normal(size=size), jnp.complex64)
+        for _ in range(steps)
+    ]
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_complex_adam_follows_the_numpy_complex_reference(name, rng):
+    grads = complex_grads(rng, steps=20)
+    params = jnp.asarray([1 + 1j, -2j, 0.5], jnp.complex64)
+    tx = zoo.require(name)(0.05, weight_decay=0.0) if name == "adamw" else gtx.adam(0.05)
+    result, state = zoo.run_steps(tx, params, grads)
+    assert result.dtype == jnp.complex64
+    nu = jax.tree.leaves(state)
+    assert any(x.dtype == jnp.float32 and x.shape == (3,) for x in nu)  # |g|^2 is real
+    expected = adam_complex(
+        [np.asarray(g) for g in grads], np.asarray(params), 0.05,
+        b1=float(np.float32(0.9)), b2=float(np.float32(0.999)), eps=float(np.float32(1e-8)),
+    )  # fmt: skip
+    np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgd", "sgd_momentum", "sgd_nesterov"])
+def test_complex_sgd_moves_real_and_imaginary_parts_like_two_real_parameters(name, rng):
+    grads = complex_grads(rng, steps=5)
+    start = jnp.asarray([1 + 1j, -2j, 0.5], jnp.complex64)
+    result, _ = zoo.run_steps(zoo.make(name, 0.1), start, grads)
+    as_pairs, _ = zoo.run_steps(
+        zoo.make(name, 0.1),
+        jnp.stack([start.real, start.imag]),
+        [jnp.stack([g.real, g.imag]) for g in grads],
+    )
+    np.testing.assert_allclose(result.real, as_pairs[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(result.imag, as_pairs[1], rtol=1e-6, atol=1e-7)
+
+
+COMPLEX_OPTIMIZERS = [n for n in zoo.ALL if n != "rprop"]
+COMPLEX_LEARNING_RATES = {"adadelta": 1.0}
+
+
+@pytest.mark.parametrize("name", COMPLEX_OPTIMIZERS)
+def test_complex_parameters_descend_a_complex_quadratic(name):
+    """f(z) = |z - c|^2; its steepest-descent direction, as a complex number, is 2(z - c)
+    (JAX's grad returns the conjugate). Adadelta's first steps are ~sqrt(eps) long, so
+    it only has to make progress; the others must shrink the loss by 10% in 30 steps."""
+    target = jnp.asarray([1 - 2j, 0.5 + 0.5j], jnp.complex64)
+    tx = zoo.make(name, COMPLEX_LEARNING_RATES.get(name, 0.05))
+
+    def loss(z):
+        return jnp.sum(jnp.abs(z - target) ** 2)
+
+    @jax.jit
+    def descend(params):
+        def step(carry, _):
+            params, state = carry
+            grads = jnp.conj(jax.grad(loss)(params))
+            updates, state = tx.update(grads, state, params)
+            return (gtx.apply_updates(params, updates), state), None
+
+        (params, state), _ = jax.lax.scan(step, (params, tx.init(params)), length=30)
+        return params, state
+
+    params, state = descend(jnp.zeros(2, jnp.complex64))
+    for leaf in jax.tree.leaves(state):
+        assert leaf.dtype in (jnp.complex64, jnp.float32, jnp.int32)
+    assert params.dtype == jnp.complex64
+    required = 0.999 if name == "adadelta" else 0.9
+    assert float(loss(params)) < required * float(loss(jnp.zeros(2, jnp.complex64)))
