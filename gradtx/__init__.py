@@ -20,7 +20,17 @@ from gradtx.core import (
 
 # --- optimizers ---
 from gradtx.optimizers import (
+    adadelta,
+    adagrad,
     adam,
+    adamax,
+    adamw,
+    amsgrad,
+    nadam,
+    nadamw,
+    rmsprop,
+    rprop,
+    sgd,
 )
 
 # --- schedule injection ---
@@ -33,14 +43,35 @@ from gradtx.schedules.injection import (
 
 # --- adaptive preconditioners ---
 from gradtx.transforms.adaptive import (
+    ScaleByAdadeltaState,
+    ScaleByAdamaxState,
     ScaleByAdamState,
+    ScaleByAmsgradState,
+    ScaleByRmsState,
+    ScaleByRpropState,
+    ScaleByRssState,
+    ScaleByStddevState,
+    amsgrad_max,
+    scale_by_adadelta,
     scale_by_adam,
+    scale_by_adamax,
+    scale_by_rms,
+    scale_by_rprop,
+    scale_by_rss,
 )
 
 # --- clipping ---
 from gradtx.transforms.clipping import (
     clip,
     clip_by_global_norm,
+)
+
+# --- momentum ---
+from gradtx.transforms.momentum import (
+    DampenedTraceState,
+    TraceState,
+    nesterov_lookahead,
+    trace,
 )
 
 # --- regularizers ---
@@ -121,6 +152,34 @@ __all__ = [
     "schedules",
     "set_hyperparams",
     "tree",
+    # momentum and adaptive blocks (issue 2)
+    "ScaleByAdadeltaState",
+    "ScaleByAdamaxState",
+    "ScaleByAmsgradState",
+    "ScaleByRmsState",
+    "ScaleByRpropState",
+    "ScaleByRssState",
+    "ScaleByStddevState",
+    "TraceState",
+    "amsgrad_max",
+    "nesterov_lookahead",
+    "scale_by_adadelta",
+    "scale_by_adamax",
+    "scale_by_rms",
+    "scale_by_rprop",
+    "scale_by_rss",
+    "trace",
+    # classic optimizers (issue 2)
+    "adadelta",
+    "adagrad",
+    "adamax",
+    "adamw",
+    "amsgrad",
+    "nadam",
+    "nadamw",
+    "rmsprop",
+    "rprop",
+    "sgd",
     "tree_get",
     "tree_set",
     # regularizers, noise and local gains (issue 4)

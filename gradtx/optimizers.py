@@ -10,10 +10,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradtx.core import GradientTransformation, ScalarOrSchedule, chain
+import jax
+import numpy as np
+
+from gradtx import check
+from gradtx.core import GradientTransformation, ScalarOrSchedule, chain, identity
 from gradtx.schedules.injection import schedule_injection
-from gradtx.transforms.adaptive import scale_by_adam
-from gradtx.transforms.scaling import scale_by_learning_rate
+from gradtx.transforms.adaptive import (
+    amsgrad_max,
+    scale_by_adadelta,
+    scale_by_adam,
+    scale_by_adamax,
+    scale_by_rms,
+    scale_by_rprop,
+    scale_by_rss,
+)
+from gradtx.transforms.momentum import trace
+from gradtx.transforms.regularize import add_decayed_weights
+from gradtx.transforms.scaling import scale, scale_by_learning_rate
 
 
 @schedule_injection
@@ -61,4 +75,601 @@ def adam(
     return chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nesterov=nesterov),
         scale_by_learning_rate(learning_rate),
+    )
+
+
+def _switched_on(value: Any) -> bool:
+    """Whether a float argument that switches a block on (momentum, weight decay) does.
+
+    Decided from the Python value when the optimizer is built, never from a traced one:
+    None and 0 switch the block off (no state, no hyperparameter); a schedule or a
+    traced value switches it on.
+    """
+    if value is None:
+        return False
+    if callable(value) or isinstance(value, jax.core.Tracer):
+        return True
+    return bool(np.any(np.asarray(value) != 0))
+
+
+@schedule_injection
+def _sgd_chain(learning_rate, momentum, nesterov, weight_decay, accumulator_dtype):
+    return chain(
+        add_decayed_weights(weight_decay) if weight_decay is not None else identity(),
+        trace(momentum, nesterov, accumulator_dtype=accumulator_dtype)
+        if momentum is not None
+        else identity(),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def sgd(
+    learning_rate: ScalarOrSchedule,
+    momentum: float | None = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    *,
+    accumulator_dtype: Any = None,
+) -> GradientTransformation:
+    r"""Stochastic gradient descent, with optional momentum and L2 weight decay.
+
+    ::
+
+        g <- g + weight_decay * p                   (L2: before the momentum)
+        b <- momentum * b + g                       (b_0 = 0)
+        p <- p - lr * b                             (heavy ball, Polyak 1964)
+        p <- p - lr * (g + momentum * b)            (nesterov: Sutskever et al. 2013)
+
+    The chain: ``add_decayed_weights(weight_decay)``, ``trace(momentum, nesterov)``,
+    ``scale_by_learning_rate(learning_rate)``. ``momentum=0`` (or None, Optax's default)
+    builds no momentum buffer and ``weight_decay=0`` no decay term: that choice is made
+    from the Python values when the optimizer is built. Same numbers as ``optax.sgd``
+    (which has no weight decay).
+
+    ``weight_decay`` is L2 regularization, PyTorch's convention: it is added to the
+    gradient and so passes through the momentum buffer. This is ``torch.optim.SGD``
+    with ``dampening=0``; for ``dampening`` use ``gradtx.compat.torch.sgd``. Keras puts
+    the learning rate inside the buffer (``v = mu v - lr g``), which differs while the
+    learning rate changes, and its ``weight_decay`` is decoupled: use
+    ``gradtx.compat.keras.sgd``.
+
+    Args:
+        learning_rate: a non-negative number or a schedule.
+        momentum: the momentum coefficient in [0, 1); 0 or None for none.
+        nesterov: Nesterov's momentum (see ``nesterov_lookahead``).
+        weight_decay: L2 coefficient, >= 0 (a number or a schedule).
+        accumulator_dtype: dtype of the momentum buffer; None keeps the parameter dtype.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.sgd(0.1, momentum=0.9)
+        >>> params = jnp.array([1.0])
+        >>> state = tx.init(params)
+        >>> for _ in range(2):
+        ...     updates, state = tx.update(jnp.array([1.0]), state, params)
+        ...     params = gtx.apply_updates(params, updates)
+        >>> [round(float(p), 6) for p in params]  # 1 - 0.1 * 1 - 0.1 * 1.9
+        [0.71]
+
+    Reference: Robbins & Monro, 1951, "A Stochastic Approximation Method"; Polyak,
+    1964; Sutskever, Martens, Dahl & Hinton, 2013, "On the importance of
+    initialization and momentum in deep learning".
+    """
+    if momentum is not None:
+        check.unit_interval("momentum", momentum)
+    check.non_negative("weight_decay", weight_decay)
+    return _sgd_chain(
+        learning_rate,
+        momentum=momentum if _switched_on(momentum) else None,
+        nesterov=nesterov,
+        weight_decay=weight_decay if _switched_on(weight_decay) else None,
+        accumulator_dtype=accumulator_dtype,
+    )
+
+
+@schedule_injection
+def adagrad(
+    learning_rate: ScalarOrSchedule,
+    initial_accumulator_value: float = 0.1,
+    eps: float = 1e-7,
+) -> GradientTransformation:
+    r"""Adagrad (Duchi, Hazan & Singer, 2011): steps scaled by the root sum of squares.
+
+    ::
+
+        s_t = s_{t-1} + g^2       (s_0 = initial_accumulator_value)
+        p  <- p - lr * g / sqrt(s_t + eps)
+
+    The chain: ``scale_by_rss``, ``scale_by_learning_rate``. Same numbers as
+    ``optax.adagrad`` and Keras' Adagrad. PyTorch starts from ``s_0 = 0``, adds
+    ``eps=1e-10`` outside the square root and decays the learning rate as
+    ``lr / (1 + (t - 1) lr_decay)``: use ``gradtx.compat.torch.adagrad``.
+
+    Args:
+        learning_rate: a non-negative number or a schedule.
+        initial_accumulator_value: starting value of the sum, >= 0.
+        eps: added inside the square root, >= 0.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.adagrad(1.0, initial_accumulator_value=0.0, eps=0.0)
+        >>> updates, _ = tx.update(jnp.array([-3.0]), tx.init(jnp.zeros(1)))
+        >>> updates.tolist()  # the first step is -lr * sign(g)
+        [1.0]
+
+    Reference: Duchi, Hazan & Singer, 2011, "Adaptive Subgradient Methods for Online
+    Learning and Stochastic Optimization".
+    """
+    return chain(
+        scale_by_rss(initial_accumulator_value, eps), scale_by_learning_rate(learning_rate)
+    )
+
+
+@schedule_injection
+def _rmsprop_chain(
+    learning_rate,
+    decay,
+    eps,
+    initial_scale,
+    eps_in_sqrt,
+    centered,
+    momentum,
+    nesterov,
+    bias_correction,
+):
+    return chain(
+        scale_by_rms(
+            decay,
+            eps,
+            initial_scale,
+            eps_in_sqrt=eps_in_sqrt,
+            centered=centered,
+            bias_correction=bias_correction,
+        ),
+        scale_by_learning_rate(learning_rate),
+        trace(momentum, nesterov) if momentum is not None else identity(),
+    )
+
+
+def rmsprop(
+    learning_rate: ScalarOrSchedule,
+    decay: float = 0.9,
+    eps: float = 1e-8,
+    initial_scale: float = 0.0,
+    eps_in_sqrt: bool = True,
+    centered: bool = False,
+    momentum: float | None = None,
+    nesterov: bool = False,
+    bias_correction: bool = False,
+) -> GradientTransformation:
+    r"""RMSProp (Tieleman & Hinton, 2012), optionally centered (Graves, 2013).
+
+    ::
+
+        v_t = decay v_{t-1} + (1 - decay) g^2                (v_0 = initial_scale)
+        m_t = decay m_{t-1} + (1 - decay) g                  (centered)
+        d_t = g / sqrt(v_t - m_t^2 + eps)                    (m_t = 0 unless centered;
+                                                              eps_in_sqrt=False: / (sqrt(.) + eps))
+        p  <- p - lr d_t                                     (no momentum)
+        b_t = momentum b_{t-1} - lr d_t;  p <- p + b_t       (momentum; nesterov:
+                                                              p <- p - lr d_t + momentum b_t)
+
+    The chain: ``scale_by_rms``, ``scale_by_learning_rate``, ``trace(momentum)``, as in
+    ``optax.rmsprop`` (same numbers; ``momentum`` None or 0 builds no buffer). PyTorch
+    defaults to ``decay=0.99`` (its ``alpha``) and adds eps outside the square root
+    (``rmsprop(lr, decay=0.99, eps_in_sqrt=False)``); its momentum buffer holds
+    ``d_t`` before the learning rate, the same map while the learning rate is constant:
+    ``gradtx.compat.torch.rmsprop``. Keras puts the learning rate inside the momentum
+    buffer too: ``gradtx.compat.keras.rmsprop``.
+
+    Args:
+        learning_rate: a non-negative number or a schedule.
+        decay: decay of the moving averages, in [0, 1).
+        eps: added to the denominator, >= 0.
+        initial_scale: initial value of ``v``, >= 0.
+        eps_in_sqrt: eps inside the square root (else outside).
+        centered: divide by the estimated standard deviation (Graves, 2013).
+        momentum: momentum coefficient in [0, 1); None or 0 for none.
+        nesterov: Nesterov's momentum.
+        bias_correction: divide the moving averages by ``1 - decay^t``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.rmsprop(0.1, decay=0.75, eps=0.0)
+        >>> updates, _ = tx.update(jnp.array([2.0]), tx.init(jnp.zeros(1)))
+        >>> [round(float(u), 6) for u in updates]  # -0.1 * 2 / sqrt(0.25 * 4)
+        [-0.2]
+
+    Reference: Tieleman & Hinton, 2012, "Lecture 6.5 - RMSProp", COURSERA: Neural
+    Networks for Machine Learning; Graves, 2013, "Generating Sequences With Recurrent
+    Neural Networks".
+    """
+    if momentum is not None:
+        check.unit_interval("momentum", momentum)
+    return _rmsprop_chain(
+        learning_rate,
+        decay=decay,
+        eps=eps,
+        initial_scale=initial_scale,
+        eps_in_sqrt=eps_in_sqrt,
+        centered=centered,
+        momentum=momentum if _switched_on(momentum) else None,
+        nesterov=nesterov,
+        bias_correction=bias_correction,
+    )
+
+
+@schedule_injection(static_args=("weight_decay_mask",))
+def _adadelta_chain(learning_rate, rho, eps, weight_decay, weight_decay_mask):
+    return chain(
+        add_decayed_weights(weight_decay, weight_decay_mask)
+        if weight_decay is not None
+        else identity(),
+        scale_by_adadelta(rho, eps),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def adadelta(
+    learning_rate: ScalarOrSchedule = 1.0,
+    rho: float = 0.9,
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    weight_decay_mask: Any = None,
+) -> GradientTransformation:
+    r"""Adadelta (Zeiler, 2012): a step in the units of the parameters, no tuning of lr.
+
+    ::
+
+        g <- g + weight_decay * p                                  (L2, before)
+        E[g^2]_t  = rho E[g^2]_{t-1} + (1 - rho) g^2
+        d_t       = sqrt(E[dx^2]_{t-1} + eps) / sqrt(E[g^2]_t + eps) * g
+        E[dx^2]_t = rho E[dx^2]_{t-1} + (1 - rho) d_t^2
+        p <- p - lr d_t
+
+    The chain: ``add_decayed_weights``, ``scale_by_adadelta``, ``scale_by_learning_rate``
+    (``weight_decay=0`` builds no decay term). Same numbers as ``optax.adadelta``, except
+    that the learning rate defaults to 1.0 (the paper's method), where Optax's default
+    None does not descend. PyTorch's Adadelta is the same (lr=1.0, rho=0.9, eps=1e-6,
+    L2 weight decay); Keras defaults to ``learning_rate=0.001, rho=0.95, eps=1e-7``
+    and decouples its weight decay: ``gradtx.compat.keras.adadelta``.
+
+    Args:
+        learning_rate: a non-negative number or a schedule; 1.0 is the paper's method.
+        rho: decay of the moving averages, in [0, 1).
+        eps: added inside the square roots, > 0.
+        weight_decay: L2 coefficient, >= 0 (a number or a schedule).
+        weight_decay_mask: which leaves to decay (see ``add_decayed_weights``).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.adadelta(rho=0.0, eps=1.0)
+        >>> updates, _ = tx.update(jnp.array([3.0]), tx.init(jnp.zeros(1)))
+        >>> [round(float(u), 6) for u in updates]  # -sqrt(0 + 1) / sqrt(9 + 1) * 3
+        [-0.948683]
+
+    Reference: Zeiler, 2012, "ADADELTA: An Adaptive Learning Rate Method".
+    """
+    check.non_negative("weight_decay", weight_decay)
+    return _adadelta_chain(
+        learning_rate,
+        rho=rho,
+        eps=eps,
+        weight_decay=weight_decay if _switched_on(weight_decay) else None,
+        weight_decay_mask=weight_decay_mask,
+    )
+
+
+@schedule_injection(static_args=("mask",))
+def adamw(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    *,
+    mu_dtype: Any = None,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    mask: Any = None,
+    nesterov: bool = False,
+) -> GradientTransformation:
+    r"""AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay.
+
+    ::
+
+        m_t, v_t, m_hat, v_hat as in ``adam``
+        p <- p - lr * (m_hat / (sqrt(v_hat + eps_root) + eps) + weight_decay * p)
+
+    The chain: ``scale_by_adam``, ``add_decayed_weights(weight_decay, mask)``,
+    ``scale_by_learning_rate``. The decay is added *after* Adam's preconditioner, so
+    it is not rescaled by ``1 / sqrt(v_hat)``; putting ``add_decayed_weights`` first
+    would be Adam with L2 regularization (see ``docs/optimizers.md``). The decay is
+    multiplied by the learning rate, as in Optax and PyTorch (the paper multiplies it
+    by the schedule multiplier only). Same numbers as ``optax.adamw``; ``torch.optim.
+    AdamW`` computes ``p * (1 - lr wd)`` first, the same map, but defaults to
+    ``weight_decay=1e-2``. Keras' AdamW adds eps to the raw ``sqrt(v_t)``:
+    ``gradtx.compat.keras.adamw``.
+
+    Args:
+        learning_rate: a non-negative number or a schedule.
+        b1: first-moment decay in [0, 1).
+        b2: second-moment decay in [0, 1).
+        eps: added outside the square root, >= 0.
+        eps_root: added inside the square root, >= 0.
+        mu_dtype: dtype of the first moment (None: the parameter dtype).
+        weight_decay: decoupled decay coefficient, >= 0 (a number or a schedule).
+        mask: which leaves to decay: a tree of bools like the params or a function of
+            the params (e.g. no decay on biases and norms). Static.
+        nesterov: NAdam's Nesterov momentum (see ``nadamw``).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.adamw(0.1, weight_decay=0.5)
+        >>> params = jnp.array([2.0])
+        >>> updates, _ = tx.update(jnp.array([1.0]), tx.init(params), params)
+        >>> [round(float(u), 6) for u in updates]  # -0.1 * (sign(g) + 0.5 * 2)
+        [-0.2]
+
+    Reference: Loshchilov & Hutter, 2019, "Decoupled Weight Decay Regularization".
+    """
+    return chain(
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nesterov=nesterov),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+@schedule_injection
+def amsgrad(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    *,
+    mu_dtype: Any = None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
+) -> GradientTransformation:
+    r"""AMSGrad (Reddi, Kale & Kumar, 2018): Adam with a non-decreasing denominator.
+
+    ::
+
+        m_t, v_t as in ``adam``
+        v_max_t = max(v_max_{t-1}, v_t / (1 - b2^t))
+        p <- p - lr * (m_t / (1 - b1^t)) / (sqrt(v_max_t + eps_root) + eps)
+
+    The chain: ``amsgrad_max``, ``scale_by_learning_rate``. Same numbers as
+    ``optax.amsgrad``. PyTorch's ``Adam(amsgrad=True)`` keeps the maximum of the raw
+    ``v_t`` and divides it by the current ``1 - b2^t``: ``gradtx.compat.torch.adam``
+    with ``amsgrad=True``. Without bias corrections (``bias_correction_mu=False,
+    bias_correction_nu=False``) this is the paper's Algorithm 2.
+
+    Args:
+        learning_rate: a non-negative number or a schedule.
+        b1: first-moment decay in [0, 1).
+        b2: second-moment decay in [0, 1).
+        eps: added outside the square root, >= 0.
+        eps_root: added inside the square root, >= 0.
+        mu_dtype: dtype of the first moment (None: the parameter dtype).
+        bias_correction_mu: divide the first moment by ``1 - b1^t``.
+        bias_correction_nu: divide the second moment by ``1 - b2^t`` before the maximum.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.amsgrad(0.1)
+        >>> updates, _ = tx.update(jnp.array([3.0, -0.5]), tx.init(jnp.zeros(2)))
+        >>> [round(float(u), 6) for u in updates]  # the first step is -lr * sign(g)
+        [-0.1, 0.1]
+
+    Reference: Reddi, Kale & Kumar, 2018, "On the Convergence of Adam and Beyond".
+    """
+    return chain(
+        amsgrad_max(
+            b1,
+            b2,
+            eps,
+            eps_root,
+            mu_dtype=mu_dtype,
+            bias_correction_mu=bias_correction_mu,
+            bias_correction_nu=bias_correction_nu,
+        ),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+@schedule_injection
+def adamax(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+) -> GradientTransformation:
+    r"""AdaMax (Kingma & Ba, 2015, sec. 7): Adam with the infinity norm.
+
+    ::
+
+        m_t = b1 m_{t-1} + (1 - b1) g;   u_t = max(b2 u_{t-1}, |g| + eps)
+        p <- p - lr * (m_t / (1 - b1^t)) / u_t
+
+    The chain: ``scale_by_adamax``, ``scale_by_learning_rate``. Same numbers as
+    ``optax.adamax`` and PyTorch's Adamax. Keras adds eps after the maximum:
+    ``gradtx.compat.keras.adamax``.
+
+    Args:
+        learning_rate: a non-negative number or a schedule.
+        b1: first-moment decay in [0, 1).
+        b2: decay of the infinity norm in [0, 1).
+        eps: added to ``|g|`` inside the maximum, >= 0.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.adamax(0.1, eps=0.0)
+        >>> updates, _ = tx.update(jnp.array([3.0, -0.5]), tx.init(jnp.zeros(2)))
+        >>> [round(float(u), 6) for u in updates]  # the first step is -lr * sign(g)
+        [-0.1, 0.1]
+
+    Reference: Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization", sec. 7.
+    """
+    return chain(scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate))
+
+
+@schedule_injection
+def nadam(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    *,
+    mu_dtype: Any = None,
+    nesterov: bool = True,
+) -> GradientTransformation:
+    r"""NAdam (Dozat, 2016): Adam with Nesterov momentum, in Optax's form.
+
+    ::
+
+        m_t, v_t, v_hat as in ``adam``
+        m_hat = b1 m_t / (1 - b1^(t+1)) + (1 - b1) g / (1 - b1^t)
+        p <- p - lr * m_hat / (sqrt(v_hat + eps_root) + eps)
+
+    The look-ahead replaces the bias-corrected momentum by the one of the next step
+    plus the current gradient's share. The chain: ``scale_by_adam(nesterov=True)``,
+    ``scale_by_learning_rate``; same numbers as ``optax.nadam`` (``nesterov=False`` is
+    ``adam``, kept for Optax's signature). PyTorch's NAdam multiplies b1 by a momentum
+    schedule ``mu_t = b1 (1 - 0.5 * 0.96^(0.004 t))`` and Keras by ``0.96^t``: use
+    ``gradtx.compat.torch.nadam`` / ``gradtx.compat.keras.nadam``.
+
+    Args:
+        learning_rate: a non-negative number or a schedule.
+        b1: first-moment decay in [0, 1).
+        b2: second-moment decay in [0, 1).
+        eps: added outside the square root, >= 0.
+        eps_root: added inside the square root, >= 0.
+        mu_dtype: dtype of the first moment (None: the parameter dtype).
+        nesterov: the Nesterov look-ahead (True; False gives ``adam``).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.nadam(0.1)
+        >>> updates, _ = tx.update(jnp.array([3.0, -0.5]), tx.init(jnp.zeros(2)))
+        >>> [round(float(u), 6) for u in updates]  # -0.1 * (0.9 * 0.1 / 0.19 + 0.1 / 0.1)
+        [-0.147368, 0.147368]
+
+    Reference: Dozat, 2016, "Incorporating Nesterov Momentum into Adam".
+    """
+    return chain(
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nesterov=nesterov),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+@schedule_injection(static_args=("mask",))
+def nadamw(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    *,
+    mu_dtype: Any = None,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    mask: Any = None,
+    nesterov: bool = True,
+) -> GradientTransformation:
+    r"""NAdamW: NAdam (Dozat, 2016) with decoupled weight decay (Loshchilov & Hutter).
+
+    ::
+
+        m_hat, v_hat as in ``nadam``
+        p <- p - lr * (m_hat / (sqrt(v_hat + eps_root) + eps) + weight_decay * p)
+
+    The chain: ``scale_by_adam(nesterov=True)``, ``add_decayed_weights(weight_decay,
+    mask)``, ``scale_by_learning_rate``; same numbers as ``optax.nadamw``. PyTorch's
+    ``NAdam(decoupled_weight_decay=True)`` uses its momentum schedule (see ``nadam``):
+    ``gradtx.compat.torch.nadam``.
+
+    Args:
+        learning_rate: a non-negative number or a schedule.
+        b1: first-moment decay in [0, 1).
+        b2: second-moment decay in [0, 1).
+        eps: added outside the square root, >= 0.
+        eps_root: added inside the square root, >= 0.
+        mu_dtype: dtype of the first moment (None: the parameter dtype).
+        weight_decay: decoupled decay coefficient, >= 0 (a number or a schedule).
+        mask: which leaves to decay (a tree of bools or a function of the params). Static.
+        nesterov: the Nesterov look-ahead (True; False gives ``adamw``).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.nadamw(0.1, weight_decay=0.5)
+        >>> params = jnp.array([2.0])
+        >>> updates, _ = tx.update(jnp.array([1.0]), tx.init(params), params)
+        >>> [round(float(u), 6) for u in updates]  # -0.1 * (1.473684 + 0.5 * 2)
+        [-0.247368]
+
+    Reference: Dozat, 2016, "Incorporating Nesterov Momentum into Adam"; Loshchilov &
+    Hutter, 2019, "Decoupled Weight Decay Regularization".
+    """
+    return chain(
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nesterov=nesterov),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+@schedule_injection
+def rprop(
+    learning_rate: float,
+    eta_minus: float = 0.5,
+    eta_plus: float = 1.2,
+    min_step_size: float = 1e-6,
+    max_step_size: float = 50.0,
+) -> GradientTransformation:
+    r"""Rprop (Riedmiller & Braun, 1993), iRprop- form: a per-element step on the sign.
+
+    ::
+
+        s   = sign(g_t) sign(g_{t-1})
+        d_t = clip(d_{t-1} * (eta_plus if s > 0 else eta_minus), min_step_size,
+                   max_step_size)  where s != 0;  d_0 = learning_rate
+        p  <- p - d_t sign(g_t)    (no step, and g_t forgotten, where s < 0)
+
+    The chain: ``scale_by_rprop``, ``scale(-1)``; same numbers as ``optax.rprop``.
+    Full-batch only: the sign of a noisy minibatch gradient flips at random.
+    ``learning_rate`` is the initial step size, read once by ``init`` (a number, not
+    a schedule). PyTorch's Rprop also clips the step size on the first step and
+    defaults to ``min_step_size=1e-6, max_step_size=50`` as here:
+    ``gradtx.compat.torch.rprop``.
+
+    Args:
+        learning_rate: the initial step size, > 0.
+        eta_minus: factor on a sign change, in (0, 1].
+        eta_plus: factor while the sign holds, >= 1.
+        min_step_size: lower bound of the step sizes, >= 0.
+        max_step_size: upper bound of the step sizes, >= min_step_size.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.rprop(0.1)
+        >>> updates, _ = tx.update(jnp.array([3.0, -0.5]), tx.init(jnp.zeros(2)))
+        >>> [round(float(u), 6) for u in updates]
+        [-0.1, 0.1]
+
+    Reference: Riedmiller & Braun, 1993, "A Direct Adaptive Method for Faster
+    Backpropagation Learning: The RPROP Algorithm"; Igel & Hüsken, 2000.
+    """
+    return chain(
+        scale_by_rprop(learning_rate, eta_minus, eta_plus, min_step_size, max_step_size),
+        scale(-1.0),
     )

@@ -26,6 +26,7 @@ def scale_by_adam(
     mu_dtype: Any = None,
     nu_dtype: Any = None,
     nesterov: bool = False,
+    eps_before_bias_correction: bool = False,
 ) -> GradientTransformation:
     r"""Adam's preconditioner (Kingma & Ba, 2015, Algorithm 1).
 
@@ -54,6 +55,10 @@ def scale_by_adam(
             None keeps the parameter dtype.
         nu_dtype: dtype of the second moment; None keeps the parameter's real dtype.
         nesterov: use Nesterov momentum (Dozat, 2016: NAdam, in Optax's form).
+        eps_before_bias_correction: Keras' "epsilon hat": add eps to the raw
+            ``sqrt(v_t + eps_root)``, i.e. ``u = m_hat * sqrt(1 - b2^t) / (sqrt(v_t +
+            eps_root) + eps)`` (the efficient form of Kingma & Ba, sec. 2); the
+            effective eps is then larger early in training.
 
     State: ``ScaleByAdamState(count, mu, nu)``.
 
@@ -98,11 +103,592 @@ def scale_by_adam(
                 m_hat = b1 * m_new / next_correction + (1 - b1) * g_ / bias_correction1
             else:
                 m_hat = m_new / bias_correction1
-            v_hat = v_new / numerics.bias_correction(b2, count, dtype)
-            u = m_hat / (jnp.sqrt(v_hat + eps_root) + eps)
+            bias_correction2 = numerics.bias_correction(b2, count, dtype)
+            if eps_before_bias_correction:
+                u = m_hat * jnp.sqrt(bias_correction2) / (jnp.sqrt(v_new + eps_root) + eps)
+            else:
+                u = m_hat / (jnp.sqrt(v_new / bias_correction2 + eps_root) + eps)
             return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
 
         updates, mu, nu = tree.map_unzip(leaf, updates, state.mu, state.nu, outputs=3)
         return updates, ScaleByAdamState(count, mu, nu)
+
+    return GradientTransformation(init, update)
+
+
+class ScaleByAmsgradState(NamedTuple):
+    count: jax.Array  # int32, saturating
+    mu: Updates  # first moment, in mu_dtype (default: the parameter dtype)
+    nu: Updates  # second moment, in the parameter's real dtype
+    nu_max: Updates  # running maximum of the (bias-corrected) second moment
+
+
+def amsgrad_max(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    *,
+    mu_dtype: Any = None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
+    correct_after_max: bool = False,
+    eps_before_bias_correction: bool = False,
+) -> GradientTransformation:
+    r"""AMSGrad's preconditioner (Reddi, Kale & Kumar, 2018): Adam whose denominator
+    never decreases.
+
+    With t counting updates from 1::
+
+        m_t     = b1 * m_{t-1} + (1 - b1) * g
+        v_t     = b2 * v_{t-1} + (1 - b2) * |g|^2
+        m_hat   = m_t / (1 - b1^t)                  (bias_correction_mu)
+        v_max_t = max(v_max_{t-1}, v_t / (1 - b2^t))  (bias_correction_nu)
+        u       = m_hat / (sqrt(v_max_t + eps_root) + eps)
+
+    A drop-in replacement for ``scale_by_adam`` in a chain. Adam's effective step
+    ``lr / sqrt(v_hat)`` can grow again after a burst of large gradients has decayed
+    out of ``v``; the running maximum keeps it non-increasing, which is what the
+    convergence proof of Reddi et al. needs.
+
+    Same numbers as ``optax.scale_by_amsgrad`` (the maximum of the bias-corrected
+    second moment). PyTorch's ``Adam(amsgrad=True)`` takes the maximum of the raw
+    ``v_t`` and divides it by the current ``1 - b2^t`` (see ``gradtx.compat.torch``).
+    The paper's Algorithm 2 has no bias correction: ``bias_correction_mu=False,
+    bias_correction_nu=False``.
+
+    Args:
+        b1: decay of the first moment, in [0, 1).
+        b2: decay of the second moment, in [0, 1).
+        eps: added to the denominator outside the square root, >= 0.
+        eps_root: added inside the square root, >= 0.
+        mu_dtype: dtype of the first moment; None keeps the parameter dtype.
+        bias_correction_mu: divide the first moment by ``1 - b1^t``.
+        bias_correction_nu: divide the second moment by ``1 - b2^t`` before the maximum.
+        correct_after_max: take the maximum of the raw ``v_t`` and divide it by the
+            current ``1 - b2^t`` afterwards (PyTorch's and Keras' AMSGrad):
+            ``v_max_t = max(v_max_{t-1}, v_t)``, ``u = m_hat / (sqrt(v_max_t / (1 -
+            b2^t) + eps_root) + eps)``. Replaces ``bias_correction_nu``.
+        eps_before_bias_correction: with ``correct_after_max``, add eps to the raw
+            ``sqrt(v_max_t + eps_root)`` (Keras' "epsilon hat"): ``u = m_hat * sqrt(1 -
+            b2^t) / (sqrt(v_max_t + eps_root) + eps)``.
+
+    State: ``ScaleByAmsgradState(count, mu, nu, nu_max)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.amsgrad_max(b2=0.5)
+        >>> state = tx.init(jnp.zeros(1))
+        >>> u, state = tx.update(jnp.array([4.0]), state)
+        >>> u, state = tx.update(jnp.array([0.0]), state)
+        >>> float(state.nu_max[0])  # Adam's v_hat dropped to 5.33; the maximum stays
+        16.0
+
+    Reference: Reddi, Kale & Kumar, 2018, "On the Convergence of Adam and Beyond".
+    """
+    check.unit_interval("b1", b1)
+    check.unit_interval("b2", b2)
+    check.non_negative("eps", eps)
+    check.non_negative("eps_root", eps_root)
+    check.dtype_or_none("mu_dtype", mu_dtype)
+
+    def init(params):
+        return ScaleByAmsgradState(
+            count=jnp.zeros([], jnp.int32),
+            mu=tree.zeros_like(params, mu_dtype),
+            nu=tree.zeros_like(params, real=True),
+            nu_max=tree.zeros_like(params, real=True),
+        )
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+        count = numerics.safe_increment(state.count)
+
+        def leaf(g, m, v, v_max):
+            dtype = numerics.compute_dtype(g.dtype)
+            real = numerics.real_dtype(dtype)
+            beta1 = numerics.hyperparameter(b1, dtype)
+            beta2 = numerics.hyperparameter(b2, dtype)
+            g_ = g.astype(dtype)
+            m_new = beta1 * m.astype(dtype) + (1 - beta1) * g_
+            v_new = beta2 * v.astype(real) + (1 - beta2) * numerics.abs_sq(g_)
+            m_hat = (
+                m_new / numerics.bias_correction(b1, count, dtype) if bias_correction_mu else m_new
+            )
+            if correct_after_max:
+                v_max_new = jnp.maximum(v_max.astype(real), v_new)
+                correction = numerics.bias_correction(b2, count, dtype)
+                root = numerics.hyperparameter(eps_root, real)
+                if eps_before_bias_correction:
+                    denominator = (jnp.sqrt(v_max_new + root) + eps) / jnp.sqrt(correction)
+                else:
+                    denominator = jnp.sqrt(v_max_new / correction + root) + eps
+                u = m_hat / denominator
+            else:
+                v_eff = (
+                    v_new / numerics.bias_correction(b2, count, dtype)
+                    if bias_correction_nu
+                    else v_new
+                )
+                v_max_new = jnp.maximum(v_max.astype(real), v_eff)
+                denominator = jnp.sqrt(v_max_new + numerics.hyperparameter(eps_root, real))
+                u = m_hat / (denominator + numerics.hyperparameter(eps, real))
+            return (
+                u.astype(g.dtype),
+                m_new.astype(m.dtype),
+                v_new.astype(v.dtype),
+                v_max_new.astype(v_max.dtype),
+            )
+
+        updates, mu, nu, nu_max = tree.map_unzip(
+            leaf, updates, state.mu, state.nu, state.nu_max, outputs=4
+        )
+        return updates, ScaleByAmsgradState(count, mu, nu, nu_max)
+
+    return GradientTransformation(init, update)
+
+
+class ScaleByAdamaxState(NamedTuple):
+    count: jax.Array  # int32, saturating
+    mu: Updates  # first moment, in the parameter dtype
+    nu: Updates  # exponentially weighted infinity norm, in the parameter's real dtype
+
+
+def scale_by_adamax(
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *, eps_in_max: bool = True
+) -> GradientTransformation:
+    r"""AdaMax's preconditioner (Kingma & Ba, 2015, sec. 7): Adam with the infinity norm.
+
+    With t counting updates from 1::
+
+        m_t = b1 * m_{t-1} + (1 - b1) * g
+        u_t = max(b2 * u_{t-1}, |g| + eps)
+        update = (m_t / (1 - b1^t)) / u_t
+
+    The infinity norm needs no bias correction. Same numbers as ``optax.scale_by_adamax``
+    and PyTorch's ``Adamax`` (eps inside the maximum); Keras adds eps after the maximum
+    (see ``gradtx.compat.keras``).
+
+    Args:
+        b1: decay of the first moment, in [0, 1).
+        b2: decay of the infinity norm, in [0, 1).
+        eps: added to ``|g|`` inside the maximum, >= 0 (keeps the first division finite).
+        eps_in_max: False gives Keras' form, ``u_t = max(b2 * u_{t-1}, |g|)`` and
+            ``update = (m_t / (1 - b1^t)) / (u_t + eps)``.
+
+    State: ``ScaleByAdamaxState(count, mu, nu)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.scale_by_adamax(eps=0.0)
+        >>> updates, state = tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))
+        >>> [round(float(u), 4) for u in updates]  # the first step is sign(g)
+        [1.0, -1.0]
+
+    Reference: Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization", sec. 7.
+    """
+    check.unit_interval("b1", b1)
+    check.unit_interval("b2", b2)
+    check.non_negative("eps", eps)
+
+    def init(params):
+        return ScaleByAdamaxState(
+            count=jnp.zeros([], jnp.int32),
+            mu=tree.zeros_like(params),
+            nu=tree.zeros_like(params, real=True),
+        )
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+        count = numerics.safe_increment(state.count)
+
+        def leaf(g, m, u):
+            dtype = numerics.compute_dtype(g.dtype)
+            real = numerics.real_dtype(dtype)
+            beta1 = numerics.hyperparameter(b1, dtype)
+            g_ = g.astype(dtype)
+            m_new = beta1 * m.astype(dtype) + (1 - beta1) * g_
+            epsilon = numerics.hyperparameter(eps, real)
+            u_new = jnp.maximum(
+                numerics.hyperparameter(b2, real) * u.astype(real),
+                jnp.abs(g_) + epsilon if eps_in_max else jnp.abs(g_),
+            )
+            m_hat = m_new / numerics.bias_correction(b1, count, dtype)
+            denominator = u_new if eps_in_max else u_new + epsilon
+            return (
+                (m_hat / denominator).astype(g.dtype),
+                m_new.astype(m.dtype),
+                u_new.astype(u.dtype),
+            )
+
+        updates, mu, nu = tree.map_unzip(leaf, updates, state.mu, state.nu, outputs=3)
+        return updates, ScaleByAdamaxState(count, mu, nu)
+
+    return GradientTransformation(init, update)
+
+
+class ScaleByRmsState(NamedTuple):
+    count: jax.Array  # int32, saturating (read by bias_correction)
+    nu: Updates  # moving average of |g|^2, in the parameter's real dtype
+
+
+class ScaleByStddevState(NamedTuple):
+    count: jax.Array  # int32, saturating (read by bias_correction)
+    mu: Updates  # moving average of g, in the parameter dtype
+    nu: Updates  # moving average of |g|^2, in the parameter's real dtype
+
+
+def _full_real_like(params, value):
+    return jax.tree.map(lambda z: jnp.full_like(z, value), tree.zeros_like(params, real=True))
+
+
+def scale_by_rms(
+    decay: float = 0.9,
+    eps: float = 1e-8,
+    initial_scale: float = 0.0,
+    *,
+    eps_in_sqrt: bool = True,
+    centered: bool = False,
+    bias_correction: bool = False,
+) -> GradientTransformation:
+    r"""RMSProp's preconditioner (Tieleman & Hinton, 2012), optionally centered (Graves, 2013).
+
+    With t counting updates from 1 and ``v_0 = initial_scale``::
+
+        v_t = decay * v_{t-1} + (1 - decay) * |g|^2
+        m_t = decay * m_{t-1} + (1 - decay) * g          (centered only; m_0 = 0)
+        s   = v_t - |m_t|^2   if centered else v_t       (bias_correction: v_t and m_t
+                                                            first divided by 1 - decay^t)
+        u   = g / sqrt(s + eps)      (eps_in_sqrt)
+        u   = g / (sqrt(s) + eps)    (otherwise)
+
+    Centered RMSProp divides by an estimate of the standard deviation of g instead of
+    its root mean square. Same numbers as ``optax.scale_by_rms`` and (centered)
+    ``optax.scale_by_stddev``, except that ``s`` is clipped at 0 where rounding makes
+    ``v_t - |m_t|^2`` negative (Optax returns NaN there). PyTorch's RMSprop uses
+    ``decay=0.99`` and eps outside the root; Keras ``decay=0.9`` and eps inside.
+    ``scale_by_rms(b2, eps_in_sqrt=False, bias_correction=True)`` is Adam with b1=0.
+
+    Args:
+        decay: decay of the moving averages, in [0, 1).
+        eps: added to the denominator, >= 0.
+        initial_scale: initial value of ``v``, >= 0 (PyTorch 0, TF1 1).
+        eps_in_sqrt: add eps inside the square root (else outside).
+        centered: subtract the squared moving average of g (Graves, 2013).
+        bias_correction: divide the averages by ``1 - decay^t``.
+
+    State: ``ScaleByRmsState(count, nu)``, or ``ScaleByStddevState(count, mu, nu)``
+    when centered.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.scale_by_rms(decay=0.75, eps=0.0)
+        >>> updates, state = tx.update(jnp.array([2.0]), tx.init(jnp.zeros(1)))
+        >>> updates.tolist()  # 2 / sqrt(0.25 * 4)
+        [2.0]
+
+    Reference: Tieleman & Hinton, 2012, "Lecture 6.5 - RMSProp", COURSERA: Neural
+    Networks for Machine Learning; Graves, 2013, "Generating Sequences With Recurrent
+    Neural Networks" (eq. 38-45).
+    """
+    check.unit_interval("decay", decay)
+    check.non_negative("eps", eps)
+    check.non_negative("initial_scale", initial_scale)
+
+    def init(params):
+        count = jnp.zeros([], jnp.int32)
+        nu = _full_real_like(params, initial_scale)
+        if centered:
+            return ScaleByStddevState(count, tree.zeros_like(params), nu)
+        return ScaleByRmsState(count, nu)
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+        count = numerics.safe_increment(state.count)
+
+        def leaf(g, v, m=None):
+            dtype = numerics.compute_dtype(g.dtype)
+            real = numerics.real_dtype(dtype)
+            rho = numerics.hyperparameter(decay, dtype)
+            g_ = g.astype(dtype)
+            v_new = rho * v.astype(real) + (1 - rho) * numerics.abs_sq(g_)
+            correction = numerics.bias_correction(decay, count, dtype) if bias_correction else 1
+            s = v_new / correction
+            if centered:
+                m_new = rho * m.astype(dtype) + (1 - rho) * g_
+                # Rounding can push the variance estimate below zero (constant g).
+                s = jnp.maximum(s - numerics.abs_sq(m_new / correction), 0)
+            epsilon = numerics.hyperparameter(eps, real)
+            denominator = jnp.sqrt(s + epsilon) if eps_in_sqrt else jnp.sqrt(s) + epsilon
+            u = (g_ / denominator).astype(g.dtype)
+            if centered:
+                return u, v_new.astype(v.dtype), m_new.astype(m.dtype)
+            return u, v_new.astype(v.dtype)
+
+        if centered:
+            updates, nu, mu = tree.map_unzip(leaf, updates, state.nu, state.mu, outputs=3)
+            return updates, ScaleByStddevState(count, mu, nu)
+        updates, nu = tree.map_unzip(leaf, updates, state.nu, outputs=2)
+        return updates, ScaleByRmsState(count, nu)
+
+    return GradientTransformation(init, update)
+
+
+class ScaleByRssState(NamedTuple):
+    sum_of_squares: Updates  # initial_accumulator_value + sum of |g|^2, in the real dtype
+
+
+def scale_by_rss(
+    initial_accumulator_value: float = 0.1, eps: float = 1e-7, *, eps_in_sqrt: bool = True
+) -> GradientTransformation:
+    r"""Adagrad's preconditioner (Duchi, Hazan & Singer, 2011): the root sum of squares.
+
+    With ``s_0 = initial_accumulator_value``::
+
+        s_t = s_{t-1} + |g|^2
+        u   = g / sqrt(s_t + eps)      (0 where s_t = 0)
+
+    Same numbers as ``optax.scale_by_rss`` (and Keras' Adagrad). PyTorch's Adagrad
+    starts from ``s_0 = 0`` and adds eps=1e-10 outside the square root (see
+    ``gradtx.compat.torch``).
+
+    Args:
+        initial_accumulator_value: starting value of the sum, >= 0.
+        eps: added inside the square root, >= 0.
+        eps_in_sqrt: False adds eps outside, ``u = g / (sqrt(s_t) + eps)`` (PyTorch).
+
+    State: ``ScaleByRssState(sum_of_squares)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.scale_by_rss(initial_accumulator_value=0.0, eps=0.0)
+        >>> state = tx.init(jnp.zeros(1))
+        >>> u, state = tx.update(jnp.array([3.0]), state)
+        >>> u, state = tx.update(jnp.array([4.0]), state)
+        >>> u.tolist()  # 4 / sqrt(9 + 16)
+        [0.800000011920929]
+
+    Reference: Duchi, Hazan & Singer, 2011, "Adaptive Subgradient Methods for Online
+    Learning and Stochastic Optimization".
+    """
+    check.non_negative("initial_accumulator_value", initial_accumulator_value)
+    check.non_negative("eps", eps)
+
+    def init(params):
+        return ScaleByRssState(sum_of_squares=_full_real_like(params, initial_accumulator_value))
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+
+        def leaf(g, s):
+            dtype = numerics.compute_dtype(g.dtype)
+            real = numerics.real_dtype(dtype)
+            g_ = g.astype(dtype)
+            s_new = s.astype(real) + numerics.abs_sq(g_)
+            # s_t = 0 only where every gradient so far was 0 (and s_0 = 0): no step.
+            epsilon = numerics.hyperparameter(eps, real)
+            if eps_in_sqrt:
+                scaling = jnp.where(s_new > 0, jax.lax.rsqrt(s_new + epsilon), 0)
+            else:
+                scaling = jnp.where(s_new > 0, 1 / (jnp.sqrt(s_new) + epsilon), 0)
+            return (scaling * g_).astype(g.dtype), s_new.astype(s.dtype)
+
+        updates, sum_of_squares = tree.map_unzip(leaf, updates, state.sum_of_squares, outputs=2)
+        return updates, ScaleByRssState(sum_of_squares)
+
+    return GradientTransformation(init, update)
+
+
+class ScaleByAdadeltaState(NamedTuple):
+    e_g: Updates  # moving average of |g|^2, in the parameter's real dtype
+    e_x: Updates  # moving average of |update|^2, in the parameter's real dtype
+
+
+def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransformation:
+    r"""Adadelta's preconditioner (Zeiler, 2012, Algorithm 1).
+
+    ::
+
+        E[g^2]_t  = rho * E[g^2]_{t-1} + (1 - rho) * |g|^2
+        u_t       = sqrt(E[dx^2]_{t-1} + eps) / sqrt(E[g^2]_t + eps) * g
+        E[dx^2]_t = rho * E[dx^2]_{t-1} + (1 - rho) * |u_t|^2
+
+    The ratio of RMS values gives the update the units of the parameters, so the
+    paper uses no learning rate (``adadelta``'s default learning rate is 1). Same
+    numbers as ``optax.scale_by_adadelta`` and PyTorch's Adadelta; Keras defaults to
+    ``rho=0.95, eps=1e-7``.
+
+    Args:
+        rho: decay of the moving averages, in [0, 1).
+        eps: added inside both square roots, > 0 (with 0 the first update, and every
+            one after it, would be 0).
+
+    State: ``ScaleByAdadeltaState(e_g, e_x)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.scale_by_adadelta(rho=0.0, eps=1.0)
+        >>> updates, state = tx.update(jnp.array([0.0, 3.0]), tx.init(jnp.zeros(2)))
+        >>> [round(float(u), 6) for u in updates]  # sqrt(0 + 1) / sqrt(g^2 + 1) * g
+        [0.0, 0.948683]
+
+    Reference: Zeiler, 2012, "ADADELTA: An Adaptive Learning Rate Method".
+    """
+    check.unit_interval("rho", rho)
+    check.positive("eps", eps)
+
+    def init(params):
+        return ScaleByAdadeltaState(
+            e_g=tree.zeros_like(params, real=True), e_x=tree.zeros_like(params, real=True)
+        )
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+
+        def leaf(g, e_g, e_x):
+            dtype = numerics.compute_dtype(g.dtype)
+            real = numerics.real_dtype(dtype)
+            decay = numerics.hyperparameter(rho, real)
+            epsilon = numerics.hyperparameter(eps, real)
+            g_ = g.astype(dtype)
+            e_g_new = decay * e_g.astype(real) + (1 - decay) * numerics.abs_sq(g_)
+            u = jnp.sqrt(e_x.astype(real) + epsilon) / jnp.sqrt(e_g_new + epsilon) * g_
+            e_x_new = decay * e_x.astype(real) + (1 - decay) * numerics.abs_sq(u)
+            return u.astype(g.dtype), e_g_new.astype(e_g.dtype), e_x_new.astype(e_x.dtype)
+
+        updates, e_g, e_x = tree.map_unzip(leaf, updates, state.e_g, state.e_x, outputs=3)
+        return updates, ScaleByAdadeltaState(e_g, e_x)
+
+    return GradientTransformation(init, update)
+
+
+class ScaleByRpropState(NamedTuple):
+    step_sizes: Updates  # per-element step size, in the parameter dtype
+    previous_sign: Updates  # sign of the last gradient (0 after a sign change)
+
+
+def scale_by_rprop(
+    learning_rate: float,
+    eta_minus: float = 0.5,
+    eta_plus: float = 1.2,
+    min_step_size: float = 1e-6,
+    max_step_size: float = 50.0,
+    *,
+    clip_every_step: bool = False,
+) -> GradientTransformation:
+    r"""Rprop's step (Riedmiller & Braun, 1993), in the iRprop- form of Igel & Hüsken.
+
+    Only the sign of the gradient is used; each element has its own step size, grown
+    while the gradient keeps its sign and shrunk when it flips. With ``s = sign(g_t) *
+    sign(g_{t-1})`` and ``d_0 = learning_rate``::
+
+        d_t = clip(d_{t-1} * eta_plus,  min_step_size, max_step_size)   if s > 0
+        d_t = clip(d_{t-1} * eta_minus, min_step_size, max_step_size)   if s < 0
+        d_t = d_{t-1}                                                   if s = 0
+        g_t <- 0                                                        if s < 0
+        u_t = d_t * sign(g_t)
+
+    After a sign change the step is skipped and the gradient forgotten (so the next
+    step does not shrink again). Negate afterwards (``rprop`` chains ``scale(-1)``).
+    Same numbers as ``optax.scale_by_rprop``; PyTorch's Rprop also clips ``d`` on the
+    first step (see ``gradtx.compat.torch``).
+
+    Args:
+        learning_rate: the initial step size, > 0 (a number: it is read once, by
+            ``init``; rescaling it later does not change the step sizes).
+        eta_minus: factor applied when the gradient changes sign, in (0, 1].
+        eta_plus: factor applied when it keeps its sign, >= 1.
+        min_step_size: lower bound of the step sizes, >= 0.
+        max_step_size: upper bound of the step sizes, >= min_step_size.
+        clip_every_step: also clip ``d_t`` when ``s = 0`` (the first step included), as
+            PyTorch does.
+
+    State: ``ScaleByRpropState(step_sizes, previous_sign)``. Real parameters only
+    (the sign of a complex number is not defined).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.scale_by_rprop(0.1)
+        >>> state = tx.init(jnp.zeros(2))
+        >>> u, state = tx.update(jnp.array([3.0, -1.0]), state)
+        >>> u, state = tx.update(jnp.array([2.0, 5.0]), state)
+        >>> [round(float(x), 6) for x in u]  # grown by 1.2; skipped after the flip
+        [0.12, 0.0]
+
+    Reference: Riedmiller & Braun, 1993, "A Direct Adaptive Method for Faster
+    Backpropagation Learning: The RPROP Algorithm"; Igel & Hüsken, 2000, "Improving
+    the Rprop Learning Algorithm".
+    """
+    if callable(learning_rate):
+        raise TypeError(
+            "scale_by_rprop's learning_rate is the initial step size, read once by init; "
+            "a schedule would be ignored after step 0, so pass a number"
+        )
+    check.positive("learning_rate", learning_rate)
+    check.in_range("eta_minus", eta_minus, 0.0, 1.0, low_inclusive=False)
+    check.in_range("eta_plus", eta_plus, 1.0, None)
+    check.non_negative("min_step_size", min_step_size)
+    check.non_negative("max_step_size", max_step_size)
+    bounds = (min_step_size, max_step_size)
+    if all(isinstance(b, (int, float)) for b in bounds) and min_step_size > max_step_size:
+        raise ValueError(
+            f"max_step_size must be >= min_step_size ({min_step_size!r}), got {max_step_size!r}"
+        )
+
+    def init(params):
+        zeros = tree.zeros_like(params)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(zeros):
+            if jnp.iscomplexobj(leaf):
+                raise TypeError(
+                    f"scale_by_rprop needs real parameters; {jax.tree_util.keystr(path)} is "
+                    f"{leaf.dtype.name} (the sign of a complex number is undefined)"
+                )
+        return ScaleByRpropState(
+            step_sizes=jax.tree.map(lambda z: jnp.full_like(z, learning_rate), zeros),
+            previous_sign=zeros,
+        )
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+
+        def leaf(g, d, previous):
+            dtype = numerics.compute_dtype(g.dtype)
+            sign = jnp.sign(g.astype(dtype))
+            agreement = sign * previous.astype(dtype)
+            factor = jnp.where(
+                agreement > 0,
+                numerics.hyperparameter(eta_plus, dtype),
+                numerics.hyperparameter(eta_minus, dtype),
+            )
+            grown_or_shrunk = jnp.clip(
+                d.astype(dtype) * factor,
+                numerics.hyperparameter(min_step_size, dtype),
+                numerics.hyperparameter(max_step_size, dtype),
+            )
+            unchanged = d.astype(dtype)
+            if clip_every_step:
+                unchanged = jnp.clip(
+                    unchanged,
+                    numerics.hyperparameter(min_step_size, dtype),
+                    numerics.hyperparameter(max_step_size, dtype),
+                )
+            d_new = jnp.where(agreement == 0, unchanged, grown_or_shrunk)
+            sign = jnp.where(agreement < 0, 0, sign)
+            return (
+                (d_new * sign).astype(g.dtype),
+                d_new.astype(d.dtype),
+                sign.astype(previous.dtype),
+            )
+
+        updates, step_sizes, previous_sign = tree.map_unzip(
+            leaf, updates, state.step_sizes, state.previous_sign, outputs=3
+        )
+        return updates, ScaleByRpropState(step_sizes, previous_sign)
 
     return GradientTransformation(init, update)

@@ -1,0 +1,159 @@
+"""Momentum: the heavy-ball buffer and Nesterov's accelerated gradient."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradtx import check, numerics, tree
+from gradtx.core import GradientTransformation, Updates
+
+
+class TraceState(NamedTuple):
+    trace: Updates  # the momentum buffer, in accumulator_dtype (default: the parameter dtype)
+
+
+class DampenedTraceState(NamedTuple):
+    count: jax.Array  # int32, saturating: the first update is not dampened
+    trace: Updates  # the momentum buffer, in accumulator_dtype (default: the parameter dtype)
+
+
+def trace(
+    decay: float | jax.Array,
+    nesterov: bool = False,
+    *,
+    accumulator_dtype: Any = None,
+    dampening: float | jax.Array | None = None,
+) -> GradientTransformation:
+    r"""Heavy-ball momentum: a buffer of past gradients decayed by ``decay``.
+
+    ::
+
+        b_t = g_t + decay * b_{t-1}            (b_0 = 0)
+        u_t = b_t                              (nesterov=False: Polyak's heavy ball)
+        u_t = g_t + decay * b_t                (nesterov=True: see nesterov_lookahead)
+
+    The buffer holds raw gradients; multiply by ``-learning_rate`` afterwards in the
+    chain. Same numbers as ``optax.trace`` and as PyTorch's SGD momentum with
+    ``dampening=0`` (PyTorch sets ``b_1 = g_1``, which is the same since ``b_0 = 0``).
+    Keras puts the learning rate inside the buffer (``v = mu v - lr g``); that is the
+    same map only while the learning rate is constant (see ``gradtx.compat.keras``).
+
+    With ``dampening`` given (PyTorch's SGD), the gradient entering the buffer is
+    scaled by ``1 - dampening`` except on the first update::
+
+        b_1 = g_1;   b_t = decay * b_{t-1} + (1 - dampening) * g_t   (t > 1)
+
+    Args:
+        decay: the momentum coefficient, in [0, 1).
+        nesterov: return ``g_t + decay * b_t`` (Nesterov's momentum, Sutskever et al.
+            2013 form) instead of ``b_t``.
+        accumulator_dtype: dtype of the buffer (e.g. ``jnp.bfloat16``); None keeps
+            the parameter dtype.
+        dampening: PyTorch's dampening, in [0, 1]; None (the default) is Optax's
+            form. Giving it adds a step count to the state.
+
+    State: ``TraceState(trace)``, or ``DampenedTraceState(count, trace)`` with
+    ``dampening``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.trace(0.5)
+        >>> state = tx.init(jnp.zeros(1))
+        >>> u, state = tx.update(jnp.array([1.0]), state)
+        >>> u, state = tx.update(jnp.array([1.0]), state)
+        >>> u.tolist()  # 1 + 0.5 * 1
+        [1.5]
+
+    Reference: Polyak, 1964, "Some methods of speeding up the convergence of iteration
+    methods"; Qian, 1999, "On the momentum term in gradient descent learning algorithms".
+    """
+    check.unit_interval("decay", decay)
+    check.dtype_or_none("accumulator_dtype", accumulator_dtype)
+    dampened = dampening is not None
+    if dampened:
+        check.in_range("dampening", dampening, 0.0, 1.0)
+
+    def init(params):
+        buffer = tree.zeros_like(params, accumulator_dtype)
+        if dampened:
+            return DampenedTraceState(count=jnp.zeros([], jnp.int32), trace=buffer)
+        return TraceState(trace=buffer)
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+
+        def leaf(g, b):
+            dtype = numerics.compute_dtype(g.dtype)
+            mu = numerics.hyperparameter(decay, dtype)
+            g_ = g.astype(dtype)
+            if dampened:
+                g_in = jnp.where(
+                    state.count == 0, g_, (1 - numerics.hyperparameter(dampening, dtype)) * g_
+                )
+                b_new = mu * b.astype(dtype) + g_in
+            else:
+                b_new = g_ + mu * b.astype(dtype)
+            u = g_ + mu * b_new if nesterov else b_new
+            return u.astype(g.dtype), b_new.astype(b.dtype)
+
+        updates, buffer = tree.map_unzip(leaf, updates, state.trace, outputs=2)
+        if dampened:
+            return updates, DampenedTraceState(numerics.safe_increment(state.count), buffer)
+        return updates, TraceState(trace=buffer)
+
+    return GradientTransformation(init, update)
+
+
+def nesterov_lookahead(
+    decay: float | jax.Array, *, accumulator_dtype: Any = None
+) -> GradientTransformation:
+    r"""Nesterov's accelerated gradient, in the form of Sutskever et al. (2013).
+
+    Sutskever, Martens, Dahl & Hinton write Nesterov's method as a momentum step that
+    evaluates the gradient at the look-ahead point ``theta + mu v``::
+
+        v_{t+1}     = mu v_t - lr grad f(theta_t + mu v_t)
+        theta_{t+1} = theta_t + v_{t+1}
+
+    which needs the gradient at a point other than the parameters. Reparametrise on the
+    look-ahead point ``phi_t = theta_t + mu v_t`` (so ``g_t = grad f(phi_t)`` is the
+    ordinary gradient of the parameters the model holds)::
+
+        phi_{t+1} = theta_{t+1} + mu v_{t+1} = phi_t - mu v_t + (1 + mu) v_{t+1}
+                  = phi_t + mu^2 v_t - (1 + mu) lr g_t
+
+    and write the velocity as a buffer of raw gradients, ``v_t = -lr b_t`` (exact
+    while lr is constant)::
+
+        b_{t+1}   = mu b_t + g_t
+        phi_{t+1} = phi_t - lr (mu^2 b_t + (1 + mu) g_t) = phi_t - lr (g_t + mu b_{t+1})
+
+    That is ``trace(decay, nesterov=True)`` followed by ``-lr``: this function returns
+    exactly that transform, so the two are interchangeable in a chain (and in a
+    checkpoint). With ``v_0 = 0``, ``phi_0 = theta_0``: the iterates are the look-ahead
+    points of the original method. PyTorch's ``SGD(nesterov=True)`` is the same map.
+
+    Args:
+        decay: the momentum coefficient ``mu``, in [0, 1).
+        accumulator_dtype: dtype of the buffer; None keeps the parameter dtype.
+
+    State: ``TraceState(trace)``, the buffer ``b``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.nesterov_lookahead(0.5)
+        >>> state = tx.init(jnp.zeros(1))
+        >>> u, state = tx.update(jnp.array([1.0]), state)
+        >>> u.tolist()  # g + mu * (mu * 0 + g)
+        [1.5]
+
+    Reference: Nesterov, 1983, "A method for solving the convex programming problem
+    with convergence rate O(1/k^2)"; Sutskever, Martens, Dahl & Hinton, 2013, "On the
+    importance of initialization and momentum in deep learning" (eq. 3-4).
+    """
+    return trace(decay, nesterov=True, accumulator_dtype=accumulator_dtype)

@@ -1,0 +1,205 @@
+"""Every momentum and adaptive block against a NumPy loop of its published equations."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradtx as gtx
+from tests import trajectory
+from tests.reference import classic
+
+STEPS = 60
+
+# name -> (gradtx block, reference block built for n elements)
+BLOCKS = {
+    "trace": (
+        lambda: gtx.trace(0.9),
+        lambda n: classic.HeavyBall(n, 0.9),
+    ),
+    "trace_nesterov": (
+        lambda: gtx.trace(0.9, nesterov=True),
+        lambda n: classic.HeavyBall(n, 0.9, nesterov=True),
+    ),
+    "nesterov_lookahead": (
+        lambda: gtx.nesterov_lookahead(0.8),
+        lambda n: classic.HeavyBall(n, 0.8, nesterov=True),
+    ),
+    "adam": (
+        lambda: gtx.scale_by_adam(0.8, 0.95, 1e-6, eps_root=1e-4),
+        lambda n: classic.Adam(n, 0.8, 0.95, 1e-6, eps_root=1e-4),
+    ),
+    "adam_nesterov": (
+        lambda: gtx.scale_by_adam(nesterov=True),
+        lambda n: classic.Adam(n, nesterov=True),
+    ),
+    "amsgrad_max": (
+        lambda: gtx.amsgrad_max(0.9, 0.9),
+        lambda n: classic.AMSGrad(n, 0.9, 0.9),
+    ),
+    "amsgrad_max_eps_root": (
+        lambda: gtx.amsgrad_max(0.8, 0.99, 1e-3, eps_root=1e-2),
+        lambda n: classic.AMSGrad(n, 0.8, 0.99, 1e-3, eps_root=1e-2),
+    ),
+    "amsgrad_max_paper": (
+        lambda: gtx.amsgrad_max(bias_correction_mu=False, bias_correction_nu=False),
+        lambda n: classic.AMSGrad(n, correct_mu=False, correct_nu=False),
+    ),
+    "adamax": (
+        lambda: gtx.scale_by_adamax(0.85, 0.99, 1e-3),
+        lambda n: classic.AdaMax(n, 0.85, 0.99, 1e-3),
+    ),
+    "rss": (
+        lambda: gtx.scale_by_rss(),
+        lambda n: classic.Adagrad(n),
+    ),
+    "rss_from_zero": (
+        lambda: gtx.scale_by_rss(initial_accumulator_value=0.0, eps=1e-3),
+        lambda n: classic.Adagrad(n, 0.0, 1e-3),
+    ),
+    "adadelta": (
+        lambda: gtx.scale_by_adadelta(),
+        lambda n: classic.Adadelta(n),
+    ),
+    "adadelta_fast": (
+        lambda: gtx.scale_by_adadelta(rho=0.5, eps=1e-3),
+        lambda n: classic.Adadelta(n, 0.5, 1e-3),
+    ),
+    "rprop": (
+        lambda: gtx.scale_by_rprop(0.01, 0.5, 1.2, 2e-3, 0.05),
+        lambda n: classic.Rprop(n, 0.01, 0.5, 1.2, 2e-3, 0.05),
+    ),
+}
+
+# Every combination of scale_by_rms's switches. Centered with bias correction estimates
+# a variance of exactly 0 at step 1 (v_hat = g^2 = m_hat^2), where the result is rounding
+# noise over eps; a non-zero initial scale keeps the comparison about the equations.
+RMS_OPTIONS = [
+    dict(eps_in_sqrt=eps_in_sqrt, centered=centered, bias_correction=bias_correction)
+    for eps_in_sqrt in (True, False)
+    for centered in (False, True)
+    for bias_correction in (False, True)
+]
+for options in RMS_OPTIONS:
+    name = "_".join(["rms"] + [k for k, v in options.items() if v])
+    initial_scale = 0.0 if options["bias_correction"] and not options["centered"] else 0.5
+    BLOCKS[name] = (
+        lambda o=options, s=initial_scale: gtx.scale_by_rms(0.8, 1e-4, s, **o),
+        lambda n, o=options, s=initial_scale: classic.RMSProp(n, 0.8, 1e-4, s, **o),
+    )
+
+
+def _runs(dtype):
+    """Every block's updates over the same gradients, in one compiled scan, and the
+    gradients flattened for the references."""
+    rng = np.random.default_rng(1)
+    gradients = trajectory.random_gradients(rng, STEPS, dtype)
+    params = trajectory.random_params(rng, dtype)
+    blocks = {name: make_block() for name, (make_block, _) in BLOCKS.items()}
+    runs = trajectory.run_many(blocks, gradients, params)
+    updates = {name: trajectory.flatten(u) for name, (u, _) in runs.items()}
+    return updates, trajectory.flatten(gradients)
+
+
+@pytest.fixture(scope="module")
+def float64_runs():
+    with jax.enable_x64(True):
+        return _runs(jnp.float64)
+
+
+@pytest.fixture(scope="module")
+def float32_runs():
+    return _runs(jnp.float32)
+
+
+def _expected(name, flat_gradients):
+    _, make_reference = BLOCKS[name]
+    return classic.directions(make_reference(flat_gradients.shape[1]), flat_gradients)
+
+
+@pytest.mark.parametrize("name", sorted(BLOCKS))
+def test_block_matches_reference_in_float64(name, float64_runs):
+    updates, flat_gradients = float64_runs
+    trajectory.assert_close(updates[name], _expected(name, flat_gradients), rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(BLOCKS))
+def test_block_matches_reference_in_float32(name, float32_runs):
+    # The reference runs in float64 on the same float32 gradients.
+    updates, flat_gradients = float32_runs
+    trajectory.assert_close(updates[name], _expected(name, flat_gradients), rtol=1e-5)
+
+
+def test_rprop_comparison_reaches_both_step_size_bounds():
+    """The gradients of the rprop comparison drive step sizes to both clipping bounds."""
+    rprop = classic.Rprop(17, 0.01, 0.5, 1.2, 2e-3, 0.05)
+    rng = np.random.default_rng(1)
+    gradients = trajectory.flatten(trajectory.random_gradients(rng, STEPS, jnp.float32))
+    hit_low = hit_high = False
+    for g in gradients:
+        rprop.step(g)
+        hit_low |= bool(np.any(rprop.step_size == 2e-3))
+        hit_high |= bool(np.any(rprop.step_size == 0.05))
+    assert hit_low and hit_high
+
+
+def test_centered_rms_stays_finite_when_the_variance_estimate_vanishes():
+    # A constant gradient has variance 0; rounding can make v - m^2 slightly negative.
+    tx = gtx.scale_by_rms(0.9, 1e-8, centered=True, bias_correction=True, eps_in_sqrt=False)
+    gradients = {"w": jnp.full((40, 5), 0.3, jnp.float32)}
+    updates, _ = trajectory.run(tx, gradients, {"w": jnp.zeros(5, jnp.float32)})
+    assert np.all(np.isfinite(np.asarray(updates["w"])))
+
+
+def test_amsgrad_max_never_decreases_denominator():
+    # A burst of large gradients then small ones: Adam's v_hat decays, AMSGrad's may not.
+    g = jnp.asarray([10.0] * 5 + [0.1] * 25, jnp.float32)[:, None]
+    gradients = {"w": g}
+    params = {"w": jnp.zeros(1)}
+    eps = 1e-8
+
+    def denominators(tx, second_moment):
+        def step(state, g):
+            _, state = tx.update(g, state)
+            return state, second_moment(state)
+
+        _, nu = jax.lax.scan(step, tx.init(params), gradients)
+        return np.sqrt(np.asarray(nu["w"])[:, 0]) + eps
+
+    b2 = 0.9
+    amsgrad = denominators(gtx.amsgrad_max(b2=b2), lambda s: s.nu_max)
+    adam_nu_hat = lambda s: jax.tree.map(lambda v: v / (1 - b2**s.count), s.nu)  # noqa: E731
+    adam = denominators(gtx.scale_by_adam(b2=b2), adam_nu_hat)
+    assert np.all(np.diff(amsgrad) >= 0)
+    assert np.any(np.diff(adam) < 0)  # the sequence does make Adam's denominator fall
+    np.testing.assert_allclose(amsgrad, np.maximum.accumulate(adam), rtol=1e-6)
+
+
+def test_nesterov_lookahead_iterates_are_sutskever_lookahead_points(x64):
+    """gradtx's iterates phi_t equal theta_t + mu v_t of the original Sutskever et al.
+    form, which evaluates the gradient at the look-ahead point."""
+    rng = np.random.default_rng(2)
+    curvature = rng.uniform(0.5, 5.0, size=6)
+    target = rng.normal(size=6)
+    lr, mu, steps = 0.05, 0.9, 60
+
+    def loss(theta):
+        return 0.5 * jnp.sum(curvature * theta**2) - jnp.sum(target * theta)
+
+    expected = classic.sutskever_nesterov(
+        np.zeros(6), lambda theta: curvature * theta - target, lr, mu, steps
+    )
+    tx = gtx.chain(gtx.nesterov_lookahead(mu), gtx.scale_by_learning_rate(lr))
+
+    def step(carry, _):
+        phi, state = carry
+        updates, state = tx.update(jax.grad(loss)(phi), state, phi)
+        phi = gtx.apply_updates(phi, updates)
+        return (phi, state), phi
+
+    phi0 = jnp.zeros(6, jnp.float64)
+    _, phis = jax.jit(lambda p: jax.lax.scan(step, (p, tx.init(p)), None, length=steps))(phi0)
+    trajectory.assert_close(np.asarray(phis), expected, rtol=1e-10)
+    assert np.max(np.abs(expected[-1] - target / curvature)) < 1e-2  # it did converge
