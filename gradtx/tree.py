@@ -91,7 +91,9 @@ def zeros_like(tree: Any, dtype: Any = None, *, real: bool = False) -> Any:
         leaf_dtype = jnp.dtype(dtype) if dtype is not None else jnp.dtype(x.dtype)
         if real:
             leaf_dtype = numerics.real_dtype(leaf_dtype)
-        return jnp.zeros(jnp.shape(x), leaf_dtype)
+        # zeros_like, not zeros(shape): it keeps the leaf's sharding (eagerly, on abstract
+        # leaves, and under jit with explicit mesh axes), so state is sharded like params.
+        return jnp.zeros_like(x, dtype=leaf_dtype)
 
     return jax.tree.map(zeros, tree)
 
@@ -100,7 +102,7 @@ def full_like(tree: Any, fill_value: Any, dtype: Any = None) -> Any:
     """A tree shaped like ``tree`` filled with ``fill_value`` (leaf dtypes kept by default)."""
     check_inexact(tree, "parameter")
     return jax.tree.map(
-        lambda x: jnp.full(jnp.shape(x), fill_value, dtype if dtype is not None else x.dtype),
+        lambda x: jnp.full_like(x, fill_value, dtype if dtype is not None else x.dtype),
         tree,
     )
 
