@@ -4,7 +4,7 @@ An optimizer is a pair of pure functions ``(init, update)`` built by chaining sm
 transforms; see ``gradtx.chain`` and the README.
 """
 
-from gradtx import schedules, tree
+from gradtx import schedules, training, tree
 from gradtx.core import (
     EmptyState,
     GradientTransformation,
@@ -40,6 +40,9 @@ from gradtx.schedules.injection import (
     schedule_injection,
     set_hyperparams,
 )
+
+# --- plateau control (issue 3) ---
+from gradtx.schedules.plateau import ReduceOnPlateauState, reduce_on_plateau
 
 # --- adaptive preconditioners ---
 from gradtx.transforms.adaptive import (
@@ -152,6 +155,10 @@ __all__ = [
     "schedules",
     "set_hyperparams",
     "tree",
+    # plateau control and training tools (issue 3)
+    "ReduceOnPlateauState",
+    "reduce_on_plateau",
+    "training",
     # momentum and adaptive blocks (issue 2)
     "ScaleByAdadeltaState",
     "ScaleByAdamaxState",

@@ -1,0 +1,217 @@
+"""Cosine schedules: cosine decay, linear warmup then cosine decay, and SGDR restarts."""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+
+from gradtx import check, numerics
+from gradtx.core import Schedule
+from gradtx.schedules.steps import as_step, as_value, check_count
+
+
+def _half_cosine(fraction):
+    """``(1 + cos(pi * fraction)) / 2``: 1 at fraction 0, 0 at fraction 1."""
+    return 0.5 * (1 + jnp.cos(jnp.pi * fraction))
+
+
+def cosine_decay(
+    init_value: float, decay_steps: int, alpha: float = 0.0, exponent: float = 1.0
+) -> Schedule:
+    """Cosine decay from ``init_value`` to ``alpha * init_value``, then constant::
+
+        c(t) = (1 + cos(pi * min(t, decay_steps) / decay_steps)) / 2
+        v(t) = init_value * ((1 - alpha) * c(t)^exponent + alpha)
+
+    Same numbers as Optax's ``cosine_decay_schedule`` and Keras' ``CosineDecay``; for
+    t <= T_max, PyTorch's ``CosineAnnealingLR(T_max=decay_steps, eta_min=alpha *
+    init_value)``. Past ``decay_steps`` this schedule (like Optax and Keras) stays at
+    its end value, whereas PyTorch's cosine is periodic and climbs back up; use
+    ``sgdr`` for restarts.
+
+    Args:
+        init_value: the value at step 0.
+        decay_steps: steps of the decay, a positive integer.
+        alpha: the final value as a fraction of ``init_value``, in [0, 1].
+        exponent: raises the cosine factor to this power, > 0.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx import schedules
+        >>> schedule = schedules.cosine_decay(1.0, decay_steps=4)
+        >>> [round(v, 4) for v in schedule(jnp.arange(6)).tolist()]
+        [1.0, 0.8536, 0.5, 0.1464, 0.0, 0.0]
+
+    Reference: Loshchilov & Hutter, 2017, "SGDR: Stochastic Gradient Descent with Warm
+    Restarts".
+    """
+    check.number("init_value", init_value)
+    check_count("decay_steps", decay_steps)
+    check.in_range("alpha", alpha, 0.0, 1.0)
+    check.positive("exponent", exponent)
+
+    def schedule(step):
+        t = jnp.minimum(as_step(step), decay_steps).astype(jnp.float32)
+        factor = _half_cosine(t / decay_steps) ** exponent
+        return as_value(init_value * ((1 - alpha) * factor + alpha))
+
+    return schedule
+
+
+def warmup_cosine_decay(
+    init_value: float,
+    peak_value: float,
+    warmup_steps: int,
+    decay_steps: int,
+    end_value: float = 0.0,
+    exponent: float = 1.0,
+) -> Schedule:
+    """Linear warmup from ``init_value`` to ``peak_value``, then cosine decay to
+    ``end_value``::
+
+        W = warmup_steps, D = decay_steps - warmup_steps
+        v(t) = init_value + (peak_value - init_value) * t / W               for t < W
+        v(t) = end_value + (peak_value - end_value)
+               * ((1 + cos(pi * min(t - W, D) / D)) / 2)^exponent           for t >= W
+
+    ``decay_steps`` counts the whole schedule, warmup included (Optax's convention).
+    Same numbers as Optax's ``warmup_cosine_decay_schedule``.
+
+    Args:
+        init_value: the value at step 0.
+        peak_value: the value at the end of the warmup.
+        warmup_steps: steps of linear warmup, a non-negative integer (0: no warmup).
+        decay_steps: total length of warmup and decay, an integer > ``warmup_steps``.
+        end_value: the value from ``decay_steps`` on.
+        exponent: raises the cosine factor to this power, > 0.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx import schedules
+        >>> schedule = schedules.warmup_cosine_decay(0.0, 1.0, warmup_steps=2, decay_steps=4)
+        >>> [round(v, 4) for v in schedule(jnp.arange(6)).tolist()]
+        [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
+    """
+    check.number("init_value", init_value)
+    check.number("peak_value", peak_value)
+    check_count("warmup_steps", warmup_steps, minimum=0)
+    check_count("decay_steps", decay_steps)
+    check.number("end_value", end_value)
+    check.positive("exponent", exponent)
+    if decay_steps <= warmup_steps:
+        raise ValueError(
+            f"decay_steps must be greater than warmup_steps={warmup_steps} (it counts the "
+            f"warmup too), got {decay_steps!r}"
+        )
+    cosine_steps = decay_steps - warmup_steps
+
+    def schedule(step):
+        t = as_step(step)
+        since_peak = jnp.clip(t - warmup_steps, 0, cosine_steps).astype(jnp.float32)
+        factor = _half_cosine(since_peak / cosine_steps) ** exponent
+        value = end_value + (peak_value - end_value) * factor
+        if warmup_steps > 0:
+            warmup = init_value + (peak_value - init_value) * (t.astype(jnp.float32) / warmup_steps)
+            value = jnp.where(t < warmup_steps, warmup, value)
+        return as_value(value)
+
+    return schedule
+
+
+def _restart_starts(first_period: int, period_mult: int) -> list[int]:
+    """The first step of every restart that begins within the int32 range."""
+    starts, start, period = [0], first_period, first_period * period_mult
+    while start <= numerics.INT32_MAX:
+        starts.append(start)
+        start, period = start + period, period * period_mult
+    return starts
+
+
+def sgdr(
+    init_value: float,
+    first_period: int,
+    period_mult: float = 1,
+    min_value: float = 0.0,
+    peak_decay: float = 1.0,
+) -> Schedule:
+    """Cosine annealing with warm restarts (SGDR, Loshchilov & Hutter, 2017)::
+
+        restart i lasts T_i = first_period * period_mult^i steps;
+        t_cur = steps since restart i began
+        v(t) = min_value + (init_value - min_value) * peak_decay^i
+               * (1 + cos(pi * t_cur / T_i)) / 2
+
+    Same numbers as PyTorch's ``CosineAnnealingWarmRestarts(T_0=first_period,
+    T_mult=period_mult, eta_min=min_value)`` (``peak_decay=1``) and Keras'
+    ``CosineDecayRestarts(init_value, first_decay_steps=first_period, t_mul=period_mult,
+    m_mul=peak_decay, alpha=min_value / init_value)``. An integer ``period_mult`` finds
+    the restart with exact integer arithmetic; a fractional one (Keras allows 1.5, say)
+    uses the closed form ``i = floor(log(1 + t (m - 1) / T_0) / log m)`` in float32,
+    corrected at the boundaries.
+
+    Args:
+        init_value: the value at the start of the first restart.
+        first_period: length of the first restart, a positive integer.
+        period_mult: each restart is this many times longer than the last, a Python
+            number >= 1 (static: it decides where the restarts fall).
+        min_value: the value every restart decays towards.
+        peak_decay: each restart starts this many times lower than the last, >= 0.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx import schedules
+        >>> schedule = schedules.sgdr(1.0, first_period=2, period_mult=2)
+        >>> [round(v, 4) for v in schedule(jnp.arange(7)).tolist()]
+        [1.0, 0.5, 1.0, 0.8536, 0.5, 0.1464, 1.0]
+
+    Reference: Loshchilov & Hutter, 2017, "SGDR: Stochastic Gradient Descent with Warm
+    Restarts".
+    """
+    check.number("init_value", init_value)
+    check_count("first_period", first_period)
+    check.in_range("period_mult", period_mult, 1.0, None)
+    check.number("min_value", min_value)
+    check.non_negative("peak_decay", peak_decay)
+    period_mult = float(period_mult)
+
+    if period_mult == 1.0:
+
+        def restart_position(t):
+            restart = t // first_period
+            fraction = (t - restart * first_period).astype(jnp.float32) / first_period
+            return restart, fraction
+
+    elif period_mult.is_integer():
+        starts = _restart_starts(first_period, int(period_mult))
+        periods = [float(first_period * int(period_mult) ** i) for i in range(len(starts))]
+
+        def restart_position(t):
+            restart = jnp.zeros_like(t)
+            for start in starts[1:]:
+                restart = restart + (t >= start).astype(jnp.int32)
+            begin = jnp.asarray(starts, jnp.int32)[restart]
+            period = jnp.asarray(periods, jnp.float32)[restart]
+            return restart, (t - begin).astype(jnp.float32) / period
+
+    else:
+        ratio = period_mult
+
+        def start_of(restart):
+            return first_period * (ratio**restart - 1) / (ratio - 1)
+
+        def restart_position(t):
+            t = t.astype(jnp.float32)
+            guess = jnp.floor(jnp.log1p(t * (ratio - 1) / first_period) / math.log(ratio))
+            # log rounding may put a step at a boundary into the neighbouring restart
+            guess = jnp.where(t < start_of(guess), guess - 1, guess)
+            restart = jnp.where(t >= start_of(guess + 1), guess + 1, guess)
+            fraction = (t - start_of(restart)) / (first_period * ratio**restart)
+            return restart.astype(jnp.int32), fraction
+
+    def schedule(step):
+        restart, fraction = restart_position(as_step(step))
+        peak = jnp.power(jnp.asarray(peak_decay, jnp.float32), restart.astype(jnp.float32))
+        return as_value(min_value + (init_value - min_value) * peak * _half_cosine(fraction))
+
+    return schedule

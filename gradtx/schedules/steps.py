@@ -1,0 +1,68 @@
+"""Step handling shared by the schedules: integer steps in, float32 values out.
+
+A schedule is a pure function ``step -> value``. The step is a Python int, a NumPy
+integer or an int32 array (traced inside ``jit``, or a whole range of steps at once for
+plotting); the value is float32 of the same shape. Integer arithmetic on the step is kept
+to operations that cannot overflow int32 (subtracting a non-negative offset from a
+non-negative step, clipping, division and remainder by a positive constant); anything
+that multiplies the step runs in float32 after clipping.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradtx import check, numerics
+
+
+def as_step(step: Any) -> jax.Array:
+    """The step as an int32 array, negative steps raised to 0 (the value before training).
+
+    Raises TypeError for a floating step: a schedule counts updates, and truncating
+    ``2.5`` to ``2`` silently would hide a bug in the caller.
+    """
+    step = jnp.asarray(step)
+    if not jnp.issubdtype(step.dtype, jnp.integer):
+        raise TypeError(
+            f"a schedule's step must be an integer (an int or an int32 array), got dtype "
+            f"{step.dtype.name}"
+        )
+    return jnp.maximum(step.astype(jnp.int32), 0)
+
+
+def as_value(value: Any) -> jax.Array:
+    """A schedule's result as float32."""
+    return jnp.asarray(value).astype(jnp.float32)
+
+
+def check_count(name: str, value: Any, *, minimum: int = 1) -> None:
+    """A number of steps: a Python integer in ``[minimum, int32 max]``."""
+    if minimum >= 1:
+        check.positive_int(name, value)
+    else:
+        check.non_negative_int(name, value)
+    if value > numerics.INT32_MAX:
+        raise ValueError(f"{name} must be at most {numerics.INT32_MAX} (int32), got {value!r}")
+
+
+def increasing_boundaries(name: str, boundaries: Any) -> tuple[int, ...]:
+    """Boundaries as a tuple of non-negative ints, strictly increasing."""
+    try:
+        values = tuple(boundaries)
+    except TypeError:
+        raise ValueError(
+            f"{name} must be a sequence of non-negative integers, got {boundaries!r}"
+        ) from None
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(
+                f"{name} must be a sequence of non-negative integers, got {boundaries!r}"
+            )
+        check_count(name, value, minimum=0)
+    if any(later <= earlier for earlier, later in zip(values, values[1:], strict=False)):
+        raise ValueError(f"{name} must be strictly increasing, got {list(values)}")
+    return tuple(int(v) for v in values)

@@ -1,0 +1,230 @@
+"""The learning-rate range test (Smith, 2017): the "LR finder"."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradtx import check
+from gradtx.core import GradientTransformation, Params, apply_updates
+from gradtx.schedules.injection import schedule_injection, set_hyperparams
+
+
+class LRFindResult(NamedTuple):
+    """What a learning-rate range test measured, one entry per step taken.
+
+    Attributes:
+        learning_rates: float32, the learning rate of each step (a geometric ramp).
+        losses: float32, the loss of each step's batch at the parameters the step
+            started from (so ``losses[t]`` shows the effect of the rates before t).
+        smoothed_losses: float32, the bias-corrected exponential moving average of
+            ``losses``.
+        suggestion: the learning rate where the smoothed loss falls fastest against
+            ``log(learning_rate)``.
+        diverged: whether the test stopped early because the loss diverged.
+    """
+
+    learning_rates: np.ndarray
+    losses: np.ndarray
+    smoothed_losses: np.ndarray
+    suggestion: float
+    diverged: bool
+
+    def plot(self, ax: Any = None, *, show_raw: bool = True) -> Any:
+        """Draws the smoothed loss against the learning rate (log axis), marks the
+        suggestion, and returns the matplotlib ``Axes``. Imports matplotlib only here.
+
+        Args:
+            ax: the axes to draw on (default: a new figure's).
+            show_raw: also draw the raw losses, faintly.
+        """
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(6, 4))
+        if show_raw:
+            ax.plot(self.learning_rates, self.losses, color="0.75", lw=1, label="loss")
+        ax.plot(self.learning_rates, self.smoothed_losses, color="C0", label="smoothed loss")
+        ax.axvline(self.suggestion, color="C3", ls="--", label=f"suggestion {self.suggestion:.2e}")
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("loss")
+        finite = self.smoothed_losses[np.isfinite(self.smoothed_losses)]
+        if finite.size:
+            # the divergent tail would flatten the interesting part of the curve
+            low, start = float(finite.min()), float(finite[0])
+            ax.set_ylim(low - 0.1 * abs(start - low), start + 0.5 * abs(start - low) + 1e-12)
+        ax.legend()
+        return ax
+
+
+def _batch_getter(batches: Any) -> tuple[Callable[[Any, jax.Array], Any], Any]:
+    """``(get, data)``: ``get(data, step)`` is the batch of a step inside the loop."""
+    if batches is None:
+        return (lambda data, step: ()), None
+    if callable(batches):
+        return (lambda data, step: (batches(step),)), None
+    leaves = jax.tree.leaves(batches)
+    if not leaves:
+        raise ValueError("batches must hold arrays with a leading step axis, got no leaves")
+    lengths = {int(np.shape(leaf)[0]) if np.ndim(leaf) else 0 for leaf in leaves}
+    if len(lengths) != 1 or 0 in lengths:
+        raise ValueError(
+            f"every array in batches must have the same non-empty leading (step) axis, got "
+            f"leading sizes {sorted(lengths)}"
+        )
+    (length,) = lengths
+
+    def get(data, step):
+        return (jax.tree.map(lambda x: x[step % length], data),)
+
+    return get, batches
+
+
+def _steepest_descent(learning_rates: np.ndarray, smoothed: np.ndarray) -> float:
+    """The rate where ``d smoothed / d log(lr)`` is most negative."""
+    finite = np.isfinite(smoothed)
+    learning_rates, smoothed = learning_rates[finite], smoothed[finite]
+    if smoothed.size < 3:
+        return float(learning_rates[np.argmin(smoothed)]) if smoothed.size else float("nan")
+    slopes = np.gradient(smoothed.astype(np.float64), np.log(learning_rates.astype(np.float64)))
+    return float(learning_rates[np.argmin(slopes)])
+
+
+def lr_find(
+    loss_fn: Callable[..., jax.Array],
+    params: Params,
+    batches: Any,
+    optimizer: Callable[[Any], GradientTransformation],
+    min_lr: float = 1e-7,
+    max_lr: float = 10.0,
+    num_steps: int = 100,
+    smoothing: float = 0.98,
+    diverge_factor: float = 4.0,
+) -> LRFindResult:
+    """The learning-rate range test (Smith, 2017): train briefly while raising the
+    learning rate exponentially, and watch the loss.
+
+    Step t (from 0) uses the rate ``lr_t = min_lr * (max_lr / min_lr)^(t / (num_steps -
+    1))``, starting from ``params`` (which are left untouched: the test trains a copy)
+    and a fresh optimizer state. It records the loss ``l_t`` of the step's batch and its
+    smoothed, bias-corrected value (fastai's and Smith's)::
+
+        a_t = smoothing * a_{t-1} + (1 - smoothing) * l_t,   a_{-1} = 0
+        s_t = a_t / (1 - smoothing^(t + 1))
+
+    and stops once ``s_t > diverge_factor * min_{k<=t} s_k`` or the loss is not finite.
+    The suggestion is the rate where ``s`` falls fastest against ``log(lr)``; a common
+    choice for training is that rate or up to ten times below the rate at the minimum.
+
+    The whole test is one compiled ``lax.while_loop``: the learning rate is injected
+    into the optimizer's state (``schedule_injection`` and ``set_hyperparams``, which
+    also reach the learning rate of an injected optimizer such as ``gradtx.adam``), so
+    it compiles once.
+
+    Args:
+        loss_fn: ``loss_fn(params, batch) -> scalar loss`` (``loss_fn(params)`` when
+            ``batches`` is None); it is traced once.
+        params: the starting parameters (a pytree of float arrays).
+        batches: one of: a pytree of arrays with a leading step axis (step t uses
+            entry ``t mod n``, so a few batches are cycled); a function ``step ->
+            batch`` traceable with an int32 step (index your data, or fold the step
+            into a PRNG key); or None for a full-batch ``loss_fn(params)``.
+        optimizer: ``learning_rate -> GradientTransformation``, e.g. ``gradtx.adam``
+            or ``lambda lr: gradtx.sgd(lr, momentum=0.9)``.
+        min_lr: the first rate, > 0.
+        max_lr: the last rate, > ``min_lr``.
+        num_steps: the most steps to take, >= 2.
+        smoothing: the EMA decay of the smoothed loss, in [0, 1).
+        diverge_factor: stop once the smoothed loss exceeds this multiple of its
+            minimum, > 1.
+
+    Returns:
+        an ``LRFindResult`` (rates, raw and smoothed losses of the steps taken, the
+        suggestion, whether it diverged) with a ``plot()`` method.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> loss = lambda p: 0.5 * jnp.sum(p ** 2)  # curvature 1: SGD is stable for lr < 2
+        >>> sgd = lambda lr: gtx.scale_by_learning_rate(lr)
+        >>> result = gtx.training.lr_find(loss, jnp.ones(3), None, sgd, min_lr=1e-3,
+        ...                               max_lr=100.0, num_steps=60)
+        >>> bool(result.diverged), 1e-2 < result.suggestion < 2.0
+        (True, True)
+
+    Reference: Smith, 2017, "Cyclical Learning Rates for Training Neural Networks",
+    sec. 3.3.
+    """
+    check.positive("min_lr", min_lr)
+    check.positive("max_lr", max_lr)
+    if not max_lr > min_lr:
+        raise ValueError(f"max_lr must be greater than min_lr={min_lr!r}, got {max_lr!r}")
+    check.positive_int("num_steps", num_steps)
+    if num_steps < 2:
+        raise ValueError(f"num_steps must be at least 2, got {num_steps!r}")
+    check.unit_interval("smoothing", smoothing)
+    check.in_range("diverge_factor", diverge_factor, 1.0, None, low_inclusive=False)
+    if not callable(optimizer):
+        raise TypeError(
+            f"optimizer must be a function learning_rate -> GradientTransformation, got "
+            f"{optimizer!r}"
+        )
+
+    def with_learning_rate(learning_rate):
+        return optimizer(learning_rate)
+
+    tx = schedule_injection(with_learning_rate)(learning_rate=float(min_lr))
+    get_batch, data = _batch_getter(batches)
+    value_and_grad = jax.value_and_grad(loss_fn)
+    learning_rates = np.geomspace(min_lr, max_lr, num_steps).astype(np.float32)
+
+    def run(params, data, learning_rates):
+        nan = jnp.full([num_steps], jnp.nan, jnp.float32)
+
+        def keep_going(carry):
+            step, *_, stop = carry
+            return (step < num_steps) & ~stop
+
+        def body(carry):
+            step, params, state, losses, smoothed, average, best, _ = carry
+            loss, grads = value_and_grad(params, *get_batch(data, step))
+            loss = jnp.asarray(loss).astype(jnp.float32)
+            average = smoothing * average + (1 - smoothing) * loss
+            smooth = average / (1 - smoothing ** (step + 1).astype(jnp.float32))
+            best = jnp.minimum(best, smooth)
+            stop = ~jnp.isfinite(loss) | (smooth > diverge_factor * best)
+            state = set_hyperparams(state, learning_rate=learning_rates[step])
+            updates, state = tx.update(grads, state, params)
+            params = apply_updates(params, updates)
+            losses, smoothed = losses.at[step].set(loss), smoothed.at[step].set(smooth)
+            return step + 1, params, state, losses, smoothed, average, best, stop
+
+        start = (
+            jnp.zeros([], jnp.int32),
+            params,
+            tx.init(params),
+            nan,
+            nan,
+            jnp.zeros([], jnp.float32),
+            jnp.full([], jnp.inf, jnp.float32),
+            jnp.zeros([], bool),
+        )
+        steps, _, _, losses, smoothed, _, _, stop = jax.lax.while_loop(keep_going, body, start)
+        return steps, losses, smoothed, stop
+
+    steps, losses, smoothed, stop = jax.jit(run)(params, data, learning_rates)
+    steps = int(steps)
+    learning_rates = learning_rates[:steps]
+    smoothed = np.asarray(smoothed)[:steps]
+    return LRFindResult(
+        learning_rates=learning_rates,
+        losses=np.asarray(losses)[:steps],
+        smoothed_losses=smoothed,
+        suggestion=_steepest_descent(learning_rates, smoothed),
+        diverged=bool(stop),
+    )
