@@ -1,0 +1,132 @@
+"""add_l1, proximal_l1, max_norm and add_noise, each against its definition."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradtx as gtx
+from tests.reference import research_transforms as ref
+
+
+def test_add_l1_adds_strength_times_the_sign_of_the_params():
+    tx = gtx.add_l1(0.3, mask={"w": True, "b": False})
+    params = {"w": jnp.array([2.0, 0.0, -1.0]), "b": jnp.array([5.0])}
+    grads = {"w": jnp.array([0.1, 0.2, 0.3]), "b": jnp.array([0.5])}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["w"], [0.4, 0.2, 0.0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(updates["b"], [0.5])
+
+
+def test_proximal_l1_equals_ista_and_yields_exact_zeros(rng, x64):
+    a = rng.normal(size=(20, 8))
+    x_true = np.zeros(8)
+    x_true[[1, 5]] = [2.0, -1.5]
+    b = a @ x_true + 0.01 * rng.normal(size=20)
+    lr, l1 = 0.01, 2.0
+    tx = gtx.chain(gtx.scale_by_learning_rate(lr), gtx.proximal_l1(lr * l1))
+    x = jnp.zeros(8)
+    state = tx.init(x)
+
+    @jax.jit
+    def step(x, state):
+        grads = jnp.asarray(a).T @ (jnp.asarray(a) @ x - jnp.asarray(b))
+        updates, state = tx.update(grads, state, x)
+        return gtx.apply_updates(x, updates), state
+
+    for _ in range(300):
+        x, state = step(x, state)
+    expected = ref.ista(a, b, l1, lr, 300)
+    np.testing.assert_allclose(x, expected, rtol=1e-10, atol=1e-12)
+    zeros = np.asarray(x) == 0.0
+    assert zeros.sum() >= 4 and np.array_equal(zeros, expected == 0.0)
+    assert not zeros[1] and not zeros[5]
+
+
+def test_proximal_l1_strength_may_be_a_schedule():
+    tx = gtx.proximal_l1(lambda count: 0.1 * (count + 1))
+    params = jnp.array([0.25, -0.25])
+    state = tx.init(params)
+    first, state = tx.update(jnp.zeros(2), state, params)
+    second, _ = tx.update(jnp.zeros(2), state, params)
+    np.testing.assert_allclose(params + first, [0.15, -0.15], rtol=1e-6)
+    np.testing.assert_allclose(params + second, [0.05, -0.05], rtol=1e-5)
+
+
+def test_max_norm_holds_after_every_step_and_equals_the_projection(rng):
+    max_value = 1.5
+    tx = gtx.chain(
+        gtx.scale_by_learning_rate(0.5),
+        gtx.max_norm(max_value, axis=0, mask={"kernel": True, "bias": False}),
+    )
+    params = {"kernel": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32), "bias": jnp.ones(3)}
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    for _ in range(5):
+        grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape) * 2, p.dtype), params)
+        unconstrained = np.asarray(params["kernel"]) - 0.5 * np.asarray(grads["kernel"])
+        updates, state = step(grads, state, params)
+        params = gtx.apply_updates(params, updates)
+        norms = np.linalg.norm(np.asarray(params["kernel"]), axis=0)
+        assert np.all(norms <= max_value * (1 + 1e-6))
+        np.testing.assert_allclose(
+            params["kernel"], ref.max_norm_projection(unconstrained, max_value, 0), rtol=1e-5
+        )
+    assert np.any(np.isclose(norms, max_value))  # the constraint was active
+
+
+def test_max_norm_leaves_small_units_alone():
+    tx = gtx.max_norm(10.0)
+    params = jnp.array([[1.0, 2.0], [3.0, 4.0]])
+    updates, _ = tx.update(jnp.array([[0.5, 0.0], [0.0, 0.5]]), tx.init(params), params)
+    np.testing.assert_array_equal(updates, [[0.5, 0.0], [0.0, 0.5]])
+
+
+def test_max_norm_without_params_or_with_a_missing_axis_is_a_clear_error():
+    tx = gtx.max_norm(1.0, axis=1)
+    with pytest.raises(ValueError, match="needs the parameters"):
+        tx.update(jnp.ones(3), tx.init(jnp.ones(3)))
+    with pytest.raises(ValueError, match=r"\['bias'\] has 1 dimensions"):
+        params = {"bias": jnp.ones(3)}
+        tx.update(params, tx.init(params), params)
+    with pytest.raises(ValueError, match="max_value"):
+        gtx.max_norm(0.0)
+
+
+@pytest.mark.parametrize("step_index", [0, 9])
+def test_add_noise_has_the_annealed_variance(step_index):
+    eta, gamma = 0.5, 0.55
+    tx = gtx.add_noise(eta, gamma, seed=3)
+    state = tx.init(jnp.zeros(20_000))
+    state = gtx.tree_set(state, count=jnp.asarray(step_index))
+    noise, _ = tx.update(jnp.zeros(20_000), state)
+    variance = eta / (1 + step_index) ** gamma
+    sample = np.asarray(noise, np.float64)
+    # sample variance of n normals: relative standard error sqrt(2/n) = 1%; allow 5 sigma
+    assert abs(sample.var() / variance - 1) < 0.05
+    assert abs(sample.mean()) < 5 * np.sqrt(variance / sample.size)
+
+
+def test_add_noise_is_reproducible_from_its_seed_and_fresh_every_step():
+    grads = {"a": jnp.zeros(4), "b": jnp.zeros((2, 2))}
+    run = []
+    for seed in (7, 7, 8):
+        tx = gtx.add_noise(0.1, 0.55, seed=seed)
+        state = tx.init(grads)
+        first, state = tx.update(grads, state)
+        second, state = tx.update(grads, state)
+        run.append((first, second))
+    for x, y in zip(jax.tree.leaves(run[0]), jax.tree.leaves(run[1]), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(run[0][0]["a"], run[2][0]["a"])
+    assert not np.array_equal(run[0][0]["a"], run[0][1]["a"])
+    assert not np.array_equal(run[0][0]["a"], run[0][0]["b"].ravel())
+
+
+def test_add_noise_validates_its_hyperparameters():
+    with pytest.raises(ValueError, match="eta"):
+        gtx.add_noise(-1.0)
+    with pytest.raises(ValueError, match="seed"):
+        gtx.add_noise(0.1, seed=-1)

@@ -1,0 +1,68 @@
+"""tree_get / tree_set: named fields found anywhere in a nested optimizer state."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradtx as gtx
+
+
+def _state():
+    tx = gtx.named_chain(
+        ("clip", gtx.clip_by_global_norm(1.0)),
+        ("adam", gtx.scale_by_adam()),
+        ("lr", gtx.scale_by_schedule(lambda t: 0.1)),
+    )
+    return tx.init({"w": jnp.zeros(2), "b": jnp.zeros(1)})
+
+
+def test_tree_get_finds_a_field_of_a_nested_named_tuple():
+    state = _state()
+    assert gtx.tree_get(state, "mu") is state["adam"].mu
+    assert gtx.tree_get(state, "nu")["w"].shape == (2,)
+
+
+def test_tree_get_finds_dict_keys_such_as_injected_hyperparameters():
+    state = gtx.chain(gtx.adam(0.01), gtx.identity()).init({"w": jnp.zeros(2)})
+    assert float(gtx.tree_get(state, "learning_rate")) == pytest.approx(0.01)
+
+
+def test_tree_get_absent_name_is_a_key_error_and_ambiguous_name_lists_the_paths():
+    state = _state()
+    with pytest.raises(KeyError, match="'velocity'"):
+        gtx.tree_get(state, "velocity")
+    with pytest.raises(ValueError, match=r"\['adam'\]\.count.*\['lr'\]\.count"):
+        gtx.tree_get(state, "count")
+    assert gtx.tree_get(state, "count", path="['lr']") is state["lr"].count
+
+
+def test_tree_set_replaces_one_field_and_keeps_dtypes_and_structure():
+    state = _state()
+    new = gtx.tree_set(state, mu={"w": np.ones(2), "b": np.full(1, 2.0)})
+    assert jax.tree.structure(new) == jax.tree.structure(state)
+    np.testing.assert_array_equal(new["adam"].mu["w"], [1.0, 1.0])
+    assert new["adam"].mu["b"].dtype == jnp.float32
+    np.testing.assert_array_equal(state["adam"].mu["w"], [0.0, 0.0])  # the original is intact
+    new = gtx.tree_set(new, path="['adam']", count=7)
+    assert int(new["adam"].count) == 7 and new["adam"].count.dtype == jnp.int32
+    assert int(new["lr"].count) == 0
+
+
+def test_tree_set_rejects_a_value_of_another_shape_or_structure():
+    state = _state()
+    with pytest.raises(ValueError, match="shape"):
+        gtx.tree_set(state, nu={"w": np.ones(3), "b": np.ones(1)})
+    with pytest.raises(ValueError, match="structure"):
+        gtx.tree_set(state, nu={"w": np.ones(2)})
+    with pytest.raises(KeyError):
+        gtx.tree_set(state, velocity=1.0)
+
+
+def test_tree_set_works_on_a_partitioned_state():
+    tx = gtx.partition({"a": gtx.scale_by_adam(), "b": gtx.identity()}, {"x": "a", "y": "b"})
+    state = tx.init({"x": jnp.zeros(1), "y": jnp.zeros(1)})
+    state = gtx.tree_set(state, count=3)
+    assert int(state.inner_states["a"].count) == 3

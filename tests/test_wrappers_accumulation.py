@@ -1,0 +1,113 @@
+"""multi_steps: gradient accumulation, including a growing number of micro-steps."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradtx as gtx
+
+
+def _micro_grads(rng, count, shape=(3,)):
+    return [rng.normal(size=shape).astype(np.float32) for _ in range(count)]
+
+
+def test_k4_equals_one_inner_step_on_the_mean_of_four_gradients(rng, x64):
+    grads = [g.astype(np.float64) for g in _micro_grads(rng, 4)]
+    params = jnp.asarray(rng.normal(size=3))
+    tx = gtx.multi_steps(gtx.chain(gtx.scale_by_adam(), gtx.scale(-0.1)), every_k=4)
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    emitted = []
+    for g in grads:
+        updates, state = step(jnp.asarray(g), state, params)
+        emitted.append(np.asarray(updates))
+    for zero in emitted[:3]:
+        np.testing.assert_array_equal(zero, np.zeros(3))
+    reference = optax.chain(optax.scale_by_adam(), optax.scale(-0.1))
+    expected, _ = reference.update(jnp.asarray(np.mean(grads, axis=0)), reference.init(params))
+    np.testing.assert_allclose(emitted[3], expected, rtol=1e-12)
+    assert bool(gtx.has_updated(state))
+
+
+def test_has_updated_is_true_only_after_a_real_step():
+    tx = gtx.multi_steps(gtx.identity(), every_k=3)
+    state = tx.init(jnp.zeros(2))
+    step = jax.jit(tx.update)
+    flags = []
+    for _ in range(6):
+        _, state = step(jnp.ones(2), state)
+        flags.append(bool(gtx.has_updated(state)))
+    assert flags == [False, False, True, False, False, True]
+
+
+def test_trajectory_equals_optax_multisteps_under_jit(rng):
+    grads = _micro_grads(rng, 9)
+    tx = gtx.multi_steps(gtx.adam(0.1), every_k=3)
+    reference = optax.MultiSteps(optax.adam(0.1), every_k_schedule=3)
+    params = ref_params = jnp.zeros(3)
+    state, ref_state = tx.init(params), reference.init(ref_params)
+    step, ref_step = jax.jit(tx.update), jax.jit(reference.update)
+    for g in grads:
+        updates, state = step(jnp.asarray(g), state, params)
+        params = gtx.apply_updates(params, updates)
+        ref_updates, ref_state = ref_step(jnp.asarray(g), ref_state, ref_params)
+        ref_params = optax.apply_updates(ref_params, ref_updates)
+        np.testing.assert_allclose(params, ref_params, rtol=1e-5, atol=1e-7)
+    assert int(state.gradient_step) == 3
+
+
+def test_growing_k_schedule_emits_at_the_right_micro_steps():
+    # k is read from the number of real steps taken so far: 1, 2, 3, 4 micro-batches
+    tx = gtx.multi_steps(gtx.identity(), every_k=lambda real_steps: real_steps + 1)
+    state = tx.init(jnp.zeros(1))
+    step = jax.jit(tx.update)
+    emitted_at = []
+    for micro_step in range(1, 11):
+        updates, state = step(jnp.full(1, float(micro_step)), state)
+        if bool(gtx.has_updated(state)):
+            emitted_at.append((micro_step, float(updates[0])))
+    # emissions after 1, 1+2, 1+2+3, 1+2+3+4 micro-batches, each the mean of its batch
+    assert emitted_at == [(1, 1.0), (3, 2.5), (6, 5.0), (10, 8.5)]
+
+
+def test_bfloat16_params_accumulate_in_float32_and_emit_the_mean_in_bfloat16():
+    values = [256.0, 1.0, 1.0, 1.0]  # a bfloat16 running mean would lose the 1.0s
+    tx = gtx.multi_steps(gtx.identity(), every_k=4)
+    state = tx.init(jnp.zeros(1, jnp.bfloat16))
+    assert state.acc_grads.dtype == jnp.float32
+    step = jax.jit(tx.update)
+    for v in values:
+        updates, state = step(jnp.full(1, v, jnp.bfloat16), state)
+    assert updates.dtype == jnp.bfloat16
+    expected = np.float32(np.mean(np.array(values, np.float32)))
+    assert float(updates[0]) == float(jnp.asarray(expected).astype(jnp.bfloat16))
+    # a running mean kept in bfloat16 would give 64.5 (it rounds 128.5 to 128 on the way)
+    assert float(updates[0]) == 65.0
+
+
+def test_accumulator_dtype_may_be_chosen():
+    tx = gtx.multi_steps(gtx.identity(), every_k=2, accumulator_dtype=jnp.bfloat16)
+    assert tx.init(jnp.zeros(1, jnp.float32)).acc_grads.dtype == jnp.bfloat16
+
+
+def test_inner_state_is_untouched_between_real_steps():
+    tx = gtx.multi_steps(gtx.scale_by_adam(), every_k=2)
+    state = tx.init(jnp.zeros(2))
+    step = jax.jit(tx.update)
+    _, after_one = step(jnp.ones(2), state)
+    assert int(after_one.inner_state.count) == 0
+    np.testing.assert_array_equal(after_one.inner_state.mu, np.zeros(2))
+    _, after_two = step(jnp.ones(2), after_one)
+    assert int(after_two.inner_state.count) == 1
+    np.testing.assert_array_equal(after_two.acc_grads, np.zeros(2))
+
+
+def test_invalid_every_k_is_rejected():
+    with pytest.raises(ValueError, match="every_k"):
+        gtx.multi_steps(gtx.identity(), every_k=0)
+    with pytest.raises(ValueError, match="every_k"):
+        gtx.multi_steps(gtx.identity(), every_k=2.5)

@@ -1,0 +1,98 @@
+"""lookahead (Zhang et al. 2019) and the parameter averages ema_params / average_params."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradtx as gtx
+from tests.reference import research_transforms as ref
+
+CURVATURE = np.array([1.0, 3.0, 0.5])
+
+
+def _grad(w):
+    return CURVATURE * w
+
+
+def _run(tx, w0, steps):
+    """Trains on the quadratic 0.5 * sum(h w^2); returns the params and states of each step."""
+    params = jnp.asarray(w0)
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    all_params, states = [], []
+    for _ in range(steps):
+        updates, state = step(jnp.asarray(_grad(np.asarray(params))), state, params)
+        params = gtx.apply_updates(params, updates)
+        all_params.append(np.asarray(params))
+        states.append(state)
+    return np.array(all_params), states
+
+
+def test_lookahead_equals_the_hand_computed_reference(x64):
+    w0 = np.array([1.0, -2.0, 0.5])
+    tx = gtx.lookahead(gtx.scale_by_learning_rate(0.1), sync_period=3, slow_step_size=0.5)
+    fast, states = _run(tx, w0, 10)
+    ref_fast, ref_slow = ref.lookahead_sgd(_grad, w0, 10, 0.1, sync_period=3, alpha=0.5)
+    np.testing.assert_allclose(fast, ref_fast, rtol=1e-12)
+    slow = np.array([np.asarray(s.slow_params) for s in states])
+    np.testing.assert_allclose(slow, ref_slow, rtol=1e-12)
+
+
+def test_lookahead_params_equal_the_slow_weights_right_after_each_sync():
+    tx = gtx.lookahead(gtx.scale_by_learning_rate(0.1), sync_period=2, slow_step_size=0.3)
+    fast, states = _run(tx, np.array([1.0, -2.0, 0.5], np.float32), 6)
+    for t in (1, 3, 5):  # after steps 2, 4, 6
+        np.testing.assert_array_equal(fast[t], states[t].slow_params)
+    assert not np.array_equal(fast[0], states[0].slow_params)
+
+
+def test_lookahead_keeps_the_inner_state_across_syncs():
+    tx = gtx.lookahead(gtx.adam(0.1), sync_period=2)
+    _, states = _run(tx, np.ones(3, np.float32), 4)
+    assert int(gtx.tree_get(states[-1], "count", path="inner_state[0].count")) == 4
+
+
+def test_lookahead_needs_params_and_validates_its_arguments():
+    tx = gtx.lookahead(gtx.scale(-0.1))
+    with pytest.raises(ValueError, match="needs the parameters"):
+        tx.update(jnp.ones(1), tx.init(jnp.zeros(1)))
+    with pytest.raises(ValueError, match="sync_period"):
+        gtx.lookahead(gtx.scale(-0.1), sync_period=0)
+    with pytest.raises(ValueError, match="slow_step_size"):
+        gtx.lookahead(gtx.scale(-0.1), slow_step_size=1.5)
+
+
+@pytest.mark.parametrize("debias", [True, False])
+def test_ema_params_is_the_moving_average_of_the_iterates(x64, debias):
+    w0 = np.array([1.0, -2.0, 0.5])
+    tx = gtx.chain(gtx.scale_by_learning_rate(0.2), gtx.ema_params(0.9, debias=debias))
+    iterates, states = _run(tx, w0, 8)
+    expected = ref.ema_of_iterates(iterates, w0, 0.9, debias)
+    got = np.array([np.asarray(gtx.tree_get(s, "ema")) for s in states])
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def test_ema_params_passes_the_updates_through():
+    tx = gtx.chain(gtx.scale(-0.1), gtx.ema_params(0.9))
+    params = jnp.ones(2)
+    updates, _ = tx.update(jnp.ones(2), tx.init(params), params)
+    np.testing.assert_allclose(updates, [-0.1, -0.1])
+
+
+def test_average_params_is_the_mean_of_the_iterates_after_start_step(x64):
+    w0 = np.array([1.0, -2.0, 0.5])
+    tx = gtx.chain(gtx.scale_by_learning_rate(0.2), gtx.average_params(start_step=3))
+    iterates, states = _run(tx, w0, 8)
+    got = np.array([np.asarray(s[1].average) for s in states])
+    np.testing.assert_allclose(got[:3], iterates[:3], rtol=1e-12)  # follows the params
+    for t in range(3, 8):
+        np.testing.assert_allclose(got[t], iterates[3 : t + 1].mean(axis=0), rtol=1e-12)
+
+
+def test_averages_need_params():
+    for tx in (gtx.ema_params(0.9), gtx.average_params()):
+        with pytest.raises(ValueError, match="needs the parameters"):
+            tx.update(jnp.ones(1), tx.init(jnp.zeros(1)))

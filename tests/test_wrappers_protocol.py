@@ -1,0 +1,73 @@
+"""Every wrapper and regularizer keeps the protocol: jit, chain, fixed state structure."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradtx as gtx
+
+MASK = {"w": True, "b": False}
+
+BUILDERS = {
+    "masked": lambda: gtx.masked(gtx.adam(0.1), MASK),
+    "masked_zero": lambda: gtx.masked(gtx.adam(0.1), MASK, masked_leaves="zero"),
+    "partition": lambda: gtx.partition(
+        {"a": gtx.adam(0.1), "b": gtx.freeze()}, {r"\['w'\]": "a", r".*": "b"}
+    ),
+    "freeze": lambda: gtx.chain(gtx.adam(0.1), gtx.freeze({"w": False, "b": True})),
+    "apply_if_finite": lambda: gtx.apply_if_finite(gtx.adam(0.1), 2),
+    "multi_steps": lambda: gtx.multi_steps(gtx.adam(0.1), 2),
+    "multi_steps_schedule": lambda: gtx.multi_steps(gtx.adam(0.1), lambda s: 1 + s),
+    "lookahead": lambda: gtx.lookahead(gtx.adam(0.1), sync_period=2),
+    "ema_params": lambda: gtx.chain(gtx.adam(0.1), gtx.ema_params(0.9)),
+    "average_params": lambda: gtx.chain(gtx.adam(0.1), gtx.average_params(1)),
+    "swats": lambda: gtx.swats(0.1),
+    "flatten": lambda: gtx.flatten(gtx.adam(0.1)),
+    "add_l1": lambda: gtx.chain(gtx.add_l1(0.1), gtx.adam(0.1)),
+    "proximal_l1": lambda: gtx.chain(gtx.adam(0.1), gtx.proximal_l1(0.01)),
+    "max_norm": lambda: gtx.chain(gtx.adam(0.1), gtx.max_norm(1.0, mask=MASK)),
+    "add_noise": lambda: gtx.chain(gtx.add_noise(0.01), gtx.adam(0.1)),
+    "local_gain": lambda: gtx.chain(gtx.scale_by_local_gain(), gtx.scale(-0.1)),
+}
+
+
+def _params():
+    return {"w": jnp.array([[1.0, -2.0], [0.5, 0.25]]), "b": jnp.array([0.1, -0.3])}
+
+
+def _avals(tree):
+    return jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), tree)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_works_under_jit_in_a_chain_and_keeps_its_state_structure(name):
+    tx = gtx.chain(gtx.clip_by_global_norm(10.0), BUILDERS[name]())
+    params = _params()
+    state = tx.init(params)
+    before = _avals(state)
+    assert jax.tree.structure(jax.eval_shape(tx.init, params)) == jax.tree.structure(state)
+
+    @jax.jit
+    def step(params, state):
+        grads = jax.tree.map(lambda p: 0.5 * p + 0.1, params)
+        updates, state = tx.update(grads, state, params, value=jnp.asarray(1.0))
+        return gtx.apply_updates(params, updates), state
+
+    for _ in range(3):
+        params, state = step(params, state)
+        assert _avals(state) == before
+        assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))
+    assert step._cache_size() == 1  # one compilation for all steps
+    assert not np.allclose(params["w"], _params()["w"])
+
+
+@pytest.mark.parametrize("name", ["masked", "multi_steps", "lookahead", "apply_if_finite"])
+def test_sits_inside_an_optax_chain(name):
+    tx = optax.chain(optax.clip(5.0), BUILDERS[name]())
+    params = _params()
+    updates, _ = jax.jit(tx.update)(params, tx.init(params), params)
+    assert jax.tree.structure(updates) == jax.tree.structure(params)

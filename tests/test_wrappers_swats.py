@@ -1,0 +1,85 @@
+"""SWATS (Keskar & Socher 2017): Adam until the switching criterion holds, then SGD."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradtx as gtx
+from tests.reference import research_transforms as ref
+
+CURVATURE = np.array([1.0, 4.0, 0.5])
+W0 = np.array([1.0, -1.0, 2.0])
+HYPER = dict(b1=0.9, b2=0.999, eps=1e-9, switch_tol=1e-3)
+
+
+def _grad(w):
+    return CURVATURE * w
+
+
+def _run(tx, steps):
+    params = jnp.asarray(W0)
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    iterates, states, all_updates = [], [], []
+    for _ in range(steps):
+        updates, state = step(jnp.asarray(_grad(np.asarray(params))), state, params)
+        params = gtx.apply_updates(params, updates)
+        iterates.append(np.asarray(params))
+        states.append(state)
+        all_updates.append(np.asarray(updates))
+    return np.array(iterates), states, all_updates
+
+
+def test_swats_switches_where_algorithm_1_does_and_follows_its_trajectory(x64):
+    # on this quadratic the criterion holds at step 120 (a non-trivial switch)
+    expected = ref.swats(
+        _grad, W0, 160, 0.1, HYPER["b1"], HYPER["b2"], HYPER["eps"], HYPER["switch_tol"]
+    )
+    assert 100 < expected["switch_step"] < 160
+    iterates, states, _ = _run(gtx.swats(0.1, **HYPER), 160)
+    final = states[-1]
+    assert bool(final.switched)
+    assert int(final.switch_step) == expected["switch_step"]
+    np.testing.assert_allclose(float(final.sgd_learning_rate), expected["sgd_rate"], rtol=1e-10)
+    np.testing.assert_allclose(iterates, expected["iterates"], rtol=1e-9, atol=1e-12)
+    switch = expected["switch_step"]
+    assert not bool(states[switch - 2].switched) and bool(states[switch - 1].switched)
+
+
+def test_after_the_switch_swats_is_sgd_with_momentum_at_the_estimated_rate(x64):
+    iterates, states, all_updates = _run(gtx.swats(0.1, **HYPER), 160)
+    switch = int(states[-1].switch_step)
+    rate = float(states[-1].sgd_learning_rate)
+    b1 = HYPER["b1"]
+    # plain heavy-ball SGD from the params at the switch, buffer starting at zero
+    w, v = iterates[switch - 1].copy(), np.zeros(3)
+    for t in range(switch, 160):
+        v = b1 * v + _grad(w)
+        np.testing.assert_allclose(all_updates[t], -(1 - b1) * rate * v, rtol=1e-10)
+        w = w - (1 - b1) * rate * v
+        np.testing.assert_allclose(iterates[t], w, rtol=1e-10)
+    # Adam's moments are frozen from the switch on
+    np.testing.assert_array_equal(states[-1].mu, states[switch - 1].mu)
+
+
+def test_swats_stays_adam_when_the_criterion_never_holds(x64):
+    tx = gtx.swats(0.1, b1=0.9, b2=0.999, eps=1e-9, switch_tol=0.0)
+    iterates, states, _ = _run(tx, 20)
+    assert not bool(states[-1].switched) and int(states[-1].switch_step) == 0
+    adam = gtx.chain(gtx.scale_by_adam(0.9, 0.999, eps=0.0), gtx.scale(-0.1))
+    adam_iterates, _, _ = _run(adam, 20)
+    # Algorithm 1's Adam puts eps on the raw sqrt(a_k): identical to Adam for eps = 0
+    tx0 = gtx.swats(0.1, b1=0.9, b2=0.999, eps=0.0, switch_tol=0.0)
+    iterates0, _, _ = _run(tx0, 20)
+    np.testing.assert_allclose(iterates0, adam_iterates, rtol=1e-12)
+    np.testing.assert_allclose(iterates, adam_iterates, rtol=1e-6, atol=1e-7)
+
+
+def test_swats_validates_its_hyperparameters():
+    with pytest.raises(ValueError, match="b2"):
+        gtx.swats(b2=1.0)
+    with pytest.raises(ValueError, match="switch_tol"):
+        gtx.swats(switch_tol=-1.0)
