@@ -63,10 +63,19 @@ from gradtx.transforms.adaptive import (
     scale_by_rss,
 )
 
+# --- averaged SGD (issue 5) ---
+from gradtx.transforms.averaging_sgd import AveragedSgdState, averaged_sgd
+
 # --- clipping ---
 from gradtx.transforms.clipping import (
     clip,
     clip_by_global_norm,
+)
+
+# --- decoupled weight decay after the learning rate (issue 5) ---
+from gradtx.transforms.decoupled_decay import (
+    DecoupledWeightDecayState,
+    add_decoupled_weight_decay,
 )
 
 # --- momentum ---
@@ -76,6 +85,10 @@ from gradtx.transforms.momentum import (
     nesterov_lookahead,
     trace,
 )
+
+# --- framework parity blocks (issue 5): NAdam schedule, RAdam ---
+from gradtx.transforms.nadam_schedule import ScaleByNadamScheduleState, scale_by_nadam_schedule
+from gradtx.transforms.rectified import ScaleByRadamState, scale_by_radam
 
 # --- regularizers ---
 from gradtx.transforms.local_gain import ScaleByLocalGainState, scale_by_local_gain
@@ -189,6 +202,16 @@ __all__ = [
     "sgd",
     "tree_get",
     "tree_set",
+    # framework parity blocks (issue 5)
+    "AveragedSgdState",
+    "DampenedTraceState",
+    "DecoupledWeightDecayState",
+    "ScaleByNadamScheduleState",
+    "ScaleByRadamState",
+    "add_decoupled_weight_decay",
+    "averaged_sgd",
+    "scale_by_nadam_schedule",
+    "scale_by_radam",
     # regularizers, noise and local gains (issue 4)
     "AddNoiseState",
     "ScaleByLocalGainState",

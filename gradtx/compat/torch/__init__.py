@@ -1,0 +1,752 @@
+"""PyTorch's optimizers as gradtx chains: ``torch.optim`` argument names, defaults and numbers.
+
+Each function returns a ``named_chain`` of gradtx blocks that reproduces
+``torch.optim.<Name>`` step for step (checked against PyTorch 2.13 on recorded
+trajectories: float64 within 1e-10, float32 within 1e-5). The chain shows PyTorch's
+conventions: ``weight_decay`` is L2 (the decay term is added to the gradient, first in
+the chain) except in ``adamw`` and with ``decoupled_weight_decay=True`` (after the
+preconditioner); ``maximize`` negates the gradient before anything else; the learning
+rate multiplies the step last, outside every buffer. ``lr`` is a number or a gradtx
+schedule: its value at step t (t from 0) is the learning rate of the t-th
+``optimizer.step()``, as with a scheduler stepped after each optimizer step (see
+``gradtx.compat.torch.lr_scheduler``).
+
+These are plain chains, not ``schedule_injection`` optimizers: PyTorch computes with its
+hyperparameters as Python doubles, and injecting them would round them to float32.
+Wrap one in ``gradtx.schedule_injection`` if you need ``get_hyperparams``.
+
+``load_state_dict`` turns a PyTorch optimizer ``state_dict()`` into the matching gradtx
+state, so a run started in PyTorch continues here on the same trajectory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradtx import check
+from gradtx.compat.torch import lr_scheduler
+from gradtx.core import GradientTransformation, Params, ScalarOrSchedule, named_chain
+from gradtx.transforms.adaptive import (
+    ScaleByAdadeltaState,
+    ScaleByAdamaxState,
+    ScaleByAdamState,
+    ScaleByAmsgradState,
+    ScaleByRmsState,
+    ScaleByRpropState,
+    ScaleByRssState,
+    ScaleByStddevState,
+    amsgrad_max,
+    scale_by_adadelta,
+    scale_by_adam,
+    scale_by_adamax,
+    scale_by_rms,
+    scale_by_rprop,
+    scale_by_rss,
+)
+from gradtx.transforms.averaging_sgd import AveragedSgdState, averaged_sgd
+from gradtx.transforms.momentum import DampenedTraceState, TraceState, trace
+from gradtx.transforms.nadam_schedule import ScaleByNadamScheduleState, scale_by_nadam_schedule
+from gradtx.transforms.rectified import ScaleByRadamState, scale_by_radam
+from gradtx.transforms.regularize import AddDecayedWeightsState, add_decayed_weights
+from gradtx.transforms.scaling import ScaleByScheduleState, scale, scale_by_learning_rate
+
+__all__ = [
+    "adadelta",
+    "adagrad",
+    "adam",
+    "adamax",
+    "adamw",
+    "asgd",
+    "load_state_dict",
+    "lr_scheduler",
+    "nadam",
+    "radam",
+    "rmsprop",
+    "rprop",
+    "sgd",
+]
+
+
+def _is_zero(value: Any) -> bool:
+    """True only for a concrete zero (a schedule or a traced value counts as non-zero)."""
+    if callable(value) or isinstance(value, jax.core.Tracer):
+        return False
+    return bool(np.all(np.asarray(value) == 0))
+
+
+def _check_lr(lr: ScalarOrSchedule) -> None:
+    if not callable(lr):
+        check.non_negative("lr", lr)
+
+
+def _check_betas(betas: tuple[float, float]) -> tuple[float, float]:
+    if len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    check.unit_interval("betas[0]", betas[0])
+    check.unit_interval("betas[1]", betas[1])
+    return betas[0], betas[1]
+
+
+def _chain(
+    core: list[tuple[str, GradientTransformation]],
+    lr: ScalarOrSchedule,
+    weight_decay: Any,
+    *,
+    maximize: bool,
+    decoupled: bool = False,
+) -> GradientTransformation:
+    """``maximize -> [L2 decay] -> core -> [decoupled decay] -> -lr``, PyTorch's order."""
+    check.non_negative("weight_decay", weight_decay)
+    blocks: list[tuple[str, GradientTransformation]] = []
+    if maximize:
+        blocks.append(("maximize", scale(-1.0)))
+    decay = [] if _is_zero(weight_decay) else [("weight_decay", add_decayed_weights(weight_decay))]
+    blocks += ([] if decoupled else decay) + core + (decay if decoupled else [])
+    blocks.append(("learning_rate", scale_by_learning_rate(lr)))
+    return named_chain(*blocks)
+
+
+def sgd(
+    lr: ScalarOrSchedule = 1e-3,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    r"""``torch.optim.SGD``: L2 decay, an undampened first momentum step, lr outside.
+
+    ::
+
+        g <- g + weight_decay * p
+        b_1 = g;   b_t = momentum * b_{t-1} + (1 - dampening) * g      (momentum != 0)
+        g <- g + momentum * b_t  if nesterov  else  b_t
+        p <- p - lr * g
+
+    Chain: ``add_decayed_weights(weight_decay)``, ``trace(momentum, nesterov,
+    dampening=...)``, ``scale_by_learning_rate(lr)``. Keras' SGD puts lr inside the
+    buffer (``gradtx.compat.keras.sgd``).
+
+    Args:
+        lr: learning rate, >= 0, or a schedule.
+        momentum: momentum factor, in [0, 1).
+        dampening: dampening of the gradient entering the buffer, in [0, 1].
+        weight_decay: L2 penalty, >= 0.
+        nesterov: Nesterov momentum (needs momentum > 0 and dampening = 0).
+        maximize: ascend instead of descending.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import torch as tc
+        >>> tx = tc.sgd(lr=0.1, momentum=0.9)
+        >>> params = jnp.array([1.0])
+        >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
+        >>> [round(float(u), 6) for u in updates]
+        [-0.2]
+    """
+    _check_lr(lr)
+    check.unit_interval("momentum", momentum)
+    check.in_range("dampening", dampening, 0.0, 1.0)
+    if nesterov and (_is_zero(momentum) or not _is_zero(dampening)):
+        raise ValueError("nesterov=True requires momentum > 0 and dampening = 0 (as in PyTorch)")
+    core = []
+    if not _is_zero(momentum):
+        damp = None if _is_zero(dampening) else dampening
+        core.append(("momentum", trace(momentum, nesterov, dampening=damp)))
+    return _chain(core, lr, weight_decay, maximize=maximize)
+
+
+def adam(
+    lr: ScalarOrSchedule = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    amsgrad: bool = False,
+    *,
+    maximize: bool = False,
+    decoupled_weight_decay: bool = False,
+) -> GradientTransformation:
+    r"""``torch.optim.Adam``: eps outside the root of the bias-corrected ``v``; L2 decay.
+
+    ::
+
+        g <- g + weight_decay * p                       (unless decoupled_weight_decay)
+        m_t = b1 m + (1 - b1) g;   v_t = b2 v + (1 - b2) g^2
+        v_t <- max(v_max, v_t)                          (amsgrad: max of the raw v)
+        p <- p * (1 - lr * weight_decay)                (decoupled_weight_decay)
+        p <- p - lr / (1 - b1^t) * m_t / (sqrt(v_t) / sqrt(1 - b2^t) + eps)
+
+    Chain: ``scale_by_adam`` (or ``amsgrad_max(correct_after_max=True)``: Optax's
+    ``amsgrad`` takes the maximum of the bias-corrected ``v`` instead).
+
+    Args:
+        lr: learning rate, >= 0, or a schedule.
+        betas: ``(b1, b2)``, each in [0, 1).
+        eps: added outside the square root, >= 0.
+        weight_decay: L2 penalty (decoupled with ``decoupled_weight_decay``), >= 0.
+        amsgrad: PyTorch's AMSGrad.
+        maximize: ascend instead of descending.
+        decoupled_weight_decay: AdamW's decay (Loshchilov & Hutter, 2019).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import torch as tc
+        >>> tx = tc.adam(lr=0.1)
+        >>> params = jnp.array([1.0])
+        >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
+        >>> [round(float(u), 4) for u in updates]
+        [-0.1]
+    """
+    _check_lr(lr)
+    b1, b2 = _check_betas(betas)
+    if amsgrad:
+        core = [("adam", amsgrad_max(b1, b2, eps, correct_after_max=True))]
+    else:
+        core = [("adam", scale_by_adam(b1, b2, eps))]
+    return _chain(core, lr, weight_decay, maximize=maximize, decoupled=decoupled_weight_decay)
+
+
+def adamw(
+    lr: ScalarOrSchedule = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    amsgrad: bool = False,
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    r"""``torch.optim.AdamW``: ``adam(..., decoupled_weight_decay=True)``, wd=1e-2.
+
+    ::
+
+        p <- p * (1 - lr * weight_decay) - lr / (1 - b1^t) * m_t / (sqrt(v_t) /
+             sqrt(1 - b2^t) + eps)
+
+    Chain: ``scale_by_adam``, ``add_decayed_weights(weight_decay)``,
+    ``scale_by_learning_rate(lr)``. Optax's ``adamw`` defaults to ``weight_decay=1e-4``.
+
+    Args: as ``adam``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import torch as tc
+        >>> tx = tc.adamw(lr=0.1, weight_decay=0.5)
+        >>> params = jnp.array([1.0])
+        >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
+        >>> [round(float(u), 4) for u in updates]  # -0.1 * (1 + 0.5 * 1)
+        [-0.15]
+    """
+    return adam(
+        lr, betas, eps, weight_decay, amsgrad, maximize=maximize, decoupled_weight_decay=True
+    )
+
+
+def adagrad(
+    lr: ScalarOrSchedule = 1e-2,
+    lr_decay: float = 0.0,
+    weight_decay: float = 0.0,
+    initial_accumulator_value: float = 0.0,
+    eps: float = 1e-10,
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    r"""``torch.optim.Adagrad``: ``s_0 = 0``, eps outside the root, decaying lr.
+
+    ::
+
+        g <- g + weight_decay * p
+        s_t = s_{t-1} + g^2
+        p <- p - lr / (1 + (t - 1) * lr_decay) * g / (sqrt(s_t) + eps)
+
+    Chain: ``scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt=False)``. Keras
+    and Optax start from ``s_0 = 0.1`` and put eps inside the root.
+
+    Args:
+        lr: learning rate, >= 0, or a schedule.
+        lr_decay: the learning rate at step t (from 0) is ``lr / (1 + t * lr_decay)``.
+        weight_decay: L2 penalty, >= 0.
+        initial_accumulator_value: ``s_0``, >= 0.
+        eps: added outside the square root, >= 0.
+        maximize: ascend instead of descending.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import torch as tc
+        >>> tx = tc.adagrad(lr=0.1)
+        >>> params = jnp.array([1.0])
+        >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
+        >>> [round(float(u), 6) for u in updates]
+        [-0.1]
+    """
+    _check_lr(lr)
+    check.non_negative("lr_decay", lr_decay)
+    if not _is_zero(lr_decay):
+        base = lr
+
+        def lr(step):
+            rate = base(step) if callable(base) else base
+            return rate / (1 + jnp.asarray(step).astype(jnp.result_type(float)) * lr_decay)
+
+    core = [("adagrad", scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt=False))]
+    return _chain(core, lr, weight_decay, maximize=maximize)
+
+
+def rmsprop(
+    lr: ScalarOrSchedule = 1e-2,
+    alpha: float = 0.99,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    centered: bool = False,
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    r"""``torch.optim.RMSprop``: eps outside the root, the momentum buffer before lr.
+
+    ::
+
+        g <- g + weight_decay * p
+        v_t = alpha v + (1 - alpha) g^2;   a_t = alpha a + (1 - alpha) g   (centered)
+        d = sqrt(v_t - a_t^2) + eps  (centered)  else  sqrt(v_t) + eps
+        b_t = momentum * b + g / d;   p <- p - lr * b_t      (p <- p - lr g / d if momentum = 0)
+
+    Chain: ``scale_by_rms(alpha, eps, eps_in_sqrt=False, centered)``, ``trace(momentum)``.
+    Keras uses ``rho=0.9``, eps inside the root and lr inside the buffer.
+
+    Args:
+        lr: learning rate, >= 0, or a schedule.
+        alpha: decay of the averages, in [0, 1).
+        eps: added outside the square root, >= 0.
+        weight_decay: L2 penalty, >= 0.
+        momentum: momentum factor, in [0, 1).
+        centered: divide by the estimated standard deviation of g.
+        maximize: ascend instead of descending.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import torch as tc
+        >>> tx = tc.rmsprop(lr=0.01, alpha=0.75, eps=0.0)
+        >>> params = jnp.array([1.0])
+        >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
+        >>> [round(float(u), 6) for u in updates]  # -0.01 * 2 / sqrt(0.25 * 4)
+        [-0.02]
+    """
+    _check_lr(lr)
+    check.unit_interval("momentum", momentum)
+    core = [("rmsprop", scale_by_rms(alpha, eps, 0.0, eps_in_sqrt=False, centered=centered))]
+    if not _is_zero(momentum):
+        core.append(("momentum", trace(momentum)))
+    return _chain(core, lr, weight_decay, maximize=maximize)
+
+
+def adadelta(
+    lr: ScalarOrSchedule = 1.0,
+    rho: float = 0.9,
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    r"""``torch.optim.Adadelta``: Zeiler's rule times ``lr`` (default 1).
+
+    ::
+
+        g <- g + weight_decay * p
+        E[g^2]_t = rho E[g^2] + (1 - rho) g^2
+        d = sqrt(E[dx^2] + eps) / sqrt(E[g^2]_t + eps) * g
+        E[dx^2]_t = rho E[dx^2] + (1 - rho) d^2
+        p <- p - lr * d
+
+    Chain: ``scale_by_adadelta(rho, eps)``. Keras uses ``lr=0.001, rho=0.95, eps=1e-7``.
+
+    Args:
+        lr: learning rate, >= 0, or a schedule.
+        rho: decay of the averages, in [0, 1).
+        eps: added inside both square roots, > 0.
+        weight_decay: L2 penalty, >= 0.
+        maximize: ascend instead of descending.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import torch as tc
+        >>> tx = tc.adadelta(rho=0.0, eps=1.0)
+        >>> params = jnp.array([1.0])
+        >>> updates, state = tx.update(jnp.array([0.0]), tx.init(params), params)
+        >>> [float(u) for u in updates]
+        [-0.0]
+    """
+    _check_lr(lr)
+    return _chain([("adadelta", scale_by_adadelta(rho, eps))], lr, weight_decay, maximize=maximize)
+
+
+def adamax(
+    lr: ScalarOrSchedule = 2e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    r"""``torch.optim.Adamax``: eps inside the maximum.
+
+    ::
+
+        g <- g + weight_decay * p
+        m_t = b1 m + (1 - b1) g;   u_t = max(b2 u, |g| + eps)
+        p <- p - lr / (1 - b1^t) * m_t / u_t
+
+    Chain: ``scale_by_adamax(b1, b2, eps)``. Keras adds eps after the maximum.
+
+    Args:
+        lr: learning rate, >= 0, or a schedule.
+        betas: ``(b1, b2)``, each in [0, 1).
+        eps: added to ``|g|`` inside the maximum, >= 0.
+        weight_decay: L2 penalty, >= 0.
+        maximize: ascend instead of descending.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import torch as tc
+        >>> tx = tc.adamax(lr=0.1, eps=0.0)
+        >>> params = jnp.array([1.0])
+        >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
+        >>> [round(float(u), 6) for u in updates]
+        [-0.1]
+    """
+    _check_lr(lr)
+    b1, b2 = _check_betas(betas)
+    return _chain([("adamax", scale_by_adamax(b1, b2, eps))], lr, weight_decay, maximize=maximize)
+
+
+def nadam(
+    lr: ScalarOrSchedule = 2e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum_decay: float = 4e-3,
+    *,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+) -> GradientTransformation:
+    r"""``torch.optim.NAdam``: Dozat's momentum schedule ``mu_t = b1 (1 - 0.5 * 0.96^(t psi))``.
+
+    ::
+
+        g <- g + weight_decay * p          (p <- p (1 - lr wd) if decoupled_weight_decay)
+        P_t = mu_1 ... mu_t
+        p <- p - lr * ((1 - mu_t) g / (1 - P_t) + mu_{t+1} m_t / (1 - P_t mu_{t+1}))
+                    / (sqrt(v_t / (1 - b2^t)) + eps)
+
+    Chain: ``scale_by_nadam_schedule(b1, b2, eps, momentum_decay)``. Optax's ``nadam``
+    has no schedule; Keras' ``Nadam`` is ``momentum_decay=1``.
+
+    Args:
+        lr: learning rate, >= 0, or a schedule.
+        betas: ``(b1, b2)``, each in [0, 1).
+        eps: added outside the square root, >= 0.
+        weight_decay: L2 penalty (decoupled with ``decoupled_weight_decay``), >= 0.
+        momentum_decay: ``psi``, >= 0.
+        decoupled_weight_decay: NAdamW's decay.
+        maximize: ascend instead of descending.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import torch as tc
+        >>> tx = tc.nadam(lr=0.1)
+        >>> params = jnp.array([1.0])
+        >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
+        >>> [round(float(u), 4) for u in updates]
+        [-0.1056]
+    """
+    _check_lr(lr)
+    b1, b2 = _check_betas(betas)
+    core = [("nadam", scale_by_nadam_schedule(b1, b2, eps, momentum_decay))]
+    return _chain(core, lr, weight_decay, maximize=maximize, decoupled=decoupled_weight_decay)
+
+
+def radam(
+    lr: ScalarOrSchedule = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    *,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+) -> GradientTransformation:
+    r"""``torch.optim.RAdam``: rectify when ``rho_t > 5``, eps on the raw ``sqrt(v)``.
+
+    ::
+
+        rho_t = rho_inf - 2 t b2^t / (1 - b2^t)
+        p <- p - lr * r_t * m_t / (1 - b1^t) * sqrt(1 - b2^t) / (sqrt(v_t) + eps)   (rho_t > 5)
+        p <- p - lr * m_t / (1 - b1^t)                                            (otherwise)
+
+    Chain: ``scale_by_radam(b1, b2, eps, strict_threshold=True,
+    eps_before_bias_correction=True)``; Optax rectifies at ``rho_t >= 5`` with eps on the
+    bias-corrected root.
+
+    Args:
+        lr: learning rate, >= 0, or a schedule.
+        betas: ``(b1, b2)``, each in [0, 1).
+        eps: added to the raw square root, >= 0.
+        weight_decay: L2 penalty (decoupled with ``decoupled_weight_decay``), >= 0.
+        decoupled_weight_decay: decoupled decay (``p *= 1 - lr * wd``).
+        maximize: ascend instead of descending.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import torch as tc
+        >>> tx = tc.radam(lr=0.1)
+        >>> params = jnp.array([1.0])
+        >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
+        >>> [round(float(u), 6) for u in updates]  # no rectification yet: -lr * m_hat
+        [-0.2]
+    """
+    _check_lr(lr)
+    b1, b2 = _check_betas(betas)
+    core = [
+        (
+            "radam",
+            scale_by_radam(b1, b2, eps, strict_threshold=True, eps_before_bias_correction=True),
+        )
+    ]
+    return _chain(core, lr, weight_decay, maximize=maximize, decoupled=decoupled_weight_decay)
+
+
+def rprop(
+    lr: float | Any = 1e-2,
+    etas: tuple[float, float] = (0.5, 1.2),
+    step_sizes: tuple[float, float] = (1e-6, 50.0),
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    r"""``torch.optim.Rprop``: step sizes clipped on every step, the first one included.
+
+    ::
+
+        s = sign(g_t * g_{t-1});   d_t = clip(d_{t-1} * (eta+ if s > 0, eta- if s < 0,
+        1 if s = 0), *step_sizes);   g_t <- 0 where s < 0;   p <- p - sign(g_t) * d_t
+
+    with ``d_0 = lr``. Chain: ``scale_by_rprop(lr, *etas, *step_sizes,
+    clip_every_step=True)`` then ``scale(-1)``. The learning rate is only the initial
+    step size: a schedule is read once, at step 0 (PyTorch reads the group's lr when
+    the state is created and never again).
+
+    Args:
+        lr: initial step size, > 0, or a schedule (evaluated at 0).
+        etas: ``(eta_minus, eta_plus)``.
+        step_sizes: ``(min_step_size, max_step_size)``.
+        maximize: ascend instead of descending.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import torch as tc
+        >>> tx = tc.rprop(lr=0.1)
+        >>> params = jnp.array([1.0])
+        >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
+        >>> [round(float(u), 6) for u in updates]
+        [-0.1]
+    """
+    initial = float(lr(0)) if callable(lr) else lr
+    eta_minus, eta_plus = etas
+    min_step, max_step = step_sizes
+    blocks = [("maximize", scale(-1.0))] if maximize else []
+    blocks += [
+        (
+            "rprop",
+            scale_by_rprop(initial, eta_minus, eta_plus, min_step, max_step, clip_every_step=True),
+        ),
+        ("descend", scale(-1.0)),
+    ]
+    return named_chain(*blocks)
+
+
+def asgd(
+    lr: ScalarOrSchedule = 1e-2,
+    lambd: float = 1e-4,
+    alpha: float = 0.75,
+    t0: float = 1e6,
+    weight_decay: float = 0.0,
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    r"""``torch.optim.ASGD``: decaying step size ``eta_k`` and an average of the iterates.
+
+    ::
+
+        g <- g + weight_decay * p
+        eta_k = lr / (1 + lambd * lr * k)^alpha;   p <- p * (1 - lambd * eta_k) - eta_k * g
+        ax <- average of the iterates from step t0 on
+
+    Chain: ``averaged_sgd(lr, lambd, alpha, t0)`` (which applies the learning rate
+    itself); the average is ``state["asgd"].average``.
+
+    Args:
+        lr: learning rate, >= 0, or a schedule.
+        lambd: decay term, >= 0.
+        alpha: power of the step-size decay, >= 0.
+        t0: the step from which averaging starts, >= 0.
+        weight_decay: L2 penalty, >= 0.
+        maximize: ascend instead of descending.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import torch as tc
+        >>> tx = tc.asgd(lr=0.1, lambd=0.0)
+        >>> params = jnp.array([1.0])
+        >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
+        >>> [round(float(u), 6) for u in updates]
+        [-0.2]
+    """
+    _check_lr(lr)
+    check.non_negative("weight_decay", weight_decay)
+    blocks = [("maximize", scale(-1.0))] if maximize else []
+    if not _is_zero(weight_decay):
+        blocks.append(("weight_decay", add_decayed_weights(weight_decay)))
+    blocks.append(("asgd", averaged_sgd(lr, lambd, alpha, t0)))
+    return named_chain(*blocks)
+
+
+# --- load_state_dict -------------------------------------------------------------------
+
+# gradtx state type -> {field: PyTorch state key}; "step" fields take PyTorch's step.
+_FIELDS: dict[type, dict[str, str]] = {
+    ScaleByAdamState: {"mu": "exp_avg", "nu": "exp_avg_sq"},
+    ScaleByAmsgradState: {"mu": "exp_avg", "nu": "exp_avg_sq", "nu_max": "max_exp_avg_sq"},
+    ScaleByNadamScheduleState: {"mu": "exp_avg", "nu": "exp_avg_sq"},
+    ScaleByRadamState: {"mu": "exp_avg", "nu": "exp_avg_sq"},
+    ScaleByAdamaxState: {"mu": "exp_avg", "nu": "exp_inf"},
+    ScaleByRssState: {"sum_of_squares": "sum"},
+    ScaleByRmsState: {"nu": "square_avg"},
+    ScaleByStddevState: {"nu": "square_avg", "mu": "grad_avg"},
+    ScaleByAdadeltaState: {"e_g": "square_avg", "e_x": "acc_delta"},
+    ScaleByRpropState: {"step_sizes": "step_size", "previous_sign": "prev"},
+    AveragedSgdState: {"average": "ax"},
+    TraceState: {"trace": "momentum_buffer"},
+    DampenedTraceState: {"trace": "momentum_buffer"},
+}
+_COUNTED = (ScaleByScheduleState, AddDecayedWeightsState)
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch.Tensor
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _per_parameter_states(torch_state_dict: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """PyTorch's per-parameter states, in the order of the parameters."""
+    if "state" not in torch_state_dict:
+        raise ValueError("torch_state_dict must be an optimizer state_dict() with a 'state' entry")
+    states = {int(k): v for k, v in torch_state_dict["state"].items()}
+    groups = torch_state_dict.get("param_groups")
+    if groups:
+        order = [int(i) for group in groups for i in group["params"]]
+    else:
+        order = sorted(states)
+    return [states.get(i, {}) for i in order]
+
+
+def load_state_dict(
+    tx: GradientTransformation,
+    torch_state_dict: Mapping[str, Any],
+    params: Params,
+    *,
+    step: int | None = None,
+) -> Any:
+    """The gradtx state of ``tx`` equivalent to a PyTorch optimizer's ``state_dict()``.
+
+    ``tx`` is the ``gradtx.compat.torch`` optimizer matching the PyTorch one (same
+    hyperparameters), ``params`` the parameters the run continues from. Parameters are
+    matched by order: the i-th leaf of ``params`` (``jax.tree.leaves`` order) is the i-th
+    parameter of the PyTorch optimizer (its param groups concatenated). Every moment
+    buffer is copied (cast to the dtype gradtx keeps it in), and every step counter of
+    the chain, schedules included, is set to PyTorch's ``step``. Tensors or NumPy
+    arrays are accepted. Handles SGD, Adam, AdamW, Adagrad, RMSprop, Adadelta, Adamax,
+    NAdam, RAdam, Rprop and ASGD states.
+
+    Args:
+        tx: the gradtx transformation the run continues with.
+        torch_state_dict: ``optimizer.state_dict()`` (or the same structure of arrays).
+        params: the parameters, as a pytree.
+        step: the number of steps taken, for optimizers whose state keeps none (SGD);
+            by default PyTorch's ``step`` (0 for SGD: set it if ``lr`` is a schedule).
+
+    Raises:
+        ValueError: the number of parameters or the shape of a buffer differs, or the
+            PyTorch state lacks a buffer that ``tx`` needs.
+
+    Example:
+        >>> import numpy as np
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import torch as tc
+        >>> torch_state = {"state": {0: {"step": 3.0, "exp_avg": np.ones(2),
+        ...                              "exp_avg_sq": np.ones(2)}},
+        ...                "param_groups": [{"params": [0]}]}
+        >>> state = tc.load_state_dict(tc.adam(), torch_state, {"w": jnp.zeros(2)})
+        >>> int(state["adam"].count), state["adam"].mu["w"].tolist()
+        (3, [1.0, 1.0])
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    per_param = _per_parameter_states(torch_state_dict)
+    if len(per_param) != len(leaves):
+        raise ValueError(
+            f"the PyTorch state has {len(per_param)} parameters but params has "
+            f"{len(leaves)} leaves (parameters are matched by order)"
+        )
+    steps = [float(_to_numpy(s["step"])) for s in per_param if "step" in s]
+    if step is None:
+        step = int(round(steps[0])) if steps else 0
+    has_buffer = any("momentum_buffer" in s and s["momentum_buffer"] is not None for s in per_param)
+    state = tx.init(params)
+
+    def field_tree(key: str, like: Any) -> Any:
+        like_leaves = treedef.flatten_up_to(like)
+        converted = []
+        for index, (torch_state, leaf) in enumerate(zip(per_param, like_leaves, strict=True)):
+            value = torch_state.get(key)
+            if value is None and key == "momentum_buffer" and not has_buffer:
+                value = np.zeros(leaf.shape)  # PyTorch creates the buffer on the first step
+            if value is None:
+                raise ValueError(
+                    f"the PyTorch state of parameter {index} has no {key!r}; is the "
+                    f"optimizer the one tx reproduces (same momentum, amsgrad, centered)?"
+                )
+            array = _to_numpy(value)
+            if key == "prev":
+                array = np.sign(array)
+            if array.shape != tuple(leaf.shape):
+                raise ValueError(
+                    f"shape mismatch for parameter {index}: the PyTorch {key!r} has shape "
+                    f"{list(array.shape)} but the parameter has {list(leaf.shape)}"
+                )
+            converted.append(jnp.asarray(array, dtype=leaf.dtype))
+        return treedef.unflatten(converted)
+
+    def count_like(old: jax.Array, value: int) -> jax.Array:
+        return jnp.asarray(value, old.dtype)
+
+    def convert(node: Any) -> Any:
+        if isinstance(node, _COUNTED):
+            return node._replace(count=count_like(node.count, step))
+        fields = _FIELDS.get(type(node))
+        if fields is None:
+            return node
+        new = {name: field_tree(key, getattr(node, name)) for name, key in fields.items()}
+        if isinstance(node, DampenedTraceState):
+            new["count"] = count_like(node.count, max(step, int(has_buffer)))
+        elif "count" in node._fields:
+            new["count"] = count_like(node.count, step)
+        if isinstance(node, ScaleByNadamScheduleState):
+            product = _to_numpy(per_param[0]["mu_product"])
+            new["mu_product"] = jnp.asarray(product, node.mu_product.dtype)
+        return node._replace(**new)
+
+    known = tuple(_FIELDS) + _COUNTED
+    return jax.tree.map(convert, state, is_leaf=lambda x: isinstance(x, known))

@@ -1,0 +1,470 @@
+"""PyTorch's learning-rate schedulers as gradtx schedules (``torch.optim.lr_scheduler``).
+
+Each function returns a schedule ``step -> lr`` whose value at step t (t from 0) is the
+learning rate PyTorch uses for the t-th ``optimizer.step()`` when ``scheduler.step()``
+follows every optimizer step (PyTorch applies the value at 0 in the scheduler's
+constructor). Pass it as ``lr`` to a ``gradtx.compat.torch`` optimizer, or to any gradtx
+optimizer. PyTorch computes most schedulers by a recursion on the previous lr; these are
+the closed forms of the same sequences (equal up to rounding, checked against PyTorch
+2.13 on recorded sequences).
+
+The values are computed in the default float dtype (float64 when ``jax_enable_x64`` is
+on, as PyTorch's Python doubles), so float64 runs match PyTorch to 1e-10; the schedules
+of ``gradtx.schedules`` return float32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from gradtx import check
+from gradtx.core import GradientTransformation, Schedule
+from gradtx.schedules.plateau import reduce_on_plateau
+
+__all__ = [
+    "constant_lr",
+    "cosine_annealing_lr",
+    "cosine_annealing_warm_restarts",
+    "cyclic_lr",
+    "exponential_lr",
+    "linear_lr",
+    "multistep_lr",
+    "one_cycle_lr",
+    "polynomial_lr",
+    "reduce_lr_on_plateau",
+    "sequential_lr",
+    "step_lr",
+]
+
+
+def _as_float(step) -> tuple[jax.Array, jax.Array]:
+    """The step as an integer array and as a float in the default float dtype."""
+    step = jnp.asarray(step)
+    if not jnp.issubdtype(step.dtype, jnp.integer):
+        raise TypeError(f"a schedule's step must be an integer, got dtype {step.dtype.name}")
+    return step, step.astype(jnp.result_type(float))
+
+
+def _positive_int(name: str, value) -> None:
+    check.positive_int(name, value)
+
+
+def step_lr(base_lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
+    """``StepLR``: ``lr_t = base_lr * gamma^floor(t / step_size)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat.torch import lr_scheduler
+        >>> lr_scheduler.step_lr(1.0, step_size=2, gamma=0.5)(jnp.arange(5)).tolist()
+        [1.0, 1.0, 0.5, 0.5, 0.25]
+    """
+    check.non_negative("base_lr", base_lr)
+    _positive_int("step_size", step_size)
+    check.non_negative("gamma", gamma)
+
+    def schedule(step):
+        t, _ = _as_float(step)
+        return base_lr * jnp.asarray(gamma, jnp.result_type(float)) ** (t // step_size)
+
+    return schedule
+
+
+def multistep_lr(base_lr: float, milestones: Sequence[int], gamma: float = 0.1) -> Schedule:
+    """``MultiStepLR``: ``lr_t = base_lr * gamma^(number of milestones <= t)``.
+
+    A milestone listed twice counts twice, as in PyTorch.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat.torch import lr_scheduler
+        >>> lr_scheduler.multistep_lr(1.0, [1, 3], gamma=0.5)(jnp.arange(5)).tolist()
+        [1.0, 0.5, 0.5, 0.25, 0.25]
+    """
+    check.non_negative("base_lr", base_lr)
+    check.non_negative("gamma", gamma)
+    counts = Counter(int(m) for m in milestones)
+    if any(m < 0 for m in counts):
+        raise ValueError(f"milestones must be non-negative integers, got {list(milestones)!r}")
+
+    def schedule(step):
+        t, _ = _as_float(step)
+        passed = sum(n * (t >= m).astype(jnp.int32) for m, n in sorted(counts.items()))
+        return base_lr * jnp.asarray(gamma, jnp.result_type(float)) ** passed
+
+    return schedule
+
+
+def exponential_lr(base_lr: float, gamma: float) -> Schedule:
+    """``ExponentialLR``: ``lr_t = base_lr * gamma^t``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat.torch import lr_scheduler
+        >>> lr_scheduler.exponential_lr(1.0, gamma=0.5)(jnp.arange(3)).tolist()
+        [1.0, 0.5, 0.25]
+    """
+    check.non_negative("base_lr", base_lr)
+    check.non_negative("gamma", gamma)
+
+    def schedule(step):
+        _, t = _as_float(step)
+        return base_lr * jnp.asarray(gamma, t.dtype) ** t
+
+    return schedule
+
+
+def cosine_annealing_lr(base_lr: float, T_max: int, eta_min: float = 0.0) -> Schedule:  # noqa: N803
+    """``CosineAnnealingLR``: ``lr_t = eta_min + (base_lr - eta_min) (1 + cos(pi t / T_max)) / 2``.
+
+    Periodic past ``T_max`` (it rises back to ``base_lr`` at ``2 T_max``), as PyTorch's
+    recursion is; Keras' ``CosineDecay`` and ``gradtx.schedules.cosine_decay`` hold
+    ``eta_min`` instead.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat.torch import lr_scheduler
+        >>> values = lr_scheduler.cosine_annealing_lr(1.0, T_max=2)(jnp.arange(5))
+        >>> [round(v, 6) for v in values.tolist()]
+        [1.0, 0.5, 0.0, 0.5, 1.0]
+    """
+    check.non_negative("base_lr", base_lr)
+    _positive_int("T_max", T_max)
+
+    def schedule(step):
+        _, t = _as_float(step)
+        return eta_min + (base_lr - eta_min) * (1 + jnp.cos(math.pi * t / T_max)) / 2
+
+    return schedule
+
+
+def cosine_annealing_warm_restarts(
+    base_lr: float,
+    T_0: int,  # noqa: N803
+    T_mult: int = 1,  # noqa: N803
+    eta_min: float = 0.0,
+) -> Schedule:
+    """``CosineAnnealingWarmRestarts`` (SGDR) stepped once per optimizer step.
+
+    The i-th period lasts ``T_i = T_0 * T_mult^i`` steps; inside it, with ``T_cur`` the
+    steps since its start, ``lr = eta_min + (base_lr - eta_min) (1 + cos(pi T_cur /
+    T_i)) / 2``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat.torch import lr_scheduler
+        >>> values = lr_scheduler.cosine_annealing_warm_restarts(1.0, T_0=2, T_mult=2)
+        >>> [round(v, 6) for v in values(jnp.arange(7)).tolist()]
+        [1.0, 0.5, 1.0, 0.853553, 0.5, 0.146447, 1.0]
+
+    Reference: Loshchilov & Hutter, 2017, "SGDR: Stochastic Gradient Descent with Warm
+    Restarts".
+    """
+    check.non_negative("base_lr", base_lr)
+    _positive_int("T_0", T_0)
+    _positive_int("T_mult", T_mult)
+    starts, lengths = [0], [T_0]
+    while starts[-1] + lengths[-1] <= 2**31 - 1:
+        starts.append(starts[-1] + lengths[-1])
+        lengths.append(lengths[-1] * T_mult)
+        if T_mult == 1:
+            break
+
+    def schedule(step):
+        t, _ = _as_float(step)
+        if T_mult == 1:
+            t_cur, t_i = t % T_0, jnp.asarray(T_0)
+        else:
+            index = jnp.searchsorted(jnp.asarray(starts[:-1]), t, side="right") - 1
+            t_cur = t - jnp.asarray(starts[:-1])[index]
+            t_i = jnp.asarray(lengths[:-1])[index]
+        float_dtype = jnp.result_type(float)
+        fraction = t_cur.astype(float_dtype) / t_i.astype(float_dtype)
+        return eta_min + (base_lr - eta_min) * (1 + jnp.cos(math.pi * fraction)) / 2
+
+    return schedule
+
+
+def cyclic_lr(
+    base_lr: float,
+    max_lr: float,
+    step_size_up: int = 2000,
+    step_size_down: int | None = None,
+    mode: str = "triangular",
+    gamma: float = 1.0,
+) -> Schedule:
+    """``CyclicLR`` (Smith, 2017): triangular cycles between ``base_lr`` and ``max_lr``.
+
+    With ``L = step_size_up + step_size_down``, ``cycle = floor(1 + t / L)`` and ``x = 1 +
+    t / L - cycle``, the height rises as ``x / r`` for ``x <= r = step_size_up / L`` and
+    falls as ``(x - 1) / (r - 1)`` after; it is scaled by 1 (``'triangular'``),
+    ``1 / 2^(cycle - 1)`` (``'triangular2'``) or ``gamma^t`` (``'exp_range'``).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat.torch import lr_scheduler
+        >>> values = lr_scheduler.cyclic_lr(0.0, 1.0, step_size_up=2)(jnp.arange(6))
+        >>> [round(v, 6) for v in values.tolist()]
+        [0.0, 0.5, 1.0, 0.5, 0.0, 0.5]
+
+    Reference: Smith, 2017, "Cyclical Learning Rates for Training Neural Networks".
+    """
+    check.non_negative("base_lr", base_lr)
+    check.non_negative("max_lr", max_lr)
+    _positive_int("step_size_up", step_size_up)
+    down = step_size_up if step_size_down is None else step_size_down
+    _positive_int("step_size_down", down)
+    check.one_of("mode", mode, ("triangular", "triangular2", "exp_range"))
+    total = float(step_size_up + down)
+    ratio = step_size_up / total
+
+    def schedule(step):
+        _, t = _as_float(step)
+        cycle = jnp.floor(1 + t / total)
+        x = 1.0 + t / total - cycle
+        scale_factor = jnp.where(x <= ratio, x / ratio, (x - 1) / (ratio - 1))
+        height = (max_lr - base_lr) * scale_factor
+        if mode == "triangular":
+            return base_lr + height * 1.0
+        if mode == "triangular2":
+            return base_lr + height * (1 / (2.0 ** (cycle - 1)))
+        return base_lr + height * jnp.asarray(gamma, t.dtype) ** t
+
+    return schedule
+
+
+def one_cycle_lr(
+    max_lr: float,
+    total_steps: int,
+    pct_start: float = 0.3,
+    anneal_strategy: str = "cos",
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+    three_phase: bool = False,
+) -> Schedule:
+    """``OneCycleLR`` (Smith & Topin, 2019): warm up to ``max_lr``, then anneal far below.
+
+    From ``initial = max_lr / div_factor`` to ``max_lr`` over the first ``pct_start *
+    total_steps - 1`` steps, then down to ``initial / final_div_factor`` at ``total_steps
+    - 1``; ``three_phase`` comes back to ``initial`` at ``2 pct_start total_steps - 2``
+    before the final phase. Phases interpolate by cosine (``'cos'``) or linearly
+    (``'linear'``). PyTorch raises past ``total_steps``; this schedule holds the final
+    value.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat.torch import lr_scheduler
+        >>> schedule = lr_scheduler.one_cycle_lr(1.0, total_steps=5, pct_start=0.4,
+        ...                                      anneal_strategy="linear", div_factor=4.0,
+        ...                                      final_div_factor=1.0)
+        >>> [round(v, 6) for v in schedule(jnp.arange(5)).tolist()]
+        [0.25, 1.0, 0.75, 0.5, 0.25]
+
+    Reference: Smith & Topin, 2019, "Super-Convergence: Very Fast Training of Neural
+    Networks Using Large Learning Rates".
+    """
+    check.non_negative("max_lr", max_lr)
+    _positive_int("total_steps", total_steps)
+    check.in_range("pct_start", pct_start, 0.0, 1.0)
+    check.one_of("anneal_strategy", anneal_strategy, ("cos", "linear"))
+    check.positive("div_factor", div_factor)
+    check.positive("final_div_factor", final_div_factor)
+    initial = max_lr / div_factor
+    minimum = initial / final_div_factor
+    if three_phase:
+        phases = [
+            (float(pct_start * total_steps) - 1, initial, max_lr),
+            (float(2 * pct_start * total_steps) - 2, max_lr, initial),
+            (total_steps - 1.0, initial, minimum),
+        ]
+    else:
+        phases = [
+            (float(pct_start * total_steps) - 1, initial, max_lr),
+            (total_steps - 1.0, max_lr, minimum),
+        ]
+
+    def anneal(start, end, pct):
+        if anneal_strategy == "cos":
+            return end + (start - end) / 2.0 * (jnp.cos(math.pi * pct) + 1)
+        return (end - start) * pct + start
+
+    def schedule(step):
+        _, t = _as_float(step)
+        t = jnp.minimum(t, total_steps - 1.0)
+        value = jnp.zeros_like(t)
+        begin = 0.0
+        for index in reversed(range(len(phases))):
+            end_step, start_lr, end_lr = phases[index]
+            begin = phases[index - 1][0] if index > 0 else 0.0
+            pct = (t - begin) / (end_step - begin)
+            here = t <= end_step if index < len(phases) - 1 else jnp.ones_like(t, bool)
+            value = jnp.where(here, anneal(start_lr, end_lr, pct), value)
+        return value
+
+    return schedule
+
+
+def linear_lr(
+    base_lr: float,
+    start_factor: float = 1.0 / 3,
+    end_factor: float = 1.0,
+    total_iters: int = 5,
+) -> Schedule:
+    """``LinearLR``: the factor goes linearly from ``start_factor`` to ``end_factor``.
+
+    ``lr_t = base_lr * (start + (end - start) * min(t, total_iters) / total_iters)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat.torch import lr_scheduler
+        >>> schedule = lr_scheduler.linear_lr(1.0, start_factor=0.5, total_iters=2)
+        >>> schedule(jnp.arange(4)).tolist()
+        [0.5, 0.75, 1.0, 1.0]
+    """
+    check.non_negative("base_lr", base_lr)
+    check.in_range("start_factor", start_factor, 0.0, 1.0, low_inclusive=False)
+    check.in_range("end_factor", end_factor, 0.0, 1.0)
+    _positive_int("total_iters", total_iters)
+
+    def schedule(step):
+        _, t = _as_float(step)
+        progress = jnp.minimum(t, total_iters) / total_iters
+        return base_lr * (start_factor + (end_factor - start_factor) * progress)
+
+    return schedule
+
+
+def constant_lr(base_lr: float, factor: float = 1.0 / 3, total_iters: int = 5) -> Schedule:
+    """``ConstantLR``: ``base_lr * factor`` for the first ``total_iters`` steps, then ``base_lr``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat.torch import lr_scheduler
+        >>> lr_scheduler.constant_lr(1.0, factor=0.5, total_iters=2)(jnp.arange(4)).tolist()
+        [0.5, 0.5, 1.0, 1.0]
+    """
+    check.non_negative("base_lr", base_lr)
+    check.in_range("factor", factor, 0.0, 1.0)
+    check.non_negative_int("total_iters", total_iters)
+
+    def schedule(step):
+        t, _ = _as_float(step)
+        return jnp.where(t < total_iters, base_lr * factor, base_lr * 1.0).astype(
+            jnp.result_type(float)
+        )
+
+    return schedule
+
+
+def polynomial_lr(base_lr: float, total_iters: int = 5, power: float = 1.0) -> Schedule:
+    """``PolynomialLR``: ``lr_t = base_lr * (1 - min(t, total_iters) / total_iters)^power``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat.torch import lr_scheduler
+        >>> lr_scheduler.polynomial_lr(1.0, total_iters=2)(jnp.arange(4)).tolist()
+        [1.0, 0.5, 0.0, 0.0]
+    """
+    check.non_negative("base_lr", base_lr)
+    _positive_int("total_iters", total_iters)
+    check.non_negative("power", power)
+
+    def schedule(step):
+        _, t = _as_float(step)
+        return base_lr * (1 - jnp.minimum(t, total_iters) / total_iters) ** power
+
+    return schedule
+
+
+def sequential_lr(schedules: Sequence[Schedule], milestones: Sequence[int]) -> Schedule:
+    """``SequentialLR``: ``schedules[i]`` from ``milestones[i-1]`` on, restarted at 0 there.
+
+    ``lr_t = schedules[i](t - milestones[i-1])`` with ``i`` the number of milestones
+    ``<= t``. Give each schedule PyTorch's ``base_lr`` (the optimizer's initial lr).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat.torch import lr_scheduler
+        >>> warmup = lr_scheduler.linear_lr(1.0, start_factor=0.5, total_iters=2)
+        >>> decay = lr_scheduler.exponential_lr(1.0, gamma=0.5)
+        >>> lr_scheduler.sequential_lr([warmup, decay], [2])(jnp.arange(5)).tolist()
+        [0.5, 0.75, 1.0, 0.5, 0.25]
+    """
+    schedules = list(schedules)
+    milestones = [int(m) for m in milestones]
+    if len(schedules) != len(milestones) + 1:
+        raise ValueError(
+            f"sequential_lr needs len(milestones) + 1 = {len(milestones) + 1} schedules, "
+            f"got {len(schedules)}"
+        )
+    if sorted(milestones) != milestones or any(m < 0 for m in milestones):
+        raise ValueError(f"milestones must be non-decreasing non-negative ints: {milestones}")
+    for index, schedule in enumerate(schedules):
+        if not callable(schedule):
+            raise TypeError(f"schedules[{index}] must be a schedule (a callable)")
+
+    def schedule(step):
+        t, _ = _as_float(step)
+        value = schedules[0](t).astype(jnp.result_type(float))
+        for milestone, later in zip(milestones, schedules[1:], strict=True):
+            shifted = later(jnp.maximum(t - milestone, 0)).astype(value.dtype)
+            value = jnp.where(t >= milestone, shifted, value)
+        return value
+
+    return schedule
+
+
+def reduce_lr_on_plateau(
+    lr: float,
+    mode: str = "min",
+    factor: float = 0.1,
+    patience: int = 10,
+    threshold: float = 1e-4,
+    threshold_mode: str = "rel",
+    cooldown: int = 0,
+    min_lr: float = 0.0,
+    eps: float = 1e-8,
+) -> GradientTransformation:
+    """``ReduceLROnPlateau`` with PyTorch's arguments, as a transform to chain after ``lr``.
+
+    ``chain(gradtx.compat.torch.sgd(lr), reduce_lr_on_plateau(lr, ...))`` scales every
+    step by ``lr_now / lr``; update it with ``value=metric``. It is
+    ``gradtx.schedules.reduce_on_plateau`` with ``min_scale = min_lr / lr`` and ``eps /
+    lr`` (PyTorch compares learning rates, the transform compares scales). The scale
+    used by an update already reflects the metric passed with it: pass the metric
+    PyTorch's ``scheduler.step(metric)`` received before that optimizer step.
+
+    Args:
+        lr: the optimizer's learning rate, > 0.
+        mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps:
+            PyTorch's arguments and defaults.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> from gradtx.compat import torch as tc
+        >>> tx = gtx.chain(tc.sgd(0.1), tc.lr_scheduler.reduce_lr_on_plateau(0.1, patience=0))
+        >>> params = jnp.zeros(1)
+        >>> state = tx.init(params)
+        >>> u, state = tx.update(jnp.ones(1), state, params, value=1.0)
+        >>> u, state = tx.update(jnp.ones(1), state, params, value=2.0)
+        >>> [round(float(x), 6) for x in u]
+        [-0.01]
+    """
+    check.positive("lr", lr)
+    check.non_negative("min_lr", min_lr)
+    check.non_negative("eps", eps)
+    return reduce_on_plateau(
+        factor=factor,
+        patience=patience,
+        threshold=threshold,
+        threshold_mode=threshold_mode,
+        cooldown=cooldown,
+        min_scale=min_lr / lr,
+        mode=mode,
+        eps=eps / lr,
+    )

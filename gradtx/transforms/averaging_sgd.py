@@ -1,0 +1,95 @@
+"""Averaged SGD: decaying step sizes and a Polyak-Ruppert average of the iterates."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradtx import check, numerics, tree
+from gradtx.core import GradientTransformation, ScalarOrSchedule, Updates
+
+
+class AveragedSgdState(NamedTuple):
+    count: jax.Array  # int32, saturating: updates made so far
+    average: Updates  # running average of the iterates (PyTorch's ax), parameter dtype
+
+
+def averaged_sgd(
+    learning_rate: ScalarOrSchedule = 1e-2,
+    lambd: float = 1e-4,
+    alpha: float = 0.75,
+    t0: float = 1e6,
+) -> GradientTransformation:
+    r"""Averaged stochastic gradient descent (Polyak & Juditsky, 1992), PyTorch's form.
+
+    The update is the whole descent step (the learning rate is inside the step size,
+    so do not scale it again). With k counting updates from 0 and ``lr`` the learning
+    rate of update ``max(k - 1, 0)`` (PyTorch computes the next step size at the end of
+    a step, with that step's learning rate)::
+
+        eta_k = lr / (1 + lambd * lr * k)^alpha
+        mu_k  = 1 / max(1, k - t0)
+        p'    = p * (1 - lambd * eta_k) - eta_k * g        (u = p' - p)
+        a'    = p'  if mu_k == 1  else  a + mu_k * (p' - a)
+
+    The average ``a`` (PyTorch's ``ax``) is kept in the state; it starts to average
+    after ``t0`` updates. Read it with ``state.average`` and evaluate the model there.
+
+    Args:
+        learning_rate: a non-negative number or a schedule.
+        lambd: decay term, >= 0.
+        alpha: power of the step-size decay, >= 0.
+        t0: the update after which averaging starts, >= 0.
+
+    State: ``AveragedSgdState(count, average)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.averaged_sgd(0.1, lambd=0.0)
+        >>> params = jnp.array([1.0])
+        >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
+        >>> [round(float(u), 6) for u in updates], [round(float(a), 6) for a in state.average]
+        ([-0.2], [0.8])
+
+    Reference: Polyak & Juditsky, 1992, "Acceleration of Stochastic Approximation by
+    Averaging"; PyTorch's ``torch.optim.ASGD``.
+    """
+    scheduled = callable(learning_rate)
+    if not scheduled:
+        check.non_negative("learning_rate", learning_rate)
+    check.non_negative("lambd", lambd)
+    check.non_negative("alpha", alpha)
+    check.non_negative("t0", t0)
+
+    def init(params):
+        return AveragedSgdState(count=jnp.zeros([], jnp.int32), average=tree.zeros_like(params))
+
+    def update(updates, state, params=None, **extra):
+        del extra
+        if params is None:
+            raise ValueError(
+                "averaged_sgd needs the parameters: call update(updates, state, params)"
+            )
+        k = state.count
+        lr = learning_rate(jnp.maximum(k - 1, 0)) if scheduled else learning_rate
+
+        def leaf(g, p, a):
+            dtype = numerics.compute_dtype(g.dtype)
+            real = numerics.real_dtype(dtype)
+            rate = numerics.hyperparameter(lr, real)
+            decay = numerics.hyperparameter(lambd, real)
+            steps = k.astype(real)
+            eta = rate / (1 + decay * rate * steps) ** numerics.hyperparameter(alpha, real)
+            mu = 1 / jnp.maximum(1, steps - numerics.hyperparameter(t0, real))
+            p_ = p.astype(dtype)
+            p_new = p_ * (1 - decay * eta) - eta * g.astype(dtype)
+            a_new = jnp.where(mu == 1, p_new, a.astype(dtype) + mu * (p_new - a.astype(dtype)))
+            return (p_new - p_).astype(g.dtype), a_new.astype(a.dtype)
+
+        updates, average = tree.map_unzip(leaf, updates, params, state.average, outputs=2)
+        return updates, AveragedSgdState(numerics.safe_increment(k), average)
+
+    return GradientTransformation(init, update)

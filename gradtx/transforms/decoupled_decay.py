@@ -1,0 +1,81 @@
+"""Decoupled weight decay applied after the learning rate, as Keras and PyTorch do it."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradtx import check, numerics, tree
+from gradtx.core import GradientTransformation, ScalarOrSchedule
+from gradtx.transforms.regularize import resolve_mask
+
+
+class DecoupledWeightDecayState(NamedTuple):
+    count: jax.Array  # int32, saturating: the schedules read it
+
+
+def add_decoupled_weight_decay(
+    weight_decay: ScalarOrSchedule,
+    learning_rate: ScalarOrSchedule,
+    mask: Any = None,
+) -> GradientTransformation:
+    r"""Shrinks the weights by ``lr * wd * p`` in the final step: ``u <- u - lr_t * wd_t * p``.
+
+    Put it at the **end** of a chain, after the learning rate has been applied. It is the
+    decoupled weight decay that Keras applies on every optimizer (``p -= p * wd * lr``
+    before the step) and that PyTorch's ``AdamW`` and ``decoupled_weight_decay=True``
+    apply (``p *= 1 - lr * wd``). Where the learning rate sits outside every buffer,
+    ``chain(..., add_decayed_weights(wd), scale_by_learning_rate(lr))`` is the same map;
+    this block is for chains where the learning rate is inside a buffer (Keras' SGD and
+    RMSprop with momentum), so the decay cannot go through the buffer.
+
+    Args:
+        weight_decay: a non-negative number or a schedule ``step -> value``.
+        learning_rate: a non-negative number or a schedule, the one the chain uses.
+        mask: None (decay every leaf), a tree of bools like the params, or a function
+            ``params -> tree of bools``.
+
+    State: ``DecoupledWeightDecayState(count)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.add_decoupled_weight_decay(0.5, learning_rate=0.1)
+        >>> params = jnp.array([2.0])
+        >>> [round(float(u), 6) for u in tx.update(jnp.zeros(1), tx.init(params), params)[0]]
+        [-0.1]
+
+    Reference: Loshchilov & Hutter, 2019, "Decoupled Weight Decay Regularization".
+    """
+    for name, value in (("weight_decay", weight_decay), ("learning_rate", learning_rate)):
+        if not callable(value):
+            check.non_negative(name, value)
+
+    def init(params):
+        del params
+        return DecoupledWeightDecayState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None, **extra):
+        del extra
+        if params is None:
+            raise ValueError(
+                "add_decoupled_weight_decay needs the parameters: call "
+                "update(updates, state, params)"
+            )
+        decay = weight_decay(state.count) if callable(weight_decay) else weight_decay
+        rate = learning_rate(state.count) if callable(learning_rate) else learning_rate
+
+        def leaf(u, p, keep):
+            if not keep:
+                return u
+            dtype = numerics.compute_dtype(u.dtype)
+            shrink = numerics.hyperparameter(rate, dtype) * numerics.hyperparameter(decay, dtype)
+            return (u.astype(dtype) - p.astype(dtype) * shrink).astype(u.dtype)
+
+        mask_tree = resolve_mask(mask, params, updates)
+        (decayed,) = tree.map_unzip(leaf, updates, params, mask_tree, outputs=1)
+        return decayed, DecoupledWeightDecayState(numerics.safe_increment(state.count))
+
+    return GradientTransformation(init, update)

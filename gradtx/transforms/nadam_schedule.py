@@ -1,0 +1,109 @@
+"""NAdam with Dozat's momentum schedule, as PyTorch and Keras implement it."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradtx import check, numerics, tree
+from gradtx.core import GradientTransformation, Updates
+
+
+class ScaleByNadamScheduleState(NamedTuple):
+    count: jax.Array  # int32, saturating
+    mu_product: jax.Array  # prod_{s<=t} mu_s, a scalar in the widest parameter float dtype
+    mu: Updates  # first moment, in the parameter dtype
+    nu: Updates  # second moment, in the parameter's real dtype
+
+
+def _widest_float_dtype(params) -> jnp.dtype:
+    dtypes = [numerics.compute_dtype(numerics.real_dtype(x.dtype)) for x in jax.tree.leaves(params)]
+    return jnp.result_type(*dtypes) if dtypes else jnp.dtype(jnp.float32)
+
+
+def scale_by_nadam_schedule(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    momentum_decay: float = 4e-3,
+) -> GradientTransformation:
+    r"""NAdam's preconditioner with the momentum schedule of Dozat (2016).
+
+    With t counting updates from 1 and ``psi = momentum_decay``::
+
+        mu_t  = b1 * (1 - 0.5 * 0.96^(t * psi))
+        P_t   = mu_1 * mu_2 * ... * mu_t                    (kept in the state)
+        m_t   = b1 * m_{t-1} + (1 - b1) * g
+        v_t   = b2 * v_{t-1} + (1 - b2) * |g|^2
+        m_hat = mu_{t+1} * m_t / (1 - P_t * mu_{t+1}) + (1 - mu_t) * g / (1 - P_t)
+        u     = m_hat / (sqrt(v_t / (1 - b2^t)) + eps)
+
+    Multiply by ``-learning_rate`` afterwards. ``momentum_decay=4e-3`` is
+    ``torch.optim.NAdam``; ``momentum_decay=1.0`` gives Keras' ``Nadam`` (which uses
+    ``0.96^t``). Optax's ``nadam`` (``scale_by_adam(nesterov=True)``) has no schedule:
+    it is the limit ``momentum_decay -> 0`` with ``b1`` in place of ``mu_t``, up to the
+    bias correction.
+
+    Args:
+        b1: base momentum, in [0, 1).
+        b2: decay of the second moment, in [0, 1).
+        eps: added outside the square root, >= 0.
+        momentum_decay: ``psi`` above, >= 0 (PyTorch 4e-3, Keras 1.0).
+
+    State: ``ScaleByNadamScheduleState(count, mu_product, mu, nu)``. ``mu_product``
+    is a scalar in the widest float dtype of the parameters (at least float32), as
+    PyTorch keeps it in its default dtype.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.scale_by_nadam_schedule()
+        >>> updates, state = tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))
+        >>> [round(float(u), 4) for u in updates]  # (1 - mu_1) g / (1 - P_1) + mu_2 m_1 / ...
+        [1.0564, -1.0564]
+
+    Reference: Dozat, 2016, "Incorporating Nesterov Momentum into Adam".
+    """
+    check.unit_interval("b1", b1)
+    check.unit_interval("b2", b2)
+    check.non_negative("eps", eps)
+    check.non_negative("momentum_decay", momentum_decay)
+
+    def momentum_at(step, dtype):
+        psi = numerics.hyperparameter(momentum_decay, dtype)
+        return b1 * (1 - 0.5 * jnp.asarray(0.96, dtype) ** (step.astype(dtype) * psi))
+
+    def init(params):
+        return ScaleByNadamScheduleState(
+            count=jnp.zeros([], jnp.int32),
+            mu_product=jnp.ones([], _widest_float_dtype(params)),
+            mu=tree.zeros_like(params),
+            nu=tree.zeros_like(params, real=True),
+        )
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+        count = numerics.safe_increment(state.count)
+        product_dtype = state.mu_product.dtype
+        mu_product = state.mu_product * momentum_at(count, product_dtype)
+
+        def leaf(g, m, v):
+            dtype = numerics.compute_dtype(g.dtype)
+            real = numerics.real_dtype(dtype)
+            g_ = g.astype(dtype)
+            m_new = b1 * m.astype(dtype) + (1 - b1) * g_
+            v_new = b2 * v.astype(real) + (1 - b2) * numerics.abs_sq(g_)
+            mu_t = momentum_at(count, real)
+            mu_next = momentum_at(numerics.safe_increment(count), real)
+            product = mu_product.astype(real)
+            m_hat = mu_next * m_new / (1 - product * mu_next) + (1 - mu_t) * g_ / (1 - product)
+            v_hat = v_new / numerics.bias_correction(b2, count, real)
+            u = m_hat / (jnp.sqrt(v_hat) + eps)
+            return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
+
+        updates, mu, nu = tree.map_unzip(leaf, updates, state.mu, state.nu, outputs=3)
+        return updates, ScaleByNadamScheduleState(count, mu_product, mu, nu)
+
+    return GradientTransformation(init, update)

@@ -1,0 +1,123 @@
+"""RAdam's rectification of the adaptive learning rate (Liu et al., 2020)."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradtx import check, numerics, tree
+from gradtx.core import GradientTransformation, Updates
+
+
+class ScaleByRadamState(NamedTuple):
+    count: jax.Array  # int32, saturating
+    mu: Updates  # first moment, in the parameter dtype
+    nu: Updates  # second moment, in the parameter's real dtype
+
+
+def scale_by_radam(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    threshold: float = 5.0,
+    *,
+    strict_threshold: bool = False,
+    eps_before_bias_correction: bool = False,
+) -> GradientTransformation:
+    r"""Rectified Adam's preconditioner (Liu et al., 2020, Algorithm 2).
+
+    With t counting updates from 1, ``bc1 = 1 - b1^t``, ``bc2 = 1 - b2^t``::
+
+        m_t     = b1 * m_{t-1} + (1 - b1) * g;   v_t = b2 * v_{t-1} + (1 - b2) * |g|^2
+        rho_inf = 2 / (1 - b2) - 1
+        rho_t   = rho_inf - 2 t b2^t / bc2
+        r_t     = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+        u = r_t * (m_t / bc1) / (sqrt(v_t / bc2 + eps_root) + eps)   if rho_t >= threshold
+        u = m_t / bc1                                                  otherwise
+
+    Multiply by ``-learning_rate`` afterwards. The defaults are Optax's
+    ``scale_by_radam``. PyTorch's ``RAdam`` rectifies only when ``rho_t > 5`` and adds
+    eps to the raw ``sqrt(v_t)``: ``strict_threshold=True,
+    eps_before_bias_correction=True`` (``gradtx.compat.torch.radam``).
+
+    Args:
+        b1: decay of the first moment, in [0, 1).
+        b2: decay of the second moment, in [0, 1).
+        eps: added to the denominator outside the square root, >= 0.
+        eps_root: added inside the square root, >= 0.
+        threshold: rectify once ``rho_t`` reaches it (the paper uses 4; Optax and
+            PyTorch 5), > 4.
+        strict_threshold: rectify only when ``rho_t > threshold`` (PyTorch).
+        eps_before_bias_correction: the denominator is ``(sqrt(v_t) + eps) / sqrt(bc2)``
+            instead of ``sqrt(v_t / bc2) + eps`` (PyTorch).
+
+    State: ``ScaleByRadamState(count, mu, nu)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.scale_by_radam()
+        >>> updates, state = tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))
+        >>> [round(float(u), 4) for u in updates]  # rho_1 = 1: plain momentum
+        [0.5, -2.0]
+
+    Reference: Liu, Jiang, He, Chen, Liu, Gao & Han, 2020, "On the Variance of the
+    Adaptive Learning Rate and Beyond".
+    """
+    check.unit_interval("b1", b1)
+    check.unit_interval("b2", b2)
+    check.non_negative("eps", eps)
+    check.non_negative("eps_root", eps_root)
+    check.in_range("threshold", threshold, 4.0, None, low_inclusive=False)
+
+    def init(params):
+        return ScaleByRadamState(
+            count=jnp.zeros([], jnp.int32),
+            mu=tree.zeros_like(params),
+            nu=tree.zeros_like(params, real=True),
+        )
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+        count = numerics.safe_increment(state.count)
+
+        def leaf(g, m, v):
+            dtype = numerics.compute_dtype(g.dtype)
+            real = numerics.real_dtype(dtype)
+            g_ = g.astype(dtype)
+            m_new = b1 * m.astype(dtype) + (1 - b1) * g_
+            v_new = b2 * v.astype(real) + (1 - b2) * numerics.abs_sq(g_)
+            t = count.astype(real)
+            m_hat = m_new / numerics.bias_correction(b1, count, real)
+            # rho_t subtracts two numbers near rho_inf (~2000): b2^t and 1 - b2^t come
+            # from log(b2) taken in double precision (for a Python float b2), else the
+            # float32 rounding of b2 alone moves rho_t by 1e-2 early in training.
+            log_b2 = math.log(b2) if isinstance(b2, (int, float)) else jnp.log(b2)
+            b2_power = jnp.exp(t * jnp.asarray(log_b2, real))
+            bias_correction2 = -jnp.expm1(t * jnp.asarray(log_b2, real))
+            rho_inf = 2 / (1 - numerics.hyperparameter(b2, real)) - 1
+            rho_t = rho_inf - 2 * t * b2_power / bias_correction2
+            # Clamped so that the branch not taken stays finite (rho_t < 4 early on).
+            rho_safe = jnp.maximum(rho_t, 4 + 1e-3)
+            rect = jnp.sqrt(
+                (rho_safe - 4)
+                * (rho_safe - 2)
+                * rho_inf
+                / ((rho_inf - 4) * (rho_inf - 2) * rho_safe)
+            )
+            if eps_before_bias_correction:
+                denom = (jnp.sqrt(v_new + eps_root) + eps) / jnp.sqrt(bias_correction2)
+            else:
+                denom = jnp.sqrt(v_new / bias_correction2 + eps_root) + eps
+            rectify = rho_t > threshold if strict_threshold else rho_t >= threshold
+            u = jnp.where(rectify, rect * m_hat / denom, m_hat)
+            return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
+
+        updates, mu, nu = tree.map_unzip(leaf, updates, state.mu, state.nu, outputs=3)
+        return updates, ScaleByRadamState(count, mu, nu)
+
+    return GradientTransformation(init, update)

@@ -1,0 +1,204 @@
+"""gradtx.compat.torch reproduces torch.optim and its schedulers, checked on golden runs.
+
+The golden files are written by ``tests/golden/record_torch.py`` (PyTorch 2.13): each
+optimizer over its option combinations for 200 steps of a fixed noisy quadratic, in
+float64 (compared within 1e-10 relative) and float32 (within 1e-5).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradtx as gtx
+from gradtx.compat import torch as tc
+from gradtx.compat.torch import lr_scheduler
+
+GOLDEN = Path(__file__).parent / "golden"
+OPTIMIZERS = json.loads((GOLDEN / "torch_optimizers.json").read_text())
+SCHEDULERS = json.loads((GOLDEN / "torch_schedulers.json").read_text())
+TOLERANCE = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=1e-5, atol=1e-5)}
+
+
+def split(flat, shapes):
+    out, start = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape))
+        out.append(flat[..., start : start + size].reshape(*flat.shape[:-1], *shape))
+        start += size
+    return out
+
+
+def build_schedule(spec):
+    kwargs = dict(spec["kwargs"])
+    if spec["name"] == "sequential_lr":
+        kwargs["schedules"] = [build_schedule(s) for s in kwargs["schedules"]]
+    return getattr(lr_scheduler, spec["name"])(**kwargs)
+
+
+def build_optimizer(case):
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in case["kwargs"].items()}
+    if case.get("schedule"):
+        kwargs["lr"] = build_schedule(case["schedule"])
+    return getattr(tc, case["optimizer"])(**kwargs)
+
+
+def run(tx, dtype, *, sign=1.0, params=None, state=None, first_step=0):
+    """Runs the golden problem from ``first_step`` to the end; returns (trajectory, state).
+
+    The trajectory holds the flattened parameters after every step.
+    """
+    shapes = [tuple(s) for s in OPTIMIZERS["shapes"]]
+    problem = {k: np.asarray(v, np.float64) for k, v in OPTIMIZERS["problem"].items()}
+    h = [jnp.asarray(x, dtype) for x in split(problem["h"], shapes)]
+    c = [jnp.asarray(x, dtype) for x in split(problem["c"], shapes)]
+    noise = jnp.asarray(problem["noise"][first_step:], dtype)
+    if params is None:
+        params = [jnp.asarray(x, dtype) for x in split(problem["p0"], shapes)]
+    if state is None:
+        state = tx.init(params)
+
+    @jax.jit
+    def trajectory(params, state, noise):
+        def step(carry, noise_t):
+            params, state = carry
+            n = split(noise_t, shapes)
+            grads = [sign * (h[i] * (p - c[i])) + n[i] for i, p in enumerate(params)]
+            updates, state = tx.update(grads, state, params)
+            params = gtx.apply_updates(params, updates)
+            return (params, state), jnp.concatenate([p.ravel() for p in params])
+
+        (_, state), flat = jax.lax.scan(step, (params, state), noise)
+        return flat, state
+
+    return trajectory(params, state, noise)
+
+
+def snapshot_rows(first_step=0):
+    return [s - 1 - first_step for s in OPTIMIZERS["snapshots"] if s > first_step]
+
+
+def check_case(case, dtype):
+    tx = build_optimizer(case)
+    sign = -1.0 if case["kwargs"].get("maximize") else 1.0
+    flat, state = run(tx, dtype, sign=sign)
+    expected = np.asarray(case[dtype]["params"])
+    np.testing.assert_allclose(
+        np.asarray(flat)[snapshot_rows()], expected, **TOLERANCE[dtype], err_msg=case["name"]
+    )
+    if "average" in case[dtype]:
+        average = np.concatenate([np.ravel(a) for a in state["asgd"].average])
+        np.testing.assert_allclose(average, case[dtype]["average"], **TOLERANCE[dtype])
+
+
+CASES = {case["name"]: case for case in OPTIMIZERS["cases"]}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_float64_trajectory_matches_pytorch_within_1e10(name, x64):
+    check_case(CASES[name], "float64")
+
+
+# float32 differs from PyTorch only by rounding (gradtx's float32 bias corrections against
+# PyTorch's doubles): one case per optimizer keeps the suite fast.
+FLOAT32_CASES = sorted(
+    {case["optimizer"]: case["name"] for case in OPTIMIZERS["cases"][::-1]}.values()
+)
+
+
+@pytest.mark.parametrize("name", FLOAT32_CASES)
+def test_float32_trajectory_matches_pytorch_within_1e5(name):
+    check_case(CASES[name], "float32")
+
+
+def test_golden_cases_cover_every_optimizer_and_its_options():
+    optimizers = {case["optimizer"] for case in OPTIMIZERS["cases"]}
+    assert optimizers == {
+        "sgd", "adam", "adamw", "adagrad", "rmsprop", "adadelta", "adamax", "nadam",
+        "radam", "rprop", "asgd",
+    }  # fmt: skip
+    options = {k for case in OPTIMIZERS["cases"] for k, v in case["kwargs"].items() if v}
+    for option in ("amsgrad", "nesterov", "dampening", "centered", "momentum", "weight_decay",
+                   "maximize", "decoupled_weight_decay", "lr_decay"):  # fmt: skip
+        assert option in options, option
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS["load_cases"], ids=lambda c: c["name"])
+def test_run_continued_from_a_pytorch_state_dict_stays_on_the_pytorch_trajectory(case, x64):
+    tx = build_optimizer(case)
+    saved = case["saved"]
+    params = [jnp.asarray(p, jnp.float64) for p in saved["params"]]
+    state = tc.load_state_dict(tx, saved["state_dict"], params)
+    flat, _ = run(tx, "float64", params=params, state=state, first_step=case["save_at"])
+    rows = snapshot_rows(case["save_at"])
+    expected = [
+        p
+        for s, p in zip(OPTIMIZERS["snapshots"], case["params"], strict=True)
+        if s > case["save_at"]
+    ]
+    np.testing.assert_allclose(np.asarray(flat)[rows], expected, **TOLERANCE["float64"])
+
+
+def test_load_state_dict_rejects_a_parameter_count_mismatch():
+    torch_state = {"state": {0: {"step": 1.0, "exp_avg": np.zeros(2), "exp_avg_sq": np.zeros(2)}},
+                   "param_groups": [{"params": [0]}]}  # fmt: skip
+    with pytest.raises(ValueError, match="1 parameters but params has 2 leaves"):
+        tc.load_state_dict(tc.adam(), torch_state, [jnp.zeros(2), jnp.zeros(3)])
+
+
+def test_load_state_dict_rejects_a_shape_mismatch_naming_the_parameter():
+    torch_state = {"state": {0: {"step": 1.0, "exp_avg": np.zeros(3), "exp_avg_sq": np.zeros(3)}},
+                   "param_groups": [{"params": [0]}]}  # fmt: skip
+    with pytest.raises(ValueError, match="parameter 0.*shape \\[3\\].*\\[2\\]"):
+        tc.load_state_dict(tc.adam(), torch_state, [jnp.zeros(2)])
+
+
+def test_load_state_dict_rejects_a_state_without_the_needed_buffer():
+    torch_state = {"state": {0: {"step": 1.0, "exp_avg": np.zeros(2), "exp_avg_sq": np.zeros(2)}},
+                   "param_groups": [{"params": [0]}]}  # fmt: skip
+    with pytest.raises(ValueError, match="max_exp_avg_sq"):
+        tc.load_state_dict(tc.adam(amsgrad=True), torch_state, [jnp.zeros(2)])
+
+
+SCHEDULER_CASES = SCHEDULERS["cases"]
+
+
+@pytest.mark.parametrize("index", range(len(SCHEDULER_CASES)))
+def test_scheduler_value_at_step_t_is_the_lr_of_the_t_th_pytorch_step(index, x64):
+    case = SCHEDULER_CASES[index]
+    values = build_schedule(case)(jnp.arange(len(case["values"])))
+    assert values.dtype == jnp.float64
+    np.testing.assert_allclose(values, case["values"], rtol=1e-10, atol=1e-14, err_msg=str(case))
+
+
+def test_cosine_annealing_lr_is_periodic_past_t_max_as_pytorch_is():
+    case = next(c for c in SCHEDULER_CASES if c["name"] == "cosine_annealing_lr")
+    values = np.asarray(case["values"])
+    t_max = case["kwargs"]["T_max"]
+    assert values[2 * t_max] == pytest.approx(values[0])
+    assert values[t_max + 10] > values[t_max]
+
+
+def test_sgd_rejects_nesterov_without_momentum():
+    with pytest.raises(ValueError, match="nesterov"):
+        tc.sgd(lr=0.1, nesterov=True)
+
+
+@pytest.mark.parametrize(
+    "make, argument",
+    [
+        (lambda: tc.adam(betas=(0.9, 1.0)), "betas\\[1\\]"),
+        (lambda: tc.sgd(lr=-1.0), "lr"),
+        (lambda: tc.rmsprop(momentum=1.5), "momentum"),
+        (lambda: tc.sgd(momentum=0.9, dampening=2.0), "dampening"),
+        (lambda: tc.adam(weight_decay=-0.1), "weight_decay"),
+    ],
+)
+def test_bad_hyperparameters_are_rejected_naming_the_argument(make, argument):
+    with pytest.raises(ValueError, match=argument):
+        make()
