@@ -126,9 +126,9 @@ def map_unzip(fn: Callable[..., tuple], tree: Any, *rest: Any, outputs: int) -> 
     """
     leaves, treedef = jax.tree.flatten(tree)
     flat_rest = []
-    for index, other in enumerate(rest):
+    for other in rest:
         if jax.tree.structure(other) != treedef:
-            check_same_structure(tree, other, "the updates", f"the state (tree {index + 1})")
+            check_same_structure(tree, other, "the updates", "the state")
         flat_rest.append(treedef.flatten_up_to(other))
     _check_leaves(tree, leaves, flat_rest)
     results = [fn(*args) for args in zip(leaves, *flat_rest, strict=True)]
