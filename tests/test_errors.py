@@ -1,0 +1,120 @@
+"""Bad input gets a clear error at the earliest point, naming what is wrong."""
+
+from __future__ import annotations
+
+import re
+
+import jax.numpy as jnp
+import pytest
+
+import gradtx as gtx
+from tests import zoo
+
+INVALID_HYPERPARAMETERS = [
+    ("sgd", {"momentum": 1.0}, "momentum", "[0.0, 1.0)"),
+    ("sgd", {"momentum": -0.1}, "momentum", "[0.0, 1.0)"),
+    ("sgd", {"weight_decay": -1.0}, "weight_decay", "[0.0, inf]"),
+    ("sgd", {"learning_rate": -0.1}, "learning_rate", "[0.0, inf]"),
+    ("adagrad", {"eps": -1.0}, "eps", "[0.0, inf]"),
+    ("adagrad", {"initial_accumulator_value": -1.0}, "initial_accumulator_value", "[0.0, inf]"),
+    ("rmsprop", {"decay": 1.5}, "decay", "[0.0, 1.0)"),
+    ("rmsprop", {"eps": -1.0}, "eps", "[0.0, inf]"),
+    ("rmsprop", {"momentum": 1.0}, "momentum", "[0.0, 1.0)"),
+    ("adadelta", {"rho": 1.0}, "rho", "[0.0, 1.0)"),
+    ("adadelta", {"eps": -1.0}, "eps", "(0.0, inf]"),
+    ("adadelta", {"weight_decay": -1.0}, "weight_decay", "[0.0, inf]"),
+    ("adam", {"b1": 1.0}, "b1", "[0.0, 1.0)"),
+    ("adam", {"b2": -0.1}, "b2", "[0.0, 1.0)"),
+    ("adam", {"eps": -1e-8}, "eps", "[0.0, inf]"),
+    ("adam", {"eps_root": -1.0}, "eps_root", "[0.0, inf]"),
+    ("adamw", {"b2": 1.0}, "b2", "[0.0, 1.0)"),
+    ("adamw", {"weight_decay": -1.0}, "weight_decay", "[0.0, inf]"),
+    ("amsgrad", {"b2": 1.0}, "b2", "[0.0, 1.0)"),
+    ("amsgrad", {"eps": -1.0}, "eps", "[0.0, inf]"),
+    ("adamax", {"b1": -0.5}, "b1", "[0.0, 1.0)"),
+    ("adamax", {"eps": -1.0}, "eps", "[0.0, inf]"),
+    ("nadam", {"b1": 1.0}, "b1", "[0.0, 1.0)"),
+    ("nadamw", {"weight_decay": -0.1}, "weight_decay", "[0.0, inf]"),
+    ("rprop", {"eta_minus": 1.5}, "eta_minus", "(0.0, 1.0]"),
+    ("rprop", {"eta_plus": 0.5}, "eta_plus", "[1.0, inf]"),
+    ("rprop", {"min_step_size": -1.0}, "min_step_size", "[0.0, inf]"),
+    ("rprop", {"max_step_size": 1e-7}, "max_step_size", ">= min_step_size"),
+    ("rprop", {"learning_rate": -1.0}, "learning_rate", "(0.0, inf]"),
+]
+
+
+@pytest.mark.parametrize(
+    "name, arguments, argument, allowed",
+    INVALID_HYPERPARAMETERS,
+    ids=[f"{n}-{a}" for n, _, a, _ in INVALID_HYPERPARAMETERS],
+)
+def test_an_invalid_hyperparameter_is_named_with_its_range_when_the_optimizer_is_built(
+    name, arguments, argument, allowed
+):
+    factory = zoo.require(name)
+    arguments = dict(arguments)
+    learning_rate = arguments.pop("learning_rate", 0.1)
+    with pytest.raises(ValueError) as error:
+        factory(learning_rate, **arguments)
+    message = str(error.value)
+    assert message.startswith(f"{argument} must be"), message
+    assert allowed in message, message
+    assert repr(arguments.get(argument, learning_rate)) in message, message
+
+
+@pytest.mark.parametrize("value", [float("nan"), "0.1", 1 + 2j])
+def test_a_learning_rate_that_is_not_a_real_number_is_rejected(value):
+    with pytest.raises(ValueError, match="learning_rate must be a real number"):
+        gtx.adam(value)
+
+
+def test_building_blocks_check_their_hyperparameters_too():
+    with pytest.raises(ValueError, match=re.escape("b1 must be in [0.0, 1.0), got 1.0")):
+        gtx.scale_by_adam(b1=1.0)
+    with pytest.raises(ValueError, match=re.escape("max_delta must be in [0.0, inf], got -1")):
+        gtx.clip(-1)
+    with pytest.raises(ValueError, match="mu_dtype must be a floating dtype"):
+        gtx.scale_by_adam(mu_dtype=jnp.int32)
+
+
+@pytest.mark.parametrize("name", zoo.ALL)
+def test_a_gradient_tree_with_a_different_structure_names_the_first_differing_path(name):
+    tx = zoo.make(name, 0.1)
+    params = {"decoder": {"bias": jnp.zeros(2), "kernel": jnp.zeros(2)}, "encoder": jnp.zeros(2)}
+    state = tx.init(params)
+    grads = {"decoder": {"bias": jnp.ones(2), "kernal": jnp.ones(2)}, "encoder": jnp.ones(2)}
+    with pytest.raises(ValueError) as error:
+        updates, state = tx.update(grads, state, params)
+        gtx.apply_updates(params, updates)
+    message = str(error.value)
+    assert "structure" in message, message
+    assert "['decoder']['kernel']" in message or "['decoder']['kernal']" in message, message
+
+
+@pytest.mark.parametrize("name", zoo.ALL)
+def test_a_gradient_with_a_missing_leaf_names_it(name):
+    tx = zoo.make(name, 0.1)
+    params = [jnp.zeros(2), jnp.zeros(3)]
+    state = tx.init(params)
+    with pytest.raises(ValueError, match=r"\[1\]"):
+        updates, state = tx.update([jnp.ones(2)], state, params)
+        gtx.apply_updates(params, updates)
+
+
+def test_a_state_leaf_of_another_shape_is_named_with_both_shapes():
+    tx = gtx.adam(0.1)
+    state = tx.init({"w": jnp.zeros(3)})
+    with pytest.raises(ValueError, match=r"shape mismatch at \['w'\].*\[4\].*\[3\]"):
+        tx.update({"w": jnp.ones(4)}, state)
+
+
+@pytest.mark.parametrize("name", zoo.ALL)
+def test_integer_parameters_get_a_type_error_naming_the_path(name):
+    tx = zoo.make(name, 0.1)
+    params = {"embedding": jnp.zeros(3), "step": jnp.zeros(2, jnp.int32)}
+    with pytest.raises(TypeError) as error:
+        state = tx.init(params)
+        tx.update({"embedding": jnp.ones(3), "step": jnp.ones(2, jnp.int32)}, state, params)
+    message = str(error.value)
+    assert "['step']" in message and "int32" in message, message
+    assert "mask" in message.lower(), message

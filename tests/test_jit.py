@@ -1,0 +1,65 @@
+"""jit: the same numbers as eager execution, and no recompilation between steps."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradtx as gtx
+from tests import zoo
+from tests.compilations import count_compilations
+
+
+def loss(params):
+    return jnp.sum((params["w"] - jnp.array([1.0, -2.0, 0.5])) ** 2) + params["b"] ** 2
+
+
+def make_step(tx):
+    def step(params, state):
+        grads = jax.grad(loss)(params)
+        updates, state = tx.update(grads, state, params)
+        return gtx.apply_updates(params, updates), state
+
+    return step
+
+
+@pytest.mark.parametrize("name", zoo.ALL)
+def test_jit_matches_eager_and_a_second_call_compiles_nothing(name):
+    tx = zoo.make(name, 0.05)
+    params = {"w": jnp.zeros(3), "b": jnp.array(1.0, jnp.float32)}
+    step = make_step(tx)
+    jitted = jax.jit(step)
+    eager_params, eager_state = params, tx.init(params)
+    jit_params, jit_state = params, tx.init(params)
+    for call in range(3):
+        if call == 0:
+            jit_params, jit_state = jitted(jit_params, jit_state)
+        else:
+            with count_compilations() as compiled:
+                jit_params, jit_state = jitted(jit_params, jit_state)
+            assert compiled == [], f"call {call + 1} of the jitted step compiled"
+        eager_params, eager_state = step(eager_params, eager_state)
+    for ours, eager in zip(jax.tree.leaves(jit_params), jax.tree.leaves(eager_params), strict=True):
+        np.testing.assert_allclose(ours, eager, rtol=1e-6, atol=1e-7)
+    for ours, eager in zip(jax.tree.leaves(jit_state), jax.tree.leaves(eager_state), strict=True):
+        np.testing.assert_allclose(ours, eager, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", zoo.ALL)
+def test_changing_the_learning_rate_between_jitted_steps_compiles_nothing(name):
+    tx = zoo.make(name, 0.05)
+    params = {"w": jnp.zeros(3), "b": jnp.array(1.0, jnp.float32)}
+    jitted = jax.jit(make_step(tx))
+    params, state = jitted(params, tx.init(params))
+    state = gtx.set_hyperparams(state, learning_rate=0.0)
+    with count_compilations() as compiled:
+        frozen, state = jitted(params, state)
+        state = gtx.set_hyperparams(state, learning_rate=0.01)
+        moved, state = jitted(frozen, state)
+    assert compiled == []
+    if name != "rprop":  # rprop's learning_rate is only its initial step size
+        np.testing.assert_array_equal(frozen["w"], params["w"])  # lr = 0: no step
+    assert not np.array_equal(moved["w"], frozen["w"])
+    assert float(gtx.get_hyperparams(state)["learning_rate"]) == pytest.approx(0.01)
