@@ -59,6 +59,9 @@ def reduce_on_plateau(
     (``-9.9995 < -10 * 0.9999``), and so does this transform, for parity; prefer
     ``threshold_mode='abs'`` for metrics that are negative or cross zero.
 
+    Put it in a ``gradtx.chain`` (Optax transforms may sit in it too): ``optax.chain``
+    forwards ``value=`` only to Optax's own ``GradientTransformationExtraArgs``.
+
     Keras' ``ReduceLROnPlateau`` differs: it reduces when ``wait >= patience`` (one
     metric earlier than here) and its ``min_delta`` is absolute.
 

@@ -1,0 +1,142 @@
+"""The learning-rate range test: its ramp, its smoothing, its stop, and its suggestion."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradtx as gtx
+from gradtx.training import lr_find
+
+CURVATURES = np.array([1.0, 4.0, 10.0], np.float32)  # SGD is stable for lr < 2 / 10
+
+
+def quadratic(params):
+    return 0.5 * jnp.sum(CURVATURES * params**2)
+
+
+def sgd(learning_rate):
+    return gtx.scale_by_learning_rate(learning_rate)
+
+
+def test_suggestion_falls_inside_the_stable_range_of_sgd_on_a_quadratic():
+    result = lr_find(quadratic, jnp.ones(3), None, sgd, num_steps=100)
+    assert result.diverged
+    # stable below 2/L = 0.2, and far above the rates where nothing happens
+    assert 2e-3 < result.suggestion < 2.0 / CURVATURES.max()
+
+
+def test_losses_follow_sgd_with_the_geometric_ramp_step_for_step():
+    result = lr_find(quadratic, jnp.ones(3), None, sgd, min_lr=1e-3, max_lr=1.0, num_steps=40)
+    x = np.ones(3)
+    expected = []
+    for lr in np.geomspace(1e-3, 1.0, 40)[: len(result.losses)]:
+        expected.append(0.5 * np.sum(CURVATURES * x**2))
+        x = x - np.float32(lr) * CURVATURES * x
+    np.testing.assert_allclose(result.losses, expected, rtol=1e-5)
+
+
+def test_smoothed_losses_are_the_bias_corrected_moving_average():
+    result = lr_find(quadratic, jnp.ones(3), None, sgd, max_lr=1.0, num_steps=30, smoothing=0.9)
+    average, expected = 0.0, []
+    for t, loss in enumerate(result.losses.astype(np.float64)):
+        average = 0.9 * average + 0.1 * loss
+        expected.append(average / (1 - 0.9 ** (t + 1)))
+    np.testing.assert_allclose(result.smoothed_losses, expected, rtol=1e-5)
+
+
+def test_without_divergence_the_ramp_runs_from_min_lr_to_max_lr():
+    result = lr_find(quadratic, jnp.ones(3), None, sgd, min_lr=1e-4, max_lr=0.1, num_steps=25)
+    assert not result.diverged
+    np.testing.assert_allclose(result.learning_rates, np.geomspace(1e-4, 0.1, 25), rtol=1e-6)
+    assert result.losses.shape == result.smoothed_losses.shape == (25,)
+
+
+def test_stops_at_the_first_step_whose_smoothed_loss_exceeds_the_factor_times_its_best():
+    result = lr_find(quadratic, jnp.ones(3), None, sgd, num_steps=100, diverge_factor=3.0)
+    smoothed = result.smoothed_losses
+    assert result.diverged and len(smoothed) < 100
+    running_best = np.minimum.accumulate(smoothed)
+    assert smoothed[-1] > 3.0 * running_best[-1]
+    assert np.all(smoothed[:-1] <= 3.0 * running_best[:-1])
+
+
+def test_the_ramp_reaches_the_learning_rate_held_by_an_injected_optimizer():
+    def plain_adam(learning_rate):
+        # gtx.adam holds its hyperparameters as float32: give the plain chain the same
+        b1, b2, eps = (float(np.float32(v)) for v in (0.9, 0.999, 1e-8))
+        return gtx.chain(gtx.scale_by_adam(b1, b2, eps), gtx.scale_by_learning_rate(learning_rate))
+
+    injected = lr_find(quadratic, jnp.ones(3), None, gtx.adam, max_lr=1.0, num_steps=30)
+    plain = lr_find(quadratic, jnp.ones(3), None, plain_adam, max_lr=1.0, num_steps=30)
+    np.testing.assert_allclose(injected.losses, plain.losses, rtol=1e-6)
+    assert injected.losses[-1] < 0.5 * injected.losses[0]  # the rates did reach Adam
+
+
+def test_batches_as_stacked_arrays_cycle_like_the_equivalent_callable():
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=(3, 8, 2)).astype(np.float32)
+    targets = inputs @ np.array([1.0, -2.0], np.float32)
+
+    def loss(w, batch):
+        x, y = batch
+        return jnp.mean((x @ w - y) ** 2)
+
+    stacked = lr_find(loss, jnp.zeros(2), (inputs, targets), sgd, max_lr=1.0, num_steps=12)
+    called = lr_find(
+        loss,
+        jnp.zeros(2),
+        lambda t: (jnp.asarray(inputs)[t % 3], jnp.asarray(targets)[t % 3]),
+        sgd,
+        max_lr=1.0,
+        num_steps=12,
+    )
+    np.testing.assert_allclose(stacked.losses, called.losses, rtol=1e-6)
+    first_losses = [np.mean(targets[i] ** 2) for i in range(3)]
+    np.testing.assert_allclose(stacked.losses[:3], first_losses, rtol=1e-5)
+
+
+def test_the_whole_range_test_traces_the_loss_once():
+    traces = []
+
+    def counted(params):
+        traces.append(1)
+        return quadratic(params)
+
+    lr_find(counted, jnp.ones(3), None, sgd, num_steps=50)
+    assert len(traces) == 1
+
+
+def test_plot_draws_the_curve_on_a_log_axis_and_marks_the_suggestion():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    result = lr_find(quadratic, jnp.ones(3), None, sgd, num_steps=60)
+    ax = result.plot()
+    assert ax.get_xscale() == "log"
+    xs = [line.get_xdata() for line in ax.get_lines()]
+    np.testing.assert_allclose(xs[1], result.learning_rates)
+    assert xs[-1][0] == pytest.approx(result.suggestion)
+    plt.close(ax.figure)
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"min_lr": 0.0}, "min_lr"),
+        ({"max_lr": 1e-8}, "max_lr"),
+        ({"num_steps": 1}, "num_steps"),
+        ({"smoothing": 1.0}, "smoothing"),
+        ({"diverge_factor": 1.0}, "diverge_factor"),
+    ],
+)
+def test_invalid_arguments_raise_value_error_naming_them(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        lr_find(quadratic, jnp.ones(3), None, sgd, **kwargs)
+
+
+def test_batches_with_different_leading_sizes_are_rejected():
+    with pytest.raises(ValueError, match="leading"):
+        lr_find(lambda p, b: quadratic(p), jnp.ones(3), (jnp.ones((3, 2)), jnp.ones((4,))), sgd)
