@@ -95,6 +95,7 @@ from gradtx.transforms.local_gain import ScaleByLocalGainState, scale_by_local_g
 from gradtx.transforms.regularize import (
     AddDecayedWeightsState,
     AddNoiseState,
+    ProximalL1State,
     add_decayed_weights,
     add_l1,
     add_noise,
@@ -214,6 +215,7 @@ __all__ = [
     "scale_by_radam",
     # regularizers, noise and local gains (issue 4)
     "AddNoiseState",
+    "ProximalL1State",
     "ScaleByLocalGainState",
     "add_l1",
     "add_noise",

@@ -130,3 +130,12 @@ def test_add_noise_validates_its_hyperparameters():
         gtx.add_noise(-1.0)
     with pytest.raises(ValueError, match="seed"):
         gtx.add_noise(0.1, seed=-1)
+
+
+def test_add_l1_strength_is_scheduled_through_schedule_injection():
+    tx = gtx.schedule_injection(gtx.add_l1)(strength=lambda t: 0.1 * (t + 1))
+    params = jnp.array([1.0, -1.0])
+    state = tx.init(params)
+    _, state = tx.update(jnp.zeros(2), state, params)
+    updates, _ = tx.update(jnp.zeros(2), state, params)
+    np.testing.assert_allclose(updates, [0.2, -0.2], rtol=1e-6)

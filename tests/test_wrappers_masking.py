@@ -212,3 +212,14 @@ def test_reset_group_reinitializes_one_group_and_keeps_the_other():
     assert int(gtx.tree_get(reset, "count", path="['b'].count")) == 1
     with pytest.raises(ValueError, match="no group 'c'"):
         gtx.reset_group(tx, state, "c", params)
+
+
+def test_an_optax_transform_inside_masked_keeps_state_for_masked_in_leaves_only():
+    tx = gtx.masked(optax.adam(0.1), MASK)
+    reference = optax.masked(optax.adam(0.1), MASK)
+    state, ref_state = tx.init(_params()), reference.init(_params())
+    updates, _ = jax.jit(tx.update)(_grads(), state, _params())
+    ref_updates, _ = reference.update(_grads(), ref_state, _params())
+    for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(ref_updates), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert len(jax.tree.leaves(state)) == 3

@@ -71,3 +71,27 @@ def test_sits_inside_an_optax_chain(name):
     params = _params()
     updates, _ = jax.jit(tx.update)(params, tx.init(params), params)
     assert jax.tree.structure(updates) == jax.tree.structure(params)
+
+
+INJECTED = {
+    "add_l1": lambda: gtx.schedule_injection(gtx.add_l1)(strength=lambda t: 0.01 * t),
+    "proximal_l1": lambda: gtx.schedule_injection(gtx.proximal_l1)(strength=0.01),
+    "max_norm": lambda: gtx.schedule_injection(gtx.max_norm)(max_value=1.0, axis=0),
+    "add_noise": lambda: gtx.schedule_injection(gtx.add_noise)(eta=0.01, gamma=0.55),
+    "local_gain": lambda: gtx.schedule_injection(gtx.scale_by_local_gain)(increase=0.1),
+    "swats": lambda: gtx.schedule_injection(gtx.swats)(learning_rate=0.1, b1=0.8),
+    "ema_params": lambda: gtx.schedule_injection(gtx.ema_params)(decay=0.9),
+    "lookahead": lambda: gtx.schedule_injection(gtx.lookahead)(
+        gtx.scale(-0.1), sync_period=2, slow_step_size=0.5
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INJECTED))
+def test_float_hyperparameters_may_arrive_as_traced_float32_scalars(name):
+    tx = INJECTED[name]()
+    params = _params()
+    state = tx.init(params)
+    updates, state = jax.jit(tx.update)(params, state, params)
+    assert jax.tree.structure(updates) == jax.tree.structure(params)
+    assert len(gtx.get_hyperparams(state)) >= 1

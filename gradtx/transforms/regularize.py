@@ -1,4 +1,5 @@
-"""Regularizers: weight decay (L2 or decoupled, by chain position), and friends."""
+"""Regularizers: weight decay (L2 or decoupled, by chain position), L1 (subgradient and
+proximal), max-norm constraints and annealed gradient noise."""
 
 from __future__ import annotations
 
@@ -107,6 +108,10 @@ def _require_params(name: str, params: Params | None) -> None:
         raise ValueError(f"{name} needs the parameters: call update(updates, state, params)")
 
 
+class ProximalL1State(NamedTuple):
+    count: jax.Array  # int32, saturating: the schedule of strength reads it
+
+
 def add_l1(strength: float = 0.0, mask: Any = None) -> GradientTransformation:
     r"""Adds the L1 subgradient to the updates: ``u <- u + strength * sign(p)``.
 
@@ -199,7 +204,7 @@ def proximal_l1(strength: float = 0.0, mask: Any = None) -> GradientTransformati
     def init(params):
         del params
         if scheduled:
-            return AddDecayedWeightsState(count=jnp.zeros([], jnp.int32))
+            return ProximalL1State(count=jnp.zeros([], jnp.int32))
         return EmptyState()
 
     def update(updates, state, params=None, **extra):
@@ -219,9 +224,7 @@ def proximal_l1(strength: float = 0.0, mask: Any = None) -> GradientTransformati
 
         mask_tree = resolve_mask(mask, params, updates)
         (new_updates,) = tree.map_unzip(leaf, updates, params, mask_tree, outputs=1)
-        new_state = (
-            AddDecayedWeightsState(numerics.safe_increment(state.count)) if scheduled else state
-        )
+        new_state = ProximalL1State(numerics.safe_increment(state.count)) if scheduled else state
         return new_updates, new_state
 
     return GradientTransformation(init, update)
