@@ -142,6 +142,30 @@ def test_get_and_set_reach_an_optimizer_inside_optax_wrappers():
     assert float(gtx.get_hyperparams(state)["learning_rate"]) == pytest.approx(0.2)
 
 
+WRAPPED = {
+    "masked": lambda tx: gtx.masked(tx, {"w": True, "frozen": False}),
+    "partition": lambda tx: gtx.partition({"train": tx, "hold": gtx.freeze()},
+                                          {"w": "train", "frozen": "hold"}),
+    "multi_steps": lambda tx: gtx.multi_steps(tx, every_k=1),
+    "apply_if_finite": lambda tx: gtx.apply_if_finite(tx, 3),
+    "lookahead": lambda tx: gtx.lookahead(tx, sync_period=5, slow_step_size=0.5),
+    "flatten": lambda tx: gtx.flatten(tx),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("wrapper", list(WRAPPED))
+def test_get_and_set_reach_an_optimizer_inside_gradtx_wrappers(wrapper):
+    tx = WRAPPED[wrapper](gtx.chain(gtx.identity(), gtx.adam(0.1)))
+    params = {"w": jnp.zeros(2), "frozen": jnp.zeros(1)}
+    state = tx.init(params)
+    assert float(gtx.get_hyperparams(state)["learning_rate"]) == pytest.approx(0.1)
+    state = gtx.set_hyperparams(state, learning_rate=0.2)
+    grads = {"w": jnp.array([1.0, -1.0]), "frozen": jnp.ones(1)}
+    updates, state = jax.jit(tx.update)(grads, state, params)
+    np.testing.assert_allclose(updates["w"], [-0.2, 0.2], rtol=1e-5)
+    assert float(gtx.get_hyperparams(state)["learning_rate"]) == pytest.approx(0.2)
+
+
 def test_two_optimizers_holding_the_same_name_are_told_apart_by_path():
     tx = gtx.named_chain(("fast", gtx.adam(0.1)), ("slow", gtx.adam(0.01)))
     state = tx.init(jnp.zeros(2))
@@ -211,26 +235,79 @@ def _trajectory(tx, grads):
     return params
 
 
-STATIC_ARGUMENTS = {"sgd_nesterov": {"nesterov": True}}
 FLOAT_ARGUMENTS = {"sgd_momentum": {"momentum": 0.9}, "sgd_nesterov": {"momentum": 0.9}}
+STATIC_ARGUMENTS = {"sgd_nesterov": {"nesterov": True}}
 
 
-def _factories(name):
-    injected_factory = zoo.require(name)
-    return injected_factory, injected_factory.__wrapped__
+def adam_like(h, nesterov=False, decay=False):
+    return gtx.chain(
+        gtx.scale_by_adam(h["b1"], h["b2"], h["eps"], h["eps_root"], nesterov=nesterov),
+        gtx.add_decayed_weights(h["weight_decay"]) if decay else gtx.identity(),
+        gtx.scale_by_learning_rate(h["learning_rate"]),
+    )
+
+
+PLAIN_CHAINS = {
+    "sgd": lambda h: gtx.scale_by_learning_rate(h["learning_rate"]),
+    "sgd_momentum": lambda h: gtx.chain(
+        gtx.trace(h["momentum"]), gtx.scale_by_learning_rate(h["learning_rate"])
+    ),
+    "sgd_nesterov": lambda h: gtx.chain(
+        gtx.trace(h["momentum"], nesterov=True), gtx.scale_by_learning_rate(h["learning_rate"])
+    ),
+    "adagrad": lambda h: gtx.chain(
+        gtx.scale_by_rss(h["initial_accumulator_value"], h["eps"]),
+        gtx.scale_by_learning_rate(h["learning_rate"]),
+    ),
+    "rmsprop": lambda h: gtx.chain(
+        gtx.scale_by_rms(h["decay"], h["eps"], h["initial_scale"]),
+        gtx.scale_by_learning_rate(h["learning_rate"]),
+    ),
+    "adadelta": lambda h: gtx.chain(
+        gtx.scale_by_adadelta(h["rho"], h["eps"]), gtx.scale_by_learning_rate(h["learning_rate"])
+    ),
+    "adam": adam_like,
+    "adamw": lambda h: adam_like(h, decay=True),
+    "amsgrad": lambda h: gtx.chain(
+        gtx.amsgrad_max(h["b1"], h["b2"], h["eps"], h["eps_root"]),
+        gtx.scale_by_learning_rate(h["learning_rate"]),
+    ),
+    "adamax": lambda h: gtx.chain(
+        gtx.scale_by_adamax(h["b1"], h["b2"], h["eps"]),
+        gtx.scale_by_learning_rate(h["learning_rate"]),
+    ),
+    "nadam": lambda h: adam_like(h, nesterov=True),
+    "nadamw": lambda h: adam_like(h, nesterov=True, decay=True),
+    "rprop": lambda h: gtx.chain(
+        gtx.scale_by_rprop(
+            h["learning_rate"], h["eta_minus"], h["eta_plus"], h["min_step_size"],
+            h["max_step_size"],
+        ),
+        gtx.scale(-1.0),
+    ),
+}  # fmt: skip
+"""Each optimizer as the plain chain of building blocks its docstring gives, built from
+a dict of hyperparameter values."""
+
+
+def _injected(name, **arguments):
+    factory = zoo.require(name)
+    return factory(**{**FLOAT_ARGUMENTS.get(name, {}), **STATIC_ARGUMENTS.get(name, {}),
+                      **arguments})  # fmt: skip
+
+
+def test_every_optimizer_has_a_plain_chain():
+    assert sorted(PLAIN_CHAINS) == sorted(zoo.ALL)
 
 
 @pytest.mark.parametrize("name", zoo.ALL)
 def test_the_injected_optimizer_follows_the_plain_chain(name):
-    """Each optimizer's injected form and its plain chain (the decorated function,
-    ``__wrapped__``) called with the float32 values the injected state holds give the
-    same 50-step trajectory within 1e-6."""
-    injected_factory, plain_factory = _factories(name)
-    static = STATIC_ARGUMENTS.get(name, {})
-    injected = injected_factory(1e-2, **FLOAT_ARGUMENTS.get(name, {}), **static)
+    """Each optimizer and its plain chain of blocks, built with the float32 values the
+    injected state holds, give the same 50-step trajectory within 1e-6."""
+    injected = _injected(name, learning_rate=1e-2)
     grads = jnp.asarray(np.random.default_rng(1).normal(size=(50, 4)), jnp.float32)
     stored = gtx.get_hyperparams(injected.init(grads[0]))
-    plain = plain_factory(**{k: float(v) for k, v in stored.items()}, **static)
+    plain = PLAIN_CHAINS[name]({k: float(v) for k, v in stored.items()})
     run = jax.jit(_trajectory, static_argnums=0)
     np.testing.assert_allclose(run(injected, grads), run(plain, grads), rtol=1e-6, atol=1e-7)
 
@@ -239,13 +316,15 @@ def test_the_injected_optimizer_follows_the_plain_chain(name):
 def test_the_injected_optimizer_is_close_to_the_plain_chain_with_decimal_floats(name):
     """With decimal hyperparameters (b2=0.999) the plain chain computes 1 - b2 in double
     precision and the injected one in float32: the trajectories agree within 1e-5."""
-    injected_factory, plain_factory = _factories(name)
-    arguments = {**FLOAT_ARGUMENTS.get(name, {}), **STATIC_ARGUMENTS.get(name, {})}
+    defaults = {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "eps_root": 0.0, "decay": 0.9,
+                "initial_scale": 0.0, "weight_decay": 1e-4, "momentum": 0.9}  # fmt: skip
+    injected = _injected(name, learning_rate=1e-2)
+    plain = PLAIN_CHAINS[name]({**defaults, "learning_rate": 1e-2})
     grads = jnp.asarray(np.random.default_rng(2).normal(size=(50, 4)), jnp.float32)
     run = jax.jit(_trajectory, static_argnums=0)
     np.testing.assert_allclose(
-        run(injected_factory(1e-2, **arguments), grads),
-        run(plain_factory(1e-2, **arguments), grads),
+        run(injected, grads),
+        run(plain, grads),
         rtol=1e-5,
         atol=1e-7,
     )
