@@ -644,7 +644,8 @@ def rprop(
                    max_step_size)  where s != 0;  d_0 = learning_rate
         p  <- p - d_t sign(g_t)    (no step, and g_t forgotten, where s < 0)
 
-    The chain: ``scale_by_rprop``, ``scale(-1)``; same numbers as ``optax.rprop``.
+    The chain: ``scale_by_rprop``, ``scale(-1)``. ``optax.rprop`` (0.2.8) applies each
+    update one step late (see ``scale_by_rprop``); otherwise the numbers are the same.
     Full-batch only: the sign of a noisy minibatch gradient flips at random.
     ``learning_rate`` is the initial step size, read once by ``init`` (a number, not
     a schedule). PyTorch's Rprop also clips the step size on the first step and

@@ -91,6 +91,14 @@ OPTIMIZERS = {
             p, g, f32(0.01), f32(0.9), f32(0.99), f32(1e-8), 0.0, f32(0.5) * MASK_VECTOR
         ),
     ),
+    # docs/optimizers.md: Adam + L2 is add_decayed_weights *before* the preconditioner
+    # (a plain chain, not injected, so the reference gets the exact hyperparameters).
+    "adam_l2_chain": (
+        lambda: gtx.chain(
+            gtx.add_decayed_weights(0.1), gtx.scale_by_adam(), gtx.scale_by_learning_rate(0.01)
+        ),
+        lambda p, g: classic.adam_l2(p, g, 0.01, weight_decay=0.1),
+    ),
     "amsgrad": (
         lambda: gtx.amsgrad(0.01, b2=0.9),
         lambda p, g: classic.amsgrad(p, g, f32(0.01), f32(0.9), f32(0.9), f32(1e-8)),

@@ -595,8 +595,11 @@ def scale_by_rprop(
 
     After a sign change the step is skipped and the gradient forgotten (so the next
     step does not shrink again). Negate afterwards (``rprop`` chains ``scale(-1)``).
-    Same numbers as ``optax.scale_by_rprop``; PyTorch's Rprop also clips ``d`` on the
-    first step (see ``gradtx.compat.torch``).
+    Optax's ``scale_by_rprop`` (0.2.8) computes the same step sizes but returns the
+    previous step's update (one step late, and 0 on the first step; google-deepmind/
+    optax pull request 1725); gradtx returns the current one, as the paper and
+    PyTorch do. PyTorch's Rprop also clips ``d`` on the first step (see
+    ``gradtx.compat.torch``).
 
     Args:
         learning_rate: the initial step size, > 0 (a number: it is read once, by

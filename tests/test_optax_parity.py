@@ -1,0 +1,145 @@
+"""Every optimizer that Optax also has gives Optax's trajectory, over 100 steps.
+
+gradtx builds its optimizers through ``schedule_injection``, which keeps hyperparameters
+as float32; Optax computes with the Python floats it is given. Both are given the
+float32-rounded values (``f32``), so the two libraries compute with the same constants
+and any difference is the order of floating-point operations.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradtx as gtx
+from tests import trajectory
+
+STEPS = 100
+
+
+def f32(x: float) -> float:
+    return float(np.float32(x))
+
+
+MASK = {"layers": [{"w": True}, {"b": False}], "scale": False}
+
+# name -> (gradtx optimizer, the same optimizer in Optax)
+PAIRS = {
+    "sgd": (lambda: gtx.sgd(0.05), lambda: optax.sgd(f32(0.05))),
+    "sgd_momentum": (
+        lambda: gtx.sgd(0.05, momentum=0.9),
+        lambda: optax.sgd(f32(0.05), momentum=f32(0.9)),
+    ),
+    "sgd_nesterov": (
+        lambda: gtx.sgd(0.05, momentum=0.8, nesterov=True),
+        lambda: optax.sgd(f32(0.05), momentum=f32(0.8), nesterov=True),
+    ),
+    "adagrad": (lambda: gtx.adagrad(0.1), lambda: optax.adagrad(f32(0.1), f32(0.1), f32(1e-7))),
+    "rmsprop": (lambda: gtx.rmsprop(0.01), lambda: optax.rmsprop(f32(0.01), f32(0.9), f32(1e-8))),
+    "rmsprop_centered_momentum": (
+        lambda: gtx.rmsprop(0.01, decay=0.8, initial_scale=0.5, centered=True, momentum=0.9),
+        lambda: optax.rmsprop(
+            f32(0.01), f32(0.8), f32(1e-8), f32(0.5), centered=True, momentum=f32(0.9)
+        ),
+    ),
+    "rmsprop_eps_outside_nesterov_corrected": (
+        lambda: gtx.rmsprop(
+            0.01, 0.99, 1e-3, eps_in_sqrt=False, momentum=0.5, nesterov=True, bias_correction=True
+        ),
+        lambda: optax.rmsprop(
+            f32(0.01),
+            f32(0.99),
+            f32(1e-3),
+            eps_in_sqrt=False,
+            momentum=f32(0.5),
+            nesterov=True,
+            bias_correction=True,
+        ),
+    ),
+    "adadelta_l2": (
+        lambda: gtx.adadelta(1.0, rho=0.8, eps=1e-4, weight_decay=0.1),
+        lambda: optax.adadelta(1.0, f32(0.8), f32(1e-4), weight_decay=f32(0.1)),
+    ),
+    "adam": (lambda: gtx.adam(0.01), lambda: optax.adam(f32(0.01), f32(0.9), f32(0.999))),
+    "adamw_masked": (
+        lambda: gtx.adamw(0.01, b2=0.99, weight_decay=0.5, mask=MASK),
+        lambda: optax.adamw(f32(0.01), f32(0.9), f32(0.99), weight_decay=f32(0.5), mask=MASK),
+    ),
+    "amsgrad": (
+        lambda: gtx.amsgrad(0.01, b2=0.9),
+        lambda: optax.amsgrad(f32(0.01), f32(0.9), f32(0.9), f32(1e-8)),
+    ),
+    "adamax": (
+        lambda: gtx.adamax(0.01),
+        lambda: optax.adamax(f32(0.01), f32(0.9), f32(0.999), f32(1e-8)),
+    ),
+    "nadam": (
+        lambda: gtx.nadam(0.01),
+        lambda: optax.nadam(f32(0.01), f32(0.9), f32(0.999), f32(1e-8)),
+    ),
+    "nadamw": (
+        lambda: gtx.nadamw(0.01, weight_decay=0.1),
+        lambda: optax.nadamw(f32(0.01), f32(0.9), f32(0.999), f32(1e-8), weight_decay=f32(0.1)),
+    ),
+}
+
+# Optax 0.2.8's scale_by_rprop returns the previous step's update (one step late, zero on
+# the first step: google-deepmind/optax pull request 1725). gradtx follows the paper and
+# PyTorch; the test below pins down that this lag is the only difference.
+RPROP = (
+    lambda: gtx.rprop(0.01, min_step_size=2e-3, max_step_size=0.05),
+    lambda: optax.rprop(f32(0.01), 0.5, f32(1.2), f32(2e-3), f32(0.05)),
+)
+
+
+def _runs(dtype):
+    rng = np.random.default_rng(4)
+    gradients = trajectory.random_gradients(rng, STEPS, dtype)
+    params = trajectory.random_params(rng, dtype)
+    transforms = {}
+    for name, (make_gradtx, make_optax) in {**PAIRS, "rprop": RPROP}.items():
+        transforms["gradtx/" + name] = make_gradtx()
+        transforms["optax/" + name] = make_optax()
+    runs = trajectory.run_many(transforms, gradients, params)
+    return {name: (trajectory.flatten(u), trajectory.flatten(p)) for name, (u, p) in runs.items()}
+
+
+@pytest.fixture(scope="module")
+def float64_runs():
+    with jax.enable_x64(True):
+        return _runs(jnp.float64)
+
+
+@pytest.fixture(scope="module")
+def float32_runs():
+    return _runs(jnp.float32)
+
+
+@pytest.mark.parametrize("name", sorted(PAIRS))
+def test_optimizer_matches_optax_in_float64(name, float64_runs):
+    (_, ours), (_, theirs) = float64_runs["gradtx/" + name], float64_runs["optax/" + name]
+    trajectory.assert_close(ours, theirs, 1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(PAIRS))
+def test_optimizer_matches_optax_in_float32(name, float32_runs):
+    # Same constants in both libraries; the remaining difference is the order of float32
+    # operations (rsqrt(v) * g against g / sqrt(v), where the bias correction is
+    # divided), one or two ulps a step that 100 steps accumulate to ~1e-7 relative.
+    (_, ours), (_, theirs) = float32_runs["gradtx/" + name], float32_runs["optax/" + name]
+    trajectory.assert_close(ours, theirs, 1e-6)
+
+
+@pytest.mark.parametrize("runs", ["float64_runs", "float32_runs"])
+def test_rprop_is_optax_rprop_without_its_one_step_lag(runs, request):
+    """Optax's update at step t is gradtx's update at step t-1, except where the sign
+    flips at step t (both skip that step); on the first step Optax does not move."""
+    results = request.getfixturevalue(runs)
+    (ours, _), (theirs, _) = results["gradtx/rprop"], results["optax/rprop"]
+    skipped = ours == 0
+    assert skipped.any() and not skipped.all()
+    np.testing.assert_array_equal(theirs[0], 0)
+    np.testing.assert_allclose(theirs[1:], np.where(skipped[1:], 0, ours[:-1]), rtol=1e-6)
