@@ -1,4 +1,5 @@
-"""Every wrapper and regularizer keeps the protocol: jit, chain, fixed state structure."""
+"""Every wrapper and regularizer keeps the protocol: jit, chain, abstract init, fixed state
+structure."""
 
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ def test_works_under_jit_in_a_chain_and_keeps_its_state_structure(name):
     state = tx.init(params)
     before = _avals(state)
     assert jax.tree.structure(jax.eval_shape(tx.init, params)) == jax.tree.structure(state)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    assert _avals(tx.init(abstract)) == before  # init on ShapeDtypeStructs (restore, sharding)
 
     @jax.jit
     def step(params, state):

@@ -44,9 +44,21 @@ def _needs_params(name: str, params: Any) -> None:
         raise ValueError(f"{name} needs the parameters: call update(updates, state, params)")
 
 
-def _init_average(params, dtype):
+def copy_params(params: Params, dtype: Any = None) -> Params:
+    """The params as arrays (in ``dtype`` if given).
+
+    Abstract params (``jax.ShapeDtypeStruct``, for sharding and checkpoint restore) have
+    no values: they give zeros of their shape and dtype, which the restore overwrites.
+    """
     tree.check_inexact(params, "parameter")
-    return jax.tree.map(lambda p: jnp.asarray(p).astype(dtype or jnp.result_type(p)), params)
+
+    def copy(p):
+        leaf_dtype = dtype or p.dtype
+        if isinstance(p, jax.ShapeDtypeStruct):
+            return jnp.zeros(p.shape, leaf_dtype)
+        return jnp.asarray(p).astype(leaf_dtype)
+
+    return jax.tree.map(copy, params)
 
 
 def ema_params(
@@ -93,7 +105,7 @@ def ema_params(
     check.dtype_or_none("dtype", dtype)
 
     def init(params):
-        return EmaParamsState(jnp.zeros([], jnp.int32), _init_average(params, dtype))
+        return EmaParamsState(jnp.zeros([], jnp.int32), copy_params(params, dtype))
 
     def update(updates, state, params=None, **extra):
         del extra
@@ -148,7 +160,7 @@ def average_params(start_step: int = 0, *, dtype: Any = None) -> GradientTransfo
     check.dtype_or_none("dtype", dtype)
 
     def init(params):
-        return AverageParamsState(jnp.zeros([], jnp.int32), _init_average(params, dtype))
+        return AverageParamsState(jnp.zeros([], jnp.int32), copy_params(params, dtype))
 
     def update(updates, state, params=None, **extra):
         del extra

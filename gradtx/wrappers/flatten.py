@@ -55,7 +55,10 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
 
     def init(params):
         tree.check_inexact(params, "parameter")
-        return inner.init(_ravel(jax.tree.leaves(params)))
+        leaves = jax.tree.leaves(params)
+        if any(isinstance(x, jax.ShapeDtypeStruct) for x in leaves):  # an abstract init
+            return inner.init(jax.eval_shape(_ravel, leaves))
+        return inner.init(_ravel(leaves))
 
     def update(updates, state, params=None, **extra):
         leaves, treedef = jax.tree.flatten(updates)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from gradtx import check, numerics, tree
 from gradtx.core import GradientTransformation, OptState, Params, _update_with_extra_args
+from gradtx.wrappers.averaging import copy_params
 
 
 class LookaheadState(NamedTuple):
@@ -69,10 +70,9 @@ def lookahead(
     inner_update = _update_with_extra_args(inner)
 
     def init(params):
-        tree.check_inexact(params, "parameter")
         return LookaheadState(
             count=jnp.zeros([], jnp.int32),
-            slow_params=jax.tree.map(jnp.asarray, params),
+            slow_params=copy_params(params),
             inner_state=inner.init(params),
         )
 
