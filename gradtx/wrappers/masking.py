@@ -3,7 +3,7 @@
 A routed transform sees a copy of the tree in which the leaves it does not own are
 ``None``. ``None`` is an empty subtree to JAX, so the inner transform builds state only
 for the leaves it owns (an Adam on the weights of a big model keeps no moments for its
-embeddings), and nested wrappers compose: an inner mask simply sees more ``None``\\s.
+embeddings), and nested wrappers compose: an inner mask simply sees more ``None`` leaves.
 """
 
 from __future__ import annotations
