@@ -1,0 +1,170 @@
+"""Sharding on 8 simulated CPU devices: optimizer state is sharded like its parameters
+after ``init`` under ``jit``, a second step compiles nothing, and the sharded run equals
+the single-device run.
+
+The checks run in a subprocess (this file run as a script): the device count is fixed
+by ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` before JAX is imported, which
+the pytest process has already done. The subprocess prints its measurements as JSON and
+the tests below assert on them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+OPTIMIZERS = ["adam", "sgd_nesterov", "adamw_schedule", "partitioned"]
+
+
+def measure():
+    """Runs in the subprocess: trains each optimizer sharded and on one device."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import gradtx as gtx
+
+    optimizers = {
+        "adam": lambda: gtx.adam(0.01),
+        "sgd_nesterov": lambda: gtx.sgd(0.05, momentum=0.9, nesterov=True),
+        "adamw_schedule": lambda: gtx.adamw(
+            gtx.schedules.cosine_decay(0.01, decay_steps=10), weight_decay=1e-2
+        ),
+        "partitioned": lambda: gtx.partition(
+            {"kernels": gtx.adamw(0.01), "biases": gtx.rmsprop(0.01)},
+            {r"kernel": "kernels", r"bias": "biases"},
+        ),
+    }
+    rng = np.random.default_rng(0)
+    params = {
+        "hidden": {"kernel": rng.normal(size=(16, 32)) / 4, "bias": np.zeros(32)},
+        "out": {"kernel": rng.normal(size=(32, 8)) / 6, "bias": np.zeros(8)},
+    }
+    params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
+    batches = rng.normal(size=(3, 64, 16)).astype(np.float32)
+    targets = rng.normal(size=(3, 64, 8)).astype(np.float32)
+
+    def loss_fn(params, x, y):
+        hidden = jnp.tanh(x @ params["hidden"]["kernel"] + params["hidden"]["bias"])
+        return jnp.mean((hidden @ params["out"]["kernel"] + params["out"]["bias"] - y) ** 2)
+
+    def sharded_loss_fn(params, x, y):
+        # Gather each (possibly sharded) parameter where it is used: FSDP / ZeRO-3.
+        return loss_fn(jax.tree.map(lambda p: jax.sharding.reshard(p, P()), params), x, y)
+
+    def make_step(tx, loss_fn):
+        @jax.jit
+        def step(params, opt_state, x, y):
+            updates, opt_state = tx.update(jax.grad(loss_fn)(params, x, y), opt_state, params)
+            return gtx.apply_updates(params, updates), opt_state
+
+        return step
+
+    compilations = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compilations.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+
+    def state_matches_params(opt_state, params):
+        """For every state leaf shaped like a parameter: (how many, how many sharded alike)."""
+        by_shape = {p.shape: p.sharding for p in jax.tree.leaves(params)}
+        checked, matching = 0, 0
+        for leaf in jax.tree.leaves(opt_state):
+            if leaf.shape in by_shape and leaf.ndim:
+                checked += 1
+                matching += leaf.sharding.is_equivalent_to(by_shape[leaf.shape], leaf.ndim)
+        return checked, matching
+
+    mesh = jax.make_mesh((8,), ("data",))
+    param_specs = {
+        "hidden": {"kernel": P("data", None), "bias": P()},
+        "out": {"kernel": P("data", None), "bias": P()},
+    }
+    results = {"devices": len(jax.devices())}
+    for name, make in optimizers.items():
+        tx = make()
+        with jax.set_mesh(mesh):
+            shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs)
+            sharded_params = jax.device_put(params, shardings)
+            opt_state = jax.jit(tx.init)(sharded_params)
+            data = NamedSharding(mesh, P("data"))
+
+            checked, matching = state_matches_params(opt_state, sharded_params)
+            step = make_step(tx, sharded_loss_fn)
+            p, s = sharded_params, opt_state
+            counts = []
+            for t in range(3):
+                before = len(compilations)
+                x, y = jax.device_put((batches[t], targets[t]), data)
+                p, s = step(p, s, x, y)
+                jax.block_until_ready((p, s))
+                counts.append(len(compilations) - before)
+            after_checked, after_matching = state_matches_params(s, sharded_params)
+            sharded_result = jax.device_get(p)
+
+        p, s = params, tx.init(params)
+        step = make_step(tx, loss_fn)
+        for t in range(3):
+            p, s = step(p, s, batches[t], targets[t])
+        differences = [
+            float(np.max(np.abs(a - b)))
+            for a, b in zip(jax.tree.leaves(sharded_result), jax.tree.leaves(p), strict=True)
+        ]
+        results[name] = {
+            "state_leaves_checked": checked,
+            "state_leaves_sharded_like_params": int(matching),
+            "after_steps_checked": after_checked,
+            "after_steps_sharded_like_params": int(after_matching),
+            "compilations_per_step": counts,
+            "max_abs_difference": max(differences),
+        }
+    return results
+
+
+@pytest.fixture(scope="module")
+def measured():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env["JAX_PLATFORMS"] = "cpu"
+    completed = subprocess.run(
+        [sys.executable, __file__], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def test_the_checks_run_on_eight_devices(measured):
+    assert measured["devices"] == 8
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_state_is_sharded_like_its_parameters_after_init_under_jit(measured, name):
+    result = measured[name]
+    assert result["state_leaves_checked"] >= 2
+    assert result["state_leaves_sharded_like_params"] == result["state_leaves_checked"]
+    assert result["after_steps_sharded_like_params"] == result["after_steps_checked"]
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_a_second_sharded_step_compiles_nothing(measured, name):
+    first, *later = measured[name]["compilations_per_step"]
+    assert first >= 1
+    assert later == [0, 0]
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_sharded_training_equals_the_single_device_run(measured, name):
+    # Parameters of size ~0.01 to 1; sums in another order differ by float32 rounding.
+    assert measured[name]["max_abs_difference"] < 1e-6
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure()))
