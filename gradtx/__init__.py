@@ -78,10 +78,15 @@ from gradtx.transforms.decoupled_decay import (
     add_decoupled_weight_decay,
 )
 
+# --- local gains ---
+from gradtx.transforms.local_gain import ScaleByLocalGainState, scale_by_local_gain
+
 # --- momentum ---
 from gradtx.transforms.momentum import (
     DampenedTraceState,
+    EmaState,
     TraceState,
+    ema,
     nesterov_lookahead,
     trace,
 )
@@ -91,7 +96,6 @@ from gradtx.transforms.nadam_schedule import ScaleByNadamScheduleState, scale_by
 from gradtx.transforms.rectified import ScaleByRadamState, scale_by_radam
 
 # --- regularizers ---
-from gradtx.transforms.local_gain import ScaleByLocalGainState, scale_by_local_gain
 from gradtx.transforms.regularize import (
     AddDecayedWeightsState,
     AddNoiseState,
@@ -182,6 +186,8 @@ __all__ = [
     "ScaleByRssState",
     "ScaleByStddevState",
     "TraceState",
+    "EmaState",
+    "ema",
     "amsgrad_max",
     "nesterov_lookahead",
     "scale_by_adadelta",

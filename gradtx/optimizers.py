@@ -92,6 +92,12 @@ def _switched_on(value: Any) -> bool:
     return bool(np.any(np.asarray(value) != 0))
 
 
+def _check_nesterov_has_momentum(nesterov: bool, momentum: Any) -> None:
+    # Optax silently drops nesterov=True without momentum; PyTorch raises. gradtx raises.
+    if nesterov and not _switched_on(momentum):
+        raise ValueError(f"nesterov=True needs a momentum in (0, 1), got momentum={momentum!r}")
+
+
 @schedule_injection
 def _sgd_chain(learning_rate, momentum, nesterov, weight_decay, accumulator_dtype):
     return chain(
@@ -136,7 +142,7 @@ def sgd(
     Args:
         learning_rate: a non-negative number or a schedule.
         momentum: the momentum coefficient in [0, 1); 0 or None for none.
-        nesterov: Nesterov's momentum (see ``nesterov_lookahead``).
+        nesterov: Nesterov's momentum (see ``nesterov_lookahead``); needs a momentum.
         weight_decay: L2 coefficient, >= 0 (a number or a schedule).
         accumulator_dtype: dtype of the momentum buffer; None keeps the parameter dtype.
 
@@ -158,6 +164,7 @@ def sgd(
     """
     if momentum is not None:
         check.unit_interval("momentum", momentum)
+    _check_nesterov_has_momentum(nesterov, momentum)
     check.non_negative("weight_decay", weight_decay)
     return _sgd_chain(
         learning_rate,
@@ -272,7 +279,7 @@ def rmsprop(
         eps_in_sqrt: eps inside the square root (else outside).
         centered: divide by the estimated standard deviation (Graves, 2013).
         momentum: momentum coefficient in [0, 1); None or 0 for none.
-        nesterov: Nesterov's momentum.
+        nesterov: Nesterov's momentum; needs a momentum.
         bias_correction: divide the moving averages by ``1 - decay^t``.
 
     Example:
@@ -289,6 +296,7 @@ def rmsprop(
     """
     if momentum is not None:
         check.unit_interval("momentum", momentum)
+    _check_nesterov_has_momentum(nesterov, momentum)
     return _rmsprop_chain(
         learning_rate,
         decay=decay,

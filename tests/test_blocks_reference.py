@@ -27,6 +27,14 @@ BLOCKS = {
         lambda: gtx.nesterov_lookahead(0.8),
         lambda n: classic.HeavyBall(n, 0.8, nesterov=True),
     ),
+    "ema": (
+        lambda: gtx.ema(0.9),
+        lambda n: classic.MovingAverage(n, 0.9),
+    ),
+    "ema_biased": (
+        lambda: gtx.ema(0.7, debias=False),
+        lambda n: classic.MovingAverage(n, 0.7, debias=False),
+    ),
     "adam": (
         lambda: gtx.scale_by_adam(0.8, 0.95, 1e-6, eps_root=1e-4),
         lambda n: classic.Adam(n, 0.8, 0.95, 1e-6, eps_root=1e-4),

@@ -1,4 +1,4 @@
-"""Momentum: the heavy-ball buffer and Nesterov's accelerated gradient."""
+"""Momentum: the heavy-ball buffer, Nesterov's accelerated gradient, moving averages."""
 
 from __future__ import annotations
 
@@ -157,3 +157,68 @@ def nesterov_lookahead(
     importance of initialization and momentum in deep learning" (eq. 3-4).
     """
     return trace(decay, nesterov=True, accumulator_dtype=accumulator_dtype)
+
+
+class EmaState(NamedTuple):
+    count: jax.Array  # int32, saturating (read by the debiasing)
+    ema: Updates  # the moving average, in accumulator_dtype (default: the parameter dtype)
+
+
+def ema(
+    decay: float | jax.Array, debias: bool = True, *, accumulator_dtype: Any = None
+) -> GradientTransformation:
+    r"""An exponential moving average of the updates (momentum in its averaging form).
+
+    With t counting updates from 1 and ``e_0 = 0``::
+
+        e_t = decay * e_{t-1} + (1 - decay) * g_t
+        u_t = e_t / (1 - decay^t)        (debias=True)
+        u_t = e_t                        (debias=False)
+
+    ``trace`` sums (``b = g + decay * b``, a factor ``1 / (1 - decay)`` larger in the
+    long run); ``ema`` averages. Adam's first moment is ``ema(b1)``. Same numbers as
+    ``optax.ema``.
+
+    Args:
+        decay: the decay of the average, in [0, 1).
+        debias: divide by ``1 - decay^t`` so that early averages are not biased to 0.
+        accumulator_dtype: dtype of the average; None keeps the parameter dtype.
+
+    State: ``EmaState(count, ema)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.ema(0.5)
+        >>> state = tx.init(jnp.zeros(1))
+        >>> u, state = tx.update(jnp.array([2.0]), state)
+        >>> u, state = tx.update(jnp.array([4.0]), state)
+        >>> u.tolist()  # (0.25 * 2 + 0.5 * 4) / (1 - 0.25)
+        [3.3333332538604736]
+
+    Reference: Polyak & Juditsky, 1992, "Acceleration of Stochastic Approximation by
+    Averaging" (averaging); Kingma & Ba, 2015 (the debiasing).
+    """
+    check.unit_interval("decay", decay)
+    check.dtype_or_none("accumulator_dtype", accumulator_dtype)
+
+    def init(params):
+        return EmaState(
+            count=jnp.zeros([], jnp.int32), ema=tree.zeros_like(params, accumulator_dtype)
+        )
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+        count = numerics.safe_increment(state.count)
+
+        def leaf(g, e):
+            dtype = numerics.compute_dtype(g.dtype)
+            rho = numerics.hyperparameter(decay, dtype)
+            e_new = rho * e.astype(dtype) + (1 - rho) * g.astype(dtype)
+            u = e_new / numerics.bias_correction(decay, count, dtype) if debias else e_new
+            return u.astype(g.dtype), e_new.astype(e.dtype)
+
+        updates, average = tree.map_unzip(leaf, updates, state.ema, outputs=2)
+        return updates, EmaState(count, average)
+
+    return GradientTransformation(init, update)

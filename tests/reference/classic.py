@@ -39,6 +39,19 @@ class HeavyBall:
         return g + self.mu * self.b if self.nesterov else self.b
 
 
+class MovingAverage:
+    """e_t = decay e_{t-1} + (1-decay) g_t; d_t = e_t / (1 - decay^t) when debiased."""
+
+    def __init__(self, n: int, decay: float, debias: bool = True):
+        self.decay, self.debias = decay, debias
+        self.e, self.t = np.zeros(n), 0
+
+    def step(self, g):
+        self.t += 1
+        self.e = self.decay * self.e + (1 - self.decay) * g
+        return self.e / (1 - self.decay**self.t) if self.debias else self.e
+
+
 class Adam:
     """Kingma & Ba (2015), Algorithm 1; ``nesterov``: Dozat's NAdam in Optax's form.
 
