@@ -130,3 +130,18 @@ def test_reduce_on_plateau_ignores_nan_metrics_as_improvements():
 def test_reduce_on_plateau_rejects_invalid_arguments_naming_them(kwargs, argument):
     with pytest.raises(ValueError, match=argument):
         gtx.reduce_on_plateau(**kwargs)
+
+
+def test_reduce_on_plateau_with_injected_float32_hyperparameters_matches_the_plain_one():
+    injected = gtx.schedule_injection(gtx.reduce_on_plateau)(factor=0.5, patience=1, cooldown=1)
+    plain = gtx.reduce_on_plateau(factor=0.5, patience=1, cooldown=1)
+    metrics = GOLDEN["plateau"]["min_rel_patience"]["metrics"]
+    state = injected.init(jnp.zeros(1))
+    update = jax.jit(injected.update)
+    injected_updates = []
+    for metric in metrics:
+        u, state = update(jnp.ones(1), state, value=metric)
+        injected_updates.append(float(u[0]))
+    assert sorted(gtx.get_hyperparams(state)) == ["eps", "factor", "min_scale", "threshold"]
+    np.testing.assert_allclose(injected_updates, _scales(plain, metrics)[1], rtol=1e-6)
+    assert len(set(injected_updates)) > 2

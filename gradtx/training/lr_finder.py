@@ -135,7 +135,9 @@ def lr_find(
             batch`` traceable with an int32 step (index your data, or fold the step
             into a PRNG key); or None for a full-batch ``loss_fn(params)``.
         optimizer: ``learning_rate -> GradientTransformation``, e.g. ``gradtx.adam``
-            or ``lambda lr: gradtx.sgd(lr, momentum=0.9)``.
+            or ``lambda lr: gradtx.sgd(lr, momentum=0.9)``; an Optax optimizer works
+            too (``optax.adam``), but not one wrapped in ``optax.inject_hyperparams``,
+            whose state keeps its own copy of the rate.
         min_lr: the first rate, > 0.
         max_lr: the last rate, > ``min_lr``.
         num_steps: the most steps to take, >= 2.
