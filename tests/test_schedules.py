@@ -300,6 +300,12 @@ def test_schedules_return_float32_with_x64_enabled(x64):
     assert schedules.noam(8, 4)(3).dtype == jnp.float32
 
 
+def test_steps_beyond_int32_saturate_instead_of_wrapping(x64):
+    schedule = schedules.linear(1.0, 0.0, transition_steps=INT32_MAX)
+    assert float(schedule(jnp.asarray(2**33, jnp.int64))) == 0.0
+    assert float(schedule(2**40)) == 0.0
+
+
 def test_floating_steps_are_rejected():
     with pytest.raises(TypeError, match="integer"):
         schedules.step_decay(1.0, 10)(2.5)

@@ -20,18 +20,24 @@ from gradtx import check, numerics
 
 
 def as_step(step: Any) -> jax.Array:
-    """The step as an int32 array, negative steps raised to 0 (the value before training).
+    """The step as an int32 array in ``[0, int32 max]``.
 
-    Raises TypeError for a floating step: a schedule counts updates, and truncating
-    ``2.5`` to ``2`` silently would hide a bug in the caller.
+    Negative steps become 0 (the value before training); larger ones (a Python int, or
+    int64 with x64 enabled) become the int32 maximum, where the optimizers' saturating
+    counters stop, rather than wrapping around. Raises TypeError for a floating step: a
+    schedule counts updates, and truncating ``2.5`` to ``2`` would hide a bug.
     """
+    if isinstance(step, (int, np.integer)) and not isinstance(step, bool):
+        step = min(max(int(step), 0), numerics.INT32_MAX)
     step = jnp.asarray(step)
     if not jnp.issubdtype(step.dtype, jnp.integer):
         raise TypeError(
             f"a schedule's step must be an integer (an int or an int32 array), got dtype "
             f"{step.dtype.name}"
         )
-    return jnp.maximum(step.astype(jnp.int32), 0)
+    if jnp.iinfo(step.dtype).max > numerics.INT32_MAX:
+        step = jnp.minimum(step, numerics.INT32_MAX)
+    return jnp.maximum(step, 0).astype(jnp.int32)
 
 
 def as_value(value: Any) -> jax.Array:
