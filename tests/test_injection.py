@@ -312,6 +312,34 @@ def test_the_injected_optimizer_follows_the_plain_chain(name):
     np.testing.assert_allclose(run(injected, grads), run(plain, grads), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("name", zoo.ALL)
+def test_every_float_hyperparameter_of_every_optimizer_may_be_a_schedule(name):
+    """Replacing each stored hyperparameter by a schedule that returns its value (and
+    records the steps it is asked for) changes nothing in the trajectory."""
+    grads = jnp.asarray(np.random.default_rng(3).normal(size=(20, 4)), jnp.float32)
+    constant = _injected(name, learning_rate=1e-2)
+    stored = gtx.get_hyperparams(constant.init(grads[0]))
+    asked = []
+
+    def schedule_of(value):
+        def schedule(t):
+            asked.append(t)
+            return jnp.asarray(value, jnp.float32) + 0 * t
+
+        return schedule
+
+    # rprop's learning_rate is its initial step size, read once by init: it refuses a
+    # schedule (with a TypeError that says so), so it stays a number there.
+    fixed = {"learning_rate"} if name == "rprop" else set()
+    scheduled = _injected(
+        name,
+        **{k: float(v) if k in fixed else schedule_of(v) for k, v in stored.items()},
+    )
+    run = jax.jit(_trajectory, static_argnums=0)
+    np.testing.assert_allclose(run(scheduled, grads), run(constant, grads), rtol=1e-6)
+    assert asked  # the schedules were evaluated
+
+
 @pytest.mark.parametrize("name", ["adam", "adamw", "rmsprop", "sgd_momentum"])
 def test_the_injected_optimizer_is_close_to_the_plain_chain_with_decimal_floats(name):
     """With decimal hyperparameters (b2=0.999) the plain chain computes 1 - b2 in double
