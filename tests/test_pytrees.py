@@ -146,3 +146,14 @@ def test_complex_parameters_descend_a_complex_quadratic(name):
     assert params.dtype == jnp.complex64
     required = 0.999 if name == "adadelta" else 0.9
     assert float(loss(params)) < required * float(loss(jnp.zeros(2, jnp.complex64)))
+
+
+@pytest.mark.parametrize("name", zoo.ALL)
+def test_init_on_shape_dtype_structs_matches_init_on_arrays(name):
+    """Abstract init (for sharding and checkpoint restore) builds the same state."""
+    concrete = {"w": jnp.zeros((3, 2), jnp.bfloat16), "b": jnp.zeros((), jnp.float32)}
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), concrete)
+    tx = zoo.make(name, 0.1)
+    expected = jax.tree.map(lambda x: (x.shape, x.dtype), tx.init(concrete))
+    for state in (tx.init(abstract), jax.eval_shape(tx.init, abstract)):
+        assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == expected
