@@ -143,6 +143,14 @@ from gradtx.wrappers import (
     swats,
 )
 
+# --- 8-bit optimizer state (issue 7) ---
+from gradtx.wrappers.quantized import (
+    QuantizedArray,
+    QuantizedState,
+    dynamic_quantization_map,
+    quantized_state,
+)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -250,4 +258,9 @@ __all__ = [
     "reset_group",
     "set_to_zero",
     "swats",
+    # 8-bit optimizer state (issue 7)
+    "QuantizedArray",
+    "QuantizedState",
+    "dynamic_quantization_map",
+    "quantized_state",
 ]

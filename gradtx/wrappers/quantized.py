@@ -1,0 +1,210 @@
+"""``quantized_state``: 8-bit block-wise optimizer state (Dettmers et al., 2022)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradtx import check
+from gradtx.core import GradientTransformation, OptState, _update_with_extra_args
+
+
+class QuantizedArray(NamedTuple):
+    codes: jax.Array  # uint8, the shape of the state leaf: indices into the quantization map
+    absmax: jax.Array  # float32 [number of blocks]: the largest |value| of each block
+
+
+class QuantizedState(NamedTuple):
+    inner_state: OptState  # the inner state, its large floating leaves as QuantizedArray
+
+
+@functools.cache
+def dynamic_quantization_map(signed: bool = True) -> np.ndarray:
+    """The 256 values of the 8-bit dynamic (tree) quantization data type, sorted.
+
+    Dettmers (2016) and Dettmers et al. (2022, sec. 2): after the sign bit, the leading
+    zero bits of a code give a decimal exponent ``10^-e`` (e = 0..6) and the bits after
+    the first one are a linear fraction in [0.1, 1]; values near zero get few fraction
+    bits and a small exponent, values near 1 many fraction bits. ``signed=False`` uses
+    the sign bit for one more fraction bit (for non-negative state such as Adam's second
+    moment). With exponent e, a signed map has ``2^(6-e)`` values (midpoints of the
+    fraction grid) of each sign, an unsigned one ``2^(7-e)``; 0 and 1 complete the 256.
+    This is the construction of ``bitsandbytes.functional.create_dynamic_map``.
+
+    Example:
+        >>> from gradtx.wrappers.quantized import dynamic_quantization_map
+        >>> table = dynamic_quantization_map(signed=True)
+        >>> table.shape, round(float(table[0]), 6), float(table[127]), float(table[-1])
+        ((256,), -0.992969, 0.0, 1.0)
+    """
+    values = [0.0, 1.0]
+    for exponent_bits in range(7):
+        fraction_items = 2 ** (exponent_bits + (0 if signed else 1))
+        edges = np.linspace(0.1, 1.0, fraction_items + 1)
+        midpoints = (edges[:-1] + edges[1:]) / 2 * 10.0 ** (exponent_bits - 6)
+        values.extend(midpoints)
+        if signed:
+            values.extend(-midpoints)
+    return np.sort(np.asarray(values, np.float32))
+
+
+def _blocks(flat: jax.Array, block_size: int) -> jax.Array:
+    """``flat`` zero-padded to whole blocks, shaped ``[number of blocks, block_size]``."""
+    padding = -flat.size % block_size
+    return jnp.pad(flat, (0, padding)).reshape(-1, block_size)
+
+
+def quantize_blockwise(x: jax.Array, table: jax.Array, block_size: int) -> QuantizedArray:
+    """Block-wise absmax quantization of ``x`` to the nearest value of ``table``.
+
+    ``x`` is raveled and cut into blocks of ``block_size`` elements; each block is
+    divided by its largest magnitude (its absmax, stored in float32), so that it lies
+    in [-1, 1], and each element becomes the index of the nearest value of the sorted
+    256-entry ``table`` (ties go to the smaller value). An outlier then only costs
+    precision in its own block (Dettmers et al., 2022, sec. 2.1).
+    """
+    flat = jnp.ravel(x).astype(jnp.float32)
+    blocks = _blocks(flat, block_size)
+    absmax = jnp.max(jnp.abs(blocks), axis=1)
+    normalized = blocks / jnp.where(absmax > 0, absmax, 1.0)[:, None]
+    above = jnp.clip(jnp.searchsorted(table, normalized), 1, table.size - 1)
+    lower, upper = table[above - 1], table[above]
+    nearest = jnp.where(normalized - lower <= upper - normalized, above - 1, above)
+    codes = nearest.astype(jnp.uint8).reshape(-1)[: flat.size].reshape(jnp.shape(x))
+    return QuantizedArray(codes, absmax)
+
+
+def dequantize_blockwise(quantized: QuantizedArray, table: jax.Array, block_size: int) -> jax.Array:
+    """The float32 values ``table[code] * absmax`` of a ``QuantizedArray`` made with
+    ``quantize_blockwise(x, table, block_size)``, in the shape of ``x``."""
+    codes, absmax = quantized
+    blocks = _blocks(jnp.ravel(codes), block_size)
+    values = (table[blocks] * absmax[:, None]).reshape(-1)
+    return values[: codes.size].reshape(codes.shape)
+
+
+def _path_names(path: tuple) -> set[str]:
+    names = set()
+    for key in path:
+        for attribute in ("name", "key"):
+            value = getattr(key, attribute, None)
+            if isinstance(value, str):
+                names.add(value)
+    return names
+
+
+def quantized_state(
+    inner: GradientTransformation,
+    *,
+    block_size: int = 2048,
+    min_size: int = 4096,
+    unsigned_fields: Iterable[str] = ("nu", "nu_max", "sum_of_squares", "e_g", "e_x"),
+) -> GradientTransformation:
+    r"""Keeps the large floating leaves of ``inner``'s state in 8 bits, block-wise.
+
+    8-bit optimizers (Dettmers, Lewis, Shleifer & Zettlemoyer, 2022): every floating
+    state leaf with at least ``min_size`` elements is stored as uint8 codes into the
+    dynamic quantization map (``dynamic_quantization_map``) plus one float32 absmax per
+    block of ``block_size`` elements. Each update::
+
+        s      = table[codes] * absmax            (dequantize, float32)
+        u, s'  = inner.update(g, s, params)       (the inner algorithm, unchanged)
+        codes, absmax = quantize(s')              (per block: s' / max|s'|, nearest code)
+
+    For Adam that is about 2 bytes of state per parameter (1 byte for m, 1 for v, and
+    4 / block_size for the scales) instead of 8. Leaves under a field named in
+    ``unsigned_fields`` (second moments, which are never negative) use the unsigned map
+    and its extra bit of precision, as the paper does for Adam's second state. Step
+    counters, injected hyperparameters and leaves smaller than ``min_size`` (biases,
+    norms: bitsandbytes' default threshold is 4096) stay as they are. Complex leaves are
+    not quantized.
+
+    Wrap transforms whose state is moment-like (running averages that tolerate a
+    relative error of ~1%): the Adam family, RMSProp, momentum. Do not wrap a state that
+    holds copies of the parameters (``lookahead``, ``ema_params``): it would be rounded
+    to 8 bits too. The paper's stable embedding layer is a model change and not part of
+    this wrapper. The quantized state does not keep the parameters' sharding (its absmax
+    vector is laid out by blocks of the raveled leaf).
+
+    Args:
+        inner: the transform whose state is quantized (e.g. ``gtx.adam(1e-3)``).
+        block_size: elements per block sharing one absmax, an int >= 1 (the paper uses
+            2048; smaller blocks are more precise and cost 4 / block_size bytes each).
+        min_size: leaves with fewer elements are kept in their own dtype, an int >= 0.
+        unsigned_fields: state field (or dict key) names whose leaves are non-negative.
+
+    State: ``QuantizedState(inner_state)``, the inner state with each quantized leaf
+    replaced by ``QuantizedArray(codes, absmax)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.quantized_state(gtx.adam(1e-3), min_size=0)
+        >>> params = {"w": jnp.ones(3)}
+        >>> state = tx.init(params)
+        >>> updates, state = tx.update({"w": jnp.array([0.5, -1.0, 2.0])}, state, params)
+        >>> [round(float(u), 6) for u in updates["w"]]
+        [-0.001, 0.001, -0.001]
+        >>> gtx.tree_get(state, "mu")["w"].codes.dtype
+        dtype('uint8')
+
+    Reference: Dettmers, Lewis, Shleifer & Zettlemoyer, 2022, "8-bit Optimizers via
+    Block-wise Quantization" (ICLR).
+    """
+    check.positive_int("block_size", block_size)
+    check.non_negative_int("min_size", min_size)
+    unsigned_fields = frozenset(unsigned_fields)
+    inner_update = _update_with_extra_args(inner)
+    tables = {signed: jnp.asarray(dynamic_quantization_map(signed)) for signed in (True, False)}
+
+    def is_quantized(leaf: Any) -> bool:
+        dtype = getattr(leaf, "dtype", None)
+        return (
+            dtype is not None
+            and jnp.issubdtype(dtype, jnp.floating)
+            and int(np.prod(jnp.shape(leaf))) >= max(min_size, 1)
+        )
+
+    def signed(path: tuple) -> bool:
+        return not (_path_names(path) & unsigned_fields)
+
+    def quantize_tree(inner_state: OptState) -> OptState:
+        def quantize(path, leaf):
+            if not is_quantized(leaf):
+                return leaf
+            return quantize_blockwise(leaf, tables[signed(path)], block_size)
+
+        return jax.tree_util.tree_map_with_path(quantize, inner_state)
+
+    def init(params):
+        inner_state = inner.init(params)
+        if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(inner_state)):
+            return QuantizedState(jax.eval_shape(quantize_tree, inner_state))
+        return QuantizedState(quantize_tree(inner_state))
+
+    def update(updates, state, params=None, **extra):
+        is_node = lambda x: isinstance(x, QuantizedArray)  # noqa: E731
+        flat, treedef = jax.tree_util.tree_flatten_with_path(state.inner_state, is_leaf=is_node)
+
+        def dequantize(path, leaf):
+            if not isinstance(leaf, QuantizedArray):
+                return leaf
+            return dequantize_blockwise(leaf, tables[signed(path)], block_size)
+
+        inner_state = treedef.unflatten([dequantize(path, leaf) for path, leaf in flat])
+        updates, new_inner = inner_update(updates, inner_state, params, **extra)
+        new_leaves = treedef.flatten_up_to(new_inner)
+        requantized = [
+            quantize_blockwise(new, tables[signed(path)], block_size)
+            if isinstance(old, QuantizedArray)
+            else new
+            for (path, old), new in zip(flat, new_leaves, strict=True)
+        ]
+        return updates, QuantizedState(treedef.unflatten(requantized))
+
+    return GradientTransformation(init, update)

@@ -1,0 +1,157 @@
+"""quantized_state: 8-bit block-wise optimizer state against its definition (Dettmers et
+al., 2022) and against fp32 Adam."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradtx as gtx
+from gradtx.wrappers.quantized import dequantize_blockwise, quantize_blockwise
+from tests.reference import quantization
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_dynamic_map_is_the_papers_data_type(signed):
+    table = gtx.dynamic_quantization_map(signed)
+    np.testing.assert_array_equal(table, quantization.dynamic_map(signed))
+    assert table.shape == (256,) and table.dtype == np.float32
+    assert np.all(np.diff(table) > 0), "256 distinct values, sorted"
+    assert table[-1] == 1.0 and 0.0 in table
+    if signed:
+        assert table[0] < -0.99
+        np.testing.assert_allclose(np.sort(-table[table < 0]), table[(table > 0) & (table < 1)])
+    else:
+        assert table[0] == 0.0
+    # dynamic: relative resolution ~1-10% over six decades, not a linear grid
+    assert np.min(np.abs(table[table != 0])) < 1e-6
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_quantize_picks_the_nearest_code_of_each_block_normalized_by_its_absmax(rng, signed):
+    block_size = 64
+    x = rng.standard_normal((7, 50)).astype(np.float32) * np.logspace(-6, 1, 50, dtype=np.float32)
+    if not signed:
+        x = np.abs(x)
+    x[0, :3] = 0.0
+    x[2:4] = 0.0  # a whole block of zeros: its absmax is 0 and every code decodes to 0
+    table = gtx.dynamic_quantization_map(signed)
+    codes, absmax = quantize_blockwise(jnp.asarray(x), jnp.asarray(table), block_size)
+    want_codes, want_absmax = quantization.quantize(x, table, block_size)
+    assert codes.dtype == jnp.uint8 and codes.shape == x.shape
+    np.testing.assert_array_equal(absmax, want_absmax)
+    np.testing.assert_array_equal(codes, want_codes)
+    restored = dequantize_blockwise((codes, absmax), jnp.asarray(table), block_size)
+    np.testing.assert_array_equal(
+        restored, quantization.dequantize(want_codes, want_absmax, table, block_size)
+    )
+
+
+def test_round_trip_error_is_at_most_half_a_gap_of_the_map_times_the_block_absmax(rng):
+    block_size = 256
+    x = rng.standard_normal(3000).astype(np.float32)
+    x[5] = 40.0  # an outlier only coarsens its own block
+    table = gtx.dynamic_quantization_map(True)
+    quantized = quantize_blockwise(jnp.asarray(x), jnp.asarray(table), block_size)
+    restored = np.asarray(dequantize_blockwise(quantized, jnp.asarray(table), block_size))
+    scales = np.repeat(np.asarray(quantized.absmax), block_size)[: x.size]
+    normalized = x / scales
+    # half the gap of the map around each normalized value bounds the error; below the
+    # map's smallest value (-0.993: the signed map has no -1) the distance to it does
+    above = np.clip(np.searchsorted(table, normalized), 1, 255)
+    bound = (table[above] - table[above - 1]) / 2
+    bound = np.where(normalized < table[0], table[0] - normalized, bound)
+    assert np.all(np.abs(restored - x) <= bound * scales * (1 + 1e-5))
+    # the largest element of each block is exact (1.0 is in the map)
+    for start in range(0, x.size, block_size):
+        block = x[start : start + block_size]
+        i = start + np.argmax(np.abs(block))
+        if x[i] > 0:
+            assert restored[i] == x[i]
+    relative = np.abs(restored - x) / np.abs(x)
+    outside_outlier_block = np.arange(x.size) >= block_size
+    assert np.median(relative[outside_outlier_block]) < 0.02
+
+
+def test_adam_state_takes_two_bytes_per_parameter_and_keeps_small_leaves():
+    params = {"w": jnp.zeros((64, 128)), "b": jnp.zeros(10)}
+    tx = gtx.quantized_state(gtx.adam(1e-3))
+    state = tx.init(params)
+    mu, nu = gtx.tree_get(state, "mu"), gtx.tree_get(state, "nu")
+    assert isinstance(mu["w"], gtx.QuantizedArray) and isinstance(nu["w"], gtx.QuantizedArray)
+    assert mu["w"].codes.dtype == jnp.uint8 and mu["w"].codes.shape == (64, 128)
+    assert mu["w"].absmax.shape == (4,) and mu["w"].absmax.dtype == jnp.float32
+    assert mu["b"].dtype == jnp.float32  # 10 < min_size: kept in float32
+    moment_bytes = sum(x.nbytes for x in jax.tree.leaves((mu["w"], nu["w"])))
+    assert moment_bytes / params["w"].size == pytest.approx(2 + 2 * 4 / 2048)
+    assert gtx.get_hyperparams(state)["learning_rate"] == pytest.approx(1e-3)
+
+
+def test_state_structure_and_dtypes_never_change_and_jit_compiles_once(rng):
+    params = {"w": jnp.asarray(rng.normal(size=(50, 100)), jnp.float32)}
+    tx = gtx.quantized_state(gtx.adamw(1e-2, weight_decay=1e-2), block_size=256)
+    state = tx.init(params)
+    traces = []
+
+    @jax.jit
+    def step(params, state, grads):
+        traces.append(1)
+        updates, state = tx.update(grads, state, params)
+        return gtx.apply_updates(params, updates), state
+
+    before = jax.tree.map(lambda x: (x.shape, x.dtype), state)
+    for _ in range(3):
+        grads = {"w": jnp.asarray(rng.normal(size=(50, 100)), jnp.float32)}
+        params, state = step(params, state, grads)
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == before
+    assert len(traces) == 1
+    abstract = tx.init(jax.eval_shape(lambda: params))
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), abstract) == before
+
+
+def test_second_moment_uses_the_unsigned_map_and_first_moment_the_signed_one(rng):
+    g = jnp.asarray(rng.normal(size=5000), jnp.float32)
+    tx = gtx.quantized_state(gtx.scale_by_adam(), block_size=512)
+    _, state = tx.update(g, tx.init(g))
+    mu, nu = state.inner_state.mu, state.inner_state.nu
+    signed, unsigned = gtx.dynamic_quantization_map(True), gtx.dynamic_quantization_map(False)
+    np.testing.assert_array_equal(
+        mu.codes, quantization.quantize(0.1 * np.asarray(g), signed, 512)[0]
+    )
+    want_nu = np.float32(1 - 0.999) * np.asarray(g) ** 2
+    np.testing.assert_array_equal(nu.codes, quantization.quantize(want_nu, unsigned, 512)[0])
+
+
+def test_adam_with_8bit_state_follows_the_numpy_reference_and_tracks_fp32_adam(rng):
+    n, steps, lr = 6000, 30, 1e-2
+    target = rng.standard_normal(n).astype(np.float32)
+    p0 = np.zeros(n, np.float32)
+    # a fixed gradient sequence (noise around a mean), so that every run sees the same
+    grads = rng.standard_normal((steps, n)).astype(np.float32) + target
+    tx8 = gtx.quantized_state(gtx.adam(lr), block_size=2048)
+    tx32 = gtx.adam(lr)
+    step8, step32 = jax.jit(tx8.update), jax.jit(tx32.update)
+    p8 = p32 = jnp.asarray(p0)
+    s8, s32 = tx8.init(p8), tx32.init(p32)
+    trajectory = []
+    for g in grads:
+        u8, s8 = step8(jnp.asarray(g), s8, p8)
+        u32, s32 = step32(jnp.asarray(g), s32, p32)
+        p8, p32 = gtx.apply_updates(p8, u8), gtx.apply_updates(p32, u32)
+        trajectory.append(np.asarray(p8))
+    want = quantization.adam_8bit(grads, p0, float(np.float32(lr)), block_size=2048)
+    # the same algorithm; float32 rounding can flip a code at a tie of two map values
+    np.testing.assert_allclose(np.stack(trajectory), want, rtol=1e-4, atol=1e-6)
+    # 8-bit Adam moves where fp32 Adam moves: 30 steps of ~lr each, within a few percent
+    moved8, moved32 = np.asarray(p8), np.asarray(p32)
+    assert np.linalg.norm(moved8 - moved32) / np.linalg.norm(moved32) < 0.05
+    assert np.corrcoef(moved8, moved32)[0, 1] > 0.998
+
+
+def test_hyperparameters_are_checked_when_the_wrapper_is_built():
+    with pytest.raises(ValueError, match="block_size"):
+        gtx.quantized_state(gtx.adam(1e-3), block_size=0)
+    with pytest.raises(ValueError, match="min_size"):
+        gtx.quantized_state(gtx.adam(1e-3), min_size=-1)
