@@ -3,8 +3,9 @@
 For each tree it compiles ``params, state = step(params, state, grads)`` (the optimizer
 update plus ``apply_updates``) with params and state donated, runs gradtx and Optax
 steps alternately (so that load from other processes hits both alike), and prints the
-median step time of each, their ratio, the compile times and the number of fusions in
-the optimized HLO, as a markdown table.
+median step time of each, their ratio, the compile times (trace + lower + XLA compile),
+the number of fusions in the optimized HLO and the bytes per parameter that XLA's cost
+analysis expects the step to move, as a markdown table.
 
     python benchmarks/step_time.py            # full size (GPT-2 small: ~124M params)
     python benchmarks/step_time.py --scale 0.25   # a quarter of every tree
@@ -85,11 +86,11 @@ def count_fusions(hlo_text: str) -> int:
 
 
 class Compiled:
-    def __init__(self, name, tx, step_fn, params):
+    def __init__(self, name, tx, make_step, params, grads):
         self.name = name
+        step_fn = make_step(tx)
         self.params = jax.tree.map(jnp.copy, params)
         self.state = tx.init(self.params)
-        grads = make_tree(jax.tree.map(lambda x: x.shape, params), seed=1)
         self.grads = grads
         jitted = jax.jit(step_fn, donate_argnums=(0, 1))
         start = time.perf_counter()
@@ -97,6 +98,10 @@ class Compiled:
         self.executable = lowered.compile()
         self.compile_seconds = time.perf_counter() - start
         self.fusions = count_fusions(self.executable.as_text())
+        cost = self.executable.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        n_params = sum(x.size for x in jax.tree.leaves(params))
+        self.bytes_per_param = cost.get("bytes accessed", float("nan")) / n_params
         self.times: list[float] = []
 
     def run(self, record: bool) -> None:
@@ -112,16 +117,17 @@ class Compiled:
 
 def benchmark(label: str, shapes: dict, steps: int, warmup: int = 3) -> dict:
     params = make_tree(shapes, seed=0)
+    grads = make_tree(shapes, seed=1)  # shared: never donated
     n_params = sum(x.size for x in jax.tree.leaves(params))
     n_leaves = len(jax.tree.leaves(params))
     runs = [
-        Compiled("gradtx", gtx.adam(1e-3), gradtx_step(gtx.adam(1e-3)), params),
-        Compiled("optax", optax.adam(1e-3), optax_step(optax.adam(1e-3)), params),
+        Compiled("gradtx", gtx.adam(1e-3), gradtx_step, params, grads),
+        Compiled("optax", optax.adam(1e-3), optax_step, params, grads),
     ]
     if n_leaves > 1:
         flat = gtx.flatten(gtx.adam(1e-3))
-        runs.append(Compiled("gradtx flatten", flat, gradtx_step(flat), params))
-    del params
+        runs.append(Compiled("gradtx flatten", flat, gradtx_step, params, grads))
+    del params, grads
     for i in range(warmup + steps):
         for run in runs if i % 2 == 0 else runs[::-1]:
             run.run(record=i >= warmup)
@@ -137,6 +143,8 @@ def benchmark(label: str, shapes: dict, steps: int, warmup: int = 3) -> dict:
         "optax_compile_s": theirs.compile_seconds,
         "gradtx_fusions": ours.fusions,
         "optax_fusions": theirs.fusions,
+        "gradtx_bytes": ours.bytes_per_param,
+        "optax_bytes": theirs.bytes_per_param,
     }
     row["ratio"] = row["gradtx_ms"] / row["optax_ms"]
     for run in runs:
@@ -165,8 +173,11 @@ def main() -> None:
           "in one vector.\n")  # fmt: skip
     print("| tree | params | leaves | gradtx (ms) | optax (ms) | gradtx / optax "
           "| gradtx flatten (ms) | compile gradtx (s) | compile optax (s) "
-          "| fusions gradtx | fusions optax |")  # fmt: skip
+          "| fusions gradtx / optax | bytes per param gradtx / optax |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    # The first compilation in a process pays one-time costs (jnp caches, XLA start-up);
+    # a small untimed run keeps them out of whichever contender is compiled first.
+    benchmark("warm-up", gpt2_small(1e-4), steps=1, warmup=1)
     for label, shapes, steps in cases:
         row = benchmark(label, shapes, steps)
         flatten_ms = "-" if row["flatten_ms"] is None else f"{row['flatten_ms']:.2f}"
@@ -174,7 +185,8 @@ def main() -> None:
             f"| {row['tree']} | {row['params'] / 1e6:.1f}M | {row['leaves']} "
             f"| {row['gradtx_ms']:.2f} | {row['optax_ms']:.2f} | {row['ratio']:.2f} "
             f"| {flatten_ms} | {row['gradtx_compile_s']:.2f} | {row['optax_compile_s']:.2f} "
-            f"| {row['gradtx_fusions']} | {row['optax_fusions']} |",
+            f"| {row['gradtx_fusions']} / {row['optax_fusions']} "
+            f"| {row['gradtx_bytes']:.1f} / {row['optax_bytes']:.1f} |",
             flush=True,
         )
 
