@@ -202,3 +202,26 @@ def test_sgd_rejects_nesterov_without_momentum():
 def test_bad_hyperparameters_are_rejected_naming_the_argument(make, argument):
     with pytest.raises(ValueError, match=argument):
         make()
+
+
+def test_scale_by_radam_defaults_are_optax_radam(x64):
+    import optax
+
+    rng = np.random.default_rng(0)
+    grads = jnp.asarray(rng.standard_normal((30, 4)))
+    ours, theirs = gtx.scale_by_radam(), optax.scale_by_radam()
+    state, optax_state = ours.init(grads[0]), theirs.init(grads[0])
+    for g in grads:
+        u, state = ours.update(g, state)
+        v, optax_state = theirs.update(g, optax_state)
+        # rho_t cancels ~2000 against ~2000: the two ways of computing b2^t differ at 1e-11.
+        np.testing.assert_allclose(u, v, rtol=1e-9)
+
+
+def test_dampened_trace_leaves_the_first_gradient_undampened():
+    tx = gtx.trace(0.5, dampening=0.75)
+    state = tx.init(jnp.zeros(1))
+    u, state = tx.update(jnp.array([4.0]), state)
+    assert u.tolist() == [4.0]  # b_1 = g_1
+    u, state = tx.update(jnp.array([4.0]), state)
+    assert u.tolist() == [0.5 * 4.0 + 0.25 * 4.0]  # b_2 = mu b_1 + (1 - dampening) g_2
