@@ -63,3 +63,19 @@ def test_changing_the_learning_rate_between_jitted_steps_compiles_nothing(name):
         np.testing.assert_array_equal(frozen["w"], params["w"])  # lr = 0: no step
     assert not np.array_equal(moved["w"], frozen["w"])
     assert float(gtx.get_hyperparams(state)["learning_rate"]) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("name", zoo.ALL)
+def test_update_returns_a_state_of_exactly_the_types_init_made(name):
+    """Same structure, shapes, dtypes and weak types: the state passes through
+    ``lax.cond`` (whose branches must agree) and a loop carry unchanged."""
+    tx = zoo.make(name, 0.05)
+    params = {"w": jnp.zeros(3), "b": jnp.zeros((), jnp.bfloat16)}
+    grads = {"w": jnp.ones(3), "b": jnp.ones((), jnp.bfloat16)}
+    state = tx.init(params)
+
+    def maybe_update(state, skip):
+        return jax.lax.cond(skip, lambda s: s, lambda s: tx.update(grads, s, params)[1], state)
+
+    after = jax.eval_shape(maybe_update, state, False)
+    assert jax.tree.map(jax.typeof, after) == jax.tree.map(jax.typeof, state)
