@@ -168,6 +168,15 @@ def schedule_injection(
     return build
 
 
+def _with_value(old: Any, value: jax.Array) -> Any:
+    """``value`` in the container ``old`` came in: Flax's ``nnx.Optimizer`` keeps the
+    state's arrays in ``OptArray`` variables, and replacing one by a bare array would
+    change the state's structure (and retrace the user's ``nnx.jit`` step)."""
+    if isinstance(old, jax.Array | np.ndarray) or not hasattr(old, "replace"):
+        return value
+    return old.replace(value)
+
+
 def _injected_states(state: OptState) -> list[tuple[str, InjectState]]:
     """Every InjectState inside ``state`` (nested ones too), with its path."""
     found = []
@@ -260,7 +269,8 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
             if here in targets:
                 for name, value in converted.items():
                     if name in hyperparams:
-                        hyperparams[name] = value.astype(hyperparams[name].dtype)
+                        old = hyperparams[name]
+                        hyperparams[name] = _with_value(old, value.astype(old.dtype))
                         unknown.discard(name)
             inner = replace(here + ".inner_state", node.inner_state)
             return InjectState(node.count, hyperparams, inner)
