@@ -122,3 +122,26 @@ def test_flax_nnx_optimizer_takes_a_gradtx_optimizer_as_tx():
     for _ in range(5):
         loss = train_step(model, optimizer)
     assert float(loss) < float(first_loss)
+
+
+def test_set_hyperparams_on_an_nnx_optimizer_keeps_its_variables_and_takes_effect():
+    from flax import nnx
+
+    model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, gtx.adam(0.05), wrt=nnx.Param)
+    x = jnp.ones((4, 2))
+
+    @nnx.jit
+    def train_step(model, optimizer):
+        grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model)
+        optimizer.update(model, grads)
+
+    train_step(model, optimizer)
+    before = jax.tree.map(type, optimizer.opt_state, is_leaf=lambda v: isinstance(v, nnx.Variable))
+    optimizer.opt_state = gtx.set_hyperparams(optimizer.opt_state, learning_rate=0.0)
+    after = jax.tree.map(type, optimizer.opt_state, is_leaf=lambda v: isinstance(v, nnx.Variable))
+    assert after == before  # the OptArray containers are kept
+    assert float(gtx.get_hyperparams(optimizer.opt_state)["learning_rate"]) == 0.0
+    kernel = np.asarray(model.kernel[...])
+    train_step(model, optimizer)
+    np.testing.assert_array_equal(model.kernel[...], kernel)  # lr = 0: no step
