@@ -157,3 +157,11 @@ def test_init_on_shape_dtype_structs_matches_init_on_arrays(name):
     expected = jax.tree.map(lambda x: (x.shape, x.dtype), tx.init(concrete))
     for state in (tx.init(abstract), jax.eval_shape(tx.init, abstract)):
         assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == expected
+
+
+def test_rprop_refuses_complex_parameters_with_a_clear_error():
+    tx = gtx.rprop(0.1)
+    params = {"z": jnp.zeros(2, jnp.complex64)}
+    with pytest.raises(TypeError, match="complex"):
+        state = tx.init(params)
+        tx.update({"z": jnp.ones(2, jnp.complex64)}, state, params)
