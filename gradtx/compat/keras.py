@@ -1,0 +1,540 @@
+"""Keras 3's optimizers and learning-rate schedules as gradtx chains and schedules.
+
+Each optimizer takes ``keras.optimizers.<Name>``'s argument names and defaults and
+returns a ``named_chain`` of gradtx blocks that reproduces Keras 3 step for step
+(checked against Keras 3.15 on its JAX backend: float64 within 1e-10, float32 within
+1e-5). Keras' conventions, visible in the chains:
+
+- ``weight_decay`` is decoupled on every optimizer: ``p <- p - p * wd * lr`` before the
+  step (``add_decoupled_weight_decay`` at the end of the chain);
+- SGD and RMSprop put the learning rate inside the momentum buffer
+  (``scale_by_learning_rate`` before ``trace``);
+- Adam adds eps to the raw ``sqrt(v)`` ("epsilon hat"), eps is inside the square root
+  in RMSprop and Adagrad, after the maximum in Adamax, and eps defaults to 1e-7;
+- Nadam uses the momentum schedule ``mu_t = b1 (1 - 0.5 * 0.96^t)``.
+
+``learning_rate`` is a number or a schedule ``step -> value`` evaluated, as Keras does,
+at the number of updates made so far (t from 0). The schedules below take Keras' names
+and compute in the default float dtype (float64 under x64, as Keras' do with floatx
+float64, except ``CosineDecay``, which Keras computes in float32 whatever its floatx).
+These are plain chains (hyperparameters as Python doubles, as Keras casts them); wrap
+one in ``gradtx.schedule_injection`` if you need ``get_hyperparams``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+
+from gradtx import check
+from gradtx.core import GradientTransformation, ScalarOrSchedule, Schedule, named_chain
+from gradtx.transforms.adaptive import (
+    amsgrad_max,
+    scale_by_adadelta,
+    scale_by_adam,
+    scale_by_adamax,
+    scale_by_rms,
+    scale_by_rss,
+)
+from gradtx.transforms.decoupled_decay import add_decoupled_weight_decay
+from gradtx.transforms.momentum import trace
+from gradtx.transforms.nadam_schedule import scale_by_nadam_schedule
+from gradtx.transforms.scaling import scale_by_learning_rate
+
+__all__ = [
+    "adadelta",
+    "adagrad",
+    "adam",
+    "adamax",
+    "adamw",
+    "cosine_decay",
+    "cosine_decay_restarts",
+    "exponential_decay",
+    "inverse_time_decay",
+    "nadam",
+    "piecewise_constant_decay",
+    "polynomial_decay",
+    "rmsprop",
+    "sgd",
+]
+
+
+def _chain(
+    blocks: list[tuple[str, GradientTransformation]],
+    learning_rate: ScalarOrSchedule,
+    weight_decay: float | None,
+) -> GradientTransformation:
+    """``blocks`` then Keras' decoupled weight decay (skipped for None or 0)."""
+    if not callable(learning_rate):
+        check.non_negative("learning_rate", learning_rate)
+    if weight_decay is not None:
+        check.non_negative("weight_decay", weight_decay)
+        if weight_decay != 0:
+            decay = add_decoupled_weight_decay(weight_decay, learning_rate)
+            blocks = blocks + [("weight_decay", decay)]
+    return named_chain(*blocks)
+
+
+def _momentum(momentum: float, nesterov: bool = False) -> list[tuple[str, GradientTransformation]]:
+    check.unit_interval("momentum", momentum)
+    return [] if momentum == 0 else [("momentum", trace(momentum, nesterov))]
+
+
+def sgd(
+    learning_rate: ScalarOrSchedule = 0.01,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float | None = None,
+) -> GradientTransformation:
+    r"""``keras.optimizers.SGD``: the learning rate inside the momentum buffer.
+
+    ::
+
+        p <- p - p * weight_decay * lr
+        v <- momentum * v - lr * g
+        p <- p + v                       (nesterov: p <- p + momentum * v - lr * g)
+
+    Chain: ``scale_by_learning_rate(lr)``, ``trace(momentum, nesterov)``. The same map
+    as PyTorch's SGD while lr is constant; with a schedule, the buffer keeps the past
+    learning rates.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import keras as kc
+        >>> tx = kc.sgd(learning_rate=0.1, momentum=0.9)
+        >>> params = jnp.array([1.0])
+        >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
+        >>> [round(float(u), 6) for u in updates]
+        [-0.2]
+    """
+    blocks = [("learning_rate", scale_by_learning_rate(learning_rate))]
+    return _chain(blocks + _momentum(momentum, nesterov), learning_rate, weight_decay)
+
+
+def rmsprop(
+    learning_rate: ScalarOrSchedule = 0.001,
+    rho: float = 0.9,
+    momentum: float = 0.0,
+    epsilon: float = 1e-7,
+    centered: bool = False,
+    weight_decay: float | None = None,
+) -> GradientTransformation:
+    r"""``keras.optimizers.RMSprop``: eps inside the root, lr inside the momentum buffer.
+
+    ::
+
+        v = rho v + (1 - rho) g^2;   a = rho a + (1 - rho) g             (centered)
+        d = lr * g / sqrt(v - a^2 + eps)  (centered)  else  lr * g / sqrt(v + eps)
+        b = momentum * b + d;  p <- p - b              (p <- p - d if momentum = 0)
+
+    Chain: ``scale_by_rms(rho, epsilon, eps_in_sqrt=True, centered)``,
+    ``scale_by_learning_rate(lr)``, ``trace(momentum)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import keras as kc
+        >>> tx = kc.rmsprop(learning_rate=0.01, rho=0.75, epsilon=0.0)
+        >>> params = jnp.array([1.0])
+        >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
+        >>> [round(float(u), 6) for u in updates]
+        [-0.02]
+    """
+    blocks = [
+        ("rmsprop", scale_by_rms(rho, epsilon, 0.0, eps_in_sqrt=True, centered=centered)),
+        ("learning_rate", scale_by_learning_rate(learning_rate)),
+    ]
+    return _chain(blocks + _momentum(momentum), learning_rate, weight_decay)
+
+
+def adam(
+    learning_rate: ScalarOrSchedule = 0.001,
+    beta_1: float = 0.9,
+    beta_2: float = 0.999,
+    epsilon: float = 1e-7,
+    amsgrad: bool = False,
+    weight_decay: float | None = None,
+) -> GradientTransformation:
+    r"""``keras.optimizers.Adam``: eps added to the raw ``sqrt(v)`` ("epsilon hat").
+
+    ::
+
+        alpha_t = lr * sqrt(1 - b2^t) / (1 - b1^t)
+        v_t <- max(v_max, v_t)                                    (amsgrad)
+        p <- p - alpha_t * m_t / (sqrt(v_t) + eps)
+
+    Chain: ``scale_by_adam(b1, b2, eps, eps_before_bias_correction=True)`` (or
+    ``amsgrad_max(correct_after_max=True, eps_before_bias_correction=True)``), then
+    ``-lr``. PyTorch and Optax add eps to ``sqrt(v_t / (1 - b2^t))``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import keras as kc
+        >>> tx = kc.adam(learning_rate=0.1)
+        >>> params = jnp.array([1.0])
+        >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
+        >>> [round(float(u), 4) for u in updates]
+        [-0.1]
+    """
+    check.unit_interval("beta_1", beta_1)
+    check.unit_interval("beta_2", beta_2)
+    if amsgrad:
+        core = amsgrad_max(
+            beta_1, beta_2, epsilon, correct_after_max=True, eps_before_bias_correction=True
+        )
+    else:
+        core = scale_by_adam(beta_1, beta_2, epsilon, eps_before_bias_correction=True)
+    blocks = [("adam", core), ("learning_rate", scale_by_learning_rate(learning_rate))]
+    return _chain(blocks, learning_rate, weight_decay)
+
+
+def adamw(
+    learning_rate: ScalarOrSchedule = 0.001,
+    weight_decay: float = 0.004,
+    beta_1: float = 0.9,
+    beta_2: float = 0.999,
+    epsilon: float = 1e-7,
+    amsgrad: bool = False,
+) -> GradientTransformation:
+    r"""``keras.optimizers.AdamW``: Keras' ``adam`` with ``weight_decay=0.004``.
+
+    The decay is Keras' decoupled one, ``p <- p - p * wd * lr``, as on every Keras
+    optimizer (PyTorch's AdamW defaults to 1e-2, Optax's to 1e-4).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import keras as kc
+        >>> tx = kc.adamw(learning_rate=0.1, weight_decay=0.5)
+        >>> params = jnp.array([1.0])
+        >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
+        >>> [round(float(u), 4) for u in updates]
+        [-0.15]
+    """
+    return adam(learning_rate, beta_1, beta_2, epsilon, amsgrad, weight_decay)
+
+
+def adagrad(
+    learning_rate: ScalarOrSchedule = 0.001,
+    initial_accumulator_value: float = 0.1,
+    epsilon: float = 1e-7,
+    weight_decay: float | None = None,
+) -> GradientTransformation:
+    r"""``keras.optimizers.Adagrad``: ``s_0 = 0.1``, eps inside the root.
+
+    ::
+
+        s_t = s_{t-1} + g^2;   p <- p - lr * g / sqrt(s_t + eps)
+
+    Chain: ``scale_by_rss(initial_accumulator_value, epsilon)`` then ``-lr``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import keras as kc
+        >>> tx = kc.adagrad(learning_rate=0.1, initial_accumulator_value=0.0, epsilon=0.0)
+        >>> params = jnp.array([1.0])
+        >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
+        >>> [round(float(u), 6) for u in updates]
+        [-0.1]
+    """
+    blocks = [
+        ("adagrad", scale_by_rss(initial_accumulator_value, epsilon)),
+        ("learning_rate", scale_by_learning_rate(learning_rate)),
+    ]
+    return _chain(blocks, learning_rate, weight_decay)
+
+
+def adadelta(
+    learning_rate: ScalarOrSchedule = 0.001,
+    rho: float = 0.95,
+    epsilon: float = 1e-7,
+    weight_decay: float | None = None,
+) -> GradientTransformation:
+    r"""``keras.optimizers.Adadelta``: Zeiler's rule with Keras' defaults.
+
+    ::
+
+        E[g^2]_t = rho E[g^2] + (1 - rho) g^2
+        d = sqrt(E[dx^2] + eps) / sqrt(E[g^2]_t + eps) * g;  p <- p - lr * d
+
+    Chain: ``scale_by_adadelta(rho, epsilon)`` then ``-lr`` (PyTorch: lr=1, rho=0.9,
+    eps=1e-6).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import keras as kc
+        >>> tx = kc.adadelta(learning_rate=1.0, rho=0.0, epsilon=1.0)
+        >>> params = jnp.array([1.0])
+        >>> updates, state = tx.update(jnp.array([0.0]), tx.init(params), params)
+        >>> [float(u) for u in updates]
+        [-0.0]
+    """
+    blocks = [
+        ("adadelta", scale_by_adadelta(rho, epsilon)),
+        ("learning_rate", scale_by_learning_rate(learning_rate)),
+    ]
+    return _chain(blocks, learning_rate, weight_decay)
+
+
+def adamax(
+    learning_rate: ScalarOrSchedule = 0.001,
+    beta_1: float = 0.9,
+    beta_2: float = 0.999,
+    epsilon: float = 1e-7,
+    weight_decay: float | None = None,
+) -> GradientTransformation:
+    r"""``keras.optimizers.Adamax``: eps added after the maximum.
+
+    ::
+
+        u_t = max(b2 u, |g|);   p <- p - lr * m_t / ((1 - b1^t) (u_t + eps))
+
+    Chain: ``scale_by_adamax(b1, b2, epsilon, eps_in_max=False)`` then ``-lr``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import keras as kc
+        >>> tx = kc.adamax(learning_rate=0.1, epsilon=0.0)
+        >>> params = jnp.array([1.0])
+        >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
+        >>> [round(float(u), 6) for u in updates]
+        [-0.1]
+    """
+    blocks = [
+        ("adamax", scale_by_adamax(beta_1, beta_2, epsilon, eps_in_max=False)),
+        ("learning_rate", scale_by_learning_rate(learning_rate)),
+    ]
+    return _chain(blocks, learning_rate, weight_decay)
+
+
+def nadam(
+    learning_rate: ScalarOrSchedule = 0.001,
+    beta_1: float = 0.9,
+    beta_2: float = 0.999,
+    epsilon: float = 1e-7,
+    weight_decay: float | None = None,
+) -> GradientTransformation:
+    r"""``keras.optimizers.Nadam``: Dozat's schedule ``mu_t = b1 (1 - 0.5 * 0.96^t)``.
+
+    Chain: ``scale_by_nadam_schedule(b1, b2, epsilon, momentum_decay=1.0)`` then
+    ``-lr`` (PyTorch's NAdam uses ``0.96^(t * 0.004)``).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import keras as kc
+        >>> tx = kc.nadam(learning_rate=0.1)
+        >>> params = jnp.array([1.0])
+        >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
+        >>> [round(float(u), 4) for u in updates]
+        [-0.1063]
+    """
+    blocks = [
+        ("nadam", scale_by_nadam_schedule(beta_1, beta_2, epsilon, momentum_decay=1.0)),
+        ("learning_rate", scale_by_learning_rate(learning_rate)),
+    ]
+    return _chain(blocks, learning_rate, weight_decay)
+
+
+# --- schedules ---------------------------------------------------------------------------
+
+
+def _step(step) -> jnp.ndarray:
+    """The step in the default float dtype (float32, float64 under x64), as Keras casts it."""
+    return jnp.asarray(step).astype(jnp.result_type(float))
+
+
+def exponential_decay(
+    initial_learning_rate: float, decay_steps: int, decay_rate: float, staircase: bool = False
+) -> Schedule:
+    """``ExponentialDecay``: ``lr * decay_rate^(t / decay_steps)`` (floored if staircase).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import keras as kc
+        >>> kc.exponential_decay(1.0, 2, 0.5, staircase=True)(jnp.arange(4)).tolist()
+        [1.0, 1.0, 0.5, 0.5]
+    """
+    check.positive("decay_steps", decay_steps)
+
+    def schedule(step):
+        p = _step(step) / decay_steps
+        if staircase:
+            p = jnp.floor(p)
+        return initial_learning_rate * jnp.asarray(decay_rate, p.dtype) ** p
+
+    return schedule
+
+
+def inverse_time_decay(
+    initial_learning_rate: float, decay_steps: int, decay_rate: float, staircase: bool = False
+) -> Schedule:
+    """``InverseTimeDecay``: ``lr / (1 + decay_rate * t / decay_steps)`` (floored if staircase).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import keras as kc
+        >>> kc.inverse_time_decay(1.0, 1, 1.0)(jnp.arange(4)).tolist()
+        [1.0, 0.5, 0.3333333432674408, 0.25]
+    """
+    check.positive("decay_steps", decay_steps)
+
+    def schedule(step):
+        p = _step(step) / decay_steps
+        if staircase:
+            p = jnp.floor(p)
+        return initial_learning_rate / (1 + decay_rate * p)
+
+    return schedule
+
+
+def piecewise_constant_decay(boundaries: Sequence[int], values: Sequence[float]) -> Schedule:
+    """``PiecewiseConstantDecay``: ``values[0]`` while ``t <= boundaries[0]``, and so on.
+
+    Keras switches after the boundary (``t > boundary``), one step later than
+    ``gradtx.schedules.piecewise_constant`` and PyTorch's ``MultiStepLR``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import keras as kc
+        >>> kc.piecewise_constant_decay([1, 2], [1.0, 0.5, 0.25])(jnp.arange(4)).tolist()
+        [1.0, 1.0, 0.5, 0.25]
+    """
+    boundaries, values = list(boundaries), list(values)
+    if len(values) != len(boundaries) + 1:
+        raise ValueError(
+            f"values must have len(boundaries) + 1 = {len(boundaries) + 1} entries, got "
+            f"{len(values)}"
+        )
+
+    def schedule(step):
+        step = jnp.asarray(step)
+        value = jnp.full(step.shape, values[0], jnp.result_type(float))
+        for boundary, later in zip(boundaries, values[1:], strict=True):
+            value = jnp.where(step > boundary, later, value)
+        return value
+
+    return schedule
+
+
+def polynomial_decay(
+    initial_learning_rate: float,
+    decay_steps: int,
+    end_learning_rate: float = 0.0001,
+    power: float = 1.0,
+    cycle: bool = False,
+) -> Schedule:
+    """``PolynomialDecay``: ``(lr - end) * (1 - t / decay_steps)^power + end``.
+
+    ``t`` is clipped at ``decay_steps``; with ``cycle`` the horizon grows instead to the
+    next multiple of ``decay_steps`` (``decay_steps * ceil(t / decay_steps)``, 1 at t=0).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import keras as kc
+        >>> schedule = kc.polynomial_decay(1.0, 2, end_learning_rate=0.0)
+        >>> schedule(jnp.arange(4)).tolist()
+        [1.0, 0.5, 0.0, 0.0]
+    """
+    check.positive("decay_steps", decay_steps)
+
+    def schedule(step):
+        t = _step(step)
+        horizon = jnp.asarray(decay_steps, t.dtype)
+        if cycle:
+            # ceil(t / decay_steps) in integers: exact where a float division can land
+            # just above a whole number and skip to the next cycle.
+            whole = jnp.asarray(step)
+            multiplier = jnp.maximum((whole + decay_steps - 1) // decay_steps, 1)
+            horizon = horizon * multiplier.astype(t.dtype)
+        else:
+            t = jnp.minimum(t, horizon)
+        p = t / horizon
+        return (initial_learning_rate - end_learning_rate) * (1 - p) ** power + end_learning_rate
+
+    return schedule
+
+
+def cosine_decay(
+    initial_learning_rate: float,
+    decay_steps: int,
+    alpha: float = 0.0,
+    warmup_target: float | None = None,
+    warmup_steps: int = 0,
+) -> Schedule:
+    """``CosineDecay``, with its optional linear warmup.
+
+    Without warmup: ``lr * ((1 - alpha) * (1 + cos(pi * min(t, decay_steps) /
+    decay_steps)) / 2 + alpha)``, held at its end value (PyTorch's CosineAnnealingLR
+    is periodic instead). With ``warmup_target``: linear from ``initial_learning_rate``
+    to ``warmup_target`` over ``warmup_steps``, then the decay from ``warmup_target``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import keras as kc
+        >>> [round(v, 6) for v in kc.cosine_decay(1.0, 2)(jnp.arange(4)).tolist()]
+        [1.0, 0.5, 0.0, 0.0]
+    """
+    check.positive("decay_steps", decay_steps)
+    check.non_negative("warmup_steps", warmup_steps)
+
+    def decayed(t, start):
+        fraction = t / decay_steps
+        cosine = 0.5 * (1.0 + jnp.cos(jnp.asarray(math.pi, t.dtype) * fraction))
+        return start * ((1 - alpha) * cosine + alpha)
+
+    def schedule(step):
+        t = _step(step)
+        if warmup_target is None:
+            return decayed(jnp.minimum(t, decay_steps), initial_learning_rate)
+        t = jnp.minimum(t, decay_steps + warmup_steps)
+        warmup = (warmup_target - initial_learning_rate) * (
+            t / warmup_steps
+        ) + initial_learning_rate
+        return jnp.where(t < warmup_steps, warmup, decayed(t - warmup_steps, warmup_target))
+
+    return schedule
+
+
+def cosine_decay_restarts(
+    initial_learning_rate: float,
+    first_decay_steps: int,
+    t_mul: float = 2.0,
+    m_mul: float = 1.0,
+    alpha: float = 0.0,
+) -> Schedule:
+    """``CosineDecayRestarts`` (SGDR): cosine periods growing by ``t_mul``, peaks by ``m_mul``.
+
+    With ``f = t / first_decay_steps``, the period index is ``i = floor(log(1 - f (1 -
+    t_mul)) / log(t_mul))`` (``floor(f)`` when ``t_mul = 1``) and the fraction of it done
+    ``(f - (1 - t_mul^i) / (1 - t_mul)) / t_mul^i``; the value is ``lr * ((1 - alpha) *
+    m_mul^i * (1 + cos(pi * fraction)) / 2 + alpha)``. Computed with Keras' operations.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import keras as kc
+        >>> values = kc.cosine_decay_restarts(1.0, 2, t_mul=1.0, m_mul=0.5)(jnp.arange(5))
+        >>> [round(v, 6) for v in values.tolist()]
+        [1.0, 0.5, 0.5, 0.25, 0.25]
+
+    Reference: Loshchilov & Hutter, 2017, "SGDR: Stochastic Gradient Descent with Warm
+    Restarts".
+    """
+    check.positive("first_decay_steps", first_decay_steps)
+    check.positive("t_mul", t_mul)
+
+    def schedule(step):
+        fraction = _step(step) / first_decay_steps
+        dtype = fraction.dtype
+        if t_mul == 1.0:
+            restart = jnp.floor(fraction)
+            fraction = fraction - restart
+        else:
+            growth = jnp.asarray(t_mul, dtype)
+            restart = jnp.floor(jnp.log(1.0 - fraction * (1.0 - growth)) / jnp.log(growth))
+            done = (1.0 - growth**restart) / (1.0 - growth)
+            fraction = (fraction - done) / growth**restart
+        peak = jnp.asarray(m_mul, dtype) ** restart
+        cosine = 0.5 * peak * (1.0 + jnp.cos(jnp.asarray(math.pi, dtype) * fraction))
+        return initial_learning_rate * ((1 - alpha) * cosine + alpha)
+
+    return schedule

@@ -1,0 +1,196 @@
+"""Records Keras 3 optimizer trajectories and schedule values for the compat tests.
+
+Run from the repository root with Keras 3 installed (``pip install keras``); it uses
+Keras' JAX backend::
+
+    python tests/golden/record_keras.py
+
+It writes ``tests/golden/keras_optimizers.json`` (each optimizer over its options for
+200 steps of the problem of ``golden_problem.py``, in float32 and, with
+``jax_enable_x64`` and Keras' floatx set to float64, in float64) and
+``tests/golden/keras_schedules.json`` (200 values of each schedule, float32).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ["KERAS_BACKEND"] = "jax"
+
+import jax  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from golden_problem import SHAPES, SNAPSHOTS, STEPS, problem, problem_arrays  # noqa: E402
+
+KERAS_OPTIMIZERS = {
+    "sgd": keras.optimizers.SGD,
+    "rmsprop": keras.optimizers.RMSprop,
+    "adam": keras.optimizers.Adam,
+    "adamw": keras.optimizers.AdamW,
+    "adagrad": keras.optimizers.Adagrad,
+    "adadelta": keras.optimizers.Adadelta,
+    "adamax": keras.optimizers.Adamax,
+    "nadam": keras.optimizers.Nadam,
+}
+
+KERAS_SCHEDULES = {
+    "exponential_decay": keras.optimizers.schedules.ExponentialDecay,
+    "inverse_time_decay": keras.optimizers.schedules.InverseTimeDecay,
+    "piecewise_constant_decay": keras.optimizers.schedules.PiecewiseConstantDecay,
+    "polynomial_decay": keras.optimizers.schedules.PolynomialDecay,
+    "cosine_decay": keras.optimizers.schedules.CosineDecay,
+    "cosine_decay_restarts": keras.optimizers.schedules.CosineDecayRestarts,
+}
+
+
+def _case(optimizer: str, name: str, schedule: dict | None = None, **kwargs) -> dict:
+    return {"name": name, "optimizer": optimizer, "kwargs": kwargs, "schedule": schedule}
+
+
+def _sched(name: str, **kwargs) -> dict:
+    return {"name": name, "kwargs": kwargs}
+
+
+OPTIMIZER_CASES = [
+    _case("sgd", "sgd", learning_rate=0.05),
+    _case("sgd", "sgd_momentum", learning_rate=0.05, momentum=0.9),
+    _case("sgd", "sgd_nesterov_wd", learning_rate=0.05, momentum=0.8, nesterov=True,
+          weight_decay=0.01),
+    _case("sgd", "sgd_momentum_schedule", learning_rate=None, momentum=0.9,
+          schedule=_sched("exponential_decay", initial_learning_rate=0.1, decay_steps=20,
+                          decay_rate=0.5)),
+    _case("rmsprop", "rmsprop", learning_rate=0.01),
+    _case("rmsprop", "rmsprop_centered_momentum", learning_rate=0.005, momentum=0.9,
+          centered=True, epsilon=1e-4),
+    _case("rmsprop", "rmsprop_momentum_wd_schedule", learning_rate=None, rho=0.8, momentum=0.5,
+          weight_decay=0.02,
+          schedule=_sched("polynomial_decay", initial_learning_rate=0.01, decay_steps=150,
+                          power=2.0)),
+    _case("adam", "adam", learning_rate=0.01),
+    _case("adam", "adam_amsgrad", learning_rate=0.01, beta_2=0.9, amsgrad=True),
+    _case("adam", "adam_wd_schedule", learning_rate=None, weight_decay=0.1,
+          schedule=_sched("inverse_time_decay", initial_learning_rate=0.02, decay_steps=10,
+                          decay_rate=0.2)),
+    _case("adamw", "adamw", learning_rate=0.01),
+    _case("adamw", "adamw_amsgrad", learning_rate=0.01, weight_decay=0.1, amsgrad=True,
+          epsilon=1e-3),
+    _case("adagrad", "adagrad", learning_rate=0.1),
+    _case("adagrad", "adagrad_wd", learning_rate=0.1, initial_accumulator_value=0.5,
+          weight_decay=0.05),
+    _case("adadelta", "adadelta", learning_rate=1.0),
+    _case("adadelta", "adadelta_wd", learning_rate=0.5, rho=0.9, weight_decay=0.01),
+    _case("adamax", "adamax", learning_rate=0.02),
+    _case("adamax", "adamax_wd", learning_rate=0.02, beta_1=0.8, weight_decay=0.05),
+    _case("nadam", "nadam", learning_rate=0.01),
+    _case("nadam", "nadam_wd", learning_rate=0.01, beta_2=0.99, weight_decay=0.05),
+]  # fmt: skip
+
+SCHEDULE_CASES = [
+    _sched("exponential_decay", initial_learning_rate=0.1, decay_steps=30, decay_rate=0.6),
+    _sched("exponential_decay", initial_learning_rate=0.1, decay_steps=30, decay_rate=0.6,
+           staircase=True),
+    _sched("inverse_time_decay", initial_learning_rate=0.1, decay_steps=10, decay_rate=0.5),
+    _sched("inverse_time_decay", initial_learning_rate=0.1, decay_steps=10, decay_rate=0.5,
+           staircase=True),
+    _sched("piecewise_constant_decay", boundaries=[20, 50, 120], values=[0.1, 0.05, 0.01, 0.001]),
+    _sched("polynomial_decay", initial_learning_rate=0.1, decay_steps=120),
+    _sched("polynomial_decay", initial_learning_rate=0.1, decay_steps=60,
+           end_learning_rate=0.001, power=2.0, cycle=True),
+    _sched("cosine_decay", initial_learning_rate=0.1, decay_steps=150, alpha=0.05),
+    _sched("cosine_decay", initial_learning_rate=0.0, decay_steps=120, warmup_target=0.1,
+           warmup_steps=40),
+    _sched("cosine_decay_restarts", initial_learning_rate=0.1, first_decay_steps=20),
+    _sched("cosine_decay_restarts", initial_learning_rate=0.1, first_decay_steps=30, t_mul=1.0,
+           m_mul=0.7, alpha=0.1),
+    _sched("cosine_decay_restarts", initial_learning_rate=0.1, first_decay_steps=10, t_mul=1.5,
+           m_mul=0.9),
+]  # fmt: skip
+
+
+def make_schedule(spec: dict):
+    return KERAS_SCHEDULES[spec["name"]](**spec["kwargs"])
+
+
+def run_optimizer(case: dict, dtype: str) -> np.ndarray:
+    """Runs a case in Keras; returns the flattened parameters at the snapshot steps.
+
+    float64 runs enable ``jax_enable_x64`` for their duration only.
+    """
+    with jax.enable_x64(dtype == "float64"):
+        return _run_optimizer(case, dtype)
+
+
+def _run_optimizer(case: dict, dtype: str) -> np.ndarray:
+    keras.config.set_floatx(dtype)
+    prob = problem(dtype)
+    kwargs = dict(case["kwargs"])
+    if case.get("schedule"):
+        kwargs["learning_rate"] = make_schedule(case["schedule"])
+    optimizer = KERAS_OPTIMIZERS[case["optimizer"]](**kwargs)
+    variables = [keras.Variable(p, dtype=dtype) for p in prob["p0"]]
+    optimizer.build(variables)
+    snapshots = []
+    for t in range(STEPS):
+        values = [np.asarray(v.value) for v in variables]
+        grads = [
+            prob["h"][i] * (values[i] - prob["c"][i]) + prob["noise"][t][i]
+            for i in range(len(values))
+        ]
+        optimizer.apply_gradients(
+            zip([jax.numpy.asarray(g) for g in grads], variables, strict=True)
+        )
+        if t + 1 in SNAPSHOTS:
+            snapshots.append(np.concatenate([np.asarray(v.value).ravel() for v in variables]))
+    keras.config.set_floatx("float32")
+    return np.stack(snapshots)
+
+
+def schedule_values(spec: dict, steps: int = STEPS) -> np.ndarray:
+    keras.config.set_floatx("float32")
+    schedule = make_schedule(spec)
+    return np.asarray([float(schedule(t)) for t in range(steps)], np.float64)
+
+
+def _fmt(array: np.ndarray, dtype: str) -> list:
+    if dtype == "float32":
+        return [float(f"{x:.9g}") for x in np.asarray(array).ravel()]
+    return [float(x) for x in np.asarray(array).ravel()]
+
+
+def main() -> None:
+    cases = []
+    for case in OPTIMIZER_CASES:
+        record = dict(case)
+        for dtype in ("float64", "float32"):
+            record[dtype] = {"params": [_fmt(s, dtype) for s in run_optimizer(case, dtype)]}
+        cases.append(record)
+    optimizers = {
+        "keras": keras.__version__,
+        "shapes": SHAPES,
+        "snapshots": SNAPSHOTS,
+        "problem": {k: v.tolist() for k, v in problem_arrays().items()},
+        "cases": cases,
+    }
+    schedules = {
+        "keras": keras.__version__,
+        "cases": [
+            dict(spec, values=_fmt(schedule_values(spec), "float32")) for spec in SCHEDULE_CASES
+        ],
+    }
+    for name, content in (
+        ("keras_optimizers.json", optimizers),
+        ("keras_schedules.json", schedules),
+    ):
+        (HERE / name).write_text(json.dumps(content, separators=(",", ":")))
+        print(f"wrote {name}: {(HERE / name).stat().st_size / 1024:.0f} KiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""gradtx.compat.keras reproduces Keras 3's optimizers and schedules, checked on golden runs.
+
+The golden files are written by ``tests/golden/record_keras.py`` (Keras 3.15, JAX
+backend): each optimizer over its options for 200 steps of a fixed noisy quadratic, in
+float64 (compared within 1e-10 relative) and float32 (within 1e-5); each schedule's
+first 200 values in float32.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradtx as gtx
+from gradtx.compat import keras as kc
+
+GOLDEN = Path(__file__).parent / "golden"
+OPTIMIZERS = json.loads((GOLDEN / "keras_optimizers.json").read_text())
+SCHEDULES = json.loads((GOLDEN / "keras_schedules.json").read_text())
+TOLERANCE = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=1e-5, atol=1e-5)}
+CASES = {case["name"]: case for case in OPTIMIZERS["cases"]}
+
+
+def split(flat, shapes):
+    out, start = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape))
+        out.append(flat[..., start : start + size].reshape(*flat.shape[:-1], *shape))
+        start += size
+    return out
+
+
+def build_schedule(spec):
+    return getattr(kc, spec["name"])(**spec["kwargs"])
+
+
+def build_optimizer(case):
+    kwargs = dict(case["kwargs"])
+    if case.get("schedule"):
+        kwargs["learning_rate"] = build_schedule(case["schedule"])
+    return getattr(kc, case["optimizer"])(**kwargs)
+
+
+def trajectory(tx, dtype):
+    """The flattened parameters after each of the 200 steps of the golden problem."""
+    shapes = [tuple(s) for s in OPTIMIZERS["shapes"]]
+    problem = {k: np.asarray(v, np.float64) for k, v in OPTIMIZERS["problem"].items()}
+    h = [jnp.asarray(x, dtype) for x in split(problem["h"], shapes)]
+    c = [jnp.asarray(x, dtype) for x in split(problem["c"], shapes)]
+    params = [jnp.asarray(x, dtype) for x in split(problem["p0"], shapes)]
+
+    @jax.jit
+    def run(params, noise):
+        def step(carry, noise_t):
+            params, state = carry
+            n = split(noise_t, shapes)
+            grads = [h[i] * (p - c[i]) + n[i] for i, p in enumerate(params)]
+            updates, state = tx.update(grads, state, params)
+            params = gtx.apply_updates(params, updates)
+            return (params, state), jnp.concatenate([p.ravel() for p in params])
+
+        return jax.lax.scan(step, (params, tx.init(params)), noise)[1]
+
+    return np.asarray(run(params, jnp.asarray(problem["noise"], dtype)))
+
+
+def check_case(case, dtype):
+    rows = [s - 1 for s in OPTIMIZERS["snapshots"]]
+    actual = trajectory(build_optimizer(case), dtype)[rows]
+    np.testing.assert_allclose(
+        actual, case[dtype]["params"], **TOLERANCE[dtype], err_msg=case["name"]
+    )
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_float64_trajectory_matches_keras_within_1e10(name, x64):
+    check_case(CASES[name], "float64")
+
+
+# One case per optimizer in float32 (rounding only differs from float64): keeps CI fast.
+FLOAT32_CASES = sorted({c["optimizer"]: c["name"] for c in OPTIMIZERS["cases"][::-1]}.values())
+
+
+@pytest.mark.parametrize("name", FLOAT32_CASES)
+def test_float32_trajectory_matches_keras_within_1e5(name):
+    check_case(CASES[name], "float32")
+
+
+def test_golden_cases_cover_every_keras_optimizer_and_weight_decay():
+    optimizers = {case["optimizer"] for case in OPTIMIZERS["cases"]}
+    assert optimizers == {
+        "sgd", "rmsprop", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam"
+    }  # fmt: skip
+    decayed = {
+        case["optimizer"] for case in OPTIMIZERS["cases"] if case["kwargs"].get("weight_decay")
+    }
+    assert decayed >= optimizers - {"adamw"}
+
+
+@pytest.mark.parametrize("index", range(len(SCHEDULES["cases"])))
+def test_schedule_values_match_keras(index):
+    case = SCHEDULES["cases"][index]
+    values = build_schedule(case)(jnp.arange(len(case["values"])))
+    # float32 on both sides; the cosines lose a few ulps where 1 + cos(x) cancels.
+    np.testing.assert_allclose(values, case["values"], rtol=1e-5, atol=1e-8, err_msg=str(case))
+
+
+def test_keras_adam_differs_from_pytorch_adam_by_its_epsilon_hat():
+    """Keras adds eps to the raw sqrt(v): early steps are smaller than PyTorch's."""
+    from gradtx.compat import torch as tc
+
+    params = jnp.zeros(1)
+    grad = jnp.array([1e-4])
+    keras_step, _ = kc.adam(0.1, epsilon=1e-4).update(grad, kc.adam(0.1).init(params), params)
+    torch_step, _ = tc.adam(0.1, eps=1e-4).update(grad, tc.adam(0.1).init(params), params)
+    # m_hat = g, sqrt(v_hat) = g: PyTorch -lr g / (g + eps); Keras -lr g / (g + eps / sqrt(bc2)).
+    bc2 = 1 - 0.999
+    assert float(torch_step[0]) == pytest.approx(-0.1 * 1e-4 / (1e-4 + 1e-4), rel=1e-5)
+    assert float(keras_step[0]) == pytest.approx(-0.1 * 1e-4 / (1e-4 + 1e-4 / bc2**0.5), rel=1e-5)
+
+
+def test_keras_weight_decay_is_decoupled_and_scaled_by_the_learning_rate():
+    tx = kc.sgd(learning_rate=0.1, weight_decay=0.5)
+    params = jnp.array([2.0])
+    updates, _ = tx.update(jnp.zeros(1), tx.init(params), params)
+    assert float(updates[0]) == pytest.approx(-0.1 * 0.5 * 2.0)
+
+
+def test_piecewise_constant_decay_rejects_mismatched_lengths():
+    with pytest.raises(ValueError, match="len\\(boundaries\\) \\+ 1"):
+        kc.piecewise_constant_decay([10, 20], [1.0, 0.5])

@@ -1,0 +1,87 @@
+"""Live parity: reruns golden cases against the installed PyTorch and Keras (marker ``live``).
+
+They run when selected with ``pytest -m live tests/test_compat_live.py`` and are skipped
+otherwise, and where PyTorch or Keras is not installed (the golden files carry the
+comparison then). A handful of cases each, on the golden problem with its tolerances.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.live
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(GOLDEN))
+    spec = importlib.util.spec_from_file_location(name, GOLDEN / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _selected(request) -> None:
+    if "live" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("live parity tests run when selected: pytest -m live")
+
+
+@pytest.fixture(scope="module")
+def record_torch(request):
+    _selected(request)
+    pytest.importorskip("torch")
+    return _load("record_torch")
+
+
+@pytest.fixture(scope="module")
+def record_keras(request):
+    _selected(request)
+    if os.environ.setdefault("KERAS_BACKEND", "jax") != "jax":
+        pytest.skip("Keras must run on its JAX backend")
+    pytest.importorskip("keras")
+    return _load("record_keras")
+
+
+TORCH_CASES = ["sgd_dampening", "adam_amsgrad_l2_maximize", "nadam_decoupled", "radam"]
+KERAS_CASES = ["adam_amsgrad", "nadam_wd", "rmsprop_centered_momentum"]
+
+
+@pytest.mark.parametrize("name", TORCH_CASES)
+def test_live_pytorch_trajectory_matches_gradtx(name, record_torch, x64):
+    from tests import test_compat_torch as golden
+
+    case = next(c for c in record_torch.OPTIMIZER_CASES if c["name"] == name)
+    expected, _, _ = record_torch.run_optimizer(case, "float64")
+    sign = -1.0 if case["kwargs"].get("maximize") else 1.0
+    flat, _ = golden.run(golden.build_optimizer(case), "float64", sign=sign)
+    np.testing.assert_allclose(
+        np.asarray(flat)[golden.snapshot_rows()], expected, rtol=1e-10, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("name", ["cosine_annealing_lr", "one_cycle_lr", "sequential_lr"])
+def test_live_pytorch_scheduler_matches_gradtx(name, record_torch, x64):
+    from tests import test_compat_torch as golden
+
+    case = next(c for c in record_torch.SCHEDULER_CASES if c["name"] == name)
+    expected = record_torch.scheduler_values(case["name"], case["kwargs"])
+    actual = golden.build_schedule(case)(jnp.arange(len(expected)))
+    np.testing.assert_allclose(actual, expected, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", KERAS_CASES)
+def test_live_keras_trajectory_matches_gradtx(name, record_keras):
+    from tests import test_compat_keras as golden
+
+    case = next(c for c in record_keras.OPTIMIZER_CASES if c["name"] == name)
+    expected = record_keras.run_optimizer(case, "float32")
+    rows = [s - 1 for s in golden.OPTIMIZERS["snapshots"]]
+    actual = golden.trajectory(golden.build_optimizer(case), "float32")[rows]
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
