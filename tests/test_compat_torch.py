@@ -225,3 +225,15 @@ def test_dampened_trace_leaves_the_first_gradient_undampened():
     assert u.tolist() == [4.0]  # b_1 = g_1
     u, state = tx.update(jnp.array([4.0]), state)
     assert u.tolist() == [0.5 * 4.0 + 0.25 * 4.0]  # b_2 = mu b_1 + (1 - dampening) g_2
+
+
+@pytest.mark.parametrize("case", SCHEDULERS["plateau_cases"], ids=lambda c: str(c["kwargs"]))
+def test_reduce_lr_on_plateau_follows_pytorch_metric_for_metric(case):
+    tx = lr_scheduler.reduce_lr_on_plateau(case["lr"], **case["kwargs"])
+    update = jax.jit(lambda state, value: tx.update(jnp.ones(1), state, value=value)[1])
+    state, lrs = tx.init(jnp.zeros(1)), []
+    for metric in SCHEDULERS["plateau_metrics"]:
+        state = update(state, metric)
+        lrs.append(case["lr"] * float(state.scale))
+    assert len(set(case["values"])) > 1  # the case does reduce
+    np.testing.assert_allclose(lrs, case["values"], rtol=1e-6)

@@ -200,3 +200,20 @@ SCHEDULER_CASES = [
         milestones=[10, 90],
     ),
 ]
+
+
+def plateau_metrics() -> list[float]:
+    """A loss that improves, stalls, gets worse and improves again (60 epochs, seeded)."""
+    rng = np.random.default_rng(7)
+    trend = np.concatenate(
+        [np.linspace(1.0, 0.5, 15), np.full(20, 0.5), np.linspace(0.55, 0.3, 25)]
+    )
+    return (trend + 0.002 * rng.standard_normal(trend.size)).tolist()
+
+
+PLATEAU_CASES = [
+    {"lr": 0.1, "kwargs": {"factor": 0.5, "patience": 3}},
+    {"lr": 0.1, "kwargs": {"factor": 0.3, "patience": 2, "cooldown": 3, "min_lr": 0.005}},
+    {"lr": 0.1, "kwargs": {"mode": "max", "factor": 0.5, "patience": 1, "threshold": 0.01,
+                           "threshold_mode": "abs"}},
+]  # fmt: skip

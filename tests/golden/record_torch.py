@@ -29,10 +29,12 @@ sys.path.insert(0, str(HERE))
 from golden_problem import (  # noqa: E402
     LOAD_CASES,
     OPTIMIZER_CASES,
+    PLATEAU_CASES,
     SCHEDULER_CASES,
     SHAPES,
     SNAPSHOTS,
     STEPS,
+    plateau_metrics,
     problem,
     problem_arrays,
 )
@@ -158,6 +160,19 @@ def scheduler_values(name: str, kwargs: dict, steps: int = STEPS) -> np.ndarray:
     return np.asarray(values, np.float64)
 
 
+def plateau_values(lr: float, kwargs: dict, metrics: list[float]) -> np.ndarray:
+    """The learning rate after each ``ReduceLROnPlateau.step(metric)``."""
+    torch.set_default_dtype(torch.float64)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    scheduler = S.ReduceLROnPlateau(optimizer, **kwargs)
+    values = []
+    for metric in metrics:
+        scheduler.step(metric)
+        values.append(optimizer.param_groups[0]["lr"])
+    torch.set_default_dtype(torch.float32)
+    return np.asarray(values, np.float64)
+
+
 def _fmt(array: np.ndarray, dtype: str) -> list:
     if dtype == "float32":
         return [float(f"{x:.9g}") for x in np.asarray(array).ravel()]
@@ -195,6 +210,13 @@ def main() -> None:
         "cases": [
             dict(case, values=scheduler_values(case["name"], case["kwargs"]).tolist())
             for case in SCHEDULER_CASES
+        ],
+        "plateau_metrics": plateau_metrics(),
+        "plateau_cases": [
+            dict(
+                case, values=plateau_values(case["lr"], case["kwargs"], plateau_metrics()).tolist()
+            )
+            for case in PLATEAU_CASES
         ],
     }
     for name, content in (
