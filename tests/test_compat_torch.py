@@ -237,3 +237,26 @@ def test_reduce_lr_on_plateau_follows_pytorch_metric_for_metric(case):
         lrs.append(case["lr"] * float(state.scale))
     assert len(set(case["values"])) > 1  # the case does reduce
     np.testing.assert_allclose(lrs, case["values"], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "factory, kwargs",
+    [
+        (tc.sgd, dict(lr=0.1, momentum=0.9, nesterov=True)),
+        (tc.sgd, dict(lr=0.1, momentum=0.9, dampening=0.5)),
+        (tc.adam, dict(lr=0.1, amsgrad=True)),
+        (tc.rmsprop, dict(lr=0.1, momentum=0.5, centered=True)),
+    ],
+)
+def test_compat_optimizer_under_schedule_injection_matches_the_plain_chain(factory, kwargs):
+    """Injected hyperparameters arrive as float32 arrays: the chain keeps its structure."""
+    injected, plain = gtx.schedule_injection(factory)(**kwargs), factory(**kwargs)
+    params = {"w": jnp.array([1.0, -2.0])}
+    state, plain_state = injected.init(params), plain.init(params)
+    step = jax.jit(injected.update)
+    for g in ([0.5, 1.0], [-1.0, 2.0], [0.25, 0.5]):
+        u, state = step({"w": jnp.array(g)}, state, params)
+        v, plain_state = plain.update({"w": jnp.array(g)}, plain_state, params)
+        # float32(0.99) against the double 0.99; the centered variance cancels.
+        np.testing.assert_allclose(u["w"], v["w"], rtol=1e-5)
+    assert float(gtx.get_hyperparams(state)["lr"]) == pytest.approx(0.1)

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 
 from gradtx import check
+from gradtx.compat.torch import _is_zero
 from gradtx.core import GradientTransformation, ScalarOrSchedule, Schedule, named_chain
 from gradtx.transforms.adaptive import (
     amsgrad_max,
@@ -71,7 +72,7 @@ def _chain(
         check.non_negative("learning_rate", learning_rate)
     if weight_decay is not None:
         check.non_negative("weight_decay", weight_decay)
-        if weight_decay != 0:
+        if not _is_zero(weight_decay):
             decay = add_decoupled_weight_decay(weight_decay, learning_rate)
             blocks = blocks + [("weight_decay", decay)]
     return named_chain(*blocks)
@@ -79,7 +80,7 @@ def _chain(
 
 def _momentum(momentum: float, nesterov: bool = False) -> list[tuple[str, GradientTransformation]]:
     check.unit_interval("momentum", momentum)
-    return [] if momentum == 0 else [("momentum", trace(momentum, nesterov))]
+    return [] if _is_zero(momentum) else [("momentum", trace(momentum, nesterov))]
 
 
 def sgd(

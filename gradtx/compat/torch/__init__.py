@@ -73,10 +73,17 @@ __all__ = [
 
 
 def _is_zero(value: Any) -> bool:
-    """True only for a concrete zero (a schedule or a traced value counts as non-zero)."""
+    """True only for a Python or NumPy number equal to 0, the static case where PyTorch
+    skips a term. Arrays (hyperparameters injected by ``schedule_injection`` arrive as
+    float32 arrays, traced or not) count as non-zero, so the chain keeps one structure."""
+    return isinstance(value, int | float | np.number) and value == 0
+
+
+def _concrete_nonzero(value: Any) -> bool:
+    """True for a value known now (not traced, not a schedule) that is not 0."""
     if callable(value) or isinstance(value, jax.core.Tracer):
         return False
-    return bool(np.all(np.asarray(value) == 0))
+    return bool(np.any(np.asarray(value) != 0))
 
 
 def _check_lr(lr: ScalarOrSchedule) -> None:
@@ -153,7 +160,7 @@ def sgd(
     _check_lr(lr)
     check.unit_interval("momentum", momentum)
     check.in_range("dampening", dampening, 0.0, 1.0)
-    if nesterov and (_is_zero(momentum) or not _is_zero(dampening)):
+    if nesterov and (_is_zero(momentum) or _concrete_nonzero(dampening)):
         raise ValueError("nesterov=True requires momentum > 0 and dampening = 0 (as in PyTorch)")
     core = []
     if not _is_zero(momentum):
