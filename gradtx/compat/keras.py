@@ -109,6 +109,9 @@ def sgd(
         >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
         >>> [round(float(u), 6) for u in updates]
         [-0.2]
+
+    Reference: Polyak, 1964; Sutskever, Martens, Dahl & Hinton, 2013, "On the importance of
+    initialization and momentum in deep learning"; Keras' ``keras.optimizers.SGD``.
     """
     blocks = [("learning_rate", scale_by_learning_rate(learning_rate))]
     return _chain(blocks + _momentum(momentum, nesterov), learning_rate, weight_decay)
@@ -141,6 +144,9 @@ def rmsprop(
         >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
         >>> [round(float(u), 6) for u in updates]
         [-0.02]
+
+    Reference: Tieleman & Hinton, 2012, Lecture 6.5 "RMSProp"; Keras'
+    ``keras.optimizers.RMSprop``.
     """
     blocks = [
         ("rmsprop", scale_by_rms(rho, epsilon, 0.0, eps_in_sqrt=True, centered=centered)),
@@ -177,6 +183,9 @@ def adam(
         >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
         >>> [round(float(u), 4) for u in updates]
         [-0.1]
+
+    Reference: Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization"; Keras'
+    ``keras.optimizers.Adam``.
     """
     check.unit_interval("beta_1", beta_1)
     check.unit_interval("beta_2", beta_2)
@@ -211,6 +220,9 @@ def adamw(
         >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
         >>> [round(float(u), 4) for u in updates]
         [-0.15]
+
+    Reference: Loshchilov & Hutter, 2019, "Decoupled Weight Decay Regularization"; Keras'
+    ``keras.optimizers.AdamW``.
     """
     return adam(learning_rate, beta_1, beta_2, epsilon, amsgrad, weight_decay)
 
@@ -237,6 +249,9 @@ def adagrad(
         >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
         >>> [round(float(u), 6) for u in updates]
         [-0.1]
+
+    Reference: Duchi, Hazan & Singer, 2011, "Adaptive Subgradient Methods for Online
+    Learning and Stochastic Optimization"; Keras' ``keras.optimizers.Adagrad``.
     """
     blocks = [
         ("adagrad", scale_by_rss(initial_accumulator_value, epsilon)),
@@ -269,6 +284,9 @@ def adadelta(
         >>> updates, state = tx.update(jnp.array([0.0]), tx.init(params), params)
         >>> [float(u) for u in updates]
         [-0.0]
+
+    Reference: Zeiler, 2012, "ADADELTA: An Adaptive Learning Rate Method"; Keras'
+    ``keras.optimizers.Adadelta``.
     """
     blocks = [
         ("adadelta", scale_by_adadelta(rho, epsilon)),
@@ -300,6 +318,8 @@ def adamax(
         >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
         >>> [round(float(u), 6) for u in updates]
         [-0.1]
+
+    Reference: Kingma & Ba, 2015, sec. 7; Keras' ``keras.optimizers.Adamax``.
     """
     blocks = [
         ("adamax", scale_by_adamax(beta_1, beta_2, epsilon, eps_in_max=False)),
@@ -328,6 +348,9 @@ def nadam(
         >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
         >>> [round(float(u), 4) for u in updates]
         [-0.1063]
+
+    Reference: Dozat, 2016, "Incorporating Nesterov Momentum into Adam"; Keras'
+    ``keras.optimizers.Nadam``.
     """
     blocks = [
         ("nadam", scale_by_nadam_schedule(beta_1, beta_2, epsilon, momentum_decay=1.0)),

@@ -21,7 +21,6 @@ state, so a run started in PyTorch continues here on the same trajectory.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -30,16 +29,9 @@ import numpy as np
 
 from gradtx import check
 from gradtx.compat.torch import lr_scheduler
-from gradtx.core import GradientTransformation, Params, ScalarOrSchedule, named_chain
+from gradtx.compat.torch.state_dict import load_state_dict
+from gradtx.core import GradientTransformation, ScalarOrSchedule, named_chain
 from gradtx.transforms.adaptive import (
-    ScaleByAdadeltaState,
-    ScaleByAdamaxState,
-    ScaleByAdamState,
-    ScaleByAmsgradState,
-    ScaleByRmsState,
-    ScaleByRpropState,
-    ScaleByRssState,
-    ScaleByStddevState,
     amsgrad_max,
     scale_by_adadelta,
     scale_by_adam,
@@ -48,12 +40,12 @@ from gradtx.transforms.adaptive import (
     scale_by_rprop,
     scale_by_rss,
 )
-from gradtx.transforms.averaging_sgd import AveragedSgdState, averaged_sgd
-from gradtx.transforms.momentum import DampenedTraceState, TraceState, trace
-from gradtx.transforms.nadam_schedule import ScaleByNadamScheduleState, scale_by_nadam_schedule
-from gradtx.transforms.rectified import ScaleByRadamState, scale_by_radam
-from gradtx.transforms.regularize import AddDecayedWeightsState, add_decayed_weights
-from gradtx.transforms.scaling import ScaleByScheduleState, scale, scale_by_learning_rate
+from gradtx.transforms.averaging_sgd import averaged_sgd
+from gradtx.transforms.momentum import trace
+from gradtx.transforms.nadam_schedule import scale_by_nadam_schedule
+from gradtx.transforms.rectified import scale_by_radam
+from gradtx.transforms.regularize import add_decayed_weights
+from gradtx.transforms.scaling import scale, scale_by_learning_rate
 
 __all__ = [
     "adadelta",
@@ -156,6 +148,10 @@ def sgd(
         >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
         >>> [round(float(u), 6) for u in updates]
         [-0.2]
+
+    Reference: Polyak, 1964, "Some methods of speeding up the convergence of iteration
+    methods"; Sutskever, Martens, Dahl & Hinton, 2013, "On the importance of initialization
+    and momentum in deep learning"; PyTorch's ``torch.optim.SGD``.
     """
     _check_lr(lr)
     check.unit_interval("momentum", momentum)
@@ -209,6 +205,9 @@ def adam(
         >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
         >>> [round(float(u), 4) for u in updates]
         [-0.1]
+
+    Reference: Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization"; Reddi, Kale
+    & Kumar, 2018, "On the Convergence of Adam and Beyond"; PyTorch's ``torch.optim.Adam``.
     """
     _check_lr(lr)
     b1, b2 = _check_betas(betas)
@@ -248,6 +247,9 @@ def adamw(
         >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
         >>> [round(float(u), 4) for u in updates]  # -0.1 * (1 + 0.5 * 1)
         [-0.15]
+
+    Reference: Loshchilov & Hutter, 2019, "Decoupled Weight Decay Regularization"; PyTorch's
+    ``torch.optim.AdamW``.
     """
     return adam(
         lr, betas, eps, weight_decay, amsgrad, maximize=maximize, decoupled_weight_decay=True
@@ -290,6 +292,9 @@ def adagrad(
         >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
         >>> [round(float(u), 6) for u in updates]
         [-0.1]
+
+    Reference: Duchi, Hazan & Singer, 2011, "Adaptive Subgradient Methods for Online
+    Learning and Stochastic Optimization"; PyTorch's ``torch.optim.Adagrad``.
     """
     _check_lr(lr)
     check.non_negative("lr_decay", lr_decay)
@@ -343,6 +348,9 @@ def rmsprop(
         >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
         >>> [round(float(u), 6) for u in updates]  # -0.01 * 2 / sqrt(0.25 * 4)
         [-0.02]
+
+    Reference: Tieleman & Hinton, 2012, Lecture 6.5 "RMSProp"; Graves, 2013, "Generating
+    Sequences With Recurrent Neural Networks"; PyTorch's ``torch.optim.RMSprop``.
     """
     _check_lr(lr)
     check.unit_interval("momentum", momentum)
@@ -387,6 +395,9 @@ def adadelta(
         >>> updates, state = tx.update(jnp.array([0.0]), tx.init(params), params)
         >>> [float(u) for u in updates]
         [-0.0]
+
+    Reference: Zeiler, 2012, "ADADELTA: An Adaptive Learning Rate Method"; PyTorch's
+    ``torch.optim.Adadelta``.
     """
     _check_lr(lr)
     return _chain([("adadelta", scale_by_adadelta(rho, eps))], lr, weight_decay, maximize=maximize)
@@ -425,6 +436,9 @@ def adamax(
         >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
         >>> [round(float(u), 6) for u in updates]
         [-0.1]
+
+    Reference: Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization", sec. 7;
+    PyTorch's ``torch.optim.Adamax``.
     """
     _check_lr(lr)
     b1, b2 = _check_betas(betas)
@@ -470,6 +484,9 @@ def nadam(
         >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
         >>> [round(float(u), 4) for u in updates]
         [-0.1056]
+
+    Reference: Dozat, 2016, "Incorporating Nesterov Momentum into Adam"; PyTorch's
+    ``torch.optim.NAdam``.
     """
     _check_lr(lr)
     b1, b2 = _check_betas(betas)
@@ -514,6 +531,9 @@ def radam(
         >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
         >>> [round(float(u), 6) for u in updates]  # no rectification yet: -lr * m_hat
         [-0.2]
+
+    Reference: Liu et al., 2020, "On the Variance of the Adaptive Learning Rate and Beyond";
+    PyTorch's ``torch.optim.RAdam``.
     """
     _check_lr(lr)
     b1, b2 = _check_betas(betas)
@@ -559,6 +579,9 @@ def rprop(
         >>> updates, state = tx.update(jnp.array([2.0]), tx.init(params), params)
         >>> [round(float(u), 6) for u in updates]
         [-0.1]
+
+    Reference: Riedmiller & Braun, 1993, "A Direct Adaptive Method for Faster
+    Backpropagation Learning: The RPROP Algorithm"; PyTorch's ``torch.optim.Rprop``.
     """
     initial = float(lr(0)) if callable(lr) else lr
     eta_minus, eta_plus = etas
@@ -594,6 +617,9 @@ def asgd(
     Chain: ``averaged_sgd(lr, lambd, alpha, t0)`` (which applies the learning rate
     itself); the average is ``state["asgd"].average``.
 
+    Reference: Polyak & Juditsky, 1992, "Acceleration of Stochastic Approximation by
+    Averaging"; PyTorch's ``torch.optim.ASGD``.
+
     Args:
         lr: learning rate, >= 0, or a schedule.
         lambd: decay term, >= 0.
@@ -618,142 +644,3 @@ def asgd(
         blocks.append(("weight_decay", add_decayed_weights(weight_decay)))
     blocks.append(("asgd", averaged_sgd(lr, lambd, alpha, t0)))
     return named_chain(*blocks)
-
-
-# --- load_state_dict -------------------------------------------------------------------
-
-# gradtx state type -> {field: PyTorch state key}; "step" fields take PyTorch's step.
-_FIELDS: dict[type, dict[str, str]] = {
-    ScaleByAdamState: {"mu": "exp_avg", "nu": "exp_avg_sq"},
-    ScaleByAmsgradState: {"mu": "exp_avg", "nu": "exp_avg_sq", "nu_max": "max_exp_avg_sq"},
-    ScaleByNadamScheduleState: {"mu": "exp_avg", "nu": "exp_avg_sq"},
-    ScaleByRadamState: {"mu": "exp_avg", "nu": "exp_avg_sq"},
-    ScaleByAdamaxState: {"mu": "exp_avg", "nu": "exp_inf"},
-    ScaleByRssState: {"sum_of_squares": "sum"},
-    ScaleByRmsState: {"nu": "square_avg"},
-    ScaleByStddevState: {"nu": "square_avg", "mu": "grad_avg"},
-    ScaleByAdadeltaState: {"e_g": "square_avg", "e_x": "acc_delta"},
-    ScaleByRpropState: {"step_sizes": "step_size", "previous_sign": "prev"},
-    AveragedSgdState: {"average": "ax"},
-    TraceState: {"trace": "momentum_buffer"},
-    DampenedTraceState: {"trace": "momentum_buffer"},
-}
-_COUNTED = (ScaleByScheduleState, AddDecayedWeightsState)
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch.Tensor
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
-def _per_parameter_states(torch_state_dict: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """PyTorch's per-parameter states, in the order of the parameters."""
-    if "state" not in torch_state_dict:
-        raise ValueError("torch_state_dict must be an optimizer state_dict() with a 'state' entry")
-    states = {int(k): v for k, v in torch_state_dict["state"].items()}
-    groups = torch_state_dict.get("param_groups")
-    if groups:
-        order = [int(i) for group in groups for i in group["params"]]
-    else:
-        order = sorted(states)
-    return [states.get(i, {}) for i in order]
-
-
-def load_state_dict(
-    tx: GradientTransformation,
-    torch_state_dict: Mapping[str, Any],
-    params: Params,
-    *,
-    step: int | None = None,
-) -> Any:
-    """The gradtx state of ``tx`` equivalent to a PyTorch optimizer's ``state_dict()``.
-
-    ``tx`` is the ``gradtx.compat.torch`` optimizer matching the PyTorch one (same
-    hyperparameters), ``params`` the parameters the run continues from. Parameters are
-    matched by order: the i-th leaf of ``params`` (``jax.tree.leaves`` order) is the i-th
-    parameter of the PyTorch optimizer (its param groups concatenated). Every moment
-    buffer is copied (cast to the dtype gradtx keeps it in), and every step counter of
-    the chain, schedules included, is set to PyTorch's ``step``. Tensors or NumPy
-    arrays are accepted. Handles SGD, Adam, AdamW, Adagrad, RMSprop, Adadelta, Adamax,
-    NAdam, RAdam, Rprop and ASGD states.
-
-    Args:
-        tx: the gradtx transformation the run continues with.
-        torch_state_dict: ``optimizer.state_dict()`` (or the same structure of arrays).
-        params: the parameters, as a pytree.
-        step: the number of steps taken, for optimizers whose state keeps none (SGD);
-            by default PyTorch's ``step`` (0 for SGD: set it if ``lr`` is a schedule).
-
-    Raises:
-        ValueError: the number of parameters or the shape of a buffer differs, or the
-            PyTorch state lacks a buffer that ``tx`` needs.
-
-    Example:
-        >>> import numpy as np
-        >>> import jax.numpy as jnp
-        >>> from gradtx.compat import torch as tc
-        >>> torch_state = {"state": {0: {"step": 3.0, "exp_avg": np.ones(2),
-        ...                              "exp_avg_sq": np.ones(2)}},
-        ...                "param_groups": [{"params": [0]}]}
-        >>> state = tc.load_state_dict(tc.adam(), torch_state, {"w": jnp.zeros(2)})
-        >>> int(state["adam"].count), state["adam"].mu["w"].tolist()
-        (3, [1.0, 1.0])
-    """
-    leaves, treedef = jax.tree.flatten(params)
-    per_param = _per_parameter_states(torch_state_dict)
-    if len(per_param) != len(leaves):
-        raise ValueError(
-            f"the PyTorch state has {len(per_param)} parameters but params has "
-            f"{len(leaves)} leaves (parameters are matched by order)"
-        )
-    steps = [float(_to_numpy(s["step"])) for s in per_param if "step" in s]
-    if step is None:
-        step = int(round(steps[0])) if steps else 0
-    has_buffer = any("momentum_buffer" in s and s["momentum_buffer"] is not None for s in per_param)
-    state = tx.init(params)
-
-    def field_tree(key: str, like: Any) -> Any:
-        like_leaves = treedef.flatten_up_to(like)
-        converted = []
-        for index, (torch_state, leaf) in enumerate(zip(per_param, like_leaves, strict=True)):
-            value = torch_state.get(key)
-            if value is None and key == "momentum_buffer" and not has_buffer:
-                value = np.zeros(leaf.shape)  # PyTorch creates the buffer on the first step
-            if value is None:
-                raise ValueError(
-                    f"the PyTorch state of parameter {index} has no {key!r}; is the "
-                    f"optimizer the one tx reproduces (same momentum, amsgrad, centered)?"
-                )
-            array = _to_numpy(value)
-            if key == "prev":
-                array = np.sign(array)
-            if array.shape != tuple(leaf.shape):
-                raise ValueError(
-                    f"shape mismatch for parameter {index}: the PyTorch {key!r} has shape "
-                    f"{list(array.shape)} but the parameter has {list(leaf.shape)}"
-                )
-            converted.append(jnp.asarray(array, dtype=leaf.dtype))
-        return treedef.unflatten(converted)
-
-    def count_like(old: jax.Array, value: int) -> jax.Array:
-        return jnp.asarray(value, old.dtype)
-
-    def convert(node: Any) -> Any:
-        if isinstance(node, _COUNTED):
-            return node._replace(count=count_like(node.count, step))
-        fields = _FIELDS.get(type(node))
-        if fields is None:
-            return node
-        new = {name: field_tree(key, getattr(node, name)) for name, key in fields.items()}
-        if isinstance(node, DampenedTraceState):
-            new["count"] = count_like(node.count, max(step, int(has_buffer)))
-        elif "count" in node._fields:
-            new["count"] = count_like(node.count, step)
-        if isinstance(node, ScaleByNadamScheduleState):
-            product = _to_numpy(per_param[0]["mu_product"])
-            new["mu_product"] = jnp.asarray(product, node.mu_product.dtype)
-        return node._replace(**new)
-
-    known = tuple(_FIELDS) + _COUNTED
-    return jax.tree.map(convert, state, is_leaf=lambda x: isinstance(x, known))

@@ -1,0 +1,168 @@
+"""``load_state_dict``: a PyTorch optimizer's ``state_dict()`` as the gradtx state of a chain.
+
+Parameters are matched by order; each PyTorch buffer fills the field of the gradtx state
+that holds the same quantity, and every step counter takes PyTorch's ``step``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradtx.core import GradientTransformation, Params
+from gradtx.transforms.adaptive import (
+    ScaleByAdadeltaState,
+    ScaleByAdamaxState,
+    ScaleByAdamState,
+    ScaleByAmsgradState,
+    ScaleByRmsState,
+    ScaleByRpropState,
+    ScaleByRssState,
+    ScaleByStddevState,
+)
+from gradtx.transforms.averaging_sgd import AveragedSgdState
+from gradtx.transforms.momentum import DampenedTraceState, TraceState
+from gradtx.transforms.nadam_schedule import ScaleByNadamScheduleState
+from gradtx.transforms.rectified import ScaleByRadamState
+from gradtx.transforms.regularize import AddDecayedWeightsState
+from gradtx.transforms.scaling import ScaleByScheduleState
+
+# gradtx state type -> {field: PyTorch state key}; "step" fields take PyTorch's step.
+_FIELDS: dict[type, dict[str, str]] = {
+    ScaleByAdamState: {"mu": "exp_avg", "nu": "exp_avg_sq"},
+    ScaleByAmsgradState: {"mu": "exp_avg", "nu": "exp_avg_sq", "nu_max": "max_exp_avg_sq"},
+    ScaleByNadamScheduleState: {"mu": "exp_avg", "nu": "exp_avg_sq"},
+    ScaleByRadamState: {"mu": "exp_avg", "nu": "exp_avg_sq"},
+    ScaleByAdamaxState: {"mu": "exp_avg", "nu": "exp_inf"},
+    ScaleByRssState: {"sum_of_squares": "sum"},
+    ScaleByRmsState: {"nu": "square_avg"},
+    ScaleByStddevState: {"nu": "square_avg", "mu": "grad_avg"},
+    ScaleByAdadeltaState: {"e_g": "square_avg", "e_x": "acc_delta"},
+    ScaleByRpropState: {"step_sizes": "step_size", "previous_sign": "prev"},
+    AveragedSgdState: {"average": "ax"},
+    TraceState: {"trace": "momentum_buffer"},
+    DampenedTraceState: {"trace": "momentum_buffer"},
+}
+_COUNTED = (ScaleByScheduleState, AddDecayedWeightsState)
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch.Tensor
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _per_parameter_states(torch_state_dict: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """PyTorch's per-parameter states, in the order of the parameters."""
+    if "state" not in torch_state_dict:
+        raise ValueError("torch_state_dict must be an optimizer state_dict() with a 'state' entry")
+    states = {int(k): v for k, v in torch_state_dict["state"].items()}
+    groups = torch_state_dict.get("param_groups")
+    if groups:
+        order = [int(i) for group in groups for i in group["params"]]
+    else:
+        order = sorted(states)
+    return [states.get(i, {}) for i in order]
+
+
+def load_state_dict(
+    tx: GradientTransformation,
+    torch_state_dict: Mapping[str, Any],
+    params: Params,
+    *,
+    step: int | None = None,
+) -> Any:
+    """The gradtx state of ``tx`` equivalent to a PyTorch optimizer's ``state_dict()``.
+
+    ``tx`` is the ``gradtx.compat.torch`` optimizer matching the PyTorch one (same
+    hyperparameters), ``params`` the parameters the run continues from. Parameters are
+    matched by order: the i-th leaf of ``params`` (``jax.tree.leaves`` order) is the i-th
+    parameter of the PyTorch optimizer (its param groups concatenated). Every moment
+    buffer is copied (cast to the dtype gradtx keeps it in), and every step counter of
+    the chain, schedules included, is set to PyTorch's ``step``. Tensors or NumPy
+    arrays are accepted. Handles SGD, Adam, AdamW, Adagrad, RMSprop, Adadelta, Adamax,
+    NAdam, RAdam, Rprop and ASGD states.
+
+    Args:
+        tx: the gradtx transformation the run continues with.
+        torch_state_dict: ``optimizer.state_dict()`` (or the same structure of arrays).
+        params: the parameters, as a pytree.
+        step: the number of steps taken, for optimizers whose state keeps none (SGD);
+            by default PyTorch's ``step`` (0 for SGD: set it if ``lr`` is a schedule).
+
+    Raises:
+        ValueError: the number of parameters or the shape of a buffer differs, or the
+            PyTorch state lacks a buffer that ``tx`` needs.
+
+    Example:
+        >>> import numpy as np
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import torch as tc
+        >>> torch_state = {"state": {0: {"step": 3.0, "exp_avg": np.ones(2),
+        ...                              "exp_avg_sq": np.ones(2)}},
+        ...                "param_groups": [{"params": [0]}]}
+        >>> state = tc.load_state_dict(tc.adam(), torch_state, {"w": jnp.zeros(2)})
+        >>> int(state["adam"].count), state["adam"].mu["w"].tolist()
+        (3, [1.0, 1.0])
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    per_param = _per_parameter_states(torch_state_dict)
+    if len(per_param) != len(leaves):
+        raise ValueError(
+            f"the PyTorch state has {len(per_param)} parameters but params has "
+            f"{len(leaves)} leaves (parameters are matched by order)"
+        )
+    steps = [float(_to_numpy(s["step"])) for s in per_param if "step" in s]
+    if step is None:
+        step = int(round(steps[0])) if steps else 0
+    has_buffer = any("momentum_buffer" in s and s["momentum_buffer"] is not None for s in per_param)
+    state = tx.init(params)
+
+    def field_tree(key: str, like: Any) -> Any:
+        like_leaves = treedef.flatten_up_to(like)
+        converted = []
+        for index, (torch_state, leaf) in enumerate(zip(per_param, like_leaves, strict=True)):
+            value = torch_state.get(key)
+            if value is None and key == "momentum_buffer" and not has_buffer:
+                value = np.zeros(leaf.shape)  # PyTorch creates the buffer on the first step
+            if value is None:
+                raise ValueError(
+                    f"the PyTorch state of parameter {index} has no {key!r}; is the "
+                    f"optimizer the one tx reproduces (same momentum, amsgrad, centered)?"
+                )
+            array = _to_numpy(value)
+            if key == "prev":
+                array = np.sign(array)
+            if array.shape != tuple(leaf.shape):
+                raise ValueError(
+                    f"shape mismatch for parameter {index}: the PyTorch {key!r} has shape "
+                    f"{list(array.shape)} but the parameter has {list(leaf.shape)}"
+                )
+            converted.append(jnp.asarray(array, dtype=leaf.dtype))
+        return treedef.unflatten(converted)
+
+    def count_like(old: jax.Array, value: int) -> jax.Array:
+        return jnp.asarray(value, old.dtype)
+
+    def convert(node: Any) -> Any:
+        if isinstance(node, _COUNTED):
+            return node._replace(count=count_like(node.count, step))
+        fields = _FIELDS.get(type(node))
+        if fields is None:
+            return node
+        new = {name: field_tree(key, getattr(node, name)) for name, key in fields.items()}
+        if isinstance(node, DampenedTraceState):
+            new["count"] = count_like(node.count, max(step, int(has_buffer)))
+        elif "count" in node._fields:
+            new["count"] = count_like(node.count, step)
+        if isinstance(node, ScaleByNadamScheduleState):
+            product = _to_numpy(per_param[0]["mu_product"])
+            new["mu_product"] = jnp.asarray(product, node.mu_product.dtype)
+        return node._replace(**new)
+
+    known = tuple(_FIELDS) + _COUNTED
+    return jax.tree.map(convert, state, is_leaf=lambda x: isinstance(x, known))
