@@ -1,0 +1,228 @@
+"""Keras 3's learning-rate schedules (``keras.optimizers.schedules``) as gradtx schedules.
+
+Keras' argument names and values; each schedule's value at step t is what Keras'
+optimizer uses for its t-th update (t from 0). Computed in the default float dtype
+(float32, or float64 under x64, as Keras follows floatx), except that Keras'
+``CosineDecay`` is float32 whatever its floatx.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+
+from gradtx import check
+from gradtx.core import Schedule
+
+__all__ = [
+    "cosine_decay",
+    "cosine_decay_restarts",
+    "exponential_decay",
+    "inverse_time_decay",
+    "piecewise_constant_decay",
+    "polynomial_decay",
+]
+
+
+def _step(step) -> jnp.ndarray:
+    """The step in the default float dtype (float32, float64 under x64), as Keras casts it."""
+    return jnp.asarray(step).astype(jnp.result_type(float))
+
+
+def exponential_decay(
+    initial_learning_rate: float, decay_steps: int, decay_rate: float, staircase: bool = False
+) -> Schedule:
+    """``ExponentialDecay``: ``lr * decay_rate^(t / decay_steps)`` (floored if staircase).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import keras as kc
+        >>> kc.exponential_decay(1.0, 2, 0.5, staircase=True)(jnp.arange(4)).tolist()
+        [1.0, 1.0, 0.5, 0.5]
+    """
+    check.positive("decay_steps", decay_steps)
+
+    def schedule(step):
+        p = _step(step) / decay_steps
+        if staircase:
+            p = jnp.floor(p)
+        return initial_learning_rate * jnp.asarray(decay_rate, p.dtype) ** p
+
+    return schedule
+
+
+def inverse_time_decay(
+    initial_learning_rate: float, decay_steps: int, decay_rate: float, staircase: bool = False
+) -> Schedule:
+    """``InverseTimeDecay``: ``lr / (1 + decay_rate * t / decay_steps)`` (floored if staircase).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import keras as kc
+        >>> kc.inverse_time_decay(1.0, 1, 1.0)(jnp.arange(4)).tolist()
+        [1.0, 0.5, 0.3333333432674408, 0.25]
+    """
+    check.positive("decay_steps", decay_steps)
+
+    def schedule(step):
+        p = _step(step) / decay_steps
+        if staircase:
+            p = jnp.floor(p)
+        return initial_learning_rate / (1 + decay_rate * p)
+
+    return schedule
+
+
+def piecewise_constant_decay(boundaries: Sequence[int], values: Sequence[float]) -> Schedule:
+    """``PiecewiseConstantDecay``: ``values[0]`` while ``t <= boundaries[0]``, and so on.
+
+    Keras switches after the boundary (``t > boundary``), one step later than
+    ``gradtx.schedules.piecewise_constant`` and PyTorch's ``MultiStepLR``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import keras as kc
+        >>> kc.piecewise_constant_decay([1, 2], [1.0, 0.5, 0.25])(jnp.arange(4)).tolist()
+        [1.0, 1.0, 0.5, 0.25]
+    """
+    boundaries, values = list(boundaries), list(values)
+    if len(values) != len(boundaries) + 1:
+        raise ValueError(
+            f"values must have len(boundaries) + 1 = {len(boundaries) + 1} entries, got "
+            f"{len(values)}"
+        )
+
+    def schedule(step):
+        step = jnp.asarray(step)
+        value = jnp.full(step.shape, values[0], jnp.result_type(float))
+        for boundary, later in zip(boundaries, values[1:], strict=True):
+            value = jnp.where(step > boundary, later, value)
+        return value
+
+    return schedule
+
+
+def polynomial_decay(
+    initial_learning_rate: float,
+    decay_steps: int,
+    end_learning_rate: float = 0.0001,
+    power: float = 1.0,
+    cycle: bool = False,
+) -> Schedule:
+    """``PolynomialDecay``: ``(lr - end) * (1 - t / decay_steps)^power + end``.
+
+    ``t`` is clipped at ``decay_steps``; with ``cycle`` the horizon grows instead to the
+    next multiple of ``decay_steps`` (``decay_steps * ceil(t / decay_steps)``, 1 at t=0).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import keras as kc
+        >>> schedule = kc.polynomial_decay(1.0, 2, end_learning_rate=0.0)
+        >>> schedule(jnp.arange(4)).tolist()
+        [1.0, 0.5, 0.0, 0.0]
+    """
+    check.positive("decay_steps", decay_steps)
+
+    def schedule(step):
+        t = _step(step)
+        horizon = jnp.asarray(decay_steps, t.dtype)
+        if cycle:
+            # ceil(t / decay_steps) in integers: exact where a float division can land
+            # just above a whole number and skip to the next cycle.
+            whole = jnp.asarray(step)
+            multiplier = jnp.maximum((whole + decay_steps - 1) // decay_steps, 1)
+            horizon = horizon * multiplier.astype(t.dtype)
+        else:
+            t = jnp.minimum(t, horizon)
+        p = t / horizon
+        return (initial_learning_rate - end_learning_rate) * (1 - p) ** power + end_learning_rate
+
+    return schedule
+
+
+def cosine_decay(
+    initial_learning_rate: float,
+    decay_steps: int,
+    alpha: float = 0.0,
+    warmup_target: float | None = None,
+    warmup_steps: int = 0,
+) -> Schedule:
+    """``CosineDecay``, with its optional linear warmup.
+
+    Without warmup: ``lr * ((1 - alpha) * (1 + cos(pi * min(t, decay_steps) /
+    decay_steps)) / 2 + alpha)``, held at its end value (PyTorch's CosineAnnealingLR
+    is periodic instead). With ``warmup_target``: linear from ``initial_learning_rate``
+    to ``warmup_target`` over ``warmup_steps``, then the decay from ``warmup_target``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import keras as kc
+        >>> [round(v, 6) for v in kc.cosine_decay(1.0, 2)(jnp.arange(4)).tolist()]
+        [1.0, 0.5, 0.0, 0.0]
+    """
+    check.positive("decay_steps", decay_steps)
+    check.non_negative("warmup_steps", warmup_steps)
+
+    def decayed(t, start):
+        fraction = t / decay_steps
+        cosine = 0.5 * (1.0 + jnp.cos(jnp.asarray(math.pi, t.dtype) * fraction))
+        return start * ((1 - alpha) * cosine + alpha)
+
+    def schedule(step):
+        t = _step(step)
+        if warmup_target is None:
+            return decayed(jnp.minimum(t, decay_steps), initial_learning_rate)
+        t = jnp.minimum(t, decay_steps + warmup_steps)
+        warmup = (warmup_target - initial_learning_rate) * (
+            t / warmup_steps
+        ) + initial_learning_rate
+        return jnp.where(t < warmup_steps, warmup, decayed(t - warmup_steps, warmup_target))
+
+    return schedule
+
+
+def cosine_decay_restarts(
+    initial_learning_rate: float,
+    first_decay_steps: int,
+    t_mul: float = 2.0,
+    m_mul: float = 1.0,
+    alpha: float = 0.0,
+) -> Schedule:
+    """``CosineDecayRestarts`` (SGDR): cosine periods growing by ``t_mul``, peaks by ``m_mul``.
+
+    With ``f = t / first_decay_steps``, the period index is ``i = floor(log(1 - f (1 -
+    t_mul)) / log(t_mul))`` (``floor(f)`` when ``t_mul = 1``) and the fraction of it done
+    ``(f - (1 - t_mul^i) / (1 - t_mul)) / t_mul^i``; the value is ``lr * ((1 - alpha) *
+    m_mul^i * (1 + cos(pi * fraction)) / 2 + alpha)``. Computed with Keras' operations.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.compat import keras as kc
+        >>> values = kc.cosine_decay_restarts(1.0, 2, t_mul=1.0, m_mul=0.5)(jnp.arange(5))
+        >>> [round(v, 6) for v in values.tolist()]
+        [1.0, 0.5, 0.5, 0.25, 0.25]
+
+    Reference: Loshchilov & Hutter, 2017, "SGDR: Stochastic Gradient Descent with Warm
+    Restarts".
+    """
+    check.positive("first_decay_steps", first_decay_steps)
+    check.positive("t_mul", t_mul)
+
+    def schedule(step):
+        fraction = _step(step) / first_decay_steps
+        dtype = fraction.dtype
+        if t_mul == 1.0:
+            restart = jnp.floor(fraction)
+            fraction = fraction - restart
+        else:
+            growth = jnp.asarray(t_mul, dtype)
+            restart = jnp.floor(jnp.log(1.0 - fraction * (1.0 - growth)) / jnp.log(growth))
+            done = (1.0 - growth**restart) / (1.0 - growth)
+            fraction = (fraction - done) / growth**restart
+        peak = jnp.asarray(m_mul, dtype) ** restart
+        cosine = 0.5 * peak * (1.0 + jnp.cos(jnp.asarray(math.pi, dtype) * fraction))
+        return initial_learning_rate * ((1 - alpha) * cosine + alpha)
+
+    return schedule
