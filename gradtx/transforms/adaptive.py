@@ -89,21 +89,32 @@ def scale_by_adam(
     def update(updates, state, params=None, **extra):
         del params, extra
         count = numerics.safe_increment(state.count)
+        # The scalar corrections are the same for every leaf of a compute dtype: computed
+        # once per dtype here, not once per leaf (an eager update of many leaves is
+        # dominated by dispatching such small ops).
+        corrections = {
+            dtype: (
+                numerics.bias_correction(b1, count, dtype),
+                numerics.bias_correction(b2, count, dtype),
+                numerics.bias_correction(b1, numerics.safe_increment(count), dtype)
+                if nesterov
+                else None,
+            )
+            for dtype in {
+                numerics.compute_dtype(jnp.result_type(g)) for g in jax.tree.leaves(updates)
+            }
+        }
 
         def leaf(g, m, v):
             dtype = numerics.compute_dtype(g.dtype)
+            bias_correction1, bias_correction2, next_correction = corrections[dtype]
             g_ = g.astype(dtype)
             m_new = b1 * m.astype(dtype) + (1 - b1) * g_
             v_new = b2 * v.astype(numerics.real_dtype(dtype)) + (1 - b2) * numerics.abs_sq(g_)
-            bias_correction1 = numerics.bias_correction(b1, count, dtype)
             if nesterov:
-                next_correction = numerics.bias_correction(
-                    b1, numerics.safe_increment(count), dtype
-                )
                 m_hat = b1 * m_new / next_correction + (1 - b1) * g_ / bias_correction1
             else:
                 m_hat = m_new / bias_correction1
-            bias_correction2 = numerics.bias_correction(b2, count, dtype)
             if eps_before_bias_correction:
                 u = m_hat * jnp.sqrt(bias_correction2) / (jnp.sqrt(v_new + eps_root) + eps)
             else:
