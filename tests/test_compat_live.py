@@ -28,21 +28,14 @@ def _load(name: str):
     return module
 
 
-def _selected(request) -> None:
-    if "live" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("live parity tests run when selected: pytest -m live")
-
-
 @pytest.fixture(scope="module")
-def record_torch(request):
-    _selected(request)
+def record_torch():
     pytest.importorskip("torch")
     return _load("record_torch")
 
 
 @pytest.fixture(scope="module")
-def record_keras(request):
-    _selected(request)
+def record_keras():
     if os.environ.setdefault("KERAS_BACKEND", "jax") != "jax":
         pytest.skip("Keras must run on its JAX backend")
     pytest.importorskip("keras")
