@@ -52,6 +52,15 @@ def compute_dtype(dtype: Any) -> jnp.dtype:
     return jnp.dtype(jnp.float32)
 
 
+def leaf_dtypes(tree: Any) -> set[jnp.dtype]:
+    """The distinct dtypes of the leaves of ``tree`` (one attribute read per array leaf:
+    cheap enough for eager updates of thousands of leaves)."""
+    return {
+        jnp.dtype(leaf.dtype) if hasattr(leaf, "dtype") else jnp.result_type(leaf)
+        for leaf in jax.tree.leaves(tree)
+    }
+
+
 def abs_sq(x: jax.Array) -> jax.Array:
     """``|x|^2``, real for complex ``x``."""
     if jnp.iscomplexobj(x):

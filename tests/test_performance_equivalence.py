@@ -4,6 +4,10 @@
   on by default) compiles the same program: parameters and state are bitwise equal.
 - ``gtx.flatten`` (every leaf in one vector, the opt-in bucketing) runs the same
   elementwise math in another order of leaves: equal within float32 rounding.
+- Eager updates run each per-leaf function as one compiled kernel
+  (``tree.COMPILE_EAGER_LEAF_FUNCTIONS``, on by default): equal to op-by-op execution
+  within float32 rounding, compiled once and reused, keyed so that no constant of one
+  closure leaks into another.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import pytest
 import gradtx as gtx
 from gradtx import tree
 from tests import zoo
+from tests.compilations import count_compilations
 
 
 def _params(rng):
@@ -75,3 +80,94 @@ def test_static_per_leaf_flags_still_reach_the_leaf_function(rng):
     np.testing.assert_array_equal(new_params["blocks"][1], params["blocks"][1])
     np.testing.assert_allclose(new_params["blocks"][0], 0.5 * params["blocks"][0], rtol=1e-6)
     np.testing.assert_allclose(new_params["scalar"], 0.5 * params["scalar"], rtol=1e-6)
+
+
+# --- eager updates: compiled per-leaf kernels (tree.COMPILE_EAGER_LEAF_FUNCTIONS) ---
+
+
+@pytest.fixture
+def fresh_kernels(monkeypatch):
+    """An empty kernel cache, so a test sees its own compilations only."""
+    kernels = tree._EagerKernels()
+    monkeypatch.setattr(tree, "_EAGER", kernels)
+    return kernels
+
+
+def _run_eager(tx, params, grads_seq, state=None):
+    state = tx.init(params) if state is None else state
+    for grads in grads_seq:
+        updates, state = tx.update(grads, state, params)
+        params = gtx.apply_updates(params, updates)
+    return params, state
+
+
+@pytest.mark.parametrize("name", zoo.ALL)
+def test_eager_kernels_give_the_numbers_of_op_by_op_execution(
+    name, rng, monkeypatch, fresh_kernels
+):
+    params = _params(rng)
+    # step 1 runs op by op, step 2 compiles the kernels, steps 3-4 reuse them
+    grads_seq = _grads(rng, params, steps=4)
+    tx = zoo.make(name, 1e-2)
+    fast = _run_eager(tx, params, grads_seq[:1])
+    with count_compilations() as at_step_2:
+        fast = _run_eager(tx, fast[0], grads_seq[1:2], fast[1])
+    with count_compilations() as at_steps_3_4:
+        fast = _run_eager(tx, fast[0], grads_seq[2:], fast[1])
+    assert fresh_kernels.kernels and at_step_2, "no per-leaf kernel was compiled"
+    assert not at_steps_3_4, "the kernels were compiled again"
+    monkeypatch.setattr(tree, "COMPILE_EAGER_LEAF_FUNCTIONS", False)
+    plain = _run_eager(zoo.make(name, 1e-2), params, grads_seq)
+    assert jax.tree.structure(fast) == jax.tree.structure(plain)
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain), strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        # XLA fuses a kernel's operations (and may contract a*b+c), so float32 rounding
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
+
+
+def test_eager_kernels_take_new_hyperparameter_values(rng, fresh_kernels):
+    # the learning rate is an array in the state: an argument of the kernel, not a constant
+    params = _params(rng)
+    grads = _grads(rng, params, steps=1)[0]
+    tx = gtx.adam(1e-2)
+    state = tx.init(params)
+    for _ in range(3):
+        tx.update(grads, state, params)
+    state = gtx.set_hyperparams(state, learning_rate=0.5)
+    updates, _ = tx.update(grads, state, params)
+    # at the first step Adam's update is -lr * g / (|g| + eps), i.e. about -lr * sign(g)
+    for u, g in zip(jax.tree.leaves(updates), jax.tree.leaves(grads), strict=True):
+        np.testing.assert_allclose(u, -0.5 * g / (jnp.abs(g) + 1e-8), rtol=1e-5)
+
+
+def test_eager_kernels_keep_python_constants_of_each_type_apart(fresh_kernels):
+    # 1, 1.0 and True are equal (and hash alike) in Python but give different dtypes
+    def broadcast(value, x):
+        def leaf(u):
+            return jnp.broadcast_to(jnp.asarray(value), u.shape)
+
+        return tree.map_unzip(leaf, x, outputs=1)[0]
+
+    x = {"a": jnp.zeros(3)}
+    for value, dtype in [(1, jnp.int32), (1.0, jnp.float32), (True, jnp.bool_)] * 2:
+        assert broadcast(value, x)["a"].dtype == dtype
+    assert len(fresh_kernels.kernels) == 3
+
+
+def test_eager_kernels_leave_code_with_fresh_closure_objects_op_by_op(fresh_kernels):
+    # a new local function in the closure at every call is a new key every call: after
+    # max_keys_per_code tries the code is no longer compiled, and stays correct
+    def update(x):
+        double = lambda v: 2 * v  # noqa: E731  (a fresh object at every call)
+
+        def leaf(u):
+            return double(u)
+
+        return tree.map_unzip(leaf, x, outputs=1)[0], leaf.__code__
+
+    x = {"a": jnp.arange(3.0)}
+    for _ in range(3 * fresh_kernels.max_keys_per_code):
+        doubled, code = update(x)
+        np.testing.assert_array_equal(doubled["a"], [0.0, 2.0, 4.0])
+    assert fresh_kernels.keys_per_code[code] == fresh_kernels.max_keys_per_code + 1
+    assert not fresh_kernels.kernels

@@ -100,9 +100,7 @@ def scale_by_adam(
                 if nesterov
                 else None,
             )
-            for dtype in {
-                numerics.compute_dtype(jnp.result_type(g)) for g in jax.tree.leaves(updates)
-            }
+            for dtype in {numerics.compute_dtype(d) for d in numerics.leaf_dtypes(updates)}
         }
 
         def leaf(g, m, v):
