@@ -125,6 +125,40 @@ def test_eager_kernels_give_the_numbers_of_op_by_op_execution(
         np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("name", sorted(zoo.WRAPPERS))
+def test_eager_kernels_give_the_numbers_of_op_by_op_execution_in_every_wrapper(
+    name, rng, monkeypatch, fresh_kernels
+):
+    # masks (static per-leaf flags), PRNG keys, counters and schedules in the closures
+    params = {
+        "w": jnp.asarray(rng.normal(size=(2, 2)), jnp.float32),
+        "b": jnp.asarray(rng.normal(size=2), jnp.float32),
+    }
+    grads_seq = _grads(rng, params, steps=5)
+    extra = {"value": jnp.asarray(1.0)}
+
+    def run():
+        tx = zoo.WRAPPERS[name]()
+        state, p = tx.init(params), params
+        for grads in grads_seq:
+            updates, state = tx.update(grads, state, p, **extra)
+            p = gtx.apply_updates(p, updates)
+        return p, state
+
+    fast = run()
+    assert fresh_kernels.kernels
+    monkeypatch.setattr(tree, "COMPILE_EAGER_LEAF_FUNCTIONS", False)
+    plain = run()
+    assert jax.tree.structure(fast) == jax.tree.structure(plain)
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain), strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        if np.issubdtype(a.dtype, np.inexact):
+            np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
+        else:  # counters, keys, flags
+            np.testing.assert_array_equal(a, b)
+
+
 def test_eager_kernels_take_new_hyperparameter_values(rng, fresh_kernels):
     # the learning rate is an array in the state: an argument of the kernel, not a constant
     params = _params(rng)

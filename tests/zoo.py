@@ -81,3 +81,30 @@ def run_steps(tx: gtx.GradientTransformation, params, grads_sequence):
         return params, state
 
     return run(params, stacked)
+
+
+WRAPPER_MASK = {"w": True, "b": False}
+"""The mask the wrapper entries use: params are ``{"w": [2, 2], "b": [2]}``."""
+
+WRAPPERS: dict[str, Callable[[], gtx.GradientTransformation]] = {
+    "masked": lambda: gtx.masked(gtx.adam(0.1), WRAPPER_MASK),
+    "masked_zero": lambda: gtx.masked(gtx.adam(0.1), WRAPPER_MASK, masked_leaves="zero"),
+    "partition": lambda: gtx.partition(
+        {"a": gtx.adam(0.1), "b": gtx.freeze()}, {r"\['w'\]": "a", r".*": "b"}
+    ),
+    "freeze": lambda: gtx.chain(gtx.adam(0.1), gtx.freeze({"w": False, "b": True})),
+    "apply_if_finite": lambda: gtx.apply_if_finite(gtx.adam(0.1), 2),
+    "multi_steps": lambda: gtx.multi_steps(gtx.adam(0.1), 2),
+    "multi_steps_schedule": lambda: gtx.multi_steps(gtx.adam(0.1), lambda s: 1 + s),
+    "lookahead": lambda: gtx.lookahead(gtx.adam(0.1), sync_period=2),
+    "ema_params": lambda: gtx.chain(gtx.adam(0.1), gtx.ema_params(0.9)),
+    "average_params": lambda: gtx.chain(gtx.adam(0.1), gtx.average_params(1)),
+    "swats": lambda: gtx.swats(0.1),
+    "flatten": lambda: gtx.flatten(gtx.adam(0.1)),
+    "add_l1": lambda: gtx.chain(gtx.add_l1(0.1), gtx.adam(0.1)),
+    "proximal_l1": lambda: gtx.chain(gtx.adam(0.1), gtx.proximal_l1(0.01)),
+    "max_norm": lambda: gtx.chain(gtx.adam(0.1), gtx.max_norm(1.0, mask=WRAPPER_MASK)),
+    "add_noise": lambda: gtx.chain(gtx.add_noise(0.01), gtx.adam(0.1)),
+    "local_gain": lambda: gtx.chain(gtx.scale_by_local_gain(), gtx.scale(-0.1)),
+}
+"""Every wrapper and regularizer of issue 4, each around or beside Adam, by name."""
