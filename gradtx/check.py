@@ -1,22 +1,54 @@
 """Hyperparameter validation at the door: clear errors naming the argument and range.
 
-Every check accepts a schedule (a callable, checked when evaluated) and a traced value
-(injected hyperparameters are arrays inside ``jit``), which it lets through unchecked.
+Every check lets a traced value through unchecked (injected hyperparameters are arrays
+inside ``jit``). A schedule (a callable, checked when evaluated) is let through where
+the argument takes one (``schedule=True``) and while ``schedules_allowed()`` is active
+(``schedule_injection`` and the optimizers, which evaluate schedules before the
+transform sees them); anywhere else it is a TypeError naming the argument, so that a
+schedule handed to a transform that takes a number fails where the mistake is made.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import contextvars
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+_SCHEDULES_ALLOWED = contextvars.ContextVar("gradtx_schedules_allowed", default=False)
 
-def _concrete(value: Any) -> np.ndarray | None:
+
+@contextlib.contextmanager
+def schedules_allowed() -> Iterator[None]:
+    """Within this block every check lets schedules through (they are evaluated, and
+    their values checked by the transform, at each step)."""
+    token = _SCHEDULES_ALLOWED.set(True)
+    try:
+        yield
+    finally:
+        _SCHEDULES_ALLOWED.reset(token)
+
+
+def _is_schedule(value: Any) -> bool:
+    return callable(value) and not isinstance(value, type)
+
+
+def _concrete(name: str, value: Any, schedule: bool) -> np.ndarray | None:
     """The value as a NumPy array, or None when it cannot be checked now."""
-    if callable(value) or isinstance(value, jax.core.Tracer):
+    if _is_schedule(value):
+        if schedule or _SCHEDULES_ALLOWED.get():
+            return None
+        raise TypeError(
+            f"{name} must be a number here, got a schedule ({value!r}); to schedule it, "
+            f"build the transform with gtx.schedule_injection(transform)(..., "
+            f"{name}=schedule), or use an optimizer (gtx.adam, gtx.sgd, ...), whose "
+            f"numeric hyperparameters all take schedules"
+        )
+    if isinstance(value, jax.core.Tracer):
         return None
     try:
         return np.asarray(value)
@@ -28,9 +60,9 @@ def _fail(name: str, value: Any, expected: str):
     raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
-def number(name: str, value: Any) -> None:
-    """Real number (or schedule): not NaN, not a string."""
-    array = _concrete(value)
+def number(name: str, value: Any, *, schedule: bool = False) -> None:
+    """Real number (or, with ``schedule=True``, a schedule): not NaN, not a string."""
+    array = _concrete(name, value, schedule)
     if array is None:
         return
     if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
@@ -47,10 +79,11 @@ def in_range(
     *,
     low_inclusive: bool = True,
     high_inclusive: bool = True,
+    schedule: bool = False,
 ) -> None:
     """``low <= value <= high`` (ends inclusive unless told otherwise)."""
-    number(name, value)
-    array = _concrete(value)
+    number(name, value, schedule=schedule)
+    array = _concrete(name, value, schedule)
     if array is None:
         return
     ok = np.ones(array.shape, bool)
@@ -64,19 +97,19 @@ def in_range(
         _fail(name, value, f"in {left}, {right}")
 
 
-def unit_interval(name: str, value: Any) -> None:
+def unit_interval(name: str, value: Any, *, schedule: bool = False) -> None:
     """A decay rate or momentum: ``0 <= value < 1``."""
-    in_range(name, value, 0.0, 1.0, high_inclusive=False)
+    in_range(name, value, 0.0, 1.0, high_inclusive=False, schedule=schedule)
 
 
-def non_negative(name: str, value: Any) -> None:
+def non_negative(name: str, value: Any, *, schedule: bool = False) -> None:
     """``value >= 0``."""
-    in_range(name, value, 0.0, None)
+    in_range(name, value, 0.0, None, schedule=schedule)
 
 
-def positive(name: str, value: Any) -> None:
+def positive(name: str, value: Any, *, schedule: bool = False) -> None:
     """``value > 0``."""
-    in_range(name, value, 0.0, None, low_inclusive=False)
+    in_range(name, value, 0.0, None, low_inclusive=False, schedule=schedule)
 
 
 def positive_int(name: str, value: Any) -> None:

@@ -163,9 +163,9 @@ def sgd(
     initialization and momentum in deep learning".
     """
     if momentum is not None:
-        check.unit_interval("momentum", momentum)
+        check.unit_interval("momentum", momentum, schedule=True)
     _check_nesterov_has_momentum(nesterov, momentum)
-    check.non_negative("weight_decay", weight_decay)
+    check.non_negative("weight_decay", weight_decay, schedule=True)
     return _sgd_chain(
         learning_rate,
         momentum=momentum if _switched_on(momentum) else None,
@@ -295,7 +295,7 @@ def rmsprop(
     Neural Networks".
     """
     if momentum is not None:
-        check.unit_interval("momentum", momentum)
+        check.unit_interval("momentum", momentum, schedule=True)
     _check_nesterov_has_momentum(nesterov, momentum)
     return _rmsprop_chain(
         learning_rate,
@@ -362,7 +362,7 @@ def adadelta(
 
     Reference: Zeiler, 2012, "ADADELTA: An Adaptive Learning Rate Method".
     """
-    check.non_negative("weight_decay", weight_decay)
+    check.non_negative("weight_decay", weight_decay, schedule=True)
     return _adadelta_chain(
         learning_rate,
         rho=rho,

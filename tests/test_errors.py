@@ -118,3 +118,54 @@ def test_integer_parameters_get_a_type_error_naming_the_path(name):
     message = str(error.value)
     assert "['step']" in message and "int32" in message, message
     assert "mask" in message.lower(), message
+
+
+SCHEDULE = gtx.schedules.linear(0.5, 0.1, 4)
+
+NUMBER_ONLY_ARGUMENTS = [
+    (gtx.add_l1, "strength"),
+    (gtx.max_norm, "max_value"),
+    (gtx.clip, "max_delta"),
+    (gtx.clip_by_global_norm, "max_norm"),
+    (gtx.trace, "decay"),
+    (gtx.nesterov_lookahead, "decay"),
+    (gtx.scale_by_adam, "b1"),
+    (gtx.scale_by_rms, "decay"),
+    (gtx.scale_by_local_gain, "increase"),
+    (gtx.ema_params, "decay"),
+]
+
+
+@pytest.mark.parametrize(
+    ("factory", "argument"), NUMBER_ONLY_ARGUMENTS, ids=[a for _, a in NUMBER_ONLY_ARGUMENTS]
+)
+def test_a_schedule_where_a_block_takes_a_number_is_named_when_the_block_is_built(
+    factory, argument
+):
+    with pytest.raises(TypeError, match=rf"{argument} must be a number here, got a schedule"):
+        factory(**{argument: SCHEDULE})
+
+
+def test_the_route_the_schedule_error_names_schedules_the_argument():
+    # gtx.add_l1(schedule) fails at once; schedule_injection(gtx.add_l1) evaluates it
+    tx = gtx.schedule_injection(gtx.add_l1)(strength=SCHEDULE)
+    params = {"w": jnp.array([2.0, -3.0])}
+    state = tx.init(params)
+    zeros = {"w": jnp.zeros(2)}
+    for step in range(4):
+        updates, state = tx.update(zeros, state, params)
+        # add_l1 adds strength * sign(w): the schedule's value at this step
+        assert updates["w"].tolist() == pytest.approx([SCHEDULE(step), -SCHEDULE(step)])
+
+
+def test_arguments_that_take_schedules_still_take_them():
+    for tx in [
+        gtx.scale_by_learning_rate(SCHEDULE),
+        gtx.add_decayed_weights(SCHEDULE),
+        gtx.proximal_l1(SCHEDULE),
+        gtx.sgd(SCHEDULE, momentum=lambda step: 0.9, weight_decay=SCHEDULE),
+        gtx.adam(SCHEDULE, b1=lambda step: 0.9),
+    ]:
+        params = {"w": jnp.ones(2)}
+        updates, _ = tx.update(params, tx.init(params), params)
+        assert jnp.all(jnp.isfinite(updates["w"]))

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import numerics
+from gradtx import check, numerics
 from gradtx.core import GradientTransformation, OptState
 
 
@@ -124,7 +124,8 @@ def schedule_injection(
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         arguments = dict(bound.arguments)
-        factory(**arguments)  # validates the hyperparameters where the mistake is made
+        with check.schedules_allowed():  # schedules are evaluated before factory sees them
+            factory(**arguments)  # validates the hyperparameters where the mistake is made
         schedules = {
             name: value
             for name, value in arguments.items()
