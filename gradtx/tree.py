@@ -163,7 +163,8 @@ numbers are those of op-by-op execution within float32 rounding, bitwise for mos
 transforms; where XLA fuses ``a * b + c`` into one rounding they are the numbers of
 the jitted step instead (``tests/test_performance_equivalence.py``). Per-leaf code
 that receives a new non-array object in its closure at every call (a fresh local
-function, say) is left op by op after ``_EagerKernels.max_keys_per_code`` tries."""
+function, say) is left op by op after ``_EagerKernels.max_keys_per_code`` tries, and so
+is code that reads array values in Python (which works eagerly but cannot compile)."""
 
 
 def _traced_once_per_signature(fn: Callable[..., tuple]) -> Callable[..., tuple]:
@@ -238,7 +239,25 @@ def _eager_kernel(fn: Callable[..., tuple]) -> Callable[..., tuple]:
             del _EAGER.kernels[next(iter(_EAGER.kernels))]
         _EAGER.kernels[key] = kernel
     dynamic_values = tuple(values[i] for i in dynamic)
-    return lambda *args: kernel(dynamic_values, *args)
+
+    def run(*args):
+        try:
+            return kernel(dynamic_values, *args)
+        except _NEEDS_CONCRETE_VALUES:
+            # Per-leaf code that reads values in Python (``float(x)``, ``if x > 0``) runs
+            # eagerly but cannot be compiled: leave that code op by op from now on.
+            _EAGER.kernels.pop(key, None)
+            _EAGER.keys_per_code[code] = _EAGER.max_keys_per_code + 1
+            return fn(*args)
+
+    return run
+
+
+_NEEDS_CONCRETE_VALUES = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
 
 
 def _with_closure_arguments(

@@ -205,3 +205,20 @@ def test_eager_kernels_leave_code_with_fresh_closure_objects_op_by_op(fresh_kern
         np.testing.assert_array_equal(doubled["a"], [0.0, 2.0, 4.0])
     assert fresh_kernels.keys_per_code[code] == fresh_kernels.max_keys_per_code + 1
     assert not fresh_kernels.kernels
+
+
+def test_eager_kernels_leave_code_that_reads_values_in_python_op_by_op(fresh_kernels):
+    # a user's per-leaf function may branch on a value in Python: it works eagerly (and
+    # would fail under jit); the kernel cache must not turn it into an error
+    def update(x):
+        def leaf(u):
+            return u * 2.0 if float(u.sum()) > 0 else u * 3.0
+
+        return tree.map_unzip(leaf, x, outputs=1)[0], leaf.__code__
+
+    for values, factor in [([1.0, 2.0], 2.0), ([-1.0, -2.0], 3.0)] * 3:
+        x = {"a": jnp.asarray(values)}
+        result, code = update(x)
+        np.testing.assert_array_equal(result["a"], factor * np.asarray(values))
+    assert fresh_kernels.keys_per_code[code] > fresh_kernels.max_keys_per_code
+    assert not fresh_kernels.kernels
