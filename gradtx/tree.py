@@ -265,18 +265,21 @@ def _with_closure_arguments(
 ) -> Callable[..., tuple]:
     """``fn`` rebuilt as ``g(closure_arrays, *args)``: the same code, its closure's array
     values (at positions ``dynamic`` of the flattened closure) taken from the first
-    argument and every other closure value kept."""
+    argument and every other closure value kept (the arrays are not kept: the kernel
+    outlives this call, and they may be large)."""
     values = jax.tree.leaves([cell.cell_contents for cell in fn.__closure__ or ()])
+    values = [None if i in dynamic else value for i, value in enumerate(values)]
+    code, globals_, name, defaults, kwdefaults = (
+        fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__kwdefaults__
+    )  # fmt: skip
 
     def rebuilt(dynamic_values, *args):
         merged = list(values)
         for position, value in zip(dynamic, dynamic_values, strict=True):
             merged[position] = value
         cells = tuple(types.CellType(c) for c in jax.tree.unflatten(closure_def, merged))
-        rebuilt_fn = types.FunctionType(
-            fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, cells or None
-        )
-        rebuilt_fn.__kwdefaults__ = fn.__kwdefaults__
+        rebuilt_fn = types.FunctionType(code, globals_, name, defaults, cells or None)
+        rebuilt_fn.__kwdefaults__ = kwdefaults
         return rebuilt_fn(*args)
 
     return rebuilt

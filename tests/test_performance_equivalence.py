@@ -12,6 +12,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -222,3 +225,23 @@ def test_eager_kernels_leave_code_that_reads_values_in_python_op_by_op(fresh_ker
         np.testing.assert_array_equal(result["a"], factor * np.asarray(values))
     assert fresh_kernels.keys_per_code[code] > fresh_kernels.max_keys_per_code
     assert not fresh_kernels.kernels
+
+
+def test_eager_kernels_do_not_keep_the_arrays_of_a_closure_alive(fresh_kernels):
+    # the closure's arrays are arguments of the kernel; the cached kernel must not hold
+    # the ones of the call that compiled it (they may be a model's worth of memory)
+    x = {"a": jnp.ones(3)}
+
+    def update():
+        big = jnp.ones(1000)
+
+        def leaf(u):
+            return u + big[:3]
+
+        np.testing.assert_array_equal(tree.map_unzip(leaf, x, outputs=1)[0]["a"], 2.0)
+        return weakref.ref(big)
+
+    refs = [update() for _ in range(3)]  # compiled at the second call
+    gc.collect()
+    assert fresh_kernels.kernels
+    assert all(ref() is None for ref in refs)
