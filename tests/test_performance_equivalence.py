@@ -245,3 +245,55 @@ def test_eager_kernels_do_not_keep_the_arrays_of_a_closure_alive(fresh_kernels):
     gc.collect()
     assert fresh_kernels.kernels
     assert all(ref() is None for ref in refs)
+
+
+def test_eager_kernels_run_many_leaves_per_call(rng, monkeypatch, fresh_kernels):
+    # 70 leaves of one shape, 5 bfloat16 leaves of another, a mask of static flags: each
+    # group of one signature runs leaves_per_call leaves per kernel call
+    params = {
+        "w": [jnp.asarray(rng.normal(size=3), jnp.float32) for _ in range(70)],
+        "b": [jnp.asarray(rng.normal(size=(2, 2)), jnp.bfloat16) for _ in range(5)],
+    }
+    mask = {"w": [i % 3 > 0 for i in range(70)], "b": [True] * 5}
+    grads_seq = _grads(rng, params, steps=4)
+
+    def make():
+        return gtx.chain(gtx.clip_by_global_norm(1.0), gtx.adamw(1e-2, mask=mask))
+
+    fast = _run_eager(make(), params, grads_seq[:2])  # op by op, then compiled
+    calls = []
+    for key, kernel in list(fresh_kernels.kernels.items()):
+        fresh_kernels.kernels[key] = lambda *a, kernel=kernel, **k: (
+            calls.append(1) or kernel(*a, **k)
+        )
+    with count_compilations() as later:
+        fast = _run_eager(make(), fast[0], grads_seq[2:], fast[1])
+    assert not later
+    # per step: sum of squares 70/32 -> 3 calls + 1 (bf16), summed in 3 chunks; clip 3 + 1;
+    # Adam 3 + 1; decay 47 masked-in f32 leaves -> 2, the bf16 1, and the masked-out 1;
+    # the learning rate 3 + 1. One call per leaf would be ~375 calls per step.
+    assert len(calls) == 2 * (4 + 3 + 4 + 4 + 4 + 4)
+    monkeypatch.setattr(tree, "COMPILE_EAGER_LEAF_FUNCTIONS", False)
+    plain = _run_eager(make(), params, grads_seq)
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain), strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_allclose(
+            np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=2e-6, atol=1e-7
+        )
+
+
+def test_eager_global_norm_adds_the_leaves_in_order(fresh_kernels):
+    # magnitudes from 1 to 1e7: in float32 the order of the additions shows in the result
+    x = [jnp.asarray([10.0 ** (i % 8), 0.5 + i], jnp.float32) for i in range(100)]
+    squares = [
+        np.float32((np.asarray(leaf, np.float64) ** 2).astype(np.float32).sum()) for leaf in x
+    ]
+    total = np.float32(0.0)
+    for s in squares:
+        total = np.float32(total + s)
+    assert total != np.sum(np.asarray(squares, np.float32))  # pairwise differs: order shows
+    norms = [tree.global_norm(x) for _ in range(3)]  # op by op, compiled, reused
+    assert ("_sum_in_order",) in fresh_kernels.kernels
+    for norm in norms:
+        assert norm.dtype == jnp.float32
+        assert float(norm) == float(np.sqrt(total))
