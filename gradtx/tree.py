@@ -132,15 +132,20 @@ def map_unzip(fn: Callable[..., tuple], tree: Any, *rest: Any, outputs: int) -> 
         if jax.tree.structure(other) != treedef:
             check_same_structure(tree, other, "the updates", "the state")
         flat_rest.append(treedef.flatten_up_to(other))
-    _check_leaves(tree, leaves, flat_rest)
     arg_tuples = list(zip(leaves, *flat_rest, strict=True))
     if leaves and isinstance(leaves[0], jax.core.Tracer):
+        _check_leaves(tree, arg_tuples)
         if TRACE_LEAF_FUNCTION_ONCE:
             fn = _traced_once_per_signature(fn)
         results = [fn(*args) for args in arg_tuples]
     elif COMPILE_EAGER_LEAF_FUNCTIONS and all(isinstance(x, jax.Array) for x in leaves):
-        results = _eager_kernel(fn)(arg_tuples)
+        groups = _group_by_signature(arg_tuples)
+        # The leaves of a group share shapes, dtypes and flags, and the groups come in
+        # the order of their first leaves: checking those finds the first wrong leaf.
+        _check_leaves(tree, arg_tuples, groups and [indices[0] for _, indices in groups])
+        results = _eager_kernel(fn)(arg_tuples, groups)
     else:
+        _check_leaves(tree, arg_tuples)
         results = [fn(*args) for args in arg_tuples]
     if outputs == 1:
         return (treedef.unflatten([r[0] if isinstance(r, tuple) else r for r in results]),)
@@ -210,11 +215,12 @@ class _EagerKernels:
 _EAGER = _EagerKernels()
 
 
-def _eager_kernel(fn: Callable[..., tuple]) -> Callable[[list[tuple]], list]:
-    """A function of the list of per-leaf argument tuples returning ``fn``'s results in
-    order: through a cached compiled kernel whose closure arrays are arguments, or
-    ``fn`` leaf by leaf when it cannot be cached (see ``COMPILE_EAGER_LEAF_FUNCTIONS``)."""
-    op_by_op = lambda arg_tuples: [fn(*args) for args in arg_tuples]  # noqa: E731
+def _eager_kernel(fn: Callable[..., tuple]) -> Callable[[list[tuple], Any], list]:
+    """A function of the per-leaf argument tuples and their ``_group_by_signature``
+    returning ``fn``'s results in leaf order: through a cached compiled kernel whose
+    closure arrays are arguments, or ``fn`` leaf by leaf when it cannot be cached (see
+    ``COMPILE_EAGER_LEAF_FUNCTIONS``)."""
+    op_by_op = lambda arg_tuples, groups=None: [fn(*args) for args in arg_tuples]  # noqa: E731
     code = fn.__code__
     if _EAGER.keys_per_code.get(code, 0) > _EAGER.max_keys_per_code:
         return op_by_op
@@ -242,8 +248,7 @@ def _eager_kernel(fn: Callable[..., tuple]) -> Callable[[list[tuple]], list]:
         _EAGER.kernels[key] = kernel
     dynamic_values = tuple(values[i] for i in dynamic)
 
-    def run(arg_tuples):
-        groups = _group_by_signature(arg_tuples)
+    def run(arg_tuples, groups):
         if groups is None:  # an unhashable non-array argument
             return op_by_op(arg_tuples)
         results = [None] * len(arg_tuples)
@@ -347,23 +352,26 @@ def _leaves_kernel(
     return kernel
 
 
-def _check_leaves(tree: Any, leaves: list, flat_rest: list) -> None:
+def _check_leaves(tree: Any, arg_tuples: list[tuple], indices: list[int] | None = None) -> None:
+    """Checks the leaves at ``indices`` (default: all): floating or complex updates, and
+    the shape of the update in every other array argument."""
     # Attribute reads and a cached dtype test, not jnp.result_type/jnp.shape: this runs
     # on every leaf of every eager update, where those helpers cost ~10 us a leaf.
-    for i, leaf in enumerate(leaves):
+    for i in range(len(arg_tuples)) if indices is None else indices:
+        leaf, *others = arg_tuples[i]
         dtype = getattr(leaf, "dtype", None)
         if dtype is None or not _is_inexact(dtype):
             if not _is_inexact(jnp.result_type(leaf)):
                 check_inexact(tree, "the update")
         shape = _shape(leaf)
-        for other in flat_rest:
-            if isinstance(other[i], bool) or other[i] is None:  # static per-leaf flags
+        for other in others:
+            if isinstance(other, bool) or other is None:  # static per-leaf flags
                 continue
-            if _shape(other[i]) != shape:
+            if _shape(other) != shape:
                 path = _leaves_with_paths(tree)[i][0]
                 raise ValueError(
                     f"shape mismatch at {path or 'the root'}: the update has shape "
-                    f"{list(shape)} but the state holds {list(_shape(other[i]))}"
+                    f"{list(shape)} but the state holds {list(_shape(other))}"
                 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -106,6 +107,20 @@ def test_a_state_leaf_of_another_shape_is_named_with_both_shapes():
     state = tx.init({"w": jnp.zeros(3)})
     with pytest.raises(ValueError, match=r"shape mismatch at \['w'\].*\[4\].*\[3\]"):
         tx.update({"w": jnp.ones(4)}, state)
+
+
+@pytest.mark.parametrize("jitted", [False, True])
+def test_the_first_of_several_wrong_state_leaves_is_named(jitted):
+    # eagerly the leaves are checked one per group of equal shapes: still the first one
+    params = [jnp.zeros(3) for _ in range(40)]
+    state = gtx.adam(0.1).init(params)
+    wrong = [jnp.ones(3) for _ in range(40)]
+    wrong[25] = wrong[31] = jnp.ones(4)
+    update = jax.jit(gtx.adam(0.1).update) if jitted else gtx.adam(0.1).update
+    for _ in range(3):  # op by op, then with compiled kernels
+        with pytest.raises(ValueError, match=r"shape mismatch at \[25\].*\[4\].*\[3\]"):
+            update(wrong, state)
+        update(params, state)
 
 
 @pytest.mark.parametrize("name", zoo.ALL)
