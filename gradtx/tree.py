@@ -288,8 +288,8 @@ _NEEDS_CONCRETE_VALUES = (
 
 
 def _group_by_signature(arg_tuples: list[tuple]) -> list[tuple[tuple, list[int]]] | None:
-    """Leaf indices grouped by the abstract values (shape, dtype, weak type) of their
-    array arguments and the values of the others (static per-leaf flags), each group
+    """Leaf indices grouped by the abstract values (shape, dtype, weak type) and
+    shardings of their array arguments and the values of the others (static per-leaf flags), each group
     with its statics: for every argument, ``None`` for an array or ``(value, type)`` for
     a static value (the type keeps ``1`` and ``True`` apart in jit's cache). ``None`` if
     a static value cannot be hashed."""
@@ -309,7 +309,9 @@ def _group_by_signature(arg_tuples: list[tuple]) -> list[tuple[tuple, list[int]]
 
 def _signature(x: Any) -> Hashable:
     if isinstance(x, jax.Array):
-        return x.aval
+        # the sharding too: one jitted call cannot take arrays committed to different
+        # devices (leaves placed on devices by hand), and a kernel compiles per sharding
+        return x.aval, x.sharding
     if isinstance(x, np.ndarray):
         return (np.ndarray, x.shape, x.dtype)
     return (type(x), x)
@@ -408,7 +410,7 @@ def _sum_in_order(values: list) -> jax.Array:
     compiled chunks of ``_EagerKernels.leaves_per_call`` values from the second call on:
     one dispatch per value costs ~10 us, and one jitted sum of 1,000 scalars ~1.4 s to
     compile. The additions are the same, in the same order, so the result is too."""
-    dtype = jnp.result_type(*{_signature(v): v for v in values}.values())  # one per kind
+    dtype = jnp.result_type(*{v.aval: v for v in values}.values())  # one of each kind
     eager = COMPILE_EAGER_LEAF_FUNCTIONS and not any(
         isinstance(v, jax.core.Tracer) or not isinstance(v, jax.Array) for v in values
     )

@@ -127,6 +127,57 @@ def measure():
             "compilations_per_step": counts,
             "max_abs_difference": max(differences),
         }
+    results["eager"] = eager_updates_keep_their_devices(params)
+    return results
+
+
+def eager_updates_keep_their_devices(params):
+    """Runs in the subprocess: un-jitted updates of leaves placed on different devices by
+    hand, and of leaves sharded over the mesh, with the eager kernels (which run many
+    leaves per call) and op by op."""
+    import jax
+    import numpy as np
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import gradtx as gtx
+    from gradtx import tree
+
+    devices = jax.devices()
+    mesh = jax.make_mesh((8,), ("data",))
+    placements = {
+        # 40 leaves of one shape, round robin over the devices: one signature, 8 devices
+        "placed": lambda leaves: [jax.device_put(x, devices[i % 8]) for i, x in enumerate(leaves)],
+        "sharded": lambda leaves: [
+            jax.device_put(x, NamedSharding(mesh, P("data") if i % 2 else P()))
+            for i, x in enumerate(leaves)
+        ],
+    }
+    kernel = params["hidden"]["kernel"]
+    results = {}
+    for name, place in placements.items():
+        runs = []
+        for compiled in (True, False):
+            tree.COMPILE_EAGER_LEAF_FUNCTIONS = compiled
+            p = place([kernel * (1 + i / 40) for i in range(40)])
+            tx = gtx.adamw(0.01, weight_decay=1e-2)
+            state = tx.init(p)
+            for _ in range(3):  # op by op, compiled, reused
+                updates, state = tx.update([0.1 * x for x in p], state, p)
+                p = gtx.apply_updates(p, updates)
+            runs.append(p)
+        tree.COMPILE_EAGER_LEAF_FUNCTIONS = True
+        placed = place([kernel] * 40)
+        results[name] = {
+            "devices_kept": all(
+                a.sharding.is_equivalent_to(b.sharding, a.ndim)
+                for a, b in zip(runs[0], placed, strict=True)
+            ),
+            "max_abs_difference": max(
+                float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                for a, b in zip(*runs, strict=True)
+            ),
+        }
     return results
 
 
@@ -164,6 +215,14 @@ def test_a_second_sharded_step_compiles_nothing(measured, name):
 def test_sharded_training_equals_the_single_device_run(measured, name):
     # Parameters of size ~0.01 to 1; sums in another order differ by float32 rounding.
     assert measured[name]["max_abs_difference"] < 1e-6
+
+
+@pytest.mark.parametrize("placement", ["placed", "sharded"])
+def test_eager_updates_run_on_the_devices_of_their_leaves(measured, placement):
+    # the eager kernels run many leaves per call, never leaves of different devices
+    result = measured["eager"][placement]
+    assert result["devices_kept"]
+    assert result["max_abs_difference"] < 1e-6
 
 
 if __name__ == "__main__":
