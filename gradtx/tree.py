@@ -289,10 +289,10 @@ _NEEDS_CONCRETE_VALUES = (
 
 def _group_by_signature(arg_tuples: list[tuple]) -> list[tuple[tuple, list[int]]] | None:
     """Leaf indices grouped by the abstract values (shape, dtype, weak type) and
-    shardings of their array arguments and the values of the others (static per-leaf flags), each group
-    with its statics: for every argument, ``None`` for an array or ``(value, type)`` for
-    a static value (the type keeps ``1`` and ``True`` apart in jit's cache). ``None`` if
-    a static value cannot be hashed."""
+    shardings of their array arguments and the values of the others (static per-leaf
+    flags), each group with its statics: for every argument, ``None`` for an array or
+    ``(value, type)`` for a static value (the type keeps ``1`` and ``True`` apart in
+    jit's cache). ``None`` if a static value cannot be hashed."""
     groups: dict[tuple, tuple[tuple, list[int]]] = {}
     for i, args in enumerate(arg_tuples):
         signature = tuple([_signature(x) for x in args])
@@ -308,6 +308,8 @@ def _group_by_signature(arg_tuples: list[tuple]) -> list[tuple[tuple, list[int]]
 
 
 def _signature(x: Any) -> Hashable:
+    if isinstance(x, jax.core.Tracer):  # a state traced while the updates are not
+        return x.aval
     if isinstance(x, jax.Array):
         # the sharding too: one jitted call cannot take arrays committed to different
         # devices (leaves placed on devices by hand), and a kernel compiles per sharding
