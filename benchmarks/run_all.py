@@ -255,20 +255,23 @@ def the_chain(lib):
     )
 
 
-def eager_ms(tx, params, grads, repeats: int) -> tuple[float, float, float]:
-    """Un-jitted ``tx.update``: ms of the first call, of the second and the median of the
-    next ``repeats``. gradtx compiles its per-leaf kernels at the second call
-    (``tree.COMPILE_EAGER_LEAF_FUNCTIONS``), so the second call carries that cost."""
-    state = tx.init(params)
+def eager_calls_ms(tx, state, params, grads, calls: int) -> list[float]:
+    """ms of each of ``calls`` un-jitted ``tx.update`` calls (the result freed inside)."""
     times = []
-    for _ in range(repeats + 2):
+    for _ in range(calls):
         start = time.perf_counter()
         jax.block_until_ready(tx.update(grads, state, params))
-        times.append(time.perf_counter() - start)
-    return 1e3 * times[0], 1e3 * times[1], 1e3 * statistics.median(times[2:])
+        times.append(1e3 * (time.perf_counter() - start))
+    return times
 
 
-def compile_eager_table(shapes, repeats) -> None:
+def compile_eager_table(shapes, rounds: int, calls_per_round: int = 4) -> None:
+    """Compile time of each contender's step, then its eager ``tx.update``: the first
+    call, the second (where gradtx compiles its per-leaf kernels,
+    ``tree.COMPILE_EAGER_LEAF_FUNCTIONS``) and, in ``rounds`` rounds that take the
+    contenders in turn, the median of ``calls_per_round`` calls. The ratio to Optax is
+    the median over the rounds of the ratio within a round, so a slow spell of this
+    shared machine weighs on both sides of it."""
     params = make_tree(shapes, seed=0)
     grads = make_tree(shapes, seed=1)
     contenders = {
@@ -287,17 +290,27 @@ def compile_eager_table(shapes, repeats) -> None:
         for tx, apply_updates in runs.values():
             JaxRun(tx, apply_updates, tiny, tiny).__dict__.clear()
     for what, runs in contenders.items():
-        results = {}
+        results, states = {}, {}
         for name, (tx, apply_updates) in runs.items():
             run = JaxRun(tx, apply_updates, params, grads)
-            results[name] = (run.compile_s, run.fusions, *eager_ms(tx, params, grads, repeats))
+            states[name] = tx.init(params)
+            first, second = eager_calls_ms(tx, states[name], params, grads, 2)
+            results[name] = (run.compile_s, run.fusions, first, second)
             run.__dict__.clear()
-        compile_optax, _, _, _, eager_optax = results["optax"]
-        for name, (compile_s, fusions, first, second, eager) in results.items():
+        medians = {name: [] for name in runs}
+        for _ in range(rounds):
+            for name, (tx, _) in runs.items():
+                times = eager_calls_ms(tx, states[name], params, grads, calls_per_round)
+                medians[name].append(statistics.median(times))
+        compile_optax = results["optax"][0]
+        for name, (compile_s, fusions, first, second) in results.items():
+            ratio = statistics.median(
+                a / b for a, b in zip(medians[name], medians["optax"], strict=True)
+            )
             print(
                 f"| {what} | {name} | {compile_s:.2f} | {compile_s / compile_optax:.2f} "
-                f"| {fusions} | {first:.0f} | {second:.0f} | {eager:.1f} "
-                f"| {eager / eager_optax:.2f} |",
+                f"| {fusions} | {first:.0f} | {second:.0f} "
+                f"| {statistics.median(medians[name]):.1f} | {ratio:.2f} |",
                 flush=True,
             )
 
@@ -455,13 +468,16 @@ def main(argv=None) -> None:
         step_table(label, shapes, steps, torch is not None, bandwidth)
 
     print("\n### Compile and eager time, 1,000 leaves\n")
+    rounds = 2 if args.quick else 5
     print("compile = lower + compile of the donated step; eager = un-jitted `tx.update`: "
           "ms of the first call, of the second (where gradtx compiles its per-leaf "
-          "kernels) and the median of the calls after\n")  # fmt: skip
+          f"kernels) and the median of the calls after ({rounds} rounds of 4 calls "
+          "taking the contenders in turn; '/ optax' is the median of the ratios within "
+          "a round)\n")  # fmt: skip
     print("| optimizer | contender | compile (s) | / optax | fusions | eager 1st (ms) "
           "| eager 2nd (ms) | eager (ms) | / optax |")  # fmt: skip
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    compile_eager_table(cases[1][1], repeats=2 if args.quick else 5)
+    compile_eager_table(cases[1][1], rounds=rounds)
 
     print("\n### Peak memory of a step / (params + grads + state)\n")
     print("(the 1,000-leaf tree is left out here: its six extra compilations per contender "
