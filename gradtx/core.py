@@ -203,9 +203,7 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     tree.check_same_structure(params, updates, "params", "updates")
 
     def add(p, u):
-        if p is None:
-            return None
         p = jnp.asarray(p)
         return jnp.asarray(p + u).astype(p.dtype)
 
-    return jax.tree.map(add, params, updates, is_leaf=lambda x: x is None)
+    return tree.map_leaves(add, params, updates)

@@ -271,8 +271,8 @@ def test_eager_kernels_run_many_leaves_per_call(rng, monkeypatch, fresh_kernels)
     assert not later
     # per step: sum of squares 70/32 -> 3 calls + 1 (bf16), summed in 3 chunks; clip 3 + 1;
     # Adam 3 + 1; decay 47 masked-in f32 leaves -> 2, the bf16 1, and the masked-out 1;
-    # the learning rate 3 + 1. One call per leaf would be ~375 calls per step.
-    assert len(calls) == 2 * (4 + 3 + 4 + 4 + 4 + 4)
+    # the learning rate 3 + 1; apply_updates 3 + 1. One call per leaf would be ~450.
+    assert len(calls) == 2 * (4 + 3 + 4 + 4 + 4 + 4 + 4)
     monkeypatch.setattr(tree, "COMPILE_EAGER_LEAF_FUNCTIONS", False)
     plain = _run_eager(make(), params, grads_seq)
     for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain), strict=True):
@@ -297,3 +297,42 @@ def test_eager_global_norm_adds_the_leaves_in_order(fresh_kernels):
     for norm in norms:
         assert norm.dtype == jnp.float32
         assert float(norm) == float(np.sqrt(total))
+
+
+def test_eager_apply_updates_gives_the_numbers_of_op_by_op_execution(
+    rng, monkeypatch, fresh_kernels
+):
+    # parameters of every float dtype (and complex), float32 updates, None leaves kept
+    params = {
+        "f32": [jnp.asarray(rng.normal(size=5), jnp.float32) for _ in range(40)],
+        "bf16": jnp.asarray(rng.normal(size=(3, 2)), jnp.bfloat16),
+        "f16": jnp.asarray(rng.normal(size=4), jnp.float16),
+        "c64": jnp.asarray(rng.normal(size=3) + 1j * rng.normal(size=3), jnp.complex64),
+        "none": None,
+    }
+    updates = jax.tree.map(
+        lambda p: jnp.asarray(1e-3 * rng.normal(size=p.shape), jnp.float32), params
+    )
+    fast = [gtx.apply_updates(params, updates) for _ in range(3)]  # op by op, compiled, reused
+    assert fresh_kernels.kernels
+    monkeypatch.setattr(tree, "COMPILE_EAGER_LEAF_FUNCTIONS", False)
+    plain = gtx.apply_updates(params, updates)
+    for result in fast:
+        assert result["none"] is None
+        assert jax.tree.structure(result) == jax.tree.structure(plain)
+        for a, b in zip(jax.tree.leaves(result), jax.tree.leaves(plain), strict=True):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
+
+
+def test_apply_updates_takes_numpy_and_python_parameters(fresh_kernels):
+    # not all arrays: the plain path, the same numbers and dtypes as ever
+    params = {"np": np.ones(3, np.float32), "py": 2.0, "jax": jnp.ones(2)}
+    updates = {"np": jnp.full(3, 0.5), "py": jnp.asarray(0.25), "jax": jnp.full(2, 0.5)}
+    for _ in range(3):
+        result = gtx.apply_updates(params, updates)
+        np.testing.assert_array_equal(result["np"], [1.5, 1.5, 1.5])
+        assert result["np"].dtype == jnp.float32
+        assert float(result["py"]) == 2.25
+        np.testing.assert_array_equal(result["jax"], [1.5, 1.5])
+    assert not fresh_kernels.kernels
