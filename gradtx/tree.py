@@ -203,10 +203,10 @@ one-off update never waits for a compilation) and reused from then on; the closu
 arrays (hyperparameters, bias corrections, schedule values) are its arguments, so an
 update at a later step reuses it. ``global_norm`` adds its per-leaf sums in compiled
 chunks too, in the same order, and ``map_leaves`` (``apply_updates``) uses the same
-kernels. An eager Adam update of 1,000 leaves becomes ~6x
-faster than op by op (docs/performance.md). The numbers are those of op-by-op
-execution within float32 rounding, bitwise for most transforms; where XLA fuses
-``a * b + c`` into one rounding they are the numbers of the jitted step instead
+kernels. An eager Adam update of 1,000 leaves becomes ~6x faster than op by op
+(docs/performance.md). The numbers are those of op-by-op execution within float32
+rounding, bitwise for most transforms; where XLA fuses ``a * b + c`` into one rounding
+they are the numbers of the jitted step instead
 (``tests/test_performance_equivalence.py``). Per-leaf code that receives a new
 non-array object in its closure at every call (a fresh local function, say) is left op
 by op after ``_EagerKernels.max_keys_per_code`` tries, and so is code that reads array
