@@ -282,6 +282,21 @@ def test_eager_kernels_run_many_leaves_per_call(rng, monkeypatch, fresh_kernels)
         )
 
 
+def test_eager_leaves_group_by_value_not_by_object():
+    # every output of a jitted call holds its own sharding object: equal shardings under
+    # different ids are one group (one kernel call per 32 leaves, not one per position)
+    outputs = jax.jit(lambda xs: [x + 1 for x in xs])([jnp.ones(3)] * 4)
+    assert len({id(x.sharding) for x in outputs}) == 4
+    other = jnp.ones(2)
+    arg_tuples = [(outputs[0], outputs[1]), (other, other), (outputs[2], outputs[3])]
+    assert [indices for _, indices in tree._group_by_signature(arg_tuples)] == [[0, 2], [1]]
+    # a static flag among the arguments groups by its value and type, in leaf order
+    flagged = [(outputs[0], True), (outputs[1], 1), (outputs[2], True), (other, True)]
+    groups = tree._group_by_signature(flagged)
+    assert [indices for _, indices in groups] == [[0, 2], [1], [3]]
+    assert [statics for statics, _ in groups][:2] == [(None, (True, bool)), (None, (1, int))]
+
+
 def test_eager_global_norm_adds_the_leaves_in_order(fresh_kernels):
     # magnitudes from 1 to 1e7: in float32 the order of the additions shows in the result
     x = [jnp.asarray([10.0 ** (i % 8), 0.5 + i], jnp.float32) for i in range(100)]
