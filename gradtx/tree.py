@@ -329,22 +329,18 @@ def _group_by_signature(arg_tuples: list[tuple]) -> list[tuple[tuple, list[int]]
     ``(value, type)`` for a static value (the type keeps ``1`` and ``True`` apart in
     jit's cache). The groups come in the order of their first leaves. ``None`` if a
     static value cannot be hashed."""
-    try:
-        # An array holds its abstract value and sharding, and the arrays of a tree share
-        # a few of those objects: grouping by their ids first costs a third of hashing
-        # and comparing them by value for every leaf (Python __hash__/__eq__). Equal
-        # objects under different ids (each output of a kernel has its own sharding)
-        # are merged below, one comparison per id group. The ids are those of live
-        # objects: ``arg_tuples`` holds the arrays, which hold them.
-        by_ids: dict[tuple, list[int]] = {}
-        for i, args in enumerate(arg_tuples):
-            key = tuple([(id(x.aval), id(x.sharding)) for x in args])
-            by_ids.setdefault(key, []).append(i)
-        candidates = list(by_ids.values())
-    except AttributeError:  # a static flag, a NumPy array or a traced state
-        candidates = [[i] for i in range(len(arg_tuples))]
+    # An array holds its abstract value and sharding, and the arrays of a tree share a
+    # few of those objects: grouping by their ids first (a static flag by its own id)
+    # costs a third of hashing and comparing them by value for every leaf (Python
+    # __hash__/__eq__). Equal objects under different ids (each output of a kernel has
+    # its own sharding) are merged below, one comparison per id group. The ids are those
+    # of live objects: ``arg_tuples`` holds the arguments, which hold the rest.
+    by_ids: dict[tuple, list[int]] = {}
+    for i, args in enumerate(arg_tuples):
+        key = tuple([(id(getattr(x, "aval", x)), id(getattr(x, "sharding", x))) for x in args])
+        by_ids.setdefault(key, []).append(i)
     groups: dict[tuple, tuple[tuple, list[int]]] = {}
-    for indices in candidates:
+    for indices in by_ids.values():
         args = arg_tuples[indices[0]]
         signature = tuple([_signature(x) for x in args])
         try:

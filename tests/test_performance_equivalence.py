@@ -295,6 +295,10 @@ def test_eager_leaves_group_by_value_not_by_object():
     groups = tree._group_by_signature(flagged)
     assert [indices for _, indices in groups] == [[0, 2], [1], [3]]
     assert [statics for statics, _ in groups][:2] == [(None, (True, bool)), (None, (1, int))]
+    # NumPy arrays group by shape and dtype; an unhashable static value gives no grouping
+    numpy_args = [(np.ones(2),), (np.zeros(2),), (np.ones(3),)]
+    assert [i for _, i in tree._group_by_signature(numpy_args)] == [[0, 1], [2]]
+    assert tree._group_by_signature([(outputs[0], [1])]) is None
 
 
 def test_eager_global_norm_adds_the_leaves_in_order(fresh_kernels):
