@@ -13,8 +13,11 @@
 from __future__ import annotations
 
 import gc
+import unittest.mock
 import weakref
 
+import hypothesis
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -299,6 +302,59 @@ def test_eager_leaves_group_by_value_not_by_object():
     numpy_args = [(np.ones(2),), (np.zeros(2),), (np.ones(3),)]
     assert [i for _, i in tree._group_by_signature(numpy_args)] == [[0, 1], [2]]
     assert tree._group_by_signature([(outputs[0], [1])]) is None
+
+
+_SHAPES = [(3,), (2, 2), ()]
+_DTYPES = [jnp.float32, jnp.bfloat16]
+
+
+@hypothesis.settings(max_examples=12, deadline=None, derandomize=True)
+@hypothesis.given(
+    leaves=st.lists(
+        st.tuples(
+            st.sampled_from(range(len(_SHAPES))),
+            st.sampled_from(range(len(_DTYPES))),
+            st.sampled_from(["decayed", "not decayed", "None"]),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    seed=st.integers(0, 2**16),
+)
+def test_eager_kernels_equal_op_by_op_on_any_mix_of_leaves(leaves, seed):
+    # shapes, dtypes, mask flags and None leaves in any order and any number (over 32 of
+    # one signature takes two calls): grouping and chunking never change a number
+    rng = np.random.default_rng(seed)
+
+    def tree_of(draw):
+        return [
+            None if flag == "None" else jnp.asarray(draw(_SHAPES[shape]), _DTYPES[dtype])
+            for shape, dtype, flag in leaves
+        ]
+
+    params = tree_of(lambda shape: rng.normal(size=shape))
+    grads_seq = [tree_of(lambda shape: rng.normal(size=shape)) for _ in range(3)]
+    mask = [None if flag == "None" else flag == "decayed" for _, _, flag in leaves]
+
+    def make():
+        # the mask first (L2) and after Adam (decoupled): flags next to arrays that share
+        # sharding objects (the gradients) and next to kernel outputs (Adam's updates)
+        return gtx.chain(
+            gtx.add_decayed_weights(0.5, mask=mask),
+            gtx.clip_by_global_norm(1.0),
+            gtx.adamw(1e-2, weight_decay=0.5, mask=mask),
+        )
+
+    with unittest.mock.patch.object(tree, "_EAGER", tree._EagerKernels()):
+        fast = _run_eager(make(), params, grads_seq)  # op by op, compiled, reused
+    with unittest.mock.patch.object(tree, "COMPILE_EAGER_LEAF_FUNCTIONS", False):
+        plain = _run_eager(make(), params, grads_seq)
+    assert jax.tree.structure(fast) == jax.tree.structure(plain)
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain), strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_allclose(
+            np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=2e-6, atol=1e-7
+        )
 
 
 def test_eager_global_norm_adds_the_leaves_in_order(fresh_kernels):
