@@ -334,7 +334,9 @@ def _group_by_signature(arg_tuples: list[tuple]) -> list[tuple[tuple, list[int]]
     # costs a third of hashing and comparing them by value for every leaf (Python
     # __hash__/__eq__). Equal objects under different ids (each output of a kernel has
     # its own sharding) are merged below, one comparison per id group. The ids are those
-    # of live objects: ``arg_tuples`` holds the arguments, which hold the rest.
+    # of live objects, so no two can be equal: ``arg_tuples`` holds the arguments, and a
+    # concrete array holds its aval and sharding. (A tracer's aval may be built anew at
+    # each read, but a tracer has no sharding attribute, so its key holds its own id.)
     by_ids: dict[tuple, list[int]] = {}
     for i, args in enumerate(arg_tuples):
         key = tuple([(id(getattr(x, "aval", x)), id(getattr(x, "sharding", x))) for x in args])
