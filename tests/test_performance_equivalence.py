@@ -352,8 +352,15 @@ def test_eager_kernels_equal_op_by_op_on_any_mix_of_leaves(leaves, seed):
     assert jax.tree.structure(fast) == jax.tree.structure(plain)
     for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain), strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape
+        # float32 rounding; a bfloat16 result one float32 ulp from a bfloat16 rounding
+        # boundary may land one bfloat16 ulp away (2**-8 relative), then carry that on
+        tolerance = (
+            {"rtol": 2**-6, "atol": 1e-5}
+            if a.dtype == jnp.bfloat16
+            else {"rtol": 2e-6, "atol": 1e-7}
+        )
         np.testing.assert_allclose(
-            np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=2e-6, atol=1e-7
+            np.asarray(a, np.float64), np.asarray(b, np.float64), **tolerance
         )
 
 
