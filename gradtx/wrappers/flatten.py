@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,16 +16,41 @@ from gradtx.core import GradientTransformation, _update_with_extra_args
 def _ravel(leaves: list) -> jax.Array:
     if not leaves:
         return jnp.zeros([0], jnp.float32)
+    return _concatenate(leaves)
+
+
+@jax.jit
+def _concatenate(leaves: list) -> jax.Array:
+    # jitted so that an eager update runs one program, not a reshape per leaf
     dtype = jnp.result_type(*leaves)
     return jnp.concatenate([jnp.ravel(x).astype(dtype) for x in leaves])
 
 
 def _unravel(vector: jax.Array, like: list) -> list:
-    sizes = [int(np.prod(jnp.shape(x))) for x in like]
-    pieces = jnp.split(vector, np.cumsum(sizes)[:-1]) if like else []
+    shapes = tuple((jnp.shape(x), jnp.result_type(x)) for x in like)
+    sizes = [math.prod(shape) for shape, _ in shapes]
+    starts = tuple(int(start) for start in np.cumsum([0, *sizes[:-1]])) if like else ()
+    if sum(sizes) <= _INT32_MAX:  # the starts fit the int32 they are passed as
+        return _slices(vector, starts, shapes)
+    pieces = jnp.split(vector, np.cumsum(sizes)[:-1])  # static starts: any size
     return [
-        piece.reshape(jnp.shape(x)).astype(jnp.result_type(x))
-        for piece, x in zip(pieces, like, strict=True)
+        piece.reshape(shape).astype(dtype)
+        for piece, (shape, dtype) in zip(pieces, shapes, strict=True)
+    ]
+
+
+_INT32_MAX = 2**31 - 1
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _slices(vector: jax.Array, starts: tuple, shapes: tuple) -> list:
+    # The starts are arguments, not constants: XLA:CPU compiles one kernel per distinct
+    # fusion, and slices at constant offsets are all distinct (~8 ms each to compile,
+    # ~10 s for 1,000 leaves at an eager update's first call; docs/performance.md).
+    # Inside a jitted step the starts are constants again and this is a plain slice.
+    return [
+        jax.lax.dynamic_slice(vector, (start,), (math.prod(shape),)).reshape(shape).astype(dtype)
+        for start, (shape, dtype) in zip(starts, shapes, strict=True)
     ]
 
 
