@@ -265,13 +265,15 @@ def eager_calls_ms(tx, state, params, grads, calls: int) -> list[float]:
     return times
 
 
-def compile_eager_table(shapes, rounds: int, calls_per_round: int = 4) -> None:
-    """Compile time of each contender's step, then its eager ``tx.update``: the first
-    call, the second (where gradtx compiles its per-leaf kernels,
-    ``tree.COMPILE_EAGER_LEAF_FUNCTIONS``) and, in ``rounds`` rounds that take the
-    contenders in turn, the median of ``calls_per_round`` calls. The ratio to Optax is
-    the median over the rounds of the ratio within a round, so a slow spell of this
-    shared machine weighs on both sides of it."""
+def compile_eager_table(shapes, rounds: int, compile_rounds: int, calls_per_round: int = 4) -> None:
+    """Compile time of each contender's step, in ``compile_rounds`` rounds that take the
+    contenders in turn (a fresh trace and compilation each time), then its eager
+    ``tx.update``: the first call, the second (where gradtx compiles its per-leaf
+    kernels, ``tree.COMPILE_EAGER_LEAF_FUNCTIONS``) and, in ``rounds`` rounds, the
+    median of ``calls_per_round`` calls. Each ratio to Optax is the median over the
+    rounds of the ratio within a round, so a slow spell of this shared machine weighs
+    on both sides of it (single compilations of one step moved by 20-30% from run to
+    run)."""
     params = make_tree(shapes, seed=0)
     grads = make_tree(shapes, seed=1)
     contenders = {
@@ -290,29 +292,37 @@ def compile_eager_table(shapes, rounds: int, calls_per_round: int = 4) -> None:
         for tx, apply_updates in runs.values():
             JaxRun(tx, apply_updates, tiny, tiny).__dict__.clear()
     for what, runs in contenders.items():
+        compile_s = {name: [] for name in runs}
+        fusions = {}
+        for _ in range(compile_rounds):
+            for name, (tx, apply_updates) in runs.items():
+                run = JaxRun(tx, apply_updates, params, grads)
+                compile_s[name].append(run.compile_s)
+                fusions[name] = run.fusions
+                run.__dict__.clear()
         results, states = {}, {}
-        for name, (tx, apply_updates) in runs.items():
-            run = JaxRun(tx, apply_updates, params, grads)
+        for name, (tx, _) in runs.items():
             states[name] = tx.init(params)
-            first, second = eager_calls_ms(tx, states[name], params, grads, 2)
-            results[name] = (run.compile_s, run.fusions, first, second)
-            run.__dict__.clear()
+            results[name] = eager_calls_ms(tx, states[name], params, grads, 2)
         medians = {name: [] for name in runs}
         for _ in range(rounds):
             for name, (tx, _) in runs.items():
                 times = eager_calls_ms(tx, states[name], params, grads, calls_per_round)
                 medians[name].append(statistics.median(times))
-        compile_optax = results["optax"][0]
-        for name, (compile_s, fusions, first, second) in results.items():
-            ratio = statistics.median(
-                a / b for a, b in zip(medians[name], medians["optax"], strict=True)
-            )
+        for name, (first, second) in results.items():
             print(
-                f"| {what} | {name} | {compile_s:.2f} | {compile_s / compile_optax:.2f} "
-                f"| {fusions} | {first:.0f} | {second:.0f} "
-                f"| {statistics.median(medians[name]):.1f} | {ratio:.2f} |",
+                f"| {what} | {name} | {statistics.median(compile_s[name]):.2f} "
+                f"| {median_ratio(compile_s[name], compile_s['optax']):.2f} "
+                f"| {fusions[name]} | {first:.0f} | {second:.0f} "
+                f"| {statistics.median(medians[name]):.1f} "
+                f"| {median_ratio(medians[name], medians['optax']):.2f} |",
                 flush=True,
             )
+
+
+def median_ratio(times: list[float], optax_times: list[float]) -> float:
+    """The median over rounds of the ratio of two contenders' times in the same round."""
+    return statistics.median(a / b for a, b in zip(times, optax_times, strict=True))
 
 
 def memory_ratios(tx, apply_updates, params, grads) -> tuple[float, float]:
@@ -468,16 +478,17 @@ def main(argv=None) -> None:
         step_table(label, shapes, steps, torch is not None, bandwidth)
 
     print("\n### Compile and eager time, 1,000 leaves\n")
-    rounds = 2 if args.quick else 5
-    print("compile = lower + compile of the donated step; eager = un-jitted `tx.update`: "
+    rounds, compile_rounds = (2, 1) if args.quick else (5, 3)
+    print(f"compile = lower + compile of the donated step, median of {compile_rounds} "
+          "rounds taking the contenders in turn; eager = un-jitted `tx.update`: "
           "ms of the first call, of the second (where gradtx compiles its per-leaf "
           f"kernels) and the median of the calls after ({rounds} rounds of 4 calls "
-          "taking the contenders in turn; '/ optax' is the median of the ratios within "
-          "a round)\n")  # fmt: skip
+          "taking the contenders in turn); each '/ optax' is the median of the ratios "
+          "within a round\n")  # fmt: skip
     print("| optimizer | contender | compile (s) | / optax | fusions | eager 1st (ms) "
           "| eager 2nd (ms) | eager (ms) | / optax |")  # fmt: skip
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    compile_eager_table(cases[1][1], rounds=rounds)
+    compile_eager_table(cases[1][1], rounds=rounds, compile_rounds=compile_rounds)
 
     print("\n### Peak memory of a step / (params + grads + state)\n")
     print("(the 1,000-leaf tree is left out here: its six extra compilations per contender "
