@@ -61,8 +61,17 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
     their promoted dtype; ``inner`` sees that vector; its result is split and reshaped
     back into the tree, each leaf in its own dtype. For an elementwise ``inner`` (Adam,
     momentum, clipping by value...) the result is the same as without ``flatten``; for
-    one that reduces over a leaf it now reduces over everything. Many small leaves then
-    cost one kernel each instead of one per leaf, at the price of a concatenation.
+    one that reduces over a leaf it now reduces over everything. The math on many small
+    leaves then runs as one kernel instead of one per leaf, at the price of gathering
+    the leaves and slicing the result back.
+
+    When it pays (XLA:CPU, docs/performance.md): a jitted step over many small leaves
+    (1,000 leaves of 4,096: about half the per-leaf step time). Not on large leaves,
+    where the gathered vectors are temporaries the size of the model that the step
+    allocates anew each time (GPT-2-small shapes: 3x slower), and its compile time
+    grows by one kernel per leaf (each slice has its own offset: 1,000 leaves 12 s
+    against 6 s per leaf). Its state is one vector per state field, not a tree shaped
+    like the params, so it is not sharded like them.
 
     Args:
         inner: the transform to run on the vector; its state is for the vector.
