@@ -199,6 +199,9 @@ def step_table(label, shapes, steps, with_torch, bandwidth) -> None:
     runs = {
         "gradtx": JaxRun(gtx.adam(1e-3), gtx.apply_updates, params, grads),
         "gradtx flatten": JaxRun(gtx.flatten(gtx.adam(1e-3)), gtx.apply_updates, params, grads),
+        "gradtx flatten, offsets in state": JaxRun(
+            gtx.flatten(gtx.adam(1e-3), offsets_in_state=True), gtx.apply_updates, params, grads
+        ),
         "optax": JaxRun(optax.adam(1e-3), optax.apply_updates, params, grads),
     }
     if len(jax.tree.leaves(params)) > 1:
@@ -280,6 +283,10 @@ def compile_eager_table(shapes, rounds: int, compile_rounds: int, calls_per_roun
         "Adam": {
             "gradtx": (gtx.adam(1e-3), gtx.apply_updates),
             "gradtx flatten": (gtx.flatten(gtx.adam(1e-3)), gtx.apply_updates),
+            "gradtx flatten, offsets in state": (
+                gtx.flatten(gtx.adam(1e-3), offsets_in_state=True),
+                gtx.apply_updates,
+            ),
             "optax": (optax.adam(1e-3), optax.apply_updates),
         },
         "chain": {

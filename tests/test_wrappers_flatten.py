@@ -101,3 +101,62 @@ def test_eager_slices_share_one_kernel_per_leaf_shape():
     pieces = flatten_module._unravel(vector, leaves)
     for i, piece in enumerate(pieces):
         np.testing.assert_array_equal(piece, np.arange(6.0 * i, 6.0 * i + 6).reshape(2, 3))
+
+
+def test_offsets_in_state_give_the_same_numbers_jitted_and_eager(rng):
+    # the same slices of the same vector, only the offsets come from the state
+    inner = gtx.chain(gtx.scale_by_adam(), gtx.add_decayed_weights(0.1))
+    plain, fast = gtx.flatten(inner), gtx.flatten(inner, offsets_in_state=True)
+    params = _mixed_tree(rng)
+    plain_state, fast_state = plain.init(params), fast.init(params)
+    assert isinstance(fast_state, flatten_module.FlattenState)
+    assert [int(s) for s in fast_state.starts] == [0, 12, 24, 29, 30, 36]
+    assert all(s.dtype == jnp.int32 for s in fast_state.starts)
+    jit_state = fast_state
+    fast_step = jax.jit(fast.update)
+    for _ in range(3):
+        grads = _mixed_tree(rng)
+        expected, plain_state = plain.update(grads, plain_state, params)
+        eager, fast_state = fast.update(grads, fast_state, params)
+        jitted, jit_state = fast_step(grads, jit_state, params)
+        for e, a, b in zip(expected, eager, jitted, strict=True):
+            assert a.dtype == b.dtype == e.dtype and a.shape == b.shape == e.shape
+            np.testing.assert_array_equal(a, e)
+            np.testing.assert_allclose(
+                np.asarray(b, np.float32), np.asarray(e, np.float32), rtol=1e-6, atol=1e-7
+            )
+    assert [int(s) for s in jit_state.starts] == [0, 12, 24, 29, 30, 36]
+
+
+def test_offsets_in_state_make_the_jitted_slices_one_kernel_per_shape():
+    # with constant starts XLA folds each slice to its own offset (a kernel apiece on
+    # XLA:CPU); with the starts in the state they stay dynamic-slices of step inputs
+    params = [jnp.zeros((2, 3))] * 40
+    for offsets_in_state, dynamic in ((False, 0), (True, 40)):
+        tx = gtx.flatten(gtx.scale_by_adam(), offsets_in_state=offsets_in_state)
+        hlo = jax.jit(tx.update).lower(params, tx.init(params)).compile().as_text()
+        assert hlo.count("dynamic-slice(") == dynamic
+
+
+def test_offsets_in_state_check_the_starts(rng):
+    tx = gtx.flatten(gtx.adam(0.1), offsets_in_state=True)
+    params = _mixed_tree(rng)
+    zeroed = jax.tree.map(jnp.zeros_like, tx.init(params))  # a "reset" that moves the starts
+    with pytest.raises(ValueError, match="last leaf starts at 36, the state says 0"):
+        tx.update(params, zeroed, params)
+    updates, _ = jax.jit(tx.update)(params, zeroed, params)
+    assert all(bool(jnp.all(jnp.isnan(u.astype(jnp.float32)))) for u in updates)
+    with pytest.raises(ValueError, match="one start per leaf"):
+        tx.update(params[:-1], tx.init(params), params[:-1])
+    with pytest.raises(ValueError, match="FlattenState"):
+        tx.update(params, gtx.adam(0.1).init(params), params)
+    with pytest.raises(TypeError, match="offsets_in_state must be True or False, got 'yes'"):
+        gtx.flatten(gtx.adam(0.1), offsets_in_state="yes")
+
+
+def test_offsets_in_state_refuse_more_elements_than_int32_offsets_address(monkeypatch):
+    monkeypatch.setattr(flatten_module, "_INT32_MAX", 10)
+    params = [jnp.zeros(6), jnp.zeros(5)]
+    with pytest.raises(ValueError, match="11 elements in all"):
+        gtx.flatten(gtx.adam(0.1), offsets_in_state=True).init(params)
+    gtx.flatten(gtx.adam(0.1)).init(params)  # the default keeps static slices past int32

@@ -101,6 +101,7 @@ WRAPPERS: dict[str, Callable[[], gtx.GradientTransformation]] = {
     "average_params": lambda: gtx.chain(gtx.adam(0.1), gtx.average_params(1)),
     "swats": lambda: gtx.swats(0.1),
     "flatten": lambda: gtx.flatten(gtx.adam(0.1)),
+    "flatten_offsets": lambda: gtx.flatten(gtx.adam(0.1), offsets_in_state=True),
     "add_l1": lambda: gtx.chain(gtx.add_l1(0.1), gtx.adam(0.1)),
     "proximal_l1": lambda: gtx.chain(gtx.adam(0.1), gtx.proximal_l1(0.01)),
     "max_norm": lambda: gtx.chain(gtx.adam(0.1), gtx.max_norm(1.0, mask=WRAPPER_MASK)),

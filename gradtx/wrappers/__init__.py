@@ -11,7 +11,7 @@ from gradtx.wrappers.averaging import (
     ema_params,
 )
 from gradtx.wrappers.finite import ApplyIfFiniteState, apply_if_finite
-from gradtx.wrappers.flatten import flatten
+from gradtx.wrappers.flatten import FlattenState, flatten
 from gradtx.wrappers.lookahead import LookaheadState, lookahead
 from gradtx.wrappers.masking import (
     MaskedState,
@@ -28,6 +28,7 @@ __all__ = [
     "ApplyIfFiniteState",
     "AverageParamsState",
     "EmaParamsState",
+    "FlattenState",
     "LookaheadState",
     "MaskedState",
     "MultiStepsState",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,13 +27,19 @@ def _concatenate(leaves: list) -> jax.Array:
     return jnp.concatenate([jnp.ravel(x).astype(dtype) for x in leaves])
 
 
-def _unravel(vector: jax.Array, like: list) -> list:
+def _layout(like: list) -> tuple[tuple, tuple[int, ...], int]:
+    """Each leaf's (shape, dtype), where it starts in the vector, and the vector's size."""
     shapes = tuple((jnp.shape(x), jnp.result_type(x)) for x in like)
     sizes = [math.prod(shape) for shape, _ in shapes]
     starts = tuple(int(start) for start in np.cumsum([0, *sizes[:-1]])) if like else ()
-    if sum(sizes) <= _INT32_MAX:  # the starts fit the int32 they are passed as
+    return shapes, starts, sum(sizes)
+
+
+def _unravel(vector: jax.Array, like: list) -> list:
+    shapes, starts, size = _layout(like)
+    if size <= _INT32_MAX:  # the starts fit the int32 they are passed as
         return _slices(vector, starts, shapes)
-    pieces = jnp.split(vector, np.cumsum(sizes)[:-1])  # static starts: any size
+    pieces = jnp.split(vector, starts[1:])  # static starts: any size
     return [
         piece.reshape(shape).astype(dtype)
         for piece, (shape, dtype) in zip(pieces, shapes, strict=True)
@@ -47,14 +54,36 @@ def _slices(vector: jax.Array, starts: tuple, shapes: tuple) -> list:
     # The starts are arguments, not constants: XLA:CPU compiles one kernel per distinct
     # fusion, and slices at constant offsets are all distinct (~8 ms each to compile,
     # ~10 s for 1,000 leaves at an eager update's first call; docs/performance.md).
-    # Inside a jitted step the starts are constants again and this is a plain slice.
+    # Inside a jitted step the starts are constants again and this is a plain slice,
+    # unless they come from the state (``offsets_in_state``).
     return [
         jax.lax.dynamic_slice(vector, (start,), (math.prod(shape),)).reshape(shape).astype(dtype)
         for start, (shape, dtype) in zip(starts, shapes, strict=True)
     ]
 
 
-def flatten(inner: GradientTransformation) -> GradientTransformation:
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _slices_at_state_starts(
+    vector: jax.Array, starts: tuple, last_start: int, shapes: tuple
+) -> tuple[list, jax.Array]:
+    # The starts are state, so a state zeroed or scaled by tree-wide code would slice
+    # the wrong places: check the last start (one scalar comparison) and return NaN
+    # pieces if it is off, plus the verdict for an eager update to raise on.
+    valid = starts[-1] == last_start
+    pieces = _slices(vector, starts, shapes)
+    return [jnp.where(valid, piece, jnp.nan).astype(piece.dtype) for piece in pieces], valid
+
+
+class FlattenState(NamedTuple):
+    """State of ``flatten(inner, offsets_in_state=True)``."""
+
+    inner: Any  # the inner transform's state, for the vector
+    starts: tuple  # one int32 scalar per leaf: where the leaf begins in the vector
+
+
+def flatten(
+    inner: GradientTransformation, offsets_in_state: bool = False
+) -> GradientTransformation:
     """Runs ``inner`` on all leaves concatenated into one vector.
 
     The updates (and params) are raveled and concatenated in tree order into a vector of
@@ -68,13 +97,26 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
     When it pays (XLA:CPU, docs/performance.md): a jitted step over many small leaves
     (1,000 leaves of 4,096: about half the per-leaf step time). Not on large leaves,
     where the gathered vectors are temporaries the size of the model that the step
-    allocates anew each time (GPT-2-small shapes: 3x slower), and its compile time
-    grows by one kernel per leaf (each slice has its own offset: 1,000 leaves 12 s
-    against 6 s per leaf). Its state is one vector per state field, not a tree shaped
-    like the params, so it is not sharded like them.
+    allocates anew each time (GPT-2-small shapes: 3x slower). Its state is one vector per
+    state field, not a tree shaped like the params, so it is not sharded like them.
+
+    Compile time: XLA:CPU compiles one kernel per distinct fusion, and a slice at a
+    constant offset is distinct from every other, so by default a jitted step compiles
+    one kernel per leaf (1,000 leaves of 4,096: 12 s, about twice the per-leaf step).
+    With ``offsets_in_state=True`` the state also holds where each leaf starts in the
+    vector (one int32 scalar per leaf), so the offsets are inputs of the step and the
+    slices of one leaf shape share one kernel: the same numbers, compiled in 4 s, each
+    step ~15% slower than the default's (runtime offsets, 1,000 more inputs), so it pays for
+    short runs and many recompilations, not for long ones. Those starts are layout, not
+    statistics: code that rescales or zeroes every state leaf would move them, so the
+    update checks them and gives NaN updates (under ``jit``) or raises (eagerly) when
+    they are off.
 
     Args:
         inner: the transform to run on the vector; its state is for the vector.
+        offsets_in_state: keep the leaves' start offsets in the state (state
+            ``FlattenState(inner, starts)`` instead of ``inner``'s state) for a faster
+            compilation; needs fewer than 2**31 elements in all.
 
     Example:
         >>> import jax.numpy as jnp
@@ -87,15 +129,30 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
         >>> updates, state = tx.update(grads, state)
         >>> [round(float(x), 4) for x in updates["a"]], updates["b"].shape
         ([1.0, -1.0], (1, 1))
+        >>> fast = gtx.flatten(gtx.scale_by_adam(), offsets_in_state=True)
+        >>> [int(start) for start in fast.init(grads).starts]
+        [0, 2]
     """
+    if not isinstance(offsets_in_state, bool):
+        raise TypeError(f"flatten offsets_in_state must be True or False, got {offsets_in_state!r}")
     inner_update = _update_with_extra_args(inner)
 
     def init(params):
         tree.check_inexact(params, "parameter")
         leaves = jax.tree.leaves(params)
         if any(isinstance(x, jax.ShapeDtypeStruct) for x in leaves):  # an abstract init
-            return inner.init(jax.eval_shape(_ravel, leaves))
-        return inner.init(_ravel(leaves))
+            inner_state = inner.init(jax.eval_shape(_ravel, leaves))
+        else:
+            inner_state = inner.init(_ravel(leaves))
+        if not offsets_in_state:
+            return inner_state
+        _, starts, size = _layout(leaves)
+        if size > _INT32_MAX:
+            raise ValueError(
+                f"flatten(offsets_in_state=True) keeps int32 offsets, but the params have "
+                f"{size} elements in all (at most {_INT32_MAX}); use offsets_in_state=False"
+            )
+        return FlattenState(inner_state, tuple(jnp.asarray(x, jnp.int32) for x in starts))
 
     def update(updates, state, params=None, **extra):
         leaves, treedef = jax.tree.flatten(updates)
@@ -103,7 +160,32 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
         if params is not None:
             tree.check_same_structure(updates, params, "the updates", "the params")
             flat_params = _ravel(jax.tree.leaves(params))
-        new_vector, state = inner_update(_ravel(leaves), state, flat_params, **extra)
-        return treedef.unflatten(_unravel(new_vector, leaves)), state
+        if not offsets_in_state:
+            new_vector, state = inner_update(_ravel(leaves), state, flat_params, **extra)
+            return treedef.unflatten(_unravel(new_vector, leaves)), state
+        if not isinstance(state, FlattenState) or len(state.starts) != len(leaves):
+            raise ValueError(
+                "flatten(offsets_in_state=True) expects its FlattenState with one start per "
+                f"leaf ({len(leaves)} leaves), got {_describe(state)}"
+            )
+        new_vector, inner_state = inner_update(_ravel(leaves), state.inner, flat_params, **extra)
+        if not leaves:
+            return treedef.unflatten([]), FlattenState(inner_state, state.starts)
+        shapes, starts, _ = _layout(leaves)
+        pieces, valid = _slices_at_state_starts(new_vector, state.starts, starts[-1], shapes)
+        if not isinstance(valid, jax.core.Tracer) and not bool(valid):
+            raise ValueError(
+                f"flatten state starts do not match the leaves: the last leaf starts at "
+                f"{starts[-1]}, the state says {int(state.starts[-1])}. The starts are "
+                "layout, not statistics: keep them out of code that rescales or zeroes the "
+                "state (re-run init instead)"
+            )
+        return treedef.unflatten(pieces), FlattenState(inner_state, state.starts)
 
     return GradientTransformation(init, update)
+
+
+def _describe(state: Any) -> str:
+    if isinstance(state, FlattenState):
+        return f"a FlattenState with {len(state.starts)} starts"
+    return f"a {type(state).__name__}"
