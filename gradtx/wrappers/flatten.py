@@ -106,7 +106,7 @@ def flatten(
     With ``offsets_in_state=True`` the state also holds where each leaf starts in the
     vector (one int32 scalar per leaf), so the offsets are inputs of the step and the
     slices of one leaf shape share one kernel: the same numbers, compiled in 4 s, each
-    step ~15% slower than the default's (runtime offsets, 1,000 more inputs), so it pays for
+    step 15-35% slower than the default's (runtime offsets, 1,000 more inputs), so it pays for
     short runs and many recompilations, not for long ones. Those starts are layout, not
     statistics: code that rescales or zeroes every state leaf would move them, so the
     update checks them and gives NaN updates (under ``jit``) or raises (eagerly) when
