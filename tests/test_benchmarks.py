@@ -1,8 +1,9 @@
-"""The measurement aid of ``benchmarks/bucketed_math.py`` computes what it claims to time.
+"""The measurement aids of ``benchmarks/`` compute what they claim to time.
 
-Its figures go into docs/performance.md as "bucketed Adam with per-leaf state", so the
-transform it builds must be Adam: the same parameters and per-leaf state as the
-per-leaf step, within float32 rounding, on leaves of several shapes.
+Their figures go into docs/performance.md: ``bucketed_math.py`` as "bucketed Adam with
+per-leaf state", ``chunked_loop.py`` as Adam run chunk by chunk in a loop. So each
+step they build must be Adam's: the same parameters and state as the per-leaf step,
+within float32 rounding.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import gradtx as gtx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 from bucketed_math import bucketed_math  # noqa: E402
+from chunked_loop import chunked, chunked_adam_ordered  # noqa: E402
 
 
 def test_bucketed_math_is_adam_with_per_leaf_state(rng):
@@ -48,3 +51,31 @@ def test_bucketed_math_is_adam_with_per_leaf_state(rng):
     ):
         assert a.shape == b.shape and a.dtype == b.dtype
         np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
+
+
+def test_chunked_loop_steps_are_adam_steps(rng):
+    size, chunk = 4096, 1024
+    params = jnp.asarray(rng.normal(size=size), jnp.float32)
+    grads_seq = [jnp.asarray(rng.normal(size=size), jnp.float32) for _ in range(3)]
+    tx = gtx.adam(1e-2)
+    plain = jax.jit(
+        lambda p, s, g: (gtx.apply_updates(p, tx.update(g, s, p)[0]), tx.update(g, s, p)[1])
+    )
+    steps = {"plain": plain, "chunked": chunked(tx, size, chunk)}
+    steps["ordered"] = chunked_adam_ordered(size, chunk)
+    results = {}
+    for name, step in steps.items():
+        p, state = jnp.copy(params), tx.init(params)
+        for grads in grads_seq:
+            p, state = step(p, state, grads)
+        results[name] = (p, state)
+    reference = jax.tree.leaves(results.pop("plain"))
+    assert float(jnp.max(jnp.abs(reference[0] - params))) > 1e-2  # the steps moved the params
+    for name, result in results.items():
+        leaves = jax.tree.leaves(result)
+        assert len(leaves) == len(reference), name
+        for a, b in zip(leaves, reference, strict=True):
+            assert a.shape == b.shape and a.dtype == b.dtype, name
+            np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7, err_msg=name)
+    with pytest.raises(ValueError, match="chunk=1000 and size=4096"):
+        chunked(tx, size, 1000)
