@@ -138,15 +138,48 @@ def test_offsets_in_state_make_the_jitted_slices_one_kernel_per_shape():
         assert hlo.count("dynamic-slice(") == dynamic
 
 
+def test_offsets_in_state_keep_one_start_per_run_of_leaves_of_one_shape(rng, monkeypatch):
+    # each state scalar is a buffer the step passes in and out, so consecutive leaves of
+    # one shape and dtype share a start: leaf j of a run is sliced at start + j * size
+    shapes = [(2, 3)] * 20 + [(5,)] + [(2, 3)] * 3 + [(4,)] * 2
+    dtypes = [jnp.float32] * 22 + [jnp.bfloat16] + [jnp.float32] * 3
+    params = [jnp.asarray(rng.normal(size=s), d) for s, d in zip(shapes, dtypes, strict=True)]
+    sizes = [int(np.prod(s)) for s in shapes]
+    leaf_starts = np.cumsum([0, *sizes[:-1]])
+    # runs: 16 + 4 leaves of (2, 3); (5,); (2, 3) f32; (2, 3) bf16; (2, 3) f32; 2 of (4,)
+    firsts = [0, 16, 20, 21, 22, 23, 24]
+    assert flatten_module._runs(tuple((s, d) for s, d in zip(shapes, dtypes, strict=True))) == (
+        (0, 16), (16, 4), (20, 1), (21, 1), (22, 1), (23, 1), (24, 2)
+    )  # fmt: skip
+    inner = gtx.chain(gtx.scale_by_adam(), gtx.add_decayed_weights(0.1))
+    plain, fast = gtx.flatten(inner), gtx.flatten(inner, offsets_in_state=True)
+    plain_state, fast_state = plain.init(params), fast.init(params)
+    assert [int(s) for s in fast_state.starts] == [int(leaf_starts[i]) for i in firsts]
+    jit_state, fast_step = fast_state, jax.jit(fast.update)
+    for _ in range(2):
+        grads = [jnp.asarray(rng.normal(size=p.shape), p.dtype) for p in params]
+        expected, plain_state = plain.update(grads, plain_state, params)
+        eager, fast_state = fast.update(grads, fast_state, params)
+        jitted, jit_state = fast_step(grads, jit_state, params)
+        for e, a, b in zip(expected, eager, jitted, strict=True):
+            assert a.dtype == b.dtype == e.dtype and a.shape == b.shape == e.shape
+            np.testing.assert_array_equal(a, e)
+            np.testing.assert_allclose(
+                np.asarray(b, np.float32), np.asarray(e, np.float32), rtol=1e-6, atol=1e-7
+            )
+    monkeypatch.setattr(flatten_module, "_LEAVES_PER_START", 1)  # one start per leaf
+    assert len(fast.init(params).starts) == len(params)
+
+
 def test_offsets_in_state_check_the_starts(rng):
     tx = gtx.flatten(gtx.adam(0.1), offsets_in_state=True)
     params = _mixed_tree(rng)
     zeroed = jax.tree.map(jnp.zeros_like, tx.init(params))  # a "reset" that moves the starts
-    with pytest.raises(ValueError, match="last leaf starts at 36, the state says 0"):
+    with pytest.raises(ValueError, match="last run of leaves starts at 36, the state says 0"):
         tx.update(params, zeroed, params)
     updates, _ = jax.jit(tx.update)(params, zeroed, params)
     assert all(bool(jnp.all(jnp.isnan(u.astype(jnp.float32)))) for u in updates)
-    with pytest.raises(ValueError, match="one start per leaf"):
+    with pytest.raises(ValueError, match="one start per run of leaves"):
         tx.update(params[:-1], tx.init(params), params[:-1])
     with pytest.raises(ValueError, match="FlattenState"):
         tx.update(params, gtx.adam(0.1).init(params), params)
