@@ -103,19 +103,18 @@ def test_eager_slices_share_one_kernel_per_leaf_shape():
         np.testing.assert_array_equal(piece, np.arange(6.0 * i, 6.0 * i + 6).reshape(2, 3))
 
 
-def test_offsets_in_state_give_the_same_numbers_jitted_and_eager(rng):
-    # the same slices of the same vector, only the offsets come from the state
+def _offsets_in_state_equal_the_default(params, grads_steps) -> flatten_module.FlattenState:
+    """Runs flatten with and without offsets_in_state (eager and jitted) over the steps,
+    checks the updates agree (bitwise eagerly: the same slices of the same vector) and
+    returns the jitted run's final state."""
     inner = gtx.chain(gtx.scale_by_adam(), gtx.add_decayed_weights(0.1))
     plain, fast = gtx.flatten(inner), gtx.flatten(inner, offsets_in_state=True)
-    params = _mixed_tree(rng)
-    plain_state, fast_state = plain.init(params), fast.init(params)
+    plain_state = plain.init(params)
+    fast_state = jit_state = fast.init(params)
     assert isinstance(fast_state, flatten_module.FlattenState)
-    assert [int(s) for s in fast_state.starts] == [0, 12, 24, 29, 30, 36]
     assert all(s.dtype == jnp.int32 for s in fast_state.starts)
-    jit_state = fast_state
     fast_step = jax.jit(fast.update)
-    for _ in range(3):
-        grads = _mixed_tree(rng)
+    for grads in grads_steps:
         expected, plain_state = plain.update(grads, plain_state, params)
         eager, fast_state = fast.update(grads, fast_state, params)
         jitted, jit_state = fast_step(grads, jit_state, params)
@@ -125,6 +124,14 @@ def test_offsets_in_state_give_the_same_numbers_jitted_and_eager(rng):
             np.testing.assert_allclose(
                 np.asarray(b, np.float32), np.asarray(e, np.float32), rtol=1e-6, atol=1e-7
             )
+    return jit_state
+
+
+def test_offsets_in_state_give_the_same_numbers_jitted_and_eager(rng):
+    params = _mixed_tree(rng)
+    tx = gtx.flatten(gtx.scale_by_adam(), offsets_in_state=True)
+    assert [int(s) for s in tx.init(params).starts] == [0, 12, 24, 29, 30, 36]
+    jit_state = _offsets_in_state_equal_the_default(params, [_mixed_tree(rng) for _ in range(3)])
     assert [int(s) for s in jit_state.starts] == [0, 12, 24, 29, 30, 36]
 
 
@@ -151,24 +158,14 @@ def test_offsets_in_state_keep_one_start_per_run_of_leaves_of_one_shape(rng, mon
     assert flatten_module._runs(tuple((s, d) for s, d in zip(shapes, dtypes, strict=True))) == (
         (0, 16), (16, 4), (20, 1), (21, 1), (22, 1), (23, 1), (24, 2)
     )  # fmt: skip
-    inner = gtx.chain(gtx.scale_by_adam(), gtx.add_decayed_weights(0.1))
-    plain, fast = gtx.flatten(inner), gtx.flatten(inner, offsets_in_state=True)
-    plain_state, fast_state = plain.init(params), fast.init(params)
-    assert [int(s) for s in fast_state.starts] == [int(leaf_starts[i]) for i in firsts]
-    jit_state, fast_step = fast_state, jax.jit(fast.update)
-    for _ in range(2):
-        grads = [jnp.asarray(rng.normal(size=p.shape), p.dtype) for p in params]
-        expected, plain_state = plain.update(grads, plain_state, params)
-        eager, fast_state = fast.update(grads, fast_state, params)
-        jitted, jit_state = fast_step(grads, jit_state, params)
-        for e, a, b in zip(expected, eager, jitted, strict=True):
-            assert a.dtype == b.dtype == e.dtype and a.shape == b.shape == e.shape
-            np.testing.assert_array_equal(a, e)
-            np.testing.assert_allclose(
-                np.asarray(b, np.float32), np.asarray(e, np.float32), rtol=1e-6, atol=1e-7
-            )
+    tx = gtx.flatten(gtx.scale_by_adam(), offsets_in_state=True)
+    assert [int(s) for s in tx.init(params).starts] == [int(leaf_starts[i]) for i in firsts]
+    grads_steps = [
+        [jnp.asarray(rng.normal(size=p.shape), p.dtype) for p in params] for _ in range(2)
+    ]
+    _offsets_in_state_equal_the_default(params, grads_steps)
     monkeypatch.setattr(flatten_module, "_LEAVES_PER_START", 1)  # one start per leaf
-    assert len(fast.init(params).starts) == len(params)
+    assert len(tx.init(params).starts) == len(params)
 
 
 def test_offsets_in_state_check_the_starts(rng):
