@@ -100,8 +100,8 @@ def _runs(shapes: tuple) -> tuple[tuple[int, int], ...]:
     size``, shares its kernel with leaf ``j`` of every run of its shape: at most
     ``_LEAVES_PER_START`` kernels per shape (docs/performance.md)."""
     runs: list[list[int]] = []
-    for i, shape in enumerate(shapes):
-        if runs and shapes[runs[-1][0]] == shape and runs[-1][1] < _LEAVES_PER_START:
+    for i, shape_and_dtype in enumerate(shapes):
+        if runs and shapes[runs[-1][0]] == shape_and_dtype and runs[-1][1] < _LEAVES_PER_START:
             runs[-1][1] += 1
         else:
             runs.append([i, 1])
