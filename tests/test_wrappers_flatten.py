@@ -130,9 +130,9 @@ def _offsets_in_state_equal_the_default(params, grads_steps) -> flatten_module.F
 def test_offsets_in_state_give_the_same_numbers_jitted_and_eager(rng):
     params = _mixed_tree(rng)
     tx = gtx.flatten(gtx.scale_by_adam(), offsets_in_state=True)
-    assert [int(s) for s in tx.init(params).starts] == [0, 12, 24, 29, 30, 36]
+    assert [int(s) for s in tx.init(params).starts] == [0, 24, 36, 41, 42]
     jit_state = _offsets_in_state_equal_the_default(params, [_mixed_tree(rng) for _ in range(3)])
-    assert [int(s) for s in jit_state.starts] == [0, 12, 24, 29, 30, 36]
+    assert [int(s) for s in jit_state.starts] == [0, 24, 36, 41, 42]
 
 
 def test_offsets_in_state_make_the_jitted_slices_one_kernel_per_shape():
@@ -146,20 +146,21 @@ def test_offsets_in_state_make_the_jitted_slices_one_kernel_per_shape():
 
 
 def test_offsets_in_state_keep_one_start_per_run_of_leaves_of_one_shape(rng, monkeypatch):
-    # each state scalar is a buffer the step passes in and out, so consecutive leaves of
-    # one shape and dtype share a start: leaf j of a run is sliced at start + j * size
-    shapes = [(2, 3)] * 20 + [(5,)] + [(2, 3)] * 3 + [(4,)] * 2
-    dtypes = [jnp.float32] * 22 + [jnp.bfloat16] + [jnp.float32] * 3
-    params = [jnp.asarray(rng.normal(size=s), d) for s, d in zip(shapes, dtypes, strict=True)]
-    sizes = [int(np.prod(s)) for s in shapes]
-    leaf_starts = np.cumsum([0, *sizes[:-1]])
-    # runs: 16 + 4 leaves of (2, 3); (5,); (2, 3) f32; (2, 3) bf16; (2, 3) f32; 2 of (4,)
-    firsts = [0, 16, 20, 21, 22, 23, 24]
-    assert flatten_module._runs(tuple((s, d) for s, d in zip(shapes, dtypes, strict=True))) == (
-        (0, 16), (16, 4), (20, 1), (21, 1), (22, 1), (23, 1), (24, 2)
-    )  # fmt: skip
+    # each state scalar is a buffer the step passes in and out, so the vector holds the
+    # leaves grouped by shape and dtype, and up to 16 leaves of a group share a start:
+    # leaf j of a run is sliced at start + j * size
+    a, b = ((2, 3), jnp.float32), ((5,), jnp.float32)
+    c, d = ((2, 3), jnp.bfloat16), ((4,), jnp.float32)
+    kinds = [a] * 5 + [b] + [a] * 5 + [c] + [a] * 10 + [b] + [d, d]
+    params = [jnp.asarray(rng.normal(size=shape), dtype) for shape, dtype in kinds]
+    # groups in order of first appearance: 20 of a, 2 of b, 1 of c, 2 of d
+    order = [*range(5), *range(6, 11), *range(12, 22), 5, 22, 11, 23, 24]
+    assert flatten_module._grouped_by_shape(params) == order
+    grouped = tuple(kinds[i] for i in order)
+    assert flatten_module._runs(grouped) == ((0, 16), (16, 4), (20, 2), (22, 1), (23, 2))
+    # vector: a at 0 (20 x 6), b at 120 (2 x 5), c at 130 (6), d at 136 (2 x 4)
     tx = gtx.flatten(gtx.scale_by_adam(), offsets_in_state=True)
-    assert [int(s) for s in tx.init(params).starts] == [int(leaf_starts[i]) for i in firsts]
+    assert [int(s) for s in tx.init(params).starts] == [0, 96, 120, 130, 136]
     grads_steps = [
         [jnp.asarray(rng.normal(size=p.shape), p.dtype) for p in params] for _ in range(2)
     ]
@@ -172,12 +173,12 @@ def test_offsets_in_state_check_the_starts(rng):
     tx = gtx.flatten(gtx.adam(0.1), offsets_in_state=True)
     params = _mixed_tree(rng)
     zeroed = jax.tree.map(jnp.zeros_like, tx.init(params))  # a "reset" that moves the starts
-    with pytest.raises(ValueError, match="last run of leaves starts at 36, the state says 0"):
+    with pytest.raises(ValueError, match="last run of leaves starts at 42, the state says 0"):
         tx.update(params, zeroed, params)
     updates, _ = jax.jit(tx.update)(params, zeroed, params)
     assert all(bool(jnp.all(jnp.isnan(u.astype(jnp.float32)))) for u in updates)
     with pytest.raises(ValueError, match="one start per run of leaves"):
-        tx.update(params[:-1], tx.init(params), params[:-1])
+        tx.update(params[:-2], tx.init(params), params[:-2])
     with pytest.raises(ValueError, match="FlattenState"):
         tx.update(params, gtx.adam(0.1).init(params), params)
     with pytest.raises(TypeError, match="offsets_in_state must be True or False, got 'yes'"):

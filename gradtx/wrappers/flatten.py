@@ -92,13 +92,25 @@ def _slices_at_state_starts(
 _LEAVES_PER_START = 16
 
 
+def _grouped_by_shape(leaves: list) -> list[int]:
+    """The leaf indices grouped by shape and dtype (groups in the order of their first
+    leaf, tree order within a group): ``offsets_in_state`` lays the vector out in this
+    order, so that the leaves of one shape are consecutive and share starts (``_runs``)
+    even where a model alternates shapes (a kernel, a bias, a kernel...)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, x in enumerate(leaves):
+        groups.setdefault((jnp.shape(x), jnp.result_type(x)), []).append(i)
+    return [i for indices in groups.values() for i in indices]
+
+
 def _runs(shapes: tuple) -> tuple[tuple[int, int], ...]:
     """``(first leaf, leaf count)`` of each run of up to ``_LEAVES_PER_START`` consecutive
-    leaves of one shape and dtype, in leaf order: ``offsets_in_state`` keeps one start per
-    run. Every scalar in the state is one more buffer each step passes in and out
-    (~1.9 us apiece on XLA:CPU), while leaf ``j`` of a run, sliced at ``start + j *
-    size``, shares its kernel with leaf ``j`` of every run of its shape: at most
-    ``_LEAVES_PER_START`` kernels per shape (docs/performance.md)."""
+    leaves of one shape and dtype, in the order given (``_grouped_by_shape``'s):
+    ``offsets_in_state`` keeps one start per run. Every scalar in the state is one more
+    buffer each step passes in and out (~1.9 us apiece on XLA:CPU), while leaf ``j`` of
+    a run, sliced at ``start + j * size``, shares its kernel with leaf ``j`` of every
+    run of its shape: at most ``_LEAVES_PER_START`` kernels per shape
+    (docs/performance.md)."""
     runs: list[list[int]] = []
     for i, shape_and_dtype in enumerate(shapes):
         if runs and shapes[runs[-1][0]] == shape_and_dtype and runs[-1][1] < _LEAVES_PER_START:
@@ -137,14 +149,16 @@ def flatten(
     Compile time: XLA:CPU compiles one kernel per distinct fusion, and a slice at a
     constant offset is distinct from every other, so by default a jitted step compiles
     one kernel per leaf (1,000 leaves of 4,096: 12 s, about twice the per-leaf step).
-    With ``offsets_in_state=True`` the state also holds where the leaves start in the
-    vector (one int32 scalar per run of up to 16 consecutive leaves of one shape and
-    dtype; leaf ``j`` of a run starts ``j`` leaf sizes after it), so the offsets are
+    With ``offsets_in_state=True`` the vector holds the leaves grouped by shape and dtype
+    (groups in the order of their first leaf, tree order within) and the state also
+    holds where they start in it: one int32 scalar per run of up to 16 leaves of a
+    group, leaf ``j`` of a run starting ``j`` leaf sizes after it. The offsets are then
     inputs of the step and the slices of one leaf shape share a few kernels: the same
     numbers, compiled in 2.5 s instead of 11 s on 1,000 leaves of 4,096 and stepping as
-    fast as the default (13.6-13.8 ms against 13.6-14.0; one start per leaf was 15-35%
+    fast as the default (13.6-13.8 ms against 13.6-14.0; one start per leaf was 15-40%
     slower, every state scalar being one more buffer in and out of the step). It is an
-    option because it changes the state's structure. Those starts are layout, not
+    option because it changes the state's structure and, where shapes alternate, the
+    order of the vector the inner transform sees. Those starts are layout, not
     statistics: code that rescales or zeroes every state leaf would move them, so the
     update checks them and gives NaN updates (under ``jit``) or raises (eagerly) when
     they are off.
@@ -177,6 +191,8 @@ def flatten(
     def init(params):
         tree.check_inexact(params, "parameter")
         leaves = jax.tree.leaves(params)
+        if offsets_in_state:
+            leaves = [leaves[i] for i in _grouped_by_shape(leaves)]
         if any(isinstance(x, jax.ShapeDtypeStruct) for x in leaves):  # an abstract init
             inner_state = inner.init(jax.eval_shape(_ravel, leaves))
         else:
@@ -196,20 +212,24 @@ def flatten(
 
     def update(updates, state, params=None, **extra):
         leaves, treedef = jax.tree.flatten(updates)
-        flat_params = None
+        param_leaves = None
         if params is not None:
             tree.check_same_structure(updates, params, "the updates", "the params")
-            flat_params = _ravel(jax.tree.leaves(params))
+            param_leaves = jax.tree.leaves(params)
         if not offsets_in_state:
+            flat_params = None if param_leaves is None else _ravel(param_leaves)
             new_vector, state = inner_update(_ravel(leaves), state, flat_params, **extra)
             return treedef.unflatten(_unravel(new_vector, leaves)), state
+        order = _grouped_by_shape(leaves)
+        leaves = [leaves[i] for i in order]
+        flat_params = None if param_leaves is None else _ravel([param_leaves[i] for i in order])
         shapes, starts, _ = _layout(leaves)
         runs = _runs(shapes)
         if not isinstance(state, FlattenState) or len(state.starts) != len(runs):
             raise ValueError(
                 "flatten(offsets_in_state=True) expects its FlattenState with one start per "
-                f"run of leaves ({len(runs)} runs of up to {_LEAVES_PER_START} consecutive "
-                f"leaves of one shape and dtype, {len(leaves)} leaves), got {_describe(state)}"
+                f"run of leaves ({len(runs)} runs of up to {_LEAVES_PER_START} leaves of one "
+                f"shape and dtype, {len(leaves)} leaves), got {_describe(state)}"
             )
         new_vector, inner_state = inner_update(_ravel(leaves), state.inner, flat_params, **extra)
         if not leaves:
@@ -223,7 +243,10 @@ def flatten(
                 "layout, not statistics: keep them out of code that rescales or zeroes the "
                 "state (re-run init instead)"
             )
-        return treedef.unflatten(pieces), FlattenState(inner_state, state.starts)
+        in_tree_order = [None] * len(order)
+        for i, piece in zip(order, pieces, strict=True):
+            in_tree_order[i] = piece
+        return treedef.unflatten(in_tree_order), FlattenState(inner_state, state.starts)
 
     return GradientTransformation(init, update)
 
