@@ -28,9 +28,19 @@ def _concatenate(leaves: list) -> jax.Array:
     return jnp.concatenate([jnp.ravel(x).astype(dtype) for x in leaves])
 
 
+def _shape_and_dtype(x: Any) -> tuple[tuple[int, ...], np.dtype]:
+    # The attributes where a leaf has them: jnp.shape and jnp.result_type cost ~5 us a
+    # leaf, 5 ms per eager update of 1,000 leaves. The dtype as JAX computes in it
+    # (float64 is float32 unless x64 is on), as jnp.result_type gives it.
+    shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
+    if shape is None or dtype is None:
+        return jnp.shape(x), jnp.result_type(x)
+    return tuple(shape), jax.dtypes.canonicalize_dtype(dtype)
+
+
 def _layout(like: list) -> tuple[tuple, tuple[int, ...], int]:
     """Each leaf's (shape, dtype), where it starts in the vector, and the vector's size."""
-    shapes = tuple((jnp.shape(x), jnp.result_type(x)) for x in like)
+    shapes = tuple(_shape_and_dtype(x) for x in like)
     sizes = [math.prod(shape) for shape, _ in shapes]
     starts = tuple(int(start) for start in np.cumsum([0, *sizes[:-1]])) if like else ()
     return shapes, starts, sum(sizes)
@@ -99,7 +109,7 @@ def _grouped_by_shape(leaves: list) -> list[int]:
     even where a model alternates shapes (a kernel, a bias, a kernel...)."""
     groups: dict[tuple, list[int]] = {}
     for i, x in enumerate(leaves):
-        groups.setdefault((jnp.shape(x), jnp.result_type(x)), []).append(i)
+        groups.setdefault(_shape_and_dtype(x), []).append(i)
     return [i for indices in groups.values() for i in indices]
 
 
