@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 from bucketed_math import bucketed_math  # noqa: E402
 from chunked_loop import chunked, chunked_adam_ordered  # noqa: E402
+from per_array_cost import main as per_array_cost  # noqa: E402
 
 
 def test_bucketed_math_is_adam_with_per_leaf_state(rng):
@@ -79,3 +80,12 @@ def test_chunked_loop_steps_are_adam_steps(rng):
             np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7, err_msg=name)
     with pytest.raises(ValueError, match="chunk=1000 and size=4096"):
         chunked(tx, size, 1000)
+
+
+def test_per_array_cost_prints_its_five_rows(capsys):
+    per_array_cost(["--leaves", "3", "--size", "4", "--calls", "2"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[1:3] for row in rows[1:]] == [
+        ["12", "9"], ["12", "9"], ["12", "9"], ["4", "4"], ["4", "1"]
+    ]  # fmt: skip
+    assert all(float(row.split(" | ")[3]) > 0 for row in rows[1:])
