@@ -105,8 +105,9 @@ def test_eager_slices_share_one_kernel_per_leaf_shape():
 
 def _offsets_in_state_equal_the_default(params, grads_steps) -> flatten_module.FlattenState:
     """Runs flatten with and without offsets_in_state (eager and jitted) over the steps,
-    checks the updates agree (bitwise eagerly: the same slices of the same vector) and
-    returns the jitted run's final state."""
+    checks the updates agree (bitwise eagerly: the same elementwise math on the same
+    values, only laid out by shape in the vector) and returns the jitted run's final
+    state."""
     inner = gtx.chain(gtx.scale_by_adam(), gtx.add_decayed_weights(0.1))
     plain, fast = gtx.flatten(inner), gtx.flatten(inner, offsets_in_state=True)
     plain_state = plain.init(params)
