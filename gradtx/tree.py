@@ -304,7 +304,7 @@ def _eager_kernel(fn: Callable[..., tuple]) -> Callable[[list[tuple], Any], list
                         chunk, kernel(dynamic_values, statics, arrays), strict=True
                     ):
                         results[i] = result
-        except _NEEDS_CONCRETE_VALUES:
+        except NEEDS_CONCRETE_VALUES:
             # Per-leaf code that reads values in Python (``float(x)``, ``if x > 0``) runs
             # eagerly but cannot be compiled: leave that code op by op from now on.
             _EAGER.kernels.pop(key, None)
@@ -315,11 +315,14 @@ def _eager_kernel(fn: Callable[..., tuple]) -> Callable[[list[tuple], Any], list
     return run
 
 
-_NEEDS_CONCRETE_VALUES = (
+NEEDS_CONCRETE_VALUES = (
     jax.errors.ConcretizationTypeError,
     jax.errors.TracerArrayConversionError,
     jax.errors.TracerIntegerConversionError,
 )
+"""The errors of traced code that reads array values in Python (``float(x)``, ``if x >
+0``): code that runs eagerly but cannot compile. The eager kernels catch them and go
+back to running such code op by op."""
 
 
 def _group_by_signature(arg_tuples: list[tuple]) -> list[tuple[tuple, list[int]]] | None:
