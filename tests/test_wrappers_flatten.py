@@ -87,6 +87,60 @@ def test_eager_flatten_equals_the_per_leaf_transform(rng, monkeypatch, static_st
             )
 
 
+def test_eager_flatten_gathers_and_updates_in_one_program_from_the_second_call(rng, monkeypatch):
+    # un-jitted, the gathering and the inner update run as one compiled program from the
+    # second call on: the first gathers op by op, the second traces the gathering into the
+    # program, later calls reuse it and gather nothing in Python
+    gathered = []
+    concatenate = flatten_module._concatenate
+
+    def spy(leaves):
+        gathered.append("eager" if all(_concrete(x) for x in leaves) else "traced")
+        return concatenate(leaves)
+
+    monkeypatch.setattr(flatten_module, "_concatenate", spy)
+    inner = gtx.chain(gtx.scale_by_adam(), gtx.add_decayed_weights(0.1))
+    params, grads = _mixed_tree(rng), _mixed_tree(rng)
+    for offsets_in_state in (False, True):
+        tx = gtx.flatten(inner, offsets_in_state=offsets_in_state)
+        state = tx.init(params)
+        results = []
+        for expected in (["eager", "eager"], ["traced", "traced"], []):
+            gathered.clear()
+            results.append(tx.update(grads, state, params)[0])
+            assert gathered == expected
+        first, second, third = results
+        for a, b, c in zip(first, second, third, strict=True):
+            assert a.dtype == b.dtype == c.dtype
+            np.testing.assert_array_equal(b, c)
+            np.testing.assert_allclose(
+                np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-6, atol=1e-7
+            )
+
+
+def _concrete(x):
+    return isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+
+
+def test_eager_flatten_keeps_what_cannot_compile_op_by_op():
+    # an inner update that reads a value in Python, and a string passed as an extra
+    # keyword: the second call fails to compile, and the update stays op by op
+    def reads_a_value(updates, state, params=None, **extra):
+        sign = 1.0 if float(jnp.sum(updates)) > 0 else -1.0
+        return updates * 2 * sign, state
+
+    def takes_a_string(updates, state, params=None, **extra):
+        assert extra["tag"] == "x"
+        return updates * 2, state
+
+    params = [jnp.ones(3), -jnp.ones(2)]
+    for update in (reads_a_value, takes_a_string):
+        tx = gtx.flatten(gtx.GradientTransformation(lambda params: gtx.EmptyState(), update))
+        for _ in range(3):
+            updates, _ = tx.update(params, tx.init(params), tag="x")
+            assert updates[0].tolist() == [2.0] * 3 and updates[1].tolist() == [-2.0] * 2
+
+
 def test_eager_slices_share_one_kernel_per_leaf_shape():
     # XLA:CPU compiles every distinct fusion into a kernel of its own; slices at constant
     # offsets are all distinct (~8 ms each to compile: ~10 s at the first eager update of
