@@ -137,10 +137,10 @@ class _EagerInner:
     the params' concatenation (which XLA drops when the inner transform does not read
     them) are otherwise separate calls, each writing a model-sized array: one program
     takes 1,000 leaves of 4,096 through Adam in 13-28 ms instead of 36-63
-    (docs/performance.md). Like the eager
-    kernels (``tree.COMPILE_EAGER_LEAF_FUNCTIONS``, which also switches this off), the
-    first call runs op by op, so a one-off update never waits for a compiler, and an
-    inner transform that reads values in Python stays op by op."""
+    (docs/performance.md). Like the eager kernels (``tree.COMPILE_EAGER_LEAF_FUNCTIONS``,
+    which also switches this off), the first call runs op by op, so a one-off update
+    never waits for a compiler, and an inner transform that reads values in Python
+    stays op by op."""
 
     def __init__(self, inner_update: Any) -> None:
         self.calls = 0
