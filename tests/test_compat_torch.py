@@ -41,11 +41,12 @@ def build_schedule(spec):
     return getattr(lr_scheduler, spec["name"])(**kwargs)
 
 
-def build_optimizer(case):
+def build_optimizer(case, *, injected=False):
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in case["kwargs"].items()}
     if case.get("schedule"):
         kwargs["lr"] = build_schedule(case["schedule"])
-    return getattr(tc, case["optimizer"])(**kwargs)
+    factory = getattr(tc, case["optimizer"])
+    return gtx.schedule_injection(factory)(**kwargs) if injected else factory(**kwargs)
 
 
 def run(tx, dtype, *, sign=1.0, params=None, state=None, first_step=0):
@@ -130,18 +131,92 @@ def test_golden_cases_cover_every_optimizer_and_its_options():
 
 @pytest.mark.parametrize("case", OPTIMIZERS["load_cases"], ids=lambda c: c["name"])
 def test_run_continued_from_a_pytorch_state_dict_stays_on_the_pytorch_trajectory(case, x64):
-    tx = build_optimizer(case)
+    _, actual, expected = continue_from_pytorch(case, build_optimizer(case))
+    np.testing.assert_allclose(actual, expected, **TOLERANCE["float64"])
+
+
+LOAD_CASES = {case["name"]: case for case in OPTIMIZERS["load_cases"]}
+
+
+def continue_from_pytorch(case, tx):
     saved = case["saved"]
     params = [jnp.asarray(p, jnp.float64) for p in saved["params"]]
     state = tc.load_state_dict(tx, saved["state_dict"], params)
     flat, _ = run(tx, "float64", params=params, state=state, first_step=case["save_at"])
-    rows = snapshot_rows(case["save_at"])
     expected = [
         p
         for s, p in zip(OPTIMIZERS["snapshots"], case["params"], strict=True)
         if s > case["save_at"]
     ]
-    np.testing.assert_allclose(np.asarray(flat)[rows], expected, **TOLERANCE["float64"])
+    return state, np.asarray(flat)[snapshot_rows(case["save_at"])], expected
+
+
+def test_a_run_under_schedule_injection_continues_its_schedule_from_pytorchs_step(x64):
+    """StepLR halves the rate at steps 30, 60, ...: restarted at 0, the continued run
+    would use 0.01 instead of 0.005 from step 51 and leave PyTorch's trajectory."""
+    case = LOAD_CASES["adamw_step_lr_load"]
+    state, actual, expected = continue_from_pytorch(case, build_optimizer(case, injected=True))
+    assert int(state.count) == case["save_at"]
+    assert int(state.inner_state["adam"].count) == case["save_at"]
+    # injected hyperparameters are float32: 0.005 and 0.1 within 3e-9, 1.2e-7 after 150 steps
+    np.testing.assert_allclose(actual, expected, rtol=1e-6)
+
+
+def test_load_state_dict_fills_a_partition_of_optimizers_pytorchs_param_groups(x64):
+    """Two param groups with their own learning rates: each parameter's buffers go to
+    the transform of its group, the other group's state keeps its None leaves."""
+    torch_state = {
+        "state": {
+            0: {"step": 4.0, "exp_avg": np.full(2, 0.1), "exp_avg_sq": np.full(2, 0.2)},
+            1: {"step": 4.0, "exp_avg": np.full(3, 0.3), "exp_avg_sq": np.full(3, 0.4)},
+        },
+        "param_groups": [{"params": [0], "lr": 0.1}, {"params": [1], "lr": 0.01}],
+    }
+    params = {"a": jnp.zeros(2), "b": jnp.ones(3)}
+    tx = gtx.partition({"fast": tc.adam(0.1), "slow": tc.adam(0.01)}, {"a": "fast", "b": "slow"})
+    state = tc.load_state_dict(tx, torch_state, params)
+    fast, slow = state.inner_states["fast"]["adam"], state.inner_states["slow"]["adam"]
+    assert int(fast.count) == int(slow.count) == 4
+    assert fast.mu["b"] is None and slow.mu["a"] is None
+    np.testing.assert_array_equal(fast.nu["a"], [0.2, 0.2])
+    np.testing.assert_array_equal(slow.mu["b"], [0.3, 0.3, 0.3])
+
+
+def test_load_state_dict_rejects_parameters_with_different_steps():
+    """PyTorch steps a parameter only when it has a gradient; gradtx has one count."""
+    torch_state = {
+        "state": {
+            0: {"step": 20.0, "exp_avg": np.zeros(2), "exp_avg_sq": np.zeros(2)},
+            1: {"step": 5.0, "exp_avg": np.zeros(1), "exp_avg_sq": np.zeros(1)},
+        },
+        "param_groups": [{"params": [0, 1]}],
+    }
+    with pytest.raises(ValueError, match="parameter 0: 20, parameter 1: 5"):
+        tc.load_state_dict(tc.adam(), torch_state, [jnp.zeros(2), jnp.zeros(1)])
+
+
+@pytest.mark.parametrize(
+    "tx, buffers, extra",
+    [
+        (tc.adam(), ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), "max_exp_avg_sq"),
+        (tc.rmsprop(), ("square_avg", "grad_avg", "momentum_buffer"), "grad_avg"),
+        (tc.sgd(0.1), ("momentum_buffer",), "momentum_buffer"),
+    ],
+    ids=["amsgrad_into_adam", "centered_momentum_into_rmsprop", "momentum_into_sgd"],
+)
+def test_load_state_dict_rejects_a_buffer_tx_has_no_place_for(tx, buffers, extra):
+    """An option of the PyTorch optimizer that tx lacks is an error, not a dropped buffer."""
+    torch_state = {"state": {0: {"step": 3.0, **{b: np.ones(2) for b in buffers}}},
+                   "param_groups": [{"params": [0]}]}  # fmt: skip
+    with pytest.raises(ValueError, match=f"parameter 0 holds .*'{extra}'.*no place"):
+        tc.load_state_dict(tx, torch_state, [jnp.zeros(2)])
+
+
+def test_load_state_dict_rejects_a_nadam_state_without_mu_product():
+    torch_state = {"state": {0: {"step": 3.0, "exp_avg": np.ones(2), "exp_avg_sq": np.ones(2)}},
+                   "param_groups": [{"params": [0]}]}  # fmt: skip
+    with pytest.raises(ValueError, match="parameter 0 has no 'mu_product'"):
+        tc.load_state_dict(tc.nadam(), torch_state, [jnp.zeros(2)])
 
 
 def test_load_state_dict_rejects_a_parameter_count_mismatch():

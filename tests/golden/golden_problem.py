@@ -142,6 +142,19 @@ LOAD_CASES = [
     dict(_case("adamw", "adamw_load", lr=0.01, weight_decay=0.1), save_at=50),
     dict(_case("nadam", "nadam_load", lr=0.01), save_at=50),
     dict(_case("rmsprop", "rmsprop_load", lr=0.005, momentum=0.9, centered=True), save_at=50),
+    dict(
+        _case(
+            "adamw",
+            "adamw_step_lr_load",
+            schedule={
+                "name": "step_lr",
+                "kwargs": {"base_lr": 0.01, "step_size": 30, "gamma": 0.5},
+            },
+            lr=0.01,
+            weight_decay=0.1,
+        ),
+        save_at=50,
+    ),
 ]
 
 

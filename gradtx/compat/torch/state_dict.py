@@ -1,7 +1,9 @@
 """``load_state_dict``: a PyTorch optimizer's ``state_dict()`` as the gradtx state of a chain.
 
 Parameters are matched by order; each PyTorch buffer fills the field of the gradtx state
-that holds the same quantity, and every step counter takes PyTorch's ``step``.
+that holds the same quantity, and every step counter takes PyTorch's ``step``. A buffer
+that the chain has no field for is an error, not dropped: it means the PyTorch optimizer
+had an option (``amsgrad``, ``centered``, ``momentum``) that ``tx`` lacks.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradtx.core import GradientTransformation, Params
+from gradtx.schedules.injection import InjectState
 from gradtx.transforms.adaptive import (
     ScaleByAdadeltaState,
     ScaleByAdamaxState,
@@ -25,10 +28,11 @@ from gradtx.transforms.adaptive import (
     ScaleByStddevState,
 )
 from gradtx.transforms.averaging_sgd import AveragedSgdState
+from gradtx.transforms.decoupled_decay import DecoupledWeightDecayState
 from gradtx.transforms.momentum import DampenedTraceState, TraceState
 from gradtx.transforms.nadam_schedule import ScaleByNadamScheduleState
 from gradtx.transforms.rectified import ScaleByRadamState
-from gradtx.transforms.regularize import AddDecayedWeightsState
+from gradtx.transforms.regularize import AddDecayedWeightsState, AddNoiseState, ProximalL1State
 from gradtx.transforms.scaling import ScaleByScheduleState
 
 # gradtx state type -> {field: PyTorch state key}; "step" fields take PyTorch's step.
@@ -47,7 +51,18 @@ _FIELDS: dict[type, dict[str, str]] = {
     TraceState: {"trace": "momentum_buffer"},
     DampenedTraceState: {"trace": "momentum_buffer"},
 }
-_COUNTED = (ScaleByScheduleState, AddDecayedWeightsState)
+# States whose only PyTorch counterpart is the step: the counters that schedules read.
+_COUNTED = (
+    ScaleByScheduleState,
+    AddDecayedWeightsState,
+    DecoupledWeightDecayState,
+    ProximalL1State,
+    AddNoiseState,
+    InjectState,
+)
+# PyTorch keys with no gradtx field because gradtx derives them from the step (ASGD's
+# eta and mu), and the one read separately (NAdam's mu_product).
+_DERIVED = {"step", "eta", "mu"}
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -83,9 +98,13 @@ def load_state_dict(
     matched by order: the i-th leaf of ``params`` (``jax.tree.leaves`` order) is the i-th
     parameter of the PyTorch optimizer (its param groups concatenated). Every moment
     buffer is copied (cast to the dtype gradtx keeps it in), and every step counter of
-    the chain, schedules included, is set to PyTorch's ``step``. Tensors or NumPy
-    arrays are accepted. Handles SGD, Adam, AdamW, Adagrad, RMSprop, Adadelta, Adamax,
-    NAdam, RAdam, Rprop and ASGD states.
+    the chain that schedules read (``schedule_injection``, schedules of the learning
+    rate, weight decay, proximal L1 or noise) is set to PyTorch's ``step``; counters of
+    other wrappers in the chain (``lookahead``, ``multi_steps``, ``ema``) keep their
+    ``init`` value. ``tx`` may be a ``gtx.partition`` of optimizers, PyTorch's param
+    groups with different hyperparameters. Tensors or NumPy arrays are accepted.
+    Handles SGD, Adam, AdamW, Adagrad, RMSprop, Adadelta, Adamax, NAdam, RAdam, Rprop
+    and ASGD states.
 
     Args:
         tx: the gradtx transformation the run continues with.
@@ -95,8 +114,11 @@ def load_state_dict(
             by default PyTorch's ``step`` (0 for SGD: set it if ``lr`` is a schedule).
 
     Raises:
-        ValueError: the number of parameters or the shape of a buffer differs, or the
-            PyTorch state lacks a buffer that ``tx`` needs.
+        ValueError: the number of parameters or the shape of a buffer differs, the
+            PyTorch state lacks a buffer that ``tx`` needs or holds one that ``tx`` has
+            no place for, or the parameters' steps differ (PyTorch counts steps per
+            parameter, a parameter without a gradient is not stepped; gradtx keeps one
+            count per transform).
 
     Example:
         >>> import numpy as np
@@ -116,25 +138,41 @@ def load_state_dict(
             f"the PyTorch state has {len(per_param)} parameters but params has "
             f"{len(leaves)} leaves (parameters are matched by order)"
         )
-    steps = [float(_to_numpy(s["step"])) for s in per_param if "step" in s]
+    steps = [(i, float(_to_numpy(s["step"]))) for i, s in enumerate(per_param) if "step" in s]
+    for index, value in steps:
+        if value != steps[0][1]:
+            raise ValueError(
+                f"the PyTorch parameters have different steps (parameter {steps[0][0]}: "
+                f"{steps[0][1]:g}, parameter {index}: {value:g}); gradtx keeps one step count "
+                f"per transform, so such a state cannot continue on PyTorch's trajectory"
+            )
     if step is None:
-        step = int(round(steps[0])) if steps else 0
+        step = int(round(steps[0][1])) if steps else 0
     has_buffer = any("momentum_buffer" in s and s["momentum_buffer"] is not None for s in per_param)
+    used: list[set[str]] = [set(_DERIVED) for _ in per_param]
     state = tx.init(params)
+
+    def buffer(index: int, key: str) -> Any:
+        value = per_param[index].get(key)
+        if value is None:
+            raise ValueError(
+                f"the PyTorch state of parameter {index} has no {key!r}; is the "
+                f"optimizer the one tx reproduces (same momentum, amsgrad, centered)?"
+            )
+        used[index].add(key)
+        return value
 
     def field_tree(key: str, like: Any) -> Any:
         like_leaves = treedef.flatten_up_to(like)
         converted = []
-        for index, (torch_state, leaf) in enumerate(zip(per_param, like_leaves, strict=True)):
-            value = torch_state.get(key)
-            if value is None and key == "momentum_buffer" and not has_buffer:
-                value = np.zeros(leaf.shape)  # PyTorch creates the buffer on the first step
-            if value is None:
-                raise ValueError(
-                    f"the PyTorch state of parameter {index} has no {key!r}; is the "
-                    f"optimizer the one tx reproduces (same momentum, amsgrad, centered)?"
-                )
-            array = _to_numpy(value)
+        for index, leaf in enumerate(like_leaves):
+            if leaf is None:  # a parameter another transform of a partition updates
+                converted.append(None)
+                continue
+            if key == "momentum_buffer" and not has_buffer:
+                array = np.zeros(leaf.shape)  # PyTorch creates the buffer on the first step
+            else:
+                array = _to_numpy(buffer(index, key))
             if key == "prev":
                 array = np.sign(array)
             if array.shape != tuple(leaf.shape):
@@ -149,6 +187,9 @@ def load_state_dict(
         return jnp.asarray(value, old.dtype)
 
     def convert(node: Any) -> Any:
+        if isinstance(node, InjectState):
+            inner = convert_tree(node.inner_state)
+            return node._replace(count=count_like(node.count, step), inner_state=inner)
         if isinstance(node, _COUNTED):
             return node._replace(count=count_like(node.count, step))
         fields = _FIELDS.get(type(node))
@@ -160,9 +201,26 @@ def load_state_dict(
         elif "count" in node._fields:
             new["count"] = count_like(node.count, step)
         if isinstance(node, ScaleByNadamScheduleState):
-            product = _to_numpy(per_param[0]["mu_product"])
+            leaves = treedef.flatten_up_to(node.mu)
+            index = next(i for i, leaf in enumerate(leaves) if leaf is not None)
+            product = _to_numpy(buffer(index, "mu_product"))
+            for i, leaf in enumerate(leaves):
+                if leaf is not None:
+                    used[i].add("mu_product")
             new["mu_product"] = jnp.asarray(product, node.mu_product.dtype)
         return node._replace(**new)
 
+    def convert_tree(tree: Any) -> Any:
+        return jax.tree.map(convert, tree, is_leaf=lambda x: isinstance(x, known))
+
     known = tuple(_FIELDS) + _COUNTED
-    return jax.tree.map(convert, state, is_leaf=lambda x: isinstance(x, known))
+    converted = convert_tree(state)
+    for index, torch_state in enumerate(per_param):
+        unused = sorted(k for k, v in torch_state.items() if v is not None and k not in used[index])
+        if unused:
+            raise ValueError(
+                f"the PyTorch state of parameter {index} holds {unused}, which tx has no "
+                f"place for; is the optimizer the one tx reproduces (same momentum, "
+                f"amsgrad, centered)?"
+            )
+    return converted
