@@ -61,6 +61,27 @@ def leaf_dtypes(tree: Any) -> set[jnp.dtype]:
     }
 
 
+def fraction_left(done: Any, total: Any) -> jax.Array:
+    """``1 - done / total`` for ``0 <= done <= total``, exactly 0 at ``done = total`` and
+    never outside [0, 1], under ``jit`` too.
+
+    Schedules need it: in a jitted, fused program ``done / total`` may be computed as
+    ``done * (1 / total)`` and ``1 - done / total`` fused into one fma, which leaves
+    about -1e-8 at the end (a NaN under a fractional power, a negative learning rate at
+    the end of a linear decay). ``(total - done) / total`` is 0 there, bounded by 1.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx import numerics
+        >>> numerics.fraction_left(jnp.arange(4), 3).tolist()
+        [1.0, 0.6666666865348816, 0.3333333432674408, 0.0]
+    """
+    done = jnp.asarray(done)
+    dtype = done.dtype if jnp.issubdtype(done.dtype, jnp.floating) else jnp.float32
+    left = (jnp.asarray(total, dtype) - done.astype(dtype)) / jnp.asarray(total, dtype)
+    return jnp.minimum(left, 1)
+
+
 def abs_sq(x: jax.Array) -> jax.Array:
     """``|x|^2``, real for complex ``x``."""
     if jnp.iscomplexobj(x):

@@ -134,3 +134,21 @@ def test_keras_weight_decay_is_decoupled_and_scaled_by_the_learning_rate():
 def test_piecewise_constant_decay_rejects_mismatched_lengths():
     with pytest.raises(ValueError, match="len\\(boundaries\\) \\+ 1"):
         kc.piecewise_constant_decay([10, 20], [1.0, 0.5])
+
+
+def test_piecewise_constant_decay_rejects_unsorted_boundaries():
+    # Keras does not check; its segments would overlap and add up
+    with pytest.raises(ValueError, match="boundaries must be strictly increasing, got \\[10, 5\\]"):
+        kc.piecewise_constant_decay([10, 5], [1.0, 0.5, 0.25])
+
+
+def test_cyclic_polynomial_decay_stays_in_range_up_to_the_saturated_step_counter():
+    """ceil(t / decay_steps) as (t + decay_steps - 1) // decay_steps wrapped int32 in the
+    last 99 steps below 2**31: a learning rate of -2.1e7 there, and gradtx's counters
+    saturate at 2**31 - 1, so a run would have stayed at it."""
+    schedule = kc.polynomial_decay(1.0, 100, end_learning_rate=0.0, power=1.0, cycle=True)
+    steps = jnp.array([2**31 - 100, 2**31 - 2, 2**31 - 1], jnp.int32)
+    values = np.asarray(jax.jit(schedule)(steps))
+    # each step is within 100 of its cycle's end 2.1e9 steps long: (horizon - t) / horizon
+    # below 5e-8, and float32 rounds such t and horizon to multiples of 128
+    assert np.all((values >= 0) & (values <= 1e-7)), values

@@ -378,3 +378,37 @@ INVALID = [
 def test_invalid_arguments_raise_value_error_naming_the_argument(build, argument):
     with pytest.raises(ValueError, match=argument):
         build()
+
+
+def test_decays_reach_their_end_exactly_under_jit_for_every_length():
+    """In a fused jitted program ``1 - s / n`` can come out at -1e-8 for s = n (s / n as
+    s * (1 / n), the subtraction an fma): a NaN under power 0.5 and a negative learning
+    rate at the end of a linear decay, for 67 of the lengths 1..100 before the fix."""
+    from gradtx.compat import keras as kc
+    from gradtx.compat.torch import lr_scheduler
+
+    lengths = range(1, 41)
+    builders = {
+        "polynomial": lambda n: schedules.polynomial(1.0, 0.1, power=0.5, transition_steps=n),
+        "linear": lambda n: schedules.linear(1.0, 0.0, transition_steps=n),
+        "wsd_1-sqrt": lambda n: schedules.warmup_stable_decay(
+            1.0, 0, 0, n, end_value=0.0, decay_shape="1-sqrt"
+        ),
+        "wsd_linear": lambda n: schedules.warmup_stable_decay(1.0, 0, 0, n, end_value=0.0),
+        "torch_polynomial_lr": lambda n: lr_scheduler.polynomial_lr(1.0, n, power=0.5),
+        "torch_linear_lr": lambda n: lr_scheduler.linear_lr(1.0, 1.0, 0.0, total_iters=n),
+        "keras_polynomial_decay": lambda n: kc.polynomial_decay(1.0, n, 0.0, power=0.5),
+    }
+    ends = {"polynomial": np.float32(0.1)}
+
+    @jax.jit
+    def values(t):  # one compilation: each schedule at 0, its length n and n + 3
+        return {
+            name: jnp.stack([build(n)(jnp.stack([t * 0, t + n, t + n + 3])) for n in lengths])
+            for name, build in builders.items()
+        }
+
+    for name, got in values(jnp.int32(0)).items():
+        got = np.asarray(got, np.float64)
+        np.testing.assert_array_equal(got[:, 0], 1.0, err_msg=name)
+        np.testing.assert_array_equal(got[:, 1:], ends.get(name, 0.0), err_msg=name)

@@ -264,9 +264,11 @@ def warmup_stable_decay(
 
     def schedule(step):
         t = as_step(step)
-        x = jnp.clip(t - decay_begin, 0, decay_steps).astype(jnp.float32) / decay_steps
+        s = jnp.clip(t - decay_begin, 0, decay_steps)
+        linear = numerics.fraction_left(s, decay_steps)
+        x = 1 - linear
         if decay_shape == "linear":
-            remaining = 1 - x
+            remaining = linear
         elif decay_shape == "cosine":
             remaining = 0.5 * (1 + jnp.cos(jnp.pi * x))
         else:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import jax.numpy as jnp
 
-from gradtx import check
+from gradtx import check, numerics
 from gradtx.core import Schedule
 from gradtx.schedules.steps import as_step, as_value, check_count, increasing_boundaries
 
@@ -77,7 +77,7 @@ def polynomial(
 
     def schedule(step):
         progress = jnp.clip(as_step(step) - transition_begin, 0, transition_steps)
-        remaining = 1 - progress.astype(jnp.float32) / transition_steps
+        remaining = numerics.fraction_left(progress, transition_steps)
         return as_value((init_value - end_value) * remaining**power + end_value)
 
     return schedule

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 import jax.numpy as jnp
 
-from gradtx import check
+from gradtx import check, numerics
 from gradtx.core import Schedule
+from gradtx.schedules.steps import increasing_boundaries
 
 __all__ = [
     "cosine_decay",
@@ -87,7 +88,7 @@ def piecewise_constant_decay(boundaries: Sequence[int], values: Sequence[float])
         >>> kc.piecewise_constant_decay([1, 2], [1.0, 0.5, 0.25])(jnp.arange(4)).tolist()
         [1.0, 1.0, 0.5, 0.25]
     """
-    boundaries, values = list(boundaries), list(values)
+    boundaries, values = list(increasing_boundaries("boundaries", boundaries)), list(values)
     if len(values) != len(boundaries) + 1:
         raise ValueError(
             f"values must have len(boundaries) + 1 = {len(boundaries) + 1} entries, got "
@@ -130,14 +131,15 @@ def polynomial_decay(
         horizon = jnp.asarray(decay_steps, t.dtype)
         if cycle:
             # ceil(t / decay_steps) in integers: exact where a float division can land
-            # just above a whole number and skip to the next cycle.
+            # just above a whole number and skip to the next cycle (and without t +
+            # decay_steps - 1, which passes int32's maximum near the saturated counter).
             whole = jnp.asarray(step)
-            multiplier = jnp.maximum((whole + decay_steps - 1) // decay_steps, 1)
-            horizon = horizon * multiplier.astype(t.dtype)
+            ceil = whole // decay_steps + (whole % decay_steps > 0).astype(whole.dtype)
+            horizon = horizon * jnp.maximum(ceil, 1).astype(t.dtype)
         else:
             t = jnp.minimum(t, horizon)
-        p = t / horizon
-        return (initial_learning_rate - end_learning_rate) * (1 - p) ** power + end_learning_rate
+        remaining = numerics.fraction_left(t, horizon)  # Keras' 1 - t / horizon
+        return (initial_learning_rate - end_learning_rate) * remaining**power + end_learning_rate
 
     return schedule
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from gradtx import check
+from gradtx import check, numerics
 from gradtx.core import GradientTransformation, Schedule
 from gradtx.schedules.plateau import reduce_on_plateau
 
@@ -332,8 +332,10 @@ def linear_lr(
 
     def schedule(step):
         _, t = _as_float(step)
-        progress = jnp.minimum(t, total_iters) / total_iters
-        return base_lr * (start_factor + (end_factor - start_factor) * progress)
+        # from the end: exactly end_factor at t = n under jit too, where start + (end -
+        # start) * t / n can fuse into an fma that overshoots the end
+        remaining = numerics.fraction_left(jnp.minimum(t, total_iters), total_iters)
+        return base_lr * (end_factor + (start_factor - end_factor) * remaining)
 
     return schedule
 
@@ -375,7 +377,8 @@ def polynomial_lr(base_lr: float, total_iters: int = 5, power: float = 1.0) -> S
 
     def schedule(step):
         _, t = _as_float(step)
-        return base_lr * (1 - jnp.minimum(t, total_iters) / total_iters) ** power
+        remaining = numerics.fraction_left(jnp.minimum(t, total_iters), total_iters)
+        return base_lr * remaining**power
 
     return schedule
 
