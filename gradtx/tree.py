@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import types
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -210,7 +211,9 @@ they are the numbers of the jitted step instead
 (``tests/test_performance_equivalence.py``). Per-leaf code that receives a new
 non-array object in its closure at every call (a fresh local function, say) is left op
 by op after ``_EagerKernels.max_keys_per_code`` tries, and so is code that reads array
-values in Python (which works eagerly but cannot compile)."""
+values in Python (which works eagerly but cannot compile). Only plain functions are
+compiled: a bound method, ``functools.partial``, ufunc or callable object runs op by
+op."""
 
 
 def _traced_once_per_signature(fn: Callable[..., tuple]) -> Callable[..., tuple]:
@@ -259,6 +262,10 @@ def _eager_kernel(fn: Callable[..., tuple]) -> Callable[[list[tuple], Any], list
     closure arrays are arguments, or ``fn`` leaf by leaf when it cannot be cached (see
     ``COMPILE_EAGER_LEAF_FUNCTIONS``)."""
     op_by_op = lambda arg_tuples, groups=None: [fn(*args) for args in arg_tuples]  # noqa: E731
+    if type(fn) is not types.FunctionType:
+        # A bound method, functools.partial, ufunc or callable object: its code alone
+        # (rebuilt below from code and closure) would lose the bound values.
+        return op_by_op
     code = fn.__code__
     if _EAGER.keys_per_code.get(code, 0) > _EAGER.max_keys_per_code:
         return op_by_op
@@ -268,7 +275,7 @@ def _eager_kernel(fn: Callable[..., tuple]) -> Callable[[list[tuple], Any], list
         return op_by_op
     values, closure_def = jax.tree.flatten(cell_contents)
     dynamic = tuple(i for i, x in enumerate(values) if isinstance(x, jax.Array | np.ndarray))
-    static = tuple((type(x), x) for i, x in enumerate(values) if i not in dynamic)
+    static = tuple(_static_key(x) for i, x in enumerate(values) if i not in dynamic)
     key = (code, closure_def, dynamic, static, fn.__defaults__, fn.__kwdefaults__)
     try:
         kernel = _EAGER.kernels.get(key)
@@ -313,6 +320,17 @@ def _eager_kernel(fn: Callable[..., tuple]) -> Callable[[list[tuple], Any], list
         return results
 
     return run
+
+
+def _static_key(x: Any) -> Hashable:
+    """A closure value as part of a kernel's key: with its type (``1``, ``1.0`` and
+    ``True`` are equal in Python) and, for floats, its signs (``0.0 == -0.0``, and a
+    kernel compiled with one would return the other's zeros)."""
+    if isinstance(x, float | np.floating):
+        return type(x), x, math.copysign(1.0, x)
+    if isinstance(x, complex | np.complexfloating):
+        return type(x), x, math.copysign(1.0, x.real), math.copysign(1.0, x.imag)
+    return type(x), x
 
 
 NEEDS_CONCRETE_VALUES = (

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import unittest.mock
 import weakref
@@ -192,6 +193,41 @@ def test_eager_kernels_keep_python_constants_of_each_type_apart(fresh_kernels):
     for value, dtype in [(1, jnp.int32), (1.0, jnp.float32), (True, jnp.bool_)] * 2:
         assert broadcast(value, x)["a"].dtype == dtype
     assert len(fresh_kernels.kernels) == 3
+
+
+def test_eager_kernels_keep_zero_and_negative_zero_apart(fresh_kernels):
+    # 0.0 == -0.0 in Python: a kernel compiled for one would return the other's zeros
+    g = jnp.array([1.0, 2.0])
+    for factor in (0.0, 0.0, -0.0, -0.0, 0.0):
+        (scaled,) = gtx.scale(factor).update(g, None)[:1]
+        np.testing.assert_array_equal(np.signbit(scaled), np.signbit(factor) * np.ones(2))
+    assert len(fresh_kernels.kernels) == 2
+
+
+class _Scaler:
+    def __init__(self, factor):
+        self.factor = factor
+
+    def leaf(self, u):
+        return u * self.factor
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda k: _Scaler(k).leaf, lambda k: functools.partial(jnp.multiply, k)],
+    ids=["bound_method", "partial"],
+)
+def test_eager_kernels_run_callables_that_are_not_plain_functions(make, fresh_kernels):
+    """A bound method's code rebuilt from its code and closure loses ``self`` (the first
+    compiled call failed, and two instances would share a kernel); a partial or a ufunc
+    has no code at all. They run op by op, with the values they hold."""
+    x = {"a": jnp.arange(3.0)}
+    for _ in range(3):
+        for factor in (2.0, 10.0):
+            (result,) = tree.map_unzip(make(factor), x, outputs=1)
+            np.testing.assert_array_equal(result["a"], [0.0, factor, 2 * factor])
+    for _ in range(3):
+        np.testing.assert_array_equal(tree.map_leaves(jnp.add, x, x)["a"], [0.0, 2.0, 4.0])
 
 
 def test_eager_kernels_leave_code_with_fresh_closure_objects_op_by_op(fresh_kernels):
