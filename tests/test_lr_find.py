@@ -62,6 +62,20 @@ def test_stops_at_the_first_step_whose_smoothed_loss_exceeds_the_factor_times_it
     assert np.all(smoothed[:-1] <= 3.0 * running_best[:-1])
 
 
+def test_a_negative_loss_stops_on_the_same_rise_above_its_best():
+    """A loss shifted to negative values: the ratio test s > 4 * best held at the first
+    step (4 * -10 is below any loss), which stopped the test there. It stops when the
+    smoothed loss has risen 3 * |best| above its best, and suggests the same rate (the
+    slope does not see the shift)."""
+    plain = lr_find(quadratic, jnp.ones(3), None, sgd, num_steps=100)
+    shifted = lr_find(lambda p: quadratic(p) - 10.0, jnp.ones(3), None, sgd, num_steps=100)
+    assert shifted.diverged and len(shifted.losses) > len(plain.losses) - 10
+    smoothed, best = shifted.smoothed_losses, np.minimum.accumulate(shifted.smoothed_losses)
+    assert smoothed[-1] - best[-1] > 3.0 * abs(best[-1])
+    assert np.all(smoothed[:-1] - best[:-1] <= 3.0 * np.abs(best[:-1]))
+    assert shifted.suggestion == pytest.approx(plain.suggestion, rel=0.3)
+
+
 def test_the_ramp_reaches_the_learning_rate_held_by_an_injected_optimizer():
     def plain_adam(learning_rate):
         # gtx.adam holds its hyperparameters as float32: give the plain chain the same

@@ -118,6 +118,9 @@ def lr_find(
         s_t = a_t / (1 - smoothing^(t + 1))
 
     and stops once ``s_t > diverge_factor * min_{k<=t} s_k`` or the loss is not finite.
+    That test is ``s_t - m > (diverge_factor - 1) * |m|`` with ``m = min_{k<=t} s_k``,
+    which is how it is applied to losses that go negative (a log-likelihood, say), where
+    the ratio would stop the test at its first step.
     The suggestion is the rate where ``s`` falls fastest against ``log(lr)``; a common
     choice for training is that rate or up to ten times below the rate at the minimum.
 
@@ -199,7 +202,10 @@ def lr_find(
             average = smoothing * average + (1 - smoothing) * loss
             smooth = average / (1 - smoothing ** (step + 1).astype(jnp.float32))
             best = jnp.minimum(best, smooth)
-            stop = ~jnp.isfinite(loss) | (smooth > diverge_factor * best)
+            # s > f * best, as a rise above best: the same for a positive best, and a
+            # negative loss (a log-likelihood, a shifted loss) does not stop at once
+            rise = smooth - best > (diverge_factor - 1) * jnp.abs(best)
+            stop = ~jnp.isfinite(loss) | rise
             state = set_hyperparams(state, learning_rate=learning_rates[step])
             updates, state = tx.update(grads, state, params)
             params = apply_updates(params, updates)
