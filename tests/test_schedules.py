@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fractions
 import importlib.util
 import json
 import math
@@ -234,6 +235,40 @@ def test_sgdr_restarts_at_the_peak_times_peak_decay():
     for start, peak in [(4, 0.5), (16, 0.25), (52, 0.125)]:
         assert values[start] == pytest.approx(peak)
         assert values[start - 1] < values[start]  # a warm restart jumps back up
+
+
+def reference_sgdr(first_period, period_mult, steps):
+    """SGDR at steps 0..steps-1 in exact rational arithmetic, ``period_mult`` read as
+    its decimal."""
+    ratio = fractions.Fraction(repr(period_mult))
+    start, period, values = fractions.Fraction(0), fractions.Fraction(first_period), []
+    for t in range(steps):
+        while t >= start + period:
+            start, period = start + period, period * ratio
+        values.append(0.5 * (1 + math.cos(math.pi * float((t - start) / period))))
+    return values
+
+
+@pytest.mark.parametrize("first_period, period_mult, steps", [(10, 1.2, 400), (3, 1.1, 200),
+                                                               (100, 1.01, 20000)])  # fmt: skip
+def test_sgdr_with_a_fractional_period_mult_restarts_where_exact_arithmetic_does(
+    first_period, period_mult, steps
+):
+    """Restarts at real starts T_0 (m^i - 1) / (m - 1): 10, 22, 36.4, ... for (10, 1.2).
+    Found in float32 at each step, the restarts due at 10 and 22 came a step late (0.0
+    instead of 1.0), and (100, 1.01) restarted a step early at 7809."""
+    values = _values(schedules.sgdr(1.0, first_period, period_mult), steps)
+    expected = reference_sgdr(first_period, period_mult, steps)
+    np.testing.assert_allclose(values, expected, atol=2e-5)
+
+
+def test_sgdr_past_its_table_of_restarts_continues_from_the_closed_form():
+    # period_mult 1.00001 from 1 step: 65,536 tabulated restarts end near step 96,000
+    schedule = schedules.sgdr(1.0, 1, 1.00001)
+    steps = jnp.arange(90_000, 110_000, 7, dtype=jnp.int32)
+    values = np.asarray(jax.jit(schedule)(steps))
+    assert np.all((values >= 0) & (values <= 1))
+    assert np.ptp(values) > 0.9  # still restarting every few steps
 
 
 ALL_SCHEDULES = {

@@ -128,6 +128,36 @@ def _restart_starts(first_period: int, period_mult: int) -> list[int]:
     return starts
 
 
+_MAX_TABULATED_RESTARTS = 2**16
+
+
+def _fractional_restarts(first_period: int, ratio: float) -> tuple[list, list, list, int | None]:
+    """The restarts of a fractional ``period_mult`` that begin within the int32 range
+    (the first ``_MAX_TABULATED_RESTARTS``): restart i starts at the real ``s_i = T_0
+    (m^i - 1) / (m - 1)``, computed in double; its first step is the first integer at or
+    after ``s_i`` (a start within rounding of an integer begins there: 10 * (1.2^2 - 1)
+    / 0.2 is 22 in exact arithmetic, not 22.000000000000004), and its offset is that
+    step minus ``s_i``. Returns the first steps, offsets and lengths, and the first step
+    past the table (None when the table holds every restart)."""
+
+    def start_of(i):
+        return first_period * (ratio**i - 1) / (ratio - 1)
+
+    def first_step(start):
+        return math.ceil(start - 1e-12 * max(start, 1.0))
+
+    begins, offsets, periods = [], [], []
+    for i in range(_MAX_TABULATED_RESTARTS):
+        start = start_of(i)
+        if start > numerics.INT32_MAX:
+            return begins, offsets, periods, None
+        begins.append(first_step(start))
+        offsets.append(max(begins[-1] - start, 0.0))
+        periods.append(first_period * ratio**i)
+    end = start_of(_MAX_TABULATED_RESTARTS)
+    return begins, offsets, periods, first_step(end) if end <= numerics.INT32_MAX else None
+
+
 def sgdr(
     init_value: float,
     first_period: int,
@@ -146,9 +176,15 @@ def sgdr(
     T_mult=period_mult, eta_min=min_value)`` (``peak_decay=1``) and Keras'
     ``CosineDecayRestarts(init_value, first_decay_steps=first_period, t_mul=period_mult,
     m_mul=peak_decay, alpha=min_value / init_value)``. An integer ``period_mult`` finds
-    the restart with exact integer arithmetic; a fractional one (Keras allows 1.5, say)
-    uses the closed form ``i = floor(log(1 + t (m - 1) / T_0) / log m)`` in float32,
-    corrected at the boundaries.
+    the restart with exact integer arithmetic. A fractional one (Keras allows 1.5, say)
+    makes periods of ``T_0 m^i`` real steps: restart i begins at the first step at or
+    after ``T_0 (m^i - 1) / (m - 1)``, from a table computed in double precision (for
+    the first 65,536 restarts: every one below 2**31 steps when ``period_mult`` >=
+    1.0002; later ones from the closed form ``i = floor(log(1 + t (m - 1) / T_0) / log
+    m)`` in float32). Keras computes that closed form in float32 at every step and can
+    put a restart a step late (``first_decay_steps=10, t_mul=1.2``: 0.0 at step 22,
+    where the third period begins at 1.0); ``gradtx.compat.keras.cosine_decay_restarts``
+    reproduces Keras op for op.
 
     Args:
         init_value: the value at the start of the first restart.
@@ -196,11 +232,12 @@ def sgdr(
 
     else:
         ratio = period_mult
+        begins, offsets, periods, table_end = _fractional_restarts(first_period, ratio)
 
         def start_of(restart):
             return first_period * (ratio**restart - 1) / (ratio - 1)
 
-        def restart_position(t):
+        def closed_form(t):
             t = t.astype(jnp.float32)
             guess = jnp.floor(jnp.log1p(t * (ratio - 1) / first_period) / math.log(ratio))
             # log rounding may put a step at a boundary into the neighbouring restart
@@ -208,6 +245,18 @@ def sgdr(
             restart = jnp.where(t >= start_of(guess + 1), guess + 1, guess)
             fraction = (t - start_of(restart)) / (first_period * ratio**restart)
             return restart.astype(jnp.int32), fraction
+
+        def restart_position(t):
+            table = jnp.asarray(begins, jnp.int32)
+            restart = (jnp.searchsorted(table, t, side="right") - 1).astype(jnp.int32)
+            elapsed = (t - table[restart]).astype(jnp.float32)
+            offset = jnp.asarray(offsets, jnp.float32)[restart]
+            fraction = (elapsed + offset) / jnp.asarray(periods, jnp.float32)[restart]
+            if table_end is None:
+                return restart, fraction
+            late_restart, late_fraction = closed_form(t)
+            late = t >= table_end
+            return jnp.where(late, late_restart, restart), jnp.where(late, late_fraction, fraction)
 
     def schedule(step):
         restart, fraction = restart_position(as_step(step))
