@@ -8,6 +8,7 @@ float64 (compared within 1e-10 relative) and float32 (within 1e-5).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import jax
@@ -257,6 +258,19 @@ def test_cosine_annealing_lr_is_periodic_past_t_max_as_pytorch_is():
     t_max = case["kwargs"]["T_max"]
     assert values[2 * t_max] == pytest.approx(values[0])
     assert values[t_max + 10] > values[t_max]
+
+
+def test_cosine_annealing_warm_restarts_keeps_its_last_restart_below_int32_max():
+    """T_0=3, T_mult=2: restarts begin at 3 (2^k - 1), the last in range at 1,610,612,733
+    (its length 1,610,612,736 does not fit in int32). That restart was dropped: 0.0 at
+    its first step, and at 2e9 a fraction past 1."""
+    schedule = lr_scheduler.cosine_annealing_warm_restarts(1.0, T_0=3, T_mult=2)
+    steps = jnp.array([1_610_612_732, 1_610_612_733, 2_000_000_000], jnp.int32)
+    begin, length = 1_610_612_733, 1_610_612_736
+    fraction = (2_000_000_000 - begin) / length
+    expected = [0.5 * (1 + math.cos(math.pi * (length / 2 - 1) / (length / 2))), 1.0,
+                0.5 * (1 + math.cos(math.pi * fraction))]  # fmt: skip
+    np.testing.assert_allclose(jax.jit(schedule)(steps), expected, atol=1e-6)
 
 
 def test_sgd_rejects_nesterov_without_momentum():

@@ -176,13 +176,15 @@ def cosine_annealing_warm_restarts(
 
     def schedule(step):
         t, _ = _as_float(step)
+        float_dtype = jnp.result_type(float)
         if T_mult == 1:
             t_cur, t_i = t % T_0, jnp.asarray(T_0)
         else:
-            index = jnp.searchsorted(jnp.asarray(starts[:-1]), t, side="right") - 1
-            t_cur = t - jnp.asarray(starts[:-1])[index]
-            t_i = jnp.asarray(lengths[:-1])[index]
-        float_dtype = jnp.result_type(float)
+            # every restart that begins in the int32 range; the last one's length may
+            # not fit in int32, so lengths are floats
+            index = jnp.searchsorted(jnp.asarray(starts), t, side="right") - 1
+            t_cur = t - jnp.asarray(starts)[index]
+            t_i = jnp.asarray(lengths, float_dtype)[index]
         fraction = t_cur.astype(float_dtype) / t_i.astype(float_dtype)
         return eta_min + (base_lr - eta_min) * (1 + jnp.cos(math.pi * fraction)) / 2
 
