@@ -155,3 +155,39 @@ def test_hyperparameters_are_checked_when_the_wrapper_is_built():
         gtx.quantized_state(gtx.adam(1e-3), block_size=0)
     with pytest.raises(ValueError, match="min_size"):
         gtx.quantized_state(gtx.adam(1e-3), min_size=-1)
+
+
+@pytest.mark.parametrize("min_size", [0, 1])
+def test_scalars_are_never_quantized_so_hyperparameters_stay_readable_and_settable(min_size):
+    tx = gtx.quantized_state(gtx.adam(1e-3, b1=0.8), min_size=min_size)
+    params = {"w": jnp.ones(3), "b": jnp.ones(1)}
+    state = tx.init(params)
+    hyperparams = gtx.get_hyperparams(state)
+    assert hyperparams["learning_rate"].dtype == jnp.float32
+    assert float(hyperparams["learning_rate"]) == np.float32(1e-3)
+    assert float(hyperparams["b1"]) == np.float32(0.8)
+    counts = [x for x in jax.tree.leaves(state) if x.dtype == jnp.int32]
+    assert counts and all(x.shape == () for x in counts)
+    # every leaf of one or more elements and dimensions is quantized, the (1,) bias too
+    assert isinstance(gtx.tree_get(state, "mu")["b"], gtx.QuantizedArray)
+    state = gtx.set_hyperparams(state, learning_rate=1e-4)
+    updates, state = jax.jit(tx.update)({"w": jnp.ones(3), "b": jnp.ones(1)}, state, params)
+    assert float(gtx.get_hyperparams(state)["learning_rate"]) == np.float32(1e-4)
+    # Adam's first step is -lr * sign(g): the learning rate set above, unrounded
+    np.testing.assert_allclose(updates["w"], np.full(3, -1e-4), rtol=1e-6)
+
+
+def test_unsigned_fields_must_be_a_collection_of_names_not_one_string():
+    with pytest.raises(TypeError, match=r"unsigned_fields must be a collection .*got 'nu'"):
+        gtx.quantized_state(gtx.scale_by_adam(), unsigned_fields="nu")
+    with pytest.raises(TypeError, match=r"unsigned_fields must hold field names .*got 1"):
+        gtx.quantized_state(gtx.scale_by_adam(), unsigned_fields=("nu", 1))
+    # a one-name tuple is the spelling that works: nu, never negative, uses the unsigned map
+    g = jnp.linspace(0.1, 1.0, 8)
+    tx = gtx.quantized_state(gtx.scale_by_adam(), min_size=0, unsigned_fields=("nu",))
+    _, state = tx.update(g, tx.init(g), g)
+    want_nu = np.float32(1 - 0.999) * np.asarray(g) ** 2
+    unsigned = gtx.dynamic_quantization_map(False)
+    np.testing.assert_array_equal(
+        state.inner_state.nu.codes, quantization.quantize(want_nu, unsigned, 2048)[0]
+    )

@@ -128,6 +128,7 @@ def measure():
             "max_abs_difference": max(differences),
         }
     results["eager"] = eager_updates_keep_their_devices(params)
+    results["wrappers"] = wrapper_states_are_sharded_like_their_parameters(params)
     return results
 
 
@@ -181,6 +182,63 @@ def eager_updates_keep_their_devices(params):
     return results
 
 
+def wrapper_states_are_sharded_like_their_parameters(params):
+    """Runs in the subprocess: the state of each wrapper that holds parameter-shaped
+    leaves, initialized eagerly from sharded arrays and from abstract params (restore),
+    against the parameters' shardings, and how a jitted update leaves them."""
+    import jax
+    import numpy as np
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import gradtx as gtx
+
+    wrappers = {
+        "multi_steps": lambda: gtx.multi_steps(gtx.scale_by_adam(), every_k=2),
+        "lookahead": lambda: gtx.lookahead(gtx.sgd(0.1, momentum=0.9)),
+        "ema_params": lambda: gtx.ema_params(0.9),
+        "average_params": lambda: gtx.average_params(),
+    }
+    mesh = jax.make_mesh((8,), ("data",))
+    shardings = {
+        "hidden": {
+            "kernel": NamedSharding(mesh, P("data", None)),
+            "bias": NamedSharding(mesh, P()),
+        },
+        "out": {"kernel": NamedSharding(mesh, P("data", None)), "bias": NamedSharding(mesh, P())},
+    }
+    sharded_params = jax.device_put(params, shardings)
+    abstract_params = jax.tree.map(
+        lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s), params, shardings
+    )
+    by_shape = {p.shape: p.sharding for p in jax.tree.leaves(sharded_params)}
+
+    def sharded_like_params(state):
+        """Per state leaf shaped like a parameter: is it sharded like that parameter?"""
+        return [
+            bool(leaf.sharding.is_equivalent_to(by_shape[leaf.shape], leaf.ndim))
+            for leaf in jax.tree.leaves(state)
+            if leaf.ndim and leaf.shape in by_shape
+        ]
+
+    grads = jax.tree.map(lambda p: 0.1 * p, sharded_params)
+    results = {}
+    for name, make in wrappers.items():
+        tx = make()
+        concrete = tx.init(sharded_params)
+        _, updated = jax.jit(tx.update)(grads, concrete, sharded_params)
+        results[name] = {
+            "concrete_init": sharded_like_params(concrete),
+            "abstract_init": sharded_like_params(tx.init(abstract_params)),
+            "unchanged_by_a_jitted_update": [
+                bool(a.sharding.is_equivalent_to(b.sharding, a.ndim))
+                for a, b in zip(jax.tree.leaves(concrete), jax.tree.leaves(updated), strict=True)
+                if np.ndim(a)
+            ],
+        }
+    return results
+
+
 @pytest.fixture(scope="module")
 def measured():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
@@ -223,6 +281,27 @@ def test_eager_updates_run_on_the_devices_of_their_leaves(measured, placement):
     result = measured["eager"][placement]
     assert result["devices_kept"]
     assert result["max_abs_difference"] < 1e-6
+
+
+WRAPPERS = ["multi_steps", "lookahead", "ema_params", "average_params"]
+
+
+@pytest.mark.parametrize("name", WRAPPERS)
+@pytest.mark.parametrize("init", ["concrete_init", "abstract_init"])
+def test_wrapper_state_is_sharded_like_its_parameters_after_eager_and_abstract_init(
+    measured, name, init
+):
+    # a state laid out differently from its parameters is resharded by the first update
+    sharded_alike = measured["wrappers"][name][init]
+    assert len(sharded_alike) >= 4  # the four parameters, in the wrapper's own state
+    assert all(sharded_alike)
+
+
+@pytest.mark.parametrize("name", WRAPPERS)
+def test_a_jitted_wrapper_update_keeps_the_state_sharding(measured, name):
+    unchanged = measured["wrappers"][name]["unchanged_by_a_jitted_update"]
+    assert len(unchanged) >= 4
+    assert all(unchanged)
 
 
 if __name__ == "__main__":

@@ -77,8 +77,9 @@ def multi_steps(
 
     def init(params):
         def accumulator(x):
-            dtype = accumulator_dtype or numerics.compute_dtype(x.dtype)
-            return jnp.zeros(jnp.shape(x), dtype)
+            # tree.zeros_like keeps the leaf's sharding (also for abstract params), so the
+            # accumulator is laid out like the gradients it averages from init on.
+            return tree.zeros_like(x, accumulator_dtype or numerics.compute_dtype(x.dtype))
 
         tree.check_inexact(params, "parameter")
         return MultiStepsState(

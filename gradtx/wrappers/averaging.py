@@ -48,14 +48,15 @@ def copy_params(params: Params, dtype: Any = None) -> Params:
     """The params as arrays (in ``dtype`` if given).
 
     Abstract params (``jax.ShapeDtypeStruct``, for sharding and checkpoint restore) have
-    no values: they give zeros of their shape and dtype, which the restore overwrites.
+    no values: they give zeros of their shape, dtype and sharding, which the restore
+    overwrites.
     """
     tree.check_inexact(params, "parameter")
 
     def copy(p):
         leaf_dtype = dtype or p.dtype
         if isinstance(p, jax.ShapeDtypeStruct):
-            return jnp.zeros(p.shape, leaf_dtype)
+            return tree.zeros_like(p, leaf_dtype)
         return jnp.asarray(p).astype(leaf_dtype)
 
     return jax.tree.map(copy, params)

@@ -37,10 +37,13 @@ def lookahead(
     The returned updates move the params to phi, so
     ``apply_updates(params, updates)`` is the whole algorithm and the update is an
     ordinary transform in a chain (place it outermost: ``lookahead(adam(1e-3))``).
-    Right after a sync the params equal the slow weights; between syncs evaluate with
-    ``state.slow_params``, as the paper does. The inner optimizer's state is kept
-    across syncs (the paper's default). Optax's ``lookahead`` instead asks the user to
-    hold both weight sets in a ``LookaheadParams``.
+    Right after a sync the params are the slow weights up to rounding: the update is
+    ``theta - params``, and adding it back in the parameter dtype can land up to two
+    units in the last place (of the larger of the old params and theta) away from
+    theta. Evaluate with ``state.slow_params``, theta itself, as the paper does. The
+    inner optimizer's state is kept across syncs (the paper's default). Optax's
+    ``lookahead`` instead asks the user to hold both weight sets in a
+    ``LookaheadParams``.
 
     Args:
         inner: the fast optimizer (its updates are added to the params, so it includes

@@ -98,6 +98,19 @@ def _path_names(path: tuple) -> set[str]:
     return names
 
 
+def _field_names(name: str, value: Any) -> frozenset[str]:
+    """``value`` as a set of field names: a collection of strings, not one string."""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"{name} must be a collection of field names such as ('nu',), got {value!r}"
+        )
+    names = tuple(value)
+    for field in names:
+        if not isinstance(field, str):
+            raise TypeError(f"{name} must hold field names (strings), got {field!r} in {names!r}")
+    return frozenset(names)
+
+
 def quantized_state(
     inner: GradientTransformation,
     *,
@@ -119,10 +132,11 @@ def quantized_state(
     For Adam that is about 2 bytes of state per parameter (1 byte for m, 1 for v, and
     4 / block_size for the scales) instead of 8. Leaves under a field named in
     ``unsigned_fields`` (second moments, which are never negative) use the unsigned map
-    and its extra bit of precision, as the paper does for Adam's second state. Step
-    counters, injected hyperparameters and leaves smaller than ``min_size`` (biases,
-    norms: bitsandbytes' default threshold is 4096) stay as they are. Complex leaves are
-    not quantized.
+    and its extra bit of precision, as the paper does for Adam's second state. Scalar
+    (0-d) leaves, such as step counters and injected hyperparameters, are never
+    quantized, whatever ``min_size``; nor are leaves smaller than ``min_size`` (biases,
+    norms: bitsandbytes' default threshold is 4096) or complex leaves: they stay as
+    they are, so ``get_hyperparams`` and ``set_hyperparams`` work through the wrapper.
 
     Wrap transforms whose state is moment-like (running averages that tolerate a
     relative error of ~1%): the Adam family, RMSProp, momentum. Do not wrap a state that
@@ -135,8 +149,11 @@ def quantized_state(
         inner: the transform whose state is quantized (e.g. ``gtx.adam(1e-3)``).
         block_size: elements per block sharing one absmax, an int >= 1 (the paper uses
             2048; smaller blocks are more precise and cost 4 / block_size bytes each).
-        min_size: leaves with fewer elements are kept in their own dtype, an int >= 0.
-        unsigned_fields: state field (or dict key) names whose leaves are non-negative.
+        min_size: leaves with fewer elements are kept in their own dtype, an int >= 0
+            (0 or 1: every non-empty floating leaf except scalars is quantized).
+        unsigned_fields: state field (or dict key) names whose leaves are non-negative,
+            a collection of strings such as ``("nu",)``; a single string is a TypeError
+            (it would otherwise be read as its characters).
 
     State: ``QuantizedState(inner_state)``, the inner state with each quantized leaf
     replaced by ``QuantizedArray(codes, absmax)``.
@@ -158,17 +175,18 @@ def quantized_state(
     """
     check.positive_int("block_size", block_size)
     check.non_negative_int("min_size", min_size)
-    unsigned_fields = frozenset(unsigned_fields)
+    unsigned_fields = _field_names("unsigned_fields", unsigned_fields)
     inner_update = _update_with_extra_args(inner)
     tables = {signed: jnp.asarray(dynamic_quantization_map(signed)) for signed in (True, False)}
 
     def is_quantized(leaf: Any) -> bool:
         dtype = getattr(leaf, "dtype", None)
-        return (
-            dtype is not None
-            and jnp.issubdtype(dtype, jnp.floating)
-            and int(np.prod(jnp.shape(leaf))) >= max(min_size, 1)
-        )
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            return False
+        # Scalars (counters, injected hyperparameters) are never quantized: a
+        # hyperparameter must read back as the number it was set to.
+        shape = jnp.shape(leaf)
+        return len(shape) > 0 and int(np.prod(shape)) >= max(min_size, 1)
 
     def signed(path: tuple) -> bool:
         return not (_path_names(path) & unsigned_fields)
