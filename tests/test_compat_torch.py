@@ -220,6 +220,66 @@ def test_load_state_dict_rejects_a_nadam_state_without_mu_product():
         tc.load_state_dict(tc.nadam(), torch_state, [jnp.zeros(2)])
 
 
+COMPLEX = OPTIMIZERS["complex_problem"]
+
+
+def from_pairs(x, index):
+    """A recorded array of parameter ``index``: the first is complex, stored as [real,
+    imaginary] pairs; the second is real."""
+    x = np.asarray(x, np.float64)
+    return x[..., 0] + 1j * x[..., 1] if index == 0 and x.ndim else x
+
+
+def run_complex(tx, params, state, first_step=0):
+    h = [jnp.asarray(x) for x in COMPLEX["h"]]
+    c = [jnp.asarray(from_pairs(x, i)) for i, x in enumerate(COMPLEX["c"])]
+    noise = [jnp.asarray(from_pairs(n, i)[first_step:]) for i, n in enumerate(COMPLEX["noise"])]
+
+    @jax.jit
+    def trajectory(params, state):
+        def step(carry, n):
+            params, state = carry
+            grads = [h[i] * (p - c[i]) + n[i] for i, p in enumerate(params)]
+            updates, state = tx.update(grads, state, params)
+            params = gtx.apply_updates(params, updates)
+            return (params, state), params
+
+        return jax.lax.scan(step, (params, state), noise)[1]
+
+    return trajectory(params, state)
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS["complex_cases"], ids=lambda c: c["name"])
+def test_complex_parameters_follow_pytorch_which_optimizes_their_real_and_imaginary_parts(
+    case, x64
+):
+    """PyTorch steps a complex parameter as its view_as_real: Adam's second moment, say,
+    is kept per part, not of |g|^2 (Adam's step at the first update is then +-lr in
+    each part). Every step of a complex and a real parameter, and a run continued from
+    the state saved at step 20 (complex buffers as PyTorch saves them)."""
+    tx = build_optimizer(case)
+    expected = [[from_pairs(p, i) for i, p in enumerate(step)] for step in case["trajectory"]]
+    params = [jnp.asarray(from_pairs(p, i)) for i, p in enumerate(COMPLEX["p0"])]
+    actual = run_complex(tx, params, tx.init(params))
+    for i in range(2):
+        np.testing.assert_allclose(
+            actual[i], [step[i] for step in expected], rtol=1e-10, atol=1e-12
+        )
+    saved = case["saved"]
+    params = [jnp.asarray(from_pairs(p, i)) for i, p in enumerate(saved["params"])]
+    torch_state = {
+        "state": {k: {key: from_pairs(v, int(k)) for key, v in entry.items()}
+                  for k, entry in saved["state_dict"]["state"].items()},
+        "param_groups": saved["state_dict"]["param_groups"],
+    }  # fmt: skip
+    save_at = len(expected) // 2
+    continued = run_complex(tx, params, tc.load_state_dict(tx, torch_state, params), save_at)
+    for i in range(2):
+        np.testing.assert_allclose(
+            continued[i], [step[i] for step in expected[save_at:]], rtol=1e-10, atol=1e-12
+        )
+
+
 def test_load_state_dict_rejects_a_parameter_count_mismatch():
     torch_state = {"state": {0: {"step": 1.0, "exp_avg": np.zeros(2), "exp_avg_sq": np.zeros(2)}},
                    "param_groups": [{"params": [0]}]}  # fmt: skip

@@ -230,3 +230,46 @@ PLATEAU_CASES = [
     {"lr": 0.1, "kwargs": {"mode": "max", "factor": 0.5, "patience": 1, "threshold": 0.01,
                            "threshold_mode": "abs"}},
 ]  # fmt: skip
+
+
+# Complex parameters: PyTorch optimizes a complex parameter as its view_as_real (each
+# part its own real parameter). One complex parameter of 4 entries and a real one of 2,
+# g_t = h * (p_t - c) + n_t with complex c and noise, for COMPLEX_STEPS steps; the state
+# is saved after COMPLEX_SAVE_AT steps for the load test.
+COMPLEX_STEPS = 40
+COMPLEX_SAVE_AT = 20
+COMPLEX_CASES = [
+    _case("adam", "adam_complex", lr=0.05, weight_decay=0.01, amsgrad=True),
+    _case("adamw", "adamw_complex", lr=0.05),
+    _case("rmsprop", "rmsprop_complex", lr=0.01, momentum=0.5, centered=True),
+    _case("adagrad", "adagrad_complex", lr=0.1),
+    _case("adadelta", "adadelta_complex", lr=1.0),
+    _case("adamax", "adamax_complex", lr=0.05),
+    _case("nadam", "nadam_complex", lr=0.05),
+    _case("radam", "radam_complex", lr=0.05),
+    _case("rprop", "rprop_complex", lr=0.05),
+    _case("sgd", "sgd_complex", lr=0.05, momentum=0.9, nesterov=True),
+    _case("asgd", "asgd_complex", lr=0.05, t0=10.0),
+]
+
+
+def complex_problem() -> dict:
+    """p0 (a complex vector of 4 and a real one of 2), h, c and the noise, seeded."""
+    rng = np.random.default_rng(20261129)
+
+    def pair(size):
+        return rng.standard_normal(size) + 1j * rng.standard_normal(size), rng.standard_normal(2)
+
+    p0, h, c = pair(4), [rng.uniform(0.5, 2.0, 4), rng.uniform(0.5, 2.0, 2)], pair(4)
+    noise = [0.1 * (rng.standard_normal((COMPLEX_STEPS, 4))
+                    + 1j * rng.standard_normal((COMPLEX_STEPS, 4))),
+             0.1 * rng.standard_normal((COMPLEX_STEPS, 2))]  # fmt: skip
+    return {"p0": list(p0), "h": h, "c": list(c), "noise": noise}
+
+
+def as_pairs(x) -> list:
+    """An array as nested lists, complex entries as [real, imaginary] pairs."""
+    x = np.asarray(x)
+    if np.iscomplexobj(x):
+        x = np.stack([x.real, x.imag], axis=-1)
+    return x.tolist()

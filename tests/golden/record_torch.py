@@ -6,9 +6,10 @@ Run from the repository root with the CPU wheel installed (``pip install torch==
 
 It writes ``tests/golden/torch_optimizers.json`` (trajectories of every optimizer over
 option combinations, float64 and float32, plus runs continued from a saved
-``state_dict``) and ``tests/golden/torch_schedulers.json`` (200 learning rates of each
-scheduler). The tests read them without PyTorch; ``tests/test_compat_live.py`` reruns
-the same cases against the installed PyTorch through the functions here.
+``state_dict`` and runs on complex parameters) and ``tests/golden/torch_schedulers.json``
+(200 learning rates of each scheduler). The tests read them without PyTorch;
+``tests/test_compat_live.py`` reruns the same cases against the installed PyTorch
+through the functions here.
 
 The problem (``golden_problem.py``): three small parameter arrays, gradients
 ``g_t = sign * h * (p_t - c) + n_t`` from a fixed quadratic plus a fixed noise sequence.
@@ -27,6 +28,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from golden_problem import (  # noqa: E402
+    COMPLEX_CASES,
+    COMPLEX_SAVE_AT,
+    COMPLEX_STEPS,
     LOAD_CASES,
     OPTIMIZER_CASES,
     PLATEAU_CASES,
@@ -34,6 +38,8 @@ from golden_problem import (  # noqa: E402
     SHAPES,
     SNAPSHOTS,
     STEPS,
+    as_pairs,
+    complex_problem,
     plateau_metrics,
     problem,
     problem_arrays,
@@ -130,10 +136,35 @@ def run_optimizer(case: dict, dtype: str, *, steps: int = STEPS, save_at: int | 
     return np.stack(snapshots), extra, saved
 
 
-def _state_dict_as_lists(state_dict: dict) -> dict:
+def run_complex_case(case: dict) -> dict:
+    """A ``COMPLEX_CASES`` case in float64: the parameters after every step (complex
+    entries as [real, imaginary] pairs) and the state_dict after ``COMPLEX_SAVE_AT``."""
+    torch.set_default_dtype(torch.float64)
+    prob = complex_problem()
+    params = [torch.tensor(p, requires_grad=True) for p in prob["p0"]]
+    optimizer = TORCH_OPTIMIZERS[case["optimizer"]](params, **torch_kwargs(case["kwargs"]))
+    trajectory, saved = [], None
+    for t in range(COMPLEX_STEPS):
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                p.grad = torch.tensor(prob["h"][i]) * (p - torch.tensor(prob["c"][i]))
+                p.grad += torch.tensor(prob["noise"][i][t])
+        optimizer.step()
+        trajectory.append([as_pairs(p.detach().numpy()) for p in params])
+        if t + 1 == COMPLEX_SAVE_AT:
+            saved = {
+                "params": [as_pairs(p.detach().numpy()) for p in params],
+                "state_dict": _state_dict_as_lists(optimizer.state_dict(), as_pairs),
+            }
+    torch.set_default_dtype(torch.float32)
+    return dict(case, trajectory=trajectory, saved=saved)
+
+
+def _state_dict_as_lists(state_dict: dict, to_list=None) -> dict:
     def convert(value):
         if isinstance(value, torch.Tensor):
-            return value.detach().numpy().tolist()
+            array = value.detach().numpy()
+            return to_list(array) if to_list else array.tolist()
         return value
 
     return {
@@ -204,6 +235,8 @@ def main() -> None:
         "problem": {k: v.tolist() for k, v in problem_arrays().items()},
         "cases": cases,
         "load_cases": loads,
+        "complex_problem": {k: [as_pairs(x) for x in v] for k, v in complex_problem().items()},
+        "complex_cases": [run_complex_case(case) for case in COMPLEX_CASES],
     }
     schedulers = {
         "torch": torch_version,

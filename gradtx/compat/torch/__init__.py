@@ -6,7 +6,9 @@ trajectories: float64 within 1e-10, float32 within 1e-5). The chain shows PyTorc
 conventions: ``weight_decay`` is L2 (the decay term is added to the gradient, first in
 the chain) except in ``adamw`` and with ``decoupled_weight_decay=True`` (after the
 preconditioner); ``maximize`` negates the gradient before anything else; the learning
-rate multiplies the step last, outside every buffer. ``lr`` is a number or a gradtx
+rate multiplies the step last, outside every buffer; a complex parameter is optimized
+as its real and imaginary parts (PyTorch's ``view_as_real``: Adam's second moment per
+part, not of ``|g|^2`` as in ``gradtx.adam`` and Optax). ``lr`` is a number or a gradtx
 schedule: its value at step t (t from 0) is the learning rate of the t-th
 ``optimizer.step()``, as with a scheduler stepped after each optimizer step (see
 ``gradtx.compat.torch.lr_scheduler``).
@@ -91,6 +93,43 @@ def _check_betas(betas: tuple[float, float]) -> tuple[float, float]:
     return betas[0], betas[1]
 
 
+def _real_pairs(x: Any) -> Any:
+    """A complex array as PyTorch's ``view_as_real``: its real and imaginary parts along
+    a new last axis; any other leaf unchanged."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.complexfloating):
+        return x
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct((*x.shape, 2), jnp.finfo(dtype).dtype)
+    return jnp.stack([jnp.real(x), jnp.imag(x)], axis=-1)
+
+
+def _complex_as_real_pairs(tx: GradientTransformation) -> GradientTransformation:
+    """``tx`` with every complex leaf seen as a real array of (real, imaginary) pairs, as
+    ``torch.optim`` does (``view_as_real``): Adam's second moment, RMSprop's square
+    average and Rprop's signs are per part, not of ``|g|^2``. Real leaves pass through,
+    and the state is ``tx``'s (a complex parameter's buffers have a last axis of 2)."""
+
+    def init(params):
+        return tx.init(jax.tree.map(_real_pairs, params))
+
+    def update(updates, state, params=None, **extra):
+        leaves = jax.tree.leaves(updates)
+        if not any(_real_pairs(x) is not x for x in leaves if hasattr(x, "dtype")):
+            return tx.update(updates, state, params, **extra)
+        pairs = jax.tree.map(_real_pairs, updates)
+        new_pairs, state = tx.update(pairs, state, jax.tree.map(_real_pairs, params), **extra)
+
+        def back(update, pair):
+            if _real_pairs(update) is update:  # a real leaf
+                return pair
+            return jax.lax.complex(pair[..., 0], pair[..., 1]).astype(update.dtype)
+
+        return jax.tree.map(back, updates, new_pairs), state
+
+    return GradientTransformation(init, update)
+
+
 def _chain(
     core: list[tuple[str, GradientTransformation]],
     lr: ScalarOrSchedule,
@@ -107,7 +146,7 @@ def _chain(
     decay = [] if _is_zero(weight_decay) else [("weight_decay", add_decayed_weights(weight_decay))]
     blocks += ([] if decoupled else decay) + core + (decay if decoupled else [])
     blocks.append(("learning_rate", scale_by_learning_rate(lr)))
-    return named_chain(*blocks)
+    return _complex_as_real_pairs(named_chain(*blocks))
 
 
 def sgd(
@@ -594,7 +633,7 @@ def rprop(
         ),
         ("descend", scale(-1.0)),
     ]
-    return named_chain(*blocks)
+    return _complex_as_real_pairs(named_chain(*blocks))
 
 
 def asgd(
@@ -643,4 +682,4 @@ def asgd(
     if not _is_zero(weight_decay):
         blocks.append(("weight_decay", add_decayed_weights(weight_decay)))
     blocks.append(("asgd", averaged_sgd(lr, lambd, alpha, t0)))
-    return named_chain(*blocks)
+    return _complex_as_real_pairs(named_chain(*blocks))

@@ -102,7 +102,9 @@ def load_state_dict(
     rate, weight decay, proximal L1 or noise) is set to PyTorch's ``step``; counters of
     other wrappers in the chain (``lookahead``, ``multi_steps``, ``ema``) keep their
     ``init`` value. ``tx`` may be a ``gtx.partition`` of optimizers, PyTorch's param
-    groups with different hyperparameters. Tensors or NumPy arrays are accepted.
+    groups with different hyperparameters. Tensors or NumPy arrays are accepted; the
+    complex buffers of a complex parameter are taken as their real and imaginary parts,
+    the form the ``gradtx.compat.torch`` optimizers keep them in.
     Handles SGD, Adam, AdamW, Adagrad, RMSprop, Adadelta, Adamax, NAdam, RAdam, Rprop
     and ASGD states.
 
@@ -173,6 +175,8 @@ def load_state_dict(
                 array = np.zeros(leaf.shape)  # PyTorch creates the buffer on the first step
             else:
                 array = _to_numpy(buffer(index, key))
+            if np.iscomplexobj(array):  # the gradtx optimizers see it as PyTorch does,
+                array = np.stack([array.real, array.imag], axis=-1)  # as view_as_real
             if key == "prev":
                 array = np.sign(array)
             if array.shape != tuple(leaf.shape):
