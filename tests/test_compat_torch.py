@@ -333,6 +333,12 @@ def test_cosine_annealing_warm_restarts_keeps_its_last_restart_below_int32_max()
     np.testing.assert_allclose(jax.jit(schedule)(steps), expected, atol=1e-6)
 
 
+def test_constant_lr_with_no_iterations_keeps_the_factor_as_pytorch_does():
+    # torch 2.13: ConstantLR(opt, factor=0.3, total_iters=0) gives 0.3 * lr at every step
+    schedule = lr_scheduler.constant_lr(1.0, factor=0.3, total_iters=0)
+    np.testing.assert_allclose(schedule(jnp.arange(4)), [0.3] * 4)
+
+
 def test_sgd_rejects_nesterov_without_momentum():
     with pytest.raises(ValueError, match="nesterov"):
         tc.sgd(lr=0.1, nesterov=True)

@@ -345,6 +345,10 @@ def linear_lr(
 def constant_lr(base_lr: float, factor: float = 1.0 / 3, total_iters: int = 5) -> Schedule:
     """``ConstantLR``: ``base_lr * factor`` for the first ``total_iters`` steps, then ``base_lr``.
 
+    With ``total_iters=0`` PyTorch sets ``base_lr * factor`` at construction and never
+    restores ``base_lr`` (it multiplies back only when its step count equals
+    ``total_iters``, which it passes before the first check): so does this.
+
     Example:
         >>> import jax.numpy as jnp
         >>> from gradtx.compat.torch import lr_scheduler
@@ -355,11 +359,12 @@ def constant_lr(base_lr: float, factor: float = 1.0 / 3, total_iters: int = 5) -
     check.in_range("factor", factor, 0.0, 1.0)
     check.non_negative_int("total_iters", total_iters)
 
+    # PyTorch's total_iters=0 keeps base_lr * factor: see above
+    restored = base_lr * (factor if total_iters == 0 else 1.0)
+
     def schedule(step):
         t, _ = _as_float(step)
-        return jnp.where(t < total_iters, base_lr * factor, base_lr * 1.0).astype(
-            jnp.result_type(float)
-        )
+        return jnp.where(t < total_iters, base_lr * factor, restored).astype(jnp.result_type(float))
 
     return schedule
 
