@@ -97,6 +97,19 @@ def in_range(
         _fail(name, value, f"in {left}, {right}")
 
 
+def at_least(name: str, value: Any, bound_name: str, bound: Any) -> None:
+    """``value >= bound`` for a pair of hyperparameters (an upper bound and the lower
+    bound it must not fall below), checked whenever both are concrete: Python and NumPy
+    numbers and concrete JAX arrays alike. A traced value or a schedule (where
+    ``schedules_allowed()``) is let through, like in the other checks."""
+    array = _concrete(name, value, False)
+    bound_array = _concrete(bound_name, bound, False)
+    if array is None or bound_array is None:
+        return
+    if np.any(array < bound_array):
+        _fail(name, value, f">= {bound_name} ({bound!r})")
+
+
 def unit_interval(name: str, value: Any, *, schedule: bool = False) -> None:
     """A decay rate or momentum: ``0 <= value < 1``."""
     in_range(name, value, 0.0, 1.0, high_inclusive=False, schedule=schedule)

@@ -98,8 +98,19 @@ def _check_nesterov_has_momentum(nesterov: bool, momentum: Any) -> None:
         raise ValueError(f"nesterov=True needs a momentum in (0, 1), got momentum={momentum!r}")
 
 
+# The private chains below annotate their float hyperparameters: schedule_injection
+# injects an argument passed as a Python int (sgd(1), weight_decay=1) only where the
+# factory declares it a float, and these factories have no float defaults to show it.
+
+
 @schedule_injection
-def _sgd_chain(learning_rate, momentum, nesterov, weight_decay, accumulator_dtype):
+def _sgd_chain(
+    learning_rate: ScalarOrSchedule,
+    momentum: ScalarOrSchedule | None,
+    nesterov: bool,
+    weight_decay: ScalarOrSchedule | None,
+    accumulator_dtype: Any,
+) -> GradientTransformation:
     return chain(
         add_decayed_weights(weight_decay) if weight_decay is not None else identity(),
         trace(momentum, nesterov, accumulator_dtype=accumulator_dtype)
@@ -216,16 +227,16 @@ def adagrad(
 
 @schedule_injection
 def _rmsprop_chain(
-    learning_rate,
-    decay,
-    eps,
-    initial_scale,
-    eps_in_sqrt,
-    centered,
-    momentum,
-    nesterov,
-    bias_correction,
-):
+    learning_rate: ScalarOrSchedule,
+    decay: float,
+    eps: float,
+    initial_scale: float,
+    eps_in_sqrt: bool,
+    centered: bool,
+    momentum: ScalarOrSchedule | None,
+    nesterov: bool,
+    bias_correction: bool,
+) -> GradientTransformation:
     return chain(
         scale_by_rms(
             decay,
@@ -311,7 +322,13 @@ def rmsprop(
 
 
 @schedule_injection(static_args=("weight_decay_mask",))
-def _adadelta_chain(learning_rate, rho, eps, weight_decay, weight_decay_mask):
+def _adadelta_chain(
+    learning_rate: ScalarOrSchedule,
+    rho: float,
+    eps: float,
+    weight_decay: ScalarOrSchedule | None,
+    weight_decay_mask: Any,
+) -> GradientTransformation:
     return chain(
         add_decayed_weights(weight_decay, weight_decay_mask)
         if weight_decay is not None

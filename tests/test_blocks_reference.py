@@ -211,3 +211,52 @@ def test_nesterov_lookahead_iterates_are_sutskever_lookahead_points(x64):
     _, phis = jax.jit(lambda p: jax.lax.scan(step, (p, tx.init(p)), None, length=steps))(phi0)
     trajectory.assert_close(np.asarray(phis), expected, rtol=1e-10)
     assert np.max(np.abs(expected[-1] - target / curvature)) < 1e-2  # it did converge
+
+
+def test_radam_with_b2_zero_is_never_rectified_as_in_optax():
+    """b2 = 0 (allowed: [0, 1)) has rho_inf = rho_t = 1 < threshold: every update is the
+    bias-corrected momentum m_t / (1 - b1^t), as Optax gives, with no log(0) error."""
+    import optax
+
+    b1 = 0.8
+    rng = np.random.default_rng(4)
+    gradients = rng.normal(size=(12, 3)).astype(np.float32)
+    updates, _ = trajectory.run(
+        gtx.scale_by_radam(b1=b1, b2=0.0), jnp.asarray(gradients), jnp.zeros(3, jnp.float32)
+    )
+    m, expected = np.zeros(3), []
+    for t, g in enumerate(gradients.astype(np.float64), start=1):
+        m = b1 * m + (1 - b1) * g
+        expected.append(m / (1 - b1**t))
+    np.testing.assert_allclose(np.asarray(updates), np.stack(expected), rtol=1e-5)
+    optax_tx = optax.scale_by_radam(b1=b1, b2=0.0)
+    optax_updates, _ = trajectory.run(optax_tx, jnp.asarray(gradients), jnp.zeros(3, jnp.float32))
+    np.testing.assert_allclose(np.asarray(updates), np.asarray(optax_updates), rtol=1e-5)
+
+
+@pytest.mark.parametrize("eps_before_bias_correction", [False, True])
+def test_amsgrad_max_corrected_after_the_maximum_matches_its_equations(
+    eps_before_bias_correction,
+):
+    """PyTorch's form (and Keras' with eps before the correction): the maximum of the
+    raw v_t, divided by the current 1 - b2^t."""
+    b1, b2, eps, eps_root = 0.8, 0.9, 1e-2, 1e-3
+    rng = np.random.default_rng(5)
+    gradients = (rng.normal(size=(30, 4)) * np.linspace(3, 0.1, 30)[:, None]).astype(np.float32)
+    tx = gtx.amsgrad_max(
+        b1, b2, eps, eps_root,
+        correct_after_max=True, eps_before_bias_correction=eps_before_bias_correction,
+    )  # fmt: skip
+    updates, _ = trajectory.run(tx, jnp.asarray(gradients), jnp.zeros(4, jnp.float32))
+    m, v, v_max, expected = np.zeros(4), np.zeros(4), np.zeros(4), []
+    for t, g in enumerate(gradients.astype(np.float64), start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g**2
+        v_max = np.maximum(v_max, v)
+        correction = 1 - b2**t
+        if eps_before_bias_correction:
+            denominator = (np.sqrt(v_max + eps_root) + eps) / np.sqrt(correction)
+        else:
+            denominator = np.sqrt(v_max / correction + eps_root) + eps
+        expected.append(m / (1 - b1**t) / denominator)
+    np.testing.assert_allclose(np.asarray(updates), np.stack(expected), rtol=1e-5)

@@ -133,3 +133,49 @@ def test_adam_in_float16_matches_float32_math_for_tiny_gradients():
     params = jnp.zeros(2, jnp.float16)
     updates, _ = tx.update(jnp.array([1e-4, -1e-4], jnp.float16), tx.init(params), params)
     np.testing.assert_allclose(np.asarray(updates, np.float32), [-1e-3, 1e-3], rtol=2e-3)
+
+
+def test_a_wider_accumulator_dtype_accumulates_in_its_own_precision(x64):
+    """float32 gradients, float64 buffers: ema, trace and Adam's moments are the float64
+    recurrences (a float32 recurrence drifts by ~1e-6 relative over these steps), and
+    the updates stay float32, the float64 result rounded once."""
+    steps, b1, b2 = 1000, 0.9, 0.999
+    rng = np.random.default_rng(6)
+    gradients = (rng.normal(size=(steps, 4)) + 1.0).astype(np.float32)
+    blocks = {
+        "ema": gtx.ema(0.999, accumulator_dtype=jnp.float64),
+        "trace": gtx.trace(0.99, accumulator_dtype=jnp.float64),
+        "adam": gtx.scale_by_adam(b1, b2, mu_dtype=jnp.float64, nu_dtype=jnp.float64),
+    }
+
+    @jax.jit
+    def run(gradients):
+        def step(states, g):
+            outputs = {name: tx.update(g, states[name]) for name, tx in blocks.items()}
+            return {k: s for k, (_, s) in outputs.items()}, {k: u for k, (u, _) in outputs.items()}
+
+        params = jnp.zeros(4, jnp.float32)
+        return jax.lax.scan(step, {k: tx.init(params) for k, tx in blocks.items()}, gradients)
+
+    states, updates = run(jnp.asarray(gradients))
+
+    e, b, m, v = (np.zeros(4) for _ in range(4))
+    for g in gradients.astype(np.float64):
+        e = 0.999 * e + (1 - 0.999) * g
+        b = g + 0.99 * b
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g**2
+    adam_update = (m / (1 - b1**steps)) / (np.sqrt(v / (1 - b2**steps)) + 1e-8)
+    ema_update = e / (1 - 0.999**steps)
+
+    for got, expected in [
+        (states["ema"].ema, e),
+        (states["trace"].trace, b),
+        (states["adam"].mu, m),
+        (states["adam"].nu, v),
+    ]:
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-12)
+    for name, expected in [("ema", ema_update), ("trace", b), ("adam", adam_update)]:
+        assert updates[name].dtype == jnp.float32, name
+        np.testing.assert_allclose(np.asarray(updates[name][-1]), expected, rtol=1e-7, err_msg=name)

@@ -6,6 +6,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import gradtx as gtx
@@ -184,3 +185,76 @@ def test_arguments_that_take_schedules_still_take_them():
         params = {"w": jnp.ones(2)}
         updates, _ = tx.update(params, tx.init(params), params)
         assert jnp.all(jnp.isfinite(updates["w"]))
+
+
+@pytest.mark.parametrize(
+    "arguments, switch, needs",
+    [
+        (dict(correct_after_max=True, bias_correction_nu=False), "correct_after_max=True",
+         "bias_correction_nu=True, got bias_correction_nu=False"),
+        (dict(eps_before_bias_correction=True), "eps_before_bias_correction=True",
+         "correct_after_max=True, got correct_after_max=False"),
+        (dict(eps_before_bias_correction=True, bias_correction_nu=False),
+         "eps_before_bias_correction=True", "correct_after_max=True"),
+    ],
+)  # fmt: skip
+def test_amsgrad_max_refuses_a_switch_that_would_change_nothing(arguments, switch, needs):
+    with pytest.raises(ValueError) as error:
+        gtx.amsgrad_max(**arguments)
+    message = str(error.value)
+    assert message.startswith(f"{switch} needs {needs}"), message
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [np.float32, jnp.asarray, lambda x: jnp.asarray(x, jnp.float32)],
+    ids=["numpy_float32", "jax_weak", "jax_float32"],
+)
+def test_rprop_step_size_bounds_in_the_wrong_order_are_rejected_for_array_scalars(wrap):
+    with pytest.raises(ValueError) as error:
+        gtx.scale_by_rprop(0.1, min_step_size=wrap(1.0), max_step_size=wrap(0.5))
+    message = str(error.value)
+    assert message.startswith("max_step_size must be >= min_step_size ("), message
+    assert repr(wrap(1.0)) in message and repr(wrap(0.5)) in message, message
+    # In order, the same kinds of values build a working Rprop (step sizes 0.1 * 1.2 ...
+    # clipped to [0.05, 0.11]).
+    tx = gtx.scale_by_rprop(0.1, min_step_size=wrap(0.05), max_step_size=wrap(0.11))
+    state = tx.init(jnp.zeros(2))
+    for _ in range(3):
+        updates, state = tx.update(jnp.array([1.0, -1.0]), state)
+    np.testing.assert_allclose(updates, [0.11, -0.11], rtol=1e-6)
+
+
+NEGATIVE_SCHEDULE = lambda step: -0.1  # noqa: E731
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: gtx.scale_by_learning_rate(NEGATIVE_SCHEDULE),
+        lambda: gtx.averaged_sgd(NEGATIVE_SCHEDULE, lambd=0.0),
+        lambda: gtx.sgd(NEGATIVE_SCHEDULE),
+    ],
+    ids=["scale_by_learning_rate", "averaged_sgd", "sgd"],
+)
+def test_a_negative_learning_rate_schedule_is_named_at_an_eager_update(make):
+    tx = make()
+    params = jnp.array([0.0])
+    with pytest.raises(ValueError, match=r"learning_rate must be in \[0.0, inf\], got .*-0.1"):
+        tx.update(jnp.array([1.0]), tx.init(params), params)
+
+
+def test_a_learning_rate_schedule_still_descends_through_the_blocks():
+    params = jnp.array([1.0])
+    schedule = lambda step: 0.1 * (step + 1.0)  # noqa: E731
+    tx = gtx.scale_by_learning_rate(schedule)
+    state = tx.init(params)
+    for step in range(3):
+        updates, state = tx.update(jnp.array([2.0]), state, params)
+        np.testing.assert_allclose(updates, [-2.0 * schedule(step)], rtol=1e-6)
+    # averaged_sgd (lambd = 0): eta = lr of update max(k - 1, 0), p' - p = -eta g
+    tx = gtx.averaged_sgd(schedule, lambd=0.0)
+    state = tx.init(params)
+    for k in range(3):
+        updates, state = tx.update(jnp.array([2.0]), state, params)
+        np.testing.assert_allclose(updates, [-2.0 * schedule(max(k - 1, 0))], rtol=1e-6)

@@ -97,6 +97,59 @@ def test_an_integer_value_for_a_float_hyperparameter_is_injected():
     assert float(gtx.get_hyperparams(state)["learning_rate"]) == 2.0
 
 
+def test_an_integer_learning_rate_or_weight_decay_is_injected_in_sgd_rmsprop_and_adadelta():
+    params = jnp.array([2.0, -1.0])
+    grads = jnp.array([0.5, -3.0])
+    # sgd(1) with the learning rate set to 0.5 afterwards: -0.5 g
+    state = gtx.set_hyperparams(gtx.sgd(1).init(params), learning_rate=0.5)
+    updates, _ = gtx.sgd(1).update(grads, state, params)
+    np.testing.assert_allclose(updates, -0.5 * np.asarray(grads))
+    # sgd(0.1, weight_decay=1), the decay set to 2: -0.1 (g + 2 p)
+    tx = gtx.sgd(0.1, weight_decay=1)
+    state = gtx.set_hyperparams(tx.init(params), weight_decay=2.0)
+    updates, _ = tx.update(grads, state, params)
+    np.testing.assert_allclose(updates, -0.1 * (np.asarray(grads) + 2 * np.asarray(params)))
+    # rmsprop(0.1, initial_scale=1): held in the state (init reads it: v_0 = 1)
+    tx = gtx.rmsprop(0.1, initial_scale=1)
+    state = tx.init(params)
+    assert float(gtx.get_hyperparams(state)["initial_scale"]) == 1.0
+    updates, _ = tx.update(grads, state, params)
+    v = 0.9 * 1.0 + 0.1 * np.asarray(grads, np.float64) ** 2
+    np.testing.assert_allclose(updates, -0.1 * np.asarray(grads) / np.sqrt(v + 1e-8), rtol=1e-6)
+    # adadelta(learning_rate=2), set to 1: the paper's step
+    state = gtx.set_hyperparams(gtx.adadelta(2).init(params), learning_rate=1.0)
+    updates, _ = gtx.adadelta(2).update(grads, state, params)
+    g = np.asarray(grads, np.float64)
+    expected = -np.sqrt(1e-6) / np.sqrt(0.1 * g**2 + 1e-6) * g
+    np.testing.assert_allclose(updates, expected, rtol=1e-6)
+
+
+SWITCHES = {"momentum", "weight_decay"}  # 0 builds no block, so no hyperparameter
+
+
+@pytest.mark.parametrize("name", zoo.ALL)
+def test_every_float_hyperparameter_of_every_optimizer_is_injected_when_given_an_integer(name):
+    """Each hyperparameter the optimizer stores is stored too when given as a Python int
+    (1 where its range allows, else 0), and set_hyperparams reaches it."""
+    params = jnp.zeros(2)
+    stored = gtx.get_hyperparams(_injected(name, learning_rate=0.5).init(params))
+    for key in stored:
+        for value in (1, 0):
+            if value == 0 and key in SWITCHES:
+                continue
+            try:
+                tx = _injected(name, **{"learning_rate": 0.5, key: value})
+            except ValueError:  # outside the argument's range: the next integer
+                continue
+            state = tx.init(params)
+            assert float(gtx.get_hyperparams(state).get(key, np.nan)) == value, (key, value)
+            state = gtx.set_hyperparams(state, **{key: 0.25 + value})
+            assert float(gtx.get_hyperparams(state)[key]) == 0.25 + value, (key, value)
+            break
+        else:  # only momentum has no integer value but 0 (no block)
+            assert key == "momentum", f"{name}: no integer accepted for {key}"
+
+
 def test_static_args_keep_a_float_argument_out_of_the_state():
     injected = gtx.schedule_injection(gtx.scale, static_args=["step_size"])(0.5)
     state = injected.init(jnp.zeros(1))

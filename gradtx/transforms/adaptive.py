@@ -52,7 +52,9 @@ def scale_by_adam(
         eps_root: added inside the square root, >= 0 (useful when differentiating
             through the optimizer).
         mu_dtype: dtype of the first moment (e.g. ``jnp.bfloat16`` to save memory);
-            None keeps the parameter dtype.
+            None keeps the parameter dtype. A moment is updated in the wider of its
+            dtype and the compute dtype (at least float32): a float64 moment for
+            float32 gradients accumulates in float64. Updates keep the gradient dtype.
         nu_dtype: dtype of the second moment; None keeps the parameter's real dtype.
         nesterov: use Nesterov momentum (Dozat, 2016: NAdam, in Optax's form).
         eps_before_bias_correction: Keras' "epsilon hat": add eps to the raw
@@ -89,9 +91,11 @@ def scale_by_adam(
     def update(updates, state, params=None, **extra):
         del params, extra
         count = numerics.safe_increment(state.count)
-        # The scalar corrections are the same for every leaf of a compute dtype: computed
-        # once per dtype here, not once per leaf (an eager update of many leaves is
+        # The scalar corrections are the same for every leaf of a dtype: computed once
+        # per dtype here, not once per leaf (an eager update of many leaves is
         # dominated by dispatching such small ops).
+        compute_dtypes = {numerics.compute_dtype(d) for d in numerics.leaf_dtypes(updates)}
+        moment_dtypes = numerics.leaf_dtypes(state.mu) | numerics.leaf_dtypes(state.nu)
         corrections = {
             dtype: (
                 numerics.bias_correction(b1, count, dtype),
@@ -100,15 +104,26 @@ def scale_by_adam(
                 if nesterov
                 else None,
             )
-            for dtype in {numerics.compute_dtype(d) for d in numerics.leaf_dtypes(updates)}
+            for dtype in {
+                numerics.real_dtype(jnp.promote_types(c, d))
+                for c in compute_dtypes
+                for d in moment_dtypes | {c}
+            }
         }
 
         def leaf(g, m, v):
             dtype = numerics.compute_dtype(g.dtype)
-            bias_correction1, bias_correction2, next_correction = corrections[dtype]
-            g_ = g.astype(dtype)
-            m_new = b1 * m.astype(dtype) + (1 - b1) * g_
-            v_new = b2 * v.astype(numerics.real_dtype(dtype)) + (1 - b2) * numerics.abs_sq(g_)
+            # A moment stored wider than the update (mu_dtype=float64 for float32
+            # updates) is accumulated in its own precision, not rounded to the update's
+            # at every step; a narrower one (bfloat16) in the compute dtype.
+            m_dtype = jnp.promote_types(dtype, m.dtype)
+            v_dtype = jnp.promote_types(numerics.real_dtype(dtype), v.dtype)
+            bias_correction1, _, next_correction = corrections[numerics.real_dtype(m_dtype)]
+            bias_correction2 = corrections[v_dtype][1]
+            g_ = g.astype(m_dtype)
+            m_new = b1 * m.astype(m_dtype) + (1 - b1) * g_
+            g_squared = numerics.abs_sq(g.astype(jnp.promote_types(dtype, v_dtype)))
+            v_new = b2 * v.astype(v_dtype) + (1 - b2) * g_squared
             if nesterov:
                 m_hat = b1 * m_new / next_correction + (1 - b1) * g_ / bias_correction1
             else:
@@ -171,16 +186,19 @@ def amsgrad_max(
         b2: decay of the second moment, in [0, 1).
         eps: added to the denominator outside the square root, >= 0.
         eps_root: added inside the square root, >= 0.
-        mu_dtype: dtype of the first moment; None keeps the parameter dtype.
+        mu_dtype: dtype of the first moment; None keeps the parameter dtype. It is
+            updated in the wider of this dtype and the compute dtype (at least float32).
         bias_correction_mu: divide the first moment by ``1 - b1^t``.
         bias_correction_nu: divide the second moment by ``1 - b2^t`` before the maximum.
         correct_after_max: take the maximum of the raw ``v_t`` and divide it by the
             current ``1 - b2^t`` afterwards (PyTorch's and Keras' AMSGrad):
             ``v_max_t = max(v_max_{t-1}, v_t)``, ``u = m_hat / (sqrt(v_max_t / (1 -
-            b2^t) + eps_root) + eps)``. Replaces ``bias_correction_nu``.
-        eps_before_bias_correction: with ``correct_after_max``, add eps to the raw
-            ``sqrt(v_max_t + eps_root)`` (Keras' "epsilon hat"): ``u = m_hat * sqrt(1 -
-            b2^t) / (sqrt(v_max_t + eps_root) + eps)``.
+            b2^t) + eps_root) + eps)``. It moves the bias correction of the second
+            moment, so it needs ``bias_correction_nu=True`` (else a ValueError).
+        eps_before_bias_correction: add eps to the raw ``sqrt(v_max_t + eps_root)``
+            (Keras' "epsilon hat"): ``u = m_hat * sqrt(1 - b2^t) / (sqrt(v_max_t +
+            eps_root) + eps)``. Needs ``correct_after_max=True`` (else a ValueError):
+            only then is the maximum taken of the raw ``v_t``, before the correction.
 
     State: ``ScaleByAmsgradState(count, mu, nu, nu_max)``.
 
@@ -201,6 +219,22 @@ def amsgrad_max(
     check.non_negative("eps", eps)
     check.non_negative("eps_root", eps_root)
     check.dtype_or_none("mu_dtype", mu_dtype)
+    # Either combination would leave a switch without effect: refused, never ignored.
+    if correct_after_max and not bias_correction_nu:
+        raise ValueError(
+            "correct_after_max=True needs bias_correction_nu=True, got "
+            "bias_correction_nu=False: correct_after_max moves the bias correction of "
+            "v_t after the maximum, and without it there is none to move; for the "
+            "maximum of the raw v_t uncorrected (the paper's Algorithm 2) pass "
+            "bias_correction_nu=False alone"
+        )
+    if eps_before_bias_correction and not correct_after_max:
+        raise ValueError(
+            "eps_before_bias_correction=True needs correct_after_max=True, got "
+            "correct_after_max=False: eps goes on the raw sqrt(v_max_t) before the "
+            "division by sqrt(1 - b2^t), and only with correct_after_max is the maximum "
+            "taken of the raw v_t (otherwise of v_t / (1 - b2^t), already corrected)"
+        )
 
     def init(params):
         return ScaleByAmsgradState(
@@ -217,13 +251,18 @@ def amsgrad_max(
         def leaf(g, m, v, v_max):
             dtype = numerics.compute_dtype(g.dtype)
             real = numerics.real_dtype(dtype)
-            beta1 = numerics.hyperparameter(b1, dtype)
+            # A wider mu_dtype (float64 for float32 updates) accumulates in its own
+            # precision, not rounded to the update's at every step.
+            m_dtype = jnp.promote_types(dtype, m.dtype)
+            beta1 = numerics.hyperparameter(b1, m_dtype)
             beta2 = numerics.hyperparameter(b2, dtype)
             g_ = g.astype(dtype)
-            m_new = beta1 * m.astype(dtype) + (1 - beta1) * g_
+            m_new = beta1 * m.astype(m_dtype) + (1 - beta1) * g.astype(m_dtype)
             v_new = beta2 * v.astype(real) + (1 - beta2) * numerics.abs_sq(g_)
             m_hat = (
-                m_new / numerics.bias_correction(b1, count, dtype) if bias_correction_mu else m_new
+                m_new / numerics.bias_correction(b1, count, m_dtype)
+                if bias_correction_mu
+                else m_new
             )
             if correct_after_max:
                 v_max_new = jnp.maximum(v_max.astype(real), v_new)
@@ -647,11 +686,7 @@ def scale_by_rprop(
     check.in_range("eta_plus", eta_plus, 1.0, None)
     check.non_negative("min_step_size", min_step_size)
     check.non_negative("max_step_size", max_step_size)
-    bounds = (min_step_size, max_step_size)
-    if all(isinstance(b, (int, float)) for b in bounds) and min_step_size > max_step_size:
-        raise ValueError(
-            f"max_step_size must be >= min_step_size ({min_step_size!r}), got {max_step_size!r}"
-        )
+    check.at_least("max_step_size", max_step_size, "min_step_size", min_step_size)
 
     def init(params):
         zeros = tree.zeros_like(params)

@@ -38,7 +38,9 @@ def averaged_sgd(
     after ``t0`` updates. Read it with ``state.average`` and evaluate the model there.
 
     Args:
-        learning_rate: a non-negative number or a schedule.
+        learning_rate: a non-negative number or a schedule; a negative value of the
+            schedule is a ValueError at an un-jitted update (under ``jit`` it cannot be
+            checked), as in the optimizers.
         lambd: decay term, >= 0.
         alpha: power of the step-size decay, >= 0.
         t0: the update after which averaging starts, >= 0.
@@ -75,6 +77,9 @@ def averaged_sgd(
             )
         k = state.count
         lr = learning_rate(jnp.maximum(k - 1, 0)) if scheduled else learning_rate
+        if scheduled:
+            # A concrete value (an un-jitted update) is checked, as in the optimizers.
+            check.non_negative("learning_rate", lr)
 
         def leaf(g, p, a):
             dtype = numerics.compute_dtype(g.dtype)

@@ -50,8 +50,10 @@ def trace(
         decay: the momentum coefficient, in [0, 1).
         nesterov: return ``g_t + decay * b_t`` (Nesterov's momentum, Sutskever et al.
             2013 form) instead of ``b_t``.
-        accumulator_dtype: dtype of the buffer (e.g. ``jnp.bfloat16``); None keeps
-            the parameter dtype.
+        accumulator_dtype: dtype of the buffer (e.g. ``jnp.bfloat16`` to save
+            memory); None keeps the parameter dtype. The buffer is updated in the wider
+            of it and the compute dtype (at least float32): a float64 buffer for
+            float32 gradients accumulates in float64. Updates keep the gradient dtype.
         dampening: PyTorch's dampening, in [0, 1]; None (the default) is Optax's
             form. Giving it adds a step count to the state.
 
@@ -87,7 +89,10 @@ def trace(
         del params, extra
 
         def leaf(g, b):
-            dtype = numerics.compute_dtype(g.dtype)
+            # A buffer wider than the update (accumulator_dtype=float64 for float32
+            # updates) accumulates in its own precision, not rounded to the update's at
+            # every step; a narrower one (bfloat16) in the compute dtype (float32).
+            dtype = jnp.promote_types(numerics.compute_dtype(g.dtype), b.dtype)
             mu = numerics.hyperparameter(decay, dtype)
             g_ = g.astype(dtype)
             if dampened:
@@ -182,7 +187,9 @@ def ema(
     Args:
         decay: the decay of the average, in [0, 1).
         debias: divide by ``1 - decay^t`` so that early averages are not biased to 0.
-        accumulator_dtype: dtype of the average; None keeps the parameter dtype.
+        accumulator_dtype: dtype of the average; None keeps the parameter dtype. It
+            is updated in the wider of this dtype and the compute dtype (at least
+            float32); updates keep the gradient dtype.
 
     State: ``EmaState(count, ema)``.
 
@@ -212,7 +219,8 @@ def ema(
         count = numerics.safe_increment(state.count)
 
         def leaf(g, e):
-            dtype = numerics.compute_dtype(g.dtype)
+            # A wider accumulator_dtype accumulates in its own precision (see trace).
+            dtype = jnp.promote_types(numerics.compute_dtype(g.dtype), e.dtype)
             rho = numerics.hyperparameter(decay, dtype)
             e_new = rho * e.astype(dtype) + (1 - rho) * g.astype(dtype)
             u = e_new / numerics.bias_correction(decay, count, dtype) if debias else e_new

@@ -46,7 +46,8 @@ def scale_by_radam(
 
     Args:
         b1: decay of the first moment, in [0, 1).
-        b2: decay of the second moment, in [0, 1).
+        b2: decay of the second moment, in [0, 1). With 0, ``rho_inf = rho_t = 1``:
+            never rectified, the update is ``m_t / bc1`` (as in Optax).
         eps: added to the denominator outside the square root, >= 0.
         eps_root: added inside the square root, >= 0.
         threshold: rectify once ``rho_t`` reaches it (the paper uses 4; Optax and
@@ -95,8 +96,12 @@ def scale_by_radam(
             m_hat = m_new / numerics.bias_correction(b1, count, real)
             # rho_t subtracts two numbers near rho_inf (~2000): b2^t and 1 - b2^t come
             # from log(b2) taken in double precision (for a Python float b2), else the
-            # float32 rounding of b2 alone moves rho_t by 1e-2 early in training.
-            log_b2 = math.log(b2) if isinstance(b2, (int, float)) else jnp.log(b2)
+            # float32 rounding of b2 alone moves rho_t by 1e-2 early in training. b2 = 0
+            # has log(b2) = -inf, as jnp.log gives it: b2^t = 0, bc2 = 1, rho_t = 1.
+            if isinstance(b2, (int, float)):
+                log_b2 = math.log(b2) if b2 > 0 else -math.inf
+            else:
+                log_b2 = jnp.log(b2)
             b2_power = jnp.exp(t * jnp.asarray(log_b2, real))
             bias_correction2 = -jnp.expm1(t * jnp.asarray(log_b2, real))
             rho_inf = 2 / (1 - numerics.hyperparameter(b2, real)) - 1

@@ -92,7 +92,10 @@ def scale_by_learning_rate(
     Descending is the default: ``u <- -lr * u``; ``flip_sign=False`` ascends.
 
     Args:
-        learning_rate: a non-negative number, or a schedule ``step -> value``.
+        learning_rate: a non-negative number, or a schedule ``step -> value`` whose
+            values must be >= 0 too: a negative value is a ValueError at an un-jitted
+            update (under ``jit`` the value is traced and cannot be checked), as in the
+            optimizers.
         flip_sign: negate the step (gradient descent), the default.
 
     Example:
@@ -104,6 +107,14 @@ def scale_by_learning_rate(
     """
     sign = -1 if flip_sign else 1
     if callable(learning_rate):
-        return scale_by_schedule(lambda count: sign * jnp.asarray(learning_rate(count)))
+
+        def step_size(count):
+            value = jnp.asarray(learning_rate(count))
+            # As in the optimizers (schedule_injection): a concrete value (an un-jitted
+            # update) is checked, so that a negative schedule cannot ascend unnoticed.
+            check.non_negative("learning_rate", value)
+            return sign * value
+
+        return scale_by_schedule(step_size)
     check.non_negative("learning_rate", learning_rate)
     return scale(sign * learning_rate)
