@@ -168,3 +168,28 @@ def test_nnx_optimizer_state_holds_the_gradtx_state_and_its_hyperparameters(data
     # The injected learning rate is the schedule's value at the last update (count 1).
     np.testing.assert_allclose(hyperparams["learning_rate"], schedule(1), rtol=1e-6)
     assert int(opt_state["opt_state"]["count"]) == 2
+
+
+def test_nnx_optimizer_carries_a_quantized_state_across_updates(data):
+    """nnx.Optimizer stores its state by path: a QuantizedArray (codes, absmax) where
+    the params have a leaf came back from the second update as a {codes, absmax}
+    mapping, which the wrapper did not read (a structure error). The run follows the
+    same transform driven by hand on the model's state."""
+    tx = gtx.quantized_state(gtx.adam(0.01), min_size=16, block_size=8)  # both kernels
+    trained = train_nnx(tx, data)
+
+    x, y = data
+    graphdef, params = nnx.split(NnxMLP(nnx.Rngs(0)), nnx.Param)
+
+    @jax.jit
+    def step(params, opt_state, x, y):
+        loss_fn = lambda p: cross_entropy(nnx.merge(graphdef, p)(x), y)  # noqa: E731
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return gtx.apply_updates(params, updates), opt_state, loss
+
+    opt_state, losses = tx.init(params), []
+    for t in range(STEPS):
+        params, opt_state, loss = step(params, opt_state, x[t], y[t])
+        losses.append(float(loss))
+    assert_same_training(trained, (params, losses))

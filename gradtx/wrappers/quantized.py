@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -98,6 +98,25 @@ def _path_names(path: tuple) -> set[str]:
     return names
 
 
+def _is_stored_quantized_array(node: Any) -> bool:
+    return isinstance(node, Mapping) and set(node) == set(QuantizedArray._fields)
+
+
+def _restore_quantized_arrays(inner_state: OptState) -> OptState:
+    """``inner_state`` with every ``{"codes": ..., "absmax": ...}`` mapping back as a
+    ``QuantizedArray``. Flax's ``nnx.Optimizer`` stores the state by path, and a
+    ``QuantizedArray`` where the params have a leaf comes back from it as such a
+    mapping (an ``nnx.State``) from the second update on."""
+
+    def restore(node):
+        if _is_stored_quantized_array(node):
+            return QuantizedArray(node["codes"], node["absmax"])
+        return node
+
+    is_node = lambda x: isinstance(x, QuantizedArray) or _is_stored_quantized_array(x)  # noqa: E731
+    return jax.tree.map(restore, inner_state, is_leaf=is_node)
+
+
 def _field_names(name: str, value: Any) -> frozenset[str]:
     """``value`` as a set of field names: a collection of strings, not one string."""
     if isinstance(value, str) or not isinstance(value, Iterable):
@@ -156,7 +175,9 @@ def quantized_state(
             (it would otherwise be read as its characters).
 
     State: ``QuantizedState(inner_state)``, the inner state with each quantized leaf
-    replaced by ``QuantizedArray(codes, absmax)``.
+    replaced by ``QuantizedArray(codes, absmax)`` (a ``{"codes", "absmax"}`` mapping
+    is read as one too: Flax's ``nnx.Optimizer`` stores the state by path and gives it
+    back in that form).
 
     Example:
         >>> import jax.numpy as jnp
@@ -207,7 +228,8 @@ def quantized_state(
 
     def update(updates, state, params=None, **extra):
         is_node = lambda x: isinstance(x, QuantizedArray)  # noqa: E731
-        flat, treedef = jax.tree_util.tree_flatten_with_path(state.inner_state, is_leaf=is_node)
+        inner_state = _restore_quantized_arrays(state.inner_state)
+        flat, treedef = jax.tree_util.tree_flatten_with_path(inner_state, is_leaf=is_node)
 
         def dequantize(path, leaf):
             if not isinstance(leaf, QuantizedArray):
