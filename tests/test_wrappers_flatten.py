@@ -53,6 +53,15 @@ def test_flatten_state_is_one_vector_and_leaf_dtypes_come_back():
     np.testing.assert_allclose(updates["full"], -np.ones(3), rtol=1e-5)
 
 
+def test_a_weakly_typed_float32_leaf_keeps_its_precision_beside_bfloat16_leaves():
+    # jnp.asarray(1.0001) is a weak float32: promoted with bfloat16 arrays it became
+    # bfloat16 (1.0), where its dtype is float32 (as optax.flatten still does)
+    params = {"a": jnp.ones(4, jnp.bfloat16), "b": jnp.asarray(1.0001)}
+    tx = gtx.flatten(gtx.identity())
+    updates, _ = tx.update(params, tx.init(params))
+    assert updates["b"].dtype == jnp.float32 and float(updates["b"]) == np.float32(1.0001)
+
+
 def _mixed_tree(rng):
     shapes = [(3, 4), (3, 4), (5,), (), (2, 1, 3), (3, 4)]
     dtypes = [jnp.float32, jnp.bfloat16, jnp.float32, jnp.float32, jnp.float16, jnp.float32]

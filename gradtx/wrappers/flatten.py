@@ -24,7 +24,9 @@ def _ravel(leaves: list) -> jax.Array:
 @jax.jit
 def _concatenate(leaves: list) -> jax.Array:
     # jitted so that an eager update runs one program, not a reshape per leaf
-    dtype = jnp.result_type(*leaves)
+    # promoted from the dtypes, not the arrays: a weakly typed float32 leaf (made from a
+    # Python float) must not take the bfloat16 of the others (optax.flatten does)
+    dtype = jnp.result_type(*[x.dtype for x in leaves])
     return jnp.concatenate([jnp.ravel(x).astype(dtype) for x in leaves])
 
 
