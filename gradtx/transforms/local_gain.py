@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from gradtx import check, numerics, tree
@@ -69,9 +68,7 @@ def scale_by_local_gain(
     check.non_negative("min_gain", min_gain)
     check.non_negative("max_gain", max_gain)
     check.unit_interval("trace_decay", trace_decay)
-    if not any(callable(v) or isinstance(v, jax.core.Tracer) for v in (min_gain, max_gain)):
-        if float(max_gain) < float(min_gain):
-            raise ValueError(f"max_gain must be >= min_gain ({min_gain!r}), got {max_gain!r}")
+    check.at_least("max_gain", max_gain, "min_gain", min_gain)
 
     def init(params):
         return ScaleByLocalGainState(
