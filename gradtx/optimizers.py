@@ -111,6 +111,8 @@ def _sgd_chain(
     weight_decay: ScalarOrSchedule | None,
     accumulator_dtype: Any,
 ) -> GradientTransformation:
+    if momentum is not None:  # a schedule's value, checked under its own name (not trace's)
+        check.unit_interval("momentum", momentum, schedule=True)
     return chain(
         add_decayed_weights(weight_decay) if weight_decay is not None else identity(),
         trace(momentum, nesterov, accumulator_dtype=accumulator_dtype)
@@ -237,6 +239,8 @@ def _rmsprop_chain(
     nesterov: bool,
     bias_correction: bool,
 ) -> GradientTransformation:
+    if momentum is not None:  # a schedule's value, checked under its own name (not trace's)
+        check.unit_interval("momentum", momentum, schedule=True)
     return chain(
         scale_by_rms(
             decay,

@@ -244,6 +244,16 @@ def test_a_negative_learning_rate_schedule_is_named_at_an_eager_update(make):
         tx.update(jnp.array([1.0]), tx.init(params), params)
 
 
+@pytest.mark.parametrize("optimizer", [gtx.sgd, gtx.rmsprop], ids=["sgd", "rmsprop"])
+def test_a_momentum_schedule_out_of_range_is_named_momentum(optimizer):
+    # the value reaches trace(decay=...), whose check named "decay", an argument the
+    # user never wrote
+    tx = optimizer(0.1, momentum=lambda step: 1.5)
+    params = jnp.array([0.0])
+    with pytest.raises(ValueError, match=r"^momentum must be in \[0.0, 1.0\), got .*1.5"):
+        tx.update(jnp.array([1.0]), tx.init(params), params)
+
+
 def test_a_learning_rate_schedule_still_descends_through_the_blocks():
     params = jnp.array([1.0])
     schedule = lambda step: 0.1 * (step + 1.0)  # noqa: E731
