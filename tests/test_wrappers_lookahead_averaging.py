@@ -97,6 +97,16 @@ def test_ema_params_is_the_moving_average_of_the_iterates(x64, debias):
     np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
+@pytest.mark.parametrize("decay", [0.999, 0.9999, 0.99999])
+def test_debiased_ema_params_starts_at_the_first_iterate_in_float32(decay):
+    # (1 - decay) in double over 1 - float32(decay) weighted the first iterate by
+    # 1.0000129 (0.999) to 0.99864 (0.99999): the initial params leaked into the average
+    tx = gtx.ema_params(decay)
+    params = jnp.zeros(3, jnp.float32)
+    _, state = tx.update(jnp.array([1.0, -2.0, 0.25]), tx.init(params), params)
+    np.testing.assert_array_equal(state.ema, [1.0, -2.0, 0.25])
+
+
 def test_ema_params_passes_the_updates_through():
     tx = gtx.chain(gtx.scale(-0.1), gtx.ema_params(0.9))
     params = jnp.ones(2)
