@@ -95,6 +95,32 @@ def test_max_norm_without_params_or_with_a_missing_axis_is_a_clear_error():
         gtx.max_norm(0.0)
 
 
+@pytest.mark.parametrize(
+    "axis, message",
+    [
+        ((0, 0), "name each axis once"),
+        ((), "non-empty tuple"),
+        (True, "an int or"),
+        ("0", "an int or"),
+    ],
+)
+def test_max_norm_rejects_an_axis_it_cannot_use_when_built(axis, message):
+    # (0, 0) failed at the first update inside jnp, naming neither max_norm nor axis;
+    # () made max_norm clip each element
+    with pytest.raises(ValueError, match=f"axis must .*{message}.*got"):
+        gtx.max_norm(1.0, axis=axis)
+
+
+def test_max_norm_takes_numpy_axes_and_names_an_axis_repeated_modulo_the_rank():
+    params = jnp.full((2, 3), 3.0)
+    tx = gtx.max_norm(1.0, axis=np.int64(0))  # was a TypeError: not iterable
+    updates, _ = tx.update(jnp.zeros((2, 3)), tx.init(params), params)
+    np.testing.assert_allclose(gtx.apply_updates(params, updates), np.full((2, 3), 0.5**0.5))
+    tx = gtx.max_norm(1.0, axis=(0, -2))
+    with pytest.raises(ValueError, match=r"axis=\(0, -2\) names one axis twice"):
+        tx.update(params, tx.init(params), params)
+
+
 @pytest.mark.parametrize("step_index", [0, 9])
 def test_add_noise_has_the_annealed_variance(step_index):
     eta, gamma = 0.5, 0.55

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gradtx import check, numerics, tree
 from gradtx.core import EmptyState, GradientTransformation, Params, ScalarOrSchedule
@@ -230,6 +231,23 @@ def proximal_l1(strength: float = 0.0, mask: Any = None) -> GradientTransformati
     return GradientTransformation(init, update)
 
 
+def _norm_axes(axis: Any) -> tuple[int, ...]:
+    """``max_norm``'s ``axis`` as a non-empty tuple of ints, each named once."""
+    if isinstance(axis, int | np.integer) and not isinstance(axis, bool | np.bool_):
+        return (int(axis),)
+    try:
+        axes = tuple(axis)
+    except TypeError:
+        axes = None
+    if not axes or any(
+        isinstance(a, bool | np.bool_) or not isinstance(a, int | np.integer) for a in axes
+    ):
+        raise ValueError(f"axis must be an int or a non-empty tuple of ints, got {axis!r}")
+    if len(set(axes)) < len(axes):
+        raise ValueError(f"axis must name each axis once, got {axis!r}")
+    return tuple(int(a) for a in axes)
+
+
 def max_norm(
     max_value: float = 2.0, axis: int | tuple[int, ...] = 0, mask: Any = None
 ) -> GradientTransformation:
@@ -269,10 +287,7 @@ def max_norm(
     "Dropout: A Simple Way to Prevent Neural Networks from Overfitting".
     """
     check.positive("max_value", max_value)
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    for a in axes:
-        if isinstance(a, bool) or not isinstance(a, int):
-            raise ValueError(f"axis must be an int or a tuple of ints, got {axis!r}")
+    axes = _norm_axes(axis)
 
     def init(params):
         del params
@@ -284,10 +299,16 @@ def max_norm(
             jax.tree_util.tree_flatten_with_path(params)[0], flat_mask, strict=False
         ):
             ndim = jnp.ndim(p)
+            where = jax.tree_util.keystr(path) or "the root"
             if keep and any(not -ndim <= a < ndim for a in axes):
                 raise ValueError(
-                    f"max_norm: the parameter at {jax.tree_util.keystr(path) or 'the root'} "
-                    f"has {ndim} dimensions, so it has no axis {axis!r}; mask it out"
+                    f"max_norm: the parameter at {where} has {ndim} dimensions, so it has "
+                    f"no axis {axis!r}; mask it out"
+                )
+            if keep and len({a % ndim for a in axes}) < len(axes):
+                raise ValueError(
+                    f"max_norm: axis={axis!r} names one axis twice for the parameter at "
+                    f"{where} ({ndim} dimensions)"
                 )
 
     def update(updates, state, params=None, **extra):
