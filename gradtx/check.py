@@ -61,12 +61,16 @@ def _fail(name: str, value: Any, expected: str):
 
 
 def number(name: str, value: Any, *, schedule: bool = False) -> None:
-    """Real number (or, with ``schedule=True``, a schedule): not NaN, not a string."""
+    """Real number (or, with ``schedule=True``, a schedule): a scalar, not NaN, not a
+    string. An array of several values is refused: it would broadcast against the
+    leaves (one b1 per element) or fail inside jnp at the first update."""
     array = _concrete(name, value, schedule)
     if array is None:
         return
     if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
         _fail(name, value, "a real number or a schedule")
+    if array.ndim:
+        _fail(name, value, "a scalar (a number or a 0-d array)")
     if np.any(np.isnan(array)):
         _fail(name, value, "a real number (not NaN)")
 

@@ -70,6 +70,24 @@ def test_a_learning_rate_that_is_not_a_real_number_is_rejected(value):
         gtx.adam(value)
 
 
+@pytest.mark.parametrize(
+    "build, name",
+    [
+        (lambda v: gtx.scale_by_adam(b1=v), "b1"),
+        (lambda v: gtx.clip(v), "max_delta"),
+        (lambda v: gtx.sgd(v), "learning_rate"),
+    ],
+    ids=["scale_by_adam", "clip", "sgd"],
+)
+def test_a_hyperparameter_with_several_values_is_rejected_when_built(build, name):
+    # b1=[0.0, 0.9] used one b1 per element of a 2-vector leaf and failed inside jnp on
+    # a 3-vector; clip([1, 2]) clipped each element to its own bound
+    with pytest.raises(ValueError, match=f"{name} must be a scalar .*got array"):
+        build(np.array([0.5, 0.9]))
+    build(np.float32(0.5))  # a NumPy scalar or 0-d array is a number
+    build(jnp.asarray(0.5))
+
+
 def test_building_blocks_check_their_hyperparameters_too():
     with pytest.raises(ValueError, match=re.escape("b1 must be in [0.0, 1.0), got 1.0")):
         gtx.scale_by_adam(b1=1.0)
