@@ -252,8 +252,9 @@ NEGATIVE_SCHEDULE = lambda step: -0.1  # noqa: E731
         lambda: gtx.scale_by_learning_rate(NEGATIVE_SCHEDULE),
         lambda: gtx.averaged_sgd(NEGATIVE_SCHEDULE, lambd=0.0),
         lambda: gtx.sgd(NEGATIVE_SCHEDULE),
+        lambda: gtx.swats(NEGATIVE_SCHEDULE),
     ],
-    ids=["scale_by_learning_rate", "averaged_sgd", "sgd"],
+    ids=["scale_by_learning_rate", "averaged_sgd", "sgd", "swats"],
 )
 def test_a_negative_learning_rate_schedule_is_named_at_an_eager_update(make):
     tx = make()

@@ -58,7 +58,8 @@ def swats(
     small: pass a larger ``switch_tol``, or train in float64, to see it trigger).
 
     Args:
-        learning_rate: Adam's alpha, a non-negative number or a schedule of k - 1.
+        learning_rate: Adam's alpha, a non-negative number or a schedule of k - 1 (a
+            negative value of it is a ValueError at an un-jitted update).
         b1: in [0, 1): Adam's first-moment decay and the SGD momentum.
         b2: in [0, 1): Adam's second-moment decay and the decay of lambda.
         eps: added to sqrt(a_k), >= 0.
@@ -107,6 +108,8 @@ def swats(
         del params, extra
         count = numerics.safe_increment(state.count)
         alpha = learning_rate(state.count) if scheduled else learning_rate
+        if scheduled:  # a concrete value (an un-jitted update) is checked, as in the optimizers
+            check.non_negative("learning_rate", alpha)
         switched = state.switched
 
         def leaf(g, m, a, v):
