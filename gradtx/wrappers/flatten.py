@@ -198,7 +198,7 @@ def flatten(
     When it pays (XLA:CPU, docs/performance.md): a jitted step over many small leaves
     (1,000 leaves of 4,096: about half the per-leaf step time), and un-jitted updates
     of such trees, which from the second call gather and update in one compiled
-    program (Adam on those leaves: 0.08x Optax's eager time). Not on large leaves,
+    program (Adam on those leaves: 0.08-0.10x Optax's eager time). Not on large leaves,
     where the gathered vectors are temporaries the size of the model that the step
     allocates anew each time (GPT-2-small shapes: 3x slower). Its state is one vector per
     state field, not a tree shaped like the params, so it is not sharded like them.
