@@ -179,3 +179,20 @@ def test_a_wider_accumulator_dtype_accumulates_in_its_own_precision(x64):
     for name, expected in [("ema", ema_update), ("trace", b), ("adam", adam_update)]:
         assert updates[name].dtype == jnp.float32, name
         np.testing.assert_allclose(np.asarray(updates[name][-1]), expected, rtol=1e-7, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_the_learning_rate_multiplies_in_float32_and_rounds_once(dtype):
+    """Cast to float16 first, lr 2.5e-8 was 0 (no step) and 1e-7 was 1.19e-7 (19% too
+    large); the update is now float32 math rounded once to the parameter dtype."""
+    learning_rates = np.geomspace(2.5e-8, 1e-2, 60).astype(np.float32)
+    g = jnp.full(3, 1000.0 if dtype == jnp.float16 else 3.0, dtype)
+
+    @jax.jit
+    def updates(lr):
+        tx = gtx.scale_by_learning_rate(lr)
+        return tx.update(g, tx.init(g))[0]
+
+    for lr in learning_rates:
+        expected = (-lr * np.float32(g[0])).astype(np.float32)
+        np.testing.assert_array_equal(updates(lr), jnp.full(3, expected).astype(dtype))
