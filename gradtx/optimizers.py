@@ -39,6 +39,7 @@ def adam(
     eps_root: float = 0.0,
     *,
     mu_dtype: Any = None,
+    nu_dtype: Any = None,
     nesterov: bool = False,
 ) -> GradientTransformation:
     r"""Adam (Kingma & Ba, 2015): ``scale_by_adam`` then ``-learning_rate``.
@@ -59,6 +60,10 @@ def adam(
         eps: added outside the square root, >= 0.
         eps_root: added inside the square root, >= 0.
         mu_dtype: dtype of the first moment (None: the parameter dtype).
+        nu_dtype: dtype of the second moment (None: the parameter's real dtype). For
+            float16 parameters pass ``jnp.float32``: a float16 second moment of
+            gradients below ~1e-3 underflows to 0, and one of gradients above 256
+            overflows.
         nesterov: NAdam's Nesterov momentum (see ``nadam``).
 
     Example:
@@ -73,7 +78,9 @@ def adam(
     Reference: Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization".
     """
     return chain(
-        scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nesterov=nesterov),
+        scale_by_adam(
+            b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov
+        ),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -402,6 +409,7 @@ def adamw(
     eps_root: float = 0.0,
     *,
     mu_dtype: Any = None,
+    nu_dtype: Any = None,
     weight_decay: ScalarOrSchedule = 1e-4,
     mask: Any = None,
     nesterov: bool = False,
@@ -430,6 +438,10 @@ def adamw(
         eps: added outside the square root, >= 0.
         eps_root: added inside the square root, >= 0.
         mu_dtype: dtype of the first moment (None: the parameter dtype).
+        nu_dtype: dtype of the second moment (None: the parameter's real dtype). For
+            float16 parameters pass ``jnp.float32``: a float16 second moment of
+            gradients below ~1e-3 underflows to 0, and one of gradients above 256
+            overflows.
         weight_decay: decoupled decay coefficient, >= 0 (a number or a schedule).
         mask: which leaves to decay: a tree of bools like the params or a function of
             the params (e.g. no decay on biases and norms). Static.
@@ -447,7 +459,9 @@ def adamw(
     Reference: Loshchilov & Hutter, 2019, "Decoupled Weight Decay Regularization".
     """
     return chain(
-        scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nesterov=nesterov),
+        scale_by_adam(
+            b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov
+        ),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
@@ -559,6 +573,7 @@ def nadam(
     eps_root: float = 0.0,
     *,
     mu_dtype: Any = None,
+    nu_dtype: Any = None,
     nesterov: bool = True,
 ) -> GradientTransformation:
     r"""NAdam (Dozat, 2016): Adam with Nesterov momentum, in Optax's form.
@@ -583,6 +598,10 @@ def nadam(
         eps: added outside the square root, >= 0.
         eps_root: added inside the square root, >= 0.
         mu_dtype: dtype of the first moment (None: the parameter dtype).
+        nu_dtype: dtype of the second moment (None: the parameter's real dtype). For
+            float16 parameters pass ``jnp.float32``: a float16 second moment of
+            gradients below ~1e-3 underflows to 0, and one of gradients above 256
+            overflows.
         nesterov: the Nesterov look-ahead (True; False gives ``adam``).
 
     Example:
@@ -596,7 +615,9 @@ def nadam(
     Reference: Dozat, 2016, "Incorporating Nesterov Momentum into Adam".
     """
     return chain(
-        scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nesterov=nesterov),
+        scale_by_adam(
+            b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov
+        ),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -610,6 +631,7 @@ def nadamw(
     eps_root: float = 0.0,
     *,
     mu_dtype: Any = None,
+    nu_dtype: Any = None,
     weight_decay: ScalarOrSchedule = 1e-4,
     mask: Any = None,
     nesterov: bool = True,
@@ -633,6 +655,10 @@ def nadamw(
         eps: added outside the square root, >= 0.
         eps_root: added inside the square root, >= 0.
         mu_dtype: dtype of the first moment (None: the parameter dtype).
+        nu_dtype: dtype of the second moment (None: the parameter's real dtype). For
+            float16 parameters pass ``jnp.float32``: a float16 second moment of
+            gradients below ~1e-3 underflows to 0, and one of gradients above 256
+            overflows.
         weight_decay: decoupled decay coefficient, >= 0 (a number or a schedule).
         mask: which leaves to decay (a tree of bools or a function of the params). Static.
         nesterov: the Nesterov look-ahead (True; False gives ``adamw``).
@@ -650,7 +676,9 @@ def nadamw(
     Hutter, 2019, "Decoupled Weight Decay Regularization".
     """
     return chain(
-        scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nesterov=nesterov),
+        scale_by_adam(
+            b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov
+        ),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
