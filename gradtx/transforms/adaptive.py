@@ -48,7 +48,8 @@ def scale_by_adam(
     Args:
         b1: decay of the first moment, in [0, 1).
         b2: decay of the second moment, in [0, 1).
-        eps: added to the denominator outside the square root, >= 0.
+        eps: added to the denominator outside the square root, >= 0 (with 0, an
+            element whose gradients have all been 0 gives 0 / 0 = NaN).
         eps_root: added inside the square root, >= 0 (useful when differentiating
             through the optimizer).
         mu_dtype: dtype of the first moment (e.g. ``jnp.bfloat16`` to save memory);
@@ -184,7 +185,8 @@ def amsgrad_max(
     Args:
         b1: decay of the first moment, in [0, 1).
         b2: decay of the second moment, in [0, 1).
-        eps: added to the denominator outside the square root, >= 0.
+        eps: added to the denominator outside the square root, >= 0 (with 0, an
+            element whose gradients have all been 0 gives 0 / 0 = NaN).
         eps_root: added inside the square root, >= 0.
         mu_dtype: dtype of the first moment; None keeps the parameter dtype. It is
             updated in the wider of this dtype and the compute dtype (at least float32).

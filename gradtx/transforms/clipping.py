@@ -52,6 +52,8 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
 
     Same as ``optax.clip_by_global_norm`` and ``torch.nn.utils.clip_grad_norm_``
     (PyTorch scales by ``max_norm / (n + 1e-6)`` and only when ``n > max_norm``).
+    The norm couples the leaves: a NaN in any of them makes every update NaN, and an
+    inf makes every other update 0 (as in Optax); ``apply_if_finite`` skips such steps.
 
     Args:
         max_norm: the largest global norm allowed, > 0.
