@@ -415,3 +415,18 @@ def test_compat_optimizer_under_schedule_injection_matches_the_plain_chain(facto
         # float32(0.99) against the double 0.99; the centered variance cancels.
         np.testing.assert_allclose(u["w"], v["w"], rtol=1e-5)
     assert float(gtx.get_hyperparams(state)["lr"]) == pytest.approx(0.1)
+
+
+def test_abstract_init_keeps_the_sharding_of_a_complex_parameter():
+    """The (real, imaginary) pairs of a complex parameter are sharded like it, with the
+    new last axis whole: from concrete params and from ShapeDtypeStructs (restore)."""
+    mesh = jax.make_mesh((1,), ("x",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("x"))
+    params = [jax.device_put(jnp.ones(4, jnp.complex64), sharding)]
+    abstract = [jax.ShapeDtypeStruct((4,), jnp.complex64, sharding=sharding)]
+    tx = tc.adam(0.1)
+    expected = jax.sharding.PartitionSpec("x", None)
+    for state in (tx.init(params), tx.init(abstract)):
+        for moment in (state["adam"].mu[0], state["adam"].nu[0]):
+            assert moment.shape == (4, 2)
+            assert moment.sharding.spec == expected

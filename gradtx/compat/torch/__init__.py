@@ -99,8 +99,14 @@ def _real_pairs(x: Any) -> Any:
     dtype = getattr(x, "dtype", None)
     if dtype is None or not jnp.issubdtype(dtype, jnp.complexfloating):
         return x
-    if isinstance(x, jax.ShapeDtypeStruct):
-        return jax.ShapeDtypeStruct((*x.shape, 2), jnp.finfo(dtype).dtype)
+    if isinstance(x, jax.ShapeDtypeStruct):  # abstract init: keep its sharding, if named
+        sharding = getattr(x, "sharding", None)
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            spec = (*sharding.spec, *[None] * (len(x.shape) - len(sharding.spec)), None)
+            sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
+        elif not isinstance(sharding, jax.sharding.SingleDeviceSharding):
+            sharding = None
+        return jax.ShapeDtypeStruct((*x.shape, 2), jnp.finfo(dtype).dtype, sharding=sharding)
     return jnp.stack([jnp.real(x), jnp.imag(x)], axis=-1)
 
 
