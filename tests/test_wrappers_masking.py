@@ -96,6 +96,24 @@ def test_mask_with_non_bool_leaves_is_a_clear_error():
         gtx.masked(gtx.scale(2.0), MASK, masked_leaves="drop")
 
 
+@pytest.mark.parametrize(
+    "mask, message",
+    [
+        ({"w": True, "emb": False}, r"at the root the updates have \['z'\] that it lacks"),
+        (
+            {"w": True, "emb": {"f": True}, "z": False},
+            r"at \['emb'\] the updates have \['e'\] that it lacks and it has \['f'\]",
+        ),
+    ],
+)
+def test_a_mask_that_is_not_a_prefix_names_where_it_stops_being_one(mask, message):
+    # it used to compare leaf paths, so it blamed ['emb']['e'], where the mask's one
+    # bool for the subtree is a valid prefix
+    params = {"w": jnp.ones(2), "emb": {"e": jnp.ones(3)}, "z": jnp.ones(1)}
+    with pytest.raises(ValueError, match=message):
+        gtx.masked(gtx.scale(-1.0), mask).init(params)
+
+
 def test_partition_groups_move_by_their_own_learning_rates():
     tx = gtx.partition(
         {"fast": gtx.scale_by_learning_rate(0.1), "slow": gtx.scale_by_learning_rate(0.01)},

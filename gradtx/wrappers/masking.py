@@ -43,8 +43,35 @@ def _flat_prefix(prefix: Any, full: Any, what: str) -> tuple[Any, list]:
     try:
         return treedef, treedef.flatten_up_to(full)
     except (ValueError, TypeError) as error:
-        tree.check_same_structure(full, prefix, "the updates", what)
-        raise ValueError(f"{what} is not a prefix of the updates' structure: {error}") from None
+        difference = _prefix_difference(prefix, full, "")
+        detail = difference or str(error)
+        raise ValueError(f"{what} is not a prefix of the updates' structure: {detail}") from None
+
+
+def _prefix_difference(prefix: Any, full: Any, path: str) -> str | None:
+    """Where ``prefix`` stops being a prefix of ``full``: the first container whose keys,
+    type or length differ (a leaf of ``prefix`` covers any subtree of ``full``)."""
+    children = tree._named_children(prefix)
+    if children is None:
+        return None
+    where = path or "the root"
+    full_children = tree._named_children(full)
+    if full_children is None or type(full) is not type(prefix):
+        return f"at {where} it has a {type(prefix).__name__} where the updates have {full!r}"
+    names = [piece for piece, _, _ in children]
+    full_names = [piece for piece, _, _ in full_children]
+    if sorted(names) != sorted(full_names):
+        missing = sorted(set(full_names) - set(names))
+        extra = sorted(set(names) - set(full_names))
+        return f"at {where} the updates have {', '.join(missing) or 'nothing'} that it lacks" + (
+            f" and it has {', '.join(extra)} that the updates lack" if extra else ""
+        )
+    full_by_name = {piece: child for piece, _, child in full_children}
+    for piece, _, child in children:
+        found = _prefix_difference(child, full_by_name[piece], path + piece)
+        if found:
+            return found
+    return None
 
 
 def _select(full: Any, keep: list[bool], treedef: Any) -> Any:
