@@ -200,6 +200,8 @@ def adagrad(
     learning_rate: ScalarOrSchedule,
     initial_accumulator_value: float = 0.1,
     eps: float = 1e-7,
+    *,
+    accumulator_dtype: Any = None,
 ) -> GradientTransformation:
     r"""Adagrad (Duchi, Hazan & Singer, 2011): steps scaled by the root sum of squares.
 
@@ -217,6 +219,8 @@ def adagrad(
         learning_rate: a non-negative number or a schedule.
         initial_accumulator_value: starting value of the sum, >= 0.
         eps: added inside the square root, >= 0.
+        accumulator_dtype: dtype of the sum (None: the parameter's real dtype); for
+            float16 parameters pass ``jnp.float32`` (a float16 sum overflows).
 
     Example:
         >>> import jax.numpy as jnp
@@ -230,7 +234,8 @@ def adagrad(
     Learning and Stochastic Optimization".
     """
     return chain(
-        scale_by_rss(initial_accumulator_value, eps), scale_by_learning_rate(learning_rate)
+        scale_by_rss(initial_accumulator_value, eps, accumulator_dtype=accumulator_dtype),
+        scale_by_learning_rate(learning_rate),
     )
 
 

@@ -232,3 +232,27 @@ def test_float16_params_with_a_float32_second_moment_follow_the_float32_run(name
     assert np.median(relative) < 1e-3
     assert np.abs(updates).max() <= 1.01 * np.abs(reference_updates).max()
     np.testing.assert_allclose(params, reference, atol=3e-4)
+
+
+def test_float16_adagrad_with_a_float32_sum_keeps_stepping_where_float16_overflows():
+    """|g| = 10 for 800 steps: a float16 sum of squares passes 65,504 at step 655 and
+    the steps become 0; accumulator_dtype=float32 keeps float32's steps."""
+    steps = 800
+    gradients = np.full((steps, 4), 10.0, np.float32)
+
+    def run(dtype, **kwargs):
+        tx = gtx.adagrad(0.01, **kwargs)
+        params = jnp.zeros(4, dtype)
+
+        def step(carry, g):
+            params, state = carry
+            updates, state = tx.update(g.astype(dtype), state, params)
+            return (gtx.apply_updates(params, updates), state), updates
+
+        return np.asarray(jax.lax.scan(step, (params, tx.init(params)), gradients)[1], np.float64)
+
+    reference = run(jnp.float32)
+    assert np.all(run(jnp.float16)[-1] == 0)  # the format's limit, the reason for the option
+    np.testing.assert_allclose(
+        run(jnp.float16, accumulator_dtype=jnp.float32), reference, rtol=1e-3
+    )

@@ -492,7 +492,11 @@ class ScaleByRssState(NamedTuple):
 
 
 def scale_by_rss(
-    initial_accumulator_value: float = 0.1, eps: float = 1e-7, *, eps_in_sqrt: bool = True
+    initial_accumulator_value: float = 0.1,
+    eps: float = 1e-7,
+    *,
+    eps_in_sqrt: bool = True,
+    accumulator_dtype: Any = None,
 ) -> GradientTransformation:
     r"""Adagrad's preconditioner (Duchi, Hazan & Singer, 2011): the root sum of squares.
 
@@ -509,6 +513,9 @@ def scale_by_rss(
         initial_accumulator_value: starting value of the sum, >= 0.
         eps: added inside the square root, >= 0.
         eps_in_sqrt: False adds eps outside, ``u = g / (sqrt(s_t) + eps)`` (PyTorch).
+        accumulator_dtype: dtype of the sum; None keeps the parameter's real dtype. For
+            float16 parameters pass ``jnp.float32``: a float16 sum passes 65,504 after
+            655 steps of |g| = 10, and the steps stop.
 
     State: ``ScaleByRssState(sum_of_squares)``.
 
@@ -527,17 +534,22 @@ def scale_by_rss(
     """
     check.non_negative("initial_accumulator_value", initial_accumulator_value)
     check.non_negative("eps", eps)
+    check.dtype_or_none("accumulator_dtype", accumulator_dtype)
 
     def init(params):
-        return ScaleByRssState(sum_of_squares=_full_real_like(params, initial_accumulator_value))
+        if accumulator_dtype is None:
+            return ScaleByRssState(_full_real_like(params, initial_accumulator_value))
+        zeros = tree.zeros_like(params, accumulator_dtype)
+        return ScaleByRssState(tree.full_like(zeros, initial_accumulator_value))
 
     def update(updates, state, params=None, **extra):
         del params, extra
 
         def leaf(g, s):
             dtype = numerics.compute_dtype(g.dtype)
-            real = numerics.real_dtype(dtype)
-            g_ = g.astype(dtype)
+            # a sum stored wider than the compute dtype accumulates in its own precision
+            real = jnp.promote_types(numerics.real_dtype(dtype), s.dtype)
+            g_ = g.astype(jnp.promote_types(dtype, real))
             s_new = s.astype(real) + numerics.abs_sq(g_)
             # s_t = 0 only where every gradient so far was 0 (and s_0 = 0): no step.
             epsilon = numerics.hyperparameter(eps, real)
