@@ -538,6 +538,8 @@ def adamax(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
+    *,
+    nu_dtype: Any = None,
 ) -> GradientTransformation:
     r"""AdaMax (Kingma & Ba, 2015, sec. 7): Adam with the infinity norm.
 
@@ -555,6 +557,8 @@ def adamax(
         b1: first-moment decay in [0, 1).
         b2: decay of the infinity norm in [0, 1).
         eps: added to ``|g|`` inside the maximum, >= 0.
+        nu_dtype: dtype of the infinity norm (None: the parameter's real dtype); for
+            bfloat16 parameters pass ``jnp.float32`` (a bfloat16 norm cannot decay).
 
     Example:
         >>> import jax.numpy as jnp
@@ -566,7 +570,9 @@ def adamax(
 
     Reference: Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization", sec. 7.
     """
-    return chain(scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate))
+    return chain(
+        scale_by_adamax(b1, b2, eps, nu_dtype=nu_dtype), scale_by_learning_rate(learning_rate)
+    )
 
 
 @schedule_injection

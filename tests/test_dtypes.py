@@ -256,3 +256,27 @@ def test_float16_adagrad_with_a_float32_sum_keeps_stepping_where_float16_overflo
     np.testing.assert_allclose(
         run(jnp.float16, accumulator_dtype=jnp.float32), reference, rtol=1e-3
     )
+
+
+def test_bfloat16_adamax_with_a_float32_norm_decays_after_a_burst():
+    """20 steps of g = 10, then 2,000 of g = 0.1: b2 * u rounds back to u in bfloat16,
+    so the norm stays near 10 and the last step is 0.14x float32's; nu_dtype=float32 keeps
+    the float32 run's steps."""
+    gradients = np.concatenate([np.full((20, 2), 10.0), np.full((2000, 2), 0.1)]).astype(np.float32)
+
+    def last_update(dtype, **kwargs):
+        tx = gtx.adamax(1e-3, **kwargs)
+        params = jnp.zeros(2, dtype)
+
+        def step(state, g):
+            updates, state = tx.update(g.astype(dtype), state, params)
+            return state, updates
+
+        return np.asarray(jax.lax.scan(step, tx.init(params), gradients)[1][-1], np.float64)
+
+    reference = last_update(jnp.float32)
+    assert np.all(np.abs(last_update(jnp.bfloat16)) < 0.2 * np.abs(reference))
+    # within 3%: the bfloat16 first moment and gradients (0.1 is 0.10009765625) remain
+    np.testing.assert_allclose(
+        last_update(jnp.bfloat16, nu_dtype=jnp.float32), reference, rtol=3e-2
+    )

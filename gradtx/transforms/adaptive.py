@@ -306,7 +306,12 @@ class ScaleByAdamaxState(NamedTuple):
 
 
 def scale_by_adamax(
-    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *, eps_in_max: bool = True
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    *,
+    eps_in_max: bool = True,
+    nu_dtype: Any = None,
 ) -> GradientTransformation:
     r"""AdaMax's preconditioner (Kingma & Ba, 2015, sec. 7): Adam with the infinity norm.
 
@@ -326,6 +331,9 @@ def scale_by_adamax(
         eps: added to ``|g|`` inside the maximum, >= 0 (keeps the first division finite).
         eps_in_max: False gives Keras' form, ``u_t = max(b2 * u_{t-1}, |g|)`` and
             ``update = (m_t / (1 - b1^t)) / (u_t + eps)``.
+        nu_dtype: dtype of the infinity norm; None keeps the parameter's real dtype. For
+            bfloat16 parameters pass ``jnp.float32``: ``b2 * u`` rounds back to ``u``
+            in bfloat16, so the norm never decays after a large gradient.
 
     State: ``ScaleByAdamaxState(count, mu, nu)``.
 
@@ -342,12 +350,13 @@ def scale_by_adamax(
     check.unit_interval("b1", b1)
     check.unit_interval("b2", b2)
     check.non_negative("eps", eps)
+    check.dtype_or_none("nu_dtype", nu_dtype)
 
     def init(params):
         return ScaleByAdamaxState(
             count=jnp.zeros([], jnp.int32),
             mu=tree.zeros_like(params),
-            nu=tree.zeros_like(params, real=True),
+            nu=tree.zeros_like(params, nu_dtype, real=True),
         )
 
     def update(updates, state, params=None, **extra):
@@ -356,7 +365,8 @@ def scale_by_adamax(
 
         def leaf(g, m, u):
             dtype = numerics.compute_dtype(g.dtype)
-            real = numerics.real_dtype(dtype)
+            # a norm stored wider than the compute dtype is updated in its own precision
+            real = jnp.promote_types(numerics.real_dtype(dtype), u.dtype)
             beta1 = numerics.hyperparameter(b1, dtype)
             g_ = g.astype(dtype)
             m_new = beta1 * m.astype(dtype) + (1 - beta1) * g_
