@@ -250,6 +250,7 @@ def _rmsprop_chain(
     momentum: ScalarOrSchedule | None,
     nesterov: bool,
     bias_correction: bool,
+    nu_dtype: Any,
 ) -> GradientTransformation:
     if momentum is not None:  # a schedule's value, checked under its own name (not trace's)
         check.unit_interval("momentum", momentum, schedule=True)
@@ -261,6 +262,7 @@ def _rmsprop_chain(
             eps_in_sqrt=eps_in_sqrt,
             centered=centered,
             bias_correction=bias_correction,
+            nu_dtype=nu_dtype,
         ),
         scale_by_learning_rate(learning_rate),
         trace(momentum, nesterov) if momentum is not None else identity(),
@@ -277,6 +279,8 @@ def rmsprop(
     momentum: float | None = None,
     nesterov: bool = False,
     bias_correction: bool = False,
+    *,
+    nu_dtype: Any = None,
 ) -> GradientTransformation:
     r"""RMSProp (Tieleman & Hinton, 2012), optionally centered (Graves, 2013).
 
@@ -308,6 +312,8 @@ def rmsprop(
         momentum: momentum coefficient in [0, 1); None or 0 for none.
         nesterov: Nesterov's momentum; needs a momentum.
         bias_correction: divide the moving averages by ``1 - decay^t``.
+        nu_dtype: dtype of the moving average of ``g^2`` (None: the parameter's real
+            dtype); for float16 parameters pass ``jnp.float32``.
 
     Example:
         >>> import jax.numpy as jnp
@@ -334,6 +340,7 @@ def rmsprop(
         momentum=momentum if _switched_on(momentum) else None,
         nesterov=nesterov,
         bias_correction=bias_correction,
+        nu_dtype=nu_dtype,
     )
 
 
@@ -481,6 +488,7 @@ def amsgrad(
     eps_root: float = 0.0,
     *,
     mu_dtype: Any = None,
+    nu_dtype: Any = None,
     bias_correction_mu: bool = True,
     bias_correction_nu: bool = True,
 ) -> GradientTransformation:
@@ -505,6 +513,8 @@ def amsgrad(
         eps: added outside the square root, >= 0.
         eps_root: added inside the square root, >= 0.
         mu_dtype: dtype of the first moment (None: the parameter dtype).
+        nu_dtype: dtype of the second moment and its running maximum (None: the
+            parameter's real dtype); for float16 parameters pass ``jnp.float32``.
         bias_correction_mu: divide the first moment by ``1 - b1^t``.
         bias_correction_nu: divide the second moment by ``1 - b2^t`` before the maximum.
 
@@ -525,6 +535,7 @@ def amsgrad(
             eps,
             eps_root,
             mu_dtype=mu_dtype,
+            nu_dtype=nu_dtype,
             bias_correction_mu=bias_correction_mu,
             bias_correction_nu=bias_correction_nu,
         ),

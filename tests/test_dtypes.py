@@ -136,9 +136,10 @@ def test_adam_in_float16_matches_float32_math_for_tiny_gradients():
 
 
 def test_a_wider_accumulator_dtype_accumulates_in_its_own_precision(x64):
-    """float32 gradients, float64 buffers: ema, trace and Adam's moments are the float64
-    recurrences (a float32 recurrence drifts by ~1e-6 relative over these steps), and
-    the updates stay float32, the float64 result rounded once."""
+    """float32 gradients, float64 buffers: ema, trace, Adam's and AMSGrad's moments, the
+    RMSProp average and the Adagrad sum are the float64 recurrences (a float32 recurrence
+    drifts by ~1e-6 relative over these steps), and the updates stay float32, the float64
+    result rounded once."""
     steps, b1, b2 = 1000, 0.9, 0.999
     rng = np.random.default_rng(6)
     gradients = (rng.normal(size=(steps, 4)) + 1.0).astype(np.float32)
@@ -146,6 +147,9 @@ def test_a_wider_accumulator_dtype_accumulates_in_its_own_precision(x64):
         "ema": gtx.ema(0.999, accumulator_dtype=jnp.float64),
         "trace": gtx.trace(0.99, accumulator_dtype=jnp.float64),
         "adam": gtx.scale_by_adam(b1, b2, mu_dtype=jnp.float64, nu_dtype=jnp.float64),
+        "amsgrad": gtx.amsgrad_max(b1, b2, mu_dtype=jnp.float64, nu_dtype=jnp.float64),
+        "rms": gtx.scale_by_rms(0.9, nu_dtype=jnp.float64),
+        "rss": gtx.scale_by_rss(accumulator_dtype=jnp.float64),
     }
 
     @jax.jit
@@ -159,24 +163,43 @@ def test_a_wider_accumulator_dtype_accumulates_in_its_own_precision(x64):
 
     states, updates = run(jnp.asarray(gradients))
 
-    e, b, m, v = (np.zeros(4) for _ in range(4))
-    for g in gradients.astype(np.float64):
+    e, b, m, v, v_max, r = (np.zeros(4) for _ in range(6))
+    sum_of_squares = np.full(4, 0.1)
+    for t, g in enumerate(gradients.astype(np.float64), start=1):
         e = 0.999 * e + (1 - 0.999) * g
         b = g + 0.99 * b
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g**2
+        v_max = np.maximum(v_max, v / (1 - b2**t))
+        r = 0.9 * r + (1 - 0.9) * g**2
+        sum_of_squares = sum_of_squares + g**2
     adam_update = (m / (1 - b1**steps)) / (np.sqrt(v / (1 - b2**steps)) + 1e-8)
+    amsgrad_update = (m / (1 - b1**steps)) / (np.sqrt(v_max) + 1e-8)
     ema_update = e / (1 - 0.999**steps)
+    rms_update = g / np.sqrt(r + 1e-8)
+    rss_update = g / np.sqrt(sum_of_squares + 1e-7)
 
     for got, expected in [
         (states["ema"].ema, e),
         (states["trace"].trace, b),
         (states["adam"].mu, m),
         (states["adam"].nu, v),
+        (states["amsgrad"].mu, m),
+        (states["amsgrad"].nu, v),
+        (states["amsgrad"].nu_max, v_max),
+        (states["rms"].nu, r),
+        (states["rss"].sum_of_squares, sum_of_squares),
     ]:
         assert got.dtype == jnp.float64
         np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-12)
-    for name, expected in [("ema", ema_update), ("trace", b), ("adam", adam_update)]:
+    for name, expected in [
+        ("ema", ema_update),
+        ("trace", b),
+        ("adam", adam_update),
+        ("amsgrad", amsgrad_update),
+        ("rms", rms_update),
+        ("rss", rss_update),
+    ]:
         assert updates[name].dtype == jnp.float32, name
         np.testing.assert_allclose(np.asarray(updates[name][-1]), expected, rtol=1e-7, err_msg=name)
 
@@ -198,11 +221,12 @@ def test_the_learning_rate_multiplies_in_float32_and_rounds_once(dtype):
         np.testing.assert_array_equal(updates(lr), jnp.full(3, expected).astype(dtype))
 
 
-@pytest.mark.parametrize("name", ["adam", "adamw", "nadam", "nadamw"])
+@pytest.mark.parametrize("name", ["adam", "adamw", "nadam", "nadamw", "amsgrad", "rmsprop"])
 def test_float16_params_with_a_float32_second_moment_follow_the_float32_run(name):
     """A float16 second moment of gradients ~1e-3 underflows to 0 ((1 - b2) g^2 ~ 1e-9 is
     below float16's smallest value), so the default float16 run takes steps ~40x too
-    large; nu_dtype=float32 (the named optimizers' option) keeps the float32 run's steps."""
+    large (amsgrad's maximum: 26% off in the median, rmsprop's (1 - 0.9) g^2 is subnormal:
+    1.3%); nu_dtype=float32 (the named optimizers' option) keeps the float32 run's steps."""
     steps = 300
     rng = np.random.default_rng(7)
     gradients = 1e-3 * rng.normal(size=(steps, 64)).astype(np.float32)
@@ -221,9 +245,11 @@ def test_float16_params_with_a_float32_second_moment_follow_the_float32_run(name
 
     reference, reference_updates, _ = run(jnp.float32)
     params, updates, state = run(jnp.float16, nu_dtype=jnp.float32)
-    assert {leaf.dtype for leaf in jax.tree.leaves(gtx.tree_get(state, "nu"))} == {
-        np.dtype("float32")
-    }
+    fields = ["nu", "nu_max"] if name == "amsgrad" else ["nu"]
+    for field in fields:
+        assert {leaf.dtype for leaf in jax.tree.leaves(gtx.tree_get(state, field))} == {
+            np.dtype("float32")
+        }, field
     assert np.all(np.isfinite(params))
     # float16 gradients and first moment: steps within 0.05% in the median (the default
     # float16 second moment: 1,500%, and steps up to 13,000x the largest float32 one),

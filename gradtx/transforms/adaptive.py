@@ -144,8 +144,8 @@ def scale_by_adam(
 class ScaleByAmsgradState(NamedTuple):
     count: jax.Array  # int32, saturating
     mu: Updates  # first moment, in mu_dtype (default: the parameter dtype)
-    nu: Updates  # second moment, in the parameter's real dtype
-    nu_max: Updates  # running maximum of the (bias-corrected) second moment
+    nu: Updates  # second moment, in nu_dtype (default: the parameter's real dtype)
+    nu_max: Updates  # running maximum of the (bias-corrected) second moment, in nu_dtype
 
 
 def amsgrad_max(
@@ -155,6 +155,7 @@ def amsgrad_max(
     eps_root: float = 0.0,
     *,
     mu_dtype: Any = None,
+    nu_dtype: Any = None,
     bias_correction_mu: bool = True,
     bias_correction_nu: bool = True,
     correct_after_max: bool = False,
@@ -190,6 +191,9 @@ def amsgrad_max(
         eps_root: added inside the square root, >= 0.
         mu_dtype: dtype of the first moment; None keeps the parameter dtype. It is
             updated in the wider of this dtype and the compute dtype (at least float32).
+        nu_dtype: dtype of the second moment and of its running maximum; None keeps the
+            parameter's real dtype. For float16 parameters pass ``jnp.float32``: a
+            float16 ``(1 - b2) |g|^2`` of gradients ~1e-3 underflows to 0.
         bias_correction_mu: divide the first moment by ``1 - b1^t``.
         bias_correction_nu: divide the second moment by ``1 - b2^t`` before the maximum.
         correct_after_max: take the maximum of the raw ``v_t`` and divide it by the
@@ -221,6 +225,7 @@ def amsgrad_max(
     check.non_negative("eps", eps)
     check.non_negative("eps_root", eps_root)
     check.dtype_or_none("mu_dtype", mu_dtype)
+    check.dtype_or_none("nu_dtype", nu_dtype)
     # Either combination would leave a switch without effect: refused, never ignored.
     if correct_after_max and not bias_correction_nu:
         raise ValueError(
@@ -242,8 +247,8 @@ def amsgrad_max(
         return ScaleByAmsgradState(
             count=jnp.zeros([], jnp.int32),
             mu=tree.zeros_like(params, mu_dtype),
-            nu=tree.zeros_like(params, real=True),
-            nu_max=tree.zeros_like(params, real=True),
+            nu=tree.zeros_like(params, nu_dtype, real=True),
+            nu_max=tree.zeros_like(params, nu_dtype, real=True),
         )
 
     def update(updates, state, params=None, **extra):
@@ -252,13 +257,13 @@ def amsgrad_max(
 
         def leaf(g, m, v, v_max):
             dtype = numerics.compute_dtype(g.dtype)
-            real = numerics.real_dtype(dtype)
-            # A wider mu_dtype (float64 for float32 updates) accumulates in its own
-            # precision, not rounded to the update's at every step.
+            # Moments stored wider than the update (float64 for float32 updates)
+            # accumulate in their own precision, not rounded to the update's each step.
             m_dtype = jnp.promote_types(dtype, m.dtype)
+            real = jnp.promote_types(numerics.real_dtype(dtype), v.dtype)
             beta1 = numerics.hyperparameter(b1, m_dtype)
-            beta2 = numerics.hyperparameter(b2, dtype)
-            g_ = g.astype(dtype)
+            beta2 = numerics.hyperparameter(b2, real)
+            g_ = g.astype(jnp.promote_types(dtype, real))
             m_new = beta1 * m.astype(m_dtype) + (1 - beta1) * g.astype(m_dtype)
             v_new = beta2 * v.astype(real) + (1 - beta2) * numerics.abs_sq(g_)
             m_hat = (
@@ -268,7 +273,7 @@ def amsgrad_max(
             )
             if correct_after_max:
                 v_max_new = jnp.maximum(v_max.astype(real), v_new)
-                correction = numerics.bias_correction(b2, count, dtype)
+                correction = numerics.bias_correction(b2, count, real)
                 root = numerics.hyperparameter(eps_root, real)
                 if eps_before_bias_correction:
                     denominator = (jnp.sqrt(v_max_new + root) + eps) / jnp.sqrt(correction)
@@ -277,7 +282,7 @@ def amsgrad_max(
                 u = m_hat / denominator
             else:
                 v_eff = (
-                    v_new / numerics.bias_correction(b2, count, dtype)
+                    v_new / numerics.bias_correction(b2, count, real)
                     if bias_correction_nu
                     else v_new
                 )
@@ -391,17 +396,18 @@ def scale_by_adamax(
 
 class ScaleByRmsState(NamedTuple):
     count: jax.Array  # int32, saturating (read by bias_correction)
-    nu: Updates  # moving average of |g|^2, in the parameter's real dtype
+    nu: Updates  # moving average of |g|^2, in nu_dtype (default: the parameter's real dtype)
 
 
 class ScaleByStddevState(NamedTuple):
     count: jax.Array  # int32, saturating (read by bias_correction)
     mu: Updates  # moving average of g, in the parameter dtype
-    nu: Updates  # moving average of |g|^2, in the parameter's real dtype
+    nu: Updates  # moving average of |g|^2, in nu_dtype (default: the parameter's real dtype)
 
 
-def _full_real_like(params, value):
-    return jax.tree.map(lambda z: jnp.full_like(z, value), tree.zeros_like(params, real=True))
+def _full_real_like(params, value, dtype=None):
+    """``value`` in every leaf, in ``dtype`` (None: the parameter's real dtype)."""
+    return tree.full_like(tree.zeros_like(params, dtype, real=True), value)
 
 
 def scale_by_rms(
@@ -412,6 +418,7 @@ def scale_by_rms(
     eps_in_sqrt: bool = True,
     centered: bool = False,
     bias_correction: bool = False,
+    nu_dtype: Any = None,
 ) -> GradientTransformation:
     r"""RMSProp's preconditioner (Tieleman & Hinton, 2012), optionally centered (Graves, 2013).
 
@@ -438,6 +445,9 @@ def scale_by_rms(
         eps_in_sqrt: add eps inside the square root (else outside).
         centered: subtract the squared moving average of g (Graves, 2013).
         bias_correction: divide the averages by ``1 - decay^t``.
+        nu_dtype: dtype of the moving average of ``|g|^2``; None keeps the parameter's
+            real dtype. For float16 parameters pass ``jnp.float32``: a float16
+            ``(1 - decay) |g|^2`` of gradients ~3e-4 underflows to 0.
 
     State: ``ScaleByRmsState(count, nu)``, or ``ScaleByStddevState(count, mu, nu)``
     when centered.
@@ -457,10 +467,11 @@ def scale_by_rms(
     check.unit_interval("decay", decay)
     check.non_negative("eps", eps)
     check.non_negative("initial_scale", initial_scale)
+    check.dtype_or_none("nu_dtype", nu_dtype)
 
     def init(params):
         count = jnp.zeros([], jnp.int32)
-        nu = _full_real_like(params, initial_scale)
+        nu = _full_real_like(params, initial_scale, nu_dtype)
         if centered:
             return ScaleByStddevState(count, tree.zeros_like(params), nu)
         return ScaleByRmsState(count, nu)
@@ -470,7 +481,8 @@ def scale_by_rms(
         count = numerics.safe_increment(state.count)
 
         def leaf(g, v, m=None):
-            dtype = numerics.compute_dtype(g.dtype)
+            # an average stored wider than the compute dtype is updated in its own precision
+            dtype = numerics.compute_dtype(jnp.promote_types(g.dtype, v.dtype))
             real = numerics.real_dtype(dtype)
             rho = numerics.hyperparameter(decay, dtype)
             g_ = g.astype(dtype)
@@ -547,10 +559,9 @@ def scale_by_rss(
     check.dtype_or_none("accumulator_dtype", accumulator_dtype)
 
     def init(params):
-        if accumulator_dtype is None:
-            return ScaleByRssState(_full_real_like(params, initial_accumulator_value))
-        zeros = tree.zeros_like(params, accumulator_dtype)
-        return ScaleByRssState(tree.full_like(zeros, initial_accumulator_value))
+        return ScaleByRssState(
+            _full_real_like(params, initial_accumulator_value, accumulator_dtype)
+        )
 
     def update(updates, state, params=None, **extra):
         del params, extra
