@@ -71,6 +71,31 @@ def test_lookahead_params_are_the_slow_weights_up_to_two_ulps_right_after_each_s
             assert np.all(np.abs(fast - slow) <= bound)
 
 
+def test_lookahead_counts_modulo_the_sync_period_so_it_syncs_without_end():
+    """A saturating int32 total would stop the syncs after 2**31 - 1 steps (a prime, so
+    never again a multiple of sync_period); the state counts steps since the last sync."""
+    tx = gtx.lookahead(gtx.scale(-1.0), sync_period=3, slow_step_size=0.5)
+    params = jnp.zeros(1)
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    seen = []
+    for _ in range(9):
+        updates, state = step(jnp.ones(1), state, params)
+        params = gtx.apply_updates(params, updates)
+        seen.append(int(state.steps_since_sync))
+        assert state.steps_since_sync.dtype == jnp.int32
+    assert seen == [1, 2, 0] * 3
+    # from any phase, the slow weights move after the steps left to the next sync
+    for phase in range(3):
+        state = state._replace(steps_since_sync=jnp.asarray(phase, jnp.int32))
+        slow, steps = state.slow_params, 0
+        while bool(jnp.all(state.slow_params == slow)) and steps < 10:
+            updates, state = step(jnp.ones(1), state, params)
+            params = gtx.apply_updates(params, updates)
+            steps += 1
+        assert steps == 3 - phase
+
+
 def test_lookahead_keeps_the_inner_state_across_syncs():
     tx = gtx.lookahead(gtx.adam(0.1), sync_period=2)
     _, states = _run(tx, np.ones(3, np.float32), 4)

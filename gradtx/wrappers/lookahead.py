@@ -13,7 +13,7 @@ from gradtx.wrappers.averaging import copy_params
 
 
 class LookaheadState(NamedTuple):
-    count: jax.Array  # int32, saturating: fast steps taken so far
+    steps_since_sync: jax.Array  # int32 in [0, sync_period): fast steps since the last sync
     slow_params: Params  # the slow weights theta, in the parameter dtype
     inner_state: OptState  # the fast optimizer's state (kept across syncs, as in the paper)
 
@@ -41,8 +41,10 @@ def lookahead(
     ``theta - params``, and adding it back in the parameter dtype can land up to two
     units in the last place (of the larger of the old params and theta) away from
     theta. Evaluate with ``state.slow_params``, theta itself, as the paper does. The
-    inner optimizer's state is kept across syncs (the paper's default). Optax's
-    ``lookahead`` instead asks the user to hold both weight sets in a
+    inner optimizer's state is kept across syncs (the paper's default). The state
+    counts fast steps modulo ``sync_period`` (0 right after a sync), so the syncs go on
+    for as long as training does (a total count would saturate at the int32 maximum).
+    Optax's ``lookahead`` instead asks the user to hold both weight sets in a
     ``LookaheadParams``.
 
     Args:
@@ -51,7 +53,7 @@ def lookahead(
         sync_period: k, the number of fast steps per slow step, an int >= 1.
         slow_step_size: alpha, in [0, 1].
 
-    State: ``LookaheadState(count, slow_params, inner_state)``.
+    State: ``LookaheadState(steps_since_sync, slow_params, inner_state)``.
 
     Example:
         >>> import jax.numpy as jnp
@@ -74,7 +76,7 @@ def lookahead(
 
     def init(params):
         return LookaheadState(
-            count=jnp.zeros([], jnp.int32),
+            steps_since_sync=jnp.zeros([], jnp.int32),
             slow_params=copy_params(params),
             inner_state=inner.init(params),
         )
@@ -83,8 +85,10 @@ def lookahead(
         if params is None:
             raise ValueError("lookahead needs the parameters: call update(updates, state, params)")
         updates, inner_state = inner_update(updates, state.inner_state, params, **extra)
-        count = numerics.safe_increment(state.count)
-        sync = count % sync_period == 0
+        # Modulo sync_period, not a saturating total: 2**31 - 1 is prime, so a saturated
+        # count would never again be a multiple of sync_period and the syncs would stop.
+        steps_since_sync = (state.steps_since_sync + 1) % sync_period
+        sync = steps_since_sync == 0
 
         def leaf(u, p, slow):
             dtype = numerics.compute_dtype(jnp.result_type(u, p))
@@ -95,6 +99,6 @@ def lookahead(
             return step.astype(u.dtype), jnp.where(sync, synced, slow).astype(slow.dtype)
 
         updates, slow_params = tree.map_unzip(leaf, updates, params, state.slow_params, outputs=2)
-        return updates, LookaheadState(count, slow_params, inner_state)
+        return updates, LookaheadState(steps_since_sync, slow_params, inner_state)
 
     return GradientTransformation(init, update)
