@@ -42,7 +42,13 @@ def record_keras():
     return _load("record_keras")
 
 
-TORCH_CASES = ["sgd_dampening", "adam_amsgrad_l2_maximize", "nadam_decoupled", "radam"]
+TORCH_CASES = [
+    "sgd_dampening",
+    "adam_amsgrad_l2_maximize",
+    "nadam_decoupled",
+    "radam",
+    "adamw_one_cycle_momentum",
+]
 KERAS_CASES = ["adam_amsgrad", "nadam_wd", "rmsprop_centered_momentum"]
 
 

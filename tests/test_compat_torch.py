@@ -46,6 +46,12 @@ def build_optimizer(case, *, injected=False):
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in case["kwargs"].items()}
     if case.get("schedule"):
         kwargs["lr"] = build_schedule(case["schedule"])
+    if case.get("momentum_schedule"):  # PyTorch's cycle_momentum: betas[0] or momentum
+        momentum = build_schedule(case["momentum_schedule"])
+        if case["optimizer"] in ("sgd", "rmsprop"):
+            kwargs["momentum"] = momentum
+        else:
+            kwargs["betas"] = (momentum, kwargs.get("betas", (0.9, 0.999))[1])
     factory = getattr(tc, case["optimizer"])
     return gtx.schedule_injection(factory)(**kwargs) if injected else factory(**kwargs)
 
@@ -128,6 +134,9 @@ def test_golden_cases_cover_every_optimizer_and_its_options():
     for option in ("amsgrad", "nesterov", "dampening", "centered", "momentum", "weight_decay",
                    "maximize", "decoupled_weight_decay", "lr_decay"):  # fmt: skip
         assert option in options, option
+    cycled = {case["optimizer"] for case in OPTIMIZERS["cases"] if case.get("momentum_schedule")}
+    # every optimizer PyTorch's cycle_momentum applies to (those with momentum or betas)
+    assert cycled == {"sgd", "adam", "adamw", "rmsprop", "adamax", "nadam", "radam"}
 
 
 @pytest.mark.parametrize("case", OPTIMIZERS["load_cases"], ids=lambda c: c["name"])
@@ -339,6 +348,69 @@ def test_constant_lr_with_no_iterations_keeps_the_factor_as_pytorch_does():
     np.testing.assert_allclose(schedule(jnp.arange(4)), [0.3] * 4)
 
 
+@pytest.mark.parametrize(
+    ("make", "schedule"),
+    [
+        (lambda: lr_scheduler.one_cycle_lr(0.1, 100, cycle_momentum=True), "one_cycle_momentum"),
+        (lambda: lr_scheduler.cyclic_lr(0.01, 0.1, cycle_momentum=True), "cyclic_momentum"),
+    ],
+)
+def test_lr_schedulers_refuse_cycle_momentum_naming_the_momentum_schedule(make, schedule):
+    with pytest.raises(ValueError, match=f"cycle_momentum=True.*lr_scheduler.{schedule}"):
+        make()
+    # PyTorch's call spelled out with cycle_momentum=False is accepted
+    lr_scheduler.one_cycle_lr(0.1, 100, cycle_momentum=False)
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (lambda s: tc.sgd(0.1, momentum=s), "momentum"),
+        (lambda s: tc.rmsprop(0.1, momentum=s), "momentum"),
+        (lambda s: tc.adam(0.1, betas=(s, 0.999)), r"betas\[0\]"),
+        (lambda s: tc.nadam(0.1, betas=(0.9, s)), r"betas\[1\]"),
+    ],
+)
+def test_a_momentum_schedule_out_of_range_is_named_as_pytorch_names_it(make, name):
+    tx = make(lambda step: 1.0 + 0.0 * step)
+    with pytest.raises(ValueError, match=f"^{name} must be in"):
+        tx.init(jnp.zeros(2))
+
+
+def test_momentum_schedules_read_their_value_at_each_step_into_the_state(x64):
+    momentum = lr_scheduler.one_cycle_momentum(10, pct_start=0.5, anneal_strategy="linear")
+    tx = tc.sgd(0.1, momentum=momentum)
+    params = jnp.zeros(2)
+    state = tx.init(params)
+    for step in range(4):
+        _, state = tx.update(jnp.ones(2), state, params)
+        # the value used by the last update, in float64 (not rounded to float32)
+        assert gtx.get_hyperparams(state)["decay"].dtype == jnp.float64
+        assert float(gtx.get_hyperparams(state)["decay"]) == float(momentum(step))
+
+
+class _ZeroDimTensor:
+    """Stands in for a 0-d torch.Tensor (PyTorch accepts betas as tensors)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def detach(self):
+        return self
+
+    def item(self):
+        return self.value
+
+
+def test_betas_given_as_zero_dim_tensors_are_read_as_numbers():
+    params = jnp.ones(2)
+    tx = tc.adam(0.1, betas=(_ZeroDimTensor(0.5), _ZeroDimTensor(0.9)))
+    expected = tc.adam(0.1, betas=(0.5, 0.9))
+    updates, _ = tx.update(jnp.ones(2), tx.init(params), params)
+    reference, _ = expected.update(jnp.ones(2), expected.init(params), params)
+    np.testing.assert_array_equal(updates, reference)
+
+
 def test_sgd_rejects_nesterov_without_momentum():
     with pytest.raises(ValueError, match="nesterov"):
         tc.sgd(lr=0.1, nesterov=True)
@@ -352,10 +424,15 @@ def test_sgd_rejects_nesterov_without_momentum():
         (lambda: tc.rmsprop(momentum=1.5), "momentum"),
         (lambda: tc.sgd(momentum=0.9, dampening=2.0), "dampening"),
         (lambda: tc.adam(weight_decay=-0.1), "weight_decay"),
+        (lambda: tc.rmsprop(alpha=1.5), "alpha"),
+        (lambda: tc.rprop(lr=0.0), "lr"),
+        (lambda: tc.rprop(etas=(1.2, 0.5)), "etas\\[0\\]"),
+        (lambda: tc.rprop(step_sizes=(1.0, 0.5)), "step_sizes\\[1\\]"),
+        (lambda: tc.adam(betas=(0.9,)), "betas"),
     ],
 )
 def test_bad_hyperparameters_are_rejected_naming_the_argument(make, argument):
-    with pytest.raises(ValueError, match=argument):
+    with pytest.raises(ValueError, match=f"^{argument} must"):
         make()
 
 

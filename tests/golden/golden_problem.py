@@ -51,8 +51,34 @@ def problem(dtype: str) -> dict:
     }
 
 
-def _case(optimizer: str, name: str, schedule: dict | None = None, **kwargs) -> dict:
-    return {"name": name, "optimizer": optimizer, "kwargs": kwargs, "schedule": schedule}
+def _case(
+    optimizer: str,
+    name: str,
+    schedule: dict | None = None,
+    momentum_schedule: dict | None = None,
+    **kwargs,
+) -> dict:
+    """A recorded run. ``momentum_schedule`` (a ``lr_scheduler`` momentum schedule of
+    gradtx) records the scheduler of ``schedule`` with ``cycle_momentum=True`` and the
+    schedule's base/max momentum; gradtx passes it as ``betas[0]`` or ``momentum``."""
+    case = {"name": name, "optimizer": optimizer, "kwargs": kwargs, "schedule": schedule}
+    if momentum_schedule is not None:
+        case["momentum_schedule"] = momentum_schedule
+    return case
+
+
+def _one_cycle_case(optimizer: str, name: str, three_phase: bool = False, **kwargs) -> dict:
+    shared = {"total_steps": 200, "pct_start": 0.25, "three_phase": three_phase}
+    return _case(
+        optimizer,
+        name,
+        schedule={"name": "one_cycle_lr", "kwargs": dict(max_lr=kwargs["lr"], **shared)},
+        momentum_schedule={
+            "name": "one_cycle_momentum",
+            "kwargs": dict(base_momentum=0.8, max_momentum=0.95, **shared),
+        },
+        **kwargs,
+    )
 
 
 OPTIMIZER_CASES = [
@@ -133,6 +159,28 @@ OPTIMIZER_CASES = [
         maximize=True,
     ),
     _case("asgd", "asgd", lr=0.05, t0=50.0),
+    # PyTorch's default cycle_momentum=True: betas[0] or momentum follow the scheduler
+    _one_cycle_case("adamw", "adamw_one_cycle_momentum", lr=0.05),
+    _one_cycle_case("adam", "adam_amsgrad_one_cycle_momentum", lr=0.05, amsgrad=True),
+    _one_cycle_case("nadam", "nadam_one_cycle_momentum", lr=0.02),
+    _one_cycle_case("radam", "radam_one_cycle_momentum", lr=0.02, three_phase=True),
+    _one_cycle_case("adamax", "adamax_one_cycle_momentum", lr=0.02),
+    _one_cycle_case("sgd", "sgd_one_cycle_momentum", lr=0.05, momentum=0.9, nesterov=True),
+    _case(
+        "rmsprop",
+        "rmsprop_cyclic_momentum",
+        schedule={
+            "name": "cyclic_lr",
+            "kwargs": {"base_lr": 0.001, "max_lr": 0.01, "step_size_up": 15, "mode": "triangular2"},
+        },
+        momentum_schedule={
+            "name": "cyclic_momentum",
+            "kwargs": {"step_size_up": 15, "mode": "triangular2"},
+        },
+        lr=0.001,
+        momentum=0.9,
+        centered=True,
+    ),
     _case("asgd", "asgd_wd", lr=0.05, lambd=0.01, alpha=0.5, t0=20.0, weight_decay=0.01),
 ]
 
@@ -155,6 +203,7 @@ LOAD_CASES = [
         ),
         save_at=50,
     ),
+    dict(_one_cycle_case("adamw", "adamw_one_cycle_momentum_load", lr=0.05), save_at=50),
 ]
 
 

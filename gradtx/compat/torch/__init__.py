@@ -29,10 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import check
+from gradtx import check, numerics
 from gradtx.compat.torch import lr_scheduler
 from gradtx.compat.torch.state_dict import load_state_dict
 from gradtx.core import GradientTransformation, ScalarOrSchedule, named_chain
+from gradtx.schedules.injection import InjectState
 from gradtx.transforms.adaptive import (
     amsgrad_max,
     scale_by_adadelta,
@@ -85,12 +86,65 @@ def _check_lr(lr: ScalarOrSchedule) -> None:
         check.non_negative("lr", lr)
 
 
-def _check_betas(betas: tuple[float, float]) -> tuple[float, float]:
-    if len(betas) != 2:
+def _is_schedule(value: Any) -> bool:
+    return callable(value) and not isinstance(value, type)
+
+
+def _plain(value: Any) -> Any:
+    """A 0-d PyTorch tensor (PyTorch takes betas as tensors) as a Python float; anything
+    else unchanged."""
+    if hasattr(value, "detach") and hasattr(value, "item"):
+        return float(value.item())
+    return value
+
+
+def _check_betas(betas: Any) -> tuple[Any, Any]:
+    if _is_schedule(betas) or len(betas) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    check.unit_interval("betas[0]", betas[0])
-    check.unit_interval("betas[1]", betas[1])
-    return betas[0], betas[1]
+    b1, b2 = (_plain(b) for b in betas)
+    check.unit_interval("betas[0]", b1, schedule=True)
+    check.unit_interval("betas[1]", b2, schedule=True)
+    return b1, b2
+
+
+_BETAS = {"b1": "betas[0]", "b2": "betas[1]"}
+
+
+def _with_schedules(
+    factory: Any, labels: dict[str, str], **arguments: Any
+) -> GradientTransformation:
+    """``factory(**arguments)``, where the arguments named in ``labels`` may be schedules
+    (PyTorch's ``cycle_momentum`` sets ``momentum`` or ``betas[0]`` before each step).
+
+    Each schedule is evaluated at every update in its own dtype (float64 with
+    ``jax_enable_x64``, as PyTorch's doubles; ``schedule_injection`` would round it to
+    float32), and ``factory`` is built with the values. The state is an ``InjectState``
+    around ``factory``'s (``get_hyperparams`` reads the values; ``load_state_dict`` sets
+    its step). Values of a schedule at step 0 are checked under the PyTorch names in
+    ``labels``. Without a schedule this is ``factory(**arguments)``.
+    """
+    schedules = {name: arguments[name] for name in labels if _is_schedule(arguments[name])}
+    if not schedules:
+        return factory(**arguments)
+    fixed = {name: value for name, value in arguments.items() if name not in schedules}
+
+    def values_at(count):
+        return {name: jnp.asarray(schedule(count)) for name, schedule in schedules.items()}
+
+    def init(params):
+        count = jnp.zeros([], jnp.int32)
+        values = values_at(count)
+        for name, value in values.items():
+            check.unit_interval(labels[name], value)
+        return InjectState(count, values, factory(**fixed, **values).init(params))
+
+    def update(updates, state, params=None, **extra):
+        values = values_at(state.count)
+        inner = factory(**fixed, **values)
+        updates, inner_state = inner.update(updates, state.inner_state, params, **extra)
+        return updates, InjectState(numerics.safe_increment(state.count), values, inner_state)
+
+    return GradientTransformation(init, update)
 
 
 def _real_pairs(x: Any) -> Any:
@@ -157,7 +211,7 @@ def _chain(
 
 def sgd(
     lr: ScalarOrSchedule = 1e-3,
-    momentum: float = 0.0,
+    momentum: ScalarOrSchedule = 0.0,
     dampening: float = 0.0,
     weight_decay: float = 0.0,
     nesterov: bool = False,
@@ -179,7 +233,8 @@ def sgd(
 
     Args:
         lr: learning rate, >= 0, or a schedule.
-        momentum: momentum factor, in [0, 1).
+        momentum: momentum factor, in [0, 1), or a schedule of it (PyTorch's
+            ``cycle_momentum``: ``lr_scheduler.one_cycle_momentum``/``cyclic_momentum``).
         dampening: dampening of the gradient entering the buffer, in [0, 1].
         weight_decay: L2 penalty, >= 0.
         nesterov: Nesterov momentum (needs momentum > 0 and dampening = 0).
@@ -199,14 +254,18 @@ def sgd(
     and momentum in deep learning"; PyTorch's ``torch.optim.SGD``.
     """
     _check_lr(lr)
-    check.unit_interval("momentum", momentum)
+    momentum = _plain(momentum)
+    check.unit_interval("momentum", momentum, schedule=True)
     check.in_range("dampening", dampening, 0.0, 1.0)
     if nesterov and (_is_zero(momentum) or _concrete_nonzero(dampening)):
         raise ValueError("nesterov=True requires momentum > 0 and dampening = 0 (as in PyTorch)")
     core = []
     if not _is_zero(momentum):
         damp = None if _is_zero(dampening) else dampening
-        core.append(("momentum", trace(momentum, nesterov, dampening=damp)))
+        momentum_tx = _with_schedules(
+            trace, {"decay": "momentum"}, decay=momentum, nesterov=nesterov, dampening=damp
+        )
+        core.append(("momentum", momentum_tx))
     return _chain(core, lr, weight_decay, maximize=maximize)
 
 
@@ -235,7 +294,8 @@ def adam(
 
     Args:
         lr: learning rate, >= 0, or a schedule.
-        betas: ``(b1, b2)``, each in [0, 1).
+        betas: ``(b1, b2)``, each in [0, 1) or a schedule (PyTorch's ``cycle_momentum``
+            sets ``betas[0]``: ``lr_scheduler.one_cycle_momentum``/``cyclic_momentum``).
         eps: added outside the square root, >= 0.
         weight_decay: L2 penalty (decoupled with ``decoupled_weight_decay``), >= 0.
         amsgrad: PyTorch's AMSGrad.
@@ -257,9 +317,12 @@ def adam(
     _check_lr(lr)
     b1, b2 = _check_betas(betas)
     if amsgrad:
-        core = [("adam", amsgrad_max(b1, b2, eps, correct_after_max=True))]
+        adam_tx = _with_schedules(
+            amsgrad_max, _BETAS, b1=b1, b2=b2, eps=eps, correct_after_max=True
+        )
     else:
-        core = [("adam", scale_by_adam(b1, b2, eps))]
+        adam_tx = _with_schedules(scale_by_adam, _BETAS, b1=b1, b2=b2, eps=eps)
+    core = [("adam", adam_tx)]
     return _chain(core, lr, weight_decay, maximize=maximize, decoupled=decoupled_weight_decay)
 
 
@@ -359,7 +422,7 @@ def rmsprop(
     alpha: float = 0.99,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
-    momentum: float = 0.0,
+    momentum: ScalarOrSchedule = 0.0,
     centered: bool = False,
     *,
     maximize: bool = False,
@@ -381,7 +444,8 @@ def rmsprop(
         alpha: decay of the averages, in [0, 1).
         eps: added outside the square root, >= 0.
         weight_decay: L2 penalty, >= 0.
-        momentum: momentum factor, in [0, 1).
+        momentum: momentum factor, in [0, 1), or a schedule of it (PyTorch's
+            ``cycle_momentum``: ``lr_scheduler.one_cycle_momentum``/``cyclic_momentum``).
         centered: divide by the estimated standard deviation of g.
         maximize: ascend instead of descending.
 
@@ -398,10 +462,12 @@ def rmsprop(
     Sequences With Recurrent Neural Networks"; PyTorch's ``torch.optim.RMSprop``.
     """
     _check_lr(lr)
-    check.unit_interval("momentum", momentum)
+    check.unit_interval("alpha", alpha)
+    momentum = _plain(momentum)
+    check.unit_interval("momentum", momentum, schedule=True)
     core = [("rmsprop", scale_by_rms(alpha, eps, 0.0, eps_in_sqrt=False, centered=centered))]
     if not _is_zero(momentum):
-        core.append(("momentum", trace(momentum)))
+        core.append(("momentum", _with_schedules(trace, {"decay": "momentum"}, decay=momentum)))
     return _chain(core, lr, weight_decay, maximize=maximize)
 
 
@@ -468,7 +534,8 @@ def adamax(
 
     Args:
         lr: learning rate, >= 0, or a schedule.
-        betas: ``(b1, b2)``, each in [0, 1).
+        betas: ``(b1, b2)``, each in [0, 1) or a schedule (PyTorch's ``cycle_momentum``
+            sets ``betas[0]``: ``lr_scheduler.one_cycle_momentum``/``cyclic_momentum``).
         eps: added to ``|g|`` inside the maximum, >= 0.
         weight_decay: L2 penalty, >= 0.
         maximize: ascend instead of descending.
@@ -487,7 +554,8 @@ def adamax(
     """
     _check_lr(lr)
     b1, b2 = _check_betas(betas)
-    return _chain([("adamax", scale_by_adamax(b1, b2, eps))], lr, weight_decay, maximize=maximize)
+    core = [("adamax", _with_schedules(scale_by_adamax, _BETAS, b1=b1, b2=b2, eps=eps))]
+    return _chain(core, lr, weight_decay, maximize=maximize)
 
 
 def nadam(
@@ -514,7 +582,8 @@ def nadam(
 
     Args:
         lr: learning rate, >= 0, or a schedule.
-        betas: ``(b1, b2)``, each in [0, 1).
+        betas: ``(b1, b2)``, each in [0, 1) or a schedule (PyTorch's ``cycle_momentum``
+            sets ``betas[0]``: ``lr_scheduler.one_cycle_momentum``/``cyclic_momentum``).
         eps: added outside the square root, >= 0.
         weight_decay: L2 penalty (decoupled with ``decoupled_weight_decay``), >= 0.
         momentum_decay: ``psi``, >= 0.
@@ -535,7 +604,10 @@ def nadam(
     """
     _check_lr(lr)
     b1, b2 = _check_betas(betas)
-    core = [("nadam", scale_by_nadam_schedule(b1, b2, eps, momentum_decay))]
+    nadam_tx = _with_schedules(
+        scale_by_nadam_schedule, _BETAS, b1=b1, b2=b2, eps=eps, momentum_decay=momentum_decay
+    )
+    core = [("nadam", nadam_tx)]
     return _chain(core, lr, weight_decay, maximize=maximize, decoupled=decoupled_weight_decay)
 
 
@@ -562,7 +634,8 @@ def radam(
 
     Args:
         lr: learning rate, >= 0, or a schedule.
-        betas: ``(b1, b2)``, each in [0, 1).
+        betas: ``(b1, b2)``, each in [0, 1) or a schedule (PyTorch's ``cycle_momentum``
+            sets ``betas[0]``: ``lr_scheduler.one_cycle_momentum``/``cyclic_momentum``).
         eps: added to the raw square root, >= 0.
         weight_decay: L2 penalty (decoupled with ``decoupled_weight_decay``), >= 0.
         decoupled_weight_decay: decoupled decay (``p *= 1 - lr * wd``).
@@ -582,12 +655,16 @@ def radam(
     """
     _check_lr(lr)
     b1, b2 = _check_betas(betas)
-    core = [
-        (
-            "radam",
-            scale_by_radam(b1, b2, eps, strict_threshold=True, eps_before_bias_correction=True),
-        )
-    ]
+    radam_tx = _with_schedules(
+        scale_by_radam,
+        _BETAS,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        strict_threshold=True,
+        eps_before_bias_correction=True,
+    )
+    core = [("radam", radam_tx)]
     return _chain(core, lr, weight_decay, maximize=maximize, decoupled=decoupled_weight_decay)
 
 
@@ -629,8 +706,17 @@ def rprop(
     Backpropagation Learning: The RPROP Algorithm"; PyTorch's ``torch.optim.Rprop``.
     """
     initial = float(lr(0)) if callable(lr) else lr
+    check.positive("lr", initial)
+    for name, pair in (("etas", etas), ("step_sizes", step_sizes)):
+        if _is_schedule(pair) or len(pair) != 2:
+            raise ValueError(f"{name} must be a pair, got {pair!r}")
     eta_minus, eta_plus = etas
     min_step, max_step = step_sizes
+    check.in_range("etas[0]", eta_minus, 0.0, 1.0, low_inclusive=False)
+    check.in_range("etas[1]", eta_plus, 1.0, None)
+    check.non_negative("step_sizes[0]", min_step)
+    check.non_negative("step_sizes[1]", max_step)
+    check.at_least("step_sizes[1]", max_step, "step_sizes[0]", min_step)
     blocks = [("maximize", scale(-1.0))] if maximize else []
     blocks += [
         (
