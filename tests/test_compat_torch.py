@@ -53,7 +53,10 @@ def build_optimizer(case, *, injected=False):
         else:
             kwargs["betas"] = (momentum, kwargs.get("betas", (0.9, 0.999))[1])
     factory = getattr(tc, case["optimizer"])
-    return gtx.schedule_injection(factory)(**kwargs) if injected else factory(**kwargs)
+    tx = gtx.schedule_injection(factory)(**kwargs) if injected else factory(**kwargs)
+    if case.get("clip_grad_norm"):  # clip_grad_norm_ before optimizer.step()
+        tx = gtx.chain(tc.clip_grad_norm(**case["clip_grad_norm"]), tx)
+    return tx
 
 
 def run(tx, dtype, *, sign=1.0, params=None, state=None, first_step=0):
@@ -409,6 +412,18 @@ def test_betas_given_as_zero_dim_tensors_are_read_as_numbers():
     updates, _ = tx.update(jnp.ones(2), tx.init(params), params)
     reference, _ = expected.update(jnp.ones(2), expected.init(params), params)
     np.testing.assert_array_equal(updates, reference)
+
+
+def test_clip_grad_norm_refuses_what_a_jitted_step_cannot_do_and_keeps_none_leaves():
+    with pytest.raises(ValueError, match="error_if_nonfinite=True.*apply_if_finite"):
+        tc.clip_grad_norm(1.0, error_if_nonfinite=True)
+    with pytest.raises(ValueError, match="^max_norm must"):
+        tc.clip_grad_norm(-1.0)
+    tx = tc.clip_grad_norm(1.0)
+    updates = {"a": jnp.array([3.0, 4.0]), "frozen": None}
+    clipped, _ = jax.jit(tx.update)(updates, tx.init(updates))
+    assert clipped["frozen"] is None
+    np.testing.assert_allclose(clipped["a"], [3.0 / (5 + 1e-6), 4.0 / (5 + 1e-6)], rtol=1e-7)
 
 
 def test_sgd_rejects_nesterov_without_momentum():

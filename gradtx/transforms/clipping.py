@@ -50,8 +50,9 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
         u <- u                       if n < max_norm
         u <- u * max_norm / n        otherwise
 
-    Same as ``optax.clip_by_global_norm`` and ``torch.nn.utils.clip_grad_norm_``
-    (PyTorch scales by ``max_norm / (n + 1e-6)`` and only when ``n > max_norm``).
+    Same as ``optax.clip_by_global_norm``. PyTorch's ``clip_grad_norm_`` scales by
+    ``min(1, max_norm / (n + 1e-6))``, ``1e-6 / n`` relative apart whenever it clips:
+    ``gradtx.compat.torch.clip_grad_norm`` reproduces it.
     The norm couples the leaves: a NaN in any of them makes every update NaN, and an
     inf makes every other update 0 (as in Optax); ``apply_if_finite`` skips such steps.
 

@@ -56,14 +56,19 @@ def _case(
     name: str,
     schedule: dict | None = None,
     momentum_schedule: dict | None = None,
+    clip_grad_norm: dict | None = None,
     **kwargs,
 ) -> dict:
     """A recorded run. ``momentum_schedule`` (a ``lr_scheduler`` momentum schedule of
     gradtx) records the scheduler of ``schedule`` with ``cycle_momentum=True`` and the
-    schedule's base/max momentum; gradtx passes it as ``betas[0]`` or ``momentum``."""
+    schedule's base/max momentum; gradtx passes it as ``betas[0]`` or ``momentum``.
+    ``clip_grad_norm`` (its keyword arguments) calls ``torch.nn.utils.clip_grad_norm_``
+    before every ``optimizer.step()``."""
     case = {"name": name, "optimizer": optimizer, "kwargs": kwargs, "schedule": schedule}
     if momentum_schedule is not None:
         case["momentum_schedule"] = momentum_schedule
+    if clip_grad_norm is not None:
+        case["clip_grad_norm"] = clip_grad_norm
     return case
 
 
@@ -166,6 +171,20 @@ OPTIMIZER_CASES = [
     _one_cycle_case("radam", "radam_one_cycle_momentum", lr=0.02, three_phase=True),
     _one_cycle_case("adamax", "adamax_one_cycle_momentum", lr=0.02),
     _one_cycle_case("sgd", "sgd_one_cycle_momentum", lr=0.05, momentum=0.9, nesterov=True),
+    # clip_grad_norm_ before each step (PyTorch's eps: max_norm / (norm + 1e-6))
+    dict(
+        _one_cycle_case("adamw", "adamw_one_cycle_momentum_clip", lr=0.05),
+        clip_grad_norm={"max_norm": 0.5},
+    ),
+    _case(
+        "sgd",
+        "sgd_nesterov_clip_inf_norm",
+        clip_grad_norm={"max_norm": 0.3, "norm_type": float("inf")},
+        lr=0.05,
+        momentum=0.9,
+        nesterov=True,
+    ),
+    _case("adam", "adam_clip_l1_norm", clip_grad_norm={"max_norm": 1.0, "norm_type": 1.0}, lr=0.01),
     _case(
         "rmsprop",
         "rmsprop_cyclic_momentum",

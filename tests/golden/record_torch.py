@@ -129,6 +129,8 @@ def run_optimizer(case: dict, dtype: str, *, steps: int = STEPS, save_at: int | 
         with torch.no_grad():
             for i, p in enumerate(params):
                 p.grad = sign * (h[i] * (p - c[i])) + noise[t][i]
+        if case.get("clip_grad_norm"):
+            torch.nn.utils.clip_grad_norm_(params, **case["clip_grad_norm"])
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
