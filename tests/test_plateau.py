@@ -65,8 +65,50 @@ def test_reduce_on_plateau_counts_bad_steps_beyond_patience_then_cools_down():
 
 def test_reduce_on_plateau_without_value_raises_a_clear_error():
     tx = gtx.reduce_on_plateau()
-    with pytest.raises(ValueError, match="value=metric"):
+    with pytest.raises(ValueError, match="value=metric.*require_value=False"):
         tx.update(jnp.ones(2), tx.init(jnp.zeros(2)))
+
+
+def test_a_metric_once_per_epoch_holds_the_state_on_the_updates_without_one():
+    """require_value=False: value= only on the update that ends an epoch (PyTorch's
+    scheduler.step(val_loss) after each epoch); the same scales as a transform fed the
+    epoch metrics alone, and the updates in between carry the scale in force."""
+    epoch_metrics = [1.0, 0.9, 0.95, 0.97, 0.99, 0.5, 0.6, 0.7]
+    per_epoch = gtx.reduce_on_plateau(factor=0.5, patience=1, require_value=False)
+    reference, _ = _scales(gtx.reduce_on_plateau(factor=0.5, patience=1), epoch_metrics)
+    state = per_epoch.init(jnp.zeros(1))
+    update = jax.jit(per_epoch.update)
+    scales, updates = [], []
+    for metric in epoch_metrics:
+        for _ in range(3):  # updates inside the epoch: no metric
+            u, state = update(jnp.ones(1), state)
+            updates.append(float(u[0]))
+        u, state = update(jnp.ones(1), state, value=metric)
+        updates.append(float(u[0]))
+        scales.append(float(state.scale))
+    np.testing.assert_array_equal(scales, reference)
+    assert reference.min() < 1  # the metrics do reduce
+    # each epoch's updates use the scale set at the end of the epoch before
+    expected = np.repeat(np.concatenate([[1.0], reference[:-1]]), 4)
+    expected[3::4] = reference  # the epoch's last update already has its metric's scale
+    np.testing.assert_array_equal(updates, expected)
+    assert int(state.count) == len(epoch_metrics)
+
+
+def test_reduce_on_plateau_keeps_doubles_under_x64_as_pytorch_does(x64):
+    """A metric that improves by 1e-10 per step improves in double (PyTorch's floats):
+    the scale stays 1; reductions by 0.1 give the double products."""
+    tx = gtx.reduce_on_plateau(threshold=0.0, patience=0)
+    state = tx.init(jnp.zeros(1))
+    for k in range(10):
+        _, state = jax.jit(tx.update)(jnp.ones(1), state, value=jnp.asarray(1.0 - 1e-10 * k))
+        assert float(state.scale) == 1.0
+    tx = gtx.reduce_on_plateau(patience=0)
+    state = tx.init(jnp.zeros(1))
+    for metric in [1.0, 2.0, 2.0, 2.0]:
+        _, state = tx.update(jnp.ones(1), state, value=jnp.asarray(metric))
+    assert state.scale.dtype == jnp.float64
+    assert float(state.scale) == 0.1 * 0.1 * 0.1
 
 
 def test_reduce_on_plateau_rejects_a_non_scalar_metric():

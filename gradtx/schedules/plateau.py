@@ -12,8 +12,8 @@ from gradtx.core import GradientTransformation
 
 
 class ReduceOnPlateauState(NamedTuple):
-    scale: jax.Array  # float32: the factor applied to the updates
-    best_value: jax.Array  # float32: the best metric so far (+inf / -inf before any)
+    scale: jax.Array  # default float dtype (float64 under x64): the factor on the updates
+    best_value: jax.Array  # as scale: the best metric so far (+inf / -inf before any)
     num_bad_steps: jax.Array  # int32: metrics in a row that were not better than best_value
     cooldown_counter: jax.Array  # int32: metrics left to ignore after a reduction
     count: jax.Array  # int32, saturating: metrics seen
@@ -28,6 +28,8 @@ def reduce_on_plateau(
     min_scale: float = 0.0,
     mode: str = "min",
     eps: float = 1e-8,
+    *,
+    require_value: bool = True,
 ) -> GradientTransformation:
     """Multiplies updates by a scale that drops by ``factor`` when a metric plateaus.
 
@@ -62,6 +64,16 @@ def reduce_on_plateau(
     Put it in a ``gradtx.chain`` (Optax transforms may sit in it too): ``optax.chain``
     forwards ``value=`` only to Optax's own ``GradientTransformationExtraArgs``.
 
+    A metric measured once per epoch (PyTorch's ``scheduler.step(val_loss)`` after each
+    epoch): build it with ``require_value=False`` and pass ``value=`` only on the
+    update that ends the epoch; the updates without it keep the state and apply the
+    scale in force. (Under ``jax.jit`` the two kinds of call compile separately, since
+    ``None`` is static.) By default a missing ``value`` is a ValueError, so that a
+    forgotten metric is not silently a scale of 1 forever.
+
+    The scale and the best metric are kept in the default float dtype (float64 under
+    ``jax_enable_x64``, as PyTorch's Python doubles; else float32).
+
     Keras' ``ReduceLROnPlateau`` differs: it reduces when ``wait >= patience`` (one
     metric earlier than here) and its ``min_delta`` is absolute.
 
@@ -75,6 +87,8 @@ def reduce_on_plateau(
         mode: ``'min'`` (a loss) or ``'max'`` (an accuracy).
         eps: a reduction smaller than this is skipped (PyTorch's ``eps``, applied to
             the scale), >= 0.
+        require_value: False lets an update come without ``value`` (or with
+            ``value=None``): it keeps the state (a metric once per epoch).
 
     State: ``ReduceOnPlateauState(scale, best_value, num_bad_steps, cooldown_counter,
     count)``; ``state.scale`` is the factor now in force.
@@ -112,9 +126,10 @@ def reduce_on_plateau(
 
     def init(params):
         del params
+        float_dtype = jnp.result_type(float)
         return ReduceOnPlateauState(
-            scale=jnp.ones([], jnp.float32),
-            best_value=jnp.full([], worst, jnp.float32),
+            scale=jnp.ones([], float_dtype),
+            best_value=jnp.full([], worst, float_dtype),
             num_bad_steps=jnp.zeros([], jnp.int32),
             cooldown_counter=jnp.zeros([], jnp.int32),
             count=jnp.zeros([], jnp.int32),
@@ -122,15 +137,18 @@ def reduce_on_plateau(
 
     def update(updates, state, params=None, *, value: Any = None, **extra):
         del params, extra
-        if value is None:
+        if value is None and require_value:
             raise ValueError(
                 "reduce_on_plateau needs the metric to watch: call "
-                "update(updates, state, params, value=metric)"
+                "update(updates, state, params, value=metric), or build it with "
+                "require_value=False to pass a metric only on some updates (each epoch)"
             )
+        if value is None:  # no new metric: the state stays, its scale applies
+            return _scaled(updates, state.scale), state
         value = jnp.asarray(value)
         if value.ndim != 0:
             raise ValueError(f"value must be a scalar metric, got shape {value.shape}")
-        value = value.astype(jnp.float32)
+        value = value.astype(state.best_value.dtype)
         better = is_better(value, state.best_value)
         best_value = jnp.where(better, value, state.best_value)
         num_bad_steps = jnp.where(better, 0, numerics.safe_increment(state.num_bad_steps))
@@ -142,20 +160,25 @@ def reduce_on_plateau(
         scale = jnp.where(reduce & (state.scale - reduced > eps), reduced, state.scale)
         cooldown_counter = jnp.where(reduce, cooldown, cooldown_counter).astype(jnp.int32)
         num_bad_steps = jnp.where(reduce, 0, num_bad_steps).astype(jnp.int32)
-        scale = scale.astype(jnp.float32)
-
-        def leaf(u):
-            scaled = u.astype(numerics.compute_dtype(u.dtype)) * scale
-            return scaled.astype(u.dtype)
-
-        (updates,) = tree.map_unzip(leaf, updates, outputs=1)
+        scale = scale.astype(state.scale.dtype)
         new_state = ReduceOnPlateauState(
             scale=scale,
-            best_value=best_value.astype(jnp.float32),
+            best_value=best_value.astype(state.best_value.dtype),
             num_bad_steps=num_bad_steps,
             cooldown_counter=cooldown_counter,
             count=numerics.safe_increment(state.count),
         )
-        return updates, new_state
+        return _scaled(updates, scale), new_state
 
     return GradientTransformation(init, update)
+
+
+def _scaled(updates: Any, scale: jax.Array) -> Any:
+    """``scale * updates``, in the compute dtype, rounded once to each leaf's dtype."""
+
+    def leaf(u):
+        dtype = numerics.compute_dtype(u.dtype)
+        return (u.astype(dtype) * scale.astype(numerics.real_dtype(dtype))).astype(u.dtype)
+
+    (scaled,) = tree.map_unzip(leaf, updates, outputs=1)
+    return scaled

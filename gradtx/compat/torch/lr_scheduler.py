@@ -564,6 +564,8 @@ def reduce_lr_on_plateau(
     cooldown: int = 0,
     min_lr: float = 0.0,
     eps: float = 1e-8,
+    *,
+    require_value: bool = True,
 ) -> GradientTransformation:
     """``ReduceLROnPlateau`` with PyTorch's arguments, as a transform to chain after ``lr``.
 
@@ -572,12 +574,16 @@ def reduce_lr_on_plateau(
     ``gradtx.schedules.reduce_on_plateau`` with ``min_scale = min_lr / lr`` and ``eps /
     lr`` (PyTorch compares learning rates, the transform compares scales). The scale
     used by an update already reflects the metric passed with it: pass the metric
-    PyTorch's ``scheduler.step(metric)`` received before that optimizer step.
+    PyTorch's ``scheduler.step(metric)`` received before that optimizer step. For
+    PyTorch's usual loop, ``scheduler.step(val_loss)`` once per epoch, build it with
+    ``require_value=False`` and pass ``value=val_loss`` on the epoch's last update only
+    (the updates without a value keep the state).
 
     Args:
         lr: the optimizer's learning rate, > 0.
         mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps:
             PyTorch's arguments and defaults.
+        require_value: False lets updates come without ``value`` (they keep the state).
 
     Example:
         >>> import jax.numpy as jnp
@@ -603,4 +609,5 @@ def reduce_lr_on_plateau(
         min_scale=min_lr / lr,
         mode=mode,
         eps=eps / lr,
+        require_value=require_value,
     )
