@@ -209,6 +209,62 @@ def test_load_state_dict_rejects_parameters_with_different_steps():
 
 
 @pytest.mark.parametrize(
+    "tx",
+    [tc.adam(0.1, amsgrad=True), tc.nadam(), tc.rprop(0.3), tc.asgd(), tc.rmsprop(centered=True)],
+    ids=["adam_amsgrad", "nadam", "rprop", "asgd", "rmsprop_centered"],
+)
+def test_load_state_dict_of_an_optimizer_not_stepped_yet_is_the_init_state(tx):
+    """PyTorch creates its buffers at the first step: a state_dict saved before it has
+    an empty state per parameter, which is tx's init state (Rprop's step sizes at lr)."""
+    torch_state = {"state": {}, "param_groups": [{"params": [0, 1]}]}
+    params = [jnp.ones(2), jnp.full((1,), 3.0)]
+    loaded = tc.load_state_dict(tx, torch_state, params)
+    expected = tx.init(params)
+    assert jax.tree.structure(loaded) == jax.tree.structure(expected)
+    for got, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def _named_adam_state(names):
+    """An Adam state_dict of parameters registered in the order of ``names`` (as
+    ``Adam(model.named_parameters())`` records them); parameter i's buffers hold i."""
+    state = {
+        i: {"step": 3.0, "exp_avg": np.full(2, float(i)), "exp_avg_sq": np.full(2, i + 0.5)}
+        for i in range(len(names))
+    }
+    return {
+        "state": state,
+        "param_groups": [{"params": list(range(len(names))), "param_names": names}],
+    }
+
+
+def test_load_state_dict_matches_pytorchs_param_names_to_the_params_key_paths():
+    """PyTorch registers q, k, v, o in that order; jax.tree.leaves sorts the dict keys
+    (k, o, q, v): by position each moment would land on another parameter of the same
+    shape, silently. The names match the key paths, so they are matched by name."""
+    names = ["attn.q", "attn.k", "attn.v", "attn.o"]
+    params = {"attn": {name: jnp.zeros(2) for name in "qkvo"}}
+    state = tc.load_state_dict(tc.adam(), _named_adam_state(names), params)
+    for i, name in enumerate(names):
+        key = name.split(".")[1]
+        np.testing.assert_array_equal(state["adam"].mu["attn"][key], [i, i])
+        np.testing.assert_array_equal(state["adam"].nu["attn"][key], [i + 0.5, i + 0.5])
+    # names that are not the key paths (another framework's): matched by position
+    listed = [jnp.zeros(2) for _ in names]
+    state = tc.load_state_dict(tc.adam(), _named_adam_state(["fc.w", "fc.b", "x", "y"]), listed)
+    np.testing.assert_array_equal([float(m[0]) for m in state["adam"].mu], [0, 1, 2, 3])
+
+
+def test_load_state_dict_names_a_parameter_pytorch_has_not_stepped_yet():
+    torch_state = {
+        "state": {0: {"step": 4.0, "exp_avg": np.zeros(2), "exp_avg_sq": np.zeros(2)}},
+        "param_groups": [{"params": [0, 1]}],
+    }
+    with pytest.raises(ValueError, match="not stepped parameter 1 .*stepped parameter 0"):
+        tc.load_state_dict(tc.adam(), torch_state, [jnp.zeros(2), jnp.zeros(1)])
+
+
+@pytest.mark.parametrize(
     "tx, buffers, extra",
     [
         (tc.adam(), ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), "max_exp_avg_sq"),

@@ -1,6 +1,7 @@
 """``load_state_dict``: a PyTorch optimizer's ``state_dict()`` as the gradtx state of a chain.
 
-Parameters are matched by order; each PyTorch buffer fills the field of the gradtx state
+Parameters are matched by name (PyTorch's ``param_names``, when they are the key paths of
+the params) or else by order; each PyTorch buffer fills the field of the gradtx state
 that holds the same quantity, and every step counter takes PyTorch's ``step``. A buffer
 that the chain has no field for is an error, not dropped: it means the PyTorch optimizer
 had an option (``amsgrad``, ``centered``, ``momentum``) that ``tx`` lacks.
@@ -71,17 +72,49 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _per_parameter_states(torch_state_dict: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """PyTorch's per-parameter states, in the order of the parameters."""
+def _per_parameter_states(
+    torch_state_dict: Mapping[str, Any],
+) -> tuple[list[Mapping[str, Any]], list[str] | None]:
+    """PyTorch's per-parameter states in the order of its parameters, and their names
+    (``param_names``, recorded when the optimizer was built from ``named_parameters()``)
+    or None."""
     if "state" not in torch_state_dict:
         raise ValueError("torch_state_dict must be an optimizer state_dict() with a 'state' entry")
     states = {int(k): v for k, v in torch_state_dict["state"].items()}
     groups = torch_state_dict.get("param_groups")
     if groups:
         order = [int(i) for group in groups for i in group["params"]]
+        names = [name for group in groups for name in group.get("param_names", [])]
     else:
-        order = sorted(states)
-    return [states.get(i, {}) for i in order]
+        order, names = sorted(states), []
+    return [states.get(i, {}) for i in order], names if len(names) == len(order) else None
+
+
+def _leaf_name(path: tuple) -> str:
+    """A leaf's key path as PyTorch names parameters: keys joined by dots."""
+    parts = []
+    for key in path:
+        for attribute in ("key", "name", "idx"):
+            if hasattr(key, attribute):
+                parts.append(str(getattr(key, attribute)))
+                break
+        else:
+            parts.append(str(key))
+    return ".".join(parts)
+
+
+def _in_leaf_order(
+    per_param: list[Mapping[str, Any]], names: list[str] | None, params: Params
+) -> list[Mapping[str, Any]]:
+    """The per-parameter states in ``params``' leaf order: by name where PyTorch recorded
+    names and they are exactly the leaves' key paths, else by position."""
+    if names is None or len(set(names)) != len(names):
+        return per_param
+    leaf_names = [_leaf_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    if sorted(leaf_names) != sorted(names):
+        return per_param
+    by_name = dict(zip(names, per_param, strict=True))
+    return [by_name[name] for name in leaf_names]
 
 
 def load_state_dict(
@@ -95,8 +128,13 @@ def load_state_dict(
 
     ``tx`` is the ``gradtx.compat.torch`` optimizer matching the PyTorch one (same
     hyperparameters), ``params`` the parameters the run continues from. Parameters are
-    matched by order: the i-th leaf of ``params`` (``jax.tree.leaves`` order) is the i-th
-    parameter of the PyTorch optimizer (its param groups concatenated). Every moment
+    matched by name when the optimizer was built from ``model.named_parameters()``
+    (PyTorch then records ``param_names``) and those names are exactly the key paths of
+    ``params`` joined by dots (``{"fc1": {"weight": w}}`` is ``fc1.weight``); otherwise
+    by order: the i-th leaf of ``params`` (``jax.tree.leaves`` order, which sorts dict
+    keys) is the i-th parameter of the PyTorch optimizer (its param groups
+    concatenated), so build ``params`` in the optimizer's order (a list, say) when the
+    names differ. Every moment
     buffer is copied (cast to the dtype gradtx keeps it in), and every step counter of
     the chain that schedules read (``schedule_injection``, schedules of the learning
     rate, weight decay, proximal L1 or noise) is set to PyTorch's ``step``; counters of
@@ -120,7 +158,9 @@ def load_state_dict(
             PyTorch state lacks a buffer that ``tx`` needs or holds one that ``tx`` has
             no place for, or the parameters' steps differ (PyTorch counts steps per
             parameter, a parameter without a gradient is not stepped; gradtx keeps one
-            count per transform).
+            count per transform). A state saved before the first step (every
+            parameter's state empty) gives ``tx``'s init state, with counters at
+            ``step`` (default 0).
 
     Example:
         >>> import numpy as np
@@ -134,11 +174,24 @@ def load_state_dict(
         (3, [1.0, 1.0])
     """
     leaves, treedef = jax.tree.flatten(params)
-    per_param = _per_parameter_states(torch_state_dict)
+    per_param, names = _per_parameter_states(torch_state_dict)
+    per_param = _in_leaf_order(per_param, names, params)
     if len(per_param) != len(leaves):
         raise ValueError(
             f"the PyTorch state has {len(per_param)} parameters but params has "
             f"{len(leaves)} leaves (parameters are matched by order)"
+        )
+    # A parameter PyTorch has not stepped yet has an empty state: every one of them in a
+    # checkpoint taken before the first step (tx's init state then), only some when a
+    # parameter got no gradient (PyTorch steps it later, from its own step 0).
+    fresh = not any(per_param)
+    unstepped = [i for i, s in enumerate(per_param) if not s]
+    if unstepped and not fresh:
+        stepped = next(i for i, s in enumerate(per_param) if s)
+        raise ValueError(
+            f"PyTorch has not stepped parameter {unstepped[0]} (its state is empty: no "
+            f"gradient yet) but has stepped parameter {stepped}; gradtx keeps one step "
+            f"count per transform, so such a state cannot continue on PyTorch's trajectory"
         )
     steps = [(i, float(_to_numpy(s["step"]))) for i, s in enumerate(per_param) if "step" in s]
     for index, value in steps:
@@ -170,6 +223,9 @@ def load_state_dict(
         for index, leaf in enumerate(like_leaves):
             if leaf is None:  # a parameter another transform of a partition updates
                 converted.append(None)
+                continue
+            if fresh:  # PyTorch creates its buffers at the first step, as tx.init does
+                converted.append(leaf)
                 continue
             if key == "momentum_buffer" and not has_buffer:
                 array = np.zeros(leaf.shape)  # PyTorch creates the buffer on the first step
@@ -204,7 +260,7 @@ def load_state_dict(
             new["count"] = count_like(node.count, max(step, int(has_buffer)))
         elif "count" in node._fields:
             new["count"] = count_like(node.count, step)
-        if isinstance(node, ScaleByNadamScheduleState):
+        if isinstance(node, ScaleByNadamScheduleState) and not fresh:
             leaves = treedef.flatten_up_to(node.mu)
             index = next(i for i, leaf in enumerate(leaves) if leaf is not None)
             product = _to_numpy(buffer(index, "mu_product"))
