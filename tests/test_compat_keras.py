@@ -131,6 +131,24 @@ def test_keras_weight_decay_is_decoupled_and_scaled_by_the_learning_rate():
     assert float(updates[0]) == pytest.approx(-0.1 * 0.5 * 2.0)
 
 
+@pytest.mark.parametrize(
+    ("first", "t_mul", "restart"),
+    [(20, 2.0, 140), (7, 3.0, 847), (10, 2.0, 10 * (2**9 - 1))],
+)
+def test_cosine_decay_restarts_restarts_where_keras_does_in_float64_under_jit(
+    first, t_mul, restart, x64
+):
+    """Keras' floor is float32 (on its JAX backend, for float64 inputs too): in float64,
+    log(8) / log(2) = 2.9999999999999996 floored to 2 gave 0.0 at the restart at step
+    140 instead of the peak (and at 847 for t_mul = 3, eagerly too)."""
+    schedule = kc.cosine_decay_restarts(0.05, first, t_mul=t_mul)
+    values = jax.jit(schedule)(jnp.asarray([restart - 1, restart]))
+    assert values.dtype == jnp.float64
+    assert float(values[0]) < 1e-3 * 0.05  # the end of the period before
+    assert float(values[1]) == 0.05  # the peak of the next one
+    assert float(schedule(restart)) == 0.05  # eagerly too
+
+
 def test_piecewise_constant_decay_rejects_mismatched_lengths():
     with pytest.raises(ValueError, match="len\\(boundaries\\) \\+ 1"):
         kc.piecewise_constant_decay([10, 20], [1.0, 0.5])

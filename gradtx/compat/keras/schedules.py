@@ -2,8 +2,12 @@
 
 Keras' argument names and values; each schedule's value at step t is what Keras'
 optimizer uses for its t-th update (t from 0). Computed in the default float dtype
-(float32, or float64 under x64, as Keras follows floatx), except that Keras'
-``CosineDecay`` is float32 whatever its floatx.
+(float32, or float64 under x64, as Keras follows floatx), with one Keras quirk kept:
+on its JAX backend ``keras.ops.floor`` and ``keras.ops.cos`` return float32 even for
+float64 inputs, so the staircases, the restarts of ``CosineDecayRestarts`` and the
+cosines are float32 values in float64 runs too (``_floor``, ``_cos``). A float64
+floor would put some restarts of ``CosineDecayRestarts`` a step off Keras' (its
+``log(8) / log(2)`` is 2.9999999999999996 in float64, 3.0 in float32).
 """
 
 from __future__ import annotations
@@ -32,6 +36,16 @@ def _step(step) -> jnp.ndarray:
     return jnp.asarray(step).astype(jnp.result_type(float))
 
 
+def _floor(x: jnp.ndarray) -> jnp.ndarray:
+    """``keras.ops.floor`` on the JAX backend: computed and returned in float32."""
+    return jnp.floor(x.astype(jnp.float32))
+
+
+def _cos(x: jnp.ndarray) -> jnp.ndarray:
+    """``keras.ops.cos`` on the JAX backend: computed and returned in float32."""
+    return jnp.cos(x.astype(jnp.float32))
+
+
 def exponential_decay(
     initial_learning_rate: float, decay_steps: int, decay_rate: float, staircase: bool = False
 ) -> Schedule:
@@ -46,10 +60,9 @@ def exponential_decay(
     check.positive("decay_steps", decay_steps)
 
     def schedule(step):
-        p = _step(step) / decay_steps
-        if staircase:
-            p = jnp.floor(p)
-        return initial_learning_rate * jnp.asarray(decay_rate, p.dtype) ** p
+        t = _step(step)
+        p = _floor(t / decay_steps) if staircase else t / decay_steps
+        return initial_learning_rate * jnp.asarray(decay_rate, t.dtype) ** p
 
     return schedule
 
@@ -68,10 +81,9 @@ def inverse_time_decay(
     check.positive("decay_steps", decay_steps)
 
     def schedule(step):
-        p = _step(step) / decay_steps
-        if staircase:
-            p = jnp.floor(p)
-        return initial_learning_rate / (1 + decay_rate * p)
+        t = _step(step)
+        p = _floor(t / decay_steps) if staircase else t / decay_steps
+        return initial_learning_rate / (1 + jnp.asarray(decay_rate, t.dtype) * p)
 
     return schedule
 
@@ -169,8 +181,8 @@ def cosine_decay(
 
     def decayed(t, start):
         fraction = t / decay_steps
-        cosine = 0.5 * (1.0 + jnp.cos(jnp.asarray(math.pi, t.dtype) * fraction))
-        return start * ((1 - alpha) * cosine + alpha)
+        cosine = 0.5 * (1.0 + _cos(jnp.asarray(math.pi, t.dtype) * fraction))  # float32
+        return jnp.asarray(start, t.dtype) * ((1 - alpha) * cosine + alpha)
 
     def schedule(step):
         t = _step(step)
@@ -197,7 +209,8 @@ def cosine_decay_restarts(
     With ``f = t / first_decay_steps``, the period index is ``i = floor(log(1 - f (1 -
     t_mul)) / log(t_mul))`` (``floor(f)`` when ``t_mul = 1``) and the fraction of it done
     ``(f - (1 - t_mul^i) / (1 - t_mul)) / t_mul^i``; the value is ``lr * ((1 - alpha) *
-    m_mul^i * (1 + cos(pi * fraction)) / 2 + alpha)``. Computed with Keras' operations.
+    m_mul^i * (1 + cos(pi * fraction)) / 2 + alpha)``. Computed with Keras' operations,
+    the float32 floor and cosine included (see the module docstring).
 
     Example:
         >>> import jax.numpy as jnp
@@ -216,15 +229,16 @@ def cosine_decay_restarts(
         fraction = _step(step) / first_decay_steps
         dtype = fraction.dtype
         if t_mul == 1.0:
-            restart = jnp.floor(fraction)
+            restart = _floor(fraction)
             fraction = fraction - restart
         else:
             growth = jnp.asarray(t_mul, dtype)
-            restart = jnp.floor(jnp.log(1.0 - fraction * (1.0 - growth)) / jnp.log(growth))
+            restart = _floor(jnp.log(1.0 - fraction * (1.0 - growth)) / jnp.log(growth))
             done = (1.0 - growth**restart) / (1.0 - growth)
             fraction = (fraction - done) / growth**restart
         peak = jnp.asarray(m_mul, dtype) ** restart
-        cosine = 0.5 * peak * (1.0 + jnp.cos(jnp.asarray(math.pi, dtype) * fraction))
-        return initial_learning_rate * ((1 - alpha) * cosine + alpha)
+        cosine = 0.5 * peak * (1.0 + _cos(jnp.asarray(math.pi, dtype) * fraction))
+        value = (1 - jnp.asarray(alpha, dtype)) * cosine + jnp.asarray(alpha, dtype)
+        return jnp.asarray(initial_learning_rate, dtype) * value
 
     return schedule
