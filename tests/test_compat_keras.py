@@ -41,6 +41,9 @@ def build_schedule(spec):
 
 def build_optimizer(case):
     kwargs = dict(case["kwargs"])
+    excluded = kwargs.pop("exclude_indices", None)  # Keras: exclude_from_weight_decay(var_list)
+    if excluded:  # the params are a list: leaf i's path is "[i]"
+        kwargs["exclude_from_weight_decay"] = [rf"^\[{i}\]$" for i in excluded]
     if case.get("schedule"):
         kwargs["learning_rate"] = build_schedule(case["schedule"])
     return getattr(kc, case["optimizer"])(**kwargs)
@@ -100,6 +103,11 @@ def test_golden_cases_cover_every_keras_optimizer_and_weight_decay():
         case["optimizer"] for case in OPTIMIZERS["cases"] if case["kwargs"].get("weight_decay")
     }
     assert decayed >= optimizers - {"adamw"}
+    options = {key for case in OPTIMIZERS["cases"] for key in case["kwargs"]}
+    assert options >= {
+        "clipnorm", "clipvalue", "global_clipnorm", "loss_scale_factor",
+        "gradient_accumulation_steps", "exclude_indices",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("index", range(len(SCHEDULES["cases"])))
@@ -147,6 +155,37 @@ def test_cosine_decay_restarts_restarts_where_keras_does_in_float64_under_jit(
     assert float(values[0]) < 1e-3 * 0.05  # the end of the period before
     assert float(values[1]) == 0.05  # the peak of the next one
     assert float(schedule(restart)) == 0.05  # eagerly too
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: kc.adam(clipnorm=1.0, clipvalue=0.5), "only one of clipnorm"),
+        (lambda: kc.sgd(gradient_accumulation_steps=1), "gradient_accumulation_steps must"),
+        (lambda: kc.sgd(gradient_accumulation_steps=2.0), "gradient_accumulation_steps must"),
+        (lambda: kc.adam(loss_scale_factor=0.0), "^loss_scale_factor must"),
+        (lambda: kc.adam(global_clipnorm=-1.0), "^global_clipnorm must"),
+        (lambda: kc.adamw(exclude_from_weight_decay="bias"), "list of name patterns"),
+        (lambda: kc.adamw(weight_decay=None), "^weight_decay must"),
+    ],
+)
+def test_keras_base_options_reject_what_keras_rejects(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_keras_options_are_in_the_signature_and_reach_schedule_injection():
+    import inspect
+
+    assert "gradient_accumulation_steps" in inspect.signature(kc.nadam).parameters
+    params = [jnp.ones(3)]
+    grads = [jnp.array([3.0, 4.0, 0.0])]  # norm 5, clipped to 0.5
+    for tx in (
+        kc.sgd(learning_rate=0.1, clipnorm=0.5),
+        gtx.schedule_injection(kc.sgd)(learning_rate=0.1, clipnorm=0.5),
+    ):
+        updates, _ = tx.update(grads, tx.init(params), params)
+        np.testing.assert_allclose(updates[0], [-0.03, -0.04, 0.0], rtol=1e-6)
 
 
 def test_piecewise_constant_decay_rejects_mismatched_lengths():

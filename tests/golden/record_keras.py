@@ -90,6 +90,22 @@ OPTIMIZER_CASES = [
     _case("adamax", "adamax_wd", learning_rate=0.02, beta_1=0.8, weight_decay=0.05),
     _case("nadam", "nadam", learning_rate=0.01),
     _case("nadam", "nadam_wd", learning_rate=0.01, beta_2=0.99, weight_decay=0.05),
+    # the options of keras.optimizers.Optimizer
+    _case("adam", "adam_clipnorm_wd", learning_rate=0.01, weight_decay=0.1, clipnorm=0.5),
+    _case("sgd", "sgd_global_clipnorm", learning_rate=0.05, momentum=0.9, global_clipnorm=0.7),
+    _case("rmsprop", "rmsprop_clipvalue", learning_rate=0.01, momentum=0.5, clipvalue=0.3),
+    _case("adam", "adam_loss_scale_factor", learning_rate=0.01, loss_scale_factor=128.0),
+    _case("adamw", "adamw_accumulation_schedule", learning_rate=None, weight_decay=0.1,
+          gradient_accumulation_steps=4,
+          schedule=_sched("exponential_decay", initial_learning_rate=0.05, decay_steps=10,
+                          decay_rate=0.5)),
+    _case("sgd", "sgd_accumulation_clipnorm_schedule", learning_rate=None, momentum=0.9,
+          weight_decay=0.01, gradient_accumulation_steps=3, clipnorm=1.0,
+          schedule=_sched("piecewise_constant_decay", boundaries=[20, 60],
+                          values=[0.1, 0.05, 0.01])),
+    # exclude_from_weight_decay(var_list=[the parameters at these indices])
+    _case("adamw", "adamw_exclude_from_weight_decay", learning_rate=0.05, weight_decay=0.2,
+          exclude_indices=[1]),
 ]  # fmt: skip
 
 SCHEDULE_CASES = [
@@ -131,10 +147,13 @@ def _run_optimizer(case: dict, dtype: str) -> np.ndarray:
     keras.config.set_floatx(dtype)
     prob = problem(dtype)
     kwargs = dict(case["kwargs"])
+    excluded = kwargs.pop("exclude_indices", None)
     if case.get("schedule"):
         kwargs["learning_rate"] = make_schedule(case["schedule"])
     optimizer = KERAS_OPTIMIZERS[case["optimizer"]](**kwargs)
     variables = [keras.Variable(p, dtype=dtype) for p in prob["p0"]]
+    if excluded:
+        optimizer.exclude_from_weight_decay(var_list=[variables[i] for i in excluded])
     optimizer.build(variables)
     snapshots = []
     for t in range(STEPS):

@@ -20,9 +20,34 @@ the default float dtype (float64 under x64, as Keras' do with floatx float64, ex
 ``CosineDecay``, which Keras computes in float32 whatever its floatx).
 These are plain chains (hyperparameters as Python doubles, as Keras casts them); wrap
 one in ``gradtx.schedule_injection`` if you need ``get_hyperparams``.
+
+Every optimizer also takes the options of ``keras.optimizers.Optimizer``, keyword only,
+applied in Keras' order: ``loss_scale_factor`` (the gradients are divided by it),
+``gradient_accumulation_steps`` (``multi_steps``: the mean gradient of k calls makes
+one update; as in Keras the learning-rate schedule, weight decay's included, reads the
+call count, so update s uses ``lr(k s + k - 1)``, and the bias corrections count
+updates), one of ``clipnorm`` (each array's l2 norm), ``global_clipnorm`` and
+``clipvalue`` (Keras' formulas), and ``exclude_from_weight_decay``, a list of patterns
+searched (``re.search``) in each leaf's path as ``jax.tree_util.keystr`` prints it
+(``"['dense']['bias']"``): Keras' ``optimizer.exclude_from_weight_decay(var_names=...)``.
+``use_ema`` is not an option here: Keras starts its average at the first iterate, then
+``m * ema + (1 - m) * p``; ``gradtx.ema_params`` debiases instead (a TypeError names
+unsupported options, none is ignored). Keras computes in the variables' dtype, gradtx
+in at least float32: float16/bfloat16 runs differ (Keras' bfloat16 Adam does not move,
+as ``bfloat16(0.999) == 1``).
 """
 
 from __future__ import annotations
+
+import functools
+import inspect
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from gradtx import check
 from gradtx.compat.keras.schedules import (
@@ -34,7 +59,7 @@ from gradtx.compat.keras.schedules import (
     polynomial_decay,
 )
 from gradtx.compat.torch import _is_zero
-from gradtx.core import GradientTransformation, ScalarOrSchedule, named_chain
+from gradtx.core import EmptyState, GradientTransformation, ScalarOrSchedule, named_chain
 from gradtx.transforms.adaptive import (
     amsgrad_max,
     scale_by_adadelta,
@@ -43,10 +68,12 @@ from gradtx.transforms.adaptive import (
     scale_by_rms,
     scale_by_rss,
 )
+from gradtx.transforms.clipping import clip
 from gradtx.transforms.decoupled_decay import add_decoupled_weight_decay
 from gradtx.transforms.momentum import trace
 from gradtx.transforms.nadam_schedule import scale_by_nadam_schedule
 from gradtx.transforms.scaling import scale_by_learning_rate
+from gradtx.wrappers.accumulation import multi_steps
 
 __all__ = [
     "adadelta",
@@ -66,20 +93,185 @@ __all__ = [
 ]
 
 
+class _Core(NamedTuple):
+    """What an optimizer function builds before Keras' base options are applied."""
+
+    blocks: list[tuple[str, GradientTransformation]]
+    learning_rate: ScalarOrSchedule
+    weight_decay: float | None
+
+
 def _chain(
     blocks: list[tuple[str, GradientTransformation]],
     learning_rate: ScalarOrSchedule,
     weight_decay: float | None,
-) -> GradientTransformation:
-    """``blocks`` then Keras' decoupled weight decay (skipped for None or 0)."""
+) -> _Core:
+    """``blocks``, followed (by ``_keras_optimizer``) by Keras' decoupled weight decay."""
     if not callable(learning_rate):
         check.non_negative("learning_rate", learning_rate)
     if weight_decay is not None:
         check.non_negative("weight_decay", weight_decay)
-        if not _is_zero(weight_decay):
-            decay = add_decoupled_weight_decay(weight_decay, learning_rate)
-            blocks = blocks + [("weight_decay", decay)]
-    return named_chain(*blocks)
+    return _Core(blocks, learning_rate, weight_decay)
+
+
+def _unscale(loss_scale_factor: float) -> GradientTransformation:
+    """Keras' ``loss_scale_factor``: the gradients divided by it, before anything else."""
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+        return jax.tree.map(lambda g: g / loss_scale_factor, updates), state
+
+    return GradientTransformation(lambda params: EmptyState(), update)
+
+
+def _clip_each_norm(clipnorm: float) -> GradientTransformation:
+    """Keras' ``clipnorm``: each gradient array rescaled to an l2 norm of at most
+    ``clipnorm``, ``g * clipnorm / max(||g||, clipnorm)`` (its operations, in order)."""
+
+    def leaf(g):
+        squares = jnp.sum(jnp.square(g), keepdims=True)
+        positive = squares > 0
+        norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, squares, 1.0)), squares)
+        return g * clipnorm / jnp.maximum(norm, clipnorm)
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+        return jax.tree.map(leaf, updates), state
+
+    return GradientTransformation(lambda params: EmptyState(), update)
+
+
+def _clip_global_norm(global_clipnorm: float) -> GradientTransformation:
+    """Keras' ``global_clipnorm``: ``g * clip * min(1 / n, 1 / clip)`` with n the norm of
+    all the gradients (NaN everywhere when n is not finite), as Keras computes it."""
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+        leaves = jax.tree.leaves(updates)
+        if not leaves:
+            return updates, state
+        norm = jnp.sqrt(jnp.sum(jnp.stack([jnp.sum(jnp.square(g)) for g in leaves])))
+        factor = global_clipnorm * jnp.minimum(1.0 / norm, 1.0 / global_clipnorm)
+        factor = factor + (norm - norm)
+        return jax.tree.map(lambda g: g * factor.astype(g.dtype), updates), state
+
+    return GradientTransformation(lambda params: EmptyState(), update)
+
+
+def _excluded(patterns: Any) -> Any:
+    """The weight-decay mask of Keras' ``exclude_from_weight_decay(var_names=...)``:
+    False for the leaves whose path (``"['dense']['bias']"``) a pattern is found in."""
+    if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
+        raise ValueError(
+            f"exclude_from_weight_decay must be a list of name patterns (strings), got {patterns!r}"
+        )
+    compiled = [re.compile(pattern) for pattern in patterns]
+
+    def mask(params):
+        def keep(path, leaf):
+            del leaf
+            name = jax.tree_util.keystr(path)
+            return not any(regex.search(name) for regex in compiled)
+
+        return jax.tree_util.tree_map_with_path(keep, params)
+
+    return mask
+
+
+def _at_update_steps(learning_rate: ScalarOrSchedule, steps: int) -> ScalarOrSchedule:
+    """With ``gradient_accumulation_steps=k``, Keras evaluates its schedule at the micro
+    step count: real update s uses ``lr(k s + k - 1)``."""
+    if not callable(learning_rate):
+        return learning_rate
+    return lambda count: learning_rate(steps * count + (steps - 1))
+
+
+_KERAS_OPTIONS = (
+    "clipnorm",
+    "clipvalue",
+    "global_clipnorm",
+    "loss_scale_factor",
+    "gradient_accumulation_steps",
+    "exclude_from_weight_decay",
+)
+
+
+def _keras_optimizer(build: Callable[..., _Core]) -> Callable[..., GradientTransformation]:
+    """Adds the options of ``keras.optimizers.Optimizer`` to an optimizer function.
+
+    In Keras' order: the gradients are divided by ``loss_scale_factor``; with
+    ``gradient_accumulation_steps=k`` their mean over k calls goes to a real update
+    every k-th call (``multi_steps``; the learning-rate schedule, weight decay's
+    included, reads the micro step count, the bias corrections the real one); then
+    one clipping (``clipnorm`` per array, ``global_clipnorm``, or ``clipvalue``), the
+    optimizer, and the decoupled weight decay, which skips the leaves whose path a
+    pattern of ``exclude_from_weight_decay`` is found in.
+    """
+    signature = inspect.signature(build)
+
+    @functools.wraps(build)
+    def factory(
+        *args: Any,
+        clipnorm: float | None = None,
+        clipvalue: float | None = None,
+        global_clipnorm: float | None = None,
+        loss_scale_factor: float | None = None,
+        gradient_accumulation_steps: int | None = None,
+        exclude_from_weight_decay: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> GradientTransformation:
+        clips = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
+        given = {name: value for name, value in clips.items() if value is not None}
+        if len(given) > 1:
+            raise ValueError(
+                f"only one of clipnorm, clipvalue and global_clipnorm can be set (as in "
+                f"Keras), got {given}"
+            )
+        for name, value in given.items():
+            check.non_negative(name, value)
+        if loss_scale_factor is not None:
+            check.positive("loss_scale_factor", loss_scale_factor)
+        steps = gradient_accumulation_steps
+        if steps is not None and (
+            isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 2
+        ):
+            raise ValueError(
+                f"gradient_accumulation_steps must be an integer >= 2 (as in Keras), got {steps!r}"
+            )
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        if steps is not None:
+            arguments["learning_rate"] = _at_update_steps(arguments["learning_rate"], steps)
+        core = build(**arguments)
+        blocks = list(core.blocks)
+        if core.weight_decay is not None and not _is_zero(core.weight_decay):
+            patterns = exclude_from_weight_decay
+            mask = None if patterns is None else _excluded(patterns)
+            decay = add_decoupled_weight_decay(core.weight_decay, core.learning_rate, mask)
+            blocks.append(("weight_decay", decay))
+        if clipnorm:  # 0 switches a clipping off, as in Keras
+            blocks.insert(0, ("clipnorm", _clip_each_norm(clipnorm)))
+        elif global_clipnorm:
+            blocks.insert(0, ("global_clipnorm", _clip_global_norm(global_clipnorm)))
+        elif clipvalue:
+            blocks.insert(0, ("clipvalue", clip(clipvalue)))
+        tx = named_chain(*blocks)
+        if steps is not None:
+            tx = multi_steps(tx, steps)
+        if loss_scale_factor is not None:
+            tx = named_chain(("loss_scale", _unscale(loss_scale_factor)), ("optimizer", tx))
+        return tx
+
+    options = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
+        for name in _KERAS_OPTIONS
+    ]
+    factory.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), *options],
+        return_annotation=GradientTransformation,
+    )
+    return factory
 
 
 def _momentum(momentum: float, nesterov: bool = False) -> list[tuple[str, GradientTransformation]]:
@@ -87,12 +279,13 @@ def _momentum(momentum: float, nesterov: bool = False) -> list[tuple[str, Gradie
     return [] if _is_zero(momentum) else [("momentum", trace(momentum, nesterov))]
 
 
+@_keras_optimizer
 def sgd(
     learning_rate: ScalarOrSchedule = 0.01,
     momentum: float = 0.0,
     nesterov: bool = False,
     weight_decay: float | None = None,
-) -> GradientTransformation:
+) -> _Core:
     r"""``keras.optimizers.SGD``: the learning rate inside the momentum buffer.
 
     ::
@@ -121,6 +314,7 @@ def sgd(
     return _chain(blocks + _momentum(momentum, nesterov), learning_rate, weight_decay)
 
 
+@_keras_optimizer
 def rmsprop(
     learning_rate: ScalarOrSchedule = 0.001,
     rho: float = 0.9,
@@ -128,7 +322,7 @@ def rmsprop(
     epsilon: float = 1e-7,
     centered: bool = False,
     weight_decay: float | None = None,
-) -> GradientTransformation:
+) -> _Core:
     r"""``keras.optimizers.RMSprop``: eps inside the root, lr inside the momentum buffer.
 
     ::
@@ -159,6 +353,7 @@ def rmsprop(
     return _chain(blocks + _momentum(momentum), learning_rate, weight_decay)
 
 
+@_keras_optimizer
 def adam(
     learning_rate: ScalarOrSchedule = 0.001,
     beta_1: float = 0.9,
@@ -166,7 +361,7 @@ def adam(
     epsilon: float = 1e-7,
     amsgrad: bool = False,
     weight_decay: float | None = None,
-) -> GradientTransformation:
+) -> _Core:
     r"""``keras.optimizers.Adam``: eps added to the raw ``sqrt(v)`` ("epsilon hat").
 
     ::
@@ -191,6 +386,10 @@ def adam(
     Reference: Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization"; Keras'
     ``keras.optimizers.Adam``.
     """
+    return _adam(learning_rate, beta_1, beta_2, epsilon, amsgrad, weight_decay)
+
+
+def _adam(learning_rate, beta_1, beta_2, epsilon, amsgrad, weight_decay) -> _Core:
     check.unit_interval("beta_1", beta_1)
     check.unit_interval("beta_2", beta_2)
     if amsgrad:
@@ -203,6 +402,7 @@ def adam(
     return _chain(blocks, learning_rate, weight_decay)
 
 
+@_keras_optimizer
 def adamw(
     learning_rate: ScalarOrSchedule = 0.001,
     weight_decay: float = 0.004,
@@ -210,7 +410,7 @@ def adamw(
     beta_2: float = 0.999,
     epsilon: float = 1e-7,
     amsgrad: bool = False,
-) -> GradientTransformation:
+) -> _Core:
     r"""``keras.optimizers.AdamW``: Keras' ``adam`` with ``weight_decay=0.004``.
 
     The decay is Keras' decoupled one, ``p <- p - p * wd * lr``, as on every Keras
@@ -228,15 +428,18 @@ def adamw(
     Reference: Loshchilov & Hutter, 2019, "Decoupled Weight Decay Regularization"; Keras'
     ``keras.optimizers.AdamW``.
     """
-    return adam(learning_rate, beta_1, beta_2, epsilon, amsgrad, weight_decay)
+    if weight_decay is None:  # Keras' AdamW refuses it too
+        raise ValueError("weight_decay must be a number >= 0 for AdamW, got None")
+    return _adam(learning_rate, beta_1, beta_2, epsilon, amsgrad, weight_decay)
 
 
+@_keras_optimizer
 def adagrad(
     learning_rate: ScalarOrSchedule = 0.001,
     initial_accumulator_value: float = 0.1,
     epsilon: float = 1e-7,
     weight_decay: float | None = None,
-) -> GradientTransformation:
+) -> _Core:
     r"""``keras.optimizers.Adagrad``: ``s_0 = 0.1``, eps inside the root.
 
     ::
@@ -264,12 +467,13 @@ def adagrad(
     return _chain(blocks, learning_rate, weight_decay)
 
 
+@_keras_optimizer
 def adadelta(
     learning_rate: ScalarOrSchedule = 0.001,
     rho: float = 0.95,
     epsilon: float = 1e-7,
     weight_decay: float | None = None,
-) -> GradientTransformation:
+) -> _Core:
     r"""``keras.optimizers.Adadelta``: Zeiler's rule with Keras' defaults.
 
     ::
@@ -299,13 +503,14 @@ def adadelta(
     return _chain(blocks, learning_rate, weight_decay)
 
 
+@_keras_optimizer
 def adamax(
     learning_rate: ScalarOrSchedule = 0.001,
     beta_1: float = 0.9,
     beta_2: float = 0.999,
     epsilon: float = 1e-7,
     weight_decay: float | None = None,
-) -> GradientTransformation:
+) -> _Core:
     r"""``keras.optimizers.Adamax``: eps added after the maximum.
 
     ::
@@ -332,13 +537,14 @@ def adamax(
     return _chain(blocks, learning_rate, weight_decay)
 
 
+@_keras_optimizer
 def nadam(
     learning_rate: ScalarOrSchedule = 0.001,
     beta_1: float = 0.9,
     beta_2: float = 0.999,
     epsilon: float = 1e-7,
     weight_decay: float | None = None,
-) -> GradientTransformation:
+) -> _Core:
     r"""``keras.optimizers.Nadam``: Dozat's schedule ``mu_t = b1 (1 - 0.5 * 0.96^t)``.
 
     Chain: ``scale_by_nadam_schedule(b1, b2, epsilon, momentum_decay=1.0)`` then
