@@ -167,6 +167,7 @@ def test_cosine_decay_restarts_restarts_where_keras_does_in_float64_under_jit(
         (lambda: kc.adam(global_clipnorm=-1.0), "^global_clipnorm must"),
         (lambda: kc.adamw(exclude_from_weight_decay="bias"), "list of name patterns"),
         (lambda: kc.adamw(weight_decay=None), "^weight_decay must"),
+        (lambda: kc.sgd(learning_rate=lambda: 0.01), "takes no step"),
     ],
 )
 def test_keras_base_options_reject_what_keras_rejects(make, match):

@@ -109,9 +109,27 @@ def _chain(
     """``blocks``, followed (by ``_keras_optimizer``) by Keras' decoupled weight decay."""
     if not callable(learning_rate):
         check.non_negative("learning_rate", learning_rate)
+    elif not _takes_one_argument(learning_rate):
+        raise ValueError(
+            f"learning_rate must be a number or a schedule step -> value, got "
+            f"{learning_rate!r}, which takes no step (Keras calls a callable without "
+            f"arguments at each update; a jitted step would read it once): pass "
+            f"lambda step: ..., or set the value between steps with "
+            f"gtx.schedule_injection(kc.<optimizer>) and gtx.set_hyperparams"
+        )
     if weight_decay is not None:
         check.non_negative("weight_decay", weight_decay)
     return _Core(blocks, learning_rate, weight_decay)
+
+
+def _takes_one_argument(function: Callable) -> bool:
+    try:
+        inspect.signature(function).bind(0)
+    except TypeError:
+        return False
+    except ValueError:  # no signature to inspect (a builtin): assume a schedule
+        return True
+    return True
 
 
 def _unscale(loss_scale_factor: float) -> GradientTransformation:
