@@ -88,13 +88,16 @@ def adam(
 def _switched_on(value: Any) -> bool:
     """Whether a float argument that switches a block on (momentum, weight decay) does.
 
-    Decided from the Python value when the optimizer is built, never from a traced one:
-    None and 0 switch the block off (no state, no hyperparameter); a schedule or a
-    traced value switches it on.
+    Decided from the Python (or NumPy) value when the optimizer is built: None and 0
+    switch the block off (no state, no hyperparameter). A schedule or a JAX array,
+    concrete or traced, switches it on: an injector around the optimizer
+    (``schedule_injection(gtx.sgd)``, ``optax.inject_hyperparams``) passes its values as
+    float32 arrays, concrete in ``init`` and traced in a jitted ``update``, and both must
+    build the same chain (a block with a zero coefficient is the identity).
     """
     if value is None:
         return False
-    if callable(value) or isinstance(value, jax.core.Tracer):
+    if callable(value) or isinstance(value, jax.Array | jax.core.Tracer):
         return True
     return bool(np.any(np.asarray(value) != 0))
 

@@ -409,3 +409,37 @@ def test_the_injected_optimizer_is_close_to_the_plain_chain_with_decimal_floats(
         rtol=1e-5,
         atol=1e-7,
     )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: gtx.schedule_injection(gtx.sgd)(learning_rate=0.1, momentum=0.9),
+        lambda: gtx.schedule_injection(gtx.sgd)(
+            learning_rate=0.1, momentum=lambda t: jnp.minimum(0.9, 0.3 * t)
+        ),
+        lambda: optax.inject_hyperparams(gtx.sgd)(learning_rate=0.1),
+        lambda: optax.inject_hyperparams(gtx.adadelta)(learning_rate=1.0),
+        lambda: optax.inject_hyperparams(gtx.rmsprop)(learning_rate=0.1, momentum=0.0),
+    ],
+    ids=["sgd_momentum", "sgd_momentum_ramp", "optax_sgd", "optax_adadelta", "optax_rmsprop"],
+)
+def test_an_injector_around_an_optimizer_builds_one_chain_eagerly_and_under_jit(make):
+    """An injector passes its values as float32 arrays, concrete in init and traced under
+    jit: sgd/adadelta/rmsprop switched their momentum and weight-decay blocks off for a
+    concrete 0 and on for a tracer, so a jitted update met a state without them
+    ('_sgd_chain() missing ... weight_decay'); a ramped momentum starting at 0 failed at
+    the second eager update. Arrays now always build the block."""
+    tx = make()
+    params = {"w": jnp.ones(3)}
+    grads = {"w": jnp.full(3, 0.5)}
+    state = tx.init(params)
+    structure = jax.tree.structure(state)
+    assert jax.tree.structure(jax.eval_shape(tx.init, params)) == structure
+    eager_state, jit_state = state, state
+    for _ in range(3):
+        eager, eager_state = tx.update(grads, eager_state, params)
+        jitted, jit_state = jax.jit(tx.update)(grads, jit_state, params)
+        assert jax.tree.structure(eager_state) == structure
+        assert jax.tree.structure(jit_state) == structure
+        np.testing.assert_allclose(jitted["w"], eager["w"], rtol=1e-6)
