@@ -63,12 +63,24 @@ def check_same_structure(reference: Any, other: Any, reference_name: str, other_
     )
 
 
+def _dtype(leaf: Any) -> np.dtype:
+    """A leaf's dtype; a Python number has the dtype JAX gives it (``jnp.asarray``:
+    float32, or float64 under x64), the one it has under ``jit``."""
+    return jnp.dtype(leaf.dtype) if hasattr(leaf, "dtype") else jnp.result_type(leaf)
+
+
+def _as_array(leaf: Any) -> Any:
+    """A Python float or complex as a JAX array (weakly typed, as under ``jit``); others
+    unchanged (bools and ints are static flags of the per-leaf functions, masks say)."""
+    return jnp.asarray(leaf) if isinstance(leaf, float | complex) else leaf
+
+
 def check_inexact(tree: Any, what: str) -> None:
     """Raises TypeError naming the first leaf whose dtype is not floating or complex."""
     for path, leaf in _leaves_with_paths(tree):
         if leaf is None:
             continue
-        dtype = jnp.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+        dtype = _dtype(leaf)
         if not jnp.issubdtype(dtype, jnp.inexact):
             raise TypeError(
                 f"{what} at {path or 'the root'} has dtype {dtype.name}; gradient "
@@ -91,7 +103,7 @@ def zeros_like(tree: Any, dtype: Any = None, *, real: bool = False) -> Any:
     check_inexact(tree, "parameter")
 
     def zeros(x):
-        leaf_dtype = jnp.dtype(dtype) if dtype is not None else jnp.dtype(x.dtype)
+        leaf_dtype = jnp.dtype(dtype) if dtype is not None else _dtype(x)
         if real:
             leaf_dtype = numerics.real_dtype(leaf_dtype)
         # zeros_like, not zeros(shape): it keeps the leaf's sharding (eagerly, on abstract
@@ -105,7 +117,7 @@ def full_like(tree: Any, fill_value: Any, dtype: Any = None) -> Any:
     """A tree shaped like ``tree`` filled with ``fill_value`` (leaf dtypes kept by default)."""
     check_inexact(tree, "parameter")
     return jax.tree.map(
-        lambda x: jnp.full_like(x, fill_value, dtype if dtype is not None else x.dtype),
+        lambda x: jnp.full_like(x, fill_value, dtype if dtype is not None else _dtype(x)),
         tree,
     )
 
@@ -133,6 +145,9 @@ def map_unzip(fn: Callable[..., tuple], tree: Any, *rest: Any, outputs: int) -> 
         if jax.tree.structure(other) != treedef:
             check_same_structure(tree, other, "the updates", "the state")
         flat_rest.append(treedef.flatten_up_to(other))
+    # Python floats as leaves (params = {"scale": 0.5}) become arrays, as under jit
+    leaves = [_as_array(x) for x in leaves]
+    flat_rest = [[_as_array(x) for x in flat] for flat in flat_rest]
     arg_tuples = list(zip(leaves, *flat_rest, strict=True))
     if leaves and isinstance(leaves[0], jax.core.Tracer):
         _check_leaves(tree, arg_tuples)

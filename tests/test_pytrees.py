@@ -165,3 +165,30 @@ def test_rprop_refuses_complex_parameters_with_a_clear_error():
     with pytest.raises(TypeError, match="complex"):
         state = tx.init(params)
         tx.update({"z": jnp.ones(2, jnp.complex64)}, state, params)
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd_momentum", "adagrad"])
+def test_python_number_leaves_work_eagerly_as_under_jit(name):
+    """A parameter held as a Python float ({"scale": 0.5}): Optax takes it eagerly and
+    gradtx did under jit, but eager init and update raised AttributeError ('float'
+    object has no attribute 'dtype'). It is an array leaf now, as under jit."""
+    tx = {
+        "adam": lambda: gtx.adam(0.1),
+        "sgd_momentum": lambda: gtx.sgd(0.1, momentum=0.9),
+        "adagrad": lambda: gtx.adagrad(0.1),
+    }[name]()
+    params = {"scale": 0.5, "w": jnp.array([2.0, 1.0])}
+    grads = {"scale": 0.2, "w": jnp.array([0.7, 0.4])}
+
+    def two_steps(params, grads):
+        state = tx.init(params)
+        for _ in range(2):
+            updates, state = tx.update(grads, state, params)
+            params = gtx.apply_updates(params, updates)
+        return params
+
+    eager = two_steps(params, grads)
+    jitted = jax.jit(two_steps)(params, grads)
+    for key in params:
+        np.testing.assert_allclose(eager[key], jitted[key], rtol=1e-6)
+    assert float(eager["scale"]) != 0.5
