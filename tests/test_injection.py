@@ -443,3 +443,15 @@ def test_an_injector_around_an_optimizer_builds_one_chain_eagerly_and_under_jit(
         assert jax.tree.structure(eager_state) == structure
         assert jax.tree.structure(jit_state) == structure
         np.testing.assert_allclose(jitted["w"], eager["w"], rtol=1e-6)
+
+
+def test_set_hyperparams_on_a_batch_of_states_points_to_vmap():
+    tx = gtx.adam(0.1)
+    states = jax.vmap(lambda _: tx.init(jnp.zeros(2)))(jnp.arange(3))
+    learning_rates = jnp.array([0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="must be a scalar.*jax.vmap"):
+        gtx.set_hyperparams(states, learning_rate=learning_rates)
+    states = jax.vmap(lambda s, lr: gtx.set_hyperparams(s, learning_rate=lr))(
+        states, learning_rates
+    )
+    np.testing.assert_allclose(gtx.get_hyperparams(states)["learning_rate"], learning_rates)

@@ -242,7 +242,8 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
 
     The values become float32 scalars, so changing them between steps compiles nothing.
     A hyperparameter given as a schedule is recomputed at the next update; set the
-    constant ones.
+    constant ones. For a batch of states (``jax.vmap`` over learning rates), map it:
+    ``jax.vmap(lambda s, lr: gtx.set_hyperparams(s, learning_rate=lr))(states, lrs)``.
 
     Example:
         >>> import jax.numpy as jnp
@@ -259,7 +260,13 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
             + (f" under a path containing {path!r}" if path else "")
         )
     unknown = set(values)
-    converted = {name: _as_float32(name, value) for name, value in values.items()}
+    try:
+        converted = {name: _as_float32(name, value) for name, value in values.items()}
+    except ValueError as error:
+        raise ValueError(
+            f"{error}; for a batch of states, jax.vmap(lambda s, v: "
+            f"gtx.set_hyperparams(s, name=v))(states, values)"
+        ) from None
 
     def replace(prefix: str, subtree: Any) -> Any:
         def visit(key_path, node):
