@@ -49,8 +49,9 @@ def build_optimizer(case):
     return getattr(kc, case["optimizer"])(**kwargs)
 
 
-def trajectory(tx, dtype):
-    """The flattened parameters after each of the 200 steps of the golden problem."""
+def trajectory(tx, dtype, *, with_state=False):
+    """The flattened parameters after each of the 200 steps of the golden problem (and
+    the final state, with ``with_state``)."""
     shapes = [tuple(s) for s in OPTIMIZERS["shapes"]]
     problem = {k: np.asarray(v, np.float64) for k, v in OPTIMIZERS["problem"].items()}
     h = [jnp.asarray(x, dtype) for x in split(problem["h"], shapes)]
@@ -67,17 +68,22 @@ def trajectory(tx, dtype):
             params = gtx.apply_updates(params, updates)
             return (params, state), jnp.concatenate([p.ravel() for p in params])
 
-        return jax.lax.scan(step, (params, tx.init(params)), noise)[1]
+        (_, state), flat = jax.lax.scan(step, (params, tx.init(params)), noise)
+        return flat, state
 
-    return np.asarray(run(params, jnp.asarray(problem["noise"], dtype)))
+    flat, state = run(params, jnp.asarray(problem["noise"], dtype))
+    return (np.asarray(flat), state) if with_state else np.asarray(flat)
 
 
 def check_case(case, dtype):
     rows = [s - 1 for s in OPTIMIZERS["snapshots"]]
-    actual = trajectory(build_optimizer(case), dtype)[rows]
+    actual, state = trajectory(build_optimizer(case), dtype, with_state=True)
     np.testing.assert_allclose(
-        actual, case[dtype]["params"], **TOLERANCE[dtype], err_msg=case["name"]
+        actual[rows], case[dtype]["params"], **TOLERANCE[dtype], err_msg=case["name"]
     )
+    if "average" in case[dtype]:  # use_ema: Keras' moving average after the last step
+        average = np.concatenate([np.ravel(a) for a in state["ema"].average])
+        np.testing.assert_allclose(average, case[dtype]["average"], **TOLERANCE[dtype])
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -106,7 +112,8 @@ def test_golden_cases_cover_every_keras_optimizer_and_weight_decay():
     options = {key for case in OPTIMIZERS["cases"] for key in case["kwargs"]}
     assert options >= {
         "clipnorm", "clipvalue", "global_clipnorm", "loss_scale_factor",
-        "gradient_accumulation_steps", "exclude_indices",
+        "gradient_accumulation_steps", "exclude_indices", "use_ema",
+        "ema_overwrite_frequency",
     }  # fmt: skip
 
 
@@ -168,6 +175,9 @@ def test_cosine_decay_restarts_restarts_where_keras_does_in_float64_under_jit(
         (lambda: kc.adamw(exclude_from_weight_decay="bias"), "list of name patterns"),
         (lambda: kc.adamw(weight_decay=None), "^weight_decay must"),
         (lambda: kc.sgd(learning_rate=lambda: 0.01), "takes no step"),
+        (lambda: kc.adam(use_ema=True, ema_momentum=1.5), "^ema_momentum must"),
+        (lambda: kc.adam(use_ema=True, ema_overwrite_frequency=0), "^ema_overwrite_frequency"),
+        (lambda: kc.adam(use_ema=True, gradient_accumulation_steps=2), "use_ema with gradient"),
     ],
 )
 def test_keras_base_options_reject_what_keras_rejects(make, match):

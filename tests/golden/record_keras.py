@@ -103,6 +103,9 @@ OPTIMIZER_CASES = [
           weight_decay=0.01, gradient_accumulation_steps=3, clipnorm=1.0,
           schedule=_sched("piecewise_constant_decay", boundaries=[20, 60],
                           values=[0.1, 0.05, 0.01])),
+    _case("adam", "adam_use_ema", learning_rate=0.01, use_ema=True),  # ema_momentum 0.99
+    _case("sgd", "sgd_use_ema_overwrite", learning_rate=0.05, momentum=0.9, weight_decay=0.01,
+          use_ema=True, ema_momentum=0.8, ema_overwrite_frequency=7),
     # exclude_from_weight_decay(var_list=[the parameters at these indices])
     _case("adamw", "adamw_exclude_from_weight_decay", learning_rate=0.05, weight_decay=0.2,
           exclude_indices=[1]),
@@ -134,6 +137,9 @@ def make_schedule(spec: dict):
     return KERAS_SCHEDULES[spec["name"]](**spec["kwargs"])
 
 
+_last_run: dict = {}  # the optimizer of the last run (its EMA average is recorded)
+
+
 def run_optimizer(case: dict, dtype: str) -> np.ndarray:
     """Runs a case in Keras; returns the flattened parameters at the snapshot steps.
 
@@ -155,6 +161,7 @@ def _run_optimizer(case: dict, dtype: str) -> np.ndarray:
     if excluded:
         optimizer.exclude_from_weight_decay(var_list=[variables[i] for i in excluded])
     optimizer.build(variables)
+    _last_run["optimizer"] = optimizer
     snapshots = []
     for t in range(STEPS):
         values = [np.asarray(v.value) for v in variables]
@@ -189,6 +196,10 @@ def main() -> None:
         record = dict(case)
         for dtype in ("float64", "float32"):
             record[dtype] = {"params": [_fmt(s, dtype) for s in run_optimizer(case, dtype)]}
+            if case["kwargs"].get("use_ema"):  # the average after the last step
+                averages = _last_run["optimizer"]._model_variables_moving_average
+                flat = np.concatenate([np.asarray(a.value).ravel() for a in averages])
+                record[dtype]["average"] = _fmt(flat, dtype)
         cases.append(record)
     optimizers = {
         "keras": keras.__version__,

@@ -30,9 +30,12 @@ updates), one of ``clipnorm`` (each array's l2 norm), ``global_clipnorm`` and
 ``clipvalue`` (Keras' formulas), and ``exclude_from_weight_decay``, a list of patterns
 searched (``re.search``) in each leaf's path as ``jax.tree_util.keystr`` prints it
 (``"['dense']['bias']"``): Keras' ``optimizer.exclude_from_weight_decay(var_names=...)``.
-``use_ema`` is not an option here: Keras starts its average at the first iterate, then
-``m * ema + (1 - m) * p``; ``gradtx.ema_params`` debiases instead (a TypeError names
-unsupported options, none is ignored). Keras computes in the variables' dtype, gradtx
+``use_ema=True`` keeps Keras' moving average of the parameters in ``state["ema"].average``
+(the first update's params, then ``ema_momentum * average + (1 - ema_momentum) * p``;
+``gradtx.ema_params`` debiases instead), and ``ema_overwrite_frequency=N`` moves the
+params to it after every N-th update; evaluate with the average, as Keras'
+``finalize_variable_values`` does (not with ``gradient_accumulation_steps``, where Keras
+averages every call). Keras computes in the variables' dtype, gradtx
 in at least float32: float16/bfloat16 runs differ (Keras' bfloat16 Adam does not move,
 as ``bfloat16(0.999) == 1``).
 """
@@ -49,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import check
+from gradtx import check, numerics
 from gradtx.compat.keras.schedules import (
     cosine_decay,
     cosine_decay_restarts,
@@ -196,6 +199,46 @@ def _excluded(patterns: Any) -> Any:
     return mask
 
 
+class KerasEmaState(NamedTuple):
+    count: jax.Array  # int32, saturating: updates made so far (Keras' iterations)
+    average: Any  # the moving average of the parameters, in their dtypes
+
+
+def _keras_ema(momentum: float, overwrite_frequency: int | None) -> GradientTransformation:
+    """Keras' ``use_ema``: after each update ``average = p`` at the first one, then
+    ``momentum * average + (1 - momentum) * p``; with ``ema_overwrite_frequency=N`` the
+    params are set to the average after every N-th update (this update moves them
+    there, up to the rounding of ``average - p`` added back to ``p``)."""
+
+    def init(params):
+        if params is None:
+            raise ValueError("use_ema needs the parameters: call init(params)")
+        return KerasEmaState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.array, params))
+
+    def update(updates, state, params=None, **extra):
+        del extra
+        if params is None:
+            raise ValueError("use_ema needs the parameters: call update(updates, state, params)")
+        first = state.count == 0
+
+        def average(u, p, a):
+            new = (p + u).astype(p.dtype)  # the variable after Keras' update step
+            weight = jnp.where(first, 0.0, momentum).astype(p.dtype)
+            return weight * a + (1 - weight) * new
+
+        averages = jax.tree.map(average, updates, params, state.average)
+        if overwrite_frequency is not None:
+            overwrite = (state.count + 1) % overwrite_frequency == 0
+
+            def moved(u, p, a):
+                return jnp.where(overwrite, (a - p).astype(u.dtype), u)
+
+            updates = jax.tree.map(moved, updates, params, averages)
+        return updates, KerasEmaState(numerics.safe_increment(state.count), averages)
+
+    return GradientTransformation(init, update)
+
+
 def _at_update_steps(learning_rate: ScalarOrSchedule, steps: int) -> ScalarOrSchedule:
     """With ``gradient_accumulation_steps=k``, Keras evaluates its schedule at the micro
     step count: real update s uses ``lr(k s + k - 1)``."""
@@ -211,7 +254,11 @@ _KERAS_OPTIONS = (
     "loss_scale_factor",
     "gradient_accumulation_steps",
     "exclude_from_weight_decay",
+    "use_ema",
+    "ema_momentum",
+    "ema_overwrite_frequency",
 )
+_OPTION_DEFAULTS = {"use_ema": False, "ema_momentum": 0.99}
 
 
 def _keras_optimizer(build: Callable[..., _Core]) -> Callable[..., GradientTransformation]:
@@ -236,6 +283,9 @@ def _keras_optimizer(build: Callable[..., _Core]) -> Callable[..., GradientTrans
         loss_scale_factor: float | None = None,
         gradient_accumulation_steps: int | None = None,
         exclude_from_weight_decay: Sequence[str] | None = None,
+        use_ema: bool = False,
+        ema_momentum: float = 0.99,
+        ema_overwrite_frequency: int | None = None,
         **kwargs: Any,
     ) -> GradientTransformation:
         clips = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
@@ -256,6 +306,15 @@ def _keras_optimizer(build: Callable[..., _Core]) -> Callable[..., GradientTrans
             raise ValueError(
                 f"gradient_accumulation_steps must be an integer >= 2 (as in Keras), got {steps!r}"
             )
+        if use_ema:
+            check.in_range("ema_momentum", ema_momentum, 0.0, 1.0)
+            if ema_overwrite_frequency is not None:
+                check.positive_int("ema_overwrite_frequency", ema_overwrite_frequency)
+            if steps is not None:
+                raise ValueError(
+                    "use_ema with gradient_accumulation_steps is not supported: Keras "
+                    "updates its average at every call, from the real update count"
+                )
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         arguments = dict(bound.arguments)
@@ -274,6 +333,8 @@ def _keras_optimizer(build: Callable[..., _Core]) -> Callable[..., GradientTrans
             blocks.insert(0, ("global_clipnorm", _clip_global_norm(global_clipnorm)))
         elif clipvalue:
             blocks.insert(0, ("clipvalue", clip(clipvalue)))
+        if use_ema:
+            blocks.append(("ema", _keras_ema(ema_momentum, ema_overwrite_frequency)))
         tx = named_chain(*blocks)
         if steps is not None:
             tx = multi_steps(tx, steps)
@@ -282,7 +343,7 @@ def _keras_optimizer(build: Callable[..., _Core]) -> Callable[..., GradientTrans
         return tx
 
     options = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=_OPTION_DEFAULTS.get(name))
         for name in _KERAS_OPTIONS
     ]
     factory.__signature__ = signature.replace(  # type: ignore[attr-defined]
