@@ -178,6 +178,8 @@ def test_cosine_decay_restarts_restarts_where_keras_does_in_float64_under_jit(
         (lambda: kc.adam(use_ema=True, ema_momentum=1.5), "^ema_momentum must"),
         (lambda: kc.adam(use_ema=True, ema_overwrite_frequency=0), "^ema_overwrite_frequency"),
         (lambda: kc.adam(use_ema=True, gradient_accumulation_steps=2), "use_ema with gradient"),
+        (lambda: kc.adam(ema_overwrite_frequency=5), "needs use_ema=True"),
+        (lambda: kc.adam(exclude_from_weight_decay=["bias"]), "needs a weight_decay"),
     ],
 )
 def test_keras_base_options_reject_what_keras_rejects(make, match):
@@ -194,9 +196,11 @@ def test_keras_options_are_in_the_signature_and_reach_schedule_injection():
     for tx in (
         kc.sgd(learning_rate=0.1, clipnorm=0.5),
         gtx.schedule_injection(kc.sgd)(learning_rate=0.1, clipnorm=0.5),
+        gtx.schedule_injection(kc.sgd)(learning_rate=0.1, global_clipnorm=0.5, use_ema=True),
     ):
-        updates, _ = tx.update(grads, tx.init(params), params)
-        np.testing.assert_allclose(updates[0], [-0.03, -0.04, 0.0], rtol=1e-6)
+        for update in (tx.update, jax.jit(tx.update)):  # injected values are traced in jit
+            updates, _ = update(grads, tx.init(params), params)
+            np.testing.assert_allclose(updates[0], [-0.03, -0.04, 0.0], rtol=1e-6)
 
 
 def test_piecewise_constant_decay_rejects_mismatched_lengths():

@@ -306,6 +306,11 @@ def _keras_optimizer(build: Callable[..., _Core]) -> Callable[..., GradientTrans
             raise ValueError(
                 f"gradient_accumulation_steps must be an integer >= 2 (as in Keras), got {steps!r}"
             )
+        if ema_overwrite_frequency is not None and not use_ema:
+            raise ValueError(
+                f"ema_overwrite_frequency={ema_overwrite_frequency!r} needs use_ema=True "
+                f"(Keras ignores it without; here it would do nothing)"
+            )
         if use_ema:
             check.in_range("ema_momentum", ema_momentum, 0.0, 1.0)
             if ema_overwrite_frequency is not None:
@@ -322,16 +327,23 @@ def _keras_optimizer(build: Callable[..., _Core]) -> Callable[..., GradientTrans
             arguments["learning_rate"] = _at_update_steps(arguments["learning_rate"], steps)
         core = build(**arguments)
         blocks = list(core.blocks)
-        if core.weight_decay is not None and not _is_zero(core.weight_decay):
+        decayed = core.weight_decay is not None and not _is_zero(core.weight_decay)
+        if exclude_from_weight_decay is not None and not decayed:
+            raise ValueError(
+                f"exclude_from_weight_decay={exclude_from_weight_decay!r} needs a "
+                f"weight_decay > 0, got weight_decay={core.weight_decay!r}"
+            )
+        if decayed:
             patterns = exclude_from_weight_decay
             mask = None if patterns is None else _excluded(patterns)
             decay = add_decoupled_weight_decay(core.weight_decay, core.learning_rate, mask)
             blocks.append(("weight_decay", decay))
-        if clipnorm:  # 0 switches a clipping off, as in Keras
+        # 0 switches a clipping off, as in Keras (an injected value, an array, stays on)
+        if clipnorm is not None and not _is_zero(clipnorm):
             blocks.insert(0, ("clipnorm", _clip_each_norm(clipnorm)))
-        elif global_clipnorm:
+        elif global_clipnorm is not None and not _is_zero(global_clipnorm):
             blocks.insert(0, ("global_clipnorm", _clip_global_norm(global_clipnorm)))
-        elif clipvalue:
+        elif clipvalue is not None and not _is_zero(clipvalue):
             blocks.insert(0, ("clipvalue", clip(clipvalue)))
         if use_ema:
             blocks.append(("ema", _keras_ema(ema_momentum, ema_overwrite_frequency)))
