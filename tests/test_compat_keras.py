@@ -224,3 +224,22 @@ def test_cyclic_polynomial_decay_stays_in_range_up_to_the_saturated_step_counter
     # each step is within 100 of its cycle's end 2.1e9 steps long: (horizon - t) / horizon
     # below 5e-8, and float32 rounds such t and horizon to multiples of 128
     assert np.all((values >= 0) & (values <= 1e-7)), values
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: kc.adam(0.01, use_ema=True, ema_overwrite_frequency=3),
+        lambda: kc.sgd(0.1, momentum=0.9, gradient_accumulation_steps=2, clipnorm=1.0),
+        lambda: kc.adamw(0.01, exclude_from_weight_decay=["b"], loss_scale_factor=4.0),
+    ],
+    ids=["ema", "accumulation_clipnorm", "exclude_loss_scale"],
+)
+def test_keras_options_init_on_abstract_params_as_on_arrays(make):
+    """Checkpoint restore and sharding build the state from ShapeDtypeStructs."""
+    tx = make()
+    params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    spec = lambda t: jax.tree.map(lambda x: (x.shape, jnp.dtype(x.dtype)), t)  # noqa: E731
+    assert spec(tx.init(abstract)) == spec(tx.init(params))
+    assert spec(jax.eval_shape(tx.init, params)) == spec(tx.init(params))

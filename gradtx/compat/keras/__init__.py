@@ -77,6 +77,7 @@ from gradtx.transforms.momentum import trace
 from gradtx.transforms.nadam_schedule import scale_by_nadam_schedule
 from gradtx.transforms.scaling import scale_by_learning_rate
 from gradtx.wrappers.accumulation import multi_steps
+from gradtx.wrappers.averaging import copy_params
 
 __all__ = [
     "adadelta",
@@ -213,7 +214,7 @@ def _keras_ema(momentum: float, overwrite_frequency: int | None) -> GradientTran
     def init(params):
         if params is None:
             raise ValueError("use_ema needs the parameters: call init(params)")
-        return KerasEmaState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.array, params))
+        return KerasEmaState(jnp.zeros([], jnp.int32), copy_params(params))
 
     def update(updates, state, params=None, **extra):
         del extra
