@@ -75,6 +75,29 @@ def test_live_pytorch_scheduler_matches_gradtx(name, record_torch, x64):
     np.testing.assert_allclose(actual, expected, rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.parametrize("name", ["sgd_momentum_plateau", "adamw_plateau_min_lr"])
+def test_live_pytorch_plateau_per_epoch_matches_gradtx_and_continues(name, record_torch, x64):
+    from tests import test_compat_torch as golden
+
+    case = next(c for c in record_torch.PLATEAU_EPOCH_CASES if c["name"] == name)
+    live = record_torch.run_plateau_epochs(case)
+    epochs, _ = golden.run_plateau_epochs(live)
+    np.testing.assert_allclose(epochs, live["epochs"], rtol=1e-10, atol=1e-12)
+    saved, start = live["saved"], case["save_epoch"]
+    params = [jnp.asarray(p, jnp.float64) for p in saved["params"]]
+    tx = golden.gtx.chain(
+        getattr(golden.tc, case["optimizer"])(**case["kwargs"]),
+        golden.lr_scheduler.reduce_lr_on_plateau(case["kwargs"]["lr"]),
+    )
+    state = golden.tc.load_state_dict(tx, saved["state_dict"], params)
+    state = (
+        state[0],
+        golden.tc.load_plateau_state(saved["scheduler_state_dict"], case["kwargs"]["lr"]),
+    )
+    continued, _ = golden.run_plateau_epochs(live, first_epoch=start, params=params, state=state)
+    np.testing.assert_allclose(continued, live["epochs"][start:], rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", KERAS_CASES)
 def test_live_keras_trajectory_matches_gradtx(name, record_keras):
     from tests import test_compat_keras as golden

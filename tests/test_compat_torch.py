@@ -578,3 +578,93 @@ def test_abstract_init_keeps_the_sharding_of_a_complex_parameter():
         for moment in (state["adam"].mu[0], state["adam"].nu[0]):
             assert moment.shape == (4, 2)
             assert moment.sharding.spec == expected
+
+
+PLATEAU_EPOCH_CASES = {case["name"]: case for case in OPTIMIZERS["plateau_epoch_cases"]}
+
+
+def run_plateau_epochs(case, *, first_epoch=0, params=None, state=None):
+    """PyTorch's usual loop, ported: the metric of epoch e goes with the first update of
+    epoch e + 1 (PyTorch's ``scheduler.step(metric)`` after the epoch's steps); returns
+    the flattened parameters after every epoch from ``first_epoch`` and the state."""
+    shapes = [tuple(s) for s in OPTIMIZERS["shapes"]]
+    problem = {k: np.asarray(v, np.float64) for k, v in OPTIMIZERS["problem"].items()}
+    h = split(problem["h"], shapes)
+    c = split(problem["c"], shapes)
+    kwargs = dict(case["plateau"], require_value=False)
+    tx = gtx.chain(
+        getattr(tc, case["optimizer"])(**case["kwargs"]),
+        lr_scheduler.reduce_lr_on_plateau(case["kwargs"]["lr"], **kwargs),
+    )
+    if params is None:
+        params = [jnp.asarray(p) for p in split(problem["p0"], shapes)]
+        state = tx.init(params)
+
+    @jax.jit
+    def step(params, state, noise, value):
+        grads = [h[i] * (p - c[i]) + n for i, (p, n) in enumerate(zip(params, noise, strict=True))]
+        updates, state = tx.update(grads, state, params, value=value)
+        return gtx.apply_updates(params, updates), state
+
+    metrics = SCHEDULERS["plateau_metrics"]
+    k = case["steps_per_epoch"]
+    epochs = []
+    for epoch in range(first_epoch, len(metrics)):
+        for t in range(epoch * k, (epoch + 1) * k):
+            new_metric = t == epoch * k and epoch > first_epoch
+            value = metrics[epoch - 1] if new_metric else None
+            params, state = step(params, state, split(problem["noise"][t], shapes), value)
+        epochs.append(np.concatenate([np.ravel(p) for p in params]))
+    return np.asarray(epochs), state
+
+
+@pytest.mark.parametrize("name", sorted(PLATEAU_EPOCH_CASES))
+def test_reduce_lr_on_plateau_stepped_per_epoch_follows_pytorchs_loop(name, x64):
+    """The metric goes with the next epoch's first update: PyTorch's lr for an epoch is
+    the one its scheduler set after the epoch before."""
+    case = PLATEAU_EPOCH_CASES[name]
+    assert len(set(case["lrs"])) >= 4  # the case reduces several times
+    epochs, _ = run_plateau_epochs(case)
+    np.testing.assert_allclose(epochs, case["epochs"], **TOLERANCE["float64"])
+
+
+@pytest.mark.parametrize("name", sorted(PLATEAU_EPOCH_CASES))
+def test_a_run_continued_with_the_plateau_state_stays_on_pytorchs_trajectory(name, x64):
+    case = PLATEAU_EPOCH_CASES[name]
+    saved, start = case["saved"], case["save_epoch"]
+    params = [jnp.asarray(p, jnp.float64) for p in saved["params"]]
+    tx_state = gtx.chain(  # only the state's structure: the loaded optimizer state
+        getattr(tc, case["optimizer"])(**case["kwargs"]),
+        lr_scheduler.reduce_lr_on_plateau(case["kwargs"]["lr"]),
+    )
+    optimizer_state = tc.load_state_dict(tx_state, saved["state_dict"], params)[0]
+    plateau = tc.load_plateau_state(saved["scheduler_state_dict"], case["kwargs"]["lr"])
+    assert plateau.scale.dtype == jnp.float64 and float(plateau.scale) < 1
+    epochs, _ = run_plateau_epochs(
+        case, first_epoch=start, params=params, state=(optimizer_state, plateau)
+    )
+    np.testing.assert_allclose(epochs, case["epochs"][start:], **TOLERANCE["float64"])
+    # a plateau started afresh (what load_state_dict alone gives) leaves the trajectory
+    fresh, _ = run_plateau_epochs(
+        case,
+        first_epoch=start,
+        params=params,
+        state=tx_state.init(params)[:1]
+        + (lr_scheduler.reduce_lr_on_plateau(case["kwargs"]["lr"]).init(params),),
+    )
+    assert np.max(np.abs(fresh - np.asarray(case["epochs"][start:]))) > 1e-3
+
+
+def test_load_plateau_state_rejects_what_one_scale_cannot_hold():
+    saved = {"best": 0.5, "num_bad_epochs": 0, "cooldown_counter": 0, "last_epoch": 9,
+             "_last_lr": [0.01, 0.002]}  # fmt: skip
+    state = tc.load_plateau_state(saved, [0.1, 0.02])
+    assert float(state.scale) == pytest.approx(0.1) and int(state.count) == 9
+    with pytest.raises(ValueError, match=r"not one scale of the base rates"):
+        tc.load_plateau_state(saved, 0.1)  # the second group held at a min_lr
+    with pytest.raises(ValueError, match=r"one per param group \(2\), got 3"):
+        tc.load_plateau_state(saved, [0.1, 0.02, 0.3])
+    with pytest.raises(ValueError, match=r"lr must be in \(0.0, inf\], got 0.0"):
+        tc.load_plateau_state(saved, [0.1, 0.0])
+    with pytest.raises(ValueError, match=r"no \['best'\]"):
+        tc.load_plateau_state({k: v for k, v in saved.items() if k != "best"}, 0.1)

@@ -70,28 +70,27 @@ def test_reduce_on_plateau_without_value_raises_a_clear_error():
 
 
 def test_a_metric_once_per_epoch_holds_the_state_on_the_updates_without_one():
-    """require_value=False: value= only on the update that ends an epoch (PyTorch's
-    scheduler.step(val_loss) after each epoch); the same scales as a transform fed the
-    epoch metrics alone, and the updates in between carry the scale in force."""
+    """require_value=False: an epoch's metric goes with the next epoch's first update
+    (where PyTorch's scheduler.step(val_loss) after the epoch takes effect); the same
+    scales as a transform fed the epoch metrics alone, every update of an epoch scaled
+    by the scale its previous epoch's metric set."""
     epoch_metrics = [1.0, 0.9, 0.95, 0.97, 0.99, 0.5, 0.6, 0.7]
     per_epoch = gtx.reduce_on_plateau(factor=0.5, patience=1, require_value=False)
     reference, _ = _scales(gtx.reduce_on_plateau(factor=0.5, patience=1), epoch_metrics)
     state = per_epoch.init(jnp.zeros(1))
     update = jax.jit(per_epoch.update)
     scales, updates = [], []
-    for metric in epoch_metrics:
-        for _ in range(3):  # updates inside the epoch: no metric
-            u, state = update(jnp.ones(1), state)
+    for epoch in range(len(epoch_metrics) + 1):
+        for i in range(4):
+            if i == 0 and epoch > 0:  # the metric of the epoch before
+                u, state = update(jnp.ones(1), state, value=epoch_metrics[epoch - 1])
+                scales.append(float(state.scale))
+            else:  # no metric: the state holds
+                u, state = update(jnp.ones(1), state)
             updates.append(float(u[0]))
-        u, state = update(jnp.ones(1), state, value=metric)
-        updates.append(float(u[0]))
-        scales.append(float(state.scale))
     np.testing.assert_array_equal(scales, reference)
     assert reference.min() < 1  # the metrics do reduce
-    # each epoch's updates use the scale set at the end of the epoch before
-    expected = np.repeat(np.concatenate([[1.0], reference[:-1]]), 4)
-    expected[3::4] = reference  # the epoch's last update already has its metric's scale
-    np.testing.assert_array_equal(updates, expected)
+    np.testing.assert_array_equal(updates, np.repeat(np.concatenate([[1.0], reference]), 4))
     assert int(state.count) == len(epoch_metrics)
 
 

@@ -65,11 +65,13 @@ def reduce_on_plateau(
     forwards ``value=`` only to Optax's own ``GradientTransformationExtraArgs``.
 
     A metric measured once per epoch (PyTorch's ``scheduler.step(val_loss)`` after each
-    epoch): build it with ``require_value=False`` and pass ``value=`` only on the
-    update that ends the epoch; the updates without it keep the state and apply the
-    scale in force. (Under ``jax.jit`` the two kinds of call compile separately, since
-    ``None`` is static.) By default a missing ``value`` is a ValueError, so that a
-    forgotten metric is not silently a scale of 1 forever.
+    epoch): build it with ``require_value=False`` and pass the epoch's ``value=`` with
+    the first update of the next epoch (PyTorch's next epoch is the first to use the
+    rate it sets; passed with the epoch's own last update, that update would already be
+    scaled: 5-40% off PyTorch's trajectory in the recorded cases); the updates without
+    it keep the state and apply the scale in force. (Under ``jax.jit`` the two kinds of
+    call compile separately, since ``None`` is static.) By default a missing ``value``
+    is a ValueError, so that a forgotten metric is not silently a scale of 1 forever.
 
     The scale and the best metric are kept in the default float dtype (float64 under
     ``jax_enable_x64``, as PyTorch's Python doubles; else float32).

@@ -292,6 +292,20 @@ def plateau_metrics() -> list[float]:
     return (trend + 0.002 * rng.standard_normal(trend.size)).tolist()
 
 
+# Per-epoch ReduceLROnPlateau on an optimizer: STEPS_PER_EPOCH optimizer steps, then
+# scheduler.step(plateau_metrics()[epoch]); the state is saved after save_epoch epochs
+# (optimizer and scheduler) for the load test.
+PLATEAU_EPOCH_CASES = [
+    {"name": "sgd_momentum_plateau", "optimizer": "sgd", "kwargs": {"lr": 0.05, "momentum": 0.9},
+     "plateau": {"factor": 0.5, "patience": 2, "cooldown": 1}, "steps_per_epoch": 3,
+     "save_epoch": 30},
+    {"name": "adamw_plateau_min_lr", "optimizer": "adamw",
+     "kwargs": {"lr": 0.01, "weight_decay": 0.1},
+     "plateau": {"factor": 0.3, "patience": 1, "min_lr": 0.0005, "threshold": 0.002},
+     "steps_per_epoch": 3, "save_epoch": 24},
+]  # fmt: skip
+
+
 PLATEAU_CASES = [
     {"lr": 0.1, "kwargs": {"factor": 0.5, "patience": 3}},
     {"lr": 0.1, "kwargs": {"factor": 0.3, "patience": 2, "cooldown": 3, "min_lr": 0.005}},

@@ -6,7 +6,8 @@ Run from the repository root with the CPU wheel installed (``pip install torch==
 
 It writes ``tests/golden/torch_optimizers.json`` (trajectories of every optimizer over
 option combinations, float64 and float32, plus runs continued from a saved
-``state_dict`` and runs on complex parameters) and ``tests/golden/torch_schedulers.json``
+``state_dict``, runs on complex parameters, and per-epoch ``ReduceLROnPlateau`` runs
+with the optimizer's and the scheduler's state saved mid-run) and ``tests/golden/torch_schedulers.json``
 (200 learning rates of each scheduler). The tests read them without PyTorch;
 ``tests/test_compat_live.py`` reruns the same cases against the installed PyTorch
 through the functions here. A rerun reproduces the float64 values to ~1e-15 and the
@@ -36,6 +37,7 @@ from golden_problem import (  # noqa: E402
     LOAD_CASES,
     OPTIMIZER_CASES,
     PLATEAU_CASES,
+    PLATEAU_EPOCH_CASES,
     SCHEDULER_CASES,
     SHAPES,
     SNAPSHOTS,
@@ -217,6 +219,39 @@ def plateau_values(lr: float, kwargs: dict, metrics: list[float]) -> np.ndarray:
     return np.asarray(values, np.float64)
 
 
+def run_plateau_epochs(case: dict) -> dict:
+    """A ``PLATEAU_EPOCH_CASES`` case in float64: the parameters after every epoch, the
+    learning rate of every epoch, and the optimizer's and the scheduler's state_dict()
+    after ``save_epoch`` epochs (PyTorch's usual loop: the epoch's optimizer steps, then
+    ``scheduler.step(metric)``)."""
+    torch.set_default_dtype(torch.float64)
+    prob = problem("float64")
+    params = [torch.tensor(p, requires_grad=True) for p in prob["p0"]]
+    optimizer = TORCH_OPTIMIZERS[case["optimizer"]](params, **torch_kwargs(case["kwargs"]))
+    scheduler = S.ReduceLROnPlateau(optimizer, **case["plateau"])
+    h = [torch.tensor(x) for x in prob["h"]]
+    c = [torch.tensor(x) for x in prob["c"]]
+    k = case["steps_per_epoch"]
+    epochs, lrs, saved = [], [], None
+    for epoch, metric in enumerate(plateau_metrics()):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        for t in range(epoch * k, (epoch + 1) * k):
+            with torch.no_grad():
+                for i, p in enumerate(params):
+                    p.grad = h[i] * (p - c[i]) + torch.tensor(prob["noise"][t][i])
+            optimizer.step()
+        scheduler.step(metric)
+        epochs.append(np.concatenate([p.detach().numpy().ravel() for p in params]).tolist())
+        if epoch + 1 == case["save_epoch"]:
+            saved = {
+                "params": [p.detach().numpy().tolist() for p in params],
+                "state_dict": _state_dict_as_lists(optimizer.state_dict()),
+                "scheduler_state_dict": scheduler.state_dict(),
+            }
+    torch.set_default_dtype(torch.float32)
+    return dict(case, epochs=epochs, lrs=lrs, saved=saved)
+
+
 def _fmt(array: np.ndarray, dtype: str) -> list:
     if dtype == "float32":
         return [float(f"{x:.9g}") for x in np.asarray(array).ravel()]
@@ -250,6 +285,7 @@ def main() -> None:
         "load_cases": loads,
         "complex_problem": {k: [as_pairs(x) for x in v] for k, v in complex_problem().items()},
         "complex_cases": [run_complex_case(case) for case in COMPLEX_CASES],
+        "plateau_epoch_cases": [run_plateau_epochs(case) for case in PLATEAU_EPOCH_CASES],
     }
     schedulers = {
         "torch": torch_version,

@@ -31,7 +31,7 @@ import numpy as np
 
 from gradtx import check, numerics
 from gradtx.compat.torch import lr_scheduler
-from gradtx.compat.torch.state_dict import load_state_dict
+from gradtx.compat.torch.state_dict import load_plateau_state, load_state_dict
 from gradtx.core import EmptyState, GradientTransformation, ScalarOrSchedule, named_chain
 from gradtx.schedules.injection import InjectState
 from gradtx.transforms.adaptive import (
@@ -58,6 +58,7 @@ __all__ = [
     "adamw",
     "asgd",
     "clip_grad_norm",
+    "load_plateau_state",
     "load_state_dict",
     "lr_scheduler",
     "nadam",

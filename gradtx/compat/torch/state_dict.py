@@ -9,15 +9,17 @@ had an option (``amsgrad``, ``centered``, ``momentum``) that ``tx`` lacks.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradtx import check
 from gradtx.core import GradientTransformation, Params
 from gradtx.schedules.injection import InjectState
+from gradtx.schedules.plateau import ReduceOnPlateauState
 from gradtx.transforms.adaptive import (
     ScaleByAdadeltaState,
     ScaleByAdamaxState,
@@ -284,3 +286,74 @@ def load_state_dict(
                 f"amsgrad, centered)?"
             )
     return converted
+
+
+_PLATEAU_KEYS = ("best", "num_bad_epochs", "cooldown_counter", "last_epoch", "_last_lr")
+
+
+def load_plateau_state(
+    scheduler_state_dict: Mapping[str, Any], lr: float | Sequence[float]
+) -> ReduceOnPlateauState:
+    """The state of ``reduce_lr_on_plateau(lr, ...)`` equivalent to a PyTorch
+    ``ReduceLROnPlateau.state_dict()``.
+
+    PyTorch keeps a plateau's progress in the scheduler, not the optimizer, so
+    ``load_state_dict`` starts a chained ``reduce_lr_on_plateau`` afresh; put this state
+    in its place. The scale is PyTorch's current learning rate over ``lr``, the base
+    learning rate the transform and the optimizer were built with (PyTorch's state does
+    not record it); the best metric, the bad epochs, the cooldown counter and the
+    epoch count are copied. The scheduler's settings (``factor``, ``patience``, ...) are
+    those of the transform, built with the same arguments.
+
+    Args:
+        scheduler_state_dict: ``scheduler.state_dict()`` of a ``ReduceLROnPlateau``.
+        lr: the base learning rate, > 0; one per param group where the groups' base
+            rates differ.
+
+    Raises:
+        ValueError: a key of PyTorch's state is missing, ``lr`` is not positive or does
+            not have one value per param group, or the groups' rates are not one scale
+            of their base rates (a group held at its ``min_lr`` while another was reduced
+            further: one transform keeps one scale).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> from gradtx.compat import torch as tc
+        >>> tx = gtx.chain(tc.sgd(0.1), tc.lr_scheduler.reduce_lr_on_plateau(0.1))
+        >>> saved = {"best": 0.5, "num_bad_epochs": 2, "cooldown_counter": 0,
+        ...          "last_epoch": 12, "_last_lr": [0.01]}
+        >>> state = tx.init(jnp.zeros(2))
+        >>> state = (state[0], tc.load_plateau_state(saved, lr=0.1))
+        >>> round(float(state[1].scale), 6), int(state[1].num_bad_steps)
+        (0.1, 2)
+    """
+    missing = [key for key in _PLATEAU_KEYS if key not in scheduler_state_dict]
+    if missing:
+        raise ValueError(
+            f"scheduler_state_dict must be a ReduceLROnPlateau state_dict(); it has no {missing}"
+        )
+    last_lr = [float(_to_numpy(x)) for x in scheduler_state_dict["_last_lr"]]
+    base = [lr] * len(last_lr) if np.ndim(lr) == 0 else list(lr)
+    if len(base) != len(last_lr):
+        raise ValueError(
+            f"lr must be one base learning rate or one per param group ({len(last_lr)}), "
+            f"got {len(base)} values"
+        )
+    for value in base:
+        check.positive("lr", value)
+    scales = [now / float(b) for now, b in zip(last_lr, base, strict=True)]
+    if not np.allclose(scales, scales[0], rtol=1e-12, atol=0.0):
+        raise ValueError(
+            f"the param groups' learning rates {last_lr} are not one scale of the base "
+            f"rates {base} (scales {scales}); reduce_lr_on_plateau keeps one scale for "
+            f"all parameters"
+        )
+    float_dtype = jnp.result_type(float)
+    return ReduceOnPlateauState(
+        scale=jnp.asarray(scales[0], float_dtype),
+        best_value=jnp.asarray(float(_to_numpy(scheduler_state_dict["best"])), float_dtype),
+        num_bad_steps=jnp.asarray(int(scheduler_state_dict["num_bad_epochs"]), jnp.int32),
+        cooldown_counter=jnp.asarray(int(scheduler_state_dict["cooldown_counter"]), jnp.int32),
+        count=jnp.asarray(min(int(scheduler_state_dict["last_epoch"]), 2**31 - 1), jnp.int32),
+    )
