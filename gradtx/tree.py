@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import types
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import jax
@@ -555,6 +555,29 @@ def _named_children(node: Any) -> list[tuple[str, Any, Any]] | None:
     return None
 
 
+def path_matches(pieces: Sequence[str], path: str | None) -> bool:
+    """Whether a state path (its pieces: ``(".inner_states", "['decay']", ".mu")``) is
+    one that ``path=`` picks: consecutive whole pieces of it, as printed
+    (``"['decay']"``, ``"['decay'].inner_state"``, ``"inner_state[0].count"``; a
+    leading field needs no dot), or a key name (``"decay"``). Never a part of a name:
+    ``"a"`` does not pick ``.inner_states``."""
+    if path is None:
+        return True
+    if path.startswith(("[", ".")):
+        candidates = [path]
+    else:
+        candidates = [f".{path}", f"[{path!r}]"]
+    for start in range(len(pieces)):
+        joined = ""
+        for piece in pieces[start:]:
+            joined += piece
+            if joined in candidates:
+                return True
+            if len(joined) >= max(map(len, candidates)):
+                break
+    return False
+
+
 def _find_named(tree: Any, name: str, path: str | None) -> list[tuple[str, ...]]:
     """The paths (as pieces: ``(".inner_state", "[0]", ".mu")``) of every ``name`` field."""
     found = []
@@ -565,7 +588,7 @@ def _find_named(tree: Any, name: str, path: str | None) -> list[tuple[str, ...]]
             return
         for piece, key, child in children:
             here = (*prefix, piece)
-            if key == name and (path is None or path in "".join(here)):
+            if key == name and path_matches(here, path):
                 found.append(here)
             visit(here, child)
 
@@ -593,7 +616,7 @@ def _replace_at(node: Any, pieces: tuple[str, ...], value: Any) -> Any:
 
 def _lookup(tree: Any, name: str, path: str | None) -> tuple[str, ...]:
     found = _find_named(tree, name, path)
-    where = f" under a path containing {path!r}" if path is not None else ""
+    where = f" under the path {path!r}" if path is not None else ""
     if not found:
         raise KeyError(f"no field or key named {name!r}{where} in this tree")
     if len(found) > 1:
@@ -611,7 +634,8 @@ def tree_get(tree: Any, name: str, *, path: str | None = None) -> Any:
     Searches nested states (chains, named chains, wrappers, injected hyperparameters) for
     ``name`` (``"count"``, ``"mu"``, ``"learning_rate"``...). Raises KeyError when no
     field has that name and ValueError, listing the paths, when several do; ``path``
-    (a substring of the printed path, e.g. ``"[0]"`` or ``"['decay']"``) picks one.
+    picks one: a key or field name on the way (``"decay"``, ``"0"``) or whole pieces of
+    the printed path (``"[0]"``, ``"['decay']"``), never a part of a name.
 
     Example:
         >>> import jax.numpy as jnp

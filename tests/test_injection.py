@@ -230,6 +230,28 @@ def test_two_optimizers_holding_the_same_name_are_told_apart_by_path():
     assert float(gtx.get_hyperparams(state, path="slow")["learning_rate"]) == pytest.approx(0.01)
 
 
+def test_path_picks_whole_names_never_a_part_of_one():
+    """path='a' once matched the 'a' of '.inner_states' and set every group's rate."""
+    params = {"a": jnp.zeros(2), "s": jnp.zeros(2)}
+    tx = gtx.partition({"a": gtx.adam(1e-3), "s": gtx.sgd(0.02)}, {"a": "a", "s": "s"})
+    state = gtx.set_hyperparams(tx.init(params), path="a", learning_rate=0.01)
+    for path in ("a", "['a']", ".inner_states['a']", "inner_states['a']"):
+        assert float(gtx.get_hyperparams(state, path=path)["learning_rate"]) == pytest.approx(0.01)
+    assert float(gtx.get_hyperparams(state, path="s")["learning_rate"]) == pytest.approx(0.02)
+    updates, _ = tx.update({"a": jnp.ones(2), "s": jnp.ones(2)}, state, params)
+    np.testing.assert_allclose(updates["s"], [-0.02, -0.02], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"under the path 'st'"):
+        gtx.set_hyperparams(state, path="st", learning_rate=1.0)
+    chained = gtx.named_chain(("encoder", gtx.adam(0.1)), ("head", gtx.adam(0.2)))
+    with pytest.raises(ValueError, match=r"under the path 'e'"):
+        gtx.get_hyperparams(chained.init(jnp.zeros(1)), path="e")
+    with pytest.raises(KeyError, match=r"under the path 'ead'"):
+        gtx.tree_get(chained.init(jnp.zeros(1)), "learning_rate", path="ead")
+    assert float(gtx.tree_get(chained.init(jnp.zeros(1)), "learning_rate", path="head")) == (
+        pytest.approx(0.2)
+    )
+
+
 def test_setting_an_unknown_hyperparameter_names_the_available_ones():
     state = gtx.adam(0.1).init(jnp.zeros(2))
     with pytest.raises(ValueError, match=r"\['lr'\].*'learning_rate'"):

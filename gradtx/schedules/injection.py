@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import check, numerics
+from gradtx import check, numerics, tree
 from gradtx.core import GradientTransformation, OptState
 
 
@@ -178,21 +178,22 @@ def _with_value(old: Any, value: jax.Array) -> Any:
     return old.replace(value)
 
 
-def _injected_states(state: OptState) -> list[tuple[str, InjectState]]:
-    """Every InjectState inside ``state`` (nested ones too), with its path."""
+def _injected_states(state: OptState) -> list[tuple[str, tuple[str, ...], InjectState]]:
+    """Every InjectState inside ``state`` (nested ones too), with its path (printed, and
+    as pieces for ``tree.path_matches``)."""
     found = []
 
-    def visit(prefix: str, subtree: Any) -> None:
+    def visit(prefix: tuple[str, ...], subtree: Any) -> None:
         flat, _ = jax.tree_util.tree_flatten_with_path(
             subtree, is_leaf=lambda x: isinstance(x, InjectState)
         )
         for path, leaf in flat:
             if isinstance(leaf, InjectState):
-                here = prefix + jax.tree_util.keystr(path)
-                found.append((here, leaf))
-                visit(here + ".inner_state", leaf.inner_state)
+                here = (*prefix, *(jax.tree_util.keystr((key,)) for key in path))
+                found.append(("".join(here), here, leaf))
+                visit((*here, ".inner_state"), leaf.inner_state)
 
-    visit("", state)
+    visit((), state)
     return found
 
 
@@ -205,8 +206,9 @@ def get_hyperparams(state: OptState, *, path: str | None = None) -> dict[str, ja
     Args:
         state: an optimizer state.
         path: where several injected transforms hold the same name (parameter groups
-            with their own learning rate, say), a substring of the state path of the
-            one to read (``"['decay']"``); the error lists the paths.
+            with their own learning rate, say), the one to read: a key or field name
+            on its state path (``"decay"``) or whole pieces of it (``"['decay']"``),
+            never a part of a name; the error lists the paths.
 
     Example:
         >>> import jax.numpy as jnp
@@ -215,11 +217,11 @@ def get_hyperparams(state: OptState, *, path: str | None = None) -> dict[str, ja
         >>> round(float(gtx.get_hyperparams(state)["learning_rate"]), 6)
         0.001
     """
-    found = [(p, s) for p, s in _injected_states(state) if path is None or path in p]
+    found = [(p, s) for p, pieces, s in _injected_states(state) if tree.path_matches(pieces, path)]
     if not found:
         raise ValueError(
             "no injected hyperparameters in this state"
-            + (f" under a path containing {path!r}" if path else "")
+            + (f" under the path {path!r}" if path else "")
             + "; build the transform with gradtx.schedule_injection"
         )
     merged: dict[str, jax.Array] = {}
@@ -238,7 +240,7 @@ def get_hyperparams(state: OptState, *, path: str | None = None) -> dict[str, ja
 
 def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) -> OptState:
     """A new state with the named hyperparameters set, in every injected transform that
-    holds them (optionally only those whose state path contains ``path``).
+    holds them (optionally only those ``path`` picks, as in ``get_hyperparams``).
 
     The values become float32 scalars, so changing them between steps compiles nothing.
     A hyperparameter given as a schedule is recomputed at the next update; set the
@@ -253,11 +255,11 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
         >>> round(float(gtx.get_hyperparams(state)["learning_rate"]), 6)
         0.0001
     """
-    targets = [p for p, _ in _injected_states(state) if path is None or path in p]
+    targets = [p for p, pieces, _ in _injected_states(state) if tree.path_matches(pieces, path)]
     if not targets:
         raise ValueError(
             "no injected hyperparameters in this state"
-            + (f" under a path containing {path!r}" if path else "")
+            + (f" under the path {path!r}" if path else "")
         )
     unknown = set(values)
     try:
@@ -289,7 +291,7 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
 
     new_state = replace("", state)
     if unknown:
-        available = sorted({n for _, s in _injected_states(state) for n in s.hyperparams})
+        available = sorted({n for _, _, s in _injected_states(state) for n in s.hyperparams})
         raise ValueError(
             f"no injected hyperparameter named {sorted(unknown)}; available: {available}"
         )

@@ -7,12 +7,13 @@ Run from the repository root with the CPU wheel installed (``pip install torch==
 It writes ``tests/golden/torch_optimizers.json`` (trajectories of every optimizer over
 option combinations, float64 and float32, plus runs continued from a saved
 ``state_dict``, runs on complex parameters, and per-epoch ``ReduceLROnPlateau`` runs
-with the optimizer's and the scheduler's state saved mid-run) and ``tests/golden/torch_schedulers.json``
-(200 learning rates of each scheduler). The tests read them without PyTorch;
-``tests/test_compat_live.py`` reruns the same cases against the installed PyTorch
-through the functions here. A rerun reproduces the float64 values to ~1e-15 and the
-float32 ones to ~2e-6 relative (PyTorch's CPU kernels round differently from run to
-run), so cases added later were appended to the files without rewriting the others.
+with the optimizer's and the scheduler's state saved mid-run) and
+``tests/golden/torch_schedulers.json`` (200 learning rates of each scheduler). The tests
+read them without PyTorch; ``tests/test_compat_live.py`` reruns the same cases against
+the installed PyTorch through the functions here. A rerun reproduces the float64 values
+to ~1e-15 and the float32 ones to ~2e-6 relative (PyTorch's CPU kernels round
+differently from run to run), so cases added later were appended to the files without
+rewriting the others.
 
 The problem (``golden_problem.py``): three small parameter arrays, gradients
 ``g_t = sign * h * (p_t - c) + n_t`` from a fixed quadratic plus a fixed noise sequence.
