@@ -181,6 +181,20 @@ def test_partition_leaf_matching_no_pattern_is_an_error_naming_its_path():
         tx.init(_params())
 
 
+def test_partition_labels_naming_some_top_level_keys_only_are_not_guessed():
+    """{"emb": ..., "head": ...} for params {emb, emb_norm, head} was read as patterns,
+    and 'emb' silently took emb_norm along (frozen with emb)."""
+    params = {"emb": jnp.ones(2), "emb_norm": jnp.ones(2), "head": jnp.ones(2)}
+    transforms = {"frozen": gtx.set_to_zero(), "train": gtx.sgd(0.1)}
+    tx = gtx.partition(transforms, {"emb": "frozen", "head": "train"})
+    with pytest.raises(ValueError, match=r"top-level keys of the params.*\['emb_norm'\]"):
+        tx.init(params)
+    exact = gtx.partition(transforms, {r"^\['emb'\]": "frozen", r".*": "train"})
+    updates, _ = exact.update(params, exact.init(params), params)
+    np.testing.assert_allclose(updates["emb_norm"], [-0.1, -0.1], rtol=1e-6)
+    np.testing.assert_array_equal(updates["emb"], [0.0, 0.0])
+
+
 def test_partition_label_without_transform_is_an_error():
     tx = gtx.partition({"a": gtx.identity()}, {"dense": "a", "norm": "b"})
     with pytest.raises(ValueError, match=r"\['b'\] have no transform"):

@@ -238,7 +238,20 @@ def _is_pattern_dict(labels: Any, full: Any) -> bool:
         return False
     if not all(isinstance(v, str) for v in labels.values()):
         return False
-    return not (isinstance(full, Mapping) and set(labels) == set(full))
+    if not isinstance(full, Mapping):
+        return True
+    if set(labels) == set(full):
+        return False
+    if set(labels) < set(full):  # a label tree missing keys, or patterns? Not guessed.
+        missing = sorted(map(str, set(full) - set(labels)))
+        raise ValueError(
+            f"labels: the keys {sorted(map(str, labels))} are all top-level keys of the "
+            f"params, which also have {missing}; as a label tree, give those a label too; "
+            f"as path patterns (searched in every path: {sorted(map(str, labels))[0]!r} "
+            f"would also match a key it is a part of), write one that is not a bare key, "
+            f"such as r\"^\\['name'\\]\" for one key exactly"
+        )
+    return True
 
 
 def _resolve_labels(labels: Any, full: Any, names: list[str]) -> tuple[Any, list]:
@@ -277,7 +290,9 @@ def partition(
               ``jax.tree_util.keystr`` prints it (``"['dense']['bias']"``), is searched
               (``re.search``) with the patterns in order and the first match wins; a
               leaf matching none is an error. (A dict whose keys are exactly the params'
-              top-level keys is read as a label tree instead.)
+              top-level keys is read as a label tree instead; one whose keys are some
+              of them only is a ValueError: a label tree missing keys, or bare keys
+              as patterns, which would also match longer keys.)
 
     State: ``PartitionState(inner_states)``, a dict label -> that group's state.
     ``reset_group`` re-initializes one group.
