@@ -63,7 +63,11 @@ def _fail(name: str, value: Any, expected: str):
 def number(name: str, value: Any, *, schedule: bool = False) -> None:
     """Real number (or, with ``schedule=True``, a schedule): a scalar, not NaN, not a
     string. An array of several values is refused: it would broadcast against the
-    leaves (one b1 per element) or fail inside jnp at the first update."""
+    leaves (one b1 per element) or fail inside jnp at the first update. A traced value's
+    shape is known: one with a shape (a schedule returning a vector, under ``jit``) is
+    refused as well."""
+    if isinstance(value, jax.core.Tracer) and value.ndim:
+        _fail(name, value, f"a scalar (a number or a 0-d array), not shape {value.shape}")
     array = _concrete(name, value, schedule)
     if array is None:
         return

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 import gradtx as gtx
+from gradtx.compat import keras as kc
+from gradtx.compat import torch as tc
 from tests import zoo
 
 INVALID_HYPERPARAMETERS = [
@@ -261,6 +263,27 @@ def test_a_negative_learning_rate_schedule_is_named_at_an_eager_update(make):
     params = jnp.array([0.0])
     with pytest.raises(ValueError, match=r"learning_rate must be in \[0.0, inf\], got .*-0.1"):
         tx.update(jnp.array([1.0]), tx.init(params), params)
+
+
+VECTOR_SCHEDULE = lambda step: jnp.full(3, 0.1)  # noqa: E731
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: gtx.scale_by_learning_rate(VECTOR_SCHEDULE),
+        lambda: tc.adamw(VECTOR_SCHEDULE),
+        lambda: kc.adam(VECTOR_SCHEDULE),
+    ],
+    ids=["scale_by_learning_rate", "torch_adamw", "keras_adam"],
+)
+def test_a_schedule_returning_a_vector_is_named_under_jit_too(make):
+    """Under jit the value is a tracer, whose shape is known: it was let through and
+    broadcast a scalar parameter's update to shape (3,)."""
+    tx = make()
+    params = {"w": jnp.zeros(3), "b": jnp.zeros([])}
+    with pytest.raises(ValueError, match=r"learning_rate must be a scalar.*not shape \(3,\)"):
+        jax.jit(tx.update)(params, tx.init(params), params)
 
 
 @pytest.mark.parametrize("optimizer", [gtx.sgd, gtx.rmsprop], ids=["sgd", "rmsprop"])
