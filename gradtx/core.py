@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gradtx import tree
 
@@ -187,11 +188,47 @@ def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTran
     return GradientTransformation(init, update)
 
 
+def _check_applicable(params: Params, updates: Updates) -> None:
+    """Shapes equal, and no complex update of a real or floating update of an integer
+    parameter (attribute reads only: this runs on every leaf of every eager step)."""
+    flat_params = jax.tree.leaves(params)
+    flat_updates = jax.tree.structure(params).flatten_up_to(updates)
+    for index, (p, u) in enumerate(zip(flat_params, flat_updates, strict=True)):
+        if u is None:
+            continue
+        p_shape, u_shape = _shape_of(p), _shape_of(u)
+        p_kind, u_kind = _kind_of(p), _kind_of(u)
+        problem = None
+        if p_shape != u_shape:
+            problem = f"the update has shape {list(u_shape)}, the parameter {list(p_shape)}"
+        elif u_kind == "c" and p_kind != "c":
+            problem = "the update is complex, the parameter real (its imaginary part would be lost)"
+        elif u_kind in "fc" and p_kind in "iub":
+            problem = "the update is floating, the parameter an integer (it would be truncated)"
+        if problem:
+            path = tree.leaf_path(params, index) or "the root"
+            raise ValueError(f"apply_updates: at {path}, {problem}")
+
+
+def _shape_of(x: Any) -> tuple[int, ...]:
+    shape = getattr(x, "shape", None)
+    return tuple(shape) if shape is not None else np.shape(x)
+
+
+def _kind_of(x: Any) -> str:
+    dtype = getattr(x, "dtype", None)
+    return (dtype if dtype is not None else np.result_type(x)).kind
+
+
 def apply_updates(params: Params, updates: Updates) -> Params:
     """Returns ``params + updates``, each leaf in its parameter's own dtype.
 
     ``None`` leaves in ``params`` stay ``None``. The sum is computed in the promoted dtype
-    and cast back, so float32 updates applied to bfloat16 parameters keep bfloat16.
+    and cast back, so float32 updates applied to bfloat16 parameters keep bfloat16. An
+    update whose shape differs from its parameter's (it would broadcast and change the
+    parameter's shape), a complex update of a real parameter (its imaginary part would be
+    dropped) or a floating update of an integer parameter (truncated) is a ValueError
+    naming the leaf; Optax applies them silently.
 
     Example:
         >>> import jax.numpy as jnp
@@ -201,6 +238,7 @@ def apply_updates(params: Params, updates: Updates) -> Params:
         (dtype(bfloat16), [1.5, 1.5])
     """
     tree.check_same_structure(params, updates, "params", "updates")
+    _check_applicable(params, updates)
 
     def add(p, u):
         p = jnp.asarray(p)

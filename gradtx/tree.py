@@ -71,8 +71,10 @@ def _dtype(leaf: Any) -> np.dtype:
 
 def _as_array(leaf: Any) -> Any:
     """A Python float or complex as a JAX array (weakly typed, as under ``jit``); others
-    unchanged (bools and ints are static flags of the per-leaf functions, masks say)."""
-    return jnp.asarray(leaf) if isinstance(leaf, float | complex) else leaf
+    unchanged (bools and ints are static flags of the per-leaf functions, masks say;
+    NumPy scalars such as ``np.float64``, a subclass of float, stay NumPy values as NumPy
+    arrays do: the transforms read their dtype as it is)."""
+    return jnp.asarray(leaf) if type(leaf) in (float, complex) else leaf
 
 
 def check_inexact(tree: Any, what: str) -> None:
@@ -460,11 +462,19 @@ def _check_leaves(tree: Any, arg_tuples: list[tuple], indices: list[int] | None 
             if isinstance(other, bool) or other is None:  # static per-leaf flags
                 continue
             if _shape(other) != shape:
-                path = _leaves_with_paths(tree)[i][0]
+                path = leaf_path(tree, i)
                 raise ValueError(
                     f"shape mismatch at {path or 'the root'}: the update has shape "
-                    f"{list(shape)} but the state holds {list(_shape(other))}"
+                    f"{list(shape)} but the state (or the params) passed with it has "
+                    f"{list(_shape(other))}"
                 )
+
+
+def leaf_path(tree: Any, index: int) -> str:
+    """The printed path of the ``index``-th leaf of ``tree`` (``jax.tree.leaves`` order,
+    which skips ``None``)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return jax.tree_util.keystr(flat[index][0])
 
 
 def _shape(x: Any) -> tuple[int, ...]:

@@ -173,6 +173,37 @@ def test_apply_updates_names_the_first_path_where_the_trees_differ():
         gtx.apply_updates({"a": jnp.ones(1), "b": jnp.ones(1)}, {"a": jnp.ones(1)})
 
 
+@pytest.mark.parametrize("jitted", [False, True])
+@pytest.mark.parametrize(
+    "param, update, message",
+    [
+        (jnp.zeros([]), jnp.ones(3), r"the update has shape \[3\], the parameter \[\]"),
+        (jnp.zeros(3), jnp.ones((2, 3)), r"the update has shape \[2, 3\], the parameter \[3\]"),
+        (jnp.zeros(3), jnp.ones(1), r"the update has shape \[1\], the parameter \[3\]"),
+        (jnp.zeros(2), jnp.ones(2, jnp.complex64), r"the update is complex, the parameter real"),
+        (
+            jnp.zeros(2, jnp.int32),
+            jnp.full(2, 0.4),
+            r"the update is floating, the parameter an integer",
+        ),
+    ],
+    ids=[
+        "vector_on_scalar",
+        "matrix_on_vector",
+        "broadcast_one",
+        "complex_on_real",
+        "float_on_int",
+    ],
+)
+def test_apply_updates_refuses_what_would_change_or_lose_the_parameter(
+    param, update, message, jitted
+):
+    """Optax broadcasts, truncates and drops the imaginary part silently."""
+    apply = jax.jit(gtx.apply_updates) if jitted else gtx.apply_updates
+    with pytest.raises(ValueError, match=r"apply_updates: at \['b'\], " + message):
+        apply({"a": None, "b": param}, {"a": None, "b": update})
+
+
 def test_a_full_training_step_descends_a_quadratic():
     tx = gtx.chain(gtx.scale_by_adam(), gtx.scale_by_learning_rate(0.1))
     params = {"w": jnp.array([1.0, -2.0])}

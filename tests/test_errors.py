@@ -131,6 +131,17 @@ def test_a_state_leaf_of_another_shape_is_named_with_both_shapes():
 
 
 @pytest.mark.parametrize("jitted", [False, True])
+def test_a_wrong_leaf_is_named_by_its_own_path_among_none_leaves(jitted):
+    """Paths counted None leaves and the leaves did not: ['w'] was reported as ['b'] and
+    ['a'] (masked and partitioned trees have None leaves)."""
+    params = {"a": None, "b": jnp.zeros(2), "w": jnp.zeros(3)}
+    state = gtx.adam(0.1).init(params)
+    update = jax.jit(gtx.adam(0.1).update) if jitted else gtx.adam(0.1).update
+    with pytest.raises(ValueError, match=r"shape mismatch at \['w'\].*\[4\].*\[3\]"):
+        update({"a": None, "b": jnp.ones(2), "w": jnp.ones(4)}, state)
+
+
+@pytest.mark.parametrize("jitted", [False, True])
 def test_the_first_of_several_wrong_state_leaves_is_named(jitted):
     # eagerly the leaves are checked one per group of equal shapes: still the first one
     params = [jnp.zeros(3) for _ in range(40)]
