@@ -470,6 +470,25 @@ def _check_leaves(tree: Any, arg_tuples: list[tuple], indices: list[int] | None 
                 )
 
 
+def gathered(x: Any) -> Any:
+    """``x`` replicated where its type carries an explicit sharding (a mesh with
+    ``AxisType.Explicit`` axes, ``jax.make_mesh``'s default), so that it can be raveled
+    or concatenated with leaves sharded otherwise; on other arrays (Auto meshes, one
+    device) ``x`` itself, which XLA's partitioner gathers where needed. Only for what
+    must see a whole leaf as one vector (``flatten``, ``quantized_state``)."""
+    try:
+        sharding = getattr(jax.typeof(x), "sharding", None)
+    except TypeError:  # not an array
+        return x
+    spec = getattr(sharding, "spec", None)
+    mesh = getattr(sharding, "mesh", None)
+    if not spec or all(axis is None for axis in spec) or mesh is None:
+        return x
+    if jax.sharding.AxisType.Explicit not in tuple(getattr(mesh, "axis_types", ())):
+        return x
+    return jax.sharding.reshard(x, jax.sharding.PartitionSpec())
+
+
 def leaf_path(tree: Any, index: int) -> str:
     """The printed path of the ``index``-th leaf of ``tree`` (``jax.tree.leaves`` order,
     which skips ``None``)."""

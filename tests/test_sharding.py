@@ -129,6 +129,73 @@ def measure():
         }
     results["eager"] = eager_updates_keep_their_devices(params)
     results["wrappers"] = wrapper_states_are_sharded_like_their_parameters(params)
+    results["whole_leaf"] = whole_leaf_transforms()
+    return results
+
+
+def whole_leaf_transforms():
+    """Runs in the subprocess: transforms that see a whole leaf as one vector (flatten,
+    quantized_state) or reduce it (PyTorch's clip_grad_norm), on an explicit mesh with a
+    kernel sharded on its first axis, one on its second and a replicated bias, against
+    the same steps on one device; and the all-gathers of clip_grad_norm's step."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import gradtx as gtx
+    from gradtx.compat import torch as tc
+
+    transforms = {
+        "flatten": lambda: gtx.flatten(gtx.adam(0.01)),
+        "flatten_offsets": lambda: gtx.flatten(gtx.adam(0.01), offsets_in_state=True),
+        "quantized_state": lambda: gtx.quantized_state(gtx.adam(0.01), min_size=256),
+        "clip_grad_norm": lambda: gtx.chain(tc.clip_grad_norm(0.5), tc.adam(0.01)),
+    }
+    mesh = jax.make_mesh((8,), ("data",))
+    rng = np.random.default_rng(1)
+    params = {
+        "w": jnp.asarray(rng.normal(size=(64, 32)), jnp.float32),
+        "k": jnp.asarray(rng.normal(size=(8, 16, 8)), jnp.float32),
+        "b": jnp.asarray(rng.normal(size=(32,)), jnp.float32),
+    }
+    specs = {"w": P("data", None), "k": P(None, "data"), "b": P()}
+
+    def run(tx, params):
+        @jax.jit
+        def step(params, state):
+            grads = jax.tree.map(lambda p: jnp.sin(3 * p), params)
+            updates, state = tx.update(grads, state, params)
+            return gtx.apply_updates(params, updates), state
+
+        state = jax.jit(tx.init)(params)
+        for _ in range(3):
+            params, state = step(params, state)
+        return params, step.lower(params, state).compile().as_text()
+
+    results = {}
+    for name, make in transforms.items():
+        expected, _ = run(make(), params)
+        with jax.set_mesh(mesh):
+            sharded = jax.device_put(params, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
+            try:
+                actual, hlo = run(make(), sharded)
+            except Exception as error:  # noqa: BLE001  (reported, asserted on below)
+                results[name] = {"error": f"{type(error).__name__}: {error}"[:300]}
+                continue
+        results[name] = {
+            "error": None,
+            "params_keep_their_sharding": all(
+                actual[k].sharding.is_equivalent_to(sharded[k].sharding, actual[k].ndim)
+                for k in params
+            ),
+            "max_abs_difference": max(
+                float(np.max(np.abs(np.asarray(actual[k]) - np.asarray(expected[k]))))
+                for k in params
+            ),
+            "all_gathers": hlo.count(" all-gather("),
+        }
     return results
 
 
@@ -302,6 +369,24 @@ def test_a_jitted_wrapper_update_keeps_the_state_sharding(measured, name):
     unchanged = measured["wrappers"][name]["unchanged_by_a_jitted_update"]
     assert len(unchanged) >= 4
     assert all(unchanged)
+
+
+WHOLE_LEAF = ["flatten", "flatten_offsets", "quantized_state", "clip_grad_norm"]
+
+
+@pytest.mark.parametrize("name", WHOLE_LEAF)
+def test_whole_leaf_transforms_run_on_an_explicit_mesh(measured, name):
+    """jax.make_mesh's axes are Explicit: concatenating a sharded kernel with a
+    replicated bias, or raveling a leaf sharded on its second axis, was a
+    ShardingTypeError in flatten, quantized_state and clip_grad_norm."""
+    result = measured["whole_leaf"][name]
+    assert result["error"] is None, result["error"]
+    assert result["params_keep_their_sharding"]
+    assert result["max_abs_difference"] < 1e-5
+
+
+def test_pytorchs_clip_grad_norm_reduces_sharded_leaves_without_gathering_them(measured):
+    assert measured["whole_leaf"]["clip_grad_norm"]["all_gathers"] == 0
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def _concatenate(leaves: list) -> jax.Array:
     # promoted from the dtypes, not the arrays: a weakly typed float32 leaf (made from a
     # Python float) must not take the bfloat16 of the others (optax.flatten does)
     dtype = jnp.result_type(*[x.dtype for x in leaves])
-    return jnp.concatenate([jnp.ravel(x).astype(dtype) for x in leaves])
+    return jnp.concatenate([jnp.ravel(tree.gathered(x)).astype(dtype) for x in leaves])
 
 
 def _shape_and_dtype(x: Any) -> tuple[tuple[int, ...], np.dtype]:
@@ -201,7 +201,9 @@ def flatten(
     program (Adam on those leaves: 0.08-0.10x Optax's eager time). Not on large leaves,
     where the gathered vectors are temporaries the size of the model that the step
     allocates anew each time (GPT-2-small shapes: 3x slower). Its state is one vector per
-    state field, not a tree shaped like the params, so it is not sharded like them.
+    state field, not a tree shaped like the params, so it is not sharded like them: on
+    a mesh the leaves are gathered into a replicated vector (explicitly, by a reshard to
+    ``P()``, on ``jax.make_mesh``'s Explicit axes) and every device holds the whole state.
 
     Compile time: XLA:CPU compiles one kernel per distinct fusion, and a slice at a
     constant offset is distinct from every other, so by default a jitted step compiles

@@ -831,7 +831,9 @@ def clip_grad_norm(
         leaves = [u for u in jax.tree.leaves(updates) if u is not None]
         if not leaves:
             return updates, state
-        norms = [jnp.linalg.vector_norm(jnp.ravel(u), ord=order) for u in leaves]
+        norms = [  # over every axis, without a ravel (which would gather a sharded leaf)
+            jnp.linalg.vector_norm(u, ord=order, axis=tuple(range(u.ndim))) for u in leaves
+        ]
         total = jnp.linalg.vector_norm(jnp.stack(norms), ord=order)
         coefficient = jnp.minimum(max_norm / (total + 1e-6), 1.0)
 
