@@ -37,8 +37,8 @@ def adam(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
-    *,
     mu_dtype: Any = None,
+    *,
     nu_dtype: Any = None,
     nesterov: bool = False,
 ) -> GradientTransformation:
@@ -136,9 +136,9 @@ def sgd(
     learning_rate: ScalarOrSchedule,
     momentum: float | None = 0.0,
     nesterov: bool = False,
-    weight_decay: float = 0.0,
-    *,
     accumulator_dtype: Any = None,
+    *,
+    weight_decay: float = 0.0,
 ) -> GradientTransformation:
     r"""Stochastic gradient descent, with optional momentum and L2 weight decay.
 
@@ -422,11 +422,11 @@ def adamw(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
-    *,
     mu_dtype: Any = None,
-    nu_dtype: Any = None,
     weight_decay: ScalarOrSchedule = 1e-4,
     mask: Any = None,
+    *,
+    nu_dtype: Any = None,
     nesterov: bool = False,
 ) -> GradientTransformation:
     r"""AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay.
@@ -489,11 +489,11 @@ def amsgrad(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
-    *,
     mu_dtype: Any = None,
-    nu_dtype: Any = None,
     bias_correction_mu: bool = True,
     bias_correction_nu: bool = True,
+    *,
+    nu_dtype: Any = None,
 ) -> GradientTransformation:
     r"""AMSGrad (Reddi, Kale & Kumar, 2018): Adam with a non-decreasing denominator.
 
@@ -596,8 +596,8 @@ def nadam(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
-    *,
     mu_dtype: Any = None,
+    *,
     nu_dtype: Any = None,
     nesterov: bool = True,
 ) -> GradientTransformation:
@@ -654,11 +654,11 @@ def nadamw(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
-    *,
     mu_dtype: Any = None,
-    nu_dtype: Any = None,
     weight_decay: ScalarOrSchedule = 1e-4,
     mask: Any = None,
+    *,
+    nu_dtype: Any = None,
     nesterov: bool = True,
 ) -> GradientTransformation:
     r"""NAdamW: NAdam (Dozat, 2016) with decoupled weight decay (Loshchilov & Hutter).

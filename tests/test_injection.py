@@ -467,6 +467,47 @@ def test_an_injector_around_an_optimizer_builds_one_chain_eagerly_and_under_jit(
         np.testing.assert_allclose(jitted["w"], eager["w"], rtol=1e-6)
 
 
+@pytest.mark.parametrize("jitted", [False, True])
+def test_optax_inject_hyperparams_around_a_gradtx_optimizer_drives_it(jitted):
+    """Optax hands the factory its state's values at every update; the gradtx optimizer
+    read its own state instead: a halving schedule gave -0.1 four times, and setting
+    Optax's state.hyperparams changed nothing. Optax's sgd is the reference."""
+    params, grads = jnp.zeros(2), jnp.array([1.0, -2.0])
+    runs = []
+    for factory in (gtx.sgd, optax.sgd):
+        tx = optax.inject_hyperparams(factory)(learning_rate=lambda t: 0.1 * 0.5**t, momentum=0.9)
+        update = jax.jit(tx.update) if jitted else tx.update
+        state, updates = tx.init(params), []
+        for _ in range(4):
+            u, state = update(grads, state, params)
+            updates.append(u)
+        fixed = optax.inject_hyperparams(factory)(learning_rate=0.1)
+        fixed_state = fixed.init(params)
+        fixed_state.hyperparams["learning_rate"] = jnp.asarray(0.5)
+        updates.append(fixed.update(grads, fixed_state, params)[0])
+        runs.append(np.asarray(updates))
+    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-6)
+    np.testing.assert_allclose(runs[0][-1], [-0.5, 1.0], rtol=1e-6)
+
+
+def test_a_learning_rate_passed_into_a_jitted_step_is_the_one_used():
+    """Rebuilding the optimizer inside a step from a traced argument (a sweep over
+    learning rates): the argument is read at each update, as a schedule's value is."""
+    params, grads = jnp.zeros(2), jnp.array([1.0, -2.0])
+    state = gtx.sgd(0.1).init(params)
+
+    @jax.jit
+    def step(state, learning_rate):
+        return gtx.sgd(learning_rate).update(grads, state, params)
+
+    for learning_rate in (0.5, 0.01):
+        updates, new_state = step(state, learning_rate)
+        np.testing.assert_allclose(updates, -learning_rate * grads, rtol=1e-6)
+        assert float(gtx.get_hyperparams(new_state)["learning_rate"]) == pytest.approx(
+            learning_rate
+        )
+
+
 def test_set_hyperparams_on_a_batch_of_states_points_to_vmap():
     tx = gtx.adam(0.1)
     states = jax.vmap(lambda _: tx.init(jnp.zeros(2)))(jnp.arange(3))

@@ -8,6 +8,8 @@ and any difference is the order of floating-point operations.
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -143,3 +145,43 @@ def test_rprop_is_optax_rprop_without_its_one_step_lag(runs, request):
     assert skipped.any() and not skipped.all()
     np.testing.assert_array_equal(theirs[0], 0)
     np.testing.assert_allclose(theirs[1:], np.where(skipped[1:], 0, ours[:-1]), rtol=1e-6)
+
+
+# Names shared with Optax whose positional arguments differ on purpose (docs/optimizers.md,
+# docs/wrappers.md): lookahead keeps plain params (no fast_optimizer/reset_state),
+# add_noise takes a seed and keeps its key in the state, partition calls them labels.
+POSITIONAL_DIFFERENCES = {"lookahead", "add_noise", "partition"}
+
+
+def _positional(function) -> list[str]:
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in inspect.signature(function).parameters.values() if p.kind in kinds]
+
+
+def test_names_shared_with_optax_take_optaxs_positional_arguments_in_its_order():
+    """An Optax call written positionally means the same here: gtx.adamw(1e-3, 0.9, 0.99,
+    1e-8, 0.0, None, 1e-2) was a TypeError (mu_dtype, weight_decay keyword-only) and
+    gtx.sgd(0.1, 0.9, False, jnp.bfloat16) gave the dtype to weight_decay."""
+    shared = [
+        name
+        for name in gtx.__all__
+        if hasattr(optax, name)
+        and inspect.isfunction(getattr(gtx, name))
+        and callable(getattr(optax, name))
+        and name not in POSITIONAL_DIFFERENCES
+    ]
+    assert {"adam", "adamw", "sgd", "trace", "ema", "scale_by_rms", "amsgrad"} <= set(shared)
+    for name in shared:
+        ours, theirs = _positional(getattr(gtx, name)), _positional(getattr(optax, name))
+        assert ours[: len(theirs)] == theirs, name
+    params = {"w": jnp.ones(3)}
+    grads = {"w": jnp.array([0.5, -1.0, 2.0])}
+    adamw_args = (1e-3, 0.9, 0.99, 1e-8, 0.0, None, 1e-2)
+    sgd_args = (0.1, 0.9, True, jnp.float32)
+    for ours, theirs in [
+        (gtx.adamw(*adamw_args), optax.adamw(*adamw_args)),
+        (gtx.sgd(*sgd_args), optax.sgd(*sgd_args)),
+    ]:
+        u_ours, _ = ours.update(grads, ours.init(params), params)
+        u_theirs, _ = theirs.update(grads, theirs.init(params), params)
+        np.testing.assert_allclose(u_ours["w"], u_theirs["w"], rtol=1e-6)

@@ -103,6 +103,13 @@ def schedule_injection(
 
     The factory must accept its float hyperparameters as (traced) float32 scalars.
 
+    A hyperparameter given as a JAX array (concrete or traced) is read from the
+    argument at every update, as a schedule is, not from the state: an optimizer
+    rebuilt inside a jitted step from a learning-rate argument uses that argument, and
+    ``optax.inject_hyperparams(gtx.adam)`` (which hands the factory its own state's
+    values at every update) drives it. Python and NumPy numbers are read from the state,
+    where ``set_hyperparams`` changes them.
+
     Example:
         >>> import jax.numpy as jnp
         >>> import gradtx as gtx
@@ -144,8 +151,15 @@ def schedule_injection(
             if name not in schedules and name not in constants
         }
 
+        # A JAX array argument (a traced value, or Optax's inject_hyperparams handing the
+        # factory its own state's values at each update) is the caller's: read from the
+        # argument at every update, as a schedule is, not from the state.
+        live = {name: value for name, value in constants.items() if isinstance(value, jax.Array)}
+
         def values_at(count, stored):
             values = dict(stored)
+            for name, value in live.items():
+                values[name] = _as_float32(name, value)
             for name, schedule in schedules.items():
                 values[name] = _as_float32(name, schedule(count))
             return values
@@ -243,9 +257,10 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
     holds them (optionally only those ``path`` picks, as in ``get_hyperparams``).
 
     The values become float32 scalars, so changing them between steps compiles nothing.
-    A hyperparameter given as a schedule is recomputed at the next update; set the
-    constant ones. For a batch of states (``jax.vmap`` over learning rates), map it:
-    ``jax.vmap(lambda s, lr: gtx.set_hyperparams(s, learning_rate=lr))(states, lrs)``.
+    A hyperparameter given as a schedule or as a JAX array is recomputed from it at the
+    next update (``schedule_injection``); set the ones given as numbers. For a batch of
+    states (``jax.vmap`` over learning rates), map it: ``jax.vmap(lambda s, lr:
+    gtx.set_hyperparams(s, learning_rate=lr))(states, lrs)``.
 
     Example:
         >>> import jax.numpy as jnp

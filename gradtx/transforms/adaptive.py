@@ -22,8 +22,8 @@ def scale_by_adam(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
-    *,
     mu_dtype: Any = None,
+    *,
     nu_dtype: Any = None,
     nesterov: bool = False,
     eps_before_bias_correction: bool = False,
@@ -414,10 +414,10 @@ def scale_by_rms(
     decay: float = 0.9,
     eps: float = 1e-8,
     initial_scale: float = 0.0,
-    *,
     eps_in_sqrt: bool = True,
-    centered: bool = False,
     bias_correction: bool = False,
+    *,
+    centered: bool = False,
     nu_dtype: Any = None,
 ) -> GradientTransformation:
     r"""RMSProp's preconditioner (Tieleman & Hinton, 2012), optionally centered (Graves, 2013).

@@ -23,8 +23,8 @@ class DampenedTraceState(NamedTuple):
 def trace(
     decay: float | jax.Array,
     nesterov: bool = False,
-    *,
     accumulator_dtype: Any = None,
+    *,
     dampening: float | jax.Array | None = None,
 ) -> GradientTransformation:
     r"""Heavy-ball momentum: a buffer of past gradients decayed by ``decay``.
@@ -170,7 +170,7 @@ class EmaState(NamedTuple):
 
 
 def ema(
-    decay: float | jax.Array, debias: bool = True, *, accumulator_dtype: Any = None
+    decay: float | jax.Array, debias: bool = True, accumulator_dtype: Any = None
 ) -> GradientTransformation:
     r"""An exponential moving average of the updates (momentum in its averaging form).
 
