@@ -321,3 +321,41 @@ def test_a_learning_rate_schedule_still_descends_through_the_blocks():
     for k in range(3):
         updates, state = tx.update(jnp.array([2.0]), state, params)
         np.testing.assert_allclose(updates, [-2.0 * schedule(max(k - 1, 0))], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "schedule, message",
+    [
+        (lambda: 0.1, r"learning_rate is a schedule, called with the step count.*cannot take"),
+        (lambda t, u: 0.1, r"learning_rate is a schedule, called with the step count"),
+        (lambda t: None, r"schedule given for learning_rate returned None, not a number"),
+    ],
+    ids=["no_argument", "two_arguments", "returns_none"],
+)
+def test_a_schedule_that_cannot_give_a_value_is_named(schedule, message):
+    """Raw '<lambda>() takes 0 positional arguments but 1 was given' before."""
+    tx = gtx.adam(schedule)
+    with pytest.raises(TypeError, match=message):
+        tx.init(jnp.zeros(2))
+
+
+def test_an_update_given_the_pair_update_returned_says_what_it_got():
+    """'tuple' object has no attribute 'hyperparams' before."""
+    tx, params = gtx.adam(0.1), jnp.zeros(2)
+    pair = tx.update(params, tx.init(params), params)
+    with pytest.raises(TypeError, match=r"state of adam must be the InjectState.*got tuple"):
+        tx.update(params, pair, params)
+
+
+@pytest.mark.parametrize("make", [gtx.adam, gtx.adamw, tc.adam])
+def test_numpy_scalar_leaves_are_updated_as_numpy_arrays_are(make):
+    """np.float64 is a float subclass: it became a float32 array while its dtype was
+    read as float64, a KeyError in Adam's bias corrections (eagerly)."""
+    tx = make(0.1)
+    params = {"b": np.float64(0.5), "w": jnp.ones(2)}
+    reference = {"b": np.asarray(0.5), "w": jnp.ones(2)}
+    state, reference_state = tx.init(params), tx.init(reference)
+    for _ in range(3):
+        updates, state = tx.update(params, state, params)
+        expected, reference_state = tx.update(reference, reference_state, reference)
+    np.testing.assert_array_equal(updates["b"], expected["b"])

@@ -72,6 +72,26 @@ def _as_float32(name: str, value: Any) -> jax.Array:
     return value.astype(jnp.float32)
 
 
+def _evaluate(name: str, schedule: Callable, count: jax.Array) -> Any:
+    """``schedule(count)``, a call with the wrong arity named as the argument's."""
+    try:
+        value = schedule(count)
+    except TypeError as error:
+        try:
+            inspect.signature(schedule).bind(count)
+        except TypeError:  # the schedule cannot take the step: the user's mistake
+            raise TypeError(
+                f"{name} is a schedule, called with the step count as its one argument; "
+                f"{schedule!r} cannot take it ({error})"
+            ) from None
+        except ValueError:  # no signature to inspect (a builtin): its own error
+            pass
+        raise
+    if value is None or isinstance(value, str):
+        raise TypeError(f"the schedule given for {name} returned {value!r}, not a number")
+    return value
+
+
 def schedule_injection(
     factory: Callable[..., GradientTransformation] | None = None,
     *,
@@ -161,7 +181,7 @@ def schedule_injection(
             for name, value in live.items():
                 values[name] = _as_float32(name, value)
             for name, schedule in schedules.items():
-                values[name] = _as_float32(name, schedule(count))
+                values[name] = _as_float32(name, _evaluate(name, schedule, count))
             return values
 
         def init(params):
@@ -172,6 +192,13 @@ def schedule_injection(
             return InjectState(count, hyperparams, inner.init(params))
 
         def update(updates, state, params=None, **extra):
+            if not isinstance(state, InjectState):
+                raise TypeError(
+                    f"the state of {getattr(factory, '__name__', 'this optimizer')} must "
+                    f"be the InjectState its init returned (or the state its last update "
+                    f"returned), got {type(state).__name__}; update returns (updates, "
+                    f"state): was the pair passed, or were state and params swapped?"
+                )
             hyperparams = values_at(state.count, state.hyperparams)
             inner = factory(**fixed, **hyperparams)
             updates, inner_state = inner.update(updates, state.inner_state, params, **extra)
