@@ -63,7 +63,7 @@ def check_same_structure(reference: Any, other: Any, reference_name: str, other_
     )
 
 
-def _dtype(leaf: Any) -> np.dtype:
+def leaf_dtype(leaf: Any) -> np.dtype:
     """A leaf's dtype; a Python number has the dtype JAX gives it (``jnp.asarray``:
     float32, or float64 under x64), the one it has under ``jit``."""
     return jnp.dtype(leaf.dtype) if hasattr(leaf, "dtype") else jnp.result_type(leaf)
@@ -82,7 +82,7 @@ def check_inexact(tree: Any, what: str) -> None:
     for path, leaf in _leaves_with_paths(tree):
         if leaf is None:
             continue
-        dtype = _dtype(leaf)
+        dtype = leaf_dtype(leaf)
         if not jnp.issubdtype(dtype, jnp.inexact):
             raise TypeError(
                 f"{what} at {path or 'the root'} has dtype {dtype.name}; gradient "
@@ -105,12 +105,12 @@ def zeros_like(tree: Any, dtype: Any = None, *, real: bool = False) -> Any:
     check_inexact(tree, "parameter")
 
     def zeros(x):
-        leaf_dtype = jnp.dtype(dtype) if dtype is not None else _dtype(x)
+        zeros_dtype = jnp.dtype(dtype) if dtype is not None else leaf_dtype(x)
         if real:
-            leaf_dtype = numerics.real_dtype(leaf_dtype)
+            zeros_dtype = numerics.real_dtype(zeros_dtype)
         # zeros_like, not zeros(shape): it keeps the leaf's sharding (eagerly, on abstract
         # leaves, and under jit with explicit mesh axes), so state is sharded like params.
-        return jnp.zeros_like(x, dtype=leaf_dtype)
+        return jnp.zeros_like(x, dtype=zeros_dtype)
 
     return jax.tree.map(zeros, tree)
 
@@ -119,7 +119,7 @@ def full_like(tree: Any, fill_value: Any, dtype: Any = None) -> Any:
     """A tree shaped like ``tree`` filled with ``fill_value`` (leaf dtypes kept by default)."""
     check_inexact(tree, "parameter")
     return jax.tree.map(
-        lambda x: jnp.full_like(x, fill_value, dtype if dtype is not None else _dtype(x)),
+        lambda x: jnp.full_like(x, fill_value, dtype if dtype is not None else leaf_dtype(x)),
         tree,
     )
 

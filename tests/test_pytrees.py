@@ -167,7 +167,9 @@ def test_rprop_refuses_complex_parameters_with_a_clear_error():
         tx.update({"z": jnp.ones(2, jnp.complex64)}, state, params)
 
 
-@pytest.mark.parametrize("name", ["adam", "sgd_momentum", "adagrad"])
+@pytest.mark.parametrize(
+    "name", ["adam", "sgd_momentum", "adagrad", "multi_steps", "lookahead", "ema_params"]
+)
 def test_python_number_leaves_work_eagerly_as_under_jit(name):
     """A parameter held as a Python float ({"scale": 0.5}): Optax takes it eagerly and
     gradtx did under jit, but eager init and update raised AttributeError ('float'
@@ -176,6 +178,10 @@ def test_python_number_leaves_work_eagerly_as_under_jit(name):
         "adam": lambda: gtx.adam(0.1),
         "sgd_momentum": lambda: gtx.sgd(0.1, momentum=0.9),
         "adagrad": lambda: gtx.adagrad(0.1),
+        # their own state read the leaf's dtype: 'float' object has no attribute 'dtype'
+        "multi_steps": lambda: gtx.multi_steps(gtx.adam(0.1), every_k=1),
+        "lookahead": lambda: gtx.lookahead(gtx.adam(0.1), sync_period=2),
+        "ema_params": lambda: gtx.chain(gtx.adam(0.1), gtx.ema_params(0.9)),
     }[name]()
     params = {"scale": 0.5, "w": jnp.array([2.0, 1.0])}
     grads = {"scale": 0.2, "w": jnp.array([0.7, 0.4])}

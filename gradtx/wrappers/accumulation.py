@@ -79,7 +79,8 @@ def multi_steps(
         def accumulator(x):
             # tree.zeros_like keeps the leaf's sharding (also for abstract params), so the
             # accumulator is laid out like the gradients it averages from init on.
-            return tree.zeros_like(x, accumulator_dtype or numerics.compute_dtype(x.dtype))
+            dtype = accumulator_dtype or numerics.compute_dtype(tree.leaf_dtype(x))
+            return tree.zeros_like(x, dtype)
 
         tree.check_inexact(params, "parameter")
         return MultiStepsState(

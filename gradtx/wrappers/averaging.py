@@ -55,7 +55,8 @@ def copy_params(params: Params, dtype: Any = None, *, at_least_float32: bool = F
     tree.check_inexact(params, "parameter")
 
     def copy(p):
-        leaf_dtype = dtype or (numerics.compute_dtype(p.dtype) if at_least_float32 else p.dtype)
+        own = tree.leaf_dtype(p)  # a Python float leaf has JAX's dtype for it
+        leaf_dtype = dtype or (numerics.compute_dtype(own) if at_least_float32 else own)
         if isinstance(p, jax.ShapeDtypeStruct):
             return tree.zeros_like(p, leaf_dtype)
         return jnp.asarray(p).astype(leaf_dtype)
