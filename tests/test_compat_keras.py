@@ -243,3 +243,13 @@ def test_keras_options_init_on_abstract_params_as_on_arrays(make):
     spec = lambda t: jax.tree.map(lambda x: (x.shape, jnp.dtype(x.dtype)), t)  # noqa: E731
     assert spec(tx.init(abstract)) == spec(tx.init(params))
     assert spec(jax.eval_shape(tx.init, params)) == spec(tx.init(params))
+
+
+@pytest.mark.parametrize("jitted", [False, True])
+def test_use_ema_names_params_of_another_shape(jitted):
+    """A tree.map broadcast w (1,) against its average (3,): [4.9, 4.9, 4.9], silently."""
+    tx = kc.adam(0.1, use_ema=True)
+    state = tx.init({"w": jnp.ones(3)})
+    update = jax.jit(tx.update) if jitted else tx.update
+    with pytest.raises(ValueError, match=r"shape mismatch at \['w'\].*\[3\].*\[1\]"):
+        update({"w": jnp.ones(3)}, state, {"w": jnp.ones(1)})

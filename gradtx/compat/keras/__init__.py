@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import check, numerics
+from gradtx import check, numerics, tree
 from gradtx.compat.keras.schedules import (
     cosine_decay,
     cosine_decay_restarts,
@@ -227,14 +227,16 @@ def _keras_ema(momentum: float, overwrite_frequency: int | None) -> GradientTran
             weight = jnp.where(first, 0.0, momentum).astype(p.dtype)
             return weight * a + (1 - weight) * new
 
-        averages = jax.tree.map(average, updates, params, state.average)
+        # map_unzip checks every leaf's shape against the update's (a tree.map broadcast a
+        # parameter of another shape into the average)
+        (averages,) = tree.map_unzip(average, updates, params, state.average, outputs=1)
         if overwrite_frequency is not None:
             overwrite = (state.count + 1) % overwrite_frequency == 0
 
             def moved(u, p, a):
                 return jnp.where(overwrite, (a - p).astype(u.dtype), u)
 
-            updates = jax.tree.map(moved, updates, params, averages)
+            (updates,) = tree.map_unzip(moved, updates, params, averages, outputs=1)
         return updates, KerasEmaState(numerics.safe_increment(state.count), averages)
 
     return GradientTransformation(init, update)
