@@ -182,6 +182,15 @@ def test_unsigned_fields_must_be_a_collection_of_names_not_one_string():
         gtx.quantized_state(gtx.scale_by_adam(), unsigned_fields="nu")
     with pytest.raises(TypeError, match=r"unsigned_fields must hold field names .*got 1"):
         gtx.quantized_state(gtx.scale_by_adam(), unsigned_fields=("nu", 1))
+
+
+def test_unsigned_fields_that_the_state_lacks_are_named_at_init():
+    """A typo ('nuu') was ignored: nu stayed on the signed map, silently."""
+    params = {"w": jnp.ones(5000)}
+    with pytest.raises(ValueError, match=r"unsigned_fields names \['nuu'\], which no field"):
+        gtx.quantized_state(gtx.adam(0.1), unsigned_fields=("nuu",)).init(params)
+    gtx.quantized_state(gtx.adam(0.1), unsigned_fields=("nu",)).init(params)
+    gtx.quantized_state(gtx.sgd(0.1, momentum=0.9)).init(params)  # the default names
     # a one-name tuple is the spelling that works: nu, never negative, uses the unsigned map
     g = jnp.linspace(0.1, 1.0, 8)
     tx = gtx.quantized_state(gtx.scale_by_adam(), min_size=0, unsigned_fields=("nu",))

@@ -130,12 +130,15 @@ def _field_names(name: str, value: Any) -> frozenset[str]:
     return frozenset(names)
 
 
+_UNSIGNED_FIELDS = ("nu", "nu_max", "sum_of_squares", "e_g", "e_x")
+
+
 def quantized_state(
     inner: GradientTransformation,
     *,
     block_size: int = 2048,
     min_size: int = 4096,
-    unsigned_fields: Iterable[str] = ("nu", "nu_max", "sum_of_squares", "e_g", "e_x"),
+    unsigned_fields: Iterable[str] = _UNSIGNED_FIELDS,
 ) -> GradientTransformation:
     r"""Keeps the large floating leaves of ``inner``'s state in 8 bits, block-wise.
 
@@ -176,7 +179,9 @@ def quantized_state(
             (0 or 1: every non-empty floating leaf except scalars is quantized).
         unsigned_fields: state field (or dict key) names whose leaves are non-negative,
             a collection of strings such as ``("nu",)``; a single string is a TypeError
-            (it would otherwise be read as its characters).
+            (it would otherwise be read as its characters), and a name given here that
+            no field of the inner state has is a ValueError at init (a typo would
+            otherwise leave the second moment on the signed map).
 
     State: ``QuantizedState(inner_state)``, the inner state with each quantized leaf
     replaced by ``QuantizedArray(codes, absmax)`` (a ``{"codes", "absmax"}`` mapping
@@ -200,6 +205,7 @@ def quantized_state(
     """
     check.positive_int("block_size", block_size)
     check.non_negative_int("min_size", min_size)
+    given_fields = unsigned_fields is not _UNSIGNED_FIELDS
     unsigned_fields = _field_names("unsigned_fields", unsigned_fields)
     inner_update = _update_with_extra_args(inner)
     tables = {signed: jnp.asarray(dynamic_quantization_map(signed)) for signed in (True, False)}
@@ -226,6 +232,15 @@ def quantized_state(
 
     def init(params):
         inner_state = inner.init(params)
+        if given_fields:
+            paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(inner_state)[0]]
+            present = set().union(*map(_path_names, paths)) if paths else set()
+            unknown = sorted(unsigned_fields - present)
+            if unknown:
+                raise ValueError(
+                    f"unsigned_fields names {unknown}, which no field of the inner state "
+                    f"has (its fields and keys: {sorted(present)})"
+                )
         if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(inner_state)):
             return QuantizedState(jax.eval_shape(quantize_tree, inner_state))
         return QuantizedState(quantize_tree(inner_state))
