@@ -132,3 +132,14 @@ def test_eager_multi_steps_branches_in_python_and_compiles_nothing_once_warm():
         for key in params:
             np.testing.assert_allclose(eager[key], jitted[key], rtol=1e-6, atol=1e-9)
     assert jax.tree.structure(eager_state) == jax.tree.structure(jit_state)
+
+
+@pytest.mark.parametrize(
+    "k", [0, -1, 2.7, jnp.array(0)], ids=["zero", "negative", "fraction", "array_zero"]
+)
+def test_a_schedule_of_k_giving_no_positive_integer_is_named_at_an_eager_update(k):
+    """0 and -1 acted as 1 and 2.7 as 2, silently (a constant every_k was checked)."""
+    tx = gtx.multi_steps(gtx.sgd(0.1), every_k=lambda real_steps: k)
+    params = jnp.zeros(1)
+    with pytest.raises(ValueError, match=r"every_k's schedule must give an integer >= 1"):
+        tx.update(params, tx.init(params), params)

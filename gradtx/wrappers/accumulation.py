@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gradtx import check, numerics, tree
 from gradtx.core import GradientTransformation, OptState, Updates, _update_with_extra_args
@@ -39,8 +40,10 @@ def multi_steps(
     (from 0): ``lambda s: 2 ** (s // 100)`` doubles the effective batch every 100
     real steps, instead of decaying the learning rate (Smith, Kindermans, Ying & Le,
     2018, "Don't Decay the Learning Rate, Increase the Batch Size"). The value read for
-    a real step is ``k(s)`` with s fixed while its micro-batches accumulate; it should
-    be an integer >= 1 (values below 1 act as 1).
+    a real step is ``k(s)`` with s fixed while its micro-batches accumulate; it must be
+    an integer >= 1: an un-jitted update refuses another value (0, -1, 2.7) with a
+    ValueError naming it; under ``jit``, where the value cannot be read, values below 1
+    act as 1 and fractions are truncated.
 
     One accumulator is held: the running mean, in ``accumulator_dtype``. By default
     that is the parameter dtype promoted to at least float32 (float32 for bfloat16 and
@@ -92,6 +95,13 @@ def multi_steps(
 
     def update(updates, state, params=None, **extra):
         k = every_k(state.gradient_step) if scheduled else every_k
+        if scheduled and not isinstance(k, jax.core.Tracer):
+            value = np.asarray(k)
+            if value.ndim or not np.isreal(value) or value != np.floor(value) or value < 1:
+                raise ValueError(
+                    f"every_k's schedule must give an integer >= 1, got {k!r} at real "
+                    f"step {int(state.gradient_step)}"
+                )
         k = jnp.maximum(jnp.asarray(k).astype(jnp.int32), 1)
         n = state.mini_step + 1
         emit = n >= k
