@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import gradtx as gtx
@@ -120,6 +121,18 @@ def test_the_whole_range_test_traces_the_loss_once():
 
     lr_find(counted, jnp.ones(3), None, sgd, num_steps=50)
     assert len(traces) == 1
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [lambda lr: optax.adam(1e-3), optax.inject_hyperparams(optax.adam), gtx.rprop],
+    ids=["ignores_its_argument", "optax_injected", "rprop_reads_it_at_init"],
+)
+def test_an_optimizer_that_does_not_use_the_rate_is_refused(optimizer):
+    """They ran to the end and returned a suggestion although the rate never changed a
+    step."""
+    with pytest.raises(ValueError, match=r"same update at learning rates 1e-07 and 10.0"):
+        lr_find(quadratic, jnp.ones(3), None, optimizer, num_steps=20)
 
 
 def test_plot_draws_the_curve_on_a_log_axis_and_marks_the_suggestion():

@@ -95,6 +95,28 @@ def _steepest_descent(learning_rates: np.ndarray, smoothed: np.ndarray) -> float
     return float(learning_rates[np.argmin(slopes)])
 
 
+def _check_reads_the_learning_rate(tx, params, min_lr, max_lr) -> None:
+    """One eager update on unit gradients at ``min_lr`` and at ``max_lr``: equal updates
+    mean the optimizer ignores the rate it is given (``lambda lr: optax.adam(1e-3)``,
+    an ``optax.inject_hyperparams`` optimizer), and the test would mean nothing."""
+    ones = jax.tree.map(jnp.ones_like, params)
+    state = tx.init(params)
+    small, _ = tx.update(ones, set_hyperparams(state, learning_rate=min_lr), params)
+    large, _ = tx.update(ones, set_hyperparams(state, learning_rate=max_lr), params)
+    same = all(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree.leaves(small), jax.tree.leaves(large), strict=True)
+    )
+    if same:
+        raise ValueError(
+            f"optimizer gives the same update at learning rates {min_lr!r} and {max_lr!r}: "
+            f"the test sets the rate at every step, and this optimizer does not use it "
+            f"(it ignores its argument, keeps its own copy as optax.inject_hyperparams "
+            f"does, or, as rprop, reads it once at init); pass a function learning_rate "
+            f"-> transform whose steps scale with it, such as gradtx.adam"
+        )
+
+
 def lr_find(
     loss_fn: Callable[..., jax.Array],
     params: Params,
@@ -140,7 +162,9 @@ def lr_find(
         optimizer: ``learning_rate -> GradientTransformation``, e.g. ``gradtx.adam``
             or ``lambda lr: gradtx.sgd(lr, momentum=0.9)``; an Optax optimizer works
             too (``optax.adam``), but not one wrapped in ``optax.inject_hyperparams``,
-            whose state keeps its own copy of the rate.
+            whose state keeps its own copy of the rate. One whose update does not
+            change with the rate (checked with one update at ``min_lr`` and one at
+            ``max_lr`` on unit gradients) is a ValueError: the test would mean nothing.
         min_lr: the first rate, > 0.
         max_lr: the last rate, > ``min_lr``.
         num_steps: the most steps to take, >= 2.
@@ -184,6 +208,7 @@ def lr_find(
         return optimizer(learning_rate)
 
     tx = schedule_injection(with_learning_rate)(learning_rate=float(min_lr))
+    _check_reads_the_learning_rate(tx, params, min_lr, max_lr)
     get_batch, data = _batch_getter(batches)
     value_and_grad = jax.value_and_grad(loss_fn)
     learning_rates = np.geomspace(min_lr, max_lr, num_steps).astype(np.float32)
