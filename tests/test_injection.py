@@ -508,6 +508,23 @@ def test_a_learning_rate_passed_into_a_jitted_step_is_the_one_used():
         )
 
 
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"learning_rate": -0.1}, r"learning_rate must be in \[0.0, inf\], got -0.1"),
+        ({"b1": float("nan")}, r"b1 must be a real number \(not NaN\)"),
+        ({"learning_rate": None}, r"learning_rate must be a real number"),
+    ],
+    ids=["negative_learning_rate", "nan", "none"],
+)
+def test_set_hyperparams_refuses_values_no_hyperparameter_takes(values, message):
+    """A jitted step ran them silently (a negative rate ascends, NaN spreads); only the
+    next un-jitted update named them."""
+    state = gtx.adam(0.1).init(jnp.zeros(2))
+    with pytest.raises(ValueError, match=message):
+        gtx.set_hyperparams(state, **values)
+
+
 def test_set_hyperparams_on_a_batch_of_states_points_to_vmap():
     tx = gtx.adam(0.1)
     states = jax.vmap(lambda _: tx.init(jnp.zeros(2)))(jnp.arange(3))

@@ -285,7 +285,9 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
 
     The values become float32 scalars, so changing them between steps compiles nothing.
     A hyperparameter given as a schedule or as a JAX array is recomputed from it at the
-    next update (``schedule_injection``); set the ones given as numbers. For a batch of
+    next update (``schedule_injection``); set the ones given as numbers. A NaN, or a
+    negative ``learning_rate``, is a ValueError here; a transform's own ranges (``b1``
+    in [0, 1), say) are checked by its next un-jitted update, not under ``jit``. For a batch of
     states (``jax.vmap`` over learning rates), map it: ``jax.vmap(lambda s, lr:
     gtx.set_hyperparams(s, learning_rate=lr))(states, lrs)``.
 
@@ -304,13 +306,19 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
             + (f" under the path {path!r}" if path else "")
         )
     unknown = set(values)
-    try:
-        converted = {name: _as_float32(name, value) for name, value in values.items()}
-    except ValueError as error:
-        raise ValueError(
-            f"{error}; for a batch of states, jax.vmap(lambda s, v: "
-            f"gtx.set_hyperparams(s, name=v))(states, values)"
-        ) from None
+    # What holds for every hyperparameter is checked here, where the value is set (the
+    # transform's own ranges are checked by its next un-jitted update, not under jit).
+    for name, value in values.items():
+        if value is not None and np.ndim(value):
+            raise ValueError(
+                f"hyperparameter {name} must be a scalar, got shape {np.shape(value)}; for "
+                f"a batch of states, jax.vmap(lambda s, v: gtx.set_hyperparams(s, "
+                f"name=v))(states, values)"
+            )
+        check.number(name, value)
+    if "learning_rate" in values:
+        check.non_negative("learning_rate", values["learning_rate"])
+    converted = {name: _as_float32(name, value) for name, value in values.items()}
 
     def replace(prefix: str, subtree: Any) -> Any:
         def visit(key_path, node):
