@@ -40,6 +40,21 @@ def check_same_structure(reference: Any, other: Any, reference_name: str, other_
         return
     ref_paths = _leaves_with_paths(reference)
     other_paths = _leaves_with_paths(other)
+    ref_names = [path for path, _ in ref_paths]
+    other_names = [path for path, _ in other_paths]
+    ref_set, other_set = set(ref_names), set(other_names)
+    only_ref = [path for path in ref_names if path not in other_set]
+    only_other = [path for path in other_names if path not in ref_set]
+    if only_ref or only_other:  # leaves missing or added: name them, not a position
+        sides = ((only_ref, reference_name, other_name), (only_other, other_name, reference_name))
+        parts = [
+            f"{', '.join(paths)} {'is' if len(paths) == 1 else 'are'} in {here}, not in {there}"
+            for paths, here, there in sides
+            if paths
+        ]
+        raise ValueError(
+            f"the structure of {other_name} differs from {reference_name}: {'; '.join(parts)}"
+        )
     for (ref_path, ref_leaf), (other_path, other_leaf) in zip(ref_paths, other_paths, strict=False):
         if ref_path != other_path or (ref_leaf is None) != (other_leaf is None):
             raise ValueError(

@@ -359,3 +359,26 @@ def test_numpy_scalar_leaves_are_updated_as_numpy_arrays_are(make):
         updates, state = tx.update(params, state, params)
         expected, reference_state = tx.update(reference, reference_state, reference)
     np.testing.assert_array_equal(updates["b"], expected["b"])
+
+
+@pytest.mark.parametrize("jitted", [False, True])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: gtx.masked(gtx.adamw(0.1), {"b": False, "w": True}),
+        lambda: gtx.partition({"a": gtx.adamw(0.1), "s": gtx.sgd(0.1)}, {"b": "s", "w": "a"}),
+    ],
+    ids=["masked", "partition"],
+)
+def test_params_with_an_extra_or_a_missing_leaf_are_named_by_that_leaf(make, jitted):
+    """JAX's raw 'Dict key mismatch' came out of the wrappers, and the structure check
+    named a position ("first difference at ['w']") for a leaf added at ['c']."""
+    tx = make()
+    params = {"b": jnp.zeros([]), "w": jnp.zeros(3)}
+    grads = {"b": jnp.ones([]), "w": jnp.ones(3)}
+    update = jax.jit(tx.update) if jitted else tx.update
+    state = tx.init(params)
+    with pytest.raises(ValueError, match=r"\['c'\] is in the params, not in the updates"):
+        update(grads, state, {**params, "c": jnp.zeros(2)})
+    with pytest.raises(ValueError, match=r"\['b'\] is in the updates, not in the params"):
+        update(grads, state, {"w": params["w"]})

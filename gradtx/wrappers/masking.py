@@ -74,10 +74,13 @@ def _prefix_difference(prefix: Any, full: Any, path: str) -> str | None:
     return None
 
 
-def _select(full: Any, keep: list[bool], treedef: Any) -> Any:
-    """``full`` with every subtree not kept replaced by None (an empty subtree)."""
+def _select(full: Any, keep: list[bool], treedef: Any, updates: Any = None) -> Any:
+    """``full`` with every subtree not kept replaced by None (an empty subtree); given
+    ``updates``, ``full`` is the params and a structure that differs is named."""
     if full is None:
         return None
+    if updates is not None and jax.tree.structure(full) != jax.tree.structure(updates):
+        tree.check_same_structure(updates, full, "the updates", "the params")
     subtrees = treedef.flatten_up_to(full)
     return treedef.unflatten([s if k else None for s, k in zip(subtrees, keep, strict=True)])
 
@@ -156,7 +159,7 @@ def masked(
         inner_updates, inner_state = inner_update(
             _select(updates, keep, treedef),
             state.inner_state,
-            _select(params, keep, treedef),
+            _select(params, keep, treedef, updates),
             **extra,
         )
         fallback = treedef.flatten_up_to(updates)
@@ -332,7 +335,7 @@ def partition(
             group_updates, new_states[name] = update_fn(
                 _select(updates, keep, treedef),
                 state.inner_states[name],
-                _select(params, keep, treedef),
+                _select(params, keep, treedef, updates),
                 **extra,
             )
             parts.append((keep, group_updates))
