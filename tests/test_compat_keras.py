@@ -253,3 +253,85 @@ def test_use_ema_names_params_of_another_shape(jitted):
     update = jax.jit(tx.update) if jitted else tx.update
     with pytest.raises(ValueError, match=r"shape mismatch at \['w'\].*\[3\].*\[1\]"):
         update({"w": jnp.ones(3)}, state, {"w": jnp.ones(1)})
+
+
+PLATEAU_CASES = {case["name"]: case for case in OPTIMIZERS["plateau_cases"]}
+
+
+def run_plateau_epochs(case, *, post_scale=False):
+    """Keras' fit loop, ported: the epoch's steps (jitted), then the callback on the
+    host. With ``post_scale``, Keras' recorded rates applied as a factor on the updates
+    instead (what a plateau chained after the optimizer does)."""
+    shapes = [tuple(s) for s in OPTIMIZERS["shapes"]]
+    problem = {k: np.asarray(v, np.float32) for k, v in OPTIMIZERS["problem"].items()}
+    h, c = split(problem["h"], shapes), split(problem["c"], shapes)
+    params = [jnp.asarray(x) for x in split(problem["p0"], shapes)]
+    settings = dict(case["plateau"])
+    k = case["steps_per_epoch"]
+    if post_scale:  # Keras' own rates, as a factor on the updates
+        base = case["kwargs"]["learning_rate"]
+        used = jnp.asarray([base, *case["lrs"][:-1]], jnp.float32) / base  # per epoch
+        tx = gtx.chain(
+            getattr(kc, case["optimizer"])(**case["kwargs"]),
+            gtx.scale_by_schedule(lambda count: used[count // k]),
+        )
+    else:
+        tx = gtx.schedule_injection(getattr(kc, case["optimizer"]))(**case["kwargs"])
+        plateau = kc.reduce_lr_on_plateau(**settings)
+        plateau_state = plateau.init()
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state, noise):
+        grads = [h[i] * (p - c[i]) + n for i, (p, n) in enumerate(zip(params, noise, strict=True))]
+        updates, state = tx.update(grads, state, params)
+        return gtx.apply_updates(params, updates), state
+
+    sign = -1.0 if settings.get("mode") == "max" else 1.0
+    metrics = [sign * m for m in OPTIMIZERS["plateau_metrics"]]
+    epochs, lrs = [], []
+    for epoch in range(len(metrics)):
+        for t in range(epoch * k, (epoch + 1) * k):
+            params, state = step(params, state, split(problem["noise"][t], shapes))
+        if not post_scale:
+            state, plateau_state = plateau.on_epoch_end(metrics[epoch], state, plateau_state)
+            lrs.append(float(gtx.get_hyperparams(state)["learning_rate"]))
+        epochs.append(np.concatenate([np.ravel(p) for p in params]))
+    return np.asarray(epochs), lrs
+
+
+@pytest.mark.parametrize("name", sorted(PLATEAU_CASES))
+def test_reduce_lr_on_plateau_follows_keras_callback_epoch_for_epoch(name):
+    case = PLATEAU_CASES[name]
+    assert len(set(case["lrs"])) >= 3  # the case reduces
+    epochs, lrs = run_plateau_epochs(case)
+    assert lrs == case["lrs"]  # the same float32 rates, exactly
+    np.testing.assert_allclose(epochs, case["epochs"], **TOLERANCE["float32"])
+
+
+def test_scaling_the_updates_is_keras_plateau_only_where_the_rate_stays_out_of_the_state():
+    """Keras' SGD and RMSprop keep lr * g in their momentum buffer: a reduction applies
+    to new terms only. Scaling the updates by the same rates (a plateau chained after
+    the optimizer, PyTorch's way) also rescales the buffer's past terms: 0.077 (SGD) and
+    0.16 (RMSprop) off Keras; for Adam, whose rate multiplies the step only, it agrees."""
+    for name in ("sgd_momentum", "rmsprop_momentum_min_lr"):
+        scaled, _ = run_plateau_epochs(PLATEAU_CASES[name], post_scale=True)
+        assert np.max(np.abs(scaled - np.asarray(PLATEAU_CASES[name]["epochs"]))) > 1e-2
+    scaled, _ = run_plateau_epochs(PLATEAU_CASES["adam_max_mode"], post_scale=True)
+    np.testing.assert_allclose(
+        scaled, PLATEAU_CASES["adam_max_mode"]["epochs"], **TOLERANCE["float32"]
+    )
+
+
+def test_reduce_lr_on_plateau_refuses_what_keras_cannot_tell_or_do():
+    with pytest.raises(ValueError, match=r"mode='auto' cannot tell whether 'val_accuracy'"):
+        kc.reduce_lr_on_plateau(monitor="val_accuracy")
+    with pytest.raises(ValueError, match=r"factor must be in \[0.0, 1.0\)"):
+        kc.reduce_lr_on_plateau(factor=1.0)
+    plateau = kc.reduce_lr_on_plateau(patience=0)
+    opt_state = kc.sgd(0.1).init(jnp.zeros(1))  # not injected: no learning_rate to set
+    _, state = plateau.on_epoch_end(1.0, opt_state, plateau.init())
+    with pytest.raises(ValueError, match=r"no injected hyperparameters"):
+        plateau.on_epoch_end(2.0, opt_state, state)
+    with pytest.raises(TypeError, match=r"outside jax.jit"):
+        jax.jit(lambda v: plateau.on_epoch_end(v, opt_state, state))(1.0)

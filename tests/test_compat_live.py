@@ -107,3 +107,14 @@ def test_live_keras_trajectory_matches_gradtx(name, record_keras):
     rows = [s - 1 for s in golden.OPTIMIZERS["snapshots"]]
     actual = golden.trajectory(golden.build_optimizer(case), "float32")[rows]
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sgd_momentum", "rmsprop_momentum_min_lr"])
+def test_live_keras_reduce_lr_on_plateau_matches_gradtx(name, record_keras):
+    from tests import test_compat_keras as golden
+
+    case = next(c for c in record_keras.PLATEAU_CASES if c["name"] == name)
+    live = record_keras.run_plateau(case)
+    epochs, lrs = golden.run_plateau_epochs(live)
+    assert lrs == live["lrs"]
+    np.testing.assert_allclose(epochs, live["epochs"], rtol=1e-5, atol=1e-5)

@@ -7,7 +7,9 @@ Keras' JAX backend::
 
 It writes ``tests/golden/keras_optimizers.json`` (each optimizer over its options for
 200 steps of the problem of ``golden_problem.py``, in float32 and, with
-``jax_enable_x64`` and Keras' floatx set to float64, in float64) and
+``jax_enable_x64`` and Keras' floatx set to float64, in float64; and float32 runs of
+60 epochs with the ``ReduceLROnPlateau`` callback, its rates and parameters per epoch)
+and
 ``tests/golden/keras_schedules.json`` (200 values of each schedule, float32).
 """
 
@@ -27,7 +29,14 @@ import numpy as np  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from golden_problem import SHAPES, SNAPSHOTS, STEPS, problem, problem_arrays  # noqa: E402
+from golden_problem import (  # noqa: E402
+    SHAPES,
+    SNAPSHOTS,
+    STEPS,
+    plateau_metrics,
+    problem,
+    problem_arrays,
+)
 
 KERAS_OPTIMIZERS = {
     "sgd": keras.optimizers.SGD,
@@ -178,6 +187,59 @@ def _run_optimizer(case: dict, dtype: str) -> np.ndarray:
     return np.stack(snapshots)
 
 
+# ReduceLROnPlateau at the end of every epoch of STEPS_PER_EPOCH steps, on the metrics
+# of golden_problem.plateau_metrics() (negated for the mode="max" case), float32.
+PLATEAU_CASES = [
+    {"name": "sgd_momentum", "optimizer": "sgd", "kwargs": {"learning_rate": 0.05, "momentum": 0.9},
+     "plateau": {"factor": 0.5, "patience": 2, "cooldown": 1}},
+    {"name": "rmsprop_momentum_min_lr", "optimizer": "rmsprop",
+     "kwargs": {"learning_rate": 0.005, "momentum": 0.9},
+     "plateau": {"factor": 0.3, "patience": 1, "min_lr": 0.0005, "min_delta": 0.002}},
+    {"name": "adam_max_mode", "optimizer": "adam", "kwargs": {"learning_rate": 0.01},
+     "plateau": {"monitor": "val_accuracy", "mode": "max", "factor": 0.5, "patience": 3,
+                 "cooldown": 2}},
+]  # fmt: skip
+STEPS_PER_EPOCH = 3
+
+
+class _Model:
+    """What ReduceLROnPlateau reads of a model: its optimizer (and metrics, for "auto")."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        self.metrics = []
+
+
+def run_plateau(case: dict) -> dict:
+    """The parameters and the learning rate after every epoch, float32."""
+    keras.config.set_floatx("float32")
+    prob = problem("float32")
+    optimizer = KERAS_OPTIMIZERS[case["optimizer"]](**case["kwargs"])
+    variables = [keras.Variable(p, dtype="float32") for p in prob["p0"]]
+    optimizer.build(variables)
+    callback = keras.callbacks.ReduceLROnPlateau(**case["plateau"])
+    callback.set_model(_Model(optimizer))
+    callback.on_train_begin()
+    sign = -1.0 if case["plateau"].get("mode") == "max" else 1.0
+    epochs, lrs = [], []
+    for epoch, metric in enumerate(plateau_metrics()):
+        for t in range(epoch * STEPS_PER_EPOCH, (epoch + 1) * STEPS_PER_EPOCH):
+            values = [np.asarray(v.value) for v in variables]
+            grads = [
+                prob["h"][i] * (values[i] - prob["c"][i]) + prob["noise"][t][i]
+                for i in range(len(values))
+            ]
+            optimizer.apply_gradients(
+                zip([jax.numpy.asarray(g) for g in grads], variables, strict=True)
+            )
+        callback.on_epoch_end(epoch, {case["plateau"].get("monitor", "val_loss"): sign * metric})
+        epochs.append(
+            _fmt(np.concatenate([np.asarray(v.value).ravel() for v in variables]), "float32")
+        )
+        lrs.append(float(np.asarray(optimizer.learning_rate)))
+    return dict(case, steps_per_epoch=STEPS_PER_EPOCH, epochs=epochs, lrs=lrs)
+
+
 def schedule_values(spec: dict, steps: int = STEPS) -> np.ndarray:
     keras.config.set_floatx("float32")
     schedule = make_schedule(spec)
@@ -207,6 +269,8 @@ def main() -> None:
         "snapshots": SNAPSHOTS,
         "problem": {k: v.tolist() for k, v in problem_arrays().items()},
         "cases": cases,
+        "plateau_metrics": plateau_metrics(),
+        "plateau_cases": [run_plateau(case) for case in PLATEAU_CASES],
     }
     schedules = {
         "keras": keras.__version__,

@@ -53,6 +53,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradtx import check, numerics, tree
+from gradtx.compat.keras.callbacks import (
+    ReduceLROnPlateau,
+    ReduceLROnPlateauState,
+    reduce_lr_on_plateau,
+)
 from gradtx.compat.keras.schedules import (
     cosine_decay,
     cosine_decay_restarts,
@@ -80,6 +85,8 @@ from gradtx.wrappers.accumulation import multi_steps
 from gradtx.wrappers.averaging import copy_params
 
 __all__ = [
+    "ReduceLROnPlateau",
+    "ReduceLROnPlateauState",
     "adadelta",
     "adagrad",
     "adam",
@@ -92,6 +99,7 @@ __all__ = [
     "nadam",
     "piecewise_constant_decay",
     "polynomial_decay",
+    "reduce_lr_on_plateau",
     "rmsprop",
     "sgd",
 ]
