@@ -40,8 +40,11 @@ import _digits  # noqa: E402  (the examples' shared data set and model)
 
 
 def param_spec(p, num_devices):
-    """Split a matrix's first axis over the devices when it divides evenly; else replicate."""
-    return P("data") if p.ndim >= 2 and p.shape[0] % num_devices == 0 else P()
+    """Split a matrix's first axis over the devices when it divides evenly; else replicate.
+    (Spelled out for every axis, as JAX prints the specs it derives for the state.)"""
+    if p.ndim >= 2 and p.shape[0] % num_devices == 0:
+        return P("data", *[None] * (p.ndim - 1))
+    return P()
 
 
 def sharded_loss(params, images, labels):
