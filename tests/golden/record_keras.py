@@ -158,6 +158,15 @@ def run_optimizer(case: dict, dtype: str) -> np.ndarray:
         return _run_optimizer(case, dtype)
 
 
+def _step(optimizer, variables: list, prob: dict, t: int) -> None:
+    """Step t of the golden problem: its gradients at the variables' values, applied."""
+    values = [np.asarray(v.value) for v in variables]
+    grads = [
+        prob["h"][i] * (values[i] - prob["c"][i]) + prob["noise"][t][i] for i in range(len(values))
+    ]
+    optimizer.apply_gradients(zip([jax.numpy.asarray(g) for g in grads], variables, strict=True))
+
+
 def _run_optimizer(case: dict, dtype: str) -> np.ndarray:
     keras.config.set_floatx(dtype)
     prob = problem(dtype)
@@ -173,14 +182,7 @@ def _run_optimizer(case: dict, dtype: str) -> np.ndarray:
     _last_run["optimizer"] = optimizer
     snapshots = []
     for t in range(STEPS):
-        values = [np.asarray(v.value) for v in variables]
-        grads = [
-            prob["h"][i] * (values[i] - prob["c"][i]) + prob["noise"][t][i]
-            for i in range(len(values))
-        ]
-        optimizer.apply_gradients(
-            zip([jax.numpy.asarray(g) for g in grads], variables, strict=True)
-        )
+        _step(optimizer, variables, prob, t)
         if t + 1 in SNAPSHOTS:
             snapshots.append(np.concatenate([np.asarray(v.value).ravel() for v in variables]))
     keras.config.set_floatx("float32")
@@ -224,14 +226,7 @@ def run_plateau(case: dict) -> dict:
     epochs, lrs = [], []
     for epoch, metric in enumerate(plateau_metrics()):
         for t in range(epoch * STEPS_PER_EPOCH, (epoch + 1) * STEPS_PER_EPOCH):
-            values = [np.asarray(v.value) for v in variables]
-            grads = [
-                prob["h"][i] * (values[i] - prob["c"][i]) + prob["noise"][t][i]
-                for i in range(len(values))
-            ]
-            optimizer.apply_gradients(
-                zip([jax.numpy.asarray(g) for g in grads], variables, strict=True)
-            )
+            _step(optimizer, variables, prob, t)
         callback.on_epoch_end(epoch, {case["plateau"].get("monitor", "val_loss"): sign * metric})
         epochs.append(
             _fmt(np.concatenate([np.asarray(v.value).ravel() for v in variables]), "float32")
