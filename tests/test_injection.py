@@ -467,16 +467,16 @@ def test_an_injector_around_an_optimizer_builds_one_chain_eagerly_and_under_jit(
         np.testing.assert_allclose(jitted["w"], eager["w"], rtol=1e-6)
 
 
-@pytest.mark.parametrize("jitted", [False, True])
-def test_optax_inject_hyperparams_around_a_gradtx_optimizer_drives_it(jitted):
+def test_optax_inject_hyperparams_around_a_gradtx_optimizer_drives_it_under_jit():
     """Optax hands the factory its state's values at every update; the gradtx optimizer
     read its own state instead: a halving schedule gave -0.1 four times, and setting
-    Optax's state.hyperparams changed nothing. Optax's sgd is the reference."""
+    Optax's state.hyperparams changed nothing. Traced arguments are now read at each
+    update. Optax's sgd is the reference."""
     params, grads = jnp.zeros(2), jnp.array([1.0, -2.0])
     runs = []
     for factory in (gtx.sgd, optax.sgd):
         tx = optax.inject_hyperparams(factory)(learning_rate=lambda t: 0.1 * 0.5**t, momentum=0.9)
-        update = jax.jit(tx.update) if jitted else tx.update
+        update = jax.jit(tx.update)
         state, updates = tx.init(params), []
         for _ in range(4):
             u, state = update(grads, state, params)
@@ -484,10 +484,33 @@ def test_optax_inject_hyperparams_around_a_gradtx_optimizer_drives_it(jitted):
         fixed = optax.inject_hyperparams(factory)(learning_rate=0.1)
         fixed_state = fixed.init(params)
         fixed_state.hyperparams["learning_rate"] = jnp.asarray(0.5)
-        updates.append(fixed.update(grads, fixed_state, params)[0])
+        updates.append(jax.jit(fixed.update)(grads, fixed_state, params)[0])
         runs.append(np.asarray(updates))
     np.testing.assert_allclose(runs[0], runs[1], rtol=1e-6)
     np.testing.assert_allclose(runs[0][-1], [-0.5, 1.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("jitted", [False, True])
+def test_an_optimizer_injected_again_follows_the_outer_schedule(jitted):
+    """gtx.schedule_injection(gtx.adam)(learning_rate=schedule): the inner optimizer
+    kept the value its own state got at init, so the schedule stopped at step 0, eager
+    and jitted alike. Values the outer injector evaluates are read as given."""
+    params, grads = jnp.zeros(2), jnp.array([1.0, -2.0])
+    schedule = lambda t: 0.1 * 0.5**t  # noqa: E731
+    ramp = lambda t: jnp.minimum(0.9, 0.3 * t)  # noqa: E731
+    for nested, plain in [
+        (gtx.schedule_injection(gtx.adam)(learning_rate=schedule), gtx.adam(schedule)),
+        (gtx.schedule_injection(gtx.sgd)(0.1, momentum=ramp), gtx.sgd(0.1, momentum=ramp)),
+    ]:
+        runs = []
+        for tx in (nested, plain):
+            update = jax.jit(tx.update) if jitted else tx.update
+            state, updates = tx.init(params), []
+            for _ in range(4):
+                u, state = update(grads, state, params)
+                updates.append(u)
+            runs.append(np.asarray(updates))
+        np.testing.assert_allclose(runs[0], runs[1], rtol=1e-6)
 
 
 def test_a_learning_rate_passed_into_a_jitted_step_is_the_one_used():
@@ -523,6 +546,21 @@ def test_set_hyperparams_refuses_values_no_hyperparameter_takes(values, message)
     state = gtx.adam(0.1).init(jnp.zeros(2))
     with pytest.raises(ValueError, match=message):
         gtx.set_hyperparams(state, **values)
+
+
+@pytest.mark.parametrize("jitted", [False, True])
+@pytest.mark.parametrize("rate", [jnp.float32(0.1), jnp.asarray(0.1), np.float32(0.1), 0.1])
+def test_a_learning_rate_set_in_the_state_is_used_however_the_optimizer_got_its_rate(rate, jitted):
+    """Concrete rates, JAX arrays included, are read from the state: set_hyperparams, a
+    plateau callback, tree_set and a restored checkpoint change them (reading every JAX
+    array from the argument silently undid them)."""
+    params, grads = jnp.zeros(2), jnp.array([1.0, -2.0])
+    tx = gtx.sgd(rate)
+    state = gtx.set_hyperparams(tx.init(params), learning_rate=0.001)
+    update = jax.jit(tx.update) if jitted else tx.update
+    updates, state = update(grads, state, params)
+    np.testing.assert_allclose(updates, -0.001 * grads, rtol=1e-6)
+    assert float(gtx.get_hyperparams(state)["learning_rate"]) == pytest.approx(0.001)
 
 
 def test_set_hyperparams_on_a_batch_of_states_points_to_vmap():

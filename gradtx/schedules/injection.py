@@ -9,6 +9,7 @@ without recompiling anything.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 from collections.abc import Callable, Iterable
@@ -72,6 +73,19 @@ def _as_float32(name: str, value: Any) -> jax.Array:
     return value.astype(jnp.float32)
 
 
+_INSIDE_AN_INJECTOR = contextvars.ContextVar("gradtx_inside_an_injector", default=False)
+
+
+def _build_inner(factory: Callable, fixed: dict, hyperparams: dict) -> GradientTransformation:
+    """``factory`` called with the values this injector evaluated; an injected optimizer
+    it builds reads them from its arguments at each update, not from its own state."""
+    token = _INSIDE_AN_INJECTOR.set(True)
+    try:
+        return factory(**fixed, **hyperparams)
+    finally:
+        _INSIDE_AN_INJECTOR.reset(token)
+
+
 def _evaluate(name: str, schedule: Callable, count: jax.Array) -> Any:
     """``schedule(count)``, a call with the wrong arity named as the argument's."""
     try:
@@ -123,12 +137,15 @@ def schedule_injection(
 
     The factory must accept its float hyperparameters as (traced) float32 scalars.
 
-    A hyperparameter given as a JAX array (concrete or traced) is read from the
-    argument at every update, as a schedule is, not from the state: an optimizer
-    rebuilt inside a jitted step from a learning-rate argument uses that argument, and
-    ``optax.inject_hyperparams(gtx.adam)`` (which hands the factory its own state's
-    values at every update) drives it. Python and NumPy numbers are read from the state,
-    where ``set_hyperparams`` changes them.
+    A hyperparameter that an enclosing injector evaluated (an injected optimizer wrapped
+    in ``schedule_injection`` again, or built by ``lr_find``) or that is traced (an
+    optimizer rebuilt inside a jitted step from a learning-rate argument;
+    ``optax.inject_hyperparams(gtx.adam)`` under ``jit``) is read from the argument at
+    every update, as a schedule is, not from the state. Other values (Python, NumPy and
+    JAX numbers) are read from the state, where ``set_hyperparams``, ``tree_set`` and a
+    restored checkpoint change them; so un-jitted, ``optax.inject_hyperparams(gtx.adam)``
+    follows the gradtx state, not the wrapper's (a gradtx optimizer needs no such
+    wrapper: it is injected already).
 
     Example:
         >>> import jax.numpy as jnp
@@ -171,10 +188,18 @@ def schedule_injection(
             if name not in schedules and name not in constants
         }
 
-        # A JAX array argument (a traced value, or Optax's inject_hyperparams handing the
-        # factory its own state's values at each update) is the caller's: read from the
-        # argument at every update, as a schedule is, not from the state.
-        live = {name: value for name, value in constants.items() if isinstance(value, jax.Array)}
+        # An argument that an enclosing injector evaluated (this optimizer built inside
+        # another injected transform, whose state is then the one that holds the value)
+        # or a traced one (an optimizer rebuilt inside a jitted step from a learning-rate
+        # argument; Optax's inject_hyperparams under jit) is the caller's: read from the
+        # argument at every update, as a schedule is. Other values are read from the
+        # state, where set_hyperparams, tree_set and checkpoints change them.
+        nested = _INSIDE_AN_INJECTOR.get()
+        live = {
+            name: value
+            for name, value in constants.items()
+            if isinstance(value, jax.core.Tracer) or (nested and isinstance(value, jax.Array))
+        }
 
         def values_at(count, stored):
             values = dict(stored)
@@ -188,7 +213,7 @@ def schedule_injection(
             count = jnp.zeros([], jnp.int32)
             constant_values = {n: _as_float32(n, v) for n, v in constants.items()}
             hyperparams = values_at(count, constant_values)
-            inner = factory(**fixed, **hyperparams)
+            inner = _build_inner(factory, fixed, hyperparams)
             return InjectState(count, hyperparams, inner.init(params))
 
         def update(updates, state, params=None, **extra):
@@ -200,7 +225,7 @@ def schedule_injection(
                     f"state): was the pair passed, or were state and params swapped?"
                 )
             hyperparams = values_at(state.count, state.hyperparams)
-            inner = factory(**fixed, **hyperparams)
+            inner = _build_inner(factory, fixed, hyperparams)
             updates, inner_state = inner.update(updates, state.inner_state, params, **extra)
             count = numerics.safe_increment(state.count)
             return updates, InjectState(count, hyperparams, inner_state)
@@ -284,8 +309,8 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
     holds them (optionally only those ``path`` picks, as in ``get_hyperparams``).
 
     The values become float32 scalars, so changing them between steps compiles nothing.
-    A hyperparameter given as a schedule or as a JAX array is recomputed from it at the
-    next update (``schedule_injection``); set the ones given as numbers. A NaN, or a
+    A hyperparameter given as a schedule (or traced, inside a jitted step) is recomputed
+    from it at the next update (``schedule_injection``); set the ones given as numbers. A NaN, or a
     negative ``learning_rate``, is a ValueError here; a transform's own ranges (``b1``
     in [0, 1), say) are checked by its next un-jitted update, not under ``jit``. For a batch of
     states (``jax.vmap`` over learning rates), map it: ``jax.vmap(lambda s, lr:
