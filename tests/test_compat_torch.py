@@ -668,3 +668,17 @@ def test_load_plateau_state_rejects_what_one_scale_cannot_hold():
         tc.load_plateau_state(saved, [0.1, 0.0])
     with pytest.raises(ValueError, match=r"no \['best'\]"):
         tc.load_plateau_state({k: v for k, v in saved.items() if k != "best"}, 0.1)
+
+
+def test_a_loaded_state_does_not_share_memory_with_the_pytorch_buffers(x64):
+    """Tensor.numpy() shares the tensor's memory and jnp.asarray of a float64 NumPy
+    array is zero-copy on CPU: a PyTorch step after loading (stepping both side by side)
+    changed the gradtx state in place. The same holds for NumPy buffers changed later."""
+    momentum = np.ones(3)
+    torch_state = {
+        "state": {0: {"momentum_buffer": momentum}},
+        "param_groups": [{"params": [0]}],
+    }
+    state = tc.load_state_dict(tc.sgd(0.1, momentum=0.9), torch_state, [jnp.zeros(3)])
+    momentum *= 5.0  # what PyTorch's in-place buffer update does
+    np.testing.assert_array_equal(state["momentum"].trace[0], [1.0, 1.0, 1.0])

@@ -69,9 +69,12 @@ _DERIVED = {"step", "eta", "mu"}
 
 
 def _to_numpy(value: Any) -> np.ndarray:
+    """A copy: ``Tensor.numpy()`` shares the tensor's memory, and ``jnp.asarray`` of a
+    NumPy array may too (zero-copy on CPU), so a later PyTorch step would change the
+    gradtx state in place."""
     if hasattr(value, "detach"):  # a torch.Tensor
         value = value.detach().cpu().numpy()
-    return np.asarray(value)
+    return np.array(value, copy=True)
 
 
 def _per_parameter_states(
