@@ -189,6 +189,9 @@ def sgd(
         check.unit_interval("momentum", momentum, schedule=True)
     _check_nesterov_has_momentum(nesterov, momentum)
     check.non_negative("weight_decay", weight_decay, schedule=True)
+    # checked with or without a momentum buffer: sgd(0.1, 0.0, False, 1e-4), written
+    # when weight_decay came fourth, must not pass silently
+    check.dtype_or_none("accumulator_dtype", accumulator_dtype)
     return _sgd_chain(
         learning_rate,
         momentum=momentum if _switched_on(momentum) else None,

@@ -176,6 +176,11 @@ def test_names_shared_with_optax_take_optaxs_positional_arguments_in_its_order()
         assert ours[: len(theirs)] == theirs, name
     params = {"w": jnp.ones(3)}
     grads = {"w": jnp.array([0.5, -1.0, 2.0])}
+    # the fourth argument of sgd is the buffer's dtype, as in Optax (it was weight_decay)
+    state = gtx.sgd(0.1, 0.9, False, jnp.bfloat16).init(params)
+    assert gtx.tree_get(state, "trace")["w"].dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match=r"accumulator_dtype must be a floating dtype"):
+        gtx.sgd(0.1, 0.0, False, 1e-4)  # an old positional weight decay is not ignored
     adamw_args = (1e-3, 0.9, 0.99, 1e-8, 0.0, None, 1e-2)
     sgd_args = (0.1, 0.9, True, jnp.float32)
     for ours, theirs in [
