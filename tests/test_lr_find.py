@@ -135,6 +135,20 @@ def test_an_optimizer_that_does_not_use_the_rate_is_refused(optimizer):
         lr_find(quadratic, jnp.ones(3), None, optimizer, num_steps=20)
 
 
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        lambda lr: gtx.multi_steps(gtx.sgd(lr), every_k=2),
+        lambda lr: gtx.adam(lambda t: lr * jnp.minimum(1.0, t / 10.0)),
+    ],
+    ids=["gradient_accumulation", "warmup_from_zero"],
+)
+def test_optimizers_whose_first_update_is_zero_at_any_rate_still_run(optimizer):
+    """The check first compared one update: 0 at both rates, a false refusal."""
+    result = lr_find(quadratic, jnp.ones(3), None, optimizer, num_steps=30)
+    assert len(result.learning_rates) >= 2
+
+
 def test_plot_draws_the_curve_on_a_log_axis_and_marks_the_suggestion():
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")

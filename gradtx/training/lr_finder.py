@@ -95,18 +95,31 @@ def _steepest_descent(learning_rates: np.ndarray, smoothed: np.ndarray) -> float
     return float(learning_rates[np.argmin(slopes)])
 
 
+_PROBE_STEPS = 8
+
+
 def _check_reads_the_learning_rate(tx, params, min_lr, max_lr) -> None:
-    """One eager update on unit gradients at ``min_lr`` and at ``max_lr``: equal updates
-    mean the optimizer ignores the rate it is given (``lambda lr: optax.adam(1e-3)``,
-    an ``optax.inject_hyperparams`` optimizer), and the test would mean nothing."""
+    """Up to ``_PROBE_STEPS`` eager updates on unit gradients at ``min_lr`` and at
+    ``max_lr`` (a warmup from 0 or gradient accumulation makes the first ones 0 at any
+    rate): all equal means the optimizer ignores the rate it is given (``lambda lr:
+    optax.adam(1e-3)``, an ``optax.inject_hyperparams`` optimizer, rprop), and the test
+    would mean nothing."""
     ones = jax.tree.map(jnp.ones_like, params)
     state = tx.init(params)
-    small, _ = tx.update(ones, set_hyperparams(state, learning_rate=min_lr), params)
-    large, _ = tx.update(ones, set_hyperparams(state, learning_rate=max_lr), params)
-    same = all(
-        np.array_equal(np.asarray(a), np.asarray(b))
-        for a, b in zip(jax.tree.leaves(small), jax.tree.leaves(large), strict=True)
-    )
+    small_state = set_hyperparams(state, learning_rate=min_lr)
+    large_state = set_hyperparams(state, learning_rate=max_lr)
+    same = True
+    for _ in range(_PROBE_STEPS):
+        small, small_state = tx.update(ones, small_state, params)
+        large, large_state = tx.update(ones, large_state, params)
+        small_state = set_hyperparams(small_state, learning_rate=min_lr)
+        large_state = set_hyperparams(large_state, learning_rate=max_lr)
+        same = all(
+            np.array_equal(np.asarray(a), np.asarray(b))
+            for a, b in zip(jax.tree.leaves(small), jax.tree.leaves(large), strict=True)
+        )
+        if not same:
+            break
     if same:
         raise ValueError(
             f"optimizer gives the same update at learning rates {min_lr!r} and {max_lr!r}: "
@@ -162,8 +175,8 @@ def lr_find(
         optimizer: ``learning_rate -> GradientTransformation``, e.g. ``gradtx.adam``
             or ``lambda lr: gradtx.sgd(lr, momentum=0.9)``; an Optax optimizer works
             too (``optax.adam``), but not one wrapped in ``optax.inject_hyperparams``,
-            whose state keeps its own copy of the rate. One whose update does not
-            change with the rate (checked with one update at ``min_lr`` and one at
+            whose state keeps its own copy of the rate. One whose updates do not
+            change with the rate (checked with up to 8 updates at ``min_lr`` and at
             ``max_lr`` on unit gradients) is a ValueError: the test would mean nothing.
         min_lr: the first rate, > 0.
         max_lr: the last rate, > ``min_lr``.
