@@ -603,14 +603,15 @@ def path_matches(pieces: Sequence[str], path: str | None) -> bool:
     """Whether a state path (its pieces: ``(".inner_states", "['decay']", ".mu")``) is
     one that ``path=`` picks: consecutive whole pieces of it, as printed
     (``"['decay']"``, ``"['decay'].inner_state"``, ``"inner_state[0].count"``; a
-    leading field needs no dot), or a key name (``"decay"``). Never a part of a name:
+    leading field needs no dot), or a key name (``"decay"``; ``"0"`` for a position in
+    a chain or an integer key). Never a part of a name:
     ``"a"`` does not pick ``.inner_states``."""
     if path is None:
         return True
     if path.startswith(("[", ".")):
         candidates = [path]
-    else:
-        candidates = [f".{path}", f"[{path!r}]"]
+    else:  # a name: a field, a string key, or a position / integer key ("0")
+        candidates = [f".{path}", f"[{path!r}]"] + ([f"[{path}]"] if path.isdigit() else [])
     for start in range(len(pieces)):
         joined = ""
         for piece in pieces[start:]:

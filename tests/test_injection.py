@@ -240,16 +240,20 @@ def test_path_picks_whole_names_never_a_part_of_one():
     assert float(gtx.get_hyperparams(state, path="s")["learning_rate"]) == pytest.approx(0.02)
     updates, _ = tx.update({"a": jnp.ones(2), "s": jnp.ones(2)}, state, params)
     np.testing.assert_allclose(updates["s"], [-0.02, -0.02], rtol=1e-6)
-    with pytest.raises(ValueError, match=r"under the path 'st'"):
+    with pytest.raises(ValueError, match=r"no injected transform under the path 'st'.*at "):
         gtx.set_hyperparams(state, path="st", learning_rate=1.0)
     chained = gtx.named_chain(("encoder", gtx.adam(0.1)), ("head", gtx.adam(0.2)))
-    with pytest.raises(ValueError, match=r"under the path 'e'"):
+    with pytest.raises(ValueError, match=r"under the path 'e'; the state has them at"):
         gtx.get_hyperparams(chained.init(jnp.zeros(1)), path="e")
     with pytest.raises(KeyError, match=r"under the path 'ead'"):
         gtx.tree_get(chained.init(jnp.zeros(1)), "learning_rate", path="ead")
     assert float(gtx.tree_get(chained.init(jnp.zeros(1)), "learning_rate", path="head")) == (
         pytest.approx(0.2)
     )
+    # a position in a chain, as tree_get's docstring offers
+    positional = gtx.chain(gtx.adam(0.1), gtx.sgd(0.2)).init(jnp.zeros(1))
+    assert float(gtx.get_hyperparams(positional, path="1")["learning_rate"]) == pytest.approx(0.2)
+    assert float(gtx.tree_get(positional, "learning_rate", path="0")) == pytest.approx(0.1)
 
 
 def test_setting_an_unknown_hyperparameter_names_the_available_ones():

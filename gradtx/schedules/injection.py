@@ -263,6 +263,16 @@ def _injected_states(state: OptState) -> list[tuple[str, tuple[str, ...], Inject
     return found
 
 
+def _none_found(injected: list, path: str | None) -> str:
+    if not injected:
+        return (
+            "no injected hyperparameters in this state; build the transform with "
+            "gradtx.schedule_injection"
+        )
+    paths = ", ".join(where or "the root" for where, _, _ in injected)
+    return f"no injected transform under the path {path!r}; the state has them at {paths}"
+
+
 def get_hyperparams(state: OptState, *, path: str | None = None) -> dict[str, jax.Array]:
     """The current hyperparameters of the injected transform inside ``state``.
 
@@ -283,13 +293,10 @@ def get_hyperparams(state: OptState, *, path: str | None = None) -> dict[str, ja
         >>> round(float(gtx.get_hyperparams(state)["learning_rate"]), 6)
         0.001
     """
-    found = [(p, s) for p, pieces, s in _injected_states(state) if tree.path_matches(pieces, path)]
+    injected = _injected_states(state)
+    found = [(p, s) for p, pieces, s in injected if tree.path_matches(pieces, path)]
     if not found:
-        raise ValueError(
-            "no injected hyperparameters in this state"
-            + (f" under the path {path!r}" if path else "")
-            + "; build the transform with gradtx.schedule_injection"
-        )
+        raise ValueError(_none_found(injected, path))
     merged: dict[str, jax.Array] = {}
     owner: dict[str, str] = {}
     for where, injected in found:
@@ -324,12 +331,10 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
         >>> round(float(gtx.get_hyperparams(state)["learning_rate"]), 6)
         0.0001
     """
-    targets = [p for p, pieces, _ in _injected_states(state) if tree.path_matches(pieces, path)]
+    injected = _injected_states(state)
+    targets = [p for p, pieces, _ in injected if tree.path_matches(pieces, path)]
     if not targets:
-        raise ValueError(
-            "no injected hyperparameters in this state"
-            + (f" under the path {path!r}" if path else "")
-        )
+        raise ValueError(_none_found(injected, path))
     unknown = set(values)
     # What holds for every hyperparameter is checked here, where the value is set (the
     # transform's own ranges are checked by its next un-jitted update, not under jit).
