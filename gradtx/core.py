@@ -8,6 +8,7 @@ sit inside the other's ``chain``, and Flax accepts a gradtx optimizer as ``tx``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
@@ -203,7 +204,7 @@ def _check_applicable(params: Params, updates: Updates) -> None:
             problem = f"the update has shape {list(u_shape)}, the parameter {list(p_shape)}"
         elif u_kind == "c" and p_kind != "c":
             problem = "the update is complex, the parameter real (its imaginary part would be lost)"
-        elif u_kind in "fc" and p_kind in "iub":
+        elif u_kind in "fc" and p_kind == "i":
             problem = "the update is floating, the parameter an integer (it would be truncated)"
         if problem:
             path = tree.leaf_path(params, index) or "the root"
@@ -216,8 +217,19 @@ def _shape_of(x: Any) -> tuple[int, ...]:
 
 
 def _kind_of(x: Any) -> str:
+    """'c' complex, 'f' real floating (bfloat16 and float8 too, whose NumPy kind is 'V'),
+    'i' integer or bool."""
     dtype = getattr(x, "dtype", None)
-    return (dtype if dtype is not None else np.result_type(x)).kind
+    return _kind(np.dtype(dtype if dtype is not None else np.result_type(x)))
+
+
+@functools.cache
+def _kind(dtype: np.dtype) -> str:
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        return "c"
+    if jnp.issubdtype(dtype, jnp.floating):
+        return "f"
+    return "i"
 
 
 def apply_updates(params: Params, updates: Updates) -> Params:

@@ -186,6 +186,7 @@ def test_apply_updates_names_the_first_path_where_the_trees_differ():
             jnp.full(2, 0.4),
             r"the update is floating, the parameter an integer",
         ),
+        (jnp.zeros(2, jnp.int32), jnp.full(2, 0.75, jnp.bfloat16), r"the update is floating"),
     ],
     ids=[
         "vector_on_scalar",
@@ -193,6 +194,7 @@ def test_apply_updates_names_the_first_path_where_the_trees_differ():
         "broadcast_one",
         "complex_on_real",
         "float_on_int",
+        "bfloat16_on_int",  # NumPy's kind of bfloat16 is 'V'
     ],
 )
 def test_apply_updates_refuses_what_would_change_or_lose_the_parameter(
