@@ -220,7 +220,7 @@ def _kind_of(x: Any) -> str:
     """'c' complex, 'f' real floating (bfloat16 and float8 too, whose NumPy kind is 'V'),
     'i' integer or bool."""
     dtype = getattr(x, "dtype", None)
-    return _kind(np.dtype(dtype if dtype is not None else np.result_type(x)))
+    return _kind(dtype if dtype is not None else np.result_type(x))
 
 
 @functools.cache
