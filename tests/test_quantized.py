@@ -191,6 +191,10 @@ def test_unsigned_fields_that_the_state_lacks_are_named_at_init():
         gtx.quantized_state(gtx.adam(0.1), unsigned_fields=("nuu",)).init(params)
     gtx.quantized_state(gtx.adam(0.1), unsigned_fields=("nu",)).init(params)
     gtx.quantized_state(gtx.sgd(0.1, momentum=0.9)).init(params)  # the default names
+    # the defaults spelled out (Adam has no nu_max), and a state with no leaves, pass
+    defaults = ["nu", "nu_max", "sum_of_squares", "e_g", "e_x"]
+    gtx.quantized_state(gtx.adam(0.1), unsigned_fields=defaults).init(params)
+    gtx.quantized_state(gtx.adam(0.1), unsigned_fields=("nu",)).init({"w": None})
     # a one-name tuple is the spelling that works: nu, never negative, uses the unsigned map
     g = jnp.linspace(0.1, 1.0, 8)
     tx = gtx.quantized_state(gtx.scale_by_adam(), min_size=0, unsigned_fields=("nu",))

@@ -117,6 +117,24 @@ def _restore_quantized_arrays(inner_state: OptState) -> OptState:
     return jax.tree.map(restore, inner_state, is_leaf=is_node)
 
 
+def _state_names(node: Any) -> set[str]:
+    """Every NamedTuple field and string dict key in a state, empty subtrees included."""
+    names: set[str] = set()
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+        children = [(name, getattr(node, name)) for name in node._fields]
+    elif isinstance(node, Mapping):
+        children = list(node.items())
+    elif isinstance(node, list | tuple):
+        children = [(None, child) for child in node]
+    else:
+        return names
+    for name, child in children:
+        if isinstance(name, str):
+            names.add(name)
+        names |= _state_names(child)
+    return names
+
+
 def _field_names(name: str, value: Any) -> frozenset[str]:
     """``value`` as a set of field names: a collection of strings, not one string."""
     if isinstance(value, str) or not isinstance(value, Iterable):
@@ -179,9 +197,9 @@ def quantized_state(
             (0 or 1: every non-empty floating leaf except scalars is quantized).
         unsigned_fields: state field (or dict key) names whose leaves are non-negative,
             a collection of strings such as ``("nu",)``; a single string is a TypeError
-            (it would otherwise be read as its characters), and a name given here that
-            no field of the inner state has is a ValueError at init (a typo would
-            otherwise leave the second moment on the signed map).
+            (it would otherwise be read as its characters), and a name beyond the
+            defaults that no field of the inner state has is a ValueError at init (a
+            typo would otherwise leave the second moment on the signed map).
 
     State: ``QuantizedState(inner_state)``, the inner state with each quantized leaf
     replaced by ``QuantizedArray(codes, absmax)`` (a ``{"codes", "absmax"}`` mapping
@@ -205,8 +223,9 @@ def quantized_state(
     """
     check.positive_int("block_size", block_size)
     check.non_negative_int("min_size", min_size)
-    given_fields = unsigned_fields is not _UNSIGNED_FIELDS
     unsigned_fields = _field_names("unsigned_fields", unsigned_fields)
+    # names beyond the defaults (which cover several optimizers) must be in the state
+    checked_fields = unsigned_fields - set(_UNSIGNED_FIELDS)
     inner_update = _update_with_extra_args(inner)
     tables = {signed: jnp.asarray(dynamic_quantization_map(signed)) for signed in (True, False)}
 
@@ -232,10 +251,9 @@ def quantized_state(
 
     def init(params):
         inner_state = inner.init(params)
-        if given_fields:
-            paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(inner_state)[0]]
-            present = set().union(*map(_path_names, paths)) if paths else set()
-            unknown = sorted(unsigned_fields - present)
+        if checked_fields:
+            present = _state_names(inner_state)
+            unknown = sorted(checked_fields - present)
             if unknown:
                 raise ValueError(
                     f"unsigned_fields names {unknown}, which no field of the inner state "
