@@ -330,8 +330,23 @@ def test_reduce_lr_on_plateau_refuses_what_keras_cannot_tell_or_do():
         kc.reduce_lr_on_plateau(factor=1.0)
     plateau = kc.reduce_lr_on_plateau(patience=0)
     opt_state = kc.sgd(0.1).init(jnp.zeros(1))  # not injected: no learning_rate to set
-    _, state = plateau.on_epoch_end(1.0, opt_state, plateau.init())
     with pytest.raises(ValueError, match=r"no injected hyperparameters"):
-        plateau.on_epoch_end(2.0, opt_state, state)
+        plateau.on_epoch_end(1.0, opt_state, plateau.init())
+    injected = gtx.schedule_injection(kc.sgd)(learning_rate=0.1).init(jnp.zeros(1))
     with pytest.raises(TypeError, match=r"outside jax.jit"):
-        jax.jit(lambda v: plateau.on_epoch_end(v, opt_state, state))(1.0)
+        jax.jit(lambda v: plateau.on_epoch_end(v, injected, plateau.init()))(1.0)
+
+
+def test_reduce_lr_on_plateau_refuses_a_rate_that_something_else_sets():
+    """A scheduled rate overwrote the callback's reduction at the next update, which the
+    callback then counted as done (Keras refuses to set a schedule's rate)."""
+    tx = gtx.schedule_injection(kc.sgd)(learning_rate=lambda t: 0.1 / (1.0 + t))
+    params = jnp.zeros(1)
+    opt_state = tx.init(params)
+    plateau = kc.reduce_lr_on_plateau(factor=0.5, patience=1)
+    state = plateau.init()
+    _, opt_state = tx.update(jnp.ones(1), opt_state, params)
+    opt_state, state = plateau.on_epoch_end(1.0, opt_state, state)
+    _, opt_state = tx.update(jnp.ones(1), opt_state, params)  # the schedule moves the rate
+    with pytest.raises(TypeError, match=r"learning rate changed between two epochs"):
+        plateau.on_epoch_end(2.0, opt_state, state)

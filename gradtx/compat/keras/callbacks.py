@@ -28,6 +28,7 @@ class ReduceLROnPlateauState(NamedTuple):
     best: float | None  # the best metric so far; None before the first (Keras' None)
     wait: int  # epochs without improvement, counted outside cooldown
     cooldown_counter: int  # epochs left to ignore after a reduction
+    learning_rate: float | None  # the rate it left in the optimizer's state last epoch
 
 
 class ReduceLROnPlateau(NamedTuple):
@@ -68,7 +69,9 @@ def reduce_lr_on_plateau(
     too, as Keras' assignment does (an update-scaling plateau would rescale the buffer's
     past terms as well). The comparison runs in the default float dtype, as Keras' in
     its floatx; the rate is stored in float32, as Keras' variable under floatx float32
-    (under float64 the two differ by that rounding, ~1e-8 relative).
+    (under float64 the two differ by that rounding, ~1e-8 relative). A rate that changed
+    between two epochs without the callback (a schedule, which Keras refuses to set, or
+    other code) is a TypeError: the callback's reduction would be undone.
 
     It differs from PyTorch's (``gradtx.compat.torch.lr_scheduler``): it reduces when
     the bad epochs *reach* ``patience``, ``min_delta`` is absolute, and the epoch that
@@ -120,7 +123,10 @@ def reduce_lr_on_plateau(
     delta = abs(float(min_delta))
 
     def init() -> ReduceLROnPlateauState:
-        return ReduceLROnPlateauState(best=None, wait=0, cooldown_counter=0)
+        return ReduceLROnPlateauState(best=None, wait=0, cooldown_counter=0, learning_rate=None)
+
+    def current_rate(opt_state) -> float:
+        return float(get_hyperparams(opt_state, path=path)["learning_rate"])
 
     def is_improvement(current: float, best: float | None) -> bool:
         if best is None:
@@ -137,7 +143,14 @@ def reduce_lr_on_plateau(
                 "callback does: call on_epoch_end outside jax.jit with the metric's value"
             )
         current = float(np.asarray(value))
-        best, wait, cooldown_counter = state
+        best, wait, cooldown_counter, left = state
+        rate = current_rate(opt_state)
+        if left is not None and rate != left:
+            raise TypeError(
+                f"the learning rate changed between two epochs without this callback "
+                f"({left!r} -> {rate!r}): it is a schedule, which the callback cannot "
+                f"set (Keras refuses to as well), or something else sets it"
+            )
         if cooldown_counter > 0:
             cooldown_counter -= 1
             wait = 0
@@ -145,12 +158,11 @@ def reduce_lr_on_plateau(
             best, wait = current, 0
         elif cooldown_counter == 0:
             wait += 1
-            if wait >= patience:
-                old_lr = float(get_hyperparams(opt_state, path=path)["learning_rate"])
-                if old_lr > np.float32(min_lr):
-                    new_lr = max(old_lr * factor, min_lr)
-                    opt_state = set_hyperparams(opt_state, path=path, learning_rate=new_lr)
-                    cooldown_counter, wait = cooldown, 0
-        return opt_state, ReduceLROnPlateauState(best, wait, cooldown_counter)
+            if wait >= patience and rate > np.float32(min_lr):
+                new_lr = max(rate * factor, min_lr)
+                opt_state = set_hyperparams(opt_state, path=path, learning_rate=new_lr)
+                rate = current_rate(opt_state)  # as stored: float32, as Keras' variable
+                cooldown_counter, wait = cooldown, 0
+        return opt_state, ReduceLROnPlateauState(best, wait, cooldown_counter, rate)
 
     return ReduceLROnPlateau(init, on_epoch_end)
