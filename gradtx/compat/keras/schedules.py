@@ -7,7 +7,9 @@ on its JAX backend ``keras.ops.floor`` and ``keras.ops.cos`` return float32 even
 float64 inputs, so the staircases, the restarts of ``CosineDecayRestarts`` and the
 cosines are float32 values in float64 runs too (``_floor``, ``_cos``). A float64
 floor would put some restarts of ``CosineDecayRestarts`` a step off Keras' (its
-``log(8) / log(2)`` is 2.9999999999999996 in float64, 3.0 in float32).
+``log(8) / log(2)``, computed under ``jit`` as ``log(8) * (1 / log(2))``, is
+2.9999999999999996 in float64, 3.0 in float32; ``log(243) / log(3)`` is
+4.999999999999999 in float64 even eagerly).
 """
 
 from __future__ import annotations
