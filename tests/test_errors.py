@@ -347,6 +347,8 @@ def test_an_update_given_the_pair_update_returned_says_what_it_got():
         tx.update(params, pair, params)
 
 
+# float64 NumPy leaves without x64: JAX warns that it computes in float32, as intended here
+@pytest.mark.filterwarnings("ignore:Explicitly requested dtype float64")
 @pytest.mark.parametrize("make", [gtx.adam, gtx.adamw, tc.adam])
 def test_numpy_scalar_leaves_are_updated_as_numpy_arrays_are(make):
     """np.float64 is a float subclass: it became a float32 array while its dtype was
