@@ -667,7 +667,7 @@ def _lookup(tree: Any, name: str, path: str | None) -> tuple[str, ...]:
     if len(found) > 1:
         raise ValueError(
             f"{name!r} is ambiguous{where}: found at "
-            f"{', '.join(''.join(pieces) for pieces in found)}; pass path= with a part of "
+            f"{', '.join(''.join(pieces) for pieces in found)}; pass path= with a key of "
             f"the one you mean"
         )
     return found[0]

@@ -299,13 +299,13 @@ def get_hyperparams(state: OptState, *, path: str | None = None) -> dict[str, ja
         raise ValueError(_none_found(injected, path))
     merged: dict[str, jax.Array] = {}
     owner: dict[str, str] = {}
-    for where, injected in found:
-        for name, value in injected.hyperparams.items():
+    for where, one in found:
+        for name, value in one.hyperparams.items():
             if name in merged:
                 raise ValueError(
                     f"hyperparameter {name!r} is held by several injected transforms "
                     f"(at {owner[name] or 'the root'} and {where or 'the root'}); pass "
-                    f"path= with a part of the one to read"
+                    f"path= with a key of the one to read"
                 )
             merged[name], owner[name] = value, where
     return merged
