@@ -102,19 +102,15 @@ def _is_stored_quantized_array(node: Any) -> bool:
     return isinstance(node, Mapping) and set(node) == set(QuantizedArray._fields)
 
 
-def _restore_quantized_arrays(inner_state: OptState) -> OptState:
-    """``inner_state`` with every ``{"codes": ..., "absmax": ...}`` mapping back as a
-    ``QuantizedArray``. Flax's ``nnx.Optimizer`` stores the state by path, and a
-    ``QuantizedArray`` where the params have a leaf comes back from it as such a
-    mapping (an ``nnx.State``) from the second update on."""
-
-    def restore(node):
-        if _is_stored_quantized_array(node):
-            return QuantizedArray(node["codes"], node["absmax"])
-        return node
-
-    is_node = lambda x: isinstance(x, QuantizedArray) or _is_stored_quantized_array(x)  # noqa: E731
-    return jax.tree.map(restore, inner_state, is_leaf=is_node)
+def _in_the_form_of(received: Any, new: QuantizedArray) -> Any:
+    """``new`` in the container ``received`` came in: a ``{"codes", "absmax"}`` mapping
+    from Flax's ``nnx.Optimizer`` is given back as the same mapping, so a wrapper
+    around this one (``multi_steps``, ``apply_if_finite``), which combines the old and
+    the new state, meets one structure."""
+    if not _is_stored_quantized_array(received):
+        return new
+    paths, treedef = jax.tree_util.tree_flatten_with_path(received)
+    return treedef.unflatten([getattr(new, path[0].key) for path, _ in paths])
 
 
 def _state_names(node: Any) -> set[str]:
@@ -264,11 +260,12 @@ def quantized_state(
         return QuantizedState(quantize_tree(inner_state))
 
     def update(updates, state, params=None, **extra):
-        is_node = lambda x: isinstance(x, QuantizedArray)  # noqa: E731
-        inner_state = _restore_quantized_arrays(state.inner_state)
-        flat, treedef = jax.tree_util.tree_flatten_with_path(inner_state, is_leaf=is_node)
+        is_node = lambda x: isinstance(x, QuantizedArray) or _is_stored_quantized_array(x)  # noqa: E731
+        flat, treedef = jax.tree_util.tree_flatten_with_path(state.inner_state, is_leaf=is_node)
 
         def dequantize(path, leaf):
+            if _is_stored_quantized_array(leaf):  # as Flax's nnx.Optimizer gives it back
+                leaf = QuantizedArray(leaf["codes"], leaf["absmax"])
             if not isinstance(leaf, QuantizedArray):
                 return leaf
             return dequantize_blockwise(leaf, tables[signed(path)], block_size)
@@ -277,8 +274,8 @@ def quantized_state(
         updates, new_inner = inner_update(updates, inner_state, params, **extra)
         new_leaves = treedef.flatten_up_to(new_inner)
         requantized = [
-            quantize_blockwise(new, tables[signed(path)], block_size)
-            if isinstance(old, QuantizedArray)
+            _in_the_form_of(old, quantize_blockwise(new, tables[signed(path)], block_size))
+            if is_node(old)
             else new
             for (path, old), new in zip(flat, new_leaves, strict=True)
         ]
