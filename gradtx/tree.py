@@ -604,10 +604,12 @@ def path_matches(pieces: Sequence[str], path: str | None) -> bool:
     one that ``path=`` picks: consecutive whole pieces of it, as printed
     (``"['decay']"``, ``"['decay'].inner_state"``, ``"inner_state[0].count"``; a
     leading field needs no dot), or a key name (``"decay"``; ``"0"`` for a position in
-    a chain or an integer key). Never a part of a name:
-    ``"a"`` does not pick ``.inner_states``."""
+    a chain or an integer key); ``""`` is the root. Never a part of a name: ``"a"`` does
+    not pick ``.inner_states``."""
     if path is None:
         return True
+    if path == "":  # the root only (a state that is itself the injected transform's)
+        return not pieces
     if path.startswith(("[", ".")):
         candidates = [path]
     else:  # a name: a field, a string key, or a position / integer key ("0")

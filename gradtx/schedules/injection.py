@@ -305,7 +305,7 @@ def get_hyperparams(state: OptState, *, path: str | None = None) -> dict[str, ja
                 raise ValueError(
                     f"hyperparameter {name!r} is held by several injected transforms "
                     f"(at {owner[name] or 'the root'} and {where or 'the root'}); pass "
-                    f"path= with a key of the one to read"
+                    f"path= with a key of the one to read (path='' for the root)"
                 )
             merged[name], owner[name] = value, where
     return merged
@@ -317,9 +317,12 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
 
     The values become float32 scalars, so changing them between steps compiles nothing.
     A hyperparameter given as a schedule (or traced, inside a jitted step) is recomputed
-    from it at the next update (``schedule_injection``); set the ones given as numbers. A NaN, or a
-    negative ``learning_rate``, is a ValueError here; a transform's own ranges (``b1``
-    in [0, 1), say) are checked by its next un-jitted update, not under ``jit``. For a batch of
+    from it at the next update (``schedule_injection``); set the ones given as numbers.
+    So is a value that an enclosing injector passes in (a gradtx optimizer wrapped in
+    ``schedule_injection`` again): set it at the enclosing one (``path=""`` for the
+    root) or everywhere (no ``path=``), not at the inner one alone. A NaN, or a negative
+    ``learning_rate``, is a ValueError here; a transform's own ranges (``b1`` in [0, 1),
+    say) are checked by its next un-jitted update, not under ``jit``. For a batch of
     states (``jax.vmap`` over learning rates), map it: ``jax.vmap(lambda s, lr:
     gtx.set_hyperparams(s, learning_rate=lr))(states, lrs)``.
 
