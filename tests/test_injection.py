@@ -520,9 +520,11 @@ def test_an_optimizer_injected_again_follows_the_outer_schedule(jitted):
 def test_the_root_of_a_nested_injection_is_picked_by_an_empty_path():
     """An injector around a wrapper of an injected optimizer holds the rate at the root
     and inside: the ambiguity error asked for a key, and the root has none."""
-    tx = gtx.schedule_injection(lambda learning_rate=0.1: gtx.multi_steps(gtx.adam(learning_rate), 2))(
-        learning_rate=0.1
-    )
+
+    def accumulated(learning_rate=0.1):
+        return gtx.multi_steps(gtx.adam(learning_rate), every_k=2)
+
+    tx = gtx.schedule_injection(accumulated)(learning_rate=0.1)
     params = jnp.zeros(2)
     state = tx.init(params)
     with pytest.raises(ValueError, match=r"path='' for the root"):
@@ -534,7 +536,7 @@ def test_the_root_of_a_nested_injection_is_picked_by_an_empty_path():
     np.testing.assert_array_equal(updates, [0.0, 0.0])  # the root's rate drives the inner
 
 
-def test_a_learning_rate_passed_into_a_jitted_step_is_the_one_used():def test_a_learning_rate_passed_into_a_jitted_step_is_the_one_used():
+def test_a_learning_rate_passed_into_a_jitted_step_is_the_one_used():
     """Rebuilding the optimizer inside a step from a traced argument (a sweep over
     learning rates): the argument is read at each update, as a schedule's value is."""
     params, grads = jnp.zeros(2), jnp.array([1.0, -2.0])
