@@ -15,6 +15,8 @@ class AveragedSgdState(NamedTuple):
     count: jax.Array  # int32, saturating: updates made so far
     average: Updates  # running average of the iterates (PyTorch's ax), parameter dtype
 
+    exact_fields = ("average",)  # a copy of the params: quantized_state keeps it
+
 
 def averaged_sgd(
     learning_rate: ScalarOrSchedule = 1e-2,

@@ -18,6 +18,8 @@ class MultiStepsState(NamedTuple):
     acc_grads: Updates  # the running mean of this real step's gradients
     inner_state: OptState
 
+    exact_fields = ("acc_grads",)  # a sum of gradients: quantized_state keeps it
+
 
 def multi_steps(
     inner: GradientTransformation,

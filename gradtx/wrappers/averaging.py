@@ -21,10 +21,14 @@ class EmaParamsState(NamedTuple):
     count: jax.Array  # int32, saturating: updates seen
     ema: Params  # the average, ready to use (debiased when debias=True)
 
+    exact_fields = ("ema",)  # a copy of the params: quantized_state keeps it
+
 
 class AverageParamsState(NamedTuple):
     count: jax.Array  # int32, saturating: updates seen
     average: Params  # the mean of the averaged iterates (the params while none is)
+
+    exact_fields = ("average",)  # a copy of the params: quantized_state keeps it
 
 
 def _average_leaf(weight_fn):

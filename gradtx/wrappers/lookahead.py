@@ -17,6 +17,8 @@ class LookaheadState(NamedTuple):
     slow_params: Params  # the slow weights theta, in the parameter dtype
     inner_state: OptState  # the fast optimizer's state (kept across syncs, as in the paper)
 
+    exact_fields = ("slow_params",)  # copies of the params: quantized_state keeps them
+
 
 def lookahead(
     inner: GradientTransformation,

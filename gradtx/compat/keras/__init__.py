@@ -212,6 +212,8 @@ class KerasEmaState(NamedTuple):
     count: jax.Array  # int32, saturating: updates made so far (Keras' iterations)
     average: Any  # the moving average of the parameters, in their dtypes
 
+    exact_fields = ("average",)  # a copy of the params: quantized_state keeps it
+
 
 def _keras_ema(momentum: float, overwrite_frequency: int | None) -> GradientTransformation:
     """Keras' ``use_ema``: after each update ``average = p`` at the first one, then
