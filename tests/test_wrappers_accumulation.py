@@ -143,3 +143,23 @@ def test_a_schedule_of_k_giving_no_positive_integer_is_named_at_an_eager_update(
     params = jnp.zeros(1)
     with pytest.raises(ValueError, match=r"every_k's schedule must give an integer >= 1"):
         tx.update(params, tx.init(params), params)
+
+
+def test_has_updated_finds_the_multi_steps_state_inside_other_wrappers():
+    """It took a bare MultiStepsState only: inside a chain or apply_if_finite the user
+    had to dig it out by hand."""
+    tx = gtx.apply_if_finite(
+        gtx.chain(gtx.clip_by_global_norm(1.0), gtx.multi_steps(gtx.adam(0.1), every_k=2)),
+        max_consecutive_errors=3,
+    )
+    params = jnp.zeros(2)
+    state, flags = tx.init(params), []
+    for _ in range(4):
+        _, state = jax.jit(tx.update)(jnp.ones(2), state, params)
+        flags.append(bool(gtx.has_updated(state)))
+    assert flags == [False, True, False, True]
+    with pytest.raises(TypeError, match=r"holding 0"):
+        gtx.has_updated(gtx.adam(0.1).init(params))
+    two = gtx.chain(gtx.multi_steps(gtx.sgd(0.1), 2), gtx.multi_steps(gtx.sgd(0.1), 3))
+    with pytest.raises(TypeError, match=r"holding 2; pass the one you mean"):
+        gtx.has_updated(two.init(params))

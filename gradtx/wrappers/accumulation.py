@@ -155,8 +155,11 @@ def _cast_like_pair(result, updates, inner_state):
     return tree.cast_like(new_updates, updates), tree.cast_like(new_state, inner_state)
 
 
-def has_updated(state: MultiStepsState) -> jax.Array:
+def has_updated(state: Any) -> jax.Array:
     """True when the last ``multi_steps`` update took a real (inner) step.
+
+    ``state`` is the ``MultiStepsState`` or any state holding exactly one (a chain, a
+    partition, ``apply_if_finite`` around it, ``nnx.Optimizer``'s ``opt_state``).
 
     Example:
         >>> import jax.numpy as jnp
@@ -167,5 +170,13 @@ def has_updated(state: MultiStepsState) -> jax.Array:
         False
     """
     if not isinstance(state, MultiStepsState):
-        raise TypeError(f"has_updated expects a MultiStepsState, got {type(state).__name__}")
+        is_node = lambda x: isinstance(x, MultiStepsState)  # noqa: E731
+        found = [x for x in jax.tree.leaves(state, is_leaf=is_node) if is_node(x)]
+        if len(found) != 1:
+            raise TypeError(
+                f"has_updated expects a MultiStepsState or a state holding one, got "
+                f"{type(state).__name__} holding {len(found)}"
+                + ("; pass the one you mean" if found else "")
+            )
+        state = found[0]
     return (state.mini_step == 0) & (state.gradient_step > 0)
