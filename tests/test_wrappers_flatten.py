@@ -255,3 +255,17 @@ def test_offsets_in_state_refuse_more_elements_than_int32_offsets_address(monkey
     with pytest.raises(ValueError, match="11 elements in all"):
         gtx.flatten(gtx.adam(0.1), offsets_in_state=True).init(params)
     gtx.flatten(gtx.adam(0.1)).init(params)  # the default keeps static slices past int32
+
+
+@pytest.mark.parametrize("offsets_in_state", [False, True])
+@pytest.mark.parametrize("jitted", [False, True])
+def test_updates_of_other_shapes_but_the_same_size_are_named_against_the_params(
+    offsets_in_state, jitted
+):
+    """w (3,), b (3,) at init and updates w (4,), b (2,): six elements either way, so the
+    vector took them, w's fourth element updated by b's state, silently."""
+    tx = gtx.flatten(gtx.adam(0.1), offsets_in_state=offsets_in_state)
+    params = {"w": jnp.zeros(3), "b": jnp.zeros(3)}
+    update = jax.jit(tx.update) if jitted else tx.update
+    with pytest.raises(ValueError, match=r"flatten: at \['b'\] the update has shape \[2\]"):
+        update({"w": jnp.ones(4), "b": jnp.ones(2)}, tx.init(params), params)

@@ -193,7 +193,9 @@ def flatten(
     momentum, clipping by value...) the result is the same as without ``flatten``; for
     one that reduces over a leaf it now reduces over everything. The math on many small
     leaves then runs as one kernel instead of one per leaf, at the price of gathering
-    the leaves and slicing the result back.
+    the leaves and slicing the result back. The vector hides the leaves: pass ``params``
+    to ``update`` and each update's shape is checked against its parameter's (updates of
+    other shapes but the same total size would otherwise take each other's state).
 
     When it pays (XLA:CPU, docs/performance.md): a jitted step over many small leaves
     (1,000 leaves of 4,096: about half the per-leaf step time), and un-jitted updates
@@ -283,6 +285,16 @@ def flatten(
         if params is not None:
             tree.check_same_structure(updates, params, "the updates", "the params")
             param_leaves = jax.tree.leaves(params)
+            # The vector hides the leaves: updates of other shapes but the same total
+            # size would take each other's state elements silently.
+            shape = lambda x: x.shape if hasattr(x, "shape") else np.shape(x)  # noqa: E731
+            for index, (u, p) in enumerate(zip(leaves, param_leaves, strict=True)):
+                if shape(u) != shape(p):  # attribute reads: 0.2 ms an update of 1,000
+                    raise ValueError(
+                        f"flatten: at {tree.leaf_path(updates, index) or 'the root'} the "
+                        f"update has shape {list(np.shape(u))}, the parameter "
+                        f"{list(np.shape(p))}"
+                    )
         if not offsets_in_state:
             new_vector, state = update_vector(leaves, state, param_leaves, extra)
             return treedef.unflatten(_unravel(new_vector, leaves)), state
