@@ -204,3 +204,16 @@ def test_nnx_optimizer_carries_a_quantized_state_across_updates(wrap, data):
         params, opt_state, loss = step(params, opt_state, x[t], y[t])
         losses.append(float(loss))
     assert_same_training(trained, (params, losses))
+
+
+def test_has_updated_reads_nnx_optimizers_state():
+    """nnx.Optimizer keeps the counters in OptArray variables: has_updated compared one
+    with an int and raised TypeError."""
+    model = NnxMLP(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, gtx.multi_steps(gtx.adam(0.01), every_k=2), wrt=nnx.Param)
+    grads = jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param))
+    flags = []
+    for _ in range(4):
+        optimizer.update(model, grads)
+        flags.append(bool(gtx.has_updated(optimizer.opt_state)))
+    assert flags == [False, True, False, True]

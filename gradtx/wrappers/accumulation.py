@@ -179,4 +179,5 @@ def has_updated(state: Any) -> jax.Array:
                 + ("; pass the one you mean" if found else "")
             )
         state = found[0]
-    return (state.mini_step == 0) & (state.gradient_step > 0)
+    # jnp.asarray: nnx.Optimizer keeps the counters in its OptArray variables
+    return (jnp.asarray(state.mini_step) == 0) & (jnp.asarray(state.gradient_step) > 0)
