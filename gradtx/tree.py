@@ -662,7 +662,12 @@ def _replace_at(node: Any, pieces: tuple[str, ...], value: Any) -> Any:
 
 
 def _lookup(tree: Any, name: str, path: str | None) -> tuple[str, ...]:
-    found = _find_named(tree, name, path)
+    if path == "":  # the root's: the one nearest the top (a nested injection's outer one)
+        found = _find_named(tree, name, None)
+        nearest = min((len(pieces) for pieces in found), default=0)
+        found = [pieces for pieces in found if len(pieces) == nearest]
+    else:
+        found = _find_named(tree, name, path)
     where = f" under the path {path!r}" if path is not None else ""
     if not found:
         raise KeyError(f"no field or key named {name!r}{where} in this tree")
@@ -682,7 +687,8 @@ def tree_get(tree: Any, name: str, *, path: str | None = None) -> Any:
     ``name`` (``"count"``, ``"mu"``, ``"learning_rate"``...). Raises KeyError when no
     field has that name and ValueError, listing the paths, when several do; ``path``
     picks one: a key or field name on the way (``"decay"``, ``"0"``) or whole pieces of
-    the printed path (``"[0]"``, ``"['decay']"``), never a part of a name.
+    the printed path (``"[0]"``, ``"['decay']"``), never a part of a name; ``""`` picks
+    the one nearest the root (the outer one of a nested injection).
 
     Example:
         >>> import jax.numpy as jnp

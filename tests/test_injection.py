@@ -530,6 +530,9 @@ def test_the_root_of_a_nested_injection_is_picked_by_an_empty_path():
     with pytest.raises(ValueError, match=r"path='' for the root"):
         gtx.get_hyperparams(state)
     assert float(gtx.get_hyperparams(state, path="")["learning_rate"]) == pytest.approx(0.1)
+    assert float(gtx.tree_get(state, "learning_rate", path="")) == pytest.approx(0.1)
+    moved = gtx.tree_set(state, path="", learning_rate=0.5)
+    assert float(gtx.get_hyperparams(moved, path="")["learning_rate"]) == 0.5
     state = gtx.set_hyperparams(state, path="", learning_rate=0.0)
     for _ in range(2):
         updates, state = tx.update(jnp.ones(2), state, params)
