@@ -107,3 +107,26 @@ def hyperparameter(value: Any, dtype: Any) -> Any:
     if isinstance(value, (int, float)):
         return value
     return jnp.asarray(value).astype(real_dtype(dtype))
+
+
+def anneal(
+    t: jax.Array, begin: float, end: float, start_value: float, end_value: float, kind: str
+) -> jax.Array:
+    """PyTorch's ``OneCycleLR`` anneal from ``start_value`` at step ``begin`` to
+    ``end_value`` at ``end``: ``'cos'``, ``end_value + (start_value - end_value) (cos(pi x)
+    + 1) / 2``, or ``'linear'``, ``start_value + (end_value - start_value) x``, with
+    ``x = (t - begin) / (end - begin)``.
+
+    Written so that no value near a small endpoint comes from a difference of large
+    numbers (in float32 those formulas cancel there: 2.4e-4 relative off a final value 1e5
+    below the peak, 6e-4 off an initial one 1e4 below): the fractions done and left are
+    computed directly, the linear form is ``start x_left + end x_done``, and the cosine
+    form is anchored at the smaller endpoint with ``(cos(pi x) + 1) / 2 = sin(pi (1 - x)
+    / 2)^2 = 1 - sin(pi x / 2)^2``.
+    """
+    done, left = (t - begin) / (end - begin), (end - t) / (end - begin)
+    if kind == "linear":
+        return start_value * left + end_value * done
+    if abs(start_value) <= abs(end_value):  # rising: anchored at the start
+        return start_value + (end_value - start_value) * jnp.sin(jnp.pi / 2 * done) ** 2
+    return end_value + (start_value - end_value) * jnp.sin(jnp.pi / 2 * left) ** 2

@@ -153,15 +153,7 @@ def one_cycle(
             )
 
     def anneal(t, begin, end, start_value, end_value):
-        # PyTorch's end + (start - end) (cos(pi x) + 1) / 2 and start + (end - start) x,
-        # written with the fraction left, 1 - x = (end - t) / (end - begin), computed
-        # directly: in float32, cos + 1 and end - start cancel as x -> 1 (3e-5 and 2.4e-4
-        # relative off a final value 1e5 below the peak); (cos(pi x) + 1) / 2 is
-        # sin(pi (1 - x) / 2)^2.
-        done, left = (t - begin) / (end - begin), (end - t) / (end - begin)
-        if anneal_strategy == "cos":
-            return end_value + (start_value - end_value) * jnp.sin(jnp.pi / 2 * left) ** 2
-        return start_value * left + end_value * done
+        return numerics.anneal(t, begin, end, start_value, end_value, anneal_strategy)
 
     def schedule(step):
         t = jnp.minimum(as_step(step), total_steps - 1).astype(jnp.float32)

@@ -329,11 +329,6 @@ def _one_cycle_phases(
             (total_steps - 1.0, peak, end),
         ]
 
-    def anneal(first, last, pct):
-        if anneal_strategy == "cos":
-            return last + (first - last) / 2.0 * (jnp.cos(math.pi * pct) + 1)
-        return (last - first) * pct + first
-
     def schedule(step):
         _, t = _as_float(step)
         t = jnp.minimum(t, total_steps - 1.0)
@@ -341,9 +336,9 @@ def _one_cycle_phases(
         for index in reversed(range(len(phases))):
             end_step, first, last = phases[index]
             begin = phases[index - 1][0] if index > 0 else 0.0
-            pct = (t - begin) / (end_step - begin)
             here = t <= end_step if index < len(phases) - 1 else jnp.ones_like(t, bool)
-            value = jnp.where(here, anneal(first, last, pct), value)
+            annealed = numerics.anneal(t, begin, end_step, first, last, anneal_strategy)
+            value = jnp.where(here, annealed, value)
         return value
 
     return schedule
