@@ -137,15 +137,17 @@ def schedule_injection(
 
     The factory must accept its float hyperparameters as (traced) float32 scalars.
 
-    A hyperparameter that an enclosing injector evaluated (an injected optimizer wrapped
-    in ``schedule_injection`` again, or built by ``lr_find``) or that is traced (an
-    optimizer rebuilt inside a jitted step from a learning-rate argument;
-    ``optax.inject_hyperparams(gtx.adam)`` under ``jit``) is read from the argument at
-    every update, as a schedule is, not from the state. Other values (Python, NumPy and
-    JAX numbers) are read from the state, where ``set_hyperparams``, ``tree_set`` and a
-    restored checkpoint change them; so un-jitted, ``optax.inject_hyperparams(gtx.adam)``
-    follows the gradtx state, not the wrapper's (a gradtx optimizer needs no such
-    wrapper: it is injected already).
+    A hyperparameter given as a JAX array to an injected optimizer built inside another
+    injector's factory (a gradtx optimizer wrapped in ``schedule_injection`` again, or
+    built by ``lr_find``: the enclosing injector's values, or values derived from them)
+    or that is traced (an optimizer rebuilt inside a jitted step from a learning-rate
+    argument; ``optax.inject_hyperparams(gtx.adam)`` under ``jit``) is read from the
+    argument at every update, as a schedule is, not from the state. Other values
+    (Python, NumPy and JAX numbers) are read from the state, where ``set_hyperparams``,
+    ``tree_set`` and a restored checkpoint change them (inside an injector's factory,
+    build with Python numbers what you mean to set on the inner optimizer); so
+    un-jitted, ``optax.inject_hyperparams(gtx.adam)`` follows the gradtx state, not the
+    wrapper's (a gradtx optimizer needs no such wrapper: it is injected already).
 
     Example:
         >>> import jax.numpy as jnp
