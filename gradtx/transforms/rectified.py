@@ -12,6 +12,19 @@ from gradtx import check, numerics, tree
 from gradtx.core import GradientTransformation, Updates
 
 
+def _one_minus_y_over_expm1(y: jax.Array) -> jax.Array:
+    """``g(y) = 1 - y / (exp(y) - 1)`` for ``y >= 0`` to float rounding relative to g:
+    by its series below 0.5 (``y/2 - y^2/12 + y^4/720 - ...``, the Bernoulli numbers),
+    where the direct form cancels; 1 at ``y = inf``."""
+    small = y < 0.5
+    ys = jnp.where(small, y, 0)
+    y2 = ys * ys
+    series = ys / 2 - y2 / 12 + y2 * y2 / 720 - y2 * y2 * y2 / 30240 + y2**4 / 1209600
+    yl = jnp.where(small | jnp.isinf(y), 1, y)
+    direct = jnp.where(jnp.isinf(y), 1, 1 - yl / jnp.expm1(yl))
+    return jnp.where(small, series, direct)
+
+
 class ScaleByRadamState(NamedTuple):
     count: jax.Array  # int32, saturating
     mu: Updates  # first moment, in the parameter dtype
@@ -94,18 +107,22 @@ def scale_by_radam(
             v_new = b2 * v.astype(real) + (1 - b2) * numerics.abs_sq(g_)
             t = count.astype(real)
             m_hat = m_new / numerics.bias_correction(b1, count, real)
-            # rho_t subtracts two numbers near rho_inf (~2000): b2^t and 1 - b2^t come
-            # from log(b2) taken in double precision (for a Python float b2), else the
-            # float32 rounding of b2 alone moves rho_t by 1e-2 early in training. b2 = 0
-            # has log(b2) = -inf, as jnp.log gives it: b2^t = 0, bc2 = 1, rho_t = 1.
+            # rho_t is the difference of two numbers near rho_inf (2e7 for b2 = 1 - 1e-7),
+            # which cancels in float32 (rho_t off by 1e-4 relative at b2 = 0.999, by 2
+            # at 1 - 1e-7, moving the step at which rectification starts). Written with
+            # x = -log(b2) (in double precision for a Python float b2: the float32
+            # rounding of b2 alone moves rho_t by 1e-2 early on) and g(y) = 1 - y /
+            # expm1(y): rho_t = 1 + 2 (g(t x) - g(x)) / x, rho_inf = 1 + 2 / expm1(x),
+            # without a difference of large numbers. b2 = 0 gives x = inf, rho = 1.
             if isinstance(b2, (int, float)):
-                log_b2 = math.log(b2) if b2 > 0 else -math.inf
+                x = -math.log(b2) if b2 > 0 else math.inf
             else:
-                log_b2 = jnp.log(b2)
-            b2_power = jnp.exp(t * jnp.asarray(log_b2, real))
-            bias_correction2 = -jnp.expm1(t * jnp.asarray(log_b2, real))
-            rho_inf = 2 / (1 - numerics.hyperparameter(b2, real)) - 1
-            rho_t = rho_inf - 2 * t * b2_power / bias_correction2
+                x = -jnp.log(b2)
+            x = jnp.asarray(x, real)
+            bias_correction2 = -jnp.expm1(-t * x)  # 1 - b2^t
+            rho_inf = 1 + 2 / jnp.expm1(x)
+            rho_t = 1 + 2 * (_one_minus_y_over_expm1(t * x) - _one_minus_y_over_expm1(x)) / x
+            rho_t = jnp.where(jnp.isinf(x), 1, rho_t)
             # Clamped so that the branch not taken stays finite (rho_t < 4 early on).
             rho_safe = jnp.maximum(rho_t, 4 + 1e-3)
             rect = jnp.sqrt(

@@ -12,6 +12,7 @@ Notation: g the gradient, t the step counted from 1, p the parameters.
 from __future__ import annotations
 
 from collections.abc import Callable
+from fractions import Fraction
 
 import numpy as np
 
@@ -76,6 +77,38 @@ class Adam:
             m_hat = self.m / (1 - b1**t)
         v_hat = self.v / (1 - b2**t)
         return m_hat / (np.sqrt(v_hat + self.eps_root) + self.eps)
+
+
+class RAdam:
+    """Liu et al. (2020), Algorithm 2, with Adam's m^ and v^ as above.
+
+    rho_inf = 2/(1-b2) - 1;  rho_t = rho_inf - 2 t b2^t / (1-b2^t);  where rho_t >= threshold
+    (> with ``strict``): r = sqrt((rho_t-4)(rho_t-2) rho_inf / ((rho_inf-4)(rho_inf-2) rho_t))
+    and d = r m^ / (sqrt(v^) + eps); else d = m^.
+    """
+
+    def __init__(self, n, b1=0.9, b2=0.999, eps=1e-8, threshold=5.0, strict=False):
+        self.b1, self.b2, self.eps, self.threshold, self.strict = b1, b2, eps, threshold, strict
+        self.m, self.v, self.t = np.zeros(n), np.zeros(n), 0
+
+    def step(self, g):
+        b1, b2 = self.b1, self.b2
+        self.t += 1
+        t = self.t
+        self.m = b1 * self.m + (1 - b1) * g
+        self.v = b2 * self.v + (1 - b2) * g**2
+        m_hat = self.m / (1 - b1**t)
+        # In exact rational arithmetic: in double precision rho_t is itself off by ~3e-3
+        # at b2 = 1 - 1e-7 (2 t b2^t / (1 - b2^t) ~ 2e7 from a 1 - b2^t ~ 1e-6).
+        b2_, power = Fraction(b2), Fraction(b2) ** t
+        rho_inf = float(2 / (1 - b2_) - 1)
+        rho_t = float(2 / (1 - b2_) - 1 - 2 * t * power / (1 - power))
+        if rho_t > self.threshold or (not self.strict and rho_t == self.threshold):
+            r = np.sqrt(
+                (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+            )
+            return r * m_hat / (np.sqrt(self.v / (1 - b2**t)) + self.eps)
+        return m_hat
 
 
 class AMSGrad:
