@@ -49,6 +49,22 @@ def test_gains_follow_the_rule_on_a_hand_made_sign_sequence():
     np.testing.assert_allclose(steps, ref_steps, rtol=1e-6)
 
 
+@pytest.mark.parametrize("scale", [1e-20, 1e-30, 1e30])
+def test_gains_follow_the_signs_of_tiny_and_huge_gradients(scale):
+    # The rule reads signs: g * dbar underflows to 0 in float32 for |g| ~ 1e-20, which
+    # left the gains at 1 however long the sign held.
+    magnitudes = np.array([0.5, 2.0, 1.0, 3.0])
+    tx = gtx.scale_by_local_gain(increase=0.1, decrease=0.5, min_gain=0.01, max_gain=100.0)
+    state = tx.init(jnp.zeros(4))
+    step = jax.jit(tx.update)
+    gains = []
+    for signs in SIGNS:
+        _, state = step(jnp.asarray(signs * magnitudes * scale, jnp.float32), state)
+        gains.append(np.asarray(state.gains))
+    ref_gains, _ = ref.local_gains(SIGNS * magnitudes, 0.1, 0.5, 0.01, 100.0)
+    np.testing.assert_allclose(gains, ref_gains, rtol=1e-6)
+
+
 def test_gains_are_clipped_to_their_bounds(rng):
     signs = np.sign(rng.normal(size=(30, 6)))
     tx = gtx.scale_by_local_gain(increase=0.4, decrease=0.3, min_gain=0.05, max_gain=2.0)

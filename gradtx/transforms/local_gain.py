@@ -84,7 +84,9 @@ def scale_by_local_gain(
             real = numerics.real_dtype(dtype)
             g_ = g.astype(dtype)
             dbar_ = dbar.astype(dtype)
-            agreement = jnp.real(g_ * jnp.conj(dbar_))
+            # The sign of g * dbar, from the signs (g * dbar underflows to 0 for
+            # |g| below ~1e-19 in float32, and the gains would never move).
+            agreement = jnp.real(jnp.sign(g_) * jnp.conj(jnp.sign(dbar_)))
             gain_ = gain.astype(real)
             gain_ = jnp.where(
                 agreement > 0,
