@@ -24,7 +24,7 @@ class LRFindResult(NamedTuple):
         smoothed_losses: float32, the bias-corrected exponential moving average of
             ``losses``.
         suggestion: the learning rate where the smoothed loss falls fastest against
-            ``log(learning_rate)``.
+            ``log(learning_rate)``, on its longest valley.
         diverged: whether the test stopped early because the loss diverged.
     """
 
@@ -85,12 +85,33 @@ def _batch_getter(batches: Any) -> tuple[Callable[[Any, jax.Array], Any], Any]:
     return get, batches
 
 
+def _longest_valley(smoothed: np.ndarray) -> tuple[int, int]:
+    """``(start, end)``, inclusive: the span of the longest strictly decreasing
+    subsequence of ``smoothed`` (fastai's "valley"), ending at its last point. Batch
+    noise makes short dips anywhere on the flat start of a curve; the longest decreasing
+    run is the real descent."""
+    n = smoothed.size
+    lengths = np.ones(n, int)
+    start = end = 0
+    for i in range(1, n):
+        earlier = smoothed[:i] > smoothed[i]
+        if earlier.any():
+            lengths[i] = lengths[:i][earlier].max() + 1
+        if lengths[i] > lengths[end]:
+            end, start = i, i - lengths[i]
+    return max(start, 0), end
+
+
 def _steepest_descent(learning_rates: np.ndarray, smoothed: np.ndarray) -> float:
-    """The rate where ``d smoothed / d log(lr)`` is most negative."""
+    """The rate where ``d smoothed / d log(lr)`` is most negative, on the curve's
+    longest valley (a slope taken over the flat start measures batch noise)."""
     finite = np.isfinite(smoothed)
     learning_rates, smoothed = learning_rates[finite], smoothed[finite]
     if smoothed.size < 3:
         return float(learning_rates[np.argmin(smoothed)]) if smoothed.size else float("nan")
+    start, end = _longest_valley(smoothed)
+    if end - start >= 2:
+        learning_rates, smoothed = learning_rates[start : end + 1], smoothed[start : end + 1]
     slopes = np.gradient(smoothed.astype(np.float64), np.log(learning_rates.astype(np.float64)))
     return float(learning_rates[np.argmin(slopes)])
 
@@ -156,8 +177,11 @@ def lr_find(
     That test is ``s_t - m > (diverge_factor - 1) * |m|`` with ``m = min_{k<=t} s_k``,
     which is how it is applied to losses that go negative (a log-likelihood, say), where
     the ratio would stop the test at its first step.
-    The suggestion is the rate where ``s`` falls fastest against ``log(lr)``; a common
-    choice for training is that rate or up to ten times below the rate at the minimum.
+    The suggestion is the rate where ``s`` falls fastest against ``log(lr)``, on its
+    longest valley (the span of its longest decreasing run, fastai's "valley": with
+    mini-batches whose losses differ, the flat start of the curve has short dips of
+    batch noise, as steep as the real descent); a common choice for training is that
+    rate or up to ten times below the rate at the minimum.
 
     The whole test is one compiled ``lax.while_loop``: the learning rate is injected
     into the optimizer's state (``schedule_injection`` and ``set_hyperparams``, which
