@@ -67,6 +67,10 @@ def test_reduce_on_plateau_without_value_raises_a_clear_error():
     tx = gtx.reduce_on_plateau()
     with pytest.raises(ValueError, match="value=metric.*require_value=False"):
         tx.update(jnp.ones(2), tx.init(jnp.zeros(2)))
+    # the usual cause when value= was passed: optax.chain does not hand it on
+    chained = optax.chain(optax.sgd(0.1), gtx.reduce_on_plateau())
+    with pytest.raises(ValueError, match="optax.chain passes no extra arguments.*gtx.chain"):
+        chained.update(jnp.ones(2), chained.init(jnp.zeros(2)), value=1.0)
 
 
 def test_a_metric_once_per_epoch_holds_the_state_on_the_updates_without_one():

@@ -90,7 +90,9 @@ def reduce_on_plateau(
         eps: a reduction smaller than this is skipped (PyTorch's ``eps``, applied to
             the scale), >= 0.
         require_value: False lets an update come without ``value`` (or with
-            ``value=None``): it keeps the state (a metric once per epoch).
+            ``value=None``): it keeps the state (a metric once per epoch). Inside
+            ``optax.chain``, which passes no ``value=`` on, every update is then one
+            without: the scale never moves (use ``gtx.chain``).
 
     State: ``ReduceOnPlateauState(scale, best_value, num_bad_steps, cooldown_counter,
     count)``; ``state.scale`` is the factor now in force.
@@ -143,7 +145,9 @@ def reduce_on_plateau(
             raise ValueError(
                 "reduce_on_plateau needs the metric to watch: call "
                 "update(updates, state, params, value=metric), or build it with "
-                "require_value=False to pass a metric only on some updates (each epoch)"
+                "require_value=False to pass a metric only on some updates (each epoch). "
+                "If you did pass value=, a wrapper dropped it on the way: optax.chain "
+                "passes no extra arguments to its transforms; chain with gtx.chain"
             )
         if value is None:  # no new metric: the state stays, its scale applies
             return _scaled(updates, state.scale), state
