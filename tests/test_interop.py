@@ -46,9 +46,17 @@ def test_gradtx_transform_inside_optax_chain_matches_optax_adamw():
         gtx.scale_by_learning_rate(0.1),
     )
     reference = optax.adamw(0.1, weight_decay=1e-2)
+    # float32: Optax's bias corrections 1 - float32(b)^t are up to 6e-6 relative off the
+    # exact value, gradtx's within ~1e-7 (numerics.bias_correction)
     np.testing.assert_allclose(
-        run(mixed, GRADS, params)["w"], run(reference, GRADS, params)["w"], rtol=1e-6
+        run(mixed, GRADS, params)["w"], run(reference, GRADS, params)["w"], rtol=2e-5
     )
+    with jax.enable_x64(True):
+        params64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
+        grads64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), GRADS)
+        np.testing.assert_allclose(
+            run(mixed, grads64, params64)["w"], run(reference, grads64, params64)["w"], rtol=1e-12
+        )
 
 
 def test_gradtx_optimizer_inside_optax_chain_with_extra_args():
@@ -141,7 +149,8 @@ def test_set_hyperparams_on_an_nnx_optimizer_keeps_its_variables_and_takes_effec
     optimizer.opt_state = gtx.set_hyperparams(optimizer.opt_state, learning_rate=0.0)
     after = jax.tree.map(type, optimizer.opt_state, is_leaf=lambda v: isinstance(v, nnx.Variable))
     assert after == before  # the OptArray containers are kept
-    assert float(gtx.get_hyperparams(optimizer.opt_state)["learning_rate"]) == 0.0
+    learning_rate = gtx.get_hyperparams(optimizer.opt_state)["learning_rate"]
+    assert isinstance(learning_rate, jax.Array) and float(learning_rate) == 0.0  # no OptArray
     kernel = np.asarray(model.kernel[...])
     train_step(model, optimizer)
     np.testing.assert_array_equal(model.kernel[...], kernel)  # lr = 0: no step

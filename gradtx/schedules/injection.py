@@ -309,7 +309,8 @@ def get_hyperparams(state: OptState, *, path: str | None = None) -> dict[str, ja
                     f"(at {owner[name] or 'the root'} and {where or 'the root'}); pass "
                     f"path= with a key of the one to read (path='' for the root)"
                 )
-            merged[name], owner[name] = value, where
+            # jnp.asarray: an array, also where nnx.Optimizer keeps it in an OptArray
+            merged[name], owner[name] = jnp.asarray(value), where
     return merged
 
 
