@@ -8,7 +8,6 @@ produce NaN from an underflowing ``eps`` or lose a small update.
 from __future__ import annotations
 
 import math
-
 from typing import Any
 
 import jax
@@ -113,6 +112,21 @@ def bias_correction(decay: Any, count: jax.Array, dtype: Any = jnp.float32) -> j
     else:
         log_decay = jnp.log(jnp.asarray(decay).astype(dtype))
     return -jnp.expm1(t * log_decay)
+
+
+def debiased_weight(decay: Any, count: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
+    """``(1 - decay) / (1 - decay**count)``, the weight of the newest value in a
+    debiased exponential moving average, exactly 1 at ``count = 1``: numerator and
+    denominator are the same computation there (``expm1(log(decay))`` below float64,
+    as in ``bias_correction``)."""
+    dtype = compute_dtype(real_dtype(dtype))
+    if jnp.dtype(dtype) == jnp.float64:
+        return (1 - jnp.asarray(decay, dtype)) / bias_correction(decay, count, dtype)
+    if isinstance(decay, (int, float)):
+        log_decay = jnp.asarray(math.log(decay) if decay > 0 else -math.inf, dtype)
+    else:
+        log_decay = jnp.log(jnp.asarray(decay).astype(dtype))
+    return jnp.expm1(log_decay) / jnp.expm1(count.astype(dtype) * log_decay)
 
 
 def hyperparameter(value: Any, dtype: Any) -> Any:

@@ -127,11 +127,9 @@ def ema_params(
         def weight(dtype):
             if not debias:
                 return 1 - numerics.hyperparameter(decay, dtype)
-            # 1 - decay from the decay the correction raises to the power t (rounded to
-            # dtype): w_1 is then exactly 1 and ema_1 = p_1 (1 - 0.999 in double over
-            # 1 - float32(0.999) is 1.0000129)
-            correction = numerics.bias_correction(decay, count, dtype)
-            return (1 - jnp.asarray(decay, correction.dtype)) / correction
+            # w_1 exactly 1, so that ema_1 = p_1 (1 - 0.999 in double over 1 -
+            # float32(0.999) was 1.0000129: the initial params leaked into the average)
+            return numerics.debiased_weight(decay, count, dtype)
 
         _, ema = tree.map_unzip(_average_leaf(weight), updates, params, state.ema, outputs=2)
         return updates, EmaParamsState(count, ema)
