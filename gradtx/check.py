@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+INT32_MAX = int(np.iinfo(np.int32).max)
 
 _SCHEDULES_ALLOWED = contextvars.ContextVar("gradtx_schedules_allowed", default=False)
 
@@ -60,23 +63,39 @@ def _fail(name: str, value: Any, expected: str):
     raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
-def number(name: str, value: Any, *, schedule: bool = False) -> None:
+def number(name: str, value: Any, *, schedule: bool = False, allow_inf: bool = False) -> None:
     """Real number (or, with ``schedule=True``, a schedule): a scalar, not NaN, not a
-    string. An array of several values is refused: it would broadcast against the
-    leaves (one b1 per element) or fail inside jnp at the first update. A traced value's
-    shape is known: one with a shape (a schedule returning a vector, under ``jit``) is
-    refused as well."""
+    string, and finite unless ``allow_inf=True`` (only where an infinite value means
+    "no bound", like a clipping threshold: elsewhere an inf learning rate or decay turns
+    the parameters into NaN or inf at the first update). An array of several values is
+    refused: it would broadcast against the leaves (one b1 per element) or fail inside
+    jnp at the first update. A traced value's shape is known: one with a shape (a
+    schedule returning a vector, under ``jit``) is refused as well."""
     if isinstance(value, jax.core.Tracer) and value.ndim:
         _fail(name, value, f"a scalar (a number or a 0-d array), not shape {value.shape}")
     array = _concrete(name, value, schedule)
     if array is None:
         return
     if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
-        _fail(name, value, "a real number or a schedule")
+        _fail(name, value, "a real number or a schedule" if schedule else "a real number")
     if array.ndim:
         _fail(name, value, "a scalar (a number or a 0-d array)")
     if np.any(np.isnan(array)):
         _fail(name, value, "a real number (not NaN)")
+    if not allow_inf and np.any(np.isinf(array)):
+        _fail(name, value, "a finite real number")
+    if (
+        isinstance(value, int | np.integer)
+        and not isinstance(value, bool)
+        and not -INT32_MAX - 1 <= value <= INT32_MAX
+    ):
+        # JAX reads a Python int as int32 (without x64): it would overflow at the first
+        # update, where the hyperparameter meets an array.
+        _fail(
+            name,
+            value,
+            f"a number JAX can take: write an int beyond int32 as a float ({float(value):g})",
+        )
 
 
 def in_range(
@@ -88,9 +107,11 @@ def in_range(
     low_inclusive: bool = True,
     high_inclusive: bool = True,
     schedule: bool = False,
+    allow_inf: bool = False,
 ) -> None:
-    """``low <= value <= high`` (ends inclusive unless told otherwise)."""
-    number(name, value, schedule=schedule)
+    """``low <= value <= high`` (ends inclusive unless told otherwise), finite unless
+    ``allow_inf=True`` (see ``number``)."""
+    number(name, value, schedule=schedule, allow_inf=allow_inf)
     array = _concrete(name, value, schedule)
     if array is None:
         return
@@ -123,26 +144,82 @@ def unit_interval(name: str, value: Any, *, schedule: bool = False) -> None:
     in_range(name, value, 0.0, 1.0, high_inclusive=False, schedule=schedule)
 
 
-def non_negative(name: str, value: Any, *, schedule: bool = False) -> None:
+def non_negative(name: str, value: Any, *, schedule: bool = False, allow_inf: bool = False) -> None:
     """``value >= 0``."""
-    in_range(name, value, 0.0, None, schedule=schedule)
+    in_range(name, value, 0.0, None, schedule=schedule, allow_inf=allow_inf)
 
 
-def positive(name: str, value: Any, *, schedule: bool = False) -> None:
+def positive(name: str, value: Any, *, schedule: bool = False, allow_inf: bool = False) -> None:
     """``value > 0``."""
-    in_range(name, value, 0.0, None, low_inclusive=False, schedule=schedule)
+    in_range(name, value, 0.0, None, low_inclusive=False, schedule=schedule, allow_inf=allow_inf)
+
+
+def _integer(name: str, value: Any, minimum: int, expected: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        _fail(name, value, expected)
+    # The step counters these integers are compared with are int32 (and saturate there):
+    # a larger value would overflow when the first update converts it.
+    if value > INT32_MAX:
+        _fail(name, value, f"{expected} at most {INT32_MAX} (the step counters are int32)")
 
 
 def positive_int(name: str, value: Any) -> None:
-    """A Python (or NumPy) integer ``>= 1``; booleans are rejected."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        _fail(name, value, "a positive integer")
+    """A Python (or NumPy) integer in ``[1, 2**31 - 1]`` (int32, like the step counters);
+    booleans are rejected."""
+    _integer(name, value, 1, "a positive integer")
 
 
 def non_negative_int(name: str, value: Any) -> None:
-    """A Python (or NumPy) integer ``>= 0``; booleans are rejected."""
+    """A Python (or NumPy) integer in ``[0, 2**31 - 1]`` (int32, like the step counters);
+    booleans are rejected."""
+    _integer(name, value, 0, "a non-negative integer")
+
+
+def seed(name: str, value: Any) -> None:
+    """A random seed: a Python (or NumPy) integer in ``[0, 2**32 - 1]``. A JAX key keeps
+    32 bits of the seed: a larger one would silently give the key of a smaller one."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         _fail(name, value, "a non-negative integer")
+    if value > 2**32 - 1:
+        _fail(name, value, f"a non-negative integer at most {2**32 - 1} (a seed has 32 bits)")
+
+
+def boolean(name: str, value: Any) -> None:
+    """A flag: ``True`` or ``False`` (a Python or NumPy bool). Anything else is refused
+    rather than read by its truthiness: the string ``"False"`` is true, and an array has
+    no single truth value."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def takes_one_argument(
+    name: str, fn: Any, argument: str, *, kind: str = "a function", example: Any = 0
+) -> None:
+    """``fn`` can be called with one positional argument (``example`` standing for it).
+
+    A schedule is called with the step count, a mask or label function with the params;
+    one that cannot take it fails here, naming ``name``, rather than with a bare
+    TypeError at the first update. A callable without a signature to inspect (a
+    builtin) is let through; a non-callable is left to the caller's other checks."""
+    if not callable(fn):
+        return
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to inspect (a builtin)
+        return
+    try:
+        signature.bind(example)
+    except TypeError as error:
+        raise TypeError(
+            f"{name} is {kind}, called with {argument} as its one argument; {fn!r} cannot "
+            f"take it ({error})"
+        ) from None
+
+
+def schedule_arity(name: str, schedule: Any) -> None:
+    """A schedule (if ``schedule`` is one) can be called with the step count."""
+    if _is_schedule(schedule):
+        takes_one_argument(name, schedule, "the step count", kind="a schedule")
 
 
 def one_of(name: str, value: Any, options: Iterable[Any]) -> None:
@@ -153,9 +230,13 @@ def one_of(name: str, value: Any, options: Iterable[Any]) -> None:
 
 
 def dtype_or_none(name: str, value: Any) -> None:
-    """A floating dtype, or None."""
+    """A floating dtype (``jnp.float32``, ``np.dtype("bfloat16")``, ``"float16"``), or
+    None. An array (or anything else with a ``dtype``) is refused: ``jnp.dtype`` would
+    quietly take its dtype, and elsewhere its truth value is asked for."""
     if value is None:
         return
+    if not isinstance(value, (str, type, np.dtype)):
+        _fail(name, value, "a floating dtype (such as jnp.float32) or None")
     try:
         dtype = jnp.dtype(value)
     except TypeError:

@@ -48,6 +48,14 @@ class GradientTransformation(NamedTuple):
     transformed updates and the new state; extra keyword arguments (``value=loss`` for a
     plateau schedule, say) are passed on to children and ignored where unused.
 
+    Attributes:
+        init: ``init(params) -> state``; ``params`` is a tree of floating or complex
+            arrays (or ``jax.ShapeDtypeStruct``s), the state a tree of arrays.
+        update: ``update(updates, state, params=None, **extra) -> (updates, state)``;
+            ``updates`` has the structure of the params, ``state`` is what ``init`` or
+            the last ``update`` returned (same structure and dtypes), ``params`` the
+            current params (required by some transforms, a ValueError without them).
+
     Example:
         >>> import jax.numpy as jnp
         >>> import gradtx as gtx
@@ -73,13 +81,20 @@ def _accepts_extra_args(update: Callable[..., Any]) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
-def _update_with_extra_args(transform: Any) -> TransformUpdateFn:
+def _update_with_extra_args(transform: Any, argument: str | None = None) -> TransformUpdateFn:
     """``transform.update``, made to accept (and drop) extra keyword arguments if it does not.
 
     Optax's plain ``GradientTransformation.update`` takes no ``**extra``; this lets one sit
-    in a gradtx chain next to a transform that needs ``value=loss``.
+    in a gradtx chain next to a transform that needs ``value=loss``. ``argument`` names
+    the argument ``transform`` was given as (a wrapper's ``inner``); without it the error
+    is worded for ``chain``.
     """
     if not (hasattr(transform, "init") and hasattr(transform, "update")):
+        if argument is not None:
+            raise TypeError(
+                f"{argument} must be a gradient transformation (an object with init and "
+                f"update), got {transform!r}"
+            )
         raise TypeError(
             f"chain expects gradient transformations (objects with init and update), "
             f"got {transform!r}"
@@ -241,6 +256,11 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     parameter's shape), a complex update of a real parameter (its imaginary part would be
     dropped) or a floating update of an integer parameter (truncated) is a ValueError
     naming the leaf; Optax applies them silently.
+
+    Args:
+        params: a tree of arrays (``None`` leaves allowed).
+        updates: a tree of the same structure (a different one is a ValueError naming
+            the first differing path), each leaf of its parameter's shape.
 
     Example:
         >>> import jax.numpy as jnp

@@ -104,6 +104,7 @@ def _switched_on(value: Any) -> bool:
 
 def _check_nesterov_has_momentum(nesterov: bool, momentum: Any) -> None:
     # Optax silently drops nesterov=True without momentum; PyTorch raises. gradtx raises.
+    check.boolean("nesterov", nesterov)
     if nesterov and not _switched_on(momentum):
         raise ValueError(f"nesterov=True needs a momentum in (0, 1), got momentum={momentum!r}")
 

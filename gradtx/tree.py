@@ -14,6 +14,10 @@ import numpy as np
 
 from gradtx import numerics
 
+# The helpers the docs name for users; the rest serve the transforms (importable, but
+# not promised).
+__all__ = ["map_leaves", "map_unzip", "tree_get", "tree_set"]
+
 _is_none = lambda x: x is None  # noqa: E731  (used as is_leaf everywhere)
 
 
@@ -148,6 +152,17 @@ def map_unzip(fn: Callable[..., tuple], tree: Any, *rest: Any, outputs: int) -> 
     must match it, leaf for leaf and shape for shape, or a ValueError names the first
     path that differs. Leaves of the first tree must be floating or complex.
 
+    Args:
+        fn: a per-leaf function taking one leaf of each tree (array, or a Python value
+            for non-array leaves such as mask bools) and returning a tuple of
+            ``outputs`` arrays (or one array when ``outputs=1``).
+        tree: the tree that sets the structure (the updates, usually).
+        *rest: trees of the same structure (state fields, params, a mask).
+        outputs: the number of values ``fn`` returns, an int >= 1.
+
+    Returns:
+        A tuple of ``outputs`` trees with the structure of ``tree``.
+
     Example:
         >>> import jax.numpy as jnp
         >>> from gradtx import tree
@@ -192,6 +207,11 @@ def map_leaves(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
     outside a trace it runs ``fn`` in the eager kernels of ``map_unzip``
     (``COMPILE_EAGER_LEAF_FUNCTIONS``) when every argument is an array. ``apply_updates``
     uses it: an eager ``params + updates`` of 1,000 leaves is otherwise 1,000 dispatches.
+
+    Args:
+        fn: a function of one leaf of each tree, returning one value.
+        tree: the tree that sets the structure; its ``None`` leaves stay ``None``.
+        *rest: trees with ``tree``'s structure (or finer: subtrees at its leaves).
 
     Example:
         >>> import jax.numpy as jnp
@@ -599,6 +619,20 @@ def _named_children(node: Any) -> list[tuple[str, Any, Any]] | None:
     return None
 
 
+def check_path(path: Any) -> None:
+    """``path=`` is a string or None: a TypeError naming it otherwise."""
+    if path is not None and not isinstance(path, str):
+        hint = (
+            f' (a position is written as a string: path="{path}")'
+            if isinstance(path, int) and not isinstance(path, bool)
+            else ""
+        )
+        raise TypeError(
+            f'path must be a string, such as "[\'decay\']", "0" or "inner_state", or '
+            f"None, got {path!r}{hint}"
+        )
+
+
 def path_matches(pieces: Sequence[str], path: str | None) -> bool:
     """Whether a state path (its pieces: ``(".inner_states", "['decay']", ".mu")``) is
     one that ``path=`` picks: consecutive whole pieces of it, as printed
@@ -606,6 +640,7 @@ def path_matches(pieces: Sequence[str], path: str | None) -> bool:
     leading field needs no dot), or a key name (``"decay"``; ``"0"`` for a position in
     a chain or an integer key); ``""`` is the root. Never a part of a name: ``"a"`` does
     not pick ``.inner_states``."""
+    check_path(path)
     if path is None:
         return True
     if path == "":  # the root only (a state that is itself the injected transform's)
@@ -662,6 +697,7 @@ def _replace_at(node: Any, pieces: tuple[str, ...], value: Any) -> Any:
 
 
 def _lookup(tree: Any, name: str, path: str | None) -> tuple[str, ...]:
+    check_path(path)
     if path == "":  # the root's: the one nearest the top (a nested injection's outer one)
         found = _find_named(tree, name, None)
         nearest = min((len(pieces) for pieces in found), default=0)
@@ -690,6 +726,13 @@ def tree_get(tree: Any, name: str, *, path: str | None = None) -> Any:
     the printed path (``"[0]"``, ``"['decay']"``), never a part of a name; ``""`` picks
     the one nearest the root (the outer one of a nested injection).
 
+    Args:
+        tree: any tree (an optimizer state, usually).
+        name: a NamedTuple field name or dict key; list and tuple positions are not
+            names.
+        path: None (search everywhere), ``""`` (the nearest the root), or a string as
+            above; another type is a TypeError.
+
     Example:
         >>> import jax.numpy as jnp
         >>> import gradtx as gtx
@@ -697,6 +740,11 @@ def tree_get(tree: Any, name: str, *, path: str | None = None) -> Any:
         >>> state = tx.init({"w": jnp.zeros(2)})
         >>> gtx.tree_get(state, "mu")["w"].tolist()
         [0.0, 0.0]
+
+    Reference: ``optax.tree_utils.tree_get``, with differences: a missing name is a
+    KeyError (Optax returns ``default``), several are a ValueError (Optax: KeyError),
+    ``path`` replaces Optax's ``filtering`` function, and a NamedTuple's class name is
+    not a name here.
     """
     node = tree
     for piece in _lookup(tree, name, path):
@@ -711,6 +759,11 @@ def tree_set(tree: Any, *, path: str | None = None, **values: Any) -> Any:
     are cast to the old leaf's dtype, so a state keeps its structure and dtypes (a
     jit-compiled step does not recompile). Errors as ``tree_get``.
 
+    Args:
+        tree: any tree (an optimizer state, usually).
+        path: picks among several fields of one name, as in ``tree_get``.
+        **values: name=new value; a different structure or leaf shape is a ValueError.
+
     Example:
         >>> import jax.numpy as jnp
         >>> import gradtx as gtx
@@ -718,6 +771,11 @@ def tree_set(tree: Any, *, path: str | None = None, **values: Any) -> Any:
         >>> state = gtx.tree_set(state, count=jnp.asarray(10))
         >>> int(state.count), state.count.dtype
         (10, dtype('int32'))
+
+    Reference: ``optax.tree_utils.tree_set``, with differences: the new values are
+    checked and cast to the old dtypes (Optax stores them as given: ``count=2.``
+    becomes a Python float), several fields of one name are a ValueError, and ``path``
+    replaces Optax's ``filtering``.
     """
     for name, value in values.items():
         pieces = _lookup(tree, name, path)

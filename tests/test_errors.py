@@ -333,10 +333,11 @@ def test_a_learning_rate_schedule_still_descends_through_the_blocks():
     ids=["no_argument", "two_arguments", "returns_none"],
 )
 def test_a_schedule_that_cannot_give_a_value_is_named(schedule, message):
-    """Raw '<lambda>() takes 0 positional arguments but 1 was given' before."""
-    tx = gtx.adam(schedule)
+    """Raw '<lambda>() takes 0 positional arguments but 1 was given' before. A schedule
+    that cannot take the step fails where the optimizer is built, one that returns None
+    at init."""
     with pytest.raises(TypeError, match=message):
-        tx.init(jnp.zeros(2))
+        gtx.adam(schedule).init(jnp.zeros(2))
 
 
 def test_an_update_given_the_pair_update_returned_says_what_it_got():

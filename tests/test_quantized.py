@@ -256,3 +256,10 @@ def test_a_leaf_the_inner_update_leaves_alone_keeps_its_codes():
     mu = gtx.tree_get(state, "mu")["w"]
     np.testing.assert_array_equal(mu.codes, after_real.codes)
     np.testing.assert_array_equal(mu.absmax, after_real.absmax)
+
+
+def test_the_cached_quantization_map_is_read_only():
+    table = gtx.dynamic_quantization_map()
+    with pytest.raises(ValueError, match="read-only"):
+        table[0] = 0.0
+    assert gtx.dynamic_quantization_map()[0] == table[0]

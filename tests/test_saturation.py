@@ -82,3 +82,14 @@ def test_adam_at_the_saturated_count_has_no_bias_correction_left():
     v_new = 0.999 * np.asarray(v) + 0.001 * np.asarray(g) ** 2
     np.testing.assert_allclose(updates, m_new / (np.sqrt(v_new) + 1e-8), rtol=1e-6)
     assert int(state.count) == INT32_MAX
+
+
+def test_apply_if_finite_counts_skipped_updates_without_wrapping():
+    # notfinite_count + 1 wrapped to -2**31 at the maximum: never above
+    # max_consecutive_errors again, so a stuck run would skip for ever
+    tx = gtx.apply_if_finite(gtx.sgd(0.1), INT32_MAX - 1)
+    state = tx.init(jnp.zeros(2))
+    state = state._replace(notfinite_count=jnp.asarray(INT32_MAX, jnp.int32))
+    updates, state = tx.update(jnp.array([jnp.nan, 1.0]), state)
+    assert int(state.notfinite_count) == 0  # still INT32_MAX > INT32_MAX - 1: applied
+    np.testing.assert_array_equal(np.isnan(updates), [True, False])

@@ -129,6 +129,7 @@ def one_cycle(
     check.one_of("anneal_strategy", anneal_strategy, ("cos", "linear"))
     check.positive("div_factor", div_factor)
     check.positive("final_div_factor", final_div_factor)
+    check.boolean("three_phase", three_phase)
     initial = max_value / div_factor
     final = initial / final_div_factor
     # Phase ends are PyTorch's float expressions, so its steps fall into the same phases.

@@ -14,7 +14,13 @@ import jax.numpy as jnp
 
 from gradtx import check, numerics
 from gradtx.core import Schedule
-from gradtx.schedules.steps import as_step, as_value, check_count, increasing_boundaries
+from gradtx.schedules.steps import (
+    as_step,
+    as_tuple,
+    as_value,
+    check_count,
+    increasing_boundaries,
+)
 
 
 def constant(value: float) -> Schedule:
@@ -28,6 +34,9 @@ def constant(value: float) -> Schedule:
         >>> from gradtx import schedules
         >>> schedules.constant(0.5)(jnp.arange(3)).tolist()
         [0.5, 0.5, 0.5]
+
+    Reference: ``optax.constant_schedule`` (same value; here a float32 array of the
+    step's shape, where Optax returns ``value`` itself).
     """
     check.number("value", value)
 
@@ -147,6 +156,7 @@ def exponential_decay(
     check_count("transition_steps", transition_steps)
     check.positive("decay_rate", decay_rate)
     check_count("transition_begin", transition_begin, minimum=0)
+    check.boolean("staircase", staircase)
     if end_value is not None:
         check.number("end_value", end_value)
 
@@ -194,6 +204,7 @@ def inverse_time_decay(
     check.number("init_value", init_value)
     check_count("decay_steps", decay_steps)
     check.non_negative("decay_rate", decay_rate)
+    check.boolean("staircase", staircase)
 
     def schedule(step):
         t = as_step(step)
@@ -290,7 +301,7 @@ def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Sc
         [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
     """
     boundaries = increasing_boundaries("boundaries", boundaries)
-    values = tuple(values)
+    values = as_tuple("values", values, "a sequence of len(boundaries) + 1 real numbers")
     if len(values) != len(boundaries) + 1:
         raise ValueError(
             f"values must have len(boundaries) + 1 = {len(boundaries) + 1} entries, got "

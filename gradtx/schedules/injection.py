@@ -24,8 +24,18 @@ from gradtx.core import GradientTransformation, OptState
 
 
 class InjectState(NamedTuple):
-    count: jax.Array  # int32, saturating: updates made so far (schedules read it)
-    hyperparams: dict[str, jax.Array]  # float32 scalars: the values used by the last update
+    """The state of a transform built by ``schedule_injection`` (every gradtx optimizer).
+
+    Attributes:
+        count: int32 scalar, updates made so far, saturating at 2**31 - 1 (the schedules are
+            evaluated at it).
+        hyperparams: a dict from argument name to a float32 scalar: the values the last
+            update used (after ``init``, those of step 0); ``set_hyperparams`` sets them.
+        inner_state: the state of the transform ``factory`` builds.
+    """
+
+    count: jax.Array
+    hyperparams: dict[str, jax.Array]
     inner_state: OptState
 
 
@@ -136,6 +146,15 @@ def schedule_injection(
             return chain(scale_by_adam(b1, ...), scale_by_learning_rate(learning_rate))
 
     The factory must accept its float hyperparameters as (traced) float32 scalars.
+
+    Args:
+        factory: a function returning a ``GradientTransformation``; omitted (None), the
+            call returns a decorator taking it (``@schedule_injection(static_args=...)``).
+            Each injected argument, given or defaulted, is a real scalar or a schedule
+            ``step -> real scalar`` (a vector is a ValueError); the factory is called
+            once when the transform is built, to validate the values.
+        static_args: names of arguments passed through unchanged even if callable or
+            float (a mask function, say), an iterable of strings.
 
     A hyperparameter given as a JAX array to an injected optimizer built inside another
     injector's factory (a gradtx optimizer wrapped in ``schedule_injection`` again, or
@@ -282,11 +301,17 @@ def get_hyperparams(state: OptState, *, path: str | None = None) -> dict[str, ja
     works on all of them, wherever the optimizer sits inside chains and wrappers.
 
     Args:
-        state: an optimizer state.
-        path: where several injected transforms hold the same name (parameter groups
-            with their own learning rate, say), the one to read: a key or field name
-            on its state path (``"decay"``) or whole pieces of it (``"['decay']"``),
-            never a part of a name; the error lists the paths.
+        state: an optimizer state holding at least one ``InjectState`` (none is a
+            ValueError).
+        path: None (every injected transform), ``""`` (the root's), or where several
+            injected transforms hold the same name (parameter groups with their own
+            learning rate, say), the one to read: a key or field name on its state path
+            (``"decay"``, ``"0"``) or whole pieces of it (``"['decay']"``), never a part
+            of a name. A name held by several of those picked is a ValueError listing
+            the paths; a path that is not a string is a TypeError.
+
+    Returns:
+        A dict from name to float32 scalar array.
 
     Example:
         >>> import jax.numpy as jnp
@@ -294,6 +319,9 @@ def get_hyperparams(state: OptState, *, path: str | None = None) -> dict[str, ja
         >>> state = gtx.adam(1e-3).init({"w": jnp.zeros(2)})
         >>> round(float(gtx.get_hyperparams(state)["learning_rate"]), 6)
         0.001
+
+    Reference: the ``hyperparams`` of ``optax.inject_hyperparams``' state (here found
+    wherever it sits in the state).
     """
     injected = _injected_states(state)
     found = [(p, s) for p, pieces, s in injected if tree.path_matches(pieces, path)]
@@ -328,6 +356,18 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
     say) are checked by its next un-jitted update, not under ``jit``. For a batch of
     states (``jax.vmap`` over learning rates), map it: ``jax.vmap(lambda s, lr:
     gtx.set_hyperparams(s, learning_rate=lr))(states, lrs)``.
+
+    Args:
+        state: an optimizer state holding at least one ``InjectState`` (none is a
+            ValueError).
+        path: which injected transforms to set, as in ``get_hyperparams``; None sets
+            every one that holds the name.
+        **values: name=value, each a real scalar (a number or a 0-d array; an array
+            with a shape, a NaN or a non-number is an error); a name that no picked
+            transform holds is a ValueError listing the available ones.
+
+    Returns:
+        The state with the same structure and dtypes (the values cast to float32).
 
     Example:
         >>> import jax.numpy as jnp

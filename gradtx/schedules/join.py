@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 import jax.numpy as jnp
 
+from gradtx import check
 from gradtx.core import Schedule
-from gradtx.schedules.steps import as_step, as_value, increasing_boundaries
+from gradtx.schedules.steps import as_step, as_tuple, as_value, increasing_boundaries
 
 
 def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
@@ -33,7 +34,7 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
         >>> schedules.join([warmup, decay], [2])(jnp.arange(7)).tolist()
         [0.0, 0.5, 1.0, 1.0, 0.5, 0.5, 0.25]
     """
-    schedules = tuple(schedules)
+    schedules = as_tuple("schedules", schedules, "a sequence of len(boundaries) + 1 schedules")
     boundaries = increasing_boundaries("boundaries", boundaries)
     if len(schedules) != len(boundaries) + 1:
         raise ValueError(
@@ -43,6 +44,7 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     for index, schedule in enumerate(schedules):
         if not callable(schedule):
             raise ValueError(f"schedules[{index}] must be a schedule (callable), got {schedule!r}")
+        check.schedule_arity(f"schedules[{index}]", schedule)
 
     def joined(step):
         t = as_step(step)

@@ -12,11 +12,24 @@ from gradtx.core import GradientTransformation
 
 
 class ReduceOnPlateauState(NamedTuple):
-    scale: jax.Array  # default float dtype (float64 under x64): the factor on the updates
-    best_value: jax.Array  # as scale: the best metric so far (+inf / -inf before any)
-    num_bad_steps: jax.Array  # int32: metrics in a row that were not better than best_value
-    cooldown_counter: jax.Array  # int32: metrics left to ignore after a reduction
-    count: jax.Array  # int32, saturating: metrics seen
+    """The state of ``reduce_on_plateau``.
+
+    Attributes:
+        scale: the factor on the updates, a scalar in the default float dtype (float32;
+            float64 under x64), initially 1.
+        best_value: the best metric so far, a scalar like ``scale``; +inf (mode
+            ``"min"``) or -inf (``"max"``) before any.
+        num_bad_steps: int32 scalar, metrics in a row that were not better than
+            ``best_value``.
+        cooldown_counter: int32 scalar, metrics left to ignore after a reduction.
+        count: int32 scalar, metrics seen so far, saturating at 2**31 - 1.
+    """
+
+    scale: jax.Array
+    best_value: jax.Array
+    num_bad_steps: jax.Array
+    cooldown_counter: jax.Array
+    count: jax.Array
 
 
 def reduce_on_plateau(

@@ -46,13 +46,23 @@ def as_value(value: Any) -> jax.Array:
 
 
 def check_count(name: str, value: Any, *, minimum: int = 1) -> None:
-    """A number of steps: a Python integer in ``[minimum, int32 max]``."""
+    """A number of steps: a Python integer in ``[minimum, int32 max]`` (the int32 cap is
+    ``check.positive_int``'s and ``check.non_negative_int``'s)."""
     if minimum >= 1:
         check.positive_int(name, value)
     else:
         check.non_negative_int(name, value)
-    if value > numerics.INT32_MAX:
-        raise ValueError(f"{name} must be at most {numerics.INT32_MAX} (int32), got {value!r}")
+
+
+def as_tuple(name: str, values: Any, expected: str) -> tuple:
+    """``values`` (a list, a tuple, any iterable but a string) as a tuple; anything
+    else is a TypeError naming the argument and what was expected."""
+    if isinstance(values, str | bytes):
+        raise TypeError(f"{name} must be {expected}, got {values!r}")
+    try:
+        return tuple(values)
+    except TypeError:
+        raise TypeError(f"{name} must be {expected}, got {values!r}") from None
 
 
 def increasing_boundaries(name: str, boundaries: Any) -> tuple[int, ...]:

@@ -207,7 +207,7 @@ def lr_find(
         num_steps: the most steps to take, >= 2.
         smoothing: the EMA decay of the smoothed loss, in [0, 1).
         diverge_factor: stop once the smoothed loss exceeds this multiple of its
-            minimum, > 1.
+            minimum, > 1 (``inf``: only a non-finite loss stops the test).
 
     Returns:
         an ``LRFindResult`` (rates, raw and smoothed losses of the steps taken, the
@@ -234,7 +234,7 @@ def lr_find(
     if num_steps < 2:
         raise ValueError(f"num_steps must be at least 2, got {num_steps!r}")
     check.unit_interval("smoothing", smoothing)
-    check.in_range("diverge_factor", diverge_factor, 1.0, None, low_inclusive=False)
+    check.in_range("diverge_factor", diverge_factor, 1.0, None, low_inclusive=False, allow_inf=True)
     if not callable(optimizer):
         raise TypeError(
             f"optimizer must be a function learning_rate -> GradientTransformation, got "

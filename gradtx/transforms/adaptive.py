@@ -12,9 +12,19 @@ from gradtx.core import GradientTransformation, Updates
 
 
 class ScaleByAdamState(NamedTuple):
-    count: jax.Array  # int32, saturating
-    mu: Updates  # first moment, in mu_dtype (default: the parameter dtype)
-    nu: Updates  # second moment, in nu_dtype (default: the parameter's real dtype)
+    """The state of ``scale_by_adam``.
+
+    Attributes:
+        count: int32 scalar, updates made so far, saturating at 2**31 - 1.
+        mu: first moment (moving average of g), a tree like the params in ``mu_dtype``
+            (None: the parameter dtype), initially 0.
+        nu: second moment (moving average of |g|^2), a tree like the params in
+            ``nu_dtype`` (None: the parameter's real dtype), initially 0.
+    """
+
+    count: jax.Array
+    mu: Updates
+    nu: Updates
 
 
 def scale_by_adam(
@@ -81,6 +91,8 @@ def scale_by_adam(
     check.non_negative("eps_root", eps_root)
     check.dtype_or_none("mu_dtype", mu_dtype)
     check.dtype_or_none("nu_dtype", nu_dtype)
+    check.boolean("nesterov", nesterov)
+    check.boolean("eps_before_bias_correction", eps_before_bias_correction)
 
     def init(params):
         return ScaleByAdamState(
@@ -142,10 +154,22 @@ def scale_by_adam(
 
 
 class ScaleByAmsgradState(NamedTuple):
-    count: jax.Array  # int32, saturating
-    mu: Updates  # first moment, in mu_dtype (default: the parameter dtype)
-    nu: Updates  # second moment, in nu_dtype (default: the parameter's real dtype)
-    nu_max: Updates  # running maximum of the (bias-corrected) second moment, in nu_dtype
+    """The state of ``amsgrad_max``.
+
+    Attributes:
+        count: int32 scalar, updates made so far, saturating at 2**31 - 1.
+        mu: first moment, a tree like the params in ``mu_dtype`` (None: the parameter
+            dtype), initially 0.
+        nu: second moment, a tree like the params in ``nu_dtype`` (None: the
+            parameter's real dtype), initially 0.
+        nu_max: running maximum of the second moment (of ``nu / (1 - b2^t)``, or of
+            ``nu`` itself with ``correct_after_max=True``), like ``nu``, initially 0.
+    """
+
+    count: jax.Array
+    mu: Updates
+    nu: Updates
+    nu_max: Updates
 
 
 def amsgrad_max(
@@ -226,6 +250,10 @@ def amsgrad_max(
     check.non_negative("eps_root", eps_root)
     check.dtype_or_none("mu_dtype", mu_dtype)
     check.dtype_or_none("nu_dtype", nu_dtype)
+    check.boolean("bias_correction_mu", bias_correction_mu)
+    check.boolean("bias_correction_nu", bias_correction_nu)
+    check.boolean("correct_after_max", correct_after_max)
+    check.boolean("eps_before_bias_correction", eps_before_bias_correction)
     # Either combination would leave a switch without effect: refused, never ignored.
     if correct_after_max and not bias_correction_nu:
         raise ValueError(
@@ -305,9 +333,18 @@ def amsgrad_max(
 
 
 class ScaleByAdamaxState(NamedTuple):
-    count: jax.Array  # int32, saturating
-    mu: Updates  # first moment, in the parameter dtype
-    nu: Updates  # exponentially weighted infinity norm, in the parameter's real dtype
+    """The state of ``scale_by_adamax``.
+
+    Attributes:
+        count: int32 scalar, updates made so far, saturating at 2**31 - 1.
+        mu: first moment, a tree like the params in their dtype, initially 0.
+        nu: exponentially weighted infinity norm, a tree like the params in
+            ``nu_dtype`` (None: the parameter's real dtype), initially 0.
+    """
+
+    count: jax.Array
+    mu: Updates
+    nu: Updates
 
 
 def scale_by_adamax(
@@ -356,6 +393,7 @@ def scale_by_adamax(
     check.unit_interval("b2", b2)
     check.non_negative("eps", eps)
     check.dtype_or_none("nu_dtype", nu_dtype)
+    check.boolean("eps_in_max", eps_in_max)
 
     def init(params):
         return ScaleByAdamaxState(
@@ -395,14 +433,33 @@ def scale_by_adamax(
 
 
 class ScaleByRmsState(NamedTuple):
-    count: jax.Array  # int32, saturating (read by bias_correction)
-    nu: Updates  # moving average of |g|^2, in nu_dtype (default: the parameter's real dtype)
+    """The state of ``scale_by_rms`` (not centered).
+
+    Attributes:
+        count: int32 scalar, updates made so far, saturating at 2**31 - 1 (read by
+            ``bias_correction``).
+        nu: moving average of |g|^2, a tree like the params in ``nu_dtype`` (None: the
+            parameter's real dtype), initially ``initial_scale``.
+    """
+
+    count: jax.Array
+    nu: Updates
 
 
 class ScaleByStddevState(NamedTuple):
-    count: jax.Array  # int32, saturating (read by bias_correction)
-    mu: Updates  # moving average of g, in the parameter dtype
-    nu: Updates  # moving average of |g|^2, in nu_dtype (default: the parameter's real dtype)
+    """The state of ``scale_by_rms(centered=True)``.
+
+    Attributes:
+        count: int32 scalar, updates made so far, saturating at 2**31 - 1 (read by
+            ``bias_correction``).
+        mu: moving average of g, a tree like the params in their dtype, initially 0.
+        nu: moving average of |g|^2, a tree like the params in ``nu_dtype`` (None: the
+            parameter's real dtype), initially ``initial_scale``.
+    """
+
+    count: jax.Array
+    mu: Updates
+    nu: Updates
 
 
 def _full_real_like(params, value, dtype=None):
@@ -468,6 +525,9 @@ def scale_by_rms(
     check.non_negative("eps", eps)
     check.non_negative("initial_scale", initial_scale)
     check.dtype_or_none("nu_dtype", nu_dtype)
+    check.boolean("eps_in_sqrt", eps_in_sqrt)
+    check.boolean("bias_correction", bias_correction)
+    check.boolean("centered", centered)
 
     def init(params):
         count = jnp.zeros([], jnp.int32)
@@ -510,7 +570,15 @@ def scale_by_rms(
 
 
 class ScaleByRssState(NamedTuple):
-    sum_of_squares: Updates  # initial_accumulator_value + sum of |g|^2, in the real dtype
+    """The state of ``scale_by_rss``.
+
+    Attributes:
+        sum_of_squares: ``initial_accumulator_value`` plus the sum of |g|^2 so far, a
+            tree like the params in ``accumulator_dtype`` (None: the parameter's real
+            dtype).
+    """
+
+    sum_of_squares: Updates
 
 
 def scale_by_rss(
@@ -557,6 +625,7 @@ def scale_by_rss(
     check.non_negative("initial_accumulator_value", initial_accumulator_value)
     check.non_negative("eps", eps)
     check.dtype_or_none("accumulator_dtype", accumulator_dtype)
+    check.boolean("eps_in_sqrt", eps_in_sqrt)
 
     def init(params):
         return ScaleByRssState(
@@ -587,8 +656,16 @@ def scale_by_rss(
 
 
 class ScaleByAdadeltaState(NamedTuple):
-    e_g: Updates  # moving average of |g|^2, in the parameter's real dtype
-    e_x: Updates  # moving average of |update|^2, in the parameter's real dtype
+    """The state of ``scale_by_adadelta``.
+
+    Attributes:
+        e_g: moving average of |g|^2, a tree like the params in their real dtype,
+            initially 0.
+        e_x: moving average of |update|^2, like ``e_g``, initially 0.
+    """
+
+    e_g: Updates
+    e_x: Updates
 
 
 def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransformation:
@@ -651,8 +728,17 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransforma
 
 
 class ScaleByRpropState(NamedTuple):
-    step_sizes: Updates  # per-element step size, in the parameter dtype
-    previous_sign: Updates  # sign of the last gradient (0 after a sign change)
+    """The state of ``scale_by_rprop`` (real parameters only).
+
+    Attributes:
+        step_sizes: per-element step size, a tree like the params in their dtype,
+            initially ``learning_rate``.
+        previous_sign: sign of the last gradient (-1, 0 or 1; 0 after a sign change),
+            a tree like the params in their dtype, initially 0.
+    """
+
+    step_sizes: Updates
+    previous_sign: Updates
 
 
 def scale_by_rprop(
@@ -720,8 +806,9 @@ def scale_by_rprop(
     check.in_range("eta_minus", eta_minus, 0.0, 1.0, low_inclusive=False)
     check.in_range("eta_plus", eta_plus, 1.0, None)
     check.non_negative("min_step_size", min_step_size)
-    check.non_negative("max_step_size", max_step_size)
+    check.non_negative("max_step_size", max_step_size, allow_inf=True)  # inf: no bound
     check.at_least("max_step_size", max_step_size, "min_step_size", min_step_size)
+    check.boolean("clip_every_step", clip_every_step)
 
     def init(params):
         zeros = tree.zeros_like(params)

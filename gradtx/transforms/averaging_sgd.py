@@ -12,8 +12,20 @@ from gradtx.core import GradientTransformation, ScalarOrSchedule, Updates
 
 
 class AveragedSgdState(NamedTuple):
-    count: jax.Array  # int32, saturating: updates made so far
-    average: Updates  # running average of the iterates (PyTorch's ax), parameter dtype
+    """The state of ``averaged_sgd``.
+
+    Attributes:
+        count: int32 scalar, updates made so far, saturating at 2**31 - 1.
+        average: running average of the iterates from step ``t0`` on (PyTorch's
+            ``ax``; the latest iterate before), a tree like the params in their
+            dtype, initially 0.
+
+    ``exact_fields`` names the fields that ``quantized_state`` keeps unquantized
+    (a copy of the params: 8-bit rounding would move the params).
+    """
+
+    count: jax.Array
+    average: Updates
 
     exact_fields = ("average",)  # a copy of the params: quantized_state keeps it
 
@@ -62,7 +74,9 @@ def averaged_sgd(
     Averaging"; PyTorch's ``torch.optim.ASGD``.
     """
     scheduled = callable(learning_rate)
-    if not scheduled:
+    if scheduled:
+        check.schedule_arity("learning_rate", learning_rate)
+    else:
         check.non_negative("learning_rate", learning_rate)
     check.non_negative("lambd", lambd)
     check.non_negative("alpha", alpha)

@@ -16,8 +16,12 @@ def _no_state(params):
 def clip(max_delta: float) -> GradientTransformation:
     """Clips every element of the updates to ``[-max_delta, max_delta]``.
 
+    ::
+
+        u <- min(max(u, -max_delta), max_delta)     (per element, in the leaf dtype)
+
     Args:
-        max_delta: the bound, >= 0.
+        max_delta: the bound, >= 0 (inf: no clipping).
 
     Example:
         >>> import jax.numpy as jnp
@@ -25,8 +29,10 @@ def clip(max_delta: float) -> GradientTransformation:
         >>> tx = gtx.clip(1.0)
         >>> tx.update(jnp.array([3.0, -0.5, -2.0]), tx.init(jnp.zeros(3)))[0].tolist()
         [1.0, -0.5, -1.0]
+
+    Reference: ``optax.clip`` (same map).
     """
-    check.non_negative("max_delta", max_delta)
+    check.non_negative("max_delta", max_delta, allow_inf=True)  # inf: no clipping
 
     def update(updates, state, params=None, **extra):
         del params, extra
@@ -48,8 +54,11 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
 
         n = sqrt(sum over leaves of sum |u|^2)     (accumulated in float32)
         u <- u                       if n < max_norm
-        u <- u * max_norm / n        otherwise
+        u <- u / n * max_norm        otherwise
 
+    that is ``u <- u * min(1, max_norm / n)`` with no eps, computed as Optax does
+    (``u / n * max_norm``, in at least float32, cast back to the leaf dtype); the norm
+    is summed in the leaves' order and in float64 for float64 leaves.
     Same as ``optax.clip_by_global_norm``. PyTorch's ``clip_grad_norm_`` scales by
     ``min(1, max_norm / (n + 1e-6))``, ``1e-6 / n`` relative apart whenever it clips:
     ``gradtx.compat.torch.clip_grad_norm`` reproduces it.
@@ -57,7 +66,7 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     inf makes every other update 0 (as in Optax); ``apply_if_finite`` skips such steps.
 
     Args:
-        max_norm: the largest global norm allowed, > 0.
+        max_norm: the largest global norm allowed, > 0 (inf: no clipping).
 
     Example:
         >>> import jax.numpy as jnp
@@ -68,9 +77,9 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
         [0.6, 0.8]
 
     Reference: Pascanu, Mikolov & Bengio, 2013, "On the difficulty of training
-    recurrent neural networks".
+    recurrent neural networks"; ``optax.clip_by_global_norm`` (same map).
     """
-    check.positive("max_norm", max_norm)
+    check.positive("max_norm", max_norm, allow_inf=True)  # inf: no clipping
 
     def update(updates, state, params=None, **extra):
         del params, extra

@@ -9,11 +9,18 @@ import jax.numpy as jnp
 
 from gradtx import check, numerics, tree
 from gradtx.core import GradientTransformation, ScalarOrSchedule
-from gradtx.transforms.regularize import resolve_mask
+from gradtx.transforms.regularize import check_mask, resolve_mask
 
 
 class DecoupledWeightDecayState(NamedTuple):
-    count: jax.Array  # int32, saturating: the schedules read it
+    """The state of ``add_decoupled_weight_decay``.
+
+    Attributes:
+        count: int32 scalar, updates made so far, saturating at 2**31 - 1 (the schedules of
+            ``weight_decay`` and ``learning_rate`` read it).
+    """
+
+    count: jax.Array
 
 
 def add_decoupled_weight_decay(
@@ -30,6 +37,10 @@ def add_decoupled_weight_decay(
     ``chain(..., add_decayed_weights(wd), scale_by_learning_rate(lr))`` is the same map;
     this block is for chains where the learning rate is inside a buffer (Keras' SGD and
     RMSprop with momentum), so the decay cannot go through the buffer.
+
+    With t counting updates from 0, on the leaves the mask selects (others unchanged)::
+
+        u <- u - (lr(t) * wd(t)) * p        (in at least float32, cast to u's dtype)
 
     Args:
         weight_decay: a non-negative number or a schedule ``step -> value``.
@@ -50,8 +61,11 @@ def add_decoupled_weight_decay(
     Reference: Loshchilov & Hutter, 2019, "Decoupled Weight Decay Regularization".
     """
     for name, value in (("weight_decay", weight_decay), ("learning_rate", learning_rate)):
-        if not callable(value):
+        if callable(value):
+            check.schedule_arity(name, value)
+        else:
             check.non_negative(name, value)
+    check_mask(mask)
 
     def init(params):
         del params
@@ -66,6 +80,12 @@ def add_decoupled_weight_decay(
             )
         decay = weight_decay(state.count) if callable(weight_decay) else weight_decay
         rate = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        # A schedule's concrete value (an un-jitted update) is checked, as in the
+        # optimizers: a negative one would grow the weights, a NaN poison them.
+        if callable(weight_decay):
+            check.non_negative("weight_decay", decay)
+        if callable(learning_rate):
+            check.non_negative("learning_rate", rate)
 
         def leaf(u, p, keep):
             if not keep:

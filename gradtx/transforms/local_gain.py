@@ -11,8 +11,17 @@ from gradtx.core import GradientTransformation, Updates
 
 
 class ScaleByLocalGainState(NamedTuple):
-    gains: Updates  # the per-weight gains, in the parameter's real dtype, initially 1
-    trace: Updates  # the previous gradient (or its average, Jacobs' delta-bar), initially 0
+    """The state of ``scale_by_local_gain``.
+
+    Attributes:
+        gains: the per-weight gains in ``[min_gain, max_gain]``, a tree like the params
+            in their real dtype, initially 1.
+        trace: the previous gradient (with ``trace_decay > 0`` its moving average,
+            Jacobs' delta-bar), a tree like the params in their dtype, initially 0.
+    """
+
+    gains: Updates
+    trace: Updates
 
 
 def scale_by_local_gain(
@@ -66,7 +75,7 @@ def scale_by_local_gain(
     check.non_negative("increase", increase)
     check.in_range("decrease", decrease, 0.0, 1.0)
     check.non_negative("min_gain", min_gain)
-    check.non_negative("max_gain", max_gain)
+    check.non_negative("max_gain", max_gain, allow_inf=True)  # inf: no upper bound
     check.unit_interval("trace_decay", trace_decay)
     check.at_least("max_gain", max_gain, "min_gain", min_gain)
 

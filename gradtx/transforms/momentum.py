@@ -12,12 +12,28 @@ from gradtx.core import GradientTransformation, Updates
 
 
 class TraceState(NamedTuple):
-    trace: Updates  # the momentum buffer, in accumulator_dtype (default: the parameter dtype)
+    """The state of ``trace`` (without ``dampening``).
+
+    Attributes:
+        trace: the momentum buffer, a tree like the params in ``accumulator_dtype``
+            (None: the parameter dtype), initially 0.
+    """
+
+    trace: Updates
 
 
 class DampenedTraceState(NamedTuple):
-    count: jax.Array  # int32, saturating: the first update is not dampened
-    trace: Updates  # the momentum buffer, in accumulator_dtype (default: the parameter dtype)
+    """The state of ``trace(dampening=...)``.
+
+    Attributes:
+        count: int32 scalar, updates made so far, saturating at 2**31 - 1 (the first update is not
+            dampened).
+        trace: the momentum buffer, a tree like the params in ``accumulator_dtype``
+            (None: the parameter dtype), initially 0.
+    """
+
+    count: jax.Array
+    trace: Updates
 
 
 def trace(
@@ -75,6 +91,7 @@ def trace(
     """
     check.unit_interval("decay", decay)
     check.dtype_or_none("accumulator_dtype", accumulator_dtype)
+    check.boolean("nesterov", nesterov)
     dampened = dampening is not None
     if dampened:
         check.in_range("dampening", dampening, 0.0, 1.0)
@@ -165,8 +182,16 @@ def nesterov_lookahead(
 
 
 class EmaState(NamedTuple):
-    count: jax.Array  # int32, saturating (read by the debiasing)
-    ema: Updates  # the moving average, in accumulator_dtype (default: the parameter dtype)
+    """The state of ``ema``.
+
+    Attributes:
+        count: int32 scalar, updates made so far, saturating at 2**31 - 1 (read by the debiasing).
+        ema: the moving average (not debiased), a tree like the params in
+            ``accumulator_dtype`` (None: the parameter dtype), initially 0.
+    """
+
+    count: jax.Array
+    ema: Updates
 
 
 def ema(
@@ -208,6 +233,7 @@ def ema(
     """
     check.unit_interval("decay", decay)
     check.dtype_or_none("accumulator_dtype", accumulator_dtype)
+    check.boolean("debias", debias)
 
     def init(params):
         return EmaState(

@@ -12,10 +12,20 @@ from gradtx.core import GradientTransformation, Updates
 
 
 class ScaleByNadamScheduleState(NamedTuple):
-    count: jax.Array  # int32, saturating
-    mu_product: jax.Array  # prod_{s<=t} mu_s, a scalar in the widest parameter float dtype
-    mu: Updates  # first moment, in the parameter dtype
-    nu: Updates  # second moment, in the parameter's real dtype
+    """The state of ``scale_by_nadam_schedule``.
+
+    Attributes:
+        count: int32 scalar, updates made so far, saturating at 2**31 - 1.
+        mu_product: ``prod_{s<=t} mu_s``, a scalar in the widest real compute dtype of
+            the params (at least float32; float32 for no params), initially 1.
+        mu: first moment, a tree like the params in their dtype, initially 0.
+        nu: second moment, a tree like the params in their real dtype, initially 0.
+    """
+
+    count: jax.Array
+    mu_product: jax.Array
+    mu: Updates
+    nu: Updates
 
 
 def _widest_float_dtype(params) -> jnp.dtype:
@@ -61,8 +71,8 @@ def scale_by_nadam_schedule(
         >>> import gradtx as gtx
         >>> tx = gtx.scale_by_nadam_schedule()
         >>> updates, state = tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))
-        >>> [round(float(u), 4) for u in updates]  # (1 - mu_1) g / (1 - P_1) + mu_2 m_1 / ...
-        [1.0564, -1.0564]
+        >>> [round(float(u), 3) for u in updates]  # (1 - mu_1) g / (1 - P_1) + mu_2 m_1 / ...
+        [1.056, -1.056]
 
     Reference: Dozat, 2016, "Incorporating Nesterov Momentum into Adam".
     """

@@ -26,9 +26,17 @@ def _one_minus_y_over_expm1(y: jax.Array) -> jax.Array:
 
 
 class ScaleByRadamState(NamedTuple):
-    count: jax.Array  # int32, saturating
-    mu: Updates  # first moment, in the parameter dtype
-    nu: Updates  # second moment, in the parameter's real dtype
+    """The state of ``scale_by_radam``.
+
+    Attributes:
+        count: int32 scalar, updates made so far, saturating at 2**31 - 1.
+        mu: first moment, a tree like the params in their dtype, initially 0.
+        nu: second moment, a tree like the params in their real dtype, initially 0.
+    """
+
+    count: jax.Array
+    mu: Updates
+    nu: Updates
 
 
 def scale_by_radam(
@@ -87,6 +95,8 @@ def scale_by_radam(
     check.non_negative("eps", eps)
     check.non_negative("eps_root", eps_root)
     check.in_range("threshold", threshold, 4.0, None, low_inclusive=False)
+    check.boolean("strict_threshold", strict_threshold)
+    check.boolean("eps_before_bias_correction", eps_before_bias_correction)
 
     def init(params):
         return ScaleByRadamState(

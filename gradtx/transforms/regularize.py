@@ -14,7 +14,14 @@ from gradtx.core import EmptyState, GradientTransformation, Params, ScalarOrSche
 
 
 class AddDecayedWeightsState(NamedTuple):
-    count: jax.Array  # int32, saturating: the schedule of weight_decay reads it
+    """The state of ``add_decayed_weights`` with a scheduled ``weight_decay`` (a constant
+    one keeps ``EmptyState``).
+
+    Attributes:
+        count: int32 scalar, updates made so far, saturating at 2**31 - 1 (the schedule reads it).
+    """
+
+    count: jax.Array
 
 
 def resolve_mask(mask: Any, params: Params, updates: Any) -> Any:
@@ -34,6 +41,14 @@ def resolve_mask(mask: Any, params: Params, updates: Any) -> Any:
         if not isinstance(value, bool | jnp.bool_):
             raise TypeError(f"mask leaves must be Python bools (masks are static), got {value!r}")
     return treedef.unflatten([bool(m) for m in flat])
+
+
+def check_mask(mask: Any) -> None:
+    """A mask as ``resolve_mask`` takes it, checked where the transform is built: not a
+    bare bool, and a function that can take the params."""
+    if isinstance(mask, bool):
+        raise TypeError("mask must be a tree of bools or a function of params, not a bool")
+    check.takes_one_argument("mask", mask, "the params")
 
 
 def add_decayed_weights(
@@ -70,10 +85,11 @@ def add_decayed_weights(
     Reference: Loshchilov & Hutter, 2019, "Decoupled Weight Decay Regularization".
     """
     scheduled = callable(weight_decay)
-    if not scheduled:
+    if scheduled:
+        check.schedule_arity("weight_decay", weight_decay)
+    else:
         check.non_negative("weight_decay", weight_decay)
-    if mask is not None and not callable(mask) and isinstance(mask, bool):
-        raise TypeError("mask must be a tree of bools or a function of params, not a bool")
+    check_mask(mask)
 
     def init(params):
         del params
@@ -88,6 +104,8 @@ def add_decayed_weights(
                 "add_decayed_weights needs the parameters: call update(updates, state, params)"
             )
         decay = weight_decay(state.count) if scheduled else weight_decay
+        if scheduled:  # a concrete value (an un-jitted update) is checked, as in the optimizers
+            check.non_negative("weight_decay", decay)
 
         def leaf(u, p, keep):
             if not keep:
@@ -110,7 +128,14 @@ def _require_params(name: str, params: Params | None) -> None:
 
 
 class ProximalL1State(NamedTuple):
-    count: jax.Array  # int32, saturating: the schedule of strength reads it
+    """The state of ``proximal_l1`` with a scheduled ``strength`` (a constant one keeps
+    ``EmptyState``).
+
+    Attributes:
+        count: int32 scalar, updates made so far, saturating at 2**31 - 1 (the schedule reads it).
+    """
+
+    count: jax.Array
 
 
 def add_l1(strength: float = 0.0, mask: Any = None) -> GradientTransformation:
@@ -136,6 +161,7 @@ def add_l1(strength: float = 0.0, mask: Any = None) -> GradientTransformation:
     Reference: Tibshirani, 1996, "Regression Shrinkage and Selection via the Lasso".
     """
     check.non_negative("strength", strength)
+    check_mask(mask)
 
     def init(params):
         del params
@@ -199,8 +225,11 @@ def proximal_l1(strength: float = 0.0, mask: Any = None) -> GradientTransformati
     Algorithm for Linear Inverse Problems" (ISTA, the proximal gradient step).
     """
     scheduled = callable(strength)
-    if not scheduled:
+    if scheduled:
+        check.schedule_arity("strength", strength)
+    else:
         check.non_negative("strength", strength)
+    check_mask(mask)
 
     def init(params):
         del params
@@ -212,6 +241,8 @@ def proximal_l1(strength: float = 0.0, mask: Any = None) -> GradientTransformati
         del extra
         _require_params("proximal_l1", params)
         threshold = strength(state.count) if scheduled else strength
+        if scheduled:  # a concrete value (an un-jitted update) is checked, as in the optimizers
+            check.non_negative("strength", threshold)
 
         def leaf(u, p, keep):
             if not keep:
@@ -286,8 +317,9 @@ def max_norm(
     Reference: Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov, 2014,
     "Dropout: A Simple Way to Prevent Neural Networks from Overfitting".
     """
-    check.positive("max_value", max_value)
+    check.positive("max_value", max_value, allow_inf=True)  # inf: no constraint
     axes = _norm_axes(axis)
+    check_mask(mask)
 
     def init(params):
         del params
@@ -334,8 +366,16 @@ def max_norm(
 
 
 class AddNoiseState(NamedTuple):
-    count: jax.Array  # int32, saturating: updates made so far (t)
-    rng_key: jax.Array  # uint32[2], the PRNG key of the next draw
+    """The state of ``add_noise``.
+
+    Attributes:
+        count: int32 scalar, updates made so far, saturating at 2**31 - 1 (t in the variance).
+        rng_key: uint32 array of shape [2], the PRNG key of the next draw, initially
+            ``jax.random.PRNGKey(seed)``.
+    """
+
+    count: jax.Array
+    rng_key: jax.Array
 
 
 def add_noise(eta: float = 0.01, gamma: float = 0.55, seed: int = 0) -> GradientTransformation:
@@ -370,7 +410,7 @@ def add_noise(eta: float = 0.01, gamma: float = 0.55, seed: int = 0) -> Gradient
     """
     check.non_negative("eta", eta)
     check.non_negative("gamma", gamma)
-    check.non_negative_int("seed", seed)
+    check.seed("seed", seed)
 
     def init(params):
         del params

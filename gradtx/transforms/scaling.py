@@ -34,6 +34,9 @@ def scale(step_size: float | jax.Array) -> GradientTransformation:
         >>> tx = gtx.scale(-0.1)
         >>> tx.update(jnp.array([1.0, 2.0]), tx.init(jnp.zeros(2)))[0].tolist()
         [-0.10000000149011612, -0.20000000298023224]
+
+    Reference: ``optax.scale`` (same map; here the product is taken in at least float32
+    and rounded once to the leaf dtype).
     """
     check.number("step_size", step_size)
 
@@ -49,7 +52,14 @@ def scale(step_size: float | jax.Array) -> GradientTransformation:
 
 
 class ScaleByScheduleState(NamedTuple):
-    count: jax.Array  # int32, saturating: the number of updates made so far
+    """The state of ``scale_by_schedule`` (and of a scheduled ``scale_by_learning_rate``).
+
+    Attributes:
+        count: int32 scalar, updates made so far, saturating at 2**31 - 1; the schedule is evaluated
+            at it.
+    """
+
+    count: jax.Array
 
 
 def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
@@ -58,7 +68,9 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
     The state holds the int32 count (saturating at the int32 maximum).
 
     Args:
-        step_size_fn: a schedule ``step -> value`` (see ``gradtx.schedules``).
+        step_size_fn: a schedule ``step -> value`` (see ``gradtx.schedules``); its
+            values must be finite real scalars: one that is not is a ValueError at an
+            un-jitted update (under ``jit`` only its shape can be checked).
 
     Example:
         >>> import jax.numpy as jnp
@@ -69,9 +81,12 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
         >>> u, state = tx.update(jnp.ones(1), state)
         >>> u.tolist()
         [0.5]
+
+    Reference: ``optax.scale_by_schedule`` (same map and count).
     """
     if not callable(step_size_fn):
         raise TypeError(f"step_size_fn must be a schedule (a callable), got {step_size_fn!r}")
+    check.schedule_arity("step_size_fn", step_size_fn)
 
     def init(params):
         del params
@@ -80,6 +95,9 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
     def update(updates, state, params=None, **extra):
         del params, extra
         step_size = step_size_fn(state.count)
+        # A concrete value (an un-jitted update) is checked, as in the optimizers: a NaN
+        # or a vector (which would broadcast against the leaves) fails here, named.
+        check.number("step_size_fn's value", step_size)
         return _scale_leaves(updates, step_size), ScaleByScheduleState(
             numerics.safe_increment(state.count)
         )
@@ -107,9 +125,14 @@ def scale_by_learning_rate(
         >>> tx = gtx.scale_by_learning_rate(0.5)
         >>> tx.update(jnp.array([2.0]), tx.init(jnp.zeros(1)))[0].tolist()
         [-1.0]
+
+    Reference: ``optax.scale_by_learning_rate`` (same map; here a negative rate is an
+    error).
     """
+    check.boolean("flip_sign", flip_sign)
     sign = -1 if flip_sign else 1
     if callable(learning_rate):
+        check.schedule_arity("learning_rate", learning_rate)
 
         def step_size(count):
             value = jnp.asarray(learning_rate(count))

@@ -13,12 +13,28 @@ from gradtx.core import GradientTransformation, OptState, Updates, _update_with_
 
 
 class MultiStepsState(NamedTuple):
-    mini_step: jax.Array  # int32: micro-steps accumulated since the last real step
-    gradient_step: jax.Array  # int32, saturating: real (inner) steps taken so far
-    acc_grads: Updates  # the running mean of this real step's gradients
+    """The state of ``multi_steps``.
+
+    Attributes:
+        mini_step: int32 scalar in [0, k), micro-steps accumulated since the last real
+            step (0 right after one).
+        gradient_step: int32 scalar, real (inner) steps taken so far, saturating at
+            2**31 - 1.
+        acc_grads: the running mean of this real step's micro-batch gradients (0 right
+            after a real step), a tree like the params in ``accumulator_dtype`` (None:
+            the parameter dtype promoted to at least float32).
+        inner_state: the inner transform's state.
+
+    ``exact_fields`` names the fields that ``quantized_state`` keeps unquantized
+    (a mean of gradients: 8-bit rounding would move the params).
+    """
+
+    mini_step: jax.Array
+    gradient_step: jax.Array
+    acc_grads: Updates
     inner_state: OptState
 
-    exact_fields = ("acc_grads",)  # a sum of gradients: quantized_state keeps it
+    exact_fields = ("acc_grads",)  # a mean of gradients: quantized_state keeps it
 
 
 def multi_steps(
@@ -73,12 +89,18 @@ def multi_steps(
         >>> u2, state = tx.update(jnp.array([3.0]), state)
         >>> u1.tolist(), u2.tolist(), bool(gtx.has_updated(state))
         ([0.0], [-2.0], True)
+
+    Reference: ``optax.MultiSteps`` (the same running mean and ``every_k_schedule`` of
+    the real steps taken); Smith, Kindermans, Ying & Le, 2018, "Don't Decay the
+    Learning Rate, Increase the Batch Size" (a growing ``every_k``).
     """
     scheduled = callable(every_k)
-    if not scheduled:
+    if scheduled:
+        check.schedule_arity("every_k", every_k)
+    else:
         check.positive_int("every_k", every_k)
     check.dtype_or_none("accumulator_dtype", accumulator_dtype)
-    inner_update = _update_with_extra_args(inner)
+    inner_update = _update_with_extra_args(inner, "inner")
 
     def init(params):
         def accumulator(x):
@@ -99,9 +121,15 @@ def multi_steps(
         k = every_k(state.gradient_step) if scheduled else every_k
         if scheduled and not isinstance(k, jax.core.Tracer):
             value = np.asarray(k)
-            if value.ndim or not np.isreal(value) or value != np.floor(value) or value < 1:
+            if (
+                value.ndim
+                or not np.isreal(value)
+                or value != np.floor(value)
+                or not 1 <= value <= check.INT32_MAX  # inf too: the counters are int32
+            ):
                 raise ValueError(
-                    f"every_k's schedule must give an integer >= 1, got {k!r} at real "
+                    f"every_k's schedule must give an integer >= 1 (and at most "
+                    f"{check.INT32_MAX}), got {k!r} at real "
                     f"step {int(state.gradient_step)}"
                 )
         k = jnp.maximum(jnp.asarray(k).astype(jnp.int32), 1)
@@ -158,8 +186,15 @@ def _cast_like_pair(result, updates, inner_state):
 def has_updated(state: Any) -> jax.Array:
     """True when the last ``multi_steps`` update took a real (inner) step.
 
-    ``state`` is the ``MultiStepsState`` or any state holding exactly one (a chain, a
-    partition, ``apply_if_finite`` around it, ``nnx.Optimizer``'s ``opt_state``).
+    That is ``mini_step == 0 and gradient_step > 0``: False after ``init``.
+
+    Args:
+        state: the ``MultiStepsState``, or any state holding exactly one (a chain, a
+            partition, ``apply_if_finite`` around it, ``nnx.Optimizer``'s
+            ``opt_state``); none or several is a TypeError.
+
+    Returns:
+        A bool scalar array (traceable under ``jit``).
 
     Example:
         >>> import jax.numpy as jnp
@@ -168,6 +203,8 @@ def has_updated(state: Any) -> jax.Array:
         >>> _, state = tx.update(jnp.ones(1), tx.init(jnp.zeros(1)))
         >>> bool(gtx.has_updated(state))
         False
+
+    Reference: ``optax.MultiSteps.has_updated`` (same test).
     """
     if not isinstance(state, MultiStepsState):
         is_node = lambda x: isinstance(x, MultiStepsState)  # noqa: E731

@@ -18,15 +18,39 @@ from gradtx.core import GradientTransformation, Params
 
 
 class EmaParamsState(NamedTuple):
-    count: jax.Array  # int32, saturating: updates seen
-    ema: Params  # the average, ready to use (debiased when debias=True)
+    """The state of ``ema_params``.
+
+    Attributes:
+        count: int32 scalar, updates made so far, saturating at 2**31 - 1.
+        ema: the moving average of the params, ready to use (debiased when
+            ``debias=True``), a tree like the params in ``dtype`` (None: their dtype,
+            at least float32), initially the params.
+
+    ``exact_fields`` names the fields that ``quantized_state`` keeps unquantized
+    (a copy of the params: 8-bit rounding would move the params).
+    """
+
+    count: jax.Array
+    ema: Params
 
     exact_fields = ("ema",)  # a copy of the params: quantized_state keeps it
 
 
 class AverageParamsState(NamedTuple):
-    count: jax.Array  # int32, saturating: updates seen
-    average: Params  # the mean of the averaged iterates (the params while none is)
+    """The state of ``average_params``.
+
+    Attributes:
+        count: int32 scalar, updates made so far, saturating at 2**31 - 1.
+        average: the mean of the iterates since ``start_step`` (the params themselves
+            before), a tree like the params in ``dtype`` (None: their dtype, at least
+            float32), initially the params.
+
+    ``exact_fields`` names the fields that ``quantized_state`` keeps unquantized
+    (a copy of the params: 8-bit rounding would move the params).
+    """
+
+    count: jax.Array
+    average: Params
 
     exact_fields = ("average",)  # a copy of the params: quantized_state keeps it
 
@@ -112,6 +136,7 @@ def ema_params(
     Averaging" (averaged iterates); Kingma & Ba, 2015 (bias correction).
     """
     check.unit_interval("decay", decay)
+    check.boolean("debias", debias)
     check.dtype_or_none("dtype", dtype)
 
     def init(params):

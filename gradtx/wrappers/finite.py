@@ -12,9 +12,21 @@ from gradtx.core import GradientTransformation, OptState, _update_with_extra_arg
 
 
 class ApplyIfFiniteState(NamedTuple):
-    notfinite_count: jax.Array  # int32: consecutive non-finite steps skipped so far
-    last_finite: jax.Array  # bool: whether the last updates were all finite
-    total_notfinite: jax.Array  # int32, saturating: every non-finite step seen
+    """The state of ``apply_if_finite``.
+
+    Attributes:
+        notfinite_count: int32 scalar, non-finite updates skipped in a row (0 after an
+            applied update).
+        last_finite: bool scalar, whether the last updates were all finite (initially
+            True).
+        total_notfinite: int32 scalar, every non-finite update seen, saturating at
+            2**31 - 1.
+        inner_state: the inner transform's state, left unchanged by a skipped update.
+    """
+
+    notfinite_count: jax.Array
+    last_finite: jax.Array
+    total_notfinite: jax.Array
     inner_state: OptState
 
 
@@ -54,7 +66,7 @@ def apply_if_finite(
         ([0.0, 0.0], 1)
     """
     check.non_negative_int("max_consecutive_errors", max_consecutive_errors)
-    inner_update = _update_with_extra_args(inner)
+    inner_update = _update_with_extra_args(inner, "inner")
 
     def init(params):
         return ApplyIfFiniteState(
@@ -66,7 +78,9 @@ def apply_if_finite(
 
     def update(updates, state, params=None, **extra):
         finite = _all_finite(updates)
-        notfinite_count = jnp.where(finite, 0, state.notfinite_count + 1).astype(jnp.int32)
+        notfinite_count = jnp.where(
+            finite, 0, numerics.safe_increment(state.notfinite_count)
+        ).astype(jnp.int32)
         apply = finite | (notfinite_count > max_consecutive_errors)
         new_updates, new_inner_state = inner_update(updates, state.inner_state, params, **extra)
         # A select, not lax.cond: both branches are cheap next to a training step, and a

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import tree
+from gradtx import check, tree
 from gradtx.core import GradientTransformation, _update_with_extra_args
 
 
@@ -176,10 +176,17 @@ def _is_concrete(x: Any) -> bool:
 
 
 class FlattenState(NamedTuple):
-    """State of ``flatten(inner, offsets_in_state=True)``."""
+    """The state of ``flatten(inner, offsets_in_state=True)`` (without it, the state is
+    the inner state itself).
 
-    inner: Any  # the inner transform's state, for the vector
-    starts: tuple  # one int32 scalar per run of leaves (``_runs``): where it begins
+    Attributes:
+        inner: the inner transform's state, for the one vector of all leaves.
+        starts: a tuple of int32 scalars, one per run of leaves (``_runs``): the offset
+            in the vector where the run begins.
+    """
+
+    inner: Any
+    starts: tuple
 
 
 def flatten(
@@ -245,9 +252,8 @@ def flatten(
         >>> [int(start) for start in fast.init(grads).starts]
         [0, 2]
     """
-    if not isinstance(offsets_in_state, bool):
-        raise TypeError(f"flatten offsets_in_state must be True or False, got {offsets_in_state!r}")
-    inner_update = _update_with_extra_args(inner)
+    check.boolean("offsets_in_state", offsets_in_state)
+    inner_update = _update_with_extra_args(inner, "inner")
     eager_inner = _EagerInner(inner_update)
 
     def update_vector(leaves, inner_state, param_leaves, extra):

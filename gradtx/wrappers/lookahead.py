@@ -13,9 +13,21 @@ from gradtx.wrappers.averaging import copy_params
 
 
 class LookaheadState(NamedTuple):
-    steps_since_sync: jax.Array  # int32 in [0, sync_period): fast steps since the last sync
-    slow_params: Params  # the slow weights theta, in the parameter dtype
-    inner_state: OptState  # the fast optimizer's state (kept across syncs, as in the paper)
+    """The state of ``lookahead``.
+
+    Attributes:
+        steps_since_sync: int32 scalar in [0, sync_period), fast steps since the last
+            sync (modulo ``sync_period``, not saturating).
+        slow_params: the slow weights theta, a copy of the params in their dtype.
+        inner_state: the fast optimizer's state (kept across syncs, as in the paper).
+
+    ``exact_fields`` names the fields that ``quantized_state`` keeps unquantized
+    (copies of the params: 8-bit rounding would move the params).
+    """
+
+    steps_since_sync: jax.Array
+    slow_params: Params
+    inner_state: OptState
 
     exact_fields = ("slow_params",)  # copies of the params: quantized_state keeps them
 
@@ -74,7 +86,7 @@ def lookahead(
     """
     check.positive_int("sync_period", sync_period)
     check.in_range("slow_step_size", slow_step_size, 0.0, 1.0)
-    inner_update = _update_with_extra_args(inner)
+    inner_update = _update_with_extra_args(inner, "inner")
 
     def init(params):
         return LookaheadState(

@@ -26,11 +26,25 @@ from gradtx.core import (
 
 
 class MaskedState(NamedTuple):
-    inner_state: OptState  # the inner transform's state, for the masked-in leaves only
+    """The state of ``masked`` (and of ``freeze`` with a mask).
+
+    Attributes:
+        inner_state: the inner transform's state, built from the params with the
+            masked-out leaves replaced by None (so it holds the masked-in leaves only).
+    """
+
+    inner_state: OptState
 
 
 class PartitionState(NamedTuple):
-    inner_states: dict[str, OptState]  # label -> that group's state (its leaves only)
+    """The state of ``partition``.
+
+    Attributes:
+        inner_states: a dict from group label to that group's state, built from the
+            params with the other groups' leaves replaced by None.
+    """
+
+    inner_states: dict[str, OptState]
 
 
 def _flat_prefix(prefix: Any, full: Any, what: str) -> tuple[Any, list]:
@@ -142,11 +156,14 @@ def masked(
         >>> updates, _ = tx.update(grads, tx.init(grads))
         >>> updates["w"].tolist(), updates["b"].tolist()
         ([-0.10000000149011612, -0.10000000149011612], [1.0])
+
+    Reference: ``optax.masked`` (the same map with ``masked_leaves="pass"``).
     """
     check.one_of("masked_leaves", masked_leaves, ("pass", "zero"))
     if isinstance(mask, bool):
         raise TypeError("mask must be a tree of bools or a function of params, not a bool")
-    inner_update = _update_with_extra_args(inner)
+    check.takes_one_argument("mask", mask, "the params")
+    inner_update = _update_with_extra_args(inner, "inner")
 
     def init(params):
         mask_tree = mask(params) if callable(mask) else mask
@@ -179,6 +196,8 @@ def set_to_zero() -> GradientTransformation:
         >>> tx = gtx.set_to_zero()
         >>> tx.update(jnp.ones(2), tx.init(jnp.ones(2)))[0].tolist()
         [0.0, 0.0]
+
+    Reference: ``optax.set_to_zero`` (same map).
     """
 
     def init(params):
@@ -207,6 +226,9 @@ def freeze(mask: Any = None) -> GradientTransformation:
         >>> updates, _ = tx.update(grads, tx.init(grads))
         >>> updates["encoder"].tolist(), updates["head"].tolist()
         ([0.0], [-0.10000000149011612])
+
+    Reference: ``optax.transforms.freeze`` (same map; Optax's also takes a single bool,
+    which is a TypeError here: pass None to freeze everything).
     """
     if mask is None:
         return set_to_zero()
@@ -315,8 +337,17 @@ def partition(
     """
     if not isinstance(transforms, Mapping) or not transforms:
         raise TypeError(f"transforms must be a non-empty dict label -> transform, got {transforms}")
+    if isinstance(labels, Mapping) and not labels:
+        raise ValueError(
+            "labels must give every parameter a label: a tree of label strings like the "
+            "params, a function returning one, or a dict {path regex: label}; got an empty "
+            "dict"
+        )
+    check.takes_one_argument("labels", labels, "the params")
     names = list(transforms)
-    update_fns = {name: _update_with_extra_args(t) for name, t in transforms.items()}
+    update_fns = {
+        name: _update_with_extra_args(t, f"transforms[{name!r}]") for name, t in transforms.items()
+    }
 
     def init(params):
         treedef, flat = _resolve_labels(labels, params, names)
@@ -353,7 +384,8 @@ def reset_group(
     Args:
         partitioned: the transform returned by ``partition``.
         state: its current state.
-        label: the group to reset.
+        label: the group to reset, one of the labels of ``state.inner_states`` (another
+            is a ValueError; a state that is not a ``PartitionState`` a TypeError).
         params: the current params (the group's init may read them).
 
     Example:
@@ -366,6 +398,9 @@ def reset_group(
         >>> state = gtx.reset_group(tx, state, "a", params)
         >>> int(state.inner_states["a"].count), int(state.inner_states["b"].count)
         (0, 1)
+
+    Reference: none in Optax (``optax.multi_transform`` has no reset); PyTorch users
+    do it by clearing ``optimizer.state`` for a group's parameters.
     """
     if not isinstance(state, PartitionState):
         raise TypeError(f"reset_group expects a PartitionState, got {type(state).__name__}")

@@ -15,15 +15,42 @@ from gradtx.core import GradientTransformation, OptState, _update_with_extra_arg
 
 
 class QuantizedArray(NamedTuple):
-    codes: jax.Array  # uint8, the shape of the state leaf: indices into the quantization map
-    absmax: jax.Array  # float32 [number of blocks]: the largest |value| of each block
+    """One state leaf in 8 bits (``quantized_state``): ``value = table[codes] * absmax``
+    block by block, ``table`` the signed or unsigned ``dynamic_quantization_map``.
+
+    Attributes:
+        codes: uint8, the shape of the state leaf: indices into the quantization map.
+        absmax: float32 vector of ``ceil(n / block_size)`` entries (n the leaf's
+            elements): the largest |value| of each block of the raveled leaf.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx.wrappers import quantized
+        >>> table = jnp.asarray(quantized.dynamic_quantization_map())
+        >>> q = quantized.quantize_blockwise(jnp.array([0.5, -2.0, 3.0]), table, block_size=2)
+        >>> q.codes.dtype, q.codes.shape, q.absmax.tolist()
+        (dtype('uint8'), (3,), [2.0, 3.0])
+        >>> values = quantized.dequantize_blockwise(q, table, block_size=2)
+        >>> [round(float(v), 4) for v in values]
+        [0.4953, -1.9859, 3.0]
+    """
+
+    codes: jax.Array
+    absmax: jax.Array
 
 
 class QuantizedState(NamedTuple):
-    inner_state: OptState  # the inner state, its large floating leaves as QuantizedArray
+    """The state of ``quantized_state``.
+
+    Attributes:
+        inner_state: the inner transform's state with each floating leaf of at least
+            ``min_size`` elements (not a scalar, not under an ``exact_fields`` field)
+            replaced by a ``QuantizedArray``; the other leaves as they are.
+    """
+
+    inner_state: OptState
 
 
-@functools.cache
 def dynamic_quantization_map(signed: bool = True) -> np.ndarray:
     """The 256 values of the 8-bit dynamic (tree) quantization data type, sorted.
 
@@ -34,14 +61,42 @@ def dynamic_quantization_map(signed: bool = True) -> np.ndarray:
     the sign bit for one more fraction bit (for non-negative state such as Adam's second
     moment). With exponent e, a signed map has ``2^(6-e)`` values (midpoints of the
     fraction grid) of each sign, an unsigned one ``2^(7-e)``; 0 and 1 complete the 256.
-    This is the construction of ``bitsandbytes.functional.create_dynamic_map``.
+    This is the construction of ``bitsandbytes.functional.create_dynamic_map``::
+
+        for b in 0..6:                    (e = 6 - b)
+            n     = 2^b (signed) or 2^(b+1) (unsigned)
+            edges = linspace(0.1, 1, n + 1)
+            mids  = (edges[:-1] + edges[1:]) / 2 * 10^(b-6)
+            table += mids  (and -mids if signed)
+        table = sort(table + [0, 1])           (127 * 2 + 2 = 254 + 2 = 256 values)
+
+    computed in float64 and rounded to float32 (bitsandbytes' linspace runs in float32).
+
+    Args:
+        signed: a Python or NumPy bool; True (the default) for state of either sign
+            (values in [-0.993, 1]), False for non-negative state (values in [0, 1]).
+            Anything else is a TypeError.
+
+    Returns:
+        A sorted float32 NumPy array of 256 values, read-only (cached, shared).
 
     Example:
         >>> from gradtx.wrappers.quantized import dynamic_quantization_map
         >>> table = dynamic_quantization_map(signed=True)
         >>> table.shape, round(float(table[0]), 6), float(table[127]), float(table[-1])
         ((256,), -0.992969, 0.0, 1.0)
+
+    Reference: Dettmers, 2016, "8-Bit Approximations for Parallelism in Deep Learning"
+    (the dynamic data type); Dettmers, Lewis, Shleifer & Zettlemoyer, 2022, "8-bit
+    Optimizers via Block-wise Quantization" (its unsigned variant, sec. 2).
     """
+    # checked before the cache, which would take 1 (or an unhashable array) for True
+    check.boolean("signed", signed)
+    return _dynamic_quantization_map(bool(signed))
+
+
+@functools.cache
+def _dynamic_quantization_map(signed: bool) -> np.ndarray:
     values = [0.0, 1.0]
     for exponent_bits in range(7):
         fraction_items = 2 ** (exponent_bits + (0 if signed else 1))
@@ -50,11 +105,22 @@ def dynamic_quantization_map(signed: bool = True) -> np.ndarray:
         values.extend(midpoints)
         if signed:
             values.extend(-midpoints)
-    return np.sort(np.asarray(values, np.float32))
+    table = np.sort(np.asarray(values, np.float32))
+    table.setflags(write=False)  # cached: shared by every caller
+    return table
+
+
+# The largest block_size quantized_state takes: one absmax per 16M elements is already
+# far past the point where blocks buy precision (the paper uses 2048).
+MAX_BLOCK_SIZE = 2**24
 
 
 def _blocks(flat: jax.Array, block_size: int) -> jax.Array:
-    """``flat`` zero-padded to whole blocks, shaped ``[number of blocks, block_size]``."""
+    """``flat`` zero-padded to whole blocks, shaped ``[number of blocks, block_size]``.
+
+    A leaf smaller than a block is one block of its own size: the same single absmax
+    and codes as padding it to ``block_size``, without allocating the padding."""
+    block_size = max(min(block_size, flat.size), 1)
     padding = -flat.size % block_size
     return jnp.pad(flat, (0, padding)).reshape(-1, block_size)
 
@@ -212,10 +278,16 @@ def quantized_state(
     per parameter where the sharded float32 state is 8 / n: quantize where the state is
     replicated anyway (data parallelism), not on top of FSDP-style sharding.
 
+    The codes have no NaN: a NaN moment element (from a NaN gradient) is stored as its
+    block's absmax, so the state is finite again from the next step where the
+    unquantized one stays NaN in that element. The step that met the NaN gives a NaN
+    update either way; wrap the optimizer in ``apply_if_finite`` to skip such steps.
+
     Args:
         inner: the transform whose state is quantized (e.g. ``gtx.adam(1e-3)``).
-        block_size: elements per block sharing one absmax, an int >= 1 (the paper uses
-            2048; smaller blocks are more precise and cost 4 / block_size bytes each).
+        block_size: elements per block sharing one absmax, an int in [1, 2**24] (the
+            paper uses 2048; smaller blocks are more precise and cost 4 / block_size
+            bytes each).
         min_size: leaves with fewer elements are kept in their own dtype, an int >= 0
             (0 or 1: every non-empty floating leaf except scalars is quantized).
         unsigned_fields: state field (or dict key) names whose leaves are non-negative,
@@ -244,12 +316,17 @@ def quantized_state(
     Reference: Dettmers, Lewis, Shleifer & Zettlemoyer, 2022, "8-bit Optimizers via
     Block-wise Quantization" (ICLR).
     """
+    if isinstance(block_size, int | np.integer) and block_size > MAX_BLOCK_SIZE:
+        raise ValueError(
+            f"block_size must be at most {MAX_BLOCK_SIZE} (one absmax per block; the paper "
+            f"uses 2048), got {block_size!r}"
+        )
     check.positive_int("block_size", block_size)
     check.non_negative_int("min_size", min_size)
     unsigned_fields = _field_names("unsigned_fields", unsigned_fields)
     # names beyond the defaults (which cover several optimizers) must be in the state
     checked_fields = unsigned_fields - set(_UNSIGNED_FIELDS)
-    inner_update = _update_with_extra_args(inner)
+    inner_update = _update_with_extra_args(inner, "inner")
     tables = {signed: jnp.asarray(dynamic_quantization_map(signed)) for signed in (True, False)}
 
     def is_quantized(leaf: Any) -> bool:

@@ -12,14 +12,32 @@ from gradtx.core import GradientTransformation, ScalarOrSchedule, Updates
 
 
 class SwatsState(NamedTuple):
-    count: jax.Array  # int32, saturating: k, the updates made so far
-    mu: Updates  # m_k, Adam's first moment (frozen after the switch)
-    nu: Updates  # a_k, Adam's second moment (frozen after the switch)
-    momentum: Updates  # v_k, the SGD momentum buffer (zero until the switch)
-    lambda_avg: jax.Array  # lambda_k, the running average of the projected rates gamma_k
-    switched: jax.Array  # bool: whether the SGD phase has begun
-    switch_step: jax.Array  # int32: the k at which the criterion held (0 while in Adam)
-    sgd_learning_rate: jax.Array  # Lambda = lambda_k / (1 - b2^k) at the switch (0 before)
+    """The state of ``swats``. S below is the widest real compute dtype of the params
+    (at least float32; float32 for no params).
+
+    Attributes:
+        count: int32 scalar, k, updates made so far, saturating at 2**31 - 1.
+        mu: m_k, Adam's first moment (frozen after the switch), a tree like the params
+            in their dtype, initially 0.
+        nu: a_k, Adam's second moment (frozen after the switch), a tree like the params
+            in their real dtype, initially 0.
+        momentum: v_k, the SGD momentum buffer (0 until the switch), like ``mu``.
+        lambda_avg: lambda_k, the running average of the projected rates gamma_k, a
+            scalar in S, initially 0.
+        switched: bool scalar, whether the SGD phase has begun.
+        switch_step: int32 scalar, the k at which the criterion held (0 while in Adam).
+        sgd_learning_rate: Lambda = lambda_k / (1 - b2^k) at the switch (0 before), a
+            scalar in S.
+    """
+
+    count: jax.Array
+    mu: Updates
+    nu: Updates
+    momentum: Updates
+    lambda_avg: jax.Array
+    switched: jax.Array
+    switch_step: jax.Array
+    sgd_learning_rate: jax.Array
 
 
 def swats(
@@ -80,7 +98,9 @@ def swats(
     Switching from Adam to SGD".
     """
     scheduled = callable(learning_rate)
-    if not scheduled:
+    if scheduled:
+        check.schedule_arity("learning_rate", learning_rate)
+    else:
         check.non_negative("learning_rate", learning_rate)
     check.unit_interval("b1", b1)
     check.unit_interval("b2", b2)

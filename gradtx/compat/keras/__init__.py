@@ -119,8 +119,12 @@ def _chain(
     weight_decay: float | None,
 ) -> _Core:
     """``blocks``, followed (by ``_keras_optimizer``) by Keras' decoupled weight decay."""
+    return _Core(blocks, learning_rate, weight_decay)
+
+
+def _check_learning_rate(name: str, learning_rate: Any) -> None:
     if not callable(learning_rate):
-        check.non_negative("learning_rate", learning_rate)
+        check.non_negative(name, learning_rate)
     elif not _takes_one_argument(learning_rate):
         raise ValueError(
             f"learning_rate must be a number or a schedule step -> value, got "
@@ -129,9 +133,29 @@ def _chain(
             f"lambda step: ..., or set the value between steps with "
             f"gtx.schedule_injection(kc.<optimizer>) and gtx.set_hyperparams"
         )
+
+
+def _check_weight_decay(name: str, weight_decay: Any) -> None:
     if weight_decay is not None:
-        check.non_negative("weight_decay", weight_decay)
-    return _Core(blocks, learning_rate, weight_decay)
+        check.non_negative(name, weight_decay)
+
+
+# Every argument of the optimizer functions, checked under its Keras name before a
+# gradtx block sees it (the blocks name theirs b1, decay, eps). Keras itself checks
+# only momentum and ema_momentum; these are the ranges its formulas are meant for.
+_ARGUMENT_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "learning_rate": _check_learning_rate,
+    "weight_decay": _check_weight_decay,
+    "momentum": check.unit_interval,
+    "rho": check.unit_interval,
+    "beta_1": check.unit_interval,
+    "beta_2": check.unit_interval,
+    "epsilon": check.non_negative,
+    "initial_accumulator_value": check.non_negative,
+    "nesterov": check.boolean,
+    "amsgrad": check.boolean,
+    "centered": check.boolean,
+}
 
 
 def _takes_one_argument(function: Callable) -> bool:
@@ -188,13 +212,31 @@ def _clip_global_norm(global_clipnorm: float) -> GradientTransformation:
     return GradientTransformation(lambda params: EmptyState(), update)
 
 
-def _excluded(patterns: Any) -> Any:
-    """The weight-decay mask of Keras' ``exclude_from_weight_decay(var_names=...)``:
-    False for the leaves whose path (``"['dense']['bias']"``) a pattern is found in."""
-    if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
+def _check_patterns(patterns: Any) -> None:
+    """``exclude_from_weight_decay``: a list (or tuple) of name patterns, strings."""
+    if not isinstance(patterns, list | tuple | set | frozenset) or not all(
+        isinstance(p, str) for p in patterns
+    ):
         raise ValueError(
             f"exclude_from_weight_decay must be a list of name patterns (strings), got {patterns!r}"
         )
+
+
+def _is_default_ema_momentum(value: Any) -> bool:
+    """``ema_momentum`` at Keras' default 0.99 (as ``schedule_injection`` hands it over
+    too: a float32 array, traced inside ``jit``, where it cannot be read)."""
+    if isinstance(value, jax.core.Tracer):
+        return True
+    try:
+        return bool(np.float32(np.asarray(value, dtype=float)) == np.float32(0.99))
+    except (TypeError, ValueError):
+        return False
+
+
+def _excluded(patterns: Any) -> Any:
+    """The weight-decay mask of Keras' ``exclude_from_weight_decay(var_names=...)``:
+    False for the leaves whose path (``"['dense']['bias']"``) a pattern is found in."""
+    _check_patterns(patterns)
     compiled = [re.compile(pattern) for pattern in patterns]
 
     def mask(params):
@@ -209,8 +251,19 @@ def _excluded(patterns: Any) -> Any:
 
 
 class KerasEmaState(NamedTuple):
-    count: jax.Array  # int32, saturating: updates made so far (Keras' iterations)
-    average: Any  # the moving average of the parameters, in their dtypes
+    """The state of Keras' ``use_ema`` option.
+
+    Attributes:
+        count: int32 scalar, updates made so far, saturating at 2**31 - 1 (Keras' ``iterations``).
+        average: the moving average of the params, a tree like the params in their
+            dtypes, initially the params.
+
+    ``exact_fields`` names the fields that ``quantized_state`` keeps unquantized
+    (a copy of the params: 8-bit rounding would move the params).
+    """
+
+    count: jax.Array
+    average: Any
 
     exact_fields = ("average",)  # a copy of the params: quantized_state keeps it
 
@@ -301,6 +354,12 @@ def _keras_optimizer(build: Callable[..., _Core]) -> Callable[..., GradientTrans
         ema_overwrite_frequency: int | None = None,
         **kwargs: Any,
     ) -> GradientTransformation:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        for name, value in arguments.items():
+            _ARGUMENT_CHECKS[name](name, value)
+        check.boolean("use_ema", use_ema)
         clips = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
         given = {name: value for name, value in clips.items() if value is not None}
         if len(given) > 1:
@@ -309,21 +368,28 @@ def _keras_optimizer(build: Callable[..., _Core]) -> Callable[..., GradientTrans
                 f"Keras), got {given}"
             )
         for name, value in given.items():
-            check.non_negative(name, value)
+            check.non_negative(name, value, allow_inf=name == "clipvalue")
         if loss_scale_factor is not None:
             check.positive("loss_scale_factor", loss_scale_factor)
         steps = gradient_accumulation_steps
-        if steps is not None and (
-            isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 2
+        if steps is not None:
+            check.positive_int("gradient_accumulation_steps", steps)
+            if steps < 2:
+                raise ValueError(
+                    f"gradient_accumulation_steps must be an integer >= 2 (as in Keras), "
+                    f"got {steps!r}"
+                )
+        if exclude_from_weight_decay is not None:
+            _check_patterns(exclude_from_weight_decay)
+        for name, value, unset in (
+            ("ema_overwrite_frequency", ema_overwrite_frequency, ema_overwrite_frequency is None),
+            ("ema_momentum", ema_momentum, _is_default_ema_momentum(ema_momentum)),
         ):
-            raise ValueError(
-                f"gradient_accumulation_steps must be an integer >= 2 (as in Keras), got {steps!r}"
-            )
-        if ema_overwrite_frequency is not None and not use_ema:
-            raise ValueError(
-                f"ema_overwrite_frequency={ema_overwrite_frequency!r} needs use_ema=True "
-                f"(Keras ignores it without; here it would do nothing)"
-            )
+            if not use_ema and not unset:
+                raise ValueError(
+                    f"{name}={value!r} needs use_ema=True "
+                    f"(Keras ignores it without; here it would do nothing)"
+                )
         if use_ema:
             check.in_range("ema_momentum", ema_momentum, 0.0, 1.0)
             if ema_overwrite_frequency is not None:
@@ -333,9 +399,6 @@ def _keras_optimizer(build: Callable[..., _Core]) -> Callable[..., GradientTrans
                     "use_ema with gradient_accumulation_steps is not supported: Keras "
                     "updates its average at every call, from the real update count"
                 )
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        arguments = dict(bound.arguments)
         if steps is not None:
             arguments["learning_rate"] = _at_update_steps(arguments["learning_rate"], steps)
         core = build(**arguments)
@@ -402,6 +465,17 @@ def sgd(
     as PyTorch's SGD while lr is constant; with a schedule, the buffer keeps the past
     learning rates.
 
+    Args:
+        learning_rate: a number >= 0 or a schedule ``step -> value`` (t from 0).
+        momentum: the momentum factor, in [0, 1); 0 (the default) is plain SGD.
+        nesterov: True or False; Nesterov momentum.
+        weight_decay: Keras' decoupled decay ``p <- p - p * wd * lr``, >= 0; None (the
+            default) or 0 is none.
+        clipnorm, clipvalue, global_clipnorm, loss_scale_factor,
+            gradient_accumulation_steps, exclude_from_weight_decay, use_ema,
+            ema_momentum, ema_overwrite_frequency: Keras' base options, keyword only
+            (see the module docstring).
+
     Example:
         >>> import jax.numpy as jnp
         >>> from gradtx.compat import keras as kc
@@ -437,6 +511,19 @@ def rmsprop(
 
     Chain: ``scale_by_rms(rho, epsilon, eps_in_sqrt=True, centered)``,
     ``scale_by_learning_rate(lr)``, ``trace(momentum)``.
+
+    Args:
+        learning_rate: a number >= 0 or a schedule ``step -> value`` (t from 0).
+        rho: the decay of the average of g^2, in [0, 1) (PyTorch's ``alpha``).
+        momentum: the momentum factor, in [0, 1).
+        epsilon: added inside the square root, >= 0 (PyTorch's ``eps``, outside).
+        centered: True or False; divide by the estimated standard deviation of g.
+        weight_decay: Keras' decoupled decay ``p <- p - p * wd * lr``, >= 0; None (the
+            default) or 0 is none.
+        clipnorm, clipvalue, global_clipnorm, loss_scale_factor,
+            gradient_accumulation_steps, exclude_from_weight_decay, use_ema,
+            ema_momentum, ema_overwrite_frequency: Keras' base options, keyword only
+            (see the module docstring).
 
     Example:
         >>> import jax.numpy as jnp
@@ -477,6 +564,19 @@ def adam(
     Chain: ``scale_by_adam(b1, b2, eps, eps_before_bias_correction=True)`` (or
     ``amsgrad_max(correct_after_max=True, eps_before_bias_correction=True)``), then
     ``-lr``. PyTorch and Optax add eps to ``sqrt(v_t / (1 - b2^t))``.
+
+    Args:
+        learning_rate: a number >= 0 or a schedule ``step -> value`` (t from 0).
+        beta_1: the decay of the first moment, in [0, 1) (PyTorch's ``betas[0]``).
+        beta_2: the decay of the second moment, in [0, 1) (PyTorch's ``betas[1]``).
+        epsilon: added to the raw ``sqrt(v)``, >= 0.
+        amsgrad: True or False; the maximum of the past second moments.
+        weight_decay: Keras' decoupled decay ``p <- p - p * wd * lr``, >= 0; None (the
+            default) or 0 is none.
+        clipnorm, clipvalue, global_clipnorm, loss_scale_factor,
+            gradient_accumulation_steps, exclude_from_weight_decay, use_ema,
+            ema_momentum, ema_overwrite_frequency: Keras' base options, keyword only
+            (see the module docstring).
 
     Example:
         >>> import jax.numpy as jnp
@@ -520,6 +620,18 @@ def adamw(
     The decay is Keras' decoupled one, ``p <- p - p * wd * lr``, as on every Keras
     optimizer (PyTorch's AdamW defaults to 1e-2, Optax's to 1e-4).
 
+    Args:
+        learning_rate: a number >= 0 or a schedule ``step -> value`` (t from 0).
+        weight_decay: Keras' decoupled decay ``p <- p - p * wd * lr``, >= 0 (not None).
+        beta_1: the decay of the first moment, in [0, 1).
+        beta_2: the decay of the second moment, in [0, 1).
+        epsilon: added to the raw ``sqrt(v)``, >= 0.
+        amsgrad: True or False; the maximum of the past second moments.
+        clipnorm, clipvalue, global_clipnorm, loss_scale_factor,
+            gradient_accumulation_steps, exclude_from_weight_decay, use_ema,
+            ema_momentum, ema_overwrite_frequency: Keras' base options, keyword only
+            (see the module docstring).
+
     Example:
         >>> import jax.numpy as jnp
         >>> from gradtx.compat import keras as kc
@@ -551,6 +663,17 @@ def adagrad(
         s_t = s_{t-1} + g^2;   p <- p - lr * g / sqrt(s_t + eps)
 
     Chain: ``scale_by_rss(initial_accumulator_value, epsilon)`` then ``-lr``.
+
+    Args:
+        learning_rate: a number >= 0 or a schedule ``step -> value`` (t from 0).
+        initial_accumulator_value: ``s_0``, >= 0 (PyTorch's default is 0).
+        epsilon: added inside the square root, >= 0 (PyTorch's ``eps``, outside).
+        weight_decay: Keras' decoupled decay ``p <- p - p * wd * lr``, >= 0; None (the
+            default) or 0 is none.
+        clipnorm, clipvalue, global_clipnorm, loss_scale_factor,
+            gradient_accumulation_steps, exclude_from_weight_decay, use_ema,
+            ema_momentum, ema_overwrite_frequency: Keras' base options, keyword only
+            (see the module docstring).
 
     Example:
         >>> import jax.numpy as jnp
@@ -588,6 +711,17 @@ def adadelta(
     Chain: ``scale_by_adadelta(rho, epsilon)`` then ``-lr`` (PyTorch: lr=1, rho=0.9,
     eps=1e-6).
 
+    Args:
+        learning_rate: a number >= 0 or a schedule ``step -> value`` (t from 0).
+        rho: the decay of both averages, in [0, 1).
+        epsilon: added inside both square roots, > 0 (at 0 the first step is 0).
+        weight_decay: Keras' decoupled decay ``p <- p - p * wd * lr``, >= 0; None (the
+            default) or 0 is none.
+        clipnorm, clipvalue, global_clipnorm, loss_scale_factor,
+            gradient_accumulation_steps, exclude_from_weight_decay, use_ema,
+            ema_momentum, ema_overwrite_frequency: Keras' base options, keyword only
+            (see the module docstring).
+
     Example:
         >>> import jax.numpy as jnp
         >>> from gradtx.compat import keras as kc
@@ -600,6 +734,7 @@ def adadelta(
     Reference: Zeiler, 2012, "ADADELTA: An Adaptive Learning Rate Method"; Keras'
     ``keras.optimizers.Adadelta``.
     """
+    check.positive("epsilon", epsilon)  # 0 would never move: sqrt(0 + 0) / sqrt(g^2)
     blocks = [
         ("adadelta", scale_by_adadelta(rho, epsilon)),
         ("learning_rate", scale_by_learning_rate(learning_rate)),
@@ -622,6 +757,18 @@ def adamax(
         u_t = max(b2 u, |g|);   p <- p - lr * m_t / ((1 - b1^t) (u_t + eps))
 
     Chain: ``scale_by_adamax(b1, b2, epsilon, eps_in_max=False)`` then ``-lr``.
+
+    Args:
+        learning_rate: a number >= 0 or a schedule ``step -> value`` (t from 0).
+        beta_1: the decay of the first moment, in [0, 1).
+        beta_2: the decay of the infinity norm, in [0, 1).
+        epsilon: added after the maximum, >= 0 (PyTorch's ``eps``, inside it).
+        weight_decay: Keras' decoupled decay ``p <- p - p * wd * lr``, >= 0; None (the
+            default) or 0 is none.
+        clipnorm, clipvalue, global_clipnorm, loss_scale_factor,
+            gradient_accumulation_steps, exclude_from_weight_decay, use_ema,
+            ema_momentum, ema_overwrite_frequency: Keras' base options, keyword only
+            (see the module docstring).
 
     Example:
         >>> import jax.numpy as jnp
@@ -653,6 +800,18 @@ def nadam(
 
     Chain: ``scale_by_nadam_schedule(b1, b2, epsilon, momentum_decay=1.0)`` then
     ``-lr`` (PyTorch's NAdam uses ``0.96^(t * 0.004)``).
+
+    Args:
+        learning_rate: a number >= 0 or a schedule ``step -> value`` (t from 0).
+        beta_1: the decay of the first moment, in [0, 1) (the ``b1`` of ``mu_t``).
+        beta_2: the decay of the second moment, in [0, 1).
+        epsilon: added outside the square root, >= 0.
+        weight_decay: Keras' decoupled decay ``p <- p - p * wd * lr``, >= 0; None (the
+            default) or 0 is none.
+        clipnorm, clipvalue, global_clipnorm, loss_scale_factor,
+            gradient_accumulation_steps, exclude_from_weight_decay, use_ema,
+            ema_momentum, ema_overwrite_frequency: Keras' base options, keyword only
+            (see the module docstring).
 
     Example:
         >>> import jax.numpy as jnp

@@ -25,18 +25,70 @@ __all__ = ["ReduceLROnPlateau", "ReduceLROnPlateauState", "reduce_lr_on_plateau"
 
 
 class ReduceLROnPlateauState(NamedTuple):
-    best: float | None  # the best metric so far; None before the first (Keras' None)
-    wait: int  # epochs without improvement, counted outside cooldown
-    cooldown_counter: int  # epochs left to ignore after a reduction
-    learning_rate: float | None  # the rate it left in the optimizer's state last epoch
+    """The host-side state of ``reduce_lr_on_plateau``: Python numbers, not arrays.
+
+    Attributes:
+        best: float, the best metric so far; None before the first (Keras' None).
+        wait: int >= 0, epochs without improvement, counted outside cooldown.
+        cooldown_counter: int >= 0, epochs left to ignore after a reduction.
+        learning_rate: float, the rate it left in the optimizer's state at the last
+            epoch (as stored, float32-rounded); None before the first.
+    """
+
+    best: float | None
+    wait: int
+    cooldown_counter: int
+    learning_rate: float | None
 
 
 class ReduceLROnPlateau(NamedTuple):
     """``init() -> state`` and ``on_epoch_end(value, opt_state, state) -> (opt_state,
-    state)``: host-side, called once per epoch outside ``jit``, as Keras calls it."""
+    state)``: host-side, called once per epoch outside ``jit``, as Keras calls it.
+
+    Built by ``reduce_lr_on_plateau``, which describes the rule.
+
+    Attributes:
+        init: ``init() -> ReduceLROnPlateauState``, the state before the first epoch.
+        on_epoch_end: ``(value, opt_state, state) -> (opt_state, state)``: ``value`` is
+            the epoch's metric (a real scalar), ``opt_state`` a state holding an injected
+            ``learning_rate``; returns it with the rate reduced or unchanged.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> from gradtx.compat import keras as kc
+        >>> opt_state = gtx.sgd(0.1).init(jnp.zeros(1))
+        >>> plateau = kc.reduce_lr_on_plateau(factor=0.5, patience=1)
+        >>> opt_state, state = plateau.on_epoch_end(1.0, opt_state, plateau.init())
+        >>> opt_state, state = plateau.on_epoch_end(1.0, opt_state, state)
+        >>> state.wait, round(state.learning_rate, 6)
+        (0, 0.05)
+    """
 
     init: Callable[[], ReduceLROnPlateauState]
     on_epoch_end: Callable[[Any, OptState, ReduceLROnPlateauState], tuple]
+
+
+def _metric(monitor: str, value: Any) -> float:
+    """The monitored metric as a float: a real number (a scalar array too). NaN is let
+    through: Keras compares it, and it never counts as an improvement."""
+    array = None
+    if not isinstance(value, str | bytes | bool | np.bool_):
+        try:
+            array = np.asarray(value)
+        except Exception:  # an object NumPy cannot take
+            array = None
+    if (
+        array is None
+        or array.ndim
+        or not np.issubdtype(array.dtype, np.number)
+        or np.iscomplexobj(array)
+    ):
+        raise TypeError(
+            f"on_epoch_end's value, the monitored metric {monitor!r}, must be a real "
+            f"number (a float or a 0-d array), got {value!r}"
+        )
+    return float(array)
 
 
 def reduce_lr_on_plateau(
@@ -112,6 +164,11 @@ def reduce_lr_on_plateau(
     check.non_negative("min_lr", min_lr)
     if not isinstance(monitor, str):
         raise TypeError(f"monitor must be a metric name (a string), got {monitor!r}")
+    if path is not None and not isinstance(path, str):
+        raise TypeError(
+            f"path must be None or a string (a state path, as gtx.set_hyperparams takes), "
+            f"got {path!r}"
+        )
     if mode == "auto":
         if monitor.removeprefix("val_") != "loss":
             raise ValueError(
@@ -142,7 +199,7 @@ def reduce_lr_on_plateau(
                 "reduce_lr_on_plateau runs on the host at the end of an epoch, as Keras' "
                 "callback does: call on_epoch_end outside jax.jit with the metric's value"
             )
-        current = float(np.asarray(value))
+        current = _metric(monitor, value)
         best, wait, cooldown_counter, left = state
         rate = current_rate(opt_state)
         if left is not None and rate != left:

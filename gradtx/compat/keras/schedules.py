@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 
 from gradtx import check, numerics
+from gradtx.compat import _validate
 from gradtx.core import Schedule
 from gradtx.schedules.steps import increasing_boundaries
 
@@ -31,6 +32,16 @@ __all__ = [
     "piecewise_constant_decay",
     "polynomial_decay",
 ]
+
+
+def _learning_rate(name: str, value) -> None:
+    """A learning rate: a finite real scalar >= 0 (not a schedule, not a string)."""
+    _validate.number(name, value, 0.0)
+
+
+def _decay_steps(name: str, value) -> None:
+    """A number of steps > 0, finite; Keras takes a float too (``t / decay_steps``)."""
+    _validate.number(name, value, 0.0, low_inclusive=False)
 
 
 def _step(step) -> jnp.ndarray:
@@ -53,13 +64,27 @@ def exponential_decay(
 ) -> Schedule:
     """``ExponentialDecay``: ``lr * decay_rate^(t / decay_steps)`` (floored if staircase).
 
+    Args:
+        initial_learning_rate: the value at step 0, >= 0.
+        decay_steps: the steps over which the value is multiplied by ``decay_rate``,
+            a number > 0.
+        decay_rate: the factor per ``decay_steps``, >= 0 (above 1 it grows; a negative
+            one would make fractional powers NaN).
+        staircase: True or False; True floors ``t / decay_steps`` (a step every
+            ``decay_steps``).
+
     Example:
         >>> import jax.numpy as jnp
         >>> from gradtx.compat import keras as kc
         >>> kc.exponential_decay(1.0, 2, 0.5, staircase=True)(jnp.arange(4)).tolist()
         [1.0, 1.0, 0.5, 0.5]
+
+    Reference: Keras' ``keras.optimizers.schedules.ExponentialDecay``.
     """
-    check.positive("decay_steps", decay_steps)
+    _learning_rate("initial_learning_rate", initial_learning_rate)
+    _decay_steps("decay_steps", decay_steps)
+    _validate.number("decay_rate", decay_rate, 0.0)
+    check.boolean("staircase", staircase)
 
     def schedule(step):
         t = _step(step)
@@ -74,13 +99,25 @@ def inverse_time_decay(
 ) -> Schedule:
     """``InverseTimeDecay``: ``lr / (1 + decay_rate * t / decay_steps)`` (floored if staircase).
 
+    Args:
+        initial_learning_rate: the value at step 0, >= 0.
+        decay_steps: the unit of ``t`` in the formula, a number > 0.
+        decay_rate: >= 0 (a negative one would cross 0 and give negative or infinite
+            rates).
+        staircase: True or False; True floors ``t / decay_steps``.
+
     Example:
         >>> import jax.numpy as jnp
         >>> from gradtx.compat import keras as kc
         >>> kc.inverse_time_decay(1.0, 1, 1.0)(jnp.arange(4)).tolist()
         [1.0, 0.5, 0.3333333432674408, 0.25]
+
+    Reference: Keras' ``keras.optimizers.schedules.InverseTimeDecay``.
     """
-    check.positive("decay_steps", decay_steps)
+    _learning_rate("initial_learning_rate", initial_learning_rate)
+    _decay_steps("decay_steps", decay_steps)
+    _validate.number("decay_rate", decay_rate, 0.0)
+    check.boolean("staircase", staircase)
 
     def schedule(step):
         t = _step(step)
@@ -96,13 +133,24 @@ def piecewise_constant_decay(boundaries: Sequence[int], values: Sequence[float])
     Keras switches after the boundary (``t > boundary``), one step later than
     ``gradtx.schedules.piecewise_constant`` and PyTorch's ``MultiStepLR``.
 
+    Args:
+        boundaries: strictly increasing step numbers, non-negative integers.
+        values: ``len(boundaries) + 1`` learning rates, each >= 0.
+
     Example:
         >>> import jax.numpy as jnp
         >>> from gradtx.compat import keras as kc
         >>> kc.piecewise_constant_decay([1, 2], [1.0, 0.5, 0.25])(jnp.arange(4)).tolist()
         [1.0, 1.0, 0.5, 0.25]
+
+    Reference: Keras' ``keras.optimizers.schedules.PiecewiseConstantDecay``.
     """
-    boundaries, values = list(increasing_boundaries("boundaries", boundaries)), list(values)
+    boundaries = list(increasing_boundaries("boundaries", boundaries))
+    if isinstance(values, str | bytes | dict) or not hasattr(values, "__iter__"):
+        raise TypeError(f"values must be a sequence of learning rates, got {values!r}")
+    values = list(values)
+    for index, value in enumerate(values):
+        _learning_rate(f"values[{index}]", value)
     if len(values) != len(boundaries) + 1:
         raise ValueError(
             f"values must have len(boundaries) + 1 = {len(boundaries) + 1} entries, got "
@@ -131,14 +179,30 @@ def polynomial_decay(
     ``t`` is clipped at ``decay_steps``; with ``cycle`` the horizon grows instead to the
     next multiple of ``decay_steps`` (``decay_steps * ceil(t / decay_steps)``, 1 at t=0).
 
+    Args:
+        initial_learning_rate: the value at step 0, >= 0.
+        decay_steps: the steps to reach ``end_learning_rate``, a number > 0.
+        end_learning_rate: the value from ``decay_steps`` on, >= 0 (above
+            ``initial_learning_rate`` the schedule rises to it).
+        power: the power of the polynomial, >= 0 (a negative one is infinite at the
+            end).
+        cycle: True or False; True restarts the decay at every multiple of
+            ``decay_steps``.
+
     Example:
         >>> import jax.numpy as jnp
         >>> from gradtx.compat import keras as kc
         >>> schedule = kc.polynomial_decay(1.0, 2, end_learning_rate=0.0)
         >>> schedule(jnp.arange(4)).tolist()
         [1.0, 0.5, 0.0, 0.0]
+
+    Reference: Keras' ``keras.optimizers.schedules.PolynomialDecay``.
     """
-    check.positive("decay_steps", decay_steps)
+    _learning_rate("initial_learning_rate", initial_learning_rate)
+    _decay_steps("decay_steps", decay_steps)
+    _learning_rate("end_learning_rate", end_learning_rate)
+    _validate.number("power", power, 0.0)
+    check.boolean("cycle", cycle)
 
     def schedule(step):
         t = _step(step)
@@ -172,14 +236,35 @@ def cosine_decay(
     is periodic instead). With ``warmup_target``: linear from ``initial_learning_rate``
     to ``warmup_target`` over ``warmup_steps``, then the decay from ``warmup_target``.
 
+    Args:
+        initial_learning_rate: the value at step 0, >= 0.
+        decay_steps: the length of the cosine, a number > 0.
+        alpha: the final value as a fraction of the decay's start, in [0, 1].
+        warmup_target: None (no warmup, Keras' default) or the value the warmup
+            reaches, >= 0.
+        warmup_steps: the warmup's length, a number >= 0; only with ``warmup_target``
+            (Keras ignores it without one).
+
     Example:
         >>> import jax.numpy as jnp
         >>> from gradtx.compat import keras as kc
         >>> [round(v, 6) for v in kc.cosine_decay(1.0, 2)(jnp.arange(4)).tolist()]
         [1.0, 0.5, 0.0, 0.0]
+
+    Reference: Keras' ``keras.optimizers.schedules.CosineDecay``.
     """
-    check.positive("decay_steps", decay_steps)
-    check.non_negative("warmup_steps", warmup_steps)
+    _learning_rate("initial_learning_rate", initial_learning_rate)
+    _decay_steps("decay_steps", decay_steps)
+    _validate.number("alpha", alpha, 0.0, 1.0)
+    _validate.number("warmup_steps", warmup_steps, 0.0)
+    if warmup_target is None:
+        if warmup_steps != 0:
+            raise ValueError(
+                f"warmup_steps={warmup_steps!r} needs a warmup_target (Keras ignores it "
+                f"without; here it would do nothing)"
+            )
+    else:
+        _learning_rate("warmup_target", warmup_target)
 
     def decayed(t, start):
         fraction = t / decay_steps
@@ -214,6 +299,14 @@ def cosine_decay_restarts(
     m_mul^i * (1 + cos(pi * fraction)) / 2 + alpha)``. Computed with Keras' operations,
     the float32 floor and cosine included (see the module docstring).
 
+    Args:
+        initial_learning_rate: the value at step 0, >= 0.
+        first_decay_steps: the length of the first period, a number > 0.
+        t_mul: the growth of the periods' lengths, >= 1 (below 1 the periods shrink to
+            nothing and Keras' formula is NaN from their sum on).
+        m_mul: the factor of each period's peak over the previous one's, >= 0.
+        alpha: the floor as a fraction of ``initial_learning_rate``, in [0, 1].
+
     Example:
         >>> import jax.numpy as jnp
         >>> from gradtx.compat import keras as kc
@@ -222,10 +315,13 @@ def cosine_decay_restarts(
         [1.0, 0.5, 0.5, 0.25, 0.25]
 
     Reference: Loshchilov & Hutter, 2017, "SGDR: Stochastic Gradient Descent with Warm
-    Restarts".
+    Restarts"; Keras' ``keras.optimizers.schedules.CosineDecayRestarts``.
     """
-    check.positive("first_decay_steps", first_decay_steps)
-    check.positive("t_mul", t_mul)
+    _learning_rate("initial_learning_rate", initial_learning_rate)
+    _decay_steps("first_decay_steps", first_decay_steps)
+    _validate.number("t_mul", t_mul, 1.0)
+    _validate.number("m_mul", m_mul, 0.0)
+    _validate.number("alpha", alpha, 0.0, 1.0)
 
     def schedule(step):
         fraction = _step(step) / first_decay_steps

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradtx import check, numerics
+from gradtx.compat import _validate
 from gradtx.compat.torch import lr_scheduler
 from gradtx.compat.torch.state_dict import load_plateau_state, load_state_dict
 from gradtx.core import EmptyState, GradientTransformation, ScalarOrSchedule, named_chain
@@ -100,10 +101,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _check_flags(**flags: Any) -> None:
+    """PyTorch's flags (maximize, amsgrad, ...) are True or False: PyTorch reads any
+    value by its truth, so ``maximize="no"`` would ascend."""
+    for name, value in flags.items():
+        check.boolean(name, value)
+
+
 def _check_betas(betas: Any) -> tuple[Any, Any]:
-    if _is_schedule(betas) or len(betas) != 2:
-        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    b1, b2 = (_plain(b) for b in betas)
+    b1, b2 = (_plain(b) for b in _validate.pair("betas", betas, "(beta1, beta2)"))
     check.unit_interval("betas[0]", b1, schedule=True)
     check.unit_interval("betas[1]", b2, schedule=True)
     return b1, b2
@@ -201,6 +207,7 @@ def _chain(
     decoupled: bool = False,
 ) -> GradientTransformation:
     """``maximize -> [L2 decay] -> core -> [decoupled decay] -> -lr``, PyTorch's order."""
+    _check_flags(maximize=maximize)
     check.non_negative("weight_decay", weight_decay)
     blocks: list[tuple[str, GradientTransformation]] = []
     if maximize:
@@ -256,6 +263,7 @@ def sgd(
     and momentum in deep learning"; PyTorch's ``torch.optim.SGD``.
     """
     _check_lr(lr)
+    _check_flags(nesterov=nesterov, maximize=maximize)
     momentum = _plain(momentum)
     check.unit_interval("momentum", momentum, schedule=True)
     check.in_range("dampening", dampening, 0.0, 1.0)
@@ -317,6 +325,7 @@ def adam(
     & Kumar, 2018, "On the Convergence of Adam and Beyond"; PyTorch's ``torch.optim.Adam``.
     """
     _check_lr(lr)
+    _check_flags(amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
     b1, b2 = _check_betas(betas)
     if amsgrad:
         adam_tx = _with_schedules(
@@ -347,7 +356,14 @@ def adamw(
     Chain: ``scale_by_adam``, ``add_decayed_weights(weight_decay)``,
     ``scale_by_learning_rate(lr)``. Optax's ``adamw`` defaults to ``weight_decay=1e-4``.
 
-    Args: as ``adam``.
+    Args:
+        lr: learning rate, >= 0, or a schedule.
+        betas: ``(b1, b2)``, each in [0, 1) or a schedule (PyTorch's ``cycle_momentum``
+            sets ``betas[0]``: ``lr_scheduler.one_cycle_momentum``/``cyclic_momentum``).
+        eps: added outside the square root, >= 0.
+        weight_decay: decoupled decay, ``p <- p (1 - lr wd)``, >= 0 (default 1e-2).
+        amsgrad: PyTorch's AMSGrad, True or False.
+        maximize: ascend instead of descending, True or False.
 
     Example:
         >>> import jax.numpy as jnp
@@ -388,7 +404,8 @@ def adagrad(
 
     Args:
         lr: learning rate, >= 0, or a schedule.
-        lr_decay: the learning rate at step t (from 0) is ``lr / (1 + t * lr_decay)``.
+        lr_decay: the learning rate at step t (from 0) is ``lr / (1 + t * lr_decay)``,
+            >= 0 and finite.
         weight_decay: L2 penalty, >= 0.
         initial_accumulator_value: ``s_0``, >= 0.
         eps: added outside the square root, >= 0.
@@ -407,7 +424,9 @@ def adagrad(
     Learning and Stochastic Optimization"; PyTorch's ``torch.optim.Adagrad``.
     """
     _check_lr(lr)
-    check.non_negative("lr_decay", lr_decay)
+    # finite: an infinite decay makes every rate after the first 0 or NaN (PyTorch
+    # takes inf, and its second step divides by it)
+    _validate.number("lr_decay", lr_decay, 0.0)
     if not _is_zero(lr_decay):
         base = lr
 
@@ -464,6 +483,7 @@ def rmsprop(
     Sequences With Recurrent Neural Networks"; PyTorch's ``torch.optim.RMSprop``.
     """
     _check_lr(lr)
+    _check_flags(centered=centered, maximize=maximize)
     check.unit_interval("alpha", alpha)
     momentum = _plain(momentum)
     check.unit_interval("momentum", momentum, schedule=True)
@@ -605,6 +625,7 @@ def nadam(
     ``torch.optim.NAdam``.
     """
     _check_lr(lr)
+    _check_flags(decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
     b1, b2 = _check_betas(betas)
     nadam_tx = _with_schedules(
         scale_by_nadam_schedule, _BETAS, b1=b1, b2=b2, eps=eps, momentum_decay=momentum_decay
@@ -656,6 +677,7 @@ def radam(
     PyTorch's ``torch.optim.RAdam``.
     """
     _check_lr(lr)
+    _check_flags(decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
     b1, b2 = _check_betas(betas)
     radam_tx = _with_schedules(
         scale_by_radam,
@@ -691,9 +713,9 @@ def rprop(
 
     Args:
         lr: initial step size, > 0, or a schedule (evaluated at 0).
-        etas: ``(eta_minus, eta_plus)``.
-        step_sizes: ``(min_step_size, max_step_size)``.
-        maximize: ascend instead of descending.
+        etas: ``(eta_minus, eta_plus)``, ``0 < eta_minus < 1 <= eta_plus``.
+        step_sizes: ``(min_step_size, max_step_size)``, ``0 <= min <= max``.
+        maximize: ascend instead of descending, True or False.
 
     Example:
         >>> import jax.numpy as jnp
@@ -707,17 +729,15 @@ def rprop(
     Reference: Riedmiller & Braun, 1993, "A Direct Adaptive Method for Faster
     Backpropagation Learning: The RPROP Algorithm"; PyTorch's ``torch.optim.Rprop``.
     """
+    _check_flags(maximize=maximize)
     initial = float(lr(0)) if callable(lr) else lr
     check.positive("lr", initial)
-    for name, pair in (("etas", etas), ("step_sizes", step_sizes)):
-        if _is_schedule(pair) or len(pair) != 2:
-            raise ValueError(f"{name} must be a pair, got {pair!r}")
-    eta_minus, eta_plus = etas
-    min_step, max_step = step_sizes
+    eta_minus, eta_plus = _validate.pair("etas", etas, "(eta_minus, eta_plus)")
+    min_step, max_step = _validate.pair("step_sizes", step_sizes, "(min_step, max_step)")
     check.in_range("etas[0]", eta_minus, 0.0, 1.0, low_inclusive=False)
     check.in_range("etas[1]", eta_plus, 1.0, None)
     check.non_negative("step_sizes[0]", min_step)
-    check.non_negative("step_sizes[1]", max_step)
+    check.non_negative("step_sizes[1]", max_step, allow_inf=True)
     check.at_least("step_sizes[1]", max_step, "step_sizes[0]", min_step)
     blocks = [("maximize", scale(-1.0))] if maximize else []
     blocks += [
@@ -771,6 +791,7 @@ def asgd(
         [-0.2]
     """
     _check_lr(lr)
+    _check_flags(maximize=maximize)
     check.non_negative("weight_decay", weight_decay)
     blocks = [("maximize", scale(-1.0))] if maximize else []
     if not _is_zero(weight_decay):
@@ -812,8 +833,9 @@ def clip_grad_norm(
 
     Reference: PyTorch's ``torch.nn.utils.clip_grad_norm_``.
     """
-    check.non_negative("max_norm", max_norm)
-    check.number("norm_type", norm_type)
+    check.non_negative("max_norm", max_norm, allow_inf=True)
+    check.number("norm_type", norm_type, allow_inf=True)
+    _check_flags(error_if_nonfinite=error_if_nonfinite)
     if error_if_nonfinite:
         raise ValueError(
             "error_if_nonfinite=True: a jitted step cannot raise on a non-finite norm; "

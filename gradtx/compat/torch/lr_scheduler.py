@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from gradtx import check, numerics
+from gradtx.compat import _validate
 from gradtx.core import GradientTransformation, Schedule
 from gradtx.schedules.plateau import reduce_on_plateau
 
@@ -59,11 +60,18 @@ def _positive_int(name: str, value) -> None:
 def step_lr(base_lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
     """``StepLR``: ``lr_t = base_lr * gamma^floor(t / step_size)``.
 
+    Args:
+        base_lr: the optimizer's initial learning rate, >= 0.
+        step_size: steps between two decays, a positive integer.
+        gamma: the factor per decay, >= 0 (above 1 it grows, as PyTorch lets it).
+
     Example:
         >>> import jax.numpy as jnp
         >>> from gradtx.compat.torch import lr_scheduler
         >>> lr_scheduler.step_lr(1.0, step_size=2, gamma=0.5)(jnp.arange(5)).tolist()
         [1.0, 1.0, 0.5, 0.5, 0.25]
+
+    Reference: PyTorch's ``torch.optim.lr_scheduler.StepLR``.
     """
     check.non_negative("base_lr", base_lr)
     _positive_int("step_size", step_size)
@@ -79,19 +87,27 @@ def step_lr(base_lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
 def multistep_lr(base_lr: float, milestones: Sequence[int], gamma: float = 0.1) -> Schedule:
     """``MultiStepLR``: ``lr_t = base_lr * gamma^(number of milestones <= t)``.
 
-    A milestone listed twice counts twice, as in PyTorch.
+    A milestone listed twice counts twice, and the order of the milestones does not
+    matter, as in PyTorch (which keeps them in a ``Counter``).
+
+    Args:
+        base_lr: the optimizer's initial learning rate, >= 0.
+        milestones: the steps at which the rate is multiplied by ``gamma``, a sequence
+            of non-negative integers (a float milestone, which PyTorch's step count
+            never equals, is refused).
+        gamma: the factor per milestone, >= 0.
 
     Example:
         >>> import jax.numpy as jnp
         >>> from gradtx.compat.torch import lr_scheduler
         >>> lr_scheduler.multistep_lr(1.0, [1, 3], gamma=0.5)(jnp.arange(5)).tolist()
         [1.0, 0.5, 0.5, 0.25, 0.25]
+
+    Reference: PyTorch's ``torch.optim.lr_scheduler.MultiStepLR``.
     """
     check.non_negative("base_lr", base_lr)
     check.non_negative("gamma", gamma)
-    counts = Counter(int(m) for m in milestones)
-    if any(m < 0 for m in counts):
-        raise ValueError(f"milestones must be non-negative integers, got {list(milestones)!r}")
+    counts = Counter(_validate.step_counts("milestones", milestones))
 
     def schedule(step):
         t, _ = _as_float(step)
@@ -104,11 +120,17 @@ def multistep_lr(base_lr: float, milestones: Sequence[int], gamma: float = 0.1) 
 def exponential_lr(base_lr: float, gamma: float) -> Schedule:
     """``ExponentialLR``: ``lr_t = base_lr * gamma^t``.
 
+    Args:
+        base_lr: the optimizer's initial learning rate, >= 0.
+        gamma: the factor per step, >= 0 (above 1 it grows, as PyTorch lets it).
+
     Example:
         >>> import jax.numpy as jnp
         >>> from gradtx.compat.torch import lr_scheduler
         >>> lr_scheduler.exponential_lr(1.0, gamma=0.5)(jnp.arange(3)).tolist()
         [1.0, 0.5, 0.25]
+
+    Reference: PyTorch's ``torch.optim.lr_scheduler.ExponentialLR``.
     """
     check.non_negative("base_lr", base_lr)
     check.non_negative("gamma", gamma)
@@ -127,15 +149,25 @@ def cosine_annealing_lr(base_lr: float, T_max: int, eta_min: float = 0.0) -> Sch
     recursion is; Keras' ``CosineDecay`` and ``gradtx.schedules.cosine_decay`` hold
     ``eta_min`` instead.
 
+    Args:
+        base_lr: the optimizer's initial learning rate, >= 0.
+        T_max: the steps from ``base_lr`` down to ``eta_min`` (half a period), a
+            positive integer.
+        eta_min: the lowest rate, >= 0 (above ``base_lr`` the wave is upside down, as
+            in PyTorch).
+
     Example:
         >>> import jax.numpy as jnp
         >>> from gradtx.compat.torch import lr_scheduler
         >>> values = lr_scheduler.cosine_annealing_lr(1.0, T_max=2)(jnp.arange(5))
         >>> [round(v, 6) for v in values.tolist()]
         [1.0, 0.5, 0.0, 0.5, 1.0]
+
+    Reference: PyTorch's ``torch.optim.lr_scheduler.CosineAnnealingLR``.
     """
     check.non_negative("base_lr", base_lr)
     _positive_int("T_max", T_max)
+    _validate.number("eta_min", eta_min, 0.0)
 
     def schedule(step):
         _, t = _as_float(step)
@@ -156,6 +188,13 @@ def cosine_annealing_warm_restarts(
     steps since its start, ``lr = eta_min + (base_lr - eta_min) (1 + cos(pi T_cur /
     T_i)) / 2``.
 
+    Args:
+        base_lr: the optimizer's initial learning rate, >= 0.
+        T_0: the length of the first period, a positive integer.
+        T_mult: the factor of each period's length over the previous one's, a
+            positive integer.
+        eta_min: the lowest rate, >= 0.
+
     Example:
         >>> import jax.numpy as jnp
         >>> from gradtx.compat.torch import lr_scheduler
@@ -164,11 +203,12 @@ def cosine_annealing_warm_restarts(
         [1.0, 0.5, 1.0, 0.853553, 0.5, 0.146447, 1.0]
 
     Reference: Loshchilov & Hutter, 2017, "SGDR: Stochastic Gradient Descent with Warm
-    Restarts".
+    Restarts"; PyTorch's ``torch.optim.lr_scheduler.CosineAnnealingWarmRestarts``.
     """
     check.non_negative("base_lr", base_lr)
     _positive_int("T_0", T_0)
     _positive_int("T_mult", T_mult)
+    _validate.number("eta_min", eta_min, 0.0)
     starts, lengths = [0], [T_0]
     while starts[-1] + lengths[-1] <= 2**31 - 1:
         starts.append(starts[-1] + lengths[-1])
@@ -206,6 +246,10 @@ def _cyclic_wave(
     down = step_size_up if step_size_down is None else step_size_down
     _positive_int("step_size_down", down)
     check.one_of("mode", mode, ("triangular", "triangular2", "exp_range"))
+    # checked in every mode (only 'exp_range' reads it), so that a mistake is not
+    # carried silently into a later switch of mode; > 0 (a negative gamma gives
+    # alternating signs, NaN powers), above 1 allowed as in PyTorch (growing cycles)
+    _validate.number("gamma", gamma, 0.0, low_inclusive=False)
     total = float(step_size_up + down)
     ratio = step_size_up / total
 
@@ -225,6 +269,7 @@ def _cyclic_wave(
 
 
 def _no_cycle_momentum(scheduler: str, cycle_momentum: bool, momentum_schedule: str) -> None:
+    check.boolean("cycle_momentum", cycle_momentum)
     if cycle_momentum:
         raise ValueError(
             f"cycle_momentum=True: {scheduler} gives the learning rate only; PyTorch's "
@@ -256,6 +301,19 @@ def cyclic_lr(
     with the same steps, passed as the optimizer's ``betas[0]`` or ``momentum``. This
     schedule is the learning rate only; ``cycle_momentum=True`` is a ValueError saying so.
 
+    Args:
+        base_lr: the lowest rate, at the start of each cycle, >= 0.
+        max_lr: the rate at the top of each cycle, >= 0 (below ``base_lr`` the wave is
+            upside down, as in PyTorch).
+        step_size_up: steps from the bottom to the top, a positive integer.
+        step_size_down: steps from the top back down, a positive integer; None (the
+            default) is ``step_size_up``.
+        mode: ``'triangular'``, ``'triangular2'`` or ``'exp_range'``.
+        gamma: the per-step factor of the height in ``'exp_range'``, > 0 (PyTorch
+            takes above 1 too: growing cycles); checked in every mode.
+        cycle_momentum: False; True (PyTorch's default) is a ValueError pointing to
+            ``cyclic_momentum``.
+
     Example:
         >>> import jax.numpy as jnp
         >>> from gradtx.compat.torch import lr_scheduler
@@ -263,7 +321,8 @@ def cyclic_lr(
         >>> [round(v, 6) for v in values.tolist()]
         [0.0, 0.5, 1.0, 0.5, 0.0, 0.5]
 
-    Reference: Smith, 2017, "Cyclical Learning Rates for Training Neural Networks".
+    Reference: Smith, 2017, "Cyclical Learning Rates for Training Neural Networks";
+    PyTorch's ``torch.optim.lr_scheduler.CyclicLR``.
     """
     check.non_negative("base_lr", base_lr)
     check.non_negative("max_lr", max_lr)
@@ -286,6 +345,11 @@ def cyclic_momentum(
     base_momentum) * height``. Pass it as ``betas[0]`` of ``adam``/``adamw``/``nadam``/
     ``radam``/``adamax`` or as ``momentum`` of ``sgd``/``rmsprop`` (PyTorch sets whichever
     the optimizer has), with the ``cyclic_lr`` of the same steps as ``lr``.
+
+    Args:
+        step_size_up, step_size_down, mode, gamma: as ``cyclic_lr`` (the same steps).
+        base_momentum: the momentum where the learning rate peaks, in [0, 1).
+        max_momentum: the momentum at the start of each cycle, in [0, 1).
 
     Example:
         >>> import jax.numpy as jnp
@@ -316,6 +380,7 @@ def _one_cycle_phases(
     _positive_int("total_steps", total_steps)
     check.in_range("pct_start", pct_start, 0.0, 1.0)
     check.one_of("anneal_strategy", anneal_strategy, ("cos", "linear"))
+    check.boolean("three_phase", three_phase)
     start, peak, back, end = values
     if three_phase:
         phases = [
@@ -371,6 +436,19 @@ def one_cycle_lr(
     by 5e-2 of the largest parameter (AdamW) and 0.17 (SGD). This schedule is the
     learning rate only; ``cycle_momentum=True`` is a ValueError saying so.
 
+    Args:
+        max_lr: the peak rate, >= 0.
+        total_steps: the length of the schedule, a positive integer (PyTorch's
+            ``epochs * steps_per_epoch`` is that product).
+        pct_start: the fraction of the steps spent rising, in [0, 1].
+        anneal_strategy: ``'cos'`` or ``'linear'``.
+        div_factor: ``max_lr / initial``, > 0.
+        final_div_factor: ``initial / final``, > 0.
+        three_phase: True or False; True comes back to ``initial`` before the final
+            phase.
+        cycle_momentum: False; True (PyTorch's default) is a ValueError pointing to
+            ``one_cycle_momentum``.
+
     Example:
         >>> import jax.numpy as jnp
         >>> from gradtx.compat.torch import lr_scheduler
@@ -381,7 +459,7 @@ def one_cycle_lr(
         [0.25, 1.0, 0.75, 0.5, 0.25]
 
     Reference: Smith & Topin, 2019, "Super-Convergence: Very Fast Training of Neural
-    Networks Using Large Learning Rates".
+    Networks Using Large Learning Rates"; PyTorch's ``torch.optim.lr_scheduler.OneCycleLR``.
     """
     check.non_negative("max_lr", max_lr)
     check.positive("div_factor", div_factor)
@@ -409,6 +487,12 @@ def one_cycle_momentum(
     and held through the third). Pass it as ``betas[0]`` of ``adam``/``adamw``/``nadam``/
     ``radam``/``adamax`` or as ``momentum`` of ``sgd``/``rmsprop`` (PyTorch sets whichever
     the optimizer has), with the ``one_cycle_lr`` of the same steps as ``lr``.
+
+    Args:
+        total_steps, pct_start, anneal_strategy, three_phase: as ``one_cycle_lr``
+            (the same steps).
+        base_momentum: the momentum where the learning rate peaks, in [0, 1).
+        max_momentum: the momentum at the start and the end, in [0, 1).
 
     Example:
         >>> import jax.numpy as jnp
@@ -441,12 +525,20 @@ def linear_lr(
 
     ``lr_t = base_lr * (start + (end - start) * min(t, total_iters) / total_iters)``.
 
+    Args:
+        base_lr: the optimizer's initial learning rate, >= 0.
+        start_factor: the factor at step 0, in (0, 1].
+        end_factor: the factor from ``total_iters`` on, in [0, 1].
+        total_iters: the steps of the ramp, a positive integer.
+
     Example:
         >>> import jax.numpy as jnp
         >>> from gradtx.compat.torch import lr_scheduler
         >>> schedule = lr_scheduler.linear_lr(1.0, start_factor=0.5, total_iters=2)
         >>> schedule(jnp.arange(4)).tolist()
         [0.5, 0.75, 1.0, 1.0]
+
+    Reference: PyTorch's ``torch.optim.lr_scheduler.LinearLR``.
     """
     check.non_negative("base_lr", base_lr)
     check.in_range("start_factor", start_factor, 0.0, 1.0, low_inclusive=False)
@@ -470,11 +562,18 @@ def constant_lr(base_lr: float, factor: float = 1.0 / 3, total_iters: int = 5) -
     restores ``base_lr`` (it multiplies back only when its step count equals
     ``total_iters``, which it passes before the first check): so does this.
 
+    Args:
+        base_lr: the optimizer's initial learning rate, >= 0.
+        factor: the factor of the first ``total_iters`` steps, in [0, 1].
+        total_iters: how many steps use ``base_lr * factor``, an integer >= 0.
+
     Example:
         >>> import jax.numpy as jnp
         >>> from gradtx.compat.torch import lr_scheduler
         >>> lr_scheduler.constant_lr(1.0, factor=0.5, total_iters=2)(jnp.arange(4)).tolist()
         [0.5, 0.5, 1.0, 1.0]
+
+    Reference: PyTorch's ``torch.optim.lr_scheduler.ConstantLR``.
     """
     check.non_negative("base_lr", base_lr)
     check.in_range("factor", factor, 0.0, 1.0)
@@ -493,11 +592,18 @@ def constant_lr(base_lr: float, factor: float = 1.0 / 3, total_iters: int = 5) -
 def polynomial_lr(base_lr: float, total_iters: int = 5, power: float = 1.0) -> Schedule:
     """``PolynomialLR``: ``lr_t = base_lr * (1 - min(t, total_iters) / total_iters)^power``.
 
+    Args:
+        base_lr: the optimizer's initial learning rate, >= 0.
+        total_iters: the steps to reach 0, a positive integer.
+        power: the power of the polynomial, >= 0.
+
     Example:
         >>> import jax.numpy as jnp
         >>> from gradtx.compat.torch import lr_scheduler
         >>> lr_scheduler.polynomial_lr(1.0, total_iters=2)(jnp.arange(4)).tolist()
         [1.0, 0.5, 0.0, 0.0]
+
+    Reference: PyTorch's ``torch.optim.lr_scheduler.PolynomialLR``.
     """
     check.non_negative("base_lr", base_lr)
     _positive_int("total_iters", total_iters)
@@ -517,6 +623,11 @@ def sequential_lr(schedules: Sequence[Schedule], milestones: Sequence[int]) -> S
     ``lr_t = schedules[i](t - milestones[i-1])`` with ``i`` the number of milestones
     ``<= t``. Give each schedule PyTorch's ``base_lr`` (the optimizer's initial lr).
 
+    Args:
+        schedules: a sequence of ``len(milestones) + 1`` schedules (callables).
+        milestones: the steps at which the next schedule takes over, non-decreasing
+            non-negative integers.
+
     Example:
         >>> import jax.numpy as jnp
         >>> from gradtx.compat.torch import lr_scheduler
@@ -524,9 +635,13 @@ def sequential_lr(schedules: Sequence[Schedule], milestones: Sequence[int]) -> S
         >>> decay = lr_scheduler.exponential_lr(1.0, gamma=0.5)
         >>> lr_scheduler.sequential_lr([warmup, decay], [2])(jnp.arange(5)).tolist()
         [0.5, 0.75, 1.0, 0.5, 0.25]
+
+    Reference: PyTorch's ``torch.optim.lr_scheduler.SequentialLR``.
     """
+    if isinstance(schedules, str | bytes | dict) or not hasattr(schedules, "__iter__"):
+        raise TypeError(f"schedules must be a sequence of schedules, got {schedules!r}")
     schedules = list(schedules)
-    milestones = [int(m) for m in milestones]
+    milestones = _validate.step_counts("milestones", milestones)
     if len(schedules) != len(milestones) + 1:
         raise ValueError(
             f"sequential_lr needs len(milestones) + 1 = {len(milestones) + 1} schedules, "
@@ -583,9 +698,19 @@ def reduce_lr_on_plateau(
 
     Args:
         lr: the optimizer's learning rate, > 0.
-        mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps:
-            PyTorch's arguments and defaults.
-        require_value: False lets updates come without ``value`` (they keep the state).
+        mode: ``'min'`` (the metric should fall) or ``'max'``.
+        factor: the rate is multiplied by it at a reduction, in [0, 1).
+        patience: bad epochs tolerated; the reduction comes at the next one, an
+            integer >= 0.
+        threshold: the improvement that counts, >= 0.
+        threshold_mode: ``'rel'`` (``best * (1 -+ threshold)``) or ``'abs'``
+            (``best -+ threshold``).
+        cooldown: epochs after a reduction before bad epochs count again, an integer
+            >= 0.
+        min_lr: the rate is never reduced below it, >= 0.
+        eps: a reduction smaller than eps (in learning rate) is skipped, >= 0.
+        require_value: True or False; False lets updates come without ``value`` (they
+            keep the state).
 
     Example:
         >>> import jax.numpy as jnp
@@ -598,10 +723,13 @@ def reduce_lr_on_plateau(
         >>> u, state = tx.update(jnp.ones(1), state, params, value=2.0)
         >>> [round(float(x), 6) for x in u]
         [-0.01]
+
+    Reference: PyTorch's ``torch.optim.lr_scheduler.ReduceLROnPlateau``.
     """
     check.positive("lr", lr)
     check.non_negative("min_lr", min_lr)
     check.non_negative("eps", eps)
+    check.boolean("require_value", require_value)
     return reduce_on_plateau(
         factor=factor,
         patience=patience,

@@ -63,6 +63,8 @@ _COUNTED = (
     AddNoiseState,
     InjectState,
 )
+_INT32_MAX = int(np.iinfo(np.int32).max)  # the step counters' type
+
 # PyTorch keys with no gradtx field because gradtx derives them from the step (ASGD's
 # eta and mu), and the one read separately (NAdam's mu_product).
 _DERIVED = {"step", "eta", "mu"}
@@ -156,7 +158,8 @@ def load_state_dict(
         torch_state_dict: ``optimizer.state_dict()`` (or the same structure of arrays).
         params: the parameters, as a pytree.
         step: the number of steps taken, for optimizers whose state keeps none (SGD);
-            by default PyTorch's ``step`` (0 for SGD: set it if ``lr`` is a schedule).
+            None (the default) takes PyTorch's ``step`` (0 for SGD: set it if ``lr``
+            is a schedule); an integer in [0, 2**31 - 1] (the counters are int32).
 
     Raises:
         ValueError: the number of parameters or the shape of a buffer differs, the
@@ -178,6 +181,8 @@ def load_state_dict(
         >>> int(state["adam"].count), state["adam"].mu["w"].tolist()
         (3, [1.0, 1.0])
     """
+    if step is not None:
+        check.non_negative_int("step", step)
     leaves, treedef = jax.tree.flatten(params)
     per_param, names = _per_parameter_states(torch_state_dict)
     per_param = _in_leaf_order(per_param, names, params)
@@ -206,8 +211,18 @@ def load_state_dict(
                 f"{steps[0][1]:g}, parameter {index}: {value:g}); gradtx keeps one step count "
                 f"per transform, so such a state cannot continue on PyTorch's trajectory"
             )
-    if step is None:
-        step = int(round(steps[0][1])) if steps else 0
+    if step is None and steps:
+        saved = steps[0][1]
+        # PyTorch counts whole steps (in a float tensor); anything else is not a state
+        # this run can continue from, and int32 is the counters' type here
+        if not (saved.is_integer() and 0 <= saved <= _INT32_MAX):
+            raise ValueError(
+                f"the PyTorch state's 'step' must be a whole number of steps in [0, "
+                f"{_INT32_MAX}], got {saved:g}"
+            )
+        step = int(saved)
+    elif step is None:
+        step = 0
     has_buffer = any("momentum_buffer" in s and s["momentum_buffer"] is not None for s in per_param)
     used: list[set[str]] = [set(_DERIVED) for _ in per_param]
     state = tx.init(params)
