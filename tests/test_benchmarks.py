@@ -1,7 +1,8 @@
 """The measurement aids of ``benchmarks/`` compute what they claim to time.
 
 Their figures go into docs/performance.md: ``bucketed_math.py`` as "bucketed Adam with
-per-leaf state", ``chunked_loop.py`` as Adam run chunk by chunk in a loop. So each
+per-leaf state", ``chunked_loop.py`` as Adam run chunk by chunk in a loop,
+``native_adam.py`` as Adam in a native kernel called through XLA's FFI. So each
 step they build must be Adam's: the same parameters and state as the per-leaf step,
 within float32 rounding.
 """
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 from bucketed_math import bucketed_math  # noqa: E402
 from chunked_loop import chunked, chunked_adam_ordered  # noqa: E402
+from native_adam import build_kernel, native_adam_step, register  # noqa: E402
 from per_array_cost import main as per_array_cost  # noqa: E402
 
 
@@ -91,3 +93,39 @@ def test_per_array_cost_prints_its_five_rows(capsys):
         ["12", "9"], ["12", "9"], ["12", "9"], ["4", "4"], ["4", "1"]
     ]  # fmt: skip
     assert all(float(row.split(" | ")[3]) > 0 for row in rows[1:])
+
+
+def test_native_kernel_steps_are_adam_steps(rng):
+    library = build_kernel()
+    if library is None:
+        pytest.skip("no C++ compiler")
+    register(library)
+    params = {
+        "w": jnp.asarray(rng.normal(size=(70_000,)), jnp.float32),  # two 64K chunks
+        "b": [jnp.asarray(rng.normal(size=s), jnp.float32) for s in [(5,), (3, 4), ()]],
+    }
+    grads_seq = [
+        jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+        for _ in range(3)
+    ]
+    tx = gtx.adam(1e-2)
+
+    def plain(p, s, g):
+        updates, s = tx.update(g, s, p)
+        return gtx.apply_updates(p, updates), s
+
+    results = {}
+    for name, step in {"plain": plain, "native": native_adam_step(1e-2, group=3)}.items():
+        compiled = jax.jit(step, donate_argnums=(0, 1))
+        p = jax.tree.map(jnp.copy, params)
+        state = tx.init(p)
+        for grads in grads_seq:
+            p, state = compiled(p, state, grads)
+        results[name] = (p, state)
+        hlo = compiled.lower(p, state, grads_seq[0]).compile().as_text()
+        assert hlo.count(" custom-call(") == (2 if name == "native" else 0)  # 4 leaves, 3 a call
+    reference = jax.tree.leaves(results["plain"])
+    assert float(jnp.max(jnp.abs(reference[0] - params["b"][0]))) > 1e-2
+    for a, b in zip(jax.tree.leaves(results["native"]), reference, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
