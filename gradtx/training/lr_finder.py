@@ -26,6 +26,16 @@ class LRFindResult(NamedTuple):
         suggestion: the learning rate where the smoothed loss falls fastest against
             ``log(learning_rate)``, on its longest valley.
         diverged: whether the test stopped early because the loss diverged.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> result = gtx.training.lr_find(lambda p: jnp.sum(p**2), jnp.ones(2), None,
+        ...                               gtx.sgd, min_lr=1e-3, max_lr=10.0, num_steps=20)
+        >>> result.learning_rates.shape, result.losses.shape, result.smoothed_losses.shape
+        ((20,), (20,), (20,))
+        >>> bool(result.diverged), 1e-3 <= result.suggestion <= 1.0  # stable below lr 1
+        (False, True)
     """
 
     learning_rates: np.ndarray
