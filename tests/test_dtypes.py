@@ -306,3 +306,27 @@ def test_bfloat16_adamax_with_a_float32_norm_decays_after_a_burst():
     np.testing.assert_allclose(
         last_update(jnp.bfloat16, nu_dtype=jnp.float32), reference, rtol=3e-2
     )
+
+
+@pytest.mark.parametrize("block", ["scale_by_radam", "scale_by_nadam_schedule"])
+def test_float16_params_with_a_float32_second_moment_in_radam_and_nadam_schedule(block):
+    # as for Adam above: (1 - b2) g^2 ~ 1e-9 underflows a float16 second moment
+    gradients = 1e-3 * np.random.default_rng(8).normal(size=(300, 64)).astype(np.float32)
+
+    def run(dtype, **kwargs):
+        tx = getattr(gtx, block)(**kwargs)
+
+        def step(state, g):
+            updates, state = tx.update(g.astype(dtype), state)
+            return state, updates
+
+        state, updates = jax.lax.scan(step, tx.init(jnp.zeros(64, dtype)), gradients)
+        return np.asarray(updates, np.float64), state
+
+    reference, _ = run(jnp.float32)
+    updates, state = run(jnp.float16, nu_dtype=jnp.float32)
+    assert state.nu.dtype == jnp.float32 and state.mu.dtype == jnp.float16
+    relative = np.abs(updates - reference) / np.maximum(np.abs(reference), 1e-12)
+    assert np.median(relative[10:]) < 1e-3  # rectified steps (from t = 6) included
+    default, _ = run(jnp.float16)
+    assert np.median((np.abs(default - reference) / np.abs(reference))[10:]) > 1

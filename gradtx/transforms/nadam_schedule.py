@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,8 @@ class ScaleByNadamScheduleState(NamedTuple):
         mu_product: ``prod_{s<=t} mu_s``, a scalar in the widest real compute dtype of
             the params (at least float32; float32 for no params), initially 1.
         mu: first moment, a tree like the params in their dtype, initially 0.
-        nu: second moment, a tree like the params in their real dtype, initially 0.
+        nu: second moment, a tree like the params in their real dtype (or ``nu_dtype``),
+            initially 0.
     """
 
     count: jax.Array
@@ -38,6 +39,8 @@ def scale_by_nadam_schedule(
     b2: float = 0.999,
     eps: float = 1e-8,
     momentum_decay: float = 4e-3,
+    *,
+    nu_dtype: Any = None,
 ) -> GradientTransformation:
     r"""NAdam's preconditioner with the momentum schedule of Dozat (2016).
 
@@ -61,6 +64,10 @@ def scale_by_nadam_schedule(
         b2: decay of the second moment, in [0, 1).
         eps: added outside the square root, >= 0.
         momentum_decay: ``psi`` above, >= 0 (PyTorch 4e-3, Keras 1.0).
+        nu_dtype: dtype of the second moment; None keeps the parameter's real dtype.
+            For float16 parameters pass ``jnp.float32`` (a float16 ``(1 - b2) g^2``
+            underflows for gradients ~1e-3). A wider moment accumulates in its own
+            precision.
 
     State: ``ScaleByNadamScheduleState(count, mu_product, mu, nu)``. ``mu_product``
     is a scalar in the widest float dtype of the parameters (at least float32), as
@@ -80,6 +87,7 @@ def scale_by_nadam_schedule(
     check.unit_interval("b2", b2)
     check.non_negative("eps", eps)
     check.non_negative("momentum_decay", momentum_decay)
+    check.dtype_or_none("nu_dtype", nu_dtype)
 
     def momentum_at(step, dtype):
         psi = numerics.hyperparameter(momentum_decay, dtype)
@@ -90,7 +98,7 @@ def scale_by_nadam_schedule(
             count=jnp.zeros([], jnp.int32),
             mu_product=jnp.ones([], _widest_float_dtype(params)),
             mu=tree.zeros_like(params),
-            nu=tree.zeros_like(params, real=True),
+            nu=tree.zeros_like(params, nu_dtype, real=True),
         )
 
     def update(updates, state, params=None, **extra):
@@ -104,7 +112,9 @@ def scale_by_nadam_schedule(
             real = numerics.real_dtype(dtype)
             g_ = g.astype(dtype)
             m_new = b1 * m.astype(dtype) + (1 - b1) * g_
-            v_new = b2 * v.astype(real) + (1 - b2) * numerics.abs_sq(g_)
+            v_dtype = jnp.promote_types(real, v.dtype)
+            g_squared = numerics.abs_sq(g.astype(jnp.promote_types(dtype, v_dtype)))
+            v_new = b2 * v.astype(v_dtype) + (1 - b2) * g_squared
             mu_t = momentum_at(count, real)
             mu_next = momentum_at(numerics.safe_increment(count), real)
             product = mu_product.astype(real)
