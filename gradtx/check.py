@@ -44,6 +44,7 @@ def _concrete(name: str, value: Any, schedule: bool) -> np.ndarray | None:
     """The value as a NumPy array, or None when it cannot be checked now."""
     if _is_schedule(value):
         if schedule or _SCHEDULES_ALLOWED.get():
+            schedule_arity(name, value)  # evaluated later: its signature is checked now
             return None
         raise TypeError(
             f"{name} must be a number here, got a schedule ({value!r}); to schedule it, "
@@ -76,7 +77,9 @@ def number(name: str, value: Any, *, schedule: bool = False, allow_inf: bool = F
     array = _concrete(name, value, schedule)
     if array is None:
         return
-    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+    # jnp.issubdtype: NumPy's own does not count bfloat16 (ml_dtypes) as a number, and
+    # optax.inject_hyperparams casts hyperparameters to bfloat16 parameters' dtype
+    if not jnp.issubdtype(array.dtype, jnp.number) or np.iscomplexobj(array):
         _fail(name, value, "a real number or a schedule" if schedule else "a real number")
     if array.ndim:
         _fail(name, value, "a scalar (a number or a 0-d array)")
@@ -121,8 +124,11 @@ def in_range(
     if high is not None:
         ok &= array <= high if high_inclusive else array < high
     if not np.all(ok):
-        left = ("[" if low_inclusive else "(") + (str(low) if low is not None else "-inf")
-        right = (str(high) if high is not None else "inf") + ("]" if high_inclusive else ")")
+        # an unbounded end is open: inf itself is refused unless allow_inf
+        left = "(-inf" if low is None else ("[" if low_inclusive else "(") + str(low)
+        right = "inf)" if high is None else str(high) + ("]" if high_inclusive else ")")
+        if allow_inf:
+            left, right = left.replace("(-inf", "[-inf"), right.replace("inf)", "inf]")
         _fail(name, value, f"in {left}, {right}")
 
 
@@ -185,11 +191,23 @@ def seed(name: str, value: Any) -> None:
 
 
 def boolean(name: str, value: Any) -> None:
-    """A flag: ``True`` or ``False`` (a Python or NumPy bool). Anything else is refused
-    rather than read by its truthiness: the string ``"False"`` is true, and an array has
-    no single truth value."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
+    """A flag: ``True`` or ``False`` (a Python or NumPy bool, a 0-d boolean array such as
+    ``jnp.bool_(True)`` or a PyTorch bool tensor, or the integers 0 and 1, as Optax and
+    PyTorch take them). Anything else is refused rather than read by its truthiness: the
+    string ``"False"`` is true, and an array of several values has no single truth
+    value."""
+    if isinstance(value, (bool, np.bool_)):
+        return
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return
+    if not isinstance(value, jax.core.Tracer) and hasattr(value, "__array__"):
+        try:
+            array = np.asarray(value)
+        except Exception:  # not convertible to an array: refused below
+            array = None
+        if array is not None and array.ndim == 0 and array.dtype == np.bool_:
+            return
+    raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def takes_one_argument(

@@ -174,7 +174,7 @@ def test_cosine_decay_restarts_restarts_where_keras_does_in_float64_under_jit(
         (lambda: kc.adam(global_clipnorm=-1.0), "^global_clipnorm must"),
         (lambda: kc.adamw(exclude_from_weight_decay="bias"), "list of name patterns"),
         (lambda: kc.adamw(weight_decay=None), "^weight_decay must"),
-        (lambda: kc.sgd(learning_rate=lambda: 0.01), "takes no step"),
+        (lambda: kc.sgd(learning_rate=lambda: 0.01), "cannot take the step as its one argument"),
         (lambda: kc.adam(use_ema=True, ema_momentum=1.5), "^ema_momentum must"),
         (lambda: kc.adam(use_ema=True, ema_overwrite_frequency=0), "^ema_overwrite_frequency"),
         (lambda: kc.adam(use_ema=True, gradient_accumulation_steps=2), "use_ema with gradient"),

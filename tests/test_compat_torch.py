@@ -664,7 +664,7 @@ def test_load_plateau_state_rejects_what_one_scale_cannot_hold():
         tc.load_plateau_state(saved, 0.1)  # the second group held at a min_lr
     with pytest.raises(ValueError, match=r"one per param group \(2\), got 3"):
         tc.load_plateau_state(saved, [0.1, 0.02, 0.3])
-    with pytest.raises(ValueError, match=r"lr must be in \(0.0, inf\], got 0.0"):
+    with pytest.raises(ValueError, match=r"lr must be in \(0.0, inf\), got 0.0"):
         tc.load_plateau_state(saved, [0.1, 0.0])
     with pytest.raises(ValueError, match=r"no \['best'\]"):
         tc.load_plateau_state({k: v for k, v in saved.items() if k != "best"}, 0.1)

@@ -52,7 +52,7 @@ def test_keras_schedules_refuse_bad_arguments_when_built(build, match):
     "build",
     [
         lambda: kc.exponential_decay(0.1, 10, 0.5, staircase="x"),
-        lambda: kc.inverse_time_decay(0.1, 10, 0.5, staircase=1),
+        lambda: kc.inverse_time_decay(0.1, 10, 0.5, staircase=2),
         lambda: kc.polynomial_decay(0.1, 10, cycle="yes"),
         lambda: kc.piecewise_constant_decay([1, 2], 3.0),
     ],
@@ -121,7 +121,7 @@ def test_keras_optimizers_name_the_keras_argument(build, match):
     ("name", "build"),
     [
         ("nesterov", lambda: kc.sgd(momentum=0.9, nesterov="x")),
-        ("amsgrad", lambda: kc.adam(amsgrad=1)),
+        ("amsgrad", lambda: kc.adam(amsgrad=2)),
         ("amsgrad", lambda: kc.adamw(amsgrad=None)),
         ("centered", lambda: kc.rmsprop(centered="yes")),
         ("use_ema", lambda: kc.adam(use_ema="yes")),
@@ -195,9 +195,9 @@ def test_torch_schedulers_refuse_bad_values_when_built(build, match):
         (lambda: tls.sequential_lr([tls.constant_lr(1.0)] * 2, 1.5), "^milestones must"),
         (lambda: tls.sequential_lr([tls.constant_lr(1.0)] * 2, [1.5]), "^milestones must"),
         (lambda: tls.cyclic_lr(0.01, 0.1, cycle_momentum="no"), "^cycle_momentum must be"),
-        (lambda: tls.one_cycle_lr(0.1, 10, cycle_momentum=0), "^cycle_momentum must be"),
+        (lambda: tls.one_cycle_lr(0.1, 10, cycle_momentum=2), "^cycle_momentum must be"),
         (lambda: tls.one_cycle_lr(0.1, 10, three_phase="x"), "^three_phase must be"),
-        (lambda: tls.one_cycle_momentum(10, three_phase=1), "^three_phase must be"),
+        (lambda: tls.one_cycle_momentum(10, three_phase=2), "^three_phase must be"),
         (lambda: tls.reduce_lr_on_plateau(0.1, require_value="no"), "^require_value must"),
     ],
 )
@@ -272,7 +272,7 @@ def _flag_cases():
 
 
 @pytest.mark.parametrize(("function", "flag"), _flag_cases())
-@pytest.mark.parametrize("value", ["no", 1, None, np.array([True, False])])
+@pytest.mark.parametrize("value", ["no", 2, None, np.array([True, False])])
 def test_every_torch_flag_must_be_a_bool(function, flag, value):
     arguments = {"max_norm": 1.0} if function == "clip_grad_norm" else {}
     with pytest.raises(TypeError, match=f"^{flag} must be True or False"):
@@ -323,3 +323,34 @@ def test_load_state_dict_takes_an_explicit_step_in_range():
     assert state is not None
     state = tc.load_state_dict(tc.adam(), _adam_state(3.0), {"w": jnp.zeros(2)}, step=5)
     assert int(state["adam"].count) == 5
+
+
+# Found by the review of these checks: what PyTorch takes is still accepted, and a
+# schedule of the wrong arity is named by PyTorch's argument, where it is given.
+
+
+def test_milestones_as_jax_arrays_or_torch_tensors_are_step_numbers():
+    torch = pytest.importorskip("torch")
+    expected = tls.multistep_lr(1.0, [2, 4])(jnp.arange(6))
+    for milestones in (jnp.array([2, 4]), torch.tensor([2, 4]), np.array([2, 4])):
+        np.testing.assert_array_equal(tls.multistep_lr(1.0, milestones)(jnp.arange(6)), expected)
+
+
+@pytest.mark.parametrize("etas", [(1.0, 1.2), (0.5, 1.0)])
+def test_rprop_etas_as_pytorch_checks_them(etas):
+    # torch.optim.Rprop: 0 < eta_minus < 1 < eta_plus
+    with pytest.raises(ValueError, match="etas"):
+        tc.rprop(etas=etas)
+
+
+@pytest.mark.parametrize(
+    "name, make",
+    [
+        ("lr", lambda s: tc.sgd(lr=s)),
+        ("momentum", lambda s: tc.sgd(0.1, momentum=s)),
+        (r"betas\[0\]", lambda s: tc.adam(betas=(s, 0.999))),
+    ],
+)
+def test_torch_schedules_of_the_wrong_arity_are_named_where_given(name, make):
+    with pytest.raises(TypeError, match=name + " is a schedule"):
+        make(lambda a, b: 0.1)

@@ -17,33 +17,33 @@ from tests import zoo
 INVALID_HYPERPARAMETERS = [
     ("sgd", {"momentum": 1.0}, "momentum", "[0.0, 1.0)"),
     ("sgd", {"momentum": -0.1}, "momentum", "[0.0, 1.0)"),
-    ("sgd", {"weight_decay": -1.0}, "weight_decay", "[0.0, inf]"),
-    ("sgd", {"learning_rate": -0.1}, "learning_rate", "[0.0, inf]"),
-    ("adagrad", {"eps": -1.0}, "eps", "[0.0, inf]"),
-    ("adagrad", {"initial_accumulator_value": -1.0}, "initial_accumulator_value", "[0.0, inf]"),
+    ("sgd", {"weight_decay": -1.0}, "weight_decay", "[0.0, inf)"),
+    ("sgd", {"learning_rate": -0.1}, "learning_rate", "[0.0, inf)"),
+    ("adagrad", {"eps": -1.0}, "eps", "[0.0, inf)"),
+    ("adagrad", {"initial_accumulator_value": -1.0}, "initial_accumulator_value", "[0.0, inf)"),
     ("rmsprop", {"decay": 1.5}, "decay", "[0.0, 1.0)"),
-    ("rmsprop", {"eps": -1.0}, "eps", "[0.0, inf]"),
+    ("rmsprop", {"eps": -1.0}, "eps", "[0.0, inf)"),
     ("rmsprop", {"momentum": 1.0}, "momentum", "[0.0, 1.0)"),
     ("adadelta", {"rho": 1.0}, "rho", "[0.0, 1.0)"),
-    ("adadelta", {"eps": -1.0}, "eps", "(0.0, inf]"),
-    ("adadelta", {"weight_decay": -1.0}, "weight_decay", "[0.0, inf]"),
+    ("adadelta", {"eps": -1.0}, "eps", "(0.0, inf)"),
+    ("adadelta", {"weight_decay": -1.0}, "weight_decay", "[0.0, inf)"),
     ("adam", {"b1": 1.0}, "b1", "[0.0, 1.0)"),
     ("adam", {"b2": -0.1}, "b2", "[0.0, 1.0)"),
-    ("adam", {"eps": -1e-8}, "eps", "[0.0, inf]"),
-    ("adam", {"eps_root": -1.0}, "eps_root", "[0.0, inf]"),
+    ("adam", {"eps": -1e-8}, "eps", "[0.0, inf)"),
+    ("adam", {"eps_root": -1.0}, "eps_root", "[0.0, inf)"),
     ("adamw", {"b2": 1.0}, "b2", "[0.0, 1.0)"),
-    ("adamw", {"weight_decay": -1.0}, "weight_decay", "[0.0, inf]"),
+    ("adamw", {"weight_decay": -1.0}, "weight_decay", "[0.0, inf)"),
     ("amsgrad", {"b2": 1.0}, "b2", "[0.0, 1.0)"),
-    ("amsgrad", {"eps": -1.0}, "eps", "[0.0, inf]"),
+    ("amsgrad", {"eps": -1.0}, "eps", "[0.0, inf)"),
     ("adamax", {"b1": -0.5}, "b1", "[0.0, 1.0)"),
-    ("adamax", {"eps": -1.0}, "eps", "[0.0, inf]"),
+    ("adamax", {"eps": -1.0}, "eps", "[0.0, inf)"),
     ("nadam", {"b1": 1.0}, "b1", "[0.0, 1.0)"),
-    ("nadamw", {"weight_decay": -0.1}, "weight_decay", "[0.0, inf]"),
+    ("nadamw", {"weight_decay": -0.1}, "weight_decay", "[0.0, inf)"),
     ("rprop", {"eta_minus": 1.5}, "eta_minus", "(0.0, 1.0]"),
-    ("rprop", {"eta_plus": 0.5}, "eta_plus", "[1.0, inf]"),
-    ("rprop", {"min_step_size": -1.0}, "min_step_size", "[0.0, inf]"),
+    ("rprop", {"eta_plus": 0.5}, "eta_plus", "[1.0, inf)"),
+    ("rprop", {"min_step_size": -1.0}, "min_step_size", "[0.0, inf)"),
     ("rprop", {"max_step_size": 1e-7}, "max_step_size", ">= min_step_size"),
-    ("rprop", {"learning_rate": -1.0}, "learning_rate", "(0.0, inf]"),
+    ("rprop", {"learning_rate": -1.0}, "learning_rate", "(0.0, inf)"),
 ]
 
 
@@ -272,7 +272,7 @@ NEGATIVE_SCHEDULE = lambda step: -0.1  # noqa: E731
 def test_a_negative_learning_rate_schedule_is_named_at_an_eager_update(make):
     tx = make()
     params = jnp.array([0.0])
-    with pytest.raises(ValueError, match=r"learning_rate must be in \[0.0, inf\], got .*-0.1"):
+    with pytest.raises(ValueError, match=r"learning_rate must be in \[0.0, inf\), got .*-0.1"):
         tx.update(jnp.array([1.0]), tx.init(params), params)
 
 

@@ -560,7 +560,7 @@ def test_a_learning_rate_passed_into_a_jitted_step_is_the_one_used():
 @pytest.mark.parametrize(
     "values, message",
     [
-        ({"learning_rate": -0.1}, r"learning_rate must be in \[0.0, inf\], got -0.1"),
+        ({"learning_rate": -0.1}, r"learning_rate must be in \[0.0, inf\), got -0.1"),
         ({"b1": float("nan")}, r"b1 must be a real number \(not NaN\)"),
         ({"learning_rate": None}, r"learning_rate must be a real number"),
     ],

@@ -124,7 +124,7 @@ FLAGS = [
 
 
 @pytest.mark.parametrize(("name", "build"), FLAGS)
-@pytest.mark.parametrize("value", ["False", 0, 1.0, jnp.array([1.0, 0.0]), None])
+@pytest.mark.parametrize("value", ["False", 2, 1.0, jnp.array([1.0, 0.0]), None])
 def test_flags_must_be_true_or_false(name, build, value):
     with pytest.raises(TypeError, match=rf"{name} must be True or False, got "):
         build(value)
@@ -281,7 +281,7 @@ def test_dtype_arguments_take_dtypes(dtype):
 @pytest.mark.parametrize(
     ("schedule", "message"),
     [
-        (lambda count: -1.0, r"weight_decay must be in \[0.0, inf\], got -1.0"),
+        (lambda count: -1.0, r"weight_decay must be in \[0.0, inf\), got -1.0"),
         (lambda count: jnp.nan, "weight_decay must be a real number .not NaN."),
         (lambda count: jnp.ones(2), "weight_decay must be a scalar"),
     ],
@@ -303,7 +303,7 @@ def test_add_decoupled_weight_decay_checks_its_schedule_values(schedule, message
 def test_regularizers_check_their_schedule_values(build, name):
     tx = build(lambda count: -0.5)
     params = jnp.ones(2)
-    with pytest.raises(ValueError, match=rf"{name} must be in \[0.0, inf\], got -0.5"):
+    with pytest.raises(ValueError, match=rf"{name} must be in \[0.0, inf\), got -0.5"):
         tx.update(jnp.zeros(2), tx.init(params), params)
 
 
@@ -439,3 +439,43 @@ def test_an_every_k_schedule_beyond_int32_is_refused_at_an_eager_update():
     tx = gtx.multi_steps(gtx.scale(1.0), lambda step: jnp.inf)
     with pytest.raises(ValueError, match=r"every_k's schedule must give an integer >= 1 \(and at"):
         tx.update(jnp.ones(1), tx.init(jnp.ones(1)))
+
+
+# Found by the review of these checks: what users legitimately pass is still accepted.
+
+
+@pytest.mark.parametrize("flag", [True, np.bool_(False), jnp.bool_(True), jnp.array(False), 0, 1])
+def test_flags_take_bools_bool_arrays_and_0_or_1_as_optax_and_pytorch_do(flag):
+    gtx.sgd(0.1, momentum=0.9, nesterov=flag)
+    tc.adam(amsgrad=flag)
+
+
+@pytest.mark.parametrize("flag", ["False", 2, 1.0, jnp.array([True, False])])
+def test_flags_still_refuse_strings_other_numbers_and_vectors(flag):
+    with pytest.raises(TypeError, match="nesterov must be True or False"):
+        gtx.sgd(0.1, momentum=0.9, nesterov=flag)
+
+
+def test_set_hyperparams_takes_inf_where_the_transform_does_but_not_for_the_rate():
+    tx = gtx.schedule_injection(gtx.clip_by_global_norm)(1.0)
+    state = gtx.set_hyperparams(tx.init(jnp.zeros(2)), max_norm=INF)
+    updates, _ = tx.update(jnp.array([3.0, 4.0]), state)
+    np.testing.assert_array_equal(updates, [3.0, 4.0])  # no clipping
+    with pytest.raises(ValueError, match="learning_rate must be a finite"):
+        gtx.set_hyperparams(gtx.adam(0.1).init(jnp.zeros(2)), learning_rate=INF)
+
+
+def test_get_hyperparams_of_an_abstract_state_gives_shape_dtype_structs():
+    state = jax.eval_shape(gtx.adam(1e-3).init, jnp.zeros(3))
+    value = gtx.get_hyperparams(state)["learning_rate"]
+    assert isinstance(value, jax.ShapeDtypeStruct) and value.shape == ()
+
+
+def test_bfloat16_hyperparameters_are_numbers():
+    # NumPy does not count bfloat16 as a number; optax.inject_hyperparams casts to it
+    gtx.adam(jnp.bfloat16(1e-3), b1=jnp.bfloat16(0.5))
+
+
+def test_range_messages_show_an_unbounded_end_as_open():
+    with pytest.raises(ValueError, match=r"learning_rate must be in \[0.0, inf\), got -1.0"):
+        gtx.adam(-1.0)

@@ -57,6 +57,11 @@ def step_counts(name: str, value: Any) -> list[int]:
         raise TypeError(f"{expected}, got {value!r}") from None
     counts = []
     for index, item in enumerate(values):
+        # an element of a JAX array or PyTorch tensor is a 0-d array: its number
+        if not isinstance(item, bool | int | float | np.generic) and hasattr(item, "__array__"):
+            array = np.asarray(item)
+            if array.ndim == 0:
+                item = array[()]
         # a whole float (2.0) is the step PyTorch's integer count meets; 1.9 never is
         if isinstance(item, float | np.floating) and float(item).is_integer():
             item = int(item)

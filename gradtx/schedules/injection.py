@@ -337,8 +337,11 @@ def get_hyperparams(state: OptState, *, path: str | None = None) -> dict[str, ja
                     f"(at {owner[name] or 'the root'} and {where or 'the root'}); pass "
                     f"path= with a key of the one to read (path='' for the root)"
                 )
-            # jnp.asarray: an array, also where nnx.Optimizer keeps it in an OptArray
-            merged[name], owner[name] = jnp.asarray(value), where
+            # an array, also where nnx.Optimizer keeps it in an OptArray variable (an
+            # abstract state's ShapeDtypeStruct stays one)
+            if not isinstance(value, jax.Array | jax.ShapeDtypeStruct | np.ndarray):
+                value = jnp.asarray(value)
+            merged[name], owner[name] = value, where
     return merged
 
 
@@ -351,10 +354,10 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
     from it at the next update (``schedule_injection``); set the ones given as numbers.
     So is a value that an enclosing injector passes in (a gradtx optimizer wrapped in
     ``schedule_injection`` again): set it at the enclosing one (``path=""`` for the
-    root) or everywhere (no ``path=``), not at the inner one alone. A NaN, or a negative
-    ``learning_rate``, is a ValueError here; a transform's own ranges (``b1`` in [0, 1),
-    say) are checked by its next un-jitted update, not under ``jit``. For a batch of
-    states (``jax.vmap`` over learning rates), map it: ``jax.vmap(lambda s, lr:
+    root) or everywhere (no ``path=``), not at the inner one alone. A NaN, or an
+    infinite or negative ``learning_rate``, is a ValueError here; a transform's own ranges
+    (``b1`` in [0, 1), say) are checked by its next un-jitted update, not under ``jit``.
+    For a batch of states (``jax.vmap`` over learning rates), map it: ``jax.vmap(lambda s, lr:
     gtx.set_hyperparams(s, learning_rate=lr))(states, lrs)``.
 
     Args:
@@ -391,7 +394,9 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
                 f"a batch of states, jax.vmap(lambda s, v: gtx.set_hyperparams(s, "
                 f"name=v))(states, values)"
             )
-        check.number(name, value)
+        # inf where the transform takes it (clip_by_global_norm's max_norm); its own
+        # ranges are checked by its next un-jitted update
+        check.number(name, value, allow_inf=True)
     if "learning_rate" in values:
         check.non_negative("learning_rate", values["learning_rate"])
     converted = {name: _as_float32(name, value) for name, value in values.items()}

@@ -128,9 +128,9 @@ def _check_learning_rate(name: str, learning_rate: Any) -> None:
     elif not _takes_one_argument(learning_rate):
         raise ValueError(
             f"learning_rate must be a number or a schedule step -> value, got "
-            f"{learning_rate!r}, which takes no step (Keras calls a callable without "
-            f"arguments at each update; a jitted step would read it once): pass "
-            f"lambda step: ..., or set the value between steps with "
+            f"{learning_rate!r}, which cannot take the step as its one argument (Keras "
+            f"calls a callable without arguments at each update; a jitted step would "
+            f"read it once): pass lambda step: ..., or set the value between steps with "
             f"gtx.schedule_injection(kc.<optimizer>) and gtx.set_hyperparams"
         )
 

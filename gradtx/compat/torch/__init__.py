@@ -85,7 +85,9 @@ def _concrete_nonzero(value: Any) -> bool:
 
 
 def _check_lr(lr: ScalarOrSchedule) -> None:
-    if not callable(lr):
+    if callable(lr):
+        check.schedule_arity("lr", lr)  # PyTorch's name, before the blocks see it
+    else:
         check.non_negative("lr", lr)
 
 
@@ -734,8 +736,9 @@ def rprop(
     check.positive("lr", initial)
     eta_minus, eta_plus = _validate.pair("etas", etas, "(eta_minus, eta_plus)")
     min_step, max_step = _validate.pair("step_sizes", step_sizes, "(min_step, max_step)")
-    check.in_range("etas[0]", eta_minus, 0.0, 1.0, low_inclusive=False)
-    check.in_range("etas[1]", eta_plus, 1.0, None)
+    # torch.optim.Rprop: 0 < eta_minus < 1 < eta_plus
+    check.in_range("etas[0]", eta_minus, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+    check.in_range("etas[1]", eta_plus, 1.0, None, low_inclusive=False)
     check.non_negative("step_sizes[0]", min_step)
     check.non_negative("step_sizes[1]", max_step, allow_inf=True)
     check.at_least("step_sizes[1]", max_step, "step_sizes[0]", min_step)
