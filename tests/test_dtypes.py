@@ -308,8 +308,8 @@ def test_bfloat16_adamax_with_a_float32_norm_decays_after_a_burst():
     )
 
 
-@pytest.mark.parametrize("block", ["scale_by_radam", "scale_by_nadam_schedule"])
-def test_float16_params_with_a_float32_second_moment_in_radam_and_nadam_schedule(block):
+@pytest.mark.parametrize("block", ["scale_by_radam", "scale_by_nadam_schedule", "swats"])
+def test_float16_params_with_a_float32_second_moment_in_radam_nadam_schedule_swats(block):
     # as for Adam above: (1 - b2) g^2 ~ 1e-9 underflows a float16 second moment
     gradients = 1e-3 * np.random.default_rng(8).normal(size=(300, 64)).astype(np.float32)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +47,7 @@ def swats(
     eps: float = 1e-9,
     *,
     switch_tol: float = 1e-9,
+    nu_dtype: Any = None,
 ) -> GradientTransformation:
     r"""SWATS, Switching from Adam to SGD (Keskar & Socher, 2017, Algorithm 1).
 
@@ -82,6 +83,9 @@ def swats(
         b2: in [0, 1): Adam's second-moment decay and the decay of lambda.
         eps: added to sqrt(a_k), >= 0.
         switch_tol: the switching tolerance, >= 0.
+        nu_dtype: dtype of Adam's second moment; None keeps the parameter's real
+            dtype. For float16 parameters pass ``jnp.float32`` (a float16 ``(1 - b2) g^2``
+            underflows for gradients ~1e-3).
 
     State: ``SwatsState``: ``switched`` and ``switch_step`` say whether and when it
     switched, ``sgd_learning_rate`` is Lambda.
@@ -106,6 +110,7 @@ def swats(
     check.unit_interval("b2", b2)
     check.non_negative("eps", eps)
     check.non_negative("switch_tol", switch_tol)
+    check.dtype_or_none("nu_dtype", nu_dtype)
 
     def scalar_dtype(params):
         dtypes = [numerics.compute_dtype(jnp.result_type(x)) for x in jax.tree.leaves(params)]
@@ -116,7 +121,7 @@ def swats(
         return SwatsState(
             count=jnp.zeros([], jnp.int32),
             mu=tree.zeros_like(params),
-            nu=tree.zeros_like(params, real=True),
+            nu=tree.zeros_like(params, nu_dtype, real=True),
             momentum=tree.zeros_like(params),
             lambda_avg=jnp.zeros([], dtype),
             switched=jnp.asarray(False),
@@ -136,7 +141,9 @@ def swats(
             dtype = numerics.compute_dtype(g.dtype)
             g_ = g.astype(dtype)
             m_new = b1 * m.astype(dtype) + (1 - b1) * g_
-            a_new = b2 * a.astype(numerics.real_dtype(dtype)) + (1 - b2) * numerics.abs_sq(g_)
+            a_dtype = jnp.promote_types(numerics.real_dtype(dtype), a.dtype)
+            g_squared = numerics.abs_sq(g.astype(jnp.promote_types(dtype, a_dtype)))
+            a_new = b2 * a.astype(a_dtype) + (1 - b2) * g_squared
             step_size = (
                 numerics.hyperparameter(alpha, dtype)
                 * jnp.sqrt(numerics.bias_correction(b2, count, dtype))
