@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import gradtx as gtx
+from gradtx.compat import keras as kc
 from tests.reference import research_transforms as ref
 
 CURVATURE = np.array([1.0, 3.0, 0.5])
@@ -184,3 +187,33 @@ def test_parameter_averages_of_half_precision_params_are_kept_in_float32(dtype):
             params, state = step(params, state)
         np.testing.assert_allclose(np.asarray(jax.tree.leaves(state)[-1]), expected, rtol=1e-5)
     assert gtx.ema_params(dtype=jnp.bfloat16).init(jnp.zeros(1)).ema.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: gtx.lookahead(gtx.adam(0.1)),
+        lambda: gtx.chain(gtx.adam(0.1), gtx.ema_params(0.9)),
+        lambda: gtx.chain(gtx.sgd(0.1), gtx.average_params()),
+        lambda: kc.sgd(0.1, use_ema=True),
+    ],
+)
+def test_a_state_with_copies_of_the_params_can_be_donated_with_them(make):
+    # An eager init kept the params' own buffers (astype to the same dtype is the
+    # identity): jit(step, donate_argnums=(0, 1)) then failed with "donate the same
+    # buffer twice" (a segfault with several processes).
+    tx = make()
+    params = {"w": jnp.ones((4, 3)), "b": jnp.zeros(3)}
+    state = tx.init(params)
+    pointers = {x.unsafe_buffer_pointer() for x in jax.tree.leaves(params)}
+    assert not pointers & {x.unsafe_buffer_pointer() for x in jax.tree.leaves(state)}
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return gtx.apply_updates(params, updates), state
+
+    grads = jax.tree.map(jnp.ones_like, params)
+    params, state = step(params, state, grads)
+    params, state = step(params, state, grads)
+    assert float(params["w"][0, 0]) < 1.0

@@ -73,8 +73,9 @@ def _needs_params(name: str, params: Any) -> None:
 
 
 def copy_params(params: Params, dtype: Any = None, *, at_least_float32: bool = False) -> Params:
-    """The params as arrays (in ``dtype`` if given; else in their own dtype, widened to
-    float32 from float16/bfloat16 with ``at_least_float32``).
+    """The params as new arrays (in ``dtype`` if given; else in their own dtype, widened
+    to float32 from float16/bfloat16 with ``at_least_float32``), never the params' own
+    buffers.
 
     Abstract params (``jax.ShapeDtypeStruct``, for sharding and checkpoint restore) have
     no values: they give zeros of their shape, dtype and sharding, which the restore
@@ -87,7 +88,9 @@ def copy_params(params: Params, dtype: Any = None, *, at_least_float32: bool = F
         leaf_dtype = dtype or (numerics.compute_dtype(own) if at_least_float32 else own)
         if isinstance(p, jax.ShapeDtypeStruct):
             return tree.zeros_like(p, leaf_dtype)
-        return jnp.asarray(p).astype(leaf_dtype)
+        # a copy even in the same dtype (astype would return p itself): a state that
+        # held the params' own buffers could not be donated with them in a jitted step
+        return jnp.array(p, dtype=leaf_dtype, copy=True)
 
     return jax.tree.map(copy, params)
 
