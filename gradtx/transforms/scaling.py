@@ -39,6 +39,13 @@ def scale(step_size: float | jax.Array) -> GradientTransformation:
     and rounded once to the leaf dtype).
     """
     check.number("step_size", step_size)
+    return _scale(step_size)
+
+
+def _scale(step_size: float | jax.Array) -> GradientTransformation:
+    """``scale`` for a step size its caller has checked (``scale_by_learning_rate``
+    checks the rate; checking ``-rate`` again would read a value computed at this update
+    back to the host, which waits for the device: see ``scale_by_learning_rate``)."""
 
     def init(params):
         del params
@@ -88,6 +95,19 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
         raise TypeError(f"step_size_fn must be a schedule (a callable), got {step_size_fn!r}")
     check.schedule_arity("step_size_fn", step_size_fn)
 
+    def checked_step_size(count):
+        step_size = step_size_fn(count)
+        # A concrete value (an un-jitted update) is checked, as in the optimizers: a NaN
+        # or a vector (which would broadcast against the leaves) fails here, named.
+        check.number("step_size_fn's value", step_size)
+        return step_size
+
+    return _scale_by_schedule(checked_step_size)
+
+
+def _scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
+    """``scale_by_schedule`` for a schedule that checks its own values."""
+
     def init(params):
         del params
         return ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
@@ -95,9 +115,6 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
     def update(updates, state, params=None, **extra):
         del params, extra
         step_size = step_size_fn(state.count)
-        # A concrete value (an un-jitted update) is checked, as in the optimizers: a NaN
-        # or a vector (which would broadcast against the leaves) fails here, named.
-        check.number("step_size_fn's value", step_size)
         return _scale_leaves(updates, step_size), ScaleByScheduleState(
             numerics.safe_increment(state.count)
         )
@@ -118,6 +135,9 @@ def scale_by_learning_rate(
             update (under ``jit`` the value is traced and cannot be checked), as in the
             optimizers.
         flip_sign: negate the step (gradient descent), the default.
+
+    State: ``ScaleByScheduleState(count)`` (t for the schedule, from 0) when
+    ``learning_rate`` is a schedule, else ``EmptyState()``.
 
     Example:
         >>> import jax.numpy as jnp
@@ -141,6 +161,9 @@ def scale_by_learning_rate(
             check.non_negative("learning_rate", value)
             return sign * value
 
-        return scale_by_schedule(step_size)
+        return _scale_by_schedule(step_size)
     check.non_negative("learning_rate", learning_rate)
-    return scale(sign * learning_rate)
+    # The rate is checked, not the step it gives: an optimizer rebuilds this transform at
+    # every update from the rate held in its state, and reading ``-rate``, computed at
+    # that update, back to the host would make every un-jitted update wait for the device.
+    return _scale(sign * learning_rate)

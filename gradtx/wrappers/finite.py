@@ -87,7 +87,15 @@ def apply_if_finite(
         # select keeps the state's dtypes exactly (no weak-type mismatch between branches).
         zeros = jax.tree.map(jnp.zeros_like, new_updates)
         new_updates = tree.where(apply, new_updates, zeros)
-        new_inner_state = tree.where(apply, new_inner_state, state.inner_state)
+        # A leaf the inner update passed through (an optimizer's hyperparameters) is kept
+        # as it is: selected anew, it would be an array computed from the gradients, and
+        # the next un-jitted update, which checks the hyperparameters on the host, would
+        # wait for the device to finish this step.
+        new_inner_state = jax.tree.map(
+            lambda new, old: old if new is old else jnp.where(apply, new, old),
+            new_inner_state,
+            state.inner_state,
+        )
         return new_updates, ApplyIfFiniteState(
             notfinite_count=jnp.where(apply, 0, notfinite_count).astype(jnp.int32),
             last_finite=finite,

@@ -78,8 +78,11 @@ def step_lr(base_lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
     check.non_negative("gamma", gamma)
 
     def schedule(step):
-        t, _ = _as_float(step)
-        return base_lr * jnp.asarray(gamma, jnp.result_type(float)) ** (t // step_size)
+        t, real = _as_float(step)
+        # a float exponent: ``x ** n`` with a concrete integer n (an un-jitted update) reads
+        # n back to the host (waiting for the device) and compiles a new kernel per n, and
+        # gives other roundings than under jit
+        return base_lr * jnp.asarray(gamma, real.dtype) ** (t // step_size).astype(real.dtype)
 
     return schedule
 
@@ -110,9 +113,10 @@ def multistep_lr(base_lr: float, milestones: Sequence[int], gamma: float = 0.1) 
     counts = Counter(_validate.step_counts("milestones", milestones))
 
     def schedule(step):
-        t, _ = _as_float(step)
+        t, real = _as_float(step)
         passed = sum(n * (t >= m).astype(jnp.int32) for m, n in sorted(counts.items()))
-        return base_lr * jnp.asarray(gamma, jnp.result_type(float)) ** passed
+        # a float exponent, as in step_lr
+        return base_lr * jnp.asarray(gamma, real.dtype) ** jnp.asarray(passed, real.dtype)
 
     return schedule
 
