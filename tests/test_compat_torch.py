@@ -682,3 +682,41 @@ def test_a_loaded_state_does_not_share_memory_with_the_pytorch_buffers(x64):
     state = tc.load_state_dict(tc.sgd(0.1, momentum=0.9), torch_state, [jnp.zeros(3)])
     momentum *= 5.0  # what PyTorch's in-place buffer update does
     np.testing.assert_array_equal(state["momentum"].trace[0], [1.0, 1.0, 1.0])
+
+
+def test_periodic_lr_schedulers_keep_pytorchs_values_at_steps_past_2_to_the_24():
+    """CyclicLR's cycle position and CosineAnnealingLR's phase come from the step; in
+    float32 a step past 2**24 rounds (to 128 steps near 1.6e9), and cyclic_lr was 10x
+    off PyTorch there (0.273 for 0.0233), cosine_annealing_lr a random phase. Both now
+    reduce the integer step first; the expected values are PyTorch's formulas in exact
+    integer arithmetic, then double."""
+    steps = [1_586_832_062, 2_000_000_000, 2**31 - 1]
+    cyclic = lr_scheduler.cyclic_lr(0.01, 0.3, step_size_up=10, step_size_down=7)
+    expected = []
+    for t in steps:
+        x = (t % 17) / 17
+        scale = x / (10 / 17) if x <= 10 / 17 else (x - 1) / (10 / 17 - 1)
+        expected.append(0.01 + (0.3 - 0.01) * scale)
+    got = np.asarray(cyclic(jnp.asarray(steps, jnp.int32)), np.float64)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    cosine = lr_scheduler.cosine_annealing_lr(1.0, T_max=1000, eta_min=0.01)
+    expected = [0.01 + 0.99 * (1 + math.cos(math.pi * (t % 2000) / 1000)) / 2 for t in steps]
+    got = np.asarray(cosine(jnp.asarray(steps, jnp.int32)), np.float64)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("up, down", [(2**30, 2**30), (2**31 - 1, None), (10, 2**31 - 1)])
+def test_cyclic_lr_takes_cycles_longer_than_an_int32_step_counter(up, down):
+    """A cycle of 2**31 steps or more cannot be reduced in int32 (the step's ``//`` and
+    ``%`` overflowed with an OverflowError); such a cycle keeps PyTorch's float formula.
+    Expected: CyclicLR's formula in double."""
+    schedule = lr_scheduler.cyclic_lr(0.01, 0.3, step_size_up=up, step_size_down=down)
+    total = up + (up if down is None else down)
+    steps = [0, 5, 2**24 + 3, 2**31 - 1]
+    expected = []
+    for t in steps:
+        x = t / total  # the first cycle: cycle = 1
+        scale = x / (up / total) if x <= up / total else (x - 1) / (up / total - 1)
+        expected.append(0.01 + (0.3 - 0.01) * scale)
+    got = np.asarray(schedule(jnp.asarray(steps, jnp.int32)), np.float64)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)

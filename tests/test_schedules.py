@@ -502,3 +502,274 @@ def test_decays_reach_their_end_exactly_under_jit_for_every_length():
         got = np.asarray(got, np.float64)
         np.testing.assert_array_equal(got[:, 0], 1.0, err_msg=name)
         np.testing.assert_array_equal(got[:, 1:], ends.get(name, 0.0), err_msg=name)
+
+
+def test_warmup_stable_decay_holds_exactly_the_peak_in_its_stable_phase_under_jit():
+    """Under jit ``(D - 0) / D`` is ``D * (1 / D)``, 1 - 6e-8 for 73 of the lengths 1..500:
+    '1-sqrt' turned that into a stable phase 2.4e-4 below the peak (``1 - sqrt(6e-8)``)."""
+    lengths = range(1, 101)
+
+    @jax.jit
+    def values(t):  # steps 0 (warmup's end), 5 (stable) and 10 (the cooldown's first)
+        return jnp.stack(
+            [
+                schedules.warmup_stable_decay(1.0, 0, 10, n, decay_shape=shape)(t)
+                for n in lengths
+                for shape in ("linear", "cosine", "1-sqrt")
+            ]
+        )
+
+    got = np.asarray(values(jnp.asarray([0, 5, 10], jnp.int32)))
+    np.testing.assert_array_equal(got, 1.0)
+
+
+def test_decays_keep_their_last_steps_when_the_transition_nears_int32():
+    """In float32 s and T both round to 128 steps near 1.5e9, so ``1 - s / T`` was 0 two
+    steps before the end: polynomial(power=0.5) at its end value where the equation is
+    ``sqrt(2 / T)`` of the way up (3.3% off at init / end = 1e3; 81% of the peak off with
+    power 0.01). The steps left are now counted in integers."""
+    total = 1_434_063_097
+    steps = jnp.asarray([total - 2, total - 1, total], jnp.int32)
+    left = np.array([2.0, 1.0, 0.0]) / total
+    polynomial = schedules.polynomial(1.0, 0.0, power=0.5, transition_steps=total)(steps)
+    np.testing.assert_allclose(np.asarray(polynomial, np.float64), left**0.5, rtol=1e-6)
+    wsd = schedules.warmup_stable_decay(1.0, 0, 0, total, decay_shape="1-sqrt")(steps)
+    expected = 1 - np.sqrt(1 - left)  # = left / (1 + sqrt(1 - left)), ~left / 2 here
+    np.testing.assert_allclose(np.asarray(wsd, np.float64), expected, rtol=1e-6)
+
+
+def test_linear_is_exact_at_both_ends_and_relatively_accurate_between():
+    """``(init - end) * (1 - s / T) + end`` cancels when |end| >> |init| (a warmup): the
+    value at step 0 was 1.6e-5 off init_value at end / init = 73."""
+    init, end, total = 2.8349006836511377e-05, 0.002064793030585093, 2_106_225_584
+    schedule = schedules.linear(init, end, transition_steps=total)
+    steps = np.array([0, 1, 1000, total - 1, total])
+    got = np.asarray(jax.jit(schedule)(jnp.asarray(steps, jnp.int32)), np.float64)
+    assert got[0] == np.float32(init) and got[-1] == np.float32(end)
+    expected = init * ((total - steps) / total) + end * (steps / total)
+    np.testing.assert_allclose(got, expected, rtol=2e-7)
+
+
+def test_a_rising_polynomial_starts_exactly_at_init_value_and_stays_relatively_accurate():
+    """Rising from 3.5e-6 to 6.3, ``(init - end) * left^power + end`` was 9% off init at
+    step 0 (the ulp of 6.3); it is now anchored at init: ``init + (end - init) * (1 -
+    left^power)``, with ``1 - left^power = -expm1(power * log1p(-done))``."""
+    init, end, total = 3.4915867907778442e-06, 6.3343871190044485, 1093
+    steps = np.array([0, 1, 2, 546, total - 1])
+    schedule = schedules.polynomial(init, end, 0.5, total)
+    got = np.asarray(schedule(steps), np.float64)
+    assert got[0] == np.float32(init) and float(schedule(total)) == np.float32(end)
+    expected = init + (end - init) * -np.expm1(0.5 * np.log1p(-steps / total))
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        lambda: schedules.warmup_cosine_decay(1.9e-6, 2.4824e-6, 1726, 2412, end_value=0.919),
+        lambda: schedules.warmup_stable_decay(2.4824e-6, 1726, 10, 686, end_value=0.919),
+        lambda: schedules.warmup_stable_decay(
+            2.4824e-6, 1726, 10, 686, end_value=0.919, decay_shape="cosine"
+        ),
+        lambda: schedules.warmup_stable_decay(
+            2.4824e-6, 1726, 10, 686, end_value=0.919, decay_shape="1-sqrt"
+        ),
+    ],
+    ids=["warmup_cosine_decay", "wsd_linear", "wsd_cosine", "wsd_1-sqrt"],
+)
+def test_the_peak_is_exact_when_the_end_value_is_far_above_it(schedule):
+    """``end + (peak - end) * 1`` rounds to the ulp of ``end``: the peak came out 0.8%
+    high with an end value 4e5 times larger. Both ends are weighed directly now."""
+    got = np.asarray(jax.jit(schedule())(jnp.asarray([1726, 1730, 1736], jnp.int32)))
+    np.testing.assert_array_equal(got[0], np.float32(2.4824e-6))
+
+
+def test_one_cycle_reaches_its_final_value_in_a_one_step_last_phase_past_2_to_the_24():
+    """three_phase with pct_start=0.5 leaves the third phase one step, from T - 2 to T - 1.
+    In float32 both round to the same number past 2**24 steps, so the last step (and every
+    later one) was in the second phase: max_value / div_factor, 1e4 times the final value.
+    Phases are now chosen, and their fractions computed, from integer steps."""
+    total = 1_318_048_129
+    schedule = schedules.one_cycle(total, 1.0, pct_start=0.5, div_factor=1.0, three_phase=True)
+    steps = jnp.asarray([total - 2, total - 1, INT32_MAX], jnp.int32)
+    np.testing.assert_allclose(np.asarray(jax.jit(schedule)(steps)), [1.0, 1e-4, 1e-4], rtol=1e-6)
+
+
+@pytest.mark.parametrize("build", [schedules.warmup_cosine_decay, schedules.warmup_stable_decay])
+def test_a_warmup_from_far_above_the_peak_is_relatively_accurate_at_its_end(build):
+    """``init + (peak - init) * t / W`` cancels near t = W when |init| >> |peak|: 2e-4 off
+    one step before a peak 2250 times below init. Both ends are weighed directly now."""
+    init, peak, warmup = 1.1707622386727008, 0.0005193706699568644, 608_667
+    if build is schedules.warmup_cosine_decay:
+        schedule = build(init, peak, warmup, 10**9)
+    else:
+        schedule = build(peak, warmup, 10, 10**6, init_value=init)
+    steps = np.array([0, 1, warmup - 1])
+    got = np.asarray(jax.jit(schedule)(jnp.asarray(steps, jnp.int32)), np.float64)
+    expected = init * (warmup - steps) / warmup + peak * steps / warmup
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+COSINE_ENDS = {  # a schedule, the step where its cosine ends, and its float64 equation
+    "warmup_cosine_decay": (  # to end_value under a fractional exponent
+        lambda: schedules.warmup_cosine_decay(0.0, 1.24, 687_997, 1_169_074, 1.24e-3, 0.28),
+        1_169_074,
+        lambda t: (
+            1.24e-3 + (1.24 - 1.24e-3) * np.sin(np.pi / 2 * (1_169_074 - t) / 481_077) ** (2 * 0.28)
+        ),
+    ),
+    "cosine_decay": (
+        lambda: schedules.cosine_decay(1.0, 10**6, exponent=0.5),
+        10**6,
+        lambda t: np.sin(np.pi / 2 * (10**6 - t) / 10**6),
+    ),
+    "sgdr": (  # the end of the second period
+        lambda: schedules.sgdr(1.0, 10**5, period_mult=2),
+        3 * 10**5,
+        lambda t: np.sin(np.pi / 2 * (3 * 10**5 - t) / (2 * 10**5)) ** 2,
+    ),
+    "sgdr_fractional": (  # periods 1000, 1500: the second ends at 2500
+        lambda: schedules.sgdr(1.0, 1000, period_mult=1.5),
+        2500,
+        lambda t: np.sin(np.pi / 2 * (2500 - t) / 1500) ** 2,
+    ),
+    "warmup_stable_decay": (
+        lambda: schedules.warmup_stable_decay(1.0, 0, 0, 10**6, decay_shape="cosine"),
+        10**6,
+        lambda t: np.sin(np.pi / 2 * (10**6 - t) / 10**6) ** 2,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COSINE_ENDS))
+def test_cosines_are_relatively_accurate_near_their_end(name):
+    """``(1 + cos(pi x)) / 2`` cancels in float32 near x = 1 (0 two steps before the end
+    of a 1e6-step cosine); with exponent 0.28 the value there was the end value, half
+    what the equation gives (1.2e-3 of the peak off). The cosine is now taken from the
+    steps left, as ``sin(pi left / 2)^2``."""
+    build, end, equation = COSINE_ENDS[name]
+    steps = np.array([end - 3, end - 2, end - 1])
+    got = np.asarray(jax.jit(build())(jnp.asarray(steps, jnp.int32)), np.float64)
+    np.testing.assert_allclose(got, equation(steps.astype(np.float64)), rtol=1e-5)
+
+
+RATE_POWERS = {  # a schedule, a step, and its float64 equation there
+    "cyclical_exp_range": (  # Smith's gamma, at the top of the 250th cycle
+        lambda: schedules.cyclical(0.0, 1.0, 20, mode="exp_range", gamma=0.99994),
+        9_980,
+        lambda t: 0.99994**t,
+    ),
+    "exponential_decay": (
+        lambda: schedules.exponential_decay(1.0, 1, 0.9999),
+        10**4,
+        lambda t: 0.9999**t,
+    ),
+    "step_decay": (lambda: schedules.step_decay(1.0, 1, 0.999), 10**4, lambda t: 0.999**t),
+    "sgdr_peak_decay": (
+        lambda: schedules.sgdr(1.0, 1, peak_decay=0.9999),
+        2 * 10**4,
+        lambda t: 0.9999**t,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RATE_POWERS))
+def test_powers_of_a_rate_do_not_compound_its_float32_rounding(name):
+    """``float32(0.99994)`` is 2.2e-8 low, so ``float32(gamma) ** t`` was 2.2e-4 low at t =
+    1e4 (PyTorch's CyclicLR and ExponentialLR work in double); ``numerics.power``
+    corrects the base's rounding."""
+    build, step, equation = RATE_POWERS[name]
+    got = float(jax.jit(build())(jnp.int32(step)))
+    assert got == pytest.approx(equation(step), rel=2e-6)
+
+
+def test_rate_powers_stay_exact_for_rates_float32_holds():
+    assert schedules.step_decay(1.0, 1, 0.5)(jnp.arange(4)).tolist() == [1.0, 0.5, 0.25, 0.125]
+    halving = schedules.exponential_decay(1.0, 1, 0.5, staircase=True)
+    assert float(halving(100)) == 2.0**-100
+
+
+def test_rate_powers_take_rates_float32_rounds_to_zero():
+    """``float32(1e-50)`` is 0: there is no rounding to correct, and the value is the
+    float32 one (it was a ZeroDivisionError when the schedule was called)."""
+    assert schedules.step_decay(1.0, 1, 1e-50)(jnp.arange(3)).tolist() == [1.0, 0.0, 0.0]
+
+
+def _half_cosine(x):
+    return (1 + math.cos(math.pi * x)) / 2
+
+
+TRACED_HYPERPARAMETERS = {  # build(v), v, step, and d value / d v from the equation
+    "exponential_decay_rate": (
+        lambda v: schedules.exponential_decay(1.0, 10, v),
+        0.9,
+        30,
+        3 * 0.9**2,
+    ),
+    "step_decay_gamma": (lambda v: schedules.step_decay(1.0, 10, v), 0.9, 30, 3 * 0.9**2),
+    "cyclical_exp_range_gamma": (  # step 30 of a 20-up 20-down cycle: height 1/2
+        lambda v: schedules.cyclical(0.0, 1.0, 20, mode="exp_range", gamma=v),
+        0.99,
+        30,
+        0.5 * 30 * 0.99**29,
+    ),
+    "sgdr_peak_decay": (  # step 30 of the third restart
+        lambda v: schedules.sgdr(1.0, 100, peak_decay=v),
+        0.9,
+        230,
+        2 * 0.9 * _half_cosine(0.3),
+    ),
+    "polynomial_power": (
+        lambda v: schedules.polynomial(1.0, 0.0, v, 100),
+        2.0,
+        30,
+        math.log(0.7) * 0.7**2,
+    ),
+    "rising_polynomial_end_value": (  # (init - end) * 0.7^2 + end
+        lambda v: schedules.polynomial(0.01, v, 2.0, 100),
+        1.0,
+        30,
+        1 - 0.7**2,
+    ),
+    "rising_polynomial_power_at_its_end": (
+        lambda v: schedules.polynomial(0.01, 1.0, v, 100),
+        0.5,
+        200,
+        0.0,
+    ),
+    "warmup_cosine_decay_exponent": (
+        lambda v: schedules.warmup_cosine_decay(0.0, 1.0, 10, 100, exponent=v),
+        0.5,
+        50,
+        math.log(_half_cosine(40 / 90)) * _half_cosine(40 / 90) ** 0.5,
+    ),
+    "warmup_cosine_decay_exponent_at_its_end": (
+        lambda v: schedules.warmup_cosine_decay(0.0, 1.0, 10, 100, end_value=0.01, exponent=v),
+        0.5,
+        500,
+        0.0,
+    ),
+    "one_cycle_max_value": (  # step 60 of the cosine down from 1 to 1 / 25e4
+        lambda v: schedules.one_cycle(100, v),
+        1.0,
+        60,
+        1 / 25e4 + (1 - 1 / 25e4) * _half_cosine((60 - 29) / (99 - 29)),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRACED_HYPERPARAMETERS))
+def test_schedules_are_differentiable_in_their_hyperparameters(name):
+    """A meta-gradient or a vmapped sweep traces a schedule's hyperparameters: a traced
+    value cannot choose the most precise formula (``abs(init) < abs(end)``, ``exponent ==
+    1``, the float32 rounding of a rate), so it takes the general one, and the gradient is
+    the equation's, never NaN (a ``log(0)`` where a ``where`` does not select it)."""
+    build, value, step, expected = TRACED_HYPERPARAMETERS[name]
+    got = jax.jit(jax.grad(lambda v: build(v)(step)))(value)
+    assert float(got) == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
+def test_a_sweep_vmaps_over_a_schedules_hyperparameter():
+    rates = jnp.asarray([0.9, 0.5])
+    got = jax.vmap(lambda rate: schedules.exponential_decay(1.0, 10, rate)(30))(rates)
+    np.testing.assert_allclose(np.asarray(got), [0.9**3, 0.5**3], rtol=1e-6)

@@ -11,9 +11,10 @@ from gradtx.core import Schedule
 from gradtx.schedules.steps import as_step, as_value, check_count
 
 
-def _half_cosine(fraction):
-    """``(1 + cos(pi * fraction)) / 2``: 1 at fraction 0, 0 at fraction 1."""
-    return 0.5 * (1 + jnp.cos(jnp.pi * fraction))
+def _half_cosine_of_steps(done, total):
+    """``(1 + cos(pi * done / total)) / 2`` for integer steps ``0 <= done <= total``, from
+    the steps left (``numerics.half_cosine_left``: no cancellation near the end)."""
+    return numerics.half_cosine_left(numerics.fraction_left(done, total))
 
 
 def cosine_decay(
@@ -24,7 +25,9 @@ def cosine_decay(
         c(t) = (1 + cos(pi * min(t, decay_steps) / decay_steps)) / 2
         v(t) = init_value * ((1 - alpha) * c(t)^exponent + alpha)
 
-    Same numbers as Optax's ``cosine_decay_schedule`` and Keras' ``CosineDecay``; for
+    The equation of Optax's ``cosine_decay_schedule`` and Keras' ``CosineDecay`` (in
+    float32 within a few ulps of the peak, closer to float64 near the end: see
+    docs/schedules.md); for
     t <= T_max, PyTorch's ``CosineAnnealingLR(T_max=decay_steps, eta_min=alpha *
     init_value)``. Past ``decay_steps`` this schedule (like Optax and Keras) stays at
     its end value, whereas PyTorch's cosine is periodic and climbs back up; use
@@ -52,8 +55,8 @@ def cosine_decay(
     check.positive("exponent", exponent)
 
     def schedule(step):
-        t = jnp.minimum(as_step(step), decay_steps).astype(jnp.float32)
-        factor = _half_cosine(t / decay_steps) ** exponent
+        factor = _half_cosine_of_steps(jnp.minimum(as_step(step), decay_steps), decay_steps)
+        factor = factor**exponent
         return as_value(init_value * ((1 - alpha) * factor + alpha))
 
     return schedule
@@ -76,7 +79,8 @@ def warmup_cosine_decay(
                * ((1 + cos(pi * min(t - W, D) / D)) / 2)^exponent           for t >= W
 
     ``decay_steps`` counts the whole schedule, warmup included (Optax's convention).
-    Same numbers as Optax's ``warmup_cosine_decay_schedule``.
+    The equation of Optax's ``warmup_cosine_decay_schedule`` (float32: see
+    docs/schedules.md).
 
     Args:
         init_value: the value at step 0.
@@ -92,6 +96,9 @@ def warmup_cosine_decay(
         >>> schedule = schedules.warmup_cosine_decay(0.0, 1.0, warmup_steps=2, decay_steps=4)
         >>> [round(v, 4) for v in schedule(jnp.arange(6)).tolist()]
         [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
+
+    Reference: Loshchilov & Hutter, 2017, "SGDR: Stochastic Gradient Descent with Warm
+    Restarts" (the cosine); ``optax.warmup_cosine_decay_schedule`` (the same equation).
     """
     check.number("init_value", init_value)
     check.number("peak_value", peak_value)
@@ -108,11 +115,27 @@ def warmup_cosine_decay(
 
     def schedule(step):
         t = as_step(step)
-        since_peak = jnp.clip(t - warmup_steps, 0, cosine_steps).astype(jnp.float32)
-        factor = _half_cosine(since_peak / cosine_steps) ** exponent
-        value = end_value + (peak_value - end_value) * factor
+        since_peak = jnp.clip(t - warmup_steps, 0, cosine_steps)
+        # peak * c + end * (1 - c), each weight computed directly: end + (peak - end) * c
+        # cancels near the peak when |end| >> |peak| (0.8% off the peak itself)
+        left = numerics.fraction_left(since_peak, cosine_steps)
+        done = numerics.fraction_done(since_peak, cosine_steps)
+        factor = numerics.half_cosine_left(left) ** exponent
+        if not numerics.is_traced(exponent) and exponent == 1:
+            complement = numerics.half_cosine_left(done)  # 1 - c = sin(pi x / 2)^2
+        else:  # 1 - c^exponent: as written where it is >= 1/2, else from 1 - c
+            # log1p(-1) = -inf once the cosine has ended, where this branch is not taken:
+            # kept out of it, or a gradient with respect to a traced exponent is NaN there
+            gone = jnp.where(factor < 0.5, 0, numerics.half_cosine_left(done))
+            near_peak = -jnp.expm1(exponent * jnp.log1p(-gone))
+            complement = jnp.where(factor < 0.5, 1 - factor, near_peak)
+        value = peak_value * factor + end_value * complement
         if warmup_steps > 0:
-            warmup = init_value + (peak_value - init_value) * (t.astype(jnp.float32) / warmup_steps)
+            # init * (1 - t / W) + peak * t / W, both weights direct: no cancellation
+            # where |init| >> |peak| (a warmup down from 1.2 to 5e-4 was 2e-4 off)
+            rising = jnp.minimum(t, warmup_steps)
+            warmup = init_value * numerics.fraction_left(rising, warmup_steps)
+            warmup = warmup + peak_value * numerics.fraction_done(rising, warmup_steps)
             value = jnp.where(t < warmup_steps, warmup, value)
         return as_value(value)
 
@@ -131,14 +154,14 @@ def _restart_starts(first_period: int, period_mult: int) -> list[int]:
 _MAX_TABULATED_RESTARTS = 2**16
 
 
-def _fractional_restarts(first_period: int, ratio: float) -> tuple[list, list, list, int | None]:
+def _fractional_restarts(first_period: int, ratio: float) -> tuple[list, list, int | None]:
     """The restarts of a fractional ``period_mult`` that begin within the int32 range
     (the first ``_MAX_TABULATED_RESTARTS``): restart i starts at the real ``s_i = T_0
     (m^i - 1) / (m - 1)``, computed in double; its first step is the first integer at or
     after ``s_i`` (a start within rounding of an integer begins there: 10 * (1.2^2 - 1)
-    / 0.2 is 22 in exact arithmetic, not 22.000000000000004), and its offset is that
-    step minus ``s_i``. Returns the first steps, offsets and lengths, and the first step
-    past the table (None when the table holds every restart)."""
+    / 0.2 is 22 in exact arithmetic, not 22.000000000000004). Returns the first steps
+    and lengths, and the first step past the table (None when the table holds every
+    restart)."""
 
     def start_of(i):
         return first_period * (ratio**i - 1) / (ratio - 1)
@@ -146,16 +169,15 @@ def _fractional_restarts(first_period: int, ratio: float) -> tuple[list, list, l
     def first_step(start):
         return math.ceil(start - 1e-12 * max(start, 1.0))
 
-    begins, offsets, periods = [], [], []
+    begins, periods = [], []
     for i in range(_MAX_TABULATED_RESTARTS):
         start = start_of(i)
         if start > numerics.INT32_MAX:
-            return begins, offsets, periods, None
+            return begins, periods, None
         begins.append(first_step(start))
-        offsets.append(max(begins[-1] - start, 0.0))
         periods.append(first_period * ratio**i)
     end = start_of(_MAX_TABULATED_RESTARTS)
-    return begins, offsets, periods, first_step(end) if end <= numerics.INT32_MAX else None
+    return begins, periods, first_step(end) if end <= numerics.INT32_MAX else None
 
 
 def sgdr(
@@ -211,31 +233,42 @@ def sgdr(
     check.non_negative("peak_decay", peak_decay)
     period_mult = float(period_mult)
 
+    # restart_position(t) gives the restart and the fraction of its period left, from
+    # the integer steps left where they are exact: the cosine from the end, without the
+    # cancellation of 1 + cos(pi x) (numerics.half_cosine_left)
     if period_mult == 1.0:
 
         def restart_position(t):
             restart = t // first_period
-            fraction = (t - restart * first_period).astype(jnp.float32) / first_period
-            return restart, fraction
+            return restart, numerics.fraction_left(t - restart * first_period, first_period)
 
     elif period_mult.is_integer():
         starts = _restart_starts(first_period, int(period_mult))
-        periods = [float(first_period * int(period_mult) ** i) for i in range(len(starts))]
+        periods = [first_period * int(period_mult) ** i for i in range(len(starts))]
+        # the last period may end past int32: its steps left are counted from int32 max
+        ends = [min(s + p, numerics.INT32_MAX) for s, p in zip(starts, periods, strict=True)]
+        past_ends = [s + p - e for s, p, e in zip(starts, periods, ends, strict=True)]
 
         def restart_position(t):
             restart = jnp.zeros_like(t)
             for start in starts[1:]:
                 restart = restart + (t >= start).astype(jnp.int32)
-            begin = jnp.asarray(starts, jnp.int32)[restart]
-            period = jnp.asarray(periods, jnp.float32)[restart]
-            return restart, (t - begin).astype(jnp.float32) / period
+            steps_left = (jnp.asarray(ends, jnp.int32)[restart] - t).astype(jnp.float32)
+            steps_left = steps_left + jnp.asarray(past_ends, jnp.float32)[restart]
+            return restart, steps_left / jnp.asarray(periods, jnp.float32)[restart]
 
     else:
         ratio = period_mult
-        begins, offsets, periods, table_end = _fractional_restarts(first_period, ratio)
+        begins, periods, table_end = _fractional_restarts(first_period, ratio)
 
         def start_of(restart):
             return first_period * (ratio**restart - 1) / (ratio - 1)
+
+        # restart i ends at the real s_{i+1}: steps left = (an integer step near it - t)
+        # + the remainder, both exact in float32 where they are small
+        real_ends = [start_of(i + 1) for i in range(len(begins))]
+        anchors = [min(math.floor(end), numerics.INT32_MAX) for end in real_ends]
+        past_anchors = [end - anchor for end, anchor in zip(real_ends, anchors, strict=True)]
 
         def closed_form(t):
             t = t.astype(jnp.float32)
@@ -244,23 +277,24 @@ def sgdr(
             guess = jnp.where(t < start_of(guess), guess - 1, guess)
             restart = jnp.where(t >= start_of(guess + 1), guess + 1, guess)
             fraction = (t - start_of(restart)) / (first_period * ratio**restart)
-            return restart.astype(jnp.int32), fraction
+            return restart.astype(jnp.int32), 1 - fraction
 
         def restart_position(t):
             table = jnp.asarray(begins, jnp.int32)
             restart = (jnp.searchsorted(table, t, side="right") - 1).astype(jnp.int32)
-            elapsed = (t - table[restart]).astype(jnp.float32)
-            offset = jnp.asarray(offsets, jnp.float32)[restart]
-            fraction = (elapsed + offset) / jnp.asarray(periods, jnp.float32)[restart]
+            steps_left = (jnp.asarray(anchors, jnp.int32)[restart] - t).astype(jnp.float32)
+            steps_left = steps_left + jnp.asarray(past_anchors, jnp.float32)[restart]
+            left = jnp.clip(steps_left / jnp.asarray(periods, jnp.float32)[restart], 0, 1)
             if table_end is None:
-                return restart, fraction
-            late_restart, late_fraction = closed_form(t)
+                return restart, left
+            late_restart, late_left = closed_form(t)
             late = t >= table_end
-            return jnp.where(late, late_restart, restart), jnp.where(late, late_fraction, fraction)
+            return jnp.where(late, late_restart, restart), jnp.where(late, late_left, left)
 
     def schedule(step):
-        restart, fraction = restart_position(as_step(step))
-        peak = jnp.power(jnp.asarray(peak_decay, jnp.float32), restart.astype(jnp.float32))
-        return as_value(min_value + (init_value - min_value) * peak * _half_cosine(fraction))
+        restart, left = restart_position(as_step(step))
+        peak = numerics.power(peak_decay, restart.astype(jnp.float32))
+        cosine = numerics.half_cosine_left(left)
+        return as_value(min_value + (init_value - min_value) * peak * cosine)
 
     return schedule

@@ -3,6 +3,8 @@ warmup ("noam") and warmup-stable-decay."""
 
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
 
 from gradtx import check, numerics
@@ -70,7 +72,7 @@ def cyclical(
         elif mode == "triangular2":
             amplitude = jnp.exp2(-cycle.astype(jnp.float32))
         else:
-            amplitude = jnp.power(jnp.asarray(gamma, jnp.float32), t.astype(jnp.float32))
+            amplitude = numerics.power(gamma, t.astype(jnp.float32))
         return as_value(base_value + (max_value - base_value) * height * amplitude)
 
     return schedule
@@ -105,7 +107,10 @@ def one_cycle(
         total_steps: length of the cycle, a positive integer.
         max_value: the peak value.
         pct_start: the fraction of the steps spent rising, in (0, 1) (a Python number:
-            it places the phases).
+            it places the phases). Every phase needs a step: ``pct_start * total_steps
+            > 1``, and with ``three_phase`` also ``2 * pct_start * total_steps <
+            total_steps + 1``; otherwise a ValueError (``total_steps=1`` never fits).
+            PyTorch's ``OneCycleLR`` takes such phases (``lr_scheduler.one_cycle_lr``).
         anneal_strategy: ``'cos'`` or ``'linear'``.
         div_factor: ``initial = max_value / div_factor``, > 0.
         final_div_factor: ``final = initial / final_div_factor``, > 0.
@@ -154,13 +159,22 @@ def one_cycle(
             )
 
     def anneal(t, begin, end, start_value, end_value):
-        return numerics.anneal(t, begin, end, start_value, end_value, anneal_strategy)
+        # t - begin and end - t from integer differences: in float32 a step above 2**24
+        # rounds to up to 128 steps, which put the last step of a one-step final phase
+        # (three_phase, pct_start=0.5, 1.3e9 steps) at the second phase's end: max_value
+        # instead of the final value
+        first, last = math.floor(begin), math.floor(end)
+        done = (t - first).astype(jnp.float32) - (begin - first)
+        left = (last - t).astype(jnp.float32) + (end - last)
+        return numerics.anneal_fractions(
+            done / (end - begin), left / (end - begin), start_value, end_value, anneal_strategy
+        )
 
     def schedule(step):
-        t = jnp.minimum(as_step(step), total_steps - 1).astype(jnp.float32)
+        t = jnp.minimum(as_step(step), total_steps - 1)
         value = anneal(t, *phases[-1])
         for phase in reversed(phases[:-1]):
-            value = jnp.where(t <= phase[1], anneal(t, *phase), value)
+            value = jnp.where(t <= math.floor(phase[1]), anneal(t, *phase), value)
         return as_value(value)
 
     return schedule
@@ -262,17 +276,24 @@ def warmup_stable_decay(
     def schedule(step):
         t = as_step(step)
         s = jnp.clip(t - decay_begin, 0, decay_steps)
-        linear = numerics.fraction_left(s, decay_steps)
-        x = 1 - linear
+        # x and 1 - x each computed directly, exact at both ends: under jit 1 - (1 - x)
+        # was 6e-8 in the stable phase, and 1 - sqrt(6e-8) put it 2.4e-4 below the peak
+        x, left = numerics.fraction_done(s, decay_steps), numerics.fraction_left(s, decay_steps)
+        # peak * f(x) + end * (1 - f(x)), each weight computed directly: end + (peak -
+        # end) * f cancels near the peak when |end| >> |peak|
         if decay_shape == "linear":
-            remaining = linear
+            remaining, gone = left, x
         elif decay_shape == "cosine":
-            remaining = 0.5 * (1 + jnp.cos(jnp.pi * x))
-        else:
-            remaining = 1 - jnp.sqrt(x)
-        value = end_value + (peak_value - end_value) * remaining
+            remaining, gone = numerics.half_cosine_left(left), numerics.half_cosine_left(x)
+        else:  # 1 - sqrt(x), without its cancellation near x = 1
+            remaining, gone = left / (1 + jnp.sqrt(x)), jnp.sqrt(x)
+        value = peak_value * remaining + end_value * gone
         if warmup_steps > 0:
-            warmup = init_value + (peak_value - init_value) * (t.astype(jnp.float32) / warmup_steps)
+            # init * (1 - t / W) + peak * t / W, both weights direct: no cancellation
+            # where |init| >> |peak| (a warmup down from 1.2 to 5e-4 was 2e-4 off)
+            rising = jnp.minimum(t, warmup_steps)
+            warmup = init_value * numerics.fraction_left(rising, warmup_steps)
+            warmup = warmup + peak_value * numerics.fraction_done(rising, warmup_steps)
             value = jnp.where(t < warmup_steps, warmup, value)
         return as_value(value)
 

@@ -59,10 +59,13 @@ def polynomial(
         v(t) = (init_value - end_value) * (1 - s / transition_steps)^power + end_value
 
     The value is ``init_value`` until ``transition_begin`` and ``end_value`` from
-    ``transition_begin + transition_steps`` on. Same numbers as Optax's
+    ``transition_begin + transition_steps`` on. The equation of Optax's
     ``polynomial_schedule``; with ``end_value=0`` and ``transition_begin=0``, PyTorch's
     ``PolynomialLR(total_iters=transition_steps, power=power)`` (which keeps the final
-    value 0 afterwards too).
+    value 0 afterwards too). Exactly ``init_value`` and ``end_value`` at the ends; a
+    rising schedule (``|end_value| > |init_value|``) is computed as ``init_value +
+    (end_value - init_value) * (1 - (1 - s / T)^power)``, the same number without the
+    cancellation of the form above near a small start.
 
     Args:
         init_value: the value before and at the start of the transition.
@@ -77,6 +80,9 @@ def polynomial(
         >>> schedule = schedules.polynomial(1.0, 0.0, power=2.0, transition_steps=4)
         >>> schedule(jnp.arange(6)).tolist()
         [1.0, 0.5625, 0.25, 0.0625, 0.0, 0.0]
+
+    Reference: ``optax.polynomial_schedule`` (the same equation); PyTorch's
+    ``torch.optim.lr_scheduler.PolynomialLR``.
     """
     check.number("init_value", init_value)
     check.number("end_value", end_value)
@@ -87,6 +93,21 @@ def polynomial(
     def schedule(step):
         progress = jnp.clip(as_step(step) - transition_begin, 0, transition_steps)
         remaining = numerics.fraction_left(progress, transition_steps)
+        done = numerics.fraction_done(progress, transition_steps)
+        # (init - end) * left^power + end cancels where |end| >> |init| (1.6e-5 off init
+        # at step 0 of a 73x linear warmup): a rising schedule is anchored at init (traced
+        # values, which cannot choose a branch, take the general form)
+        if not numerics.is_traced(power) and power == 1:
+            return as_value(init_value * remaining + end_value * done)
+        if not numerics.is_traced(init_value, end_value) and abs(init_value) < abs(end_value):
+            # 1 - left^power, from whichever of done and left is the more precise
+            # (log(0) at the end, where the value is end_value: kept out, or a gradient with
+            # respect to a traced power is NaN there)
+            safe_left = jnp.where(remaining == 0, 1, remaining)
+            log_left = jnp.where(done < 0.5, jnp.log1p(-done), jnp.log(safe_left))
+            risen = -jnp.expm1(power * log_left)
+            value = init_value + (end_value - init_value) * risen
+            return as_value(jnp.where(remaining == 0, end_value, value))
         return as_value((init_value - end_value) * remaining**power + end_value)
 
     return schedule
@@ -100,7 +121,7 @@ def linear(
         s    = clip(t - transition_begin, 0, transition_steps)
         v(t) = init_value + (end_value - init_value) * s / transition_steps
 
-    Same numbers as Optax's ``linear_schedule``; PyTorch's ``LinearLR`` is this with
+    The equation of Optax's ``linear_schedule``; PyTorch's ``LinearLR`` is this with
     ``init_value = base_lr * start_factor`` and ``end_value = base_lr * end_factor``.
 
     Args:
@@ -114,6 +135,9 @@ def linear(
         >>> from gradtx import schedules
         >>> schedules.linear(0.0, 1.0, transition_steps=4)(jnp.arange(6)).tolist()
         [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+
+    Reference: ``optax.linear_schedule`` (the same equation); PyTorch's
+    ``torch.optim.lr_scheduler.LinearLR``.
     """
     return polynomial(init_value, end_value, 1.0, transition_steps, transition_begin)
 
@@ -132,9 +156,12 @@ def exponential_decay(
         v(t) = init_value * decay_rate^p
 
     then bounded by ``end_value`` when given: from below if ``decay_rate < 1``, from
-    above if it is > 1. Same numbers as Optax's ``exponential_decay`` and Keras'
+    above if it is > 1. The equation of Optax's ``exponential_decay`` and Keras'
     ``ExponentialDecay(init_value, decay_steps=transition_steps, decay_rate)``; PyTorch's
-    ``ExponentialLR(gamma)`` is ``transition_steps=1, decay_rate=gamma``.
+    ``ExponentialLR(gamma)`` is ``transition_steps=1, decay_rate=gamma``. Optax and
+    Keras raise ``float32(decay_rate)``, whose rounding compounds with the exponent
+    (``0.99994^1e4`` 2.2e-4 low); here it is corrected (``numerics.power``), as in
+    PyTorch's double precision.
 
     Args:
         init_value: the value up to ``transition_begin``.
@@ -151,6 +178,9 @@ def exponential_decay(
         ...                                        staircase=True)
         >>> schedule(jnp.arange(6)).tolist()
         [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+
+    Reference: ``optax.exponential_decay`` (the same equation); Keras'
+    ``keras.optimizers.schedules.ExponentialDecay``.
     """
     check.number("init_value", init_value)
     check_count("transition_steps", transition_steps)
@@ -166,7 +196,7 @@ def exponential_decay(
             exponent = (elapsed // transition_steps).astype(jnp.float32)
         else:
             exponent = elapsed.astype(jnp.float32) / transition_steps
-        value = init_value * jnp.power(jnp.asarray(decay_rate, jnp.float32), exponent)
+        value = init_value * numerics.power(decay_rate, exponent)
         if end_value is not None:
             value = jnp.where(
                 jnp.asarray(decay_rate) < 1,
@@ -200,6 +230,8 @@ def inverse_time_decay(
         >>> schedule = schedules.inverse_time_decay(1.0, decay_steps=1, decay_rate=1.0)
         >>> schedule(jnp.arange(4)).tolist()
         [1.0, 0.5, 0.3333333432674408, 0.25]
+
+    Reference: Keras' ``keras.optimizers.schedules.InverseTimeDecay`` (same numbers).
     """
     check.number("init_value", init_value)
     check_count("decay_steps", decay_steps)
@@ -237,6 +269,9 @@ def power_decay(init_value: float, steps: int, power: float = 1.0) -> Schedule:
         >>> from gradtx import schedules
         >>> schedules.power_decay(1.0, steps=2, power=2.0)(jnp.array([0, 2, 6])).tolist()
         [1.0, 0.25, 0.0625]
+
+    Reference: Géron, 2019, *Hands-On Machine Learning with Scikit-Learn, Keras and
+    TensorFlow*, ch. 11 ("power scheduling").
     """
     check.number("init_value", init_value)
     check_count("steps", steps)
@@ -267,6 +302,8 @@ def step_decay(init_value: float, step_size: int, gamma: float = 0.1) -> Schedul
         >>> from gradtx import schedules
         >>> schedules.step_decay(1.0, step_size=2, gamma=0.5)(jnp.arange(5)).tolist()
         [1.0, 1.0, 0.5, 0.5, 0.25]
+
+    Reference: PyTorch's ``torch.optim.lr_scheduler.StepLR`` (same numbers).
     """
     check.number("init_value", init_value)
     check_count("step_size", step_size)
@@ -274,7 +311,7 @@ def step_decay(init_value: float, step_size: int, gamma: float = 0.1) -> Schedul
 
     def schedule(step):
         decays = (as_step(step) // step_size).astype(jnp.float32)
-        return as_value(init_value * jnp.power(jnp.asarray(gamma, jnp.float32), decays))
+        return as_value(init_value * numerics.power(gamma, decays))
 
     return schedule
 
@@ -299,6 +336,9 @@ def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Sc
         >>> schedule = schedules.piecewise_constant([2, 4], [1.0, 0.5, 0.25])
         >>> schedule(jnp.arange(6)).tolist()
         [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+
+    Reference: PyTorch's ``torch.optim.lr_scheduler.MultiStepLR`` (same numbers with
+    ``values[i] = init * gamma^i``).
     """
     boundaries = increasing_boundaries("boundaries", boundaries)
     values = as_tuple("values", values, "a sequence of len(boundaries) + 1 real numbers")

@@ -10,7 +10,9 @@ the closed forms of the same sequences (equal up to rounding, checked against Py
 
 The values are computed in the default float dtype (float64 when ``jax_enable_x64`` is
 on, as PyTorch's Python doubles), so float64 runs match PyTorch to 1e-10; the schedules
-of ``gradtx.schedules`` return float32.
+of ``gradtx.schedules`` return float32. The periodic ones (``cyclic_lr``,
+``cyclic_momentum``, ``cosine_annealing_lr``) take the position in the period from the
+integer step, so float32 keeps its precision up to step 2**31 - 1.
 """
 
 from __future__ import annotations
@@ -174,7 +176,11 @@ def cosine_annealing_lr(base_lr: float, T_max: int, eta_min: float = 0.0) -> Sch
     _validate.number("eta_min", eta_min, 0.0)
 
     def schedule(step):
-        _, t = _as_float(step)
+        whole, t = _as_float(step)
+        if 2 * T_max <= numerics.INT32_MAX:
+            # one period of the cosine, from the integer step: float32 rounds a step past
+            # 2**24, and pi * t / T_max was a random phase at step 2e9
+            t = (whole % (2 * T_max)).astype(t.dtype)
         return eta_min + (base_lr - eta_min) * (1 + jnp.cos(math.pi * t / T_max)) / 2
 
     return schedule
@@ -258,9 +264,15 @@ def _cyclic_wave(
     ratio = step_size_up / total
 
     def schedule(step):
-        _, t = _as_float(step)
-        cycle = jnp.floor(1 + t / total)
-        x = 1.0 + t / total - cycle
+        whole, t = _as_float(step)
+        if step_size_up + down <= jnp.iinfo(whole.dtype).max:
+            # PyTorch's cycle = floor(1 + t / total) and x = 1 + t / total - cycle, from
+            # the integer step: in float32 a step past 2**24 rounds, and x came out 10x
+            # off at step 1.6e9 (float64 loses 2e-7 of x there too)
+            cycle = (whole // (step_size_up + down) + 1).astype(t.dtype)
+            x = (whole % (step_size_up + down)).astype(t.dtype) / total
+        else:  # a cycle longer than the step's integer type counts: all in the first
+            cycle, x = jnp.ones_like(t), t / total
         scale_factor = jnp.where(x <= ratio, x / ratio, (x - 1) / (ratio - 1))
         height = (peak - start) * scale_factor
         if mode == "triangular":
