@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import numerics
+from gradtx import check, numerics
 
 # The helpers the docs name for users; the rest serve the transforms (importable, but
 # not promised).
@@ -52,7 +52,8 @@ def check_same_structure(reference: Any, other: Any, reference_name: str, other_
     if only_ref or only_other:  # leaves missing or added: name them, not a position
         sides = ((only_ref, reference_name, other_name), (only_other, other_name, reference_name))
         parts = [
-            f"{', '.join(paths)} {'is' if len(paths) == 1 else 'are'} in {here}, not in {there}"
+            f"{', '.join(path or 'the root' for path in paths)} "
+            f"{'is' if len(paths) == 1 else 'are'} in {here}, not in {there}"
             for paths, here, there in sides
             if paths
         ]
@@ -143,7 +144,9 @@ def full_like(tree: Any, fill_value: Any, dtype: Any = None) -> Any:
     )
 
 
-def map_unzip(fn: Callable[..., tuple], tree: Any, *rest: Any, outputs: int) -> tuple:
+def map_unzip(
+    fn: Callable[..., tuple], tree: Any, *rest: Any, outputs: int, names: Sequence[str] = ()
+) -> tuple:
     """Applies a per-leaf ``fn`` returning ``outputs`` values; returns ``outputs`` trees.
 
     This is the one traversal a transform makes: ``fn(g, m, v) -> (u, m, v)`` reads
@@ -159,6 +162,9 @@ def map_unzip(fn: Callable[..., tuple], tree: Any, *rest: Any, outputs: int) -> 
         tree: the tree that sets the structure (the updates, usually).
         *rest: trees of the same structure (state fields, params, a mask).
         outputs: the number of values ``fn`` returns, an int >= 1.
+        names: what the trees of ``rest`` are, in order, for the error that names a tree
+            not matching ``tree`` (``("the params", "the state")``); a tree left unnamed
+            is "the state".
 
     Returns:
         A tuple of ``outputs`` trees with the structure of ``tree``.
@@ -171,11 +177,14 @@ def map_unzip(fn: Callable[..., tuple], tree: Any, *rest: Any, outputs: int) -> 
         >>> doubled["a"].tolist(), squared["a"].tolist()
         ([2.0, 2.0], [1.0, 1.0])
     """
+    # outputs=0 would drop every result and return (): refused, as documented
+    check.positive_int("outputs", outputs)
     leaves, treedef = jax.tree.flatten(tree)
     flat_rest = []
-    for other in rest:
+    for i, other in enumerate(rest):
         if jax.tree.structure(other) != treedef:
-            check_same_structure(tree, other, "the updates", "the state")
+            name = names[i] if i < len(names) else "the state"
+            check_same_structure(tree, other, "the updates", name)
         flat_rest.append(treedef.flatten_up_to(other))
     # Python floats as leaves (params = {"scale": 0.5}) become arrays, as under jit
     leaves = [_as_array(x) for x in leaves]
@@ -536,6 +545,31 @@ def _shape(x: Any) -> tuple[int, ...]:
     return tuple(shape) if shape is not None else jnp.shape(x)
 
 
+MASK_LEAVES = (bool, np.bool_)
+"""The leaves of a mask tree (a callable whose leaves are all these is a tree)."""
+
+LABEL_LEAVES = (str, int, np.integer)
+"""The leaves of a label tree (``partition``'s labels)."""
+
+
+def is_function_of_params(value: Any, leaf_types: tuple[type, ...]) -> bool:
+    """Whether a mask or labels argument is a function of the params (else a tree).
+
+    A callable is a function unless it is a pytree whose leaves are all ``leaf_types``:
+    an Equinox module defines ``__call__``, so the mask
+    ``jax.tree.map(lambda p: p.ndim > 1, model)`` is callable and still a tree of bools.
+    ``optax.masked`` reads that mask as a tree too, but draws the line elsewhere: it
+    calls a callable only when its leaves are all callable, so a mask function with data
+    fields (an Equinox module with an ``int`` field and a ``__call__``) is a tree there
+    and a function here. A callable pytree with no leaves, or with leaves that no
+    mask or label tree may hold (JAX bool arrays, say), is called here.
+    """
+    if not callable(value):
+        return False
+    leaves = jax.tree.leaves(value)
+    return not (leaves and all(isinstance(leaf, leaf_types) for leaf in leaves))
+
+
 @functools.cache
 def _is_inexact(dtype: Any) -> bool:
     return bool(jnp.issubdtype(dtype, jnp.inexact))
@@ -738,8 +772,9 @@ def tree_get(tree: Any, name: str, *, path: str | None = None) -> Any:
         >>> import gradtx as gtx
         >>> tx = gtx.chain(gtx.scale_by_adam(), gtx.scale(-0.1))
         >>> state = tx.init({"w": jnp.zeros(2)})
-        >>> gtx.tree_get(state, "mu")["w"].tolist()
-        [0.0, 0.0]
+        >>> _, state = tx.update({"w": jnp.array([1.0, -2.0])}, state)
+        >>> [round(x, 6) for x in gtx.tree_get(state, "mu")["w"].tolist()]  # (1 - b1) g
+        [0.1, -0.2]
 
     Reference: ``optax.tree_utils.tree_get``, with differences: a missing name is a
     KeyError (Optax returns ``default``), several are a ValueError (Optax: KeyError),

@@ -385,3 +385,45 @@ def test_params_with_an_extra_or_a_missing_leaf_are_named_by_that_leaf(make, jit
         update(grads, state, {**params, "c": jnp.zeros(2)})
     with pytest.raises(ValueError, match=r"\['b'\] is in the updates, not in the params"):
         update(grads, state, {"w": params["w"]})
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: gtx.add_decayed_weights(0.1),
+        lambda: gtx.adamw(0.1),
+        lambda: gtx.add_l1(0.1),
+        lambda: gtx.proximal_l1(0.1),
+        lambda: gtx.max_norm(1.0),
+        lambda: gtx.add_decoupled_weight_decay(0.1, 0.1),
+        lambda: gtx.averaged_sgd(0.1),
+        lambda: gtx.lookahead(gtx.sgd(0.1)),
+        lambda: gtx.ema_params(0.9),
+        lambda: gtx.average_params(),
+        lambda: kc.sgd(0.1, use_ema=True),
+    ],
+    ids=[
+        "add_decayed_weights",
+        "adamw",
+        "add_l1",
+        "proximal_l1",
+        "max_norm",
+        "add_decoupled_weight_decay",
+        "averaged_sgd",
+        "lookahead",
+        "ema_params",
+        "average_params",
+        "keras_use_ema",
+    ],
+)
+def test_params_that_do_not_match_the_updates_are_named_the_params_not_the_state(make):
+    """The blocks that read the params named a misspelt params tree "the state"."""
+    tx = make()
+    grads = {"kernel": jnp.ones(2)}
+    state = tx.init(grads)
+    with pytest.raises(ValueError) as error:
+        tx.update(grads, state, {"kernal": jnp.ones(2)})
+    assert str(error.value) == (
+        "the structure of the params differs from the updates: ['kernel'] is in the "
+        "updates, not in the params; ['kernal'] is in the params, not in the updates"
+    )

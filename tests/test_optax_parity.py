@@ -190,3 +190,63 @@ def test_names_shared_with_optax_take_optaxs_positional_arguments_in_its_order()
         u_ours, _ = ours.update(grads, ours.init(params), params)
         u_theirs, _ = theirs.update(grads, theirs.init(params), params)
         np.testing.assert_allclose(u_ours["w"], u_theirs["w"], rtol=1e-6)
+
+
+def test_static_args_take_one_name_as_a_string_and_refuse_unknown_names():
+    # optax/schedules/_inject_test.py: test_static_args (string) and test_static_args_error
+    def custom(learning_rate, mask):
+        return gtx.masked(gtx.scale(-learning_rate), mask)
+
+    mask = lambda params: jax.tree.map(lambda x: x.ndim > 1, params)  # noqa: E731
+    params = [jnp.ones((1, 2)), jnp.ones(2)]
+    for static_args in ["mask", ["mask"]]:
+        tx = gtx.schedule_injection(custom, static_args=static_args)(0.1, mask)
+        updates, state = jax.jit(tx.update)(params, jax.jit(tx.init)(params))
+        assert set(state.hyperparams) == {"learning_rate"}
+        np.testing.assert_allclose(updates[0], -0.1 * params[0])
+        np.testing.assert_allclose(updates[1], params[1])
+    for static_args in ["lr", ["lr"]]:
+        with pytest.raises(ValueError, match=r"static_args must name arguments of scale.*'lr'"):
+            gtx.schedule_injection(gtx.scale, static_args=static_args)
+        with pytest.raises(ValueError, match=r"'lr'"):
+            gtx.schedule_injection(static_args=static_args)(gtx.scale)
+
+
+def test_a_callable_tree_of_bools_is_a_mask_tree_not_a_mask_function():
+    # optax/transforms/_masking_test.py: test_mask_compatible_callable_pytree. An Equinox
+    # module defines __call__, so a mask built from one with tree_map is callable.
+    class Linear:
+        def __init__(self, w, b):
+            self.w, self.b = w, b
+
+        def __call__(self, x):
+            return x @ self.w + self.b
+
+    jax.tree_util.register_pytree_node(
+        Linear, lambda m: ((m.w, m.b), None), lambda _, children: Linear(*children)
+    )
+    model = Linear(jnp.ones((2, 2)), jnp.ones(2))
+    mask = jax.tree.map(lambda x: x.ndim > 1, model)  # decay the kernel, not the bias
+    labels = jax.tree.map(lambda x: "decay" if x.ndim > 1 else "plain", model)
+    grads = jax.tree.map(jnp.zeros_like, model)
+    decay = gtx.add_decayed_weights(0.1)
+    for ours, theirs in [
+        (gtx.masked(decay, mask), optax.masked(optax.add_decayed_weights(0.1), mask)),
+        (gtx.add_decayed_weights(0.1, mask), optax.add_decayed_weights(0.1, mask)),
+        (
+            gtx.adamw(1.0, weight_decay=0.1, mask=mask),
+            optax.adamw(1.0, weight_decay=0.1, mask=mask),
+        ),
+        (gtx.freeze(mask), optax.transforms.freeze(mask)),
+    ]:
+        u_ours, _ = ours.update(grads, ours.init(model), model)
+        u_theirs, _ = theirs.update(grads, theirs.init(model), model)
+        for leaf_ours, leaf_theirs in zip(
+            jax.tree.leaves(u_ours), jax.tree.leaves(u_theirs), strict=True
+        ):
+            np.testing.assert_allclose(leaf_ours, leaf_theirs, rtol=1e-6)
+    # labels likewise (optax.partition calls any callable, so it cannot be the reference)
+    tx = gtx.partition({"decay": decay, "plain": gtx.identity()}, labels)
+    updates, _ = tx.update(grads, tx.init(model), model)
+    np.testing.assert_allclose(updates.w, np.full((2, 2), 0.1), rtol=1e-6)
+    np.testing.assert_allclose(updates.b, np.zeros(2))

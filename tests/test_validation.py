@@ -479,3 +479,10 @@ def test_bfloat16_hyperparameters_are_numbers():
 def test_range_messages_show_an_unbounded_end_as_open():
     with pytest.raises(ValueError, match=r"learning_rate must be in \[0.0, inf\), got -1.0"):
         gtx.adam(-1.0)
+
+
+@pytest.mark.parametrize("outputs", [0, -1, 1.0, True])
+def test_map_unzip_refuses_an_outputs_its_docstring_does_not_allow(outputs):
+    # outputs=0 used to return () and drop every result of fn (documented: an int >= 1)
+    with pytest.raises(ValueError, match=f"^outputs must be a positive integer, got {outputs}"):
+        gtx.tree.map_unzip(lambda x: (x, x), {"a": jnp.ones(1)}, outputs=outputs)

@@ -119,7 +119,7 @@ def _evaluate(name: str, schedule: Callable, count: jax.Array) -> Any:
 def schedule_injection(
     factory: Callable[..., GradientTransformation] | None = None,
     *,
-    static_args: Iterable[str] = (),
+    static_args: str | Iterable[str] = (),
 ) -> Callable[..., GradientTransformation]:
     """Makes every float hyperparameter of ``factory`` a constant-or-schedule in the state.
 
@@ -154,7 +154,10 @@ def schedule_injection(
             ``step -> real scalar`` (a vector is a ValueError); the factory is called
             once when the transform is built, to validate the values.
         static_args: names of arguments passed through unchanged even if callable or
-            float (a mask function, say), an iterable of strings.
+            float (a mask function, say): one name (``"mask"``, as Optax takes it) or an
+            iterable of names, each an argument of ``factory`` (another is a
+            ValueError naming it, where a misspelt name would otherwise leave the
+            argument injected).
 
     A hyperparameter given as a JAX array to an injected optimizer built inside another
     injector's factory (a gradtx optimizer wrapped in ``schedule_injection`` again, or
@@ -178,11 +181,21 @@ def schedule_injection(
         >>> u.tolist(), float(gtx.get_hyperparams(state)["step_size"])
         ([0.5], 0.5)
     """
-    static = frozenset(static_args)
+    # a string is one name, not the iterable of its characters
+    static = frozenset((static_args,) if isinstance(static_args, str) else static_args)
     if factory is None:
         return functools.partial(schedule_injection, static_args=static)
 
     signature = inspect.signature(factory)
+    takes_any_keyword = any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()
+    )
+    unknown = sorted(static - set(signature.parameters), key=str) if not takes_any_keyword else []
+    if unknown:
+        raise ValueError(
+            f"static_args must name arguments of {getattr(factory, '__name__', 'factory')}"
+            f" ({', '.join(signature.parameters)}), got {', '.join(map(repr, unknown))}"
+        )
 
     @functools.wraps(factory)
     def build(*args: Any, **kwargs: Any) -> GradientTransformation:

@@ -33,6 +33,8 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
         >>> decay = schedules.step_decay(1.0, step_size=2, gamma=0.5)
         >>> schedules.join([warmup, decay], [2])(jnp.arange(7)).tolist()
         [0.0, 0.5, 1.0, 1.0, 0.5, 0.5, 0.25]
+
+    Reference: ``optax.join_schedules`` (same numbers).
     """
     schedules = as_tuple("schedules", schedules, "a sequence of len(boundaries) + 1 schedules")
     boundaries = increasing_boundaries("boundaries", boundaries)

@@ -94,10 +94,11 @@ def reduce_on_plateau(
 
     Args:
         factor: the scale is multiplied by it at each reduction, in [0, 1).
-        patience: metrics without improvement tolerated before a reduction, >= 0.
+        patience: metrics without improvement tolerated before a reduction, an int
+            >= 0.
         threshold: the improvement that counts, >= 0 (relative or absolute).
         threshold_mode: ``'rel'`` or ``'abs'``.
-        cooldown: metrics ignored after a reduction before counting again, >= 0.
+        cooldown: metrics ignored after a reduction before counting again, an int >= 0.
         min_scale: the scale never drops below it, >= 0.
         mode: ``'min'`` (a loss) or ``'max'`` (an accuracy).
         eps: a reduction smaller than this is skipped (PyTorch's ``eps``, applied to

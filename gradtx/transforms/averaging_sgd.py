@@ -110,7 +110,9 @@ def averaged_sgd(
             a_new = jnp.where(mu == 1, p_new, a.astype(dtype) + mu * (p_new - a.astype(dtype)))
             return (p_new - p_).astype(g.dtype), a_new.astype(a.dtype)
 
-        updates, average = tree.map_unzip(leaf, updates, params, state.average, outputs=2)
+        updates, average = tree.map_unzip(
+            leaf, updates, params, state.average, outputs=2, names=("the params",)
+        )
         return updates, AveragedSgdState(numerics.safe_increment(k), average)
 
     return GradientTransformation(init, update)

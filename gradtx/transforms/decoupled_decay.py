@@ -95,7 +95,9 @@ def add_decoupled_weight_decay(
             return (u.astype(dtype) - p.astype(dtype) * shrink).astype(u.dtype)
 
         mask_tree = resolve_mask(mask, params, updates)
-        (decayed,) = tree.map_unzip(leaf, updates, params, mask_tree, outputs=1)
+        (decayed,) = tree.map_unzip(
+            leaf, updates, params, mask_tree, outputs=1, names=("the params",)
+        )
         return decayed, DecoupledWeightDecayState(numerics.safe_increment(state.count))
 
     return GradientTransformation(init, update)

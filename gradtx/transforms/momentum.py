@@ -228,8 +228,10 @@ def ema(
         >>> u.tolist()  # (0.25 * 2 + 0.5 * 4) / (1 - 0.25)
         [3.3333332538604736]
 
-    Reference: Polyak & Juditsky, 1992, "Acceleration of Stochastic Approximation by
-    Averaging" (averaging); Kingma & Ba, 2015 (the debiasing).
+    Reference: Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization"
+    (Algorithm 1: the moving average of the gradient and its debiasing); ``optax.ema``
+    (same map). Averaging the parameters instead (Polyak & Juditsky, 1992):
+    ``average_params``, ``ema_params``.
     """
     check.unit_interval("decay", decay)
     check.dtype_or_none("accumulator_dtype", accumulator_dtype)

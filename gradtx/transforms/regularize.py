@@ -28,12 +28,13 @@ def resolve_mask(mask: Any, params: Params, updates: Any) -> Any:
     """The mask as a tree of Python bools with the structure of ``updates``.
 
     ``mask`` is None (everything), a tree of bools with the structure of the params, or
-    a function ``params -> tree of bools``. Masks are static: a traced bool is an error.
+    a function ``params -> tree of bools`` (a callable tree of bools, such as a mask
+    built from an Equinox module, is a tree). Masks are static: a traced bool is an error.
     """
     treedef = jax.tree.structure(updates)
     if mask is None:
         return treedef.unflatten([True] * treedef.num_leaves)
-    mask_tree = mask(params) if callable(mask) else mask
+    mask_tree = mask(params) if tree.is_function_of_params(mask, tree.MASK_LEAVES) else mask
     if jax.tree.structure(mask_tree) != treedef:
         tree.check_same_structure(updates, mask_tree, "the updates", "the mask")
     flat = treedef.flatten_up_to(mask_tree)
@@ -48,7 +49,8 @@ def check_mask(mask: Any) -> None:
     bare bool, and a function that can take the params."""
     if isinstance(mask, bool):
         raise TypeError("mask must be a tree of bools or a function of params, not a bool")
-    check.takes_one_argument("mask", mask, "the params")
+    if tree.is_function_of_params(mask, tree.MASK_LEAVES):
+        check.takes_one_argument("mask", mask, "the params")
 
 
 def add_decayed_weights(
@@ -70,7 +72,9 @@ def add_decayed_weights(
         weight_decay: a non-negative number or a schedule ``step -> value`` (e.g. the
             decay rate halved at given steps).
         mask: None (decay every leaf), a tree of bools like the params, or a function
-            ``params -> tree of bools``; leaves whose mask is False pass unchanged.
+            ``params -> tree of bools``; leaves whose mask is False pass unchanged. A
+            callable tree of bools (mapped from an Equinox module) is a tree, as in
+            ``masked``.
 
     The state holds a step count when ``weight_decay`` is a schedule, else nothing.
 
@@ -113,7 +117,9 @@ def add_decayed_weights(
             return (u + numerics.hyperparameter(decay, u.dtype) * p).astype(u.dtype)
 
         mask_tree = resolve_mask(mask, params, updates)
-        (decayed,) = tree.map_unzip(leaf, updates, params, mask_tree, outputs=1)
+        (decayed,) = tree.map_unzip(
+            leaf, updates, params, mask_tree, outputs=1, names=("the params",)
+        )
         new_state = (
             AddDecayedWeightsState(numerics.safe_increment(state.count)) if scheduled else state
         )
@@ -181,7 +187,9 @@ def add_l1(strength: float = 0.0, mask: Any = None) -> GradientTransformation:
             return step.astype(u.dtype)
 
         mask_tree = resolve_mask(mask, params, updates)
-        (new_updates,) = tree.map_unzip(leaf, updates, params, mask_tree, outputs=1)
+        (new_updates,) = tree.map_unzip(
+            leaf, updates, params, mask_tree, outputs=1, names=("the params",)
+        )
         return new_updates, state
 
     return GradientTransformation(init, update)
@@ -255,7 +263,9 @@ def proximal_l1(strength: float = 0.0, mask: Any = None) -> GradientTransformati
             return (shrunk - p.astype(dtype)).astype(u.dtype)
 
         mask_tree = resolve_mask(mask, params, updates)
-        (new_updates,) = tree.map_unzip(leaf, updates, params, mask_tree, outputs=1)
+        (new_updates,) = tree.map_unzip(
+            leaf, updates, params, mask_tree, outputs=1, names=("the params",)
+        )
         new_state = ProximalL1State(numerics.safe_increment(state.count)) if scheduled else state
         return new_updates, new_state
 
@@ -359,7 +369,9 @@ def max_norm(
             factor = jnp.where(norm > bound, bound / jnp.where(norm > 0, norm, 1), 1)
             return (q * factor - p.astype(dtype)).astype(u.dtype)
 
-        (new_updates,) = tree.map_unzip(leaf, updates, params, mask_tree, outputs=1)
+        (new_updates,) = tree.map_unzip(
+            leaf, updates, params, mask_tree, outputs=1, names=("the params",)
+        )
         return new_updates, state
 
     return GradientTransformation(init, update)
@@ -394,16 +406,22 @@ def add_noise(eta: float = 0.01, gamma: float = 0.55, seed: int = 0) -> Gradient
     Args:
         eta: the initial variance, >= 0.
         gamma: the annealing exponent, >= 0.
-        seed: an int, the seed of the PRNG key.
+        seed: the seed of the PRNG key, an int in [0, 2**32 - 1] (a JAX key keeps 32
+            bits of it); another value is a ValueError.
 
     State: ``AddNoiseState(count, rng_key)``.
 
     Example:
         >>> import jax.numpy as jnp
         >>> import gradtx as gtx
-        >>> tx = gtx.add_noise(eta=0.0, gamma=0.55, seed=0)
-        >>> tx.update(jnp.ones(2), tx.init(jnp.zeros(2)))[0].tolist()
-        [1.0, 1.0]
+        >>> tx = gtx.add_noise(eta=0.01, gamma=0.55, seed=0)
+        >>> state = tx.init(jnp.zeros(10_000))
+        >>> u, state = tx.update(jnp.ones(10_000), state)  # sigma_0 = sqrt(0.01)
+        >>> round(float(jnp.std(u - 1.0)), 2)
+        0.1
+        >>> u, state = tx.update(jnp.ones(10_000), state)  # sqrt(0.01 / 2**0.55)
+        >>> round(float(jnp.std(u - 1.0)), 2)
+        0.08
 
     Reference: Neelakantan, Vilnis, Le, Sutskever, Kaiser, Kurach & Martens, 2015,
     "Adding Gradient Noise Improves Learning for Very Deep Networks".

@@ -159,7 +159,9 @@ def ema_params(
             # float32(0.999) was 1.0000129: the initial params leaked into the average)
             return numerics.debiased_weight(decay, count, dtype)
 
-        _, ema = tree.map_unzip(_average_leaf(weight), updates, params, state.ema, outputs=2)
+        _, ema = tree.map_unzip(
+            _average_leaf(weight), updates, params, state.ema, outputs=2, names=("the params",)
+        )
         return updates, EmaParamsState(count, ema)
 
     return GradientTransformation(init, update)
@@ -220,7 +222,7 @@ def average_params(start_step: int = 0, *, dtype: Any = None) -> GradientTransfo
             return 1 / jnp.maximum(averaged, 1).astype(dtype)
 
         _, average = tree.map_unzip(
-            _average_leaf(weight), updates, params, state.average, outputs=2
+            _average_leaf(weight), updates, params, state.average, outputs=2, names=("the params",)
         )
         return updates, AverageParamsState(count, average)
 

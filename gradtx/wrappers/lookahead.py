@@ -112,7 +112,9 @@ def lookahead(
             step = jnp.where(sync, synced - p.astype(dtype), u.astype(dtype))
             return step.astype(u.dtype), jnp.where(sync, synced, slow).astype(slow.dtype)
 
-        updates, slow_params = tree.map_unzip(leaf, updates, params, state.slow_params, outputs=2)
+        updates, slow_params = tree.map_unzip(
+            leaf, updates, params, state.slow_params, outputs=2, names=("the params",)
+        )
         return updates, LookaheadState(steps_since_sync, slow_params, inner_state)
 
     return GradientTransformation(init, update)

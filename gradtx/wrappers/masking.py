@@ -143,7 +143,9 @@ def masked(
         mask: a tree of Python bools with the structure of the params (or a prefix of
             it: one bool for a whole subtree), or a function returning one; the function
             is called with the params in ``init`` and with the updates in ``update``
-            (they share structure and shapes). Masks are static.
+            (they share structure and shapes). Masks are static. A callable tree of
+            bools (``jax.tree.map(lambda p: p.ndim > 1, model)`` on an Equinox module)
+            is a tree, not a function, as in Optax.
         masked_leaves: ``"pass"`` (unchanged) or ``"zero"``.
 
     State: ``MaskedState(inner_state)``.
@@ -162,16 +164,19 @@ def masked(
     check.one_of("masked_leaves", masked_leaves, ("pass", "zero"))
     if isinstance(mask, bool):
         raise TypeError("mask must be a tree of bools or a function of params, not a bool")
-    check.takes_one_argument("mask", mask, "the params")
+    # a callable tree of bools (a mask built from an Equinox module) is a tree
+    mask_is_function = tree.is_function_of_params(mask, tree.MASK_LEAVES)
+    if mask_is_function:
+        check.takes_one_argument("mask", mask, "the params")
     inner_update = _update_with_extra_args(inner, "inner")
 
     def init(params):
-        mask_tree = mask(params) if callable(mask) else mask
+        mask_tree = mask(params) if mask_is_function else mask
         treedef, keep = _as_flags(mask_tree, params)
         return MaskedState(inner.init(_select(params, keep, treedef)))
 
     def update(updates, state, params=None, **extra):
-        mask_tree = mask(updates) if callable(mask) else mask
+        mask_tree = mask(updates) if mask_is_function else mask
         treedef, keep = _as_flags(mask_tree, updates)
         inner_updates, inner_state = inner_update(
             _select(updates, keep, treedef),
@@ -283,7 +288,8 @@ def _resolve_labels(labels: Any, full: Any, names: list[str]) -> tuple[Any, list
     if _is_pattern_dict(labels, full):
         label_tree = _labels_from_patterns(labels, full)
     else:
-        label_tree = labels(full) if callable(labels) else labels
+        is_function = tree.is_function_of_params(labels, tree.LABEL_LEAVES)
+        label_tree = labels(full) if is_function else labels
     treedef, _ = _flat_prefix(label_tree, full, "the labels")
     flat = treedef.flatten_up_to(label_tree)
     unknown = sorted({str(label) for label in flat if label not in names})
@@ -310,7 +316,8 @@ def partition(
 
             - a tree of label strings with the structure of the params (or a prefix);
             - a function returning that tree, called with the params in ``init`` and
-              with the updates in ``update``;
+              with the updates in ``update`` (a callable tree of labels, built from an
+              Equinox module with ``jax.tree.map``, is a tree, not a function);
             - a dict ``{path regex: label}``: each leaf's path, as
               ``jax.tree_util.keystr`` prints it (``"['dense']['bias']"``), is searched
               (``re.search``) with the patterns in order and the first match wins; a
@@ -343,7 +350,8 @@ def partition(
             "params, a function returning one, or a dict {path regex: label}; got an empty "
             "dict"
         )
-    check.takes_one_argument("labels", labels, "the params")
+    if tree.is_function_of_params(labels, tree.LABEL_LEAVES):
+        check.takes_one_argument("labels", labels, "the params")
     names = list(transforms)
     update_fns = {
         name: _update_with_extra_args(t, f"transforms[{name!r}]") for name, t in transforms.items()

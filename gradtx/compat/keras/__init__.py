@@ -292,14 +292,18 @@ def _keras_ema(momentum: float, overwrite_frequency: int | None) -> GradientTran
 
         # map_unzip checks every leaf's shape against the update's (a tree.map broadcast a
         # parameter of another shape into the average)
-        (averages,) = tree.map_unzip(average, updates, params, state.average, outputs=1)
+        (averages,) = tree.map_unzip(
+            average, updates, params, state.average, outputs=1, names=("the params",)
+        )
         if overwrite_frequency is not None:
             overwrite = (state.count + 1) % overwrite_frequency == 0
 
             def moved(u, p, a):
                 return jnp.where(overwrite, (a - p).astype(u.dtype), u)
 
-            (updates,) = tree.map_unzip(moved, updates, params, averages, outputs=1)
+            (updates,) = tree.map_unzip(
+                moved, updates, params, averages, outputs=1, names=("the params",)
+            )
         return updates, KerasEmaState(numerics.safe_increment(state.count), averages)
 
     return GradientTransformation(init, update)
@@ -727,9 +731,9 @@ def adadelta(
         >>> from gradtx.compat import keras as kc
         >>> tx = kc.adadelta(learning_rate=1.0, rho=0.0, epsilon=1.0)
         >>> params = jnp.array([1.0])
-        >>> updates, state = tx.update(jnp.array([0.0]), tx.init(params), params)
-        >>> [float(u) for u in updates]
-        [-0.0]
+        >>> updates, state = tx.update(jnp.array([3.0]), tx.init(params), params)
+        >>> [round(float(u), 6) for u in updates]  # -sqrt(0 + 1) / sqrt(9 + 1) * 3
+        [-0.948683]
 
     Reference: Zeiler, 2012, "ADADELTA: An Adaptive Learning Rate Method"; Keras'
     ``keras.optimizers.Adadelta``.

@@ -527,9 +527,9 @@ def adadelta(
         >>> from gradtx.compat import torch as tc
         >>> tx = tc.adadelta(rho=0.0, eps=1.0)
         >>> params = jnp.array([1.0])
-        >>> updates, state = tx.update(jnp.array([0.0]), tx.init(params), params)
-        >>> [float(u) for u in updates]
-        [-0.0]
+        >>> updates, state = tx.update(jnp.array([3.0]), tx.init(params), params)
+        >>> [round(float(u), 6) for u in updates]  # -sqrt(0 + 1) / sqrt(9 + 1) * 3
+        [-0.948683]
 
     Reference: Zeiler, 2012, "ADADELTA: An Adaptive Learning Rate Method"; PyTorch's
     ``torch.optim.Adadelta``.
@@ -715,7 +715,8 @@ def rprop(
 
     Args:
         lr: initial step size, > 0, or a schedule (evaluated at 0).
-        etas: ``(eta_minus, eta_plus)``, ``0 < eta_minus < 1 <= eta_plus``.
+        etas: ``(eta_minus, eta_plus)``, ``0 < eta_minus < 1 < eta_plus`` (PyTorch's
+            check: ``eta_plus = 1`` is a ValueError here too).
         step_sizes: ``(min_step_size, max_step_size)``, ``0 <= min <= max``.
         maximize: ascend instead of descending, True or False.
 
