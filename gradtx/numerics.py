@@ -83,10 +83,9 @@ def fraction_left(done: Any, total: Any) -> jax.Array:
         [1.0, 0.6666666865348816, 0.3333333432674408, 0.0]
     """
     done = jnp.asarray(done)
-    if jnp.issubdtype(done.dtype, jnp.floating):
-        dtype, steps_left = done.dtype, jnp.asarray(total, done.dtype) - done
-    else:  # 0 <= done <= total <= int32 max: the difference is exact
-        dtype, steps_left = jnp.float32, jnp.asarray(total, done.dtype) - done
+    dtype = done.dtype if jnp.issubdtype(done.dtype, jnp.floating) else jnp.float32
+    # in the step's own type: for integers (0 <= done <= total) the difference is exact
+    steps_left = jnp.asarray(total, done.dtype) - done
     left = steps_left.astype(dtype) / jnp.asarray(total, dtype)
     return jnp.where(done <= 0, 1, jnp.minimum(left, 1)).astype(dtype)
 
