@@ -96,7 +96,12 @@ def _select(full: Any, keep: list[bool], treedef: Any, updates: Any = None) -> A
     if updates is not None and jax.tree.structure(full) != jax.tree.structure(updates):
         tree.check_same_structure(updates, full, "the updates", "the params")
     subtrees = treedef.flatten_up_to(full)
-    return treedef.unflatten([s if k else None for s, k in zip(subtrees, keep, strict=True)])
+    selected = treedef.unflatten([s if k else None for s, k in zip(subtrees, keep, strict=True)])
+    # A group that owns nothing at the root (a mask function returning False, labels
+    # returning another group's label) would see None, which to a transform means "no
+    # params given": add_decayed_weights or lookahead would refuse them. An empty tuple
+    # is as empty (no leaves) and is not None.
+    return () if selected is None else selected
 
 
 def _merge(treedef: Any, parts: list[tuple[list[bool], Any]], fallback: list) -> Any:
@@ -135,8 +140,9 @@ def masked(
 
     Leaves whose mask is False pass through unchanged (``masked_leaves="pass"``) or
     become zero (``masked_leaves="zero"``). ``inner`` sees the params and updates with
-    the masked-out leaves replaced by ``None``, so its state exists for the masked-in
-    leaves only; masks nest (``masked(masked(tx, m2), m1)``).
+    the masked-out leaves replaced by ``None`` (by an empty tuple ``()`` when the whole
+    tree is masked out, so a transform that needs the params still gets them), so its
+    state exists for the masked-in leaves only; masks nest (``masked(masked(tx, m2), m1)``).
 
     Args:
         inner: the transform to apply where the mask is True.
@@ -311,7 +317,8 @@ def partition(
 
     Args:
         transforms: label -> transform (e.g. optimizers with their own learning rate and
-            weight decay). A label no leaf carries is allowed (its state is empty).
+            weight decay). A label no leaf carries is allowed (its state is empty; its
+            transform sees ``None`` leaves, or ``()`` when the labels are one string).
         labels: one of
 
             - a tree of label strings with the structure of the params (or a prefix);
