@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import types
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
@@ -262,11 +263,12 @@ call per ``_EagerKernels.leaves_per_call`` (32) leaves of one signature (shapes,
 static flags). The kernel is compiled at the second call with the same per-leaf code
 and the same non-array values in its closure (the first call runs op by op, so a
 one-off update never waits for a compilation) and reused from then on; the closure's
-arrays (hyperparameters, bias corrections, schedule values) are its arguments, so an
-update at a later step reuses it. ``global_norm`` adds its per-leaf sums in compiled
-chunks too, in the same order, and ``map_leaves`` (``apply_updates``) uses the same
-kernels. An eager Adam update of 1,000 leaves becomes ~6x faster than op by op
-(docs/performance.md). The numbers are those of op-by-op execution within float32
+arrays (hyperparameters, bias corrections, schedule values) and NumPy scalars (from a
+state restored to the host: ``-lr`` of a NumPy ``lr``) are its arguments, so an update
+at a later step, or from a restored state, reuses it. ``global_norm`` adds its per-leaf
+sums in compiled chunks too, in the same order, and ``map_leaves`` (``apply_updates``)
+uses the same kernels. An eager Adam update of 1,000 leaves becomes ~6x faster than op
+by op (docs/performance.md). The numbers are those of op-by-op execution within float32
 rounding, bitwise for most transforms; where XLA fuses ``a * b + c`` into one rounding
 they are the numbers of the jitted step instead
 (``tests/test_performance_equivalence.py``). Per-leaf code that receives a new
@@ -297,11 +299,14 @@ def _traced_once_per_signature(fn: Callable[..., tuple]) -> Callable[..., tuple]
 class _EagerKernels:
     """The compiled per-leaf kernels of eager updates (``COMPILE_EAGER_LEAF_FUNCTIONS``).
 
-    A kernel is keyed by the per-leaf function's code and the non-array values of its
-    closure, each with its type (so ``1``, ``1.0`` and ``True`` are different keys). One
-    call of a kernel runs up to ``leaves_per_call`` leaves of one signature (shapes,
-    dtypes, static flags): an eager update of many small leaves costs a few dispatches,
-    not one per leaf.
+    A kernel is keyed by the per-leaf function's code and the values of its closure that
+    are not arrays or NumPy scalars (``_KERNEL_ARGUMENTS``), each with its type (so
+    ``1``, ``1.0`` and ``True`` are different keys). One call of a kernel runs up to
+    ``leaves_per_call`` leaves of one signature (shapes, dtypes, static flags): an eager
+    update of many small leaves costs a few dispatches, not one per leaf. Eager updates
+    may run in several threads at once: ``lock`` guards every change to ``kernels`` (two
+    threads evicting the oldest kernel together would otherwise delete one key twice, a
+    KeyError in an update).
     """
 
     max_kernels = 512  # oldest dropped first
@@ -312,6 +317,7 @@ class _EagerKernels:
         self.kernels: dict[Hashable, Callable[..., list]] = {}
         self.seen_once: set[Hashable] = set()
         self.keys_per_code: dict[Any, int] = {}
+        self.lock = threading.Lock()
 
 
 _EAGER = _EagerKernels()
@@ -335,7 +341,10 @@ def _eager_kernel(fn: Callable[..., tuple]) -> Callable[[list[tuple], Any], list
     except ValueError:  # a cell not yet assigned
         return op_by_op
     values, closure_def = jax.tree.flatten(cell_contents)
-    dynamic = tuple(i for i, x in enumerate(values) if isinstance(x, jax.Array | np.ndarray))
+    # NumPy scalars too: arithmetic on a state restored to the host (jax.device_get,
+    # pickle) gives them where the state on device gives arrays (-lr, count == 0); as
+    # constants of the key they would compile a kernel per value, unlike those arrays.
+    dynamic = tuple(i for i, x in enumerate(values) if isinstance(x, _KERNEL_ARGUMENTS))
     static = tuple(_static_key(x) for i, x in enumerate(values) if i not in dynamic)
     key = (code, closure_def, dynamic, static, fn.__defaults__, fn.__kwdefaults__)
     try:
@@ -349,9 +358,10 @@ def _eager_kernel(fn: Callable[..., tuple]) -> Callable[[list[tuple], Any], list
             return op_by_op
         _EAGER.seen_once.discard(key)
         kernel = jax.jit(_leaves_kernel(fn, closure_def, dynamic), static_argnums=1)
-        if len(_EAGER.kernels) >= _EAGER.max_kernels:
-            del _EAGER.kernels[next(iter(_EAGER.kernels))]
-        _EAGER.kernels[key] = kernel
+        with _EAGER.lock:
+            if len(_EAGER.kernels) >= _EAGER.max_kernels:
+                del _EAGER.kernels[next(iter(_EAGER.kernels))]
+            _EAGER.kernels[key] = kernel
     dynamic_values = tuple(values[i] for i in dynamic)
 
     def run(arg_tuples, groups):
@@ -375,12 +385,17 @@ def _eager_kernel(fn: Callable[..., tuple]) -> Callable[[list[tuple], Any], list
         except NEEDS_CONCRETE_VALUES:
             # Per-leaf code that reads values in Python (``float(x)``, ``if x > 0``) runs
             # eagerly but cannot be compiled: leave that code op by op from now on.
-            _EAGER.kernels.pop(key, None)
+            with _EAGER.lock:
+                _EAGER.kernels.pop(key, None)
             _EAGER.keys_per_code[code] = _EAGER.max_keys_per_code + 1
             return op_by_op(arg_tuples)
         return results
 
     return run
+
+
+_KERNEL_ARGUMENTS = (jax.Array, np.ndarray, np.number, np.bool_)
+"""The closure values an eager kernel takes as arguments; the others are part of its key."""
 
 
 def _static_key(x: Any) -> Hashable:
@@ -604,7 +619,9 @@ def _sum_in_order(values: list) -> jax.Array:
         key = ("_sum_in_order",)
         kernel = _EAGER.kernels.get(key)
         if kernel is None and key in _EAGER.seen_once:  # compiled at the second call
-            kernel = _EAGER.kernels[key] = jax.jit(_add_in_order)
+            kernel = jax.jit(_add_in_order)
+            with _EAGER.lock:
+                _EAGER.kernels[key] = kernel
         _EAGER.seen_once.add(key)
     if kernel is None:
         return sum(v.astype(dtype) for v in values)

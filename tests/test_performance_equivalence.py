@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import gc
+import threading
+import time
 import unittest.mock
 import weakref
 
@@ -454,3 +456,101 @@ def test_apply_updates_takes_numpy_and_python_parameters(fresh_kernels):
         assert float(result["py"]) == 2.25
         np.testing.assert_array_equal(result["jax"], [1.5, 1.5])
     assert not fresh_kernels.kernels
+
+
+# --- eager updates from several Python threads share the kernel cache ---
+
+
+def _run_in_threads(work: dict) -> tuple[dict, list]:
+    """Runs each ``work[name]()`` in a thread of its own, all at once; returns their
+    results and the exceptions raised, by name."""
+    results, errors = {}, []
+    barrier = threading.Barrier(len(work))
+
+    def target(name):
+        barrier.wait()
+        try:
+            results[name] = work[name]()
+        except Exception as error:  # noqa: BLE001  (reported by the test)
+            errors.append((name, error))
+
+    threads = [threading.Thread(target=target, args=(name,)) for name in work]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results, errors
+
+
+def test_eager_kernels_evicted_by_threads_at_once_raise_nothing(monkeypatch, fresh_kernels):
+    # Each thread compiles new kernels into a cache of one, so each evicts the oldest;
+    # the sleep is a thread switch between picking the oldest key and deleting it, where
+    # two threads would pick the same key and the second delete a KeyError.
+    class SwitchingDict(dict):
+        def __delitem__(self, key):
+            time.sleep(0.002)
+            super().__delitem__(key)
+
+    monkeypatch.setattr(tree._EagerKernels, "max_kernels", 1)
+    monkeypatch.setattr(tree._EagerKernels, "max_keys_per_code", 100)
+    fresh_kernels.kernels = SwitchingDict()
+    x = {"a": jnp.ones(3)}
+
+    def scaled_by(factor):
+        return lambda g: g * factor
+
+    def work(thread):
+        for i in range(4):  # each closure value twice: op by op, then compiled
+            for _ in range(2):
+                tree.map_unzip(scaled_by(float(100 * thread + i)), x, outputs=1)
+        return tree.map_unzip(scaled_by(2.0), x, outputs=1)[0]["a"]
+
+    results, errors = _run_in_threads(
+        {thread: functools.partial(work, thread) for thread in range(4)}
+    )
+    assert not errors
+    for result in results.values():
+        np.testing.assert_array_equal(result, [2.0, 2.0, 2.0])
+
+
+THREADED = {
+    "adam": lambda: gtx.adam(1e-2),
+    "adam_again": lambda: gtx.adam(1e-2),
+    "sgd_momentum": lambda: gtx.sgd(1e-2, momentum=0.9),
+    "rmsprop": lambda: gtx.rmsprop(1e-2),
+    "adagrad": lambda: gtx.adagrad(1e-2),
+    "nadamw": lambda: gtx.nadamw(1e-2),
+}
+
+
+def _eager_training(name: str, steps: int = 30):
+    rng = np.random.default_rng(len(name))  # a tree and gradients of its own
+    params = {f"w{i}": jnp.asarray(rng.normal(size=2 + i % 3), jnp.float32) for i in range(6)}
+    tx = THREADED[name]()
+    state = tx.init(params)
+    for step in range(steps):
+        grads = jax.tree.map(lambda p, step=step: jnp.sin(p * (step + 1)), params)
+        updates, state = tx.update(grads, state, params)
+        params = gtx.apply_updates(params, updates)
+    return params, state
+
+
+@pytest.mark.parametrize("max_kernels", [512, 3])
+def test_eager_updates_in_threads_give_the_numbers_of_one_thread(
+    max_kernels, monkeypatch, fresh_kernels
+):
+    alone = {name: _eager_training(name) for name in THREADED}  # compiles the kernels
+    alone = {name: _eager_training(name) for name in THREADED}  # with kernels from step 1
+    # 3 kernels: every thread evicts kernels the others use, which then run op by op
+    monkeypatch.setattr(tree._EagerKernels, "max_kernels", max_kernels)
+    together, errors = _run_in_threads(
+        {name: functools.partial(_eager_training, name) for name in THREADED}
+    )
+    assert not errors
+    for name in THREADED:
+        for a, b in zip(jax.tree.leaves(together[name]), jax.tree.leaves(alone[name]), strict=True):
+            assert a.dtype == b.dtype
+            if max_kernels == 512:  # the same compiled kernels: bitwise
+                np.testing.assert_array_equal(a, b)
+            else:  # kernels or op by op, as evictions fall: equal to float32 rounding
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
