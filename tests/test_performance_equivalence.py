@@ -554,3 +554,29 @@ def test_eager_updates_in_threads_give_the_numbers_of_one_thread(
                 np.testing.assert_array_equal(a, b)
             else:  # kernels or op by op, as evictions fall: equal to float32 rounding
                 np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(zoo.WRAPPERS) + zoo.ALL)
+def test_every_eager_update_reuses_one_kernel_per_leaf_function(name, rng, fresh_kernels):
+    """An eager update's per-leaf code is keyed by its closure's non-array values: code
+    that gets a fresh object there at every update compiles nothing after
+    ``max_keys_per_code`` tries and runs op by op (``ema_params`` and ``average_params``
+    did, with a new weight function per update: 64 -> 8.7 ms on 300 leaves, and 1.9e-6
+    off the jitted step, where the kernels give its numbers). Every optimizer and wrapper
+    of the zoo keys each per-leaf code once over 4 updates."""
+    params = {
+        "w": jnp.asarray(rng.normal(size=(2, 2)), jnp.float32),
+        "b": jnp.asarray(rng.normal(size=2), jnp.float32),
+    }
+    tx = zoo.WRAPPERS[name]() if name in zoo.WRAPPERS else zoo.make(name)
+    extra = {"value": jnp.asarray(1.0)} if name in zoo.WRAPPERS else {}
+    state, p = tx.init(params), params
+    for grads in _grads(rng, params, steps=4):
+        updates, state = tx.update(grads, state, p, **extra)
+        p = gtx.apply_updates(p, updates)
+    keys = {
+        f"{code.co_filename.rsplit('/', 1)[-1]}:{code.co_firstlineno}": n
+        for code, n in fresh_kernels.keys_per_code.items()
+        if hasattr(code, "co_filename")
+    }
+    assert keys and all(n == 1 for n in keys.values()), keys

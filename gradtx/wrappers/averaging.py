@@ -55,16 +55,26 @@ class AverageParamsState(NamedTuple):
     exact_fields = ("average",)  # a copy of the params: quantized_state keeps it
 
 
-def _average_leaf(weight_fn):
-    """``avg <- avg + w * (p + u - avg)``, ``w = weight_fn(dtype)``: a running average."""
+def _running_average(weight_fn, updates, params, average):
+    """``avg <- avg + w * (p + u - avg)`` for every leaf, ``w = weight_fn(dtype)`` in the
+    leaf's compute dtype: a running average. The weights are computed once per dtype,
+    outside the per-leaf code, whose closure then holds only arrays: an eager update
+    reuses one compiled kernel (a fresh ``weight_fn`` in the closure at every update
+    kept it op by op)."""
+    dtypes = numerics.leaf_dtypes(updates) | numerics.leaf_dtypes(params)
+    dtypes |= numerics.leaf_dtypes(average)
+    weights = {numerics.compute_dtype(d).name: weight_fn(numerics.compute_dtype(d)) for d in dtypes}
 
     def leaf(u, p, avg):
         dtype = numerics.compute_dtype(jnp.result_type(u, p, avg))
         iterate = p.astype(dtype) + u.astype(dtype)
-        new = avg.astype(dtype) + weight_fn(dtype) * (iterate - avg.astype(dtype))
+        new = avg.astype(dtype) + weights[dtype.name] * (iterate - avg.astype(dtype))
         return u, new.astype(avg.dtype)
 
-    return leaf
+    _, new_average = tree.map_unzip(
+        leaf, updates, params, average, outputs=2, names=("the params",)
+    )
+    return new_average
 
 
 def _needs_params(name: str, params: Any) -> None:
@@ -159,9 +169,7 @@ def ema_params(
             # float32(0.999) was 1.0000129: the initial params leaked into the average)
             return numerics.debiased_weight(decay, count, dtype)
 
-        _, ema = tree.map_unzip(
-            _average_leaf(weight), updates, params, state.ema, outputs=2, names=("the params",)
-        )
+        ema = _running_average(weight, updates, params, state.ema)
         return updates, EmaParamsState(count, ema)
 
     return GradientTransformation(init, update)
@@ -221,9 +229,7 @@ def average_params(start_step: int = 0, *, dtype: Any = None) -> GradientTransfo
             # before start_step the "average" follows the params (weight 1)
             return 1 / jnp.maximum(averaged, 1).astype(dtype)
 
-        _, average = tree.map_unzip(
-            _average_leaf(weight), updates, params, state.average, outputs=2, names=("the params",)
-        )
+        average = _running_average(weight, updates, params, state.average)
         return updates, AverageParamsState(count, average)
 
     return GradientTransformation(init, update)
