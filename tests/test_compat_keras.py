@@ -214,6 +214,30 @@ def test_piecewise_constant_decay_rejects_unsorted_boundaries():
         kc.piecewise_constant_decay([10, 5], [1.0, 0.5, 0.25])
 
 
+PAST_INT32_SCHEDULES = {
+    "exponential_decay": lambda: kc.exponential_decay(1.0, 10, 0.9),
+    "inverse_time_decay": lambda: kc.inverse_time_decay(1.0, 10, 0.5),
+    "piecewise_constant_decay": lambda: kc.piecewise_constant_decay([5, 10], [1.0, 0.5, 0.1]),
+    "polynomial_decay": lambda: kc.polynomial_decay(1.0, 10, cycle=True),
+    "cosine_decay": lambda: kc.cosine_decay(1.0, 10),
+    "cosine_decay_restarts": lambda: kc.cosine_decay_restarts(1.0, 10),
+}
+
+
+@pytest.mark.parametrize("enable_x64", [False, True])
+@pytest.mark.parametrize("name", sorted(PAST_INT32_SCHEDULES))
+def test_schedules_take_a_step_past_int32_as_the_last_int32_step(name, enable_x64):
+    """A Python int 2**31 was an OverflowError without x64. Keras' ``iterations`` are int32,
+    so as in gradtx.schedules a later step is the value at 2**31 - 1, and a negative step
+    (exponential_decay(1, 10, 0.9) gave 1.0106 at -1) is step 0."""
+    with jax.enable_x64(enable_x64):
+        schedule = PAST_INT32_SCHEDULES[name]()
+        last = float(schedule(2**31 - 1))
+        for step in (2**31, 2**31 + 5, 2**40):
+            assert float(schedule(step)) == last, step
+        np.testing.assert_array_equal(schedule(jnp.array([-5, -1])), schedule(jnp.array([0, 0])))
+
+
 def test_cyclic_polynomial_decay_stays_in_range_up_to_the_saturated_step_counter():
     """ceil(t / decay_steps) as (t + decay_steps - 1) // decay_steps wrapped int32 in the
     last 99 steps below 2**31: a learning rate of -2.1e7 there, and gradtx's counters

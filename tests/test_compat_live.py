@@ -8,6 +8,7 @@ comparison then). A handful of cases each, on the golden problem with its tolera
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -118,3 +119,59 @@ def test_live_keras_reduce_lr_on_plateau_matches_gradtx(name, record_keras):
     epochs, lrs = golden.run_plateau_epochs(live)
     assert lrs == live["lrs"]
     np.testing.assert_allclose(epochs, live["epochs"], rtol=1e-5, atol=1e-5)
+
+
+KERAS_SCHEDULE_CASES = json.loads((GOLDEN / "keras_schedules.json").read_text())["cases"]
+
+
+@pytest.mark.parametrize("index", range(len(KERAS_SCHEDULE_CASES)))
+def test_live_keras_schedule_matches_gradtx_in_float64(index, record_keras, x64):
+    """Keras with floatx float64 under x64, 200 steps, within 1e-10 relative (the golden
+    schedule values are float32), eagerly and under jit. CosineDecay without warmup
+    returns a float32 rate in float64 runs (docs/conventions.md): within 2e-7 there."""
+    import jax
+    import keras
+
+    from tests import test_compat_keras as golden
+
+    spec = KERAS_SCHEDULE_CASES[index]
+    float32_rate = spec["name"] == "cosine_decay" and "warmup_target" not in spec["kwargs"]
+    steps = [jnp.asarray(t, jnp.int32) for t in range(200)]
+    ours = golden.build_schedule(spec)
+    keras.config.set_floatx("float64")
+    try:
+        theirs = record_keras.make_schedule(spec)
+        for run in (lambda f: f, jax.jit):
+            expected = [float(run(theirs)(t)) for t in steps]
+            actual = np.asarray([run(ours)(t) for t in steps])
+            assert actual.dtype == np.float64
+            rtol = 2e-7 if float32_rate else 1e-10
+            np.testing.assert_allclose(actual, expected, rtol=rtol, atol=0, err_msg=str(spec))
+    finally:
+        keras.config.set_floatx("float32")
+
+
+@pytest.mark.parametrize("index", [1, 3, 6, 8, 11])  # staircases, cycle, warmup, restarts
+def test_live_keras_float64_trajectory_with_a_schedule_matches_gradtx(index, record_keras, x64):
+    """Not cosine_decay without warmup, whose rate is float32 in Keras' float64 runs
+    (docs/conventions.md): 3e-7 apart after 200 steps of Adam."""
+    from tests import test_compat_keras as golden
+
+    spec = KERAS_SCHEDULE_CASES[index]
+    spec = {"name": spec["name"], "kwargs": spec["kwargs"]}
+    case = record_keras._case("adam", "live", learning_rate=None, schedule=spec)
+    expected = record_keras.run_optimizer(case, "float64")
+    rows = [s - 1 for s in golden.OPTIMIZERS["snapshots"]]
+    actual = golden.trajectory(golden.build_optimizer(case), "float64")[rows]
+    np.testing.assert_allclose(actual, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", KERAS_CASES)
+def test_live_keras_float64_trajectory_matches_gradtx(name, record_keras, x64):
+    from tests import test_compat_keras as golden
+
+    case = next(c for c in record_keras.OPTIMIZER_CASES if c["name"] == name)
+    expected = record_keras.run_optimizer(case, "float64")
+    rows = [s - 1 for s in golden.OPTIMIZERS["snapshots"]]
+    actual = golden.trajectory(golden.build_optimizer(case), "float64")[rows]
+    np.testing.assert_allclose(actual, expected, rtol=1e-10, atol=1e-12)

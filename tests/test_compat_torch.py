@@ -401,6 +401,44 @@ def test_cosine_annealing_warm_restarts_keeps_its_last_restart_below_int32_max()
     np.testing.assert_allclose(jax.jit(schedule)(steps), expected, atol=1e-6)
 
 
+PAST_INT32_SCHEDULERS = {
+    "step_lr": lambda: lr_scheduler.step_lr(1.0, 10, 0.5),
+    "exponential_lr": lambda: lr_scheduler.exponential_lr(1.0, 0.99),
+    "cosine_annealing_lr": lambda: lr_scheduler.cosine_annealing_lr(1.0, 7),
+    "cosine_annealing_warm_restarts": lambda: lr_scheduler.cosine_annealing_warm_restarts(
+        1.0, 5, 2
+    ),
+    "cyclic_lr": lambda: lr_scheduler.cyclic_lr(0.1, 1.0, 4),
+    "one_cycle_lr": lambda: lr_scheduler.one_cycle_lr(1.0, 100),
+    "linear_lr": lambda: lr_scheduler.linear_lr(1.0),
+    "sequential_lr": lambda: lr_scheduler.sequential_lr(
+        [lr_scheduler.constant_lr(1.0), lr_scheduler.exponential_lr(1.0, 0.9)], [5]
+    ),
+}
+
+
+@pytest.mark.parametrize("enable_x64", [False, True])
+@pytest.mark.parametrize("name", sorted(PAST_INT32_SCHEDULERS))
+def test_schedulers_take_a_step_past_int32_as_the_last_int32_step(name, enable_x64):
+    """Python int 2**31 was an OverflowError without x64; under x64, int64 2**40 gave
+    cosine_annealing_warm_restarts(1, 5, 2) 0.9045 (PyTorch: 0.3455), a restart list that
+    ends at int32. As gradtx.schedules: the value at 2**31 - 1, where the counters stop."""
+    with jax.enable_x64(enable_x64):
+        schedule = PAST_INT32_SCHEDULERS[name]()
+        last = float(schedule(2**31 - 1))
+        for step in (2**31, 2**31 + 5, 2**40):
+            assert float(schedule(step)) == last, step
+        if enable_x64:
+            assert float(schedule(jnp.asarray(2**40, jnp.int64))) == last
+
+
+@pytest.mark.parametrize("name", sorted(PAST_INT32_SCHEDULERS))
+def test_schedulers_take_a_negative_step_as_step_zero(name):
+    """PyTorch never takes a negative step; step_lr(1, 10, 0.5) extrapolated to 2.0 at -1."""
+    schedule = PAST_INT32_SCHEDULERS[name]()
+    np.testing.assert_array_equal(schedule(jnp.array([-5, -1])), schedule(jnp.array([0, 0])))
+
+
 def test_constant_lr_with_no_iterations_keeps_the_factor_as_pytorch_does():
     # torch 2.13: ConstantLR(opt, factor=0.3, total_iters=0) gives 0.3 * lr at every step
     schedule = lr_scheduler.constant_lr(1.0, factor=0.3, total_iters=0)
@@ -480,6 +518,45 @@ def test_clip_grad_norm_refuses_what_a_jitted_step_cannot_do_and_keeps_none_leav
     clipped, _ = jax.jit(tx.update)(updates, tx.init(updates))
     assert clipped["frozen"] is None
     np.testing.assert_allclose(clipped["a"], [3.0 / (5 + 1e-6), 4.0 / (5 + 1e-6)], rtol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "dtype, grads, norm_type, pytorch",
+    [  # torch 2.13, clip_grad_norm_(max_norm=1.0) on two one-element gradients
+        (jnp.float16, (300.0, 400.0), 2.0, (0.60009765625, 0.80029296875)),
+        (jnp.float16, (3e4, 4e4), 2.0, (0.6005859375, 0.80126953125)),
+        (jnp.float16, (300.0, 400.0), 3.0, (0.6669921875, 0.8896484375)),
+        (jnp.bfloat16, (300.0, 400.0), 3.0, (0.66796875, 0.890625)),
+    ],
+)
+def test_clip_grad_norm_accumulates_half_precision_norms_in_float32_as_pytorch_does(
+    dtype, grads, norm_type, pytorch
+):
+    # |g|^2 in float16 overflowed from |g| = 256: the norm was inf and every update 0;
+    # |g|^3 in bfloat16 gave 0.648 and 0.867
+    tx = tc.clip_grad_norm(1.0, norm_type)
+    updates = [jnp.array([g], dtype) for g in grads]
+    for update in (tx.update, jax.jit(tx.update)):
+        clipped, _ = update(updates, tx.init(updates))
+        assert [x.dtype for x in clipped] == [jnp.dtype(dtype)] * 2
+        np.testing.assert_array_equal([float(x[0]) for x in clipped], pytorch)
+
+
+@pytest.mark.parametrize(
+    "dtype, max_norm, pytorch",
+    [  # torch 2.13, clip_grad_norm_(max_norm) on the one-element gradients 30 and 40
+        (jnp.bfloat16, 7.0, (4.21875, 5.625)),
+        (jnp.float16, 10.0, (6.00390625, 8.0)),
+    ],
+)
+def test_clip_grad_norm_takes_the_reciprocal_of_the_norm_as_pytorch_does(dtype, max_norm, pytorch):
+    # PyTorch's max_norm / (n + 1e-6) is (n + 1e-6).reciprocal() * max_norm, rounded twice
+    # in half precision; one division gave (4.1875, 5.59375) and (6.0, 8.0)
+    tx = tc.clip_grad_norm(max_norm)
+    updates = [jnp.array([30.0], dtype), jnp.array([40.0], dtype)]
+    for update in (tx.update, jax.jit(tx.update)):
+        clipped, _ = update(updates, tx.init(updates))
+        np.testing.assert_array_equal([float(x[0]) for x in clipped], pytorch)
 
 
 def test_sgd_rejects_nesterov_without_momentum():

@@ -10,6 +10,9 @@ floor would put some restarts of ``CosineDecayRestarts`` a step off Keras' (its
 ``log(8) / log(2)``, computed under ``jit`` as ``log(8) * (1 / log(2))``, is
 2.9999999999999996 in float64, 3.0 in float32; ``log(243) / log(3)`` is
 4.999999999999999 in float64 even eagerly).
+
+An integer step is clamped into ``[0, 2**31 - 1]`` as in ``gradtx.schedules`` (Keras'
+``iterations`` are int32: its optimizers never reach a step past that, nor a negative one).
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import math
 from collections.abc import Sequence
 
 import jax.numpy as jnp
+import numpy as np
 
 from gradtx import check, numerics
 from gradtx.compat import _validate
 from gradtx.core import Schedule
-from gradtx.schedules.steps import increasing_boundaries
+from gradtx.schedules.steps import as_step, increasing_boundaries
 
 __all__ = [
     "cosine_decay",
@@ -44,9 +48,18 @@ def _decay_steps(name: str, value) -> None:
     _validate.number(name, value, 0.0, low_inclusive=False)
 
 
+def _clamped(step) -> jnp.ndarray:
+    """An integer step clamped into ``[0, 2**31 - 1]`` as ``gradtx.schedules`` take it
+    (a Python int past int32 is not an OverflowError, int64 under x64 stops where the
+    int32 counters and Keras' int32 ``iterations`` do); a float step as it is."""
+    if isinstance(step, int | np.integer) or jnp.issubdtype(jnp.result_type(step), jnp.integer):
+        return as_step(step)
+    return jnp.asarray(step)
+
+
 def _step(step) -> jnp.ndarray:
     """The step in the default float dtype (float32, float64 under x64), as Keras casts it."""
-    return jnp.asarray(step).astype(jnp.result_type(float))
+    return _clamped(step).astype(jnp.result_type(float))
 
 
 def _floor(x: jnp.ndarray) -> jnp.ndarray:
@@ -158,7 +171,7 @@ def piecewise_constant_decay(boundaries: Sequence[int], values: Sequence[float])
         )
 
     def schedule(step):
-        step = jnp.asarray(step)
+        step = _clamped(step)
         value = jnp.full(step.shape, values[0], jnp.result_type(float))
         for boundary, later in zip(boundaries, values[1:], strict=True):
             value = jnp.where(step > boundary, later, value)
@@ -211,7 +224,7 @@ def polynomial_decay(
             # ceil(t / decay_steps) in integers: exact where a float division can land
             # just above a whole number and skip to the next cycle (and without t +
             # decay_steps - 1, which passes int32's maximum near the saturated counter).
-            whole = jnp.asarray(step)
+            whole = _clamped(step)
             ceil = whole // decay_steps + (whole % decay_steps > 0).astype(whole.dtype)
             horizon = horizon * jnp.maximum(ceil, 1).astype(t.dtype)
         else:

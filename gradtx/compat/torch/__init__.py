@@ -804,6 +804,13 @@ def asgd(
     return _complex_as_real_pairs(named_chain(*blocks))
 
 
+def _norm_as_pytorch(x: jax.Array, order: float, axis: tuple[int, ...] | None = None) -> jax.Array:
+    """``torch.linalg.vector_norm(x, order)``: accumulated in at least float32, returned in
+    the real dtype of ``x``."""
+    norm = jnp.linalg.vector_norm(x.astype(numerics.compute_dtype(x.dtype)), ord=order, axis=axis)
+    return norm.astype(numerics.real_dtype(x.dtype))
+
+
 def clip_grad_norm(
     max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False
 ) -> GradientTransformation:
@@ -819,7 +826,11 @@ def clip_grad_norm(
     slightly below ``max_norm / n`` just under the threshold: 2e-7 at ``n = 5``, 2e-2 at
     ``n = 5e-5``. Use it where a PyTorch recipe calls ``clip_grad_norm_`` before
     ``optimizer.step()``: ``gtx.chain(tc.clip_grad_norm(1.0), tc.adamw(...))``.
-    ``clip_grad_value_(parameters, v)`` is ``gtx.clip(v)``.
+    ``clip_grad_value_(parameters, v)`` is ``gtx.clip(v)``. As in PyTorch, each norm is
+    accumulated in at least float32 and rounded to its input's dtype (a float16 norm
+    past 65504 is inf, and every update 0; a float16 gradient of 300 is clipped), and
+    the coefficient is rounded as PyTorch's ``max_norm / (n + 1e-6)``, which is
+    ``(n + 1e-6).reciprocal() * max_norm``.
 
     Args:
         max_norm: the largest norm, >= 0.
@@ -857,11 +868,15 @@ def clip_grad_norm(
         leaves = [u for u in jax.tree.leaves(updates) if u is not None]
         if not leaves:
             return updates, state
+        # Each norm accumulates in at least float32 and is rounded to its input's dtype, as
+        # PyTorch's are: |g|^2 in float16 overflows from |g| = 256 (every update 0).
         norms = [  # over every axis, without a ravel (which would gather a sharded leaf)
-            jnp.linalg.vector_norm(u, ord=order, axis=tuple(range(u.ndim))) for u in leaves
+            _norm_as_pytorch(u, order, axis=tuple(range(u.ndim))) for u in leaves
         ]
-        total = jnp.linalg.vector_norm(jnp.stack(norms), ord=order)
-        coefficient = jnp.minimum(max_norm / (total + 1e-6), 1.0)
+        total = _norm_as_pytorch(jnp.stack(norms), order)
+        # PyTorch's ``max_norm / tensor`` is ``tensor.reciprocal() * max_norm``, two
+        # roundings: in float16/bfloat16 the one division was a unit in the last place off
+        coefficient = jnp.minimum(jnp.reciprocal(total + 1e-6) * max_norm, 1.0)
 
         def leaf(u):
             return (u * coefficient.astype(numerics.compute_dtype(u.dtype))).astype(u.dtype)

@@ -13,6 +13,10 @@ on, as PyTorch's Python doubles), so float64 runs match PyTorch to 1e-10; the sc
 of ``gradtx.schedules`` return float32. The periodic ones (``cyclic_lr``,
 ``cyclic_momentum``, ``cosine_annealing_lr``) take the position in the period from the
 integer step, so float32 keeps its precision up to step 2**31 - 1.
+
+The step is clamped into ``[0, 2**31 - 1]`` as in ``gradtx.schedules``: past it (a Python
+int, or int64 under x64) is where the int32 counters stop, and a negative step, which
+PyTorch never takes, is step 0 rather than an extrapolation.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from gradtx import check, numerics
 from gradtx.compat import _validate
 from gradtx.core import GradientTransformation, Schedule
 from gradtx.schedules.plateau import reduce_on_plateau
+from gradtx.schedules.steps import as_step
 
 __all__ = [
     "constant_lr",
@@ -48,10 +53,10 @@ __all__ = [
 
 
 def _as_float(step) -> tuple[jax.Array, jax.Array]:
-    """The step as an integer array and as a float in the default float dtype."""
-    step = jnp.asarray(step)
-    if not jnp.issubdtype(step.dtype, jnp.integer):
-        raise TypeError(f"a schedule's step must be an integer, got dtype {step.dtype.name}")
+    """The step as an int32 array in ``[0, 2**31 - 1]`` (``gradtx.schedules``' rule: a
+    Python int or int64 past it is the last step the int32 counters reach, a negative
+    step is step 0) and as a float in the default float dtype."""
+    step = as_step(step)
     return step, step.astype(jnp.result_type(float))
 
 
