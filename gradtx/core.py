@@ -215,12 +215,24 @@ def _check_applicable(params: Params, updates: Updates) -> None:
         p_shape, u_shape = _shape_of(p), _shape_of(u)
         p_kind, u_kind = _kind_of(p), _kind_of(u)
         problem = None
+        if "x" in (p_kind, u_kind):  # a model's function or name left in the tree
+            role, leaf = ("parameter", p) if p_kind == "x" else ("update", u)
+            path = tree.leaf_path(params, index) or "the root"
+            raise TypeError(
+                f"apply_updates: at {path}, the {role} is a {type(leaf).__name__}, not an "
+                f"array (keep only a model's arrays: eqx.filter(model, eqx.is_array))"
+            )
         if p_shape != u_shape:
             problem = f"the update has shape {list(u_shape)}, the parameter {list(p_shape)}"
         elif u_kind == "c" and p_kind != "c":
             problem = "the update is complex, the parameter real (its imaginary part would be lost)"
         elif u_kind in "fc" and p_kind == "i":
             problem = "the update is floating, the parameter an integer (it would be truncated)"
+        elif u_kind == "0" and p_kind != "i":
+            problem = (
+                "the update is float0 (jax.grad's gradient of an integer leaf), the "
+                "parameter floating"
+            )
         if problem:
             path = tree.leaf_path(params, index) or "the root"
             raise ValueError(f"apply_updates: at {path}, {problem}")
@@ -233,13 +245,18 @@ def _shape_of(x: Any) -> tuple[int, ...]:
 
 def _kind_of(x: Any) -> str:
     """'c' complex, 'f' real floating (bfloat16 and float8 too, whose NumPy kind is 'V'),
-    'i' integer or bool."""
+    '0' float0 (the tangent of an integer), 'i' integer, bool or any other dtype, 'x'
+    not an array or a Python number (a function, a string)."""
     dtype = getattr(x, "dtype", None)
+    if dtype is None and not isinstance(x, int | float | complex):
+        return "x"
     return _kind(dtype if dtype is not None else np.result_type(x))
 
 
 @functools.cache
 def _kind(dtype: np.dtype) -> str:
+    if dtype == jax.dtypes.float0:
+        return "0"
     if jnp.issubdtype(dtype, jnp.complexfloating):
         return "c"
     if jnp.issubdtype(dtype, jnp.floating):
@@ -255,7 +272,11 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     update whose shape differs from its parameter's (it would broadcast and change the
     parameter's shape), a complex update of a real parameter (its imaginary part would be
     dropped) or a floating update of an integer parameter (truncated) is a ValueError
-    naming the leaf; Optax applies them silently.
+    naming the leaf; Optax applies them silently. A ``float0`` update (the gradient
+    ``jax.grad(..., allow_int=True)`` gives an integer or bool leaf, which ``masked``
+    passes on and ``freeze`` keeps) leaves its parameter unchanged; Optax's
+    ``apply_updates`` raises inside JAX on it. A leaf that is not an array or a number
+    (a model's activation function) is a TypeError naming it.
 
     Args:
         params: a tree of arrays (``None`` leaves allowed).
@@ -274,6 +295,10 @@ def apply_updates(params: Params, updates: Updates) -> Params:
 
     def add(p, u):
         p = jnp.asarray(p)
+        if getattr(u, "dtype", None) == jax.dtypes.float0:
+            # jax.grad(..., allow_int=True) gives integer leaves float0 gradients, and
+            # masked or freeze passes them on: float0 is a zero that no operation takes
+            return p
         return jnp.asarray(p + u).astype(p.dtype)
 
     return tree.map_leaves(add, params, updates)

@@ -103,10 +103,21 @@ def check_inexact(tree: Any, what: str) -> None:
     for path, leaf in _leaves_with_paths(tree):
         if leaf is None:
             continue
+        if not hasattr(leaf, "dtype") and not isinstance(leaf, int | float | complex):
+            # a model's non-array field (an activation function, a name): jnp.result_type
+            # would raise from inside JAX, or read a string as a dtype name
+            raise TypeError(
+                f"{what} at {path or 'the root'} is a {type(leaf).__name__}, not an array; "
+                f"gradient transformations need floating or complex array leaves. Keep "
+                f"only a model's arrays (e.g. eqx.filter(model, eqx.is_array), or "
+                f"nnx.split(model, nnx.Param))."
+            )
         dtype = leaf_dtype(leaf)
         if not jnp.issubdtype(dtype, jnp.inexact):
+            # float0's NumPy name is "void"
+            name = "float0" if dtype == jax.dtypes.float0 else dtype.name
             raise TypeError(
-                f"{what} at {path or 'the root'} has dtype {dtype.name}; gradient "
+                f"{what} at {path or 'the root'} has dtype {name}; gradient "
                 f"transformations need floating or complex leaves. Mask integer "
                 f"leaves out (e.g. gradtx.masked or gradtx.partition with freeze)."
             )
@@ -514,7 +525,9 @@ def _check_leaves(tree: Any, arg_tuples: list[tuple], indices: list[int] | None 
         leaf, *others = arg_tuples[i]
         dtype = getattr(leaf, "dtype", None)
         if dtype is None or not _is_inexact(dtype):
-            if not _is_inexact(jnp.result_type(leaf)):
+            # a leaf without a dtype is a Python number (floats are arrays by now) or
+            # not an array at all: check_inexact names it
+            if dtype is not None or not isinstance(leaf, float | complex):
                 check_inexact(tree, "the update")
         shape = _shape(leaf)
         for other in others:
@@ -561,7 +574,65 @@ def _shape(x: Any) -> tuple[int, ...]:
 
 
 MASK_LEAVES = (bool, np.bool_)
-"""The leaves of a mask tree (a callable whose leaves are all these is a tree)."""
+"""The leaves of a mask tree (a callable whose leaves are all these is a tree); a 0-d
+boolean array (``is_bool_scalar_array``) is one too."""
+
+
+def is_bool_scalar_array(leaf: Any) -> bool:
+    """Whether ``leaf`` is a 0-d boolean array (JAX or NumPy, traced or not), as
+    ``jax.tree.map(lambda p: jnp.asarray(p.ndim > 1), params)`` gives."""
+    dtype, shape = getattr(leaf, "dtype", None), getattr(leaf, "shape", None)
+    if isinstance(leaf, type) or dtype is None or shape is None:
+        return False
+    try:
+        return tuple(shape) == () and np.dtype(dtype) == np.bool_
+    except TypeError:
+        return False
+
+
+def mask_flags(mask_tree: Any, treedef: Any = None) -> list[bool]:
+    """The leaves of a mask tree as Python bools, in ``jax.tree.leaves`` order (in
+    ``treedef.flatten_up_to`` order if given).
+
+    A leaf is a Python or NumPy bool or a concrete 0-d boolean array (JAX or NumPy), as
+    ``optax.masked`` takes them (Optax reads each with ``if``); a traced bool or any other
+    leaf is a TypeError naming its path: a mask decides which leaves have state, so it
+    must be known when the step is traced.
+    """
+    leaves = jax.tree.leaves(mask_tree) if treedef is None else treedef.flatten_up_to(mask_tree)
+    flags = []
+    for index, leaf in enumerate(leaves):
+        if isinstance(leaf, MASK_LEAVES) or (
+            is_bool_scalar_array(leaf) and not isinstance(leaf, jax.core.Tracer)
+        ):
+            flags.append(bool(leaf))
+            continue
+        # the path only for the error: naming every leaf took 1.2 ms per eager update of
+        # a 1,000-leaf mask
+        where = _mask_leaf_place(mask_tree, len(leaves), index)
+        if isinstance(leaf, jax.core.Tracer):
+            raise TypeError(
+                f"mask leaf at {where} is a traced value ({leaf.aval}): a mask decides the "
+                f"state's structure, so it must be static; compute it as Python bools from "
+                f"the params' shapes or paths (p.ndim > 1), not from their values, and not "
+                f"as arrays, which jit traces even when made from constants "
+                f"(jnp.asarray(p.ndim > 1))"
+            )
+        raise TypeError(
+            f"mask leaves must be bools (Python or NumPy bools, or 0-d boolean arrays; a "
+            f"mask decides the state's structure, so it is static), got {leaf!r} at {where}"
+        )
+    return flags
+
+
+def _mask_leaf_place(mask_tree: Any, count: int, index: int) -> str:
+    """The path of the ``index``-th of ``count`` mask leaves (its number where the leaves
+    were taken up to a treedef that does not match the mask's own)."""
+    named = jax.tree_util.tree_flatten_with_path(mask_tree)[0]
+    if len(named) == count:
+        return jax.tree_util.keystr(named[index][0]) or "the root"
+    return f"leaf {index}"
+
 
 LABEL_LEAVES = (str, int, np.integer)
 """The leaves of a label tree (``partition``'s labels)."""
@@ -577,12 +648,21 @@ def is_function_of_params(value: Any, leaf_types: tuple[type, ...]) -> bool:
     calls a callable only when its leaves are all callable, so a mask function with data
     fields (an Equinox module with an ``int`` field and a ``__call__``) is a tree there
     and a function here. A callable pytree with no leaves, or with leaves that no
-    mask or label tree may hold (JAX bool arrays, say), is called here.
+    mask or label tree may hold (float arrays, say), is called here. For masks
+    (``leaf_types`` holding ``bool``), a 0-d boolean array is a tree leaf too, as
+    ``optax.masked`` reads it.
     """
     if not callable(value):
         return False
     leaves = jax.tree.leaves(value)
-    return not (leaves and all(isinstance(leaf, leaf_types) for leaf in leaves))
+    bools = bool in leaf_types
+    return not (
+        leaves
+        and all(
+            isinstance(leaf, leaf_types) or (bools and is_bool_scalar_array(leaf))
+            for leaf in leaves
+        )
+    )
 
 
 @functools.cache

@@ -154,3 +154,49 @@ def test_set_hyperparams_on_an_nnx_optimizer_keeps_its_variables_and_takes_effec
     kernel = np.asarray(model.kernel[...])
     train_step(model, optimizer)
     np.testing.assert_array_equal(model.kernel[...], kernel)  # lr = 0: no step
+
+
+MAP_PARAMS_CASES = {
+    "masked": lambda: gtx.masked(gtx.scale_by_adam(), {"w": True, "b": False}),
+    "masked by a function": lambda: gtx.masked(
+        gtx.scale_by_adam(), lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
+    ),
+    "partition": lambda: gtx.partition(
+        {"adam": gtx.adam(0.1), "momentum": gtx.sgd(0.1, momentum=0.9)},
+        {"w": "adam", "b": "momentum"},
+    ),
+    "partition by path patterns": lambda: gtx.partition(
+        {"adam": gtx.adam(0.1), "momentum": gtx.sgd(0.1, momentum=0.9)},
+        {r"\['w'\]": "adam", r".*": "momentum"},
+    ),
+    "adamw with a mask": lambda: gtx.adamw(0.1, mask={"w": True, "b": False}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MAP_PARAMS_CASES))
+def test_optax_tree_map_params_maps_the_params_copies_in_masked_and_partition_states(name):
+    """optax.tree.map_params (partition specs for a state) gives ``init`` a leafless
+    placeholder; masked and partition refused it ("the mask is not a prefix of the
+    updates' structure"). As with optax.masked's MaskedNode, masked-out leaves (None
+    here) are skipped with ``is_leaf``."""
+    tx = MAP_PARAMS_CASES[name]()
+    params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+    state = tx.init(params)
+    specs = optax.tree.map_params(
+        tx,
+        lambda leaf, spec: None if leaf is None else spec,
+        state,
+        {"w": "spec of w", "b": "spec of b"},
+        transform_non_params=lambda _: "not a param",
+        is_leaf=lambda leaf: leaf is None,
+    )
+    assert jax.tree.structure(specs) == jax.tree.structure(jax.tree.map(lambda _: "", state))
+    expected = jax.tree_util.tree_map_with_path(
+        lambda path, x: (
+            f"spec of {path[-1].key}"
+            if x.shape != () and isinstance(path[-1], jax.tree_util.DictKey)
+            else "not a param"
+        ),
+        state,
+    )
+    assert specs == expected

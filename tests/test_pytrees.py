@@ -8,16 +8,25 @@ Complex parameters: sgd (with and without momentum), adam, adamw, amsgrad, adama
 nadam, nadamw, rmsprop, adagrad and adadelta take complex64 leaves (second moments are
 |g|^2, real); rprop does not (it compares signs of successive gradients, which has no
 complex meaning).
+
+The containers models come in (Flax linen and nnx, flax.struct, registered dataclasses,
+custom nodes with static fields, Equinox-style modules after filtering) come back as they
+went in, with Optax's numbers. Integer and bool leaves masked out keep their values under
+the float0 gradients jax.grad gives them; a leaf that is not an array is named.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax import nnx, struct
+from flax.core import FrozenDict
 
 import gradtx as gtx
 from tests import zoo
@@ -198,3 +207,196 @@ def test_python_number_leaves_work_eagerly_as_under_jit(name):
     for key in params:
         np.testing.assert_allclose(eager[key], jitted[key], rtol=1e-6)
     assert float(eager["scale"]) != 0.5
+
+
+@struct.dataclass
+class StructModel:
+    """A ``flax.struct.dataclass`` model with a static field."""
+
+    w: jax.Array
+    b: jax.Array
+    activation: str = struct.field(pytree_node=False, default="relu")
+
+
+@dataclasses.dataclass
+class RegisteredDataclass:
+    """A dataclass registered with ``jax.tree_util.register_dataclass``."""
+
+    w: jax.Array
+    activation: str = "tanh"
+
+
+jax.tree_util.register_dataclass(RegisteredDataclass, data_fields=["w"], meta_fields=["activation"])
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class StaticWidthNode:
+    """A custom pytree node whose ``width`` is static (aux data), as Equinox fields
+    marked static or Haiku-style containers have."""
+
+    def __init__(self, w, width):
+        self.w, self.width = w, width
+
+    def tree_flatten_with_keys(self):
+        return ((jax.tree_util.GetAttrKey("w"), self.w),), self.width
+
+    @classmethod
+    def tree_unflatten(cls, width, children):
+        return cls(children[0], width)
+
+
+def models_users_have():
+    """One tree holding the param containers of Flax linen (FrozenDict), Flax nnx
+    (``nnx.split``'s Param state), flax.struct, registered dataclasses, a custom node
+    with static fields, an Equinox-style module after ``eqx.filter(model,
+    eqx.is_array)`` (None where a field is not an array), a 0-d and a size-0 leaf."""
+    kernel = jnp.asarray([[0.5, -1.0], [2.0, 0.25]])
+    _, nnx_params, _ = nnx.split(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.Param, ...)
+    return {
+        "linen": FrozenDict({"params": {"Dense_0": {"kernel": kernel}}}),
+        "nnx": nnx_params,
+        "struct": StructModel(jnp.ones((2, 2)), jnp.asarray([0.1, -0.3])),
+        "dataclass": RegisteredDataclass(jnp.asarray([1.0, -2.0, 3.0])),
+        "static": StaticWidthNode(jnp.asarray(0.7), width=4),
+        "equinox_filtered": Layer(jnp.full((3,), 0.2), None),
+        "empty": jnp.zeros((0, 3)),
+    }
+
+
+TREE_OPTIMIZERS = {
+    "adam": (lambda: gtx.adam(0.01), lambda: optax.adam(0.01)),
+    "sgd_momentum": (
+        lambda: gtx.sgd(0.05, momentum=0.9),
+        lambda: optax.sgd(float(np.float32(0.05)), momentum=float(np.float32(0.9))),
+    ),
+    "flatten": (lambda: gtx.flatten(gtx.adam(0.01)), lambda: optax.flatten(optax.adam(0.01))),
+    "multi_steps": (
+        lambda: gtx.multi_steps(gtx.adam(0.01), 2),
+        lambda: optax.MultiSteps(optax.adam(0.01), 2).gradient_transformation(),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", TREE_OPTIMIZERS)
+def test_model_containers_keep_their_types_and_follow_optax(name, rng):
+    """Every container comes back as it went in (FrozenDict, nnx.State, dataclasses with
+    their static fields, None where Equinox's filter put it) and the numbers are
+    Optax's on the same tree (gradtx's float32 bias correction differs by ~6e-6)."""
+    params = models_users_have()
+    grads = random_like(params, rng, steps=3)
+    make_gradtx, make_optax = TREE_OPTIMIZERS[name]
+    result, _ = zoo.run_steps(make_gradtx(), params, grads)
+    reference_tx = make_optax()
+
+    @jax.jit
+    def reference_steps(params):
+        state = reference_tx.init(params)
+        for g in grads:
+            updates, state = reference_tx.update(g, state, params)
+            params = optax.apply_updates(params, updates)
+        return params
+
+    reference = reference_steps(params)
+    assert jax.tree.structure(result) == jax.tree.structure(params)
+    assert isinstance(result["linen"], FrozenDict)
+    assert isinstance(result["nnx"], nnx.State)
+    assert result["struct"].activation == "relu" and result["static"].width == 4
+    assert result["equinox_filtered"].bias is None
+    for got, start, expected in zip(
+        jax.tree.leaves(result), jax.tree.leaves(params), jax.tree.leaves(reference), strict=True
+    ):
+        assert (got.shape, got.dtype) == (start.shape, start.dtype)
+        np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-6)
+
+
+def with_integer_leaves():
+    """A model that keeps a step counter and a boolean mask among its params."""
+    return {
+        "w": jnp.asarray([1.0, -2.0]),
+        "step": jnp.asarray(3, jnp.int32),
+        "mask": jnp.asarray([True, False]),
+    }
+
+
+def gradients_with_float0(params):
+    """``jax.grad(..., allow_int=True)``: the integer and bool leaves get float0 zeros."""
+
+    def loss(params):
+        return jnp.sum(params["w"] ** 2) * jnp.where(params["mask"][0], 1.0, 0.0)
+
+    return jax.grad(loss, allow_int=True)(params)
+
+
+FLOATS_ONLY = {"w": True, "step": False, "mask": False}
+INTEGER_LEAVES_MASKED_OUT = {
+    "masked": lambda: gtx.masked(gtx.adam(0.1), FLOATS_ONLY),
+    "masked_zero": lambda: gtx.masked(gtx.adam(0.1), FLOATS_ONLY, masked_leaves="zero"),
+    "partition_freeze": lambda: gtx.partition(
+        {"adam": gtx.adam(0.1), "frozen": gtx.freeze()},
+        {"w": "adam", "step": "frozen", "mask": "frozen"},
+    ),
+}
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("name", INTEGER_LEAVES_MASKED_OUT)
+def test_integer_leaves_masked_out_keep_their_values_under_float0_gradients(name, jit):
+    """The documented way to keep integer leaves in the params is to mask them out; the
+    gradients jax.grad gives them are float0, which masked passes on and freeze keeps.
+    apply_updates raised inside JAX on them ('Called add with a float0 array', as
+    Optax's does); a float0 update now leaves its parameter as it is."""
+    params = with_integer_leaves()
+    grads = gradients_with_float0(params)
+    assert grads["step"].dtype == jax.dtypes.float0
+    tx = INTEGER_LEAVES_MASKED_OUT[name]()
+
+    def three_steps(params):
+        state = tx.init(params)
+        for _ in range(3):
+            updates, state = tx.update(grads, state, params)
+            params = gtx.apply_updates(params, updates)
+        return params
+
+    result = jax.jit(three_steps)(params) if jit else three_steps(params)
+    expected, _ = zoo.run_steps(gtx.adam(0.1), params["w"], [grads["w"]] * 3)
+    assert result["step"].dtype == jnp.int32 and int(result["step"]) == 3
+    assert result["mask"].dtype == jnp.bool_ and result["mask"].tolist() == [True, False]
+    np.testing.assert_allclose(result["w"], expected, rtol=1e-6)
+
+
+def test_a_float0_update_of_a_floating_parameter_is_refused_naming_the_leaf():
+    float0_zeros = jax.grad(lambda n: 0.0, allow_int=True)(jnp.zeros(2, jnp.int32))
+    with pytest.raises(ValueError, match=r"at \['w'\], the update is float0"):
+        gtx.apply_updates({"w": jnp.ones(2)}, {"w": float0_zeros})
+
+
+def test_float0_gradients_reaching_a_transform_are_refused_by_their_name():
+    """NumPy calls float0 'void': the error said 'has dtype void'."""
+    params = with_integer_leaves()
+    tx = gtx.clip_by_global_norm(1.0)
+    with pytest.raises(TypeError, match=r"update at \['mask'\] has dtype float0"):
+        tx.update(gradients_with_float0(params), tx.init(params), params)
+
+
+@pytest.mark.parametrize("field", [jax.nn.relu, "float32"], ids=["function", "string"])
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_a_model_field_that_is_not_an_array_is_refused_naming_its_path(name, field):
+    """An Equinox module passed without eqx.filter holds its activation function as a
+    leaf: the error came from inside JAX ('Cannot determine dtype of <custom_jvp ...>')
+    without a path, and a string leaf was read as a dtype name ('float32')."""
+    params = {"w": jnp.ones(2), "activation": field}
+    grads = {"w": jnp.ones(2), "activation": field}
+    tx = zoo.make(name, 0.1)
+    with pytest.raises(TypeError, match=r"at \['activation'\] is a (custom_jvp|str), not an"):
+        tx.update(grads, tx.init(params), params)
+
+
+def test_apply_updates_names_a_model_field_that_is_not_an_array():
+    """masked passes a masked-out leaf's update on as it came: the function itself,
+    which apply_updates tried to read a dtype from ('Cannot interpret ... as a data
+    type', from NumPy)."""
+    params = {"w": jnp.ones(2), "activation": jax.nn.relu}
+    tx = gtx.masked(gtx.adam(0.1), {"w": True, "activation": False})
+    updates, _ = tx.update(params, tx.init(params), params)
+    with pytest.raises(TypeError, match=r"at \['activation'\], the parameter is a custom_jvp"):
+        gtx.apply_updates(params, updates)

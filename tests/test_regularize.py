@@ -151,6 +151,41 @@ def test_add_noise_is_reproducible_from_its_seed_and_fresh_every_step():
     assert not np.array_equal(run[0][0]["a"], run[0][0]["b"].ravel())
 
 
+def test_add_noise_is_the_same_for_copies_that_share_a_state_and_apart_with_own_keys():
+    tx = gtx.add_noise(0.1, 0.55, seed=4)
+    grads = jnp.zeros((3, 5))
+    shared, _ = jax.vmap(tx.update, in_axes=(0, None))(grads, tx.init(grads[0]))
+    alone, _ = tx.update(grads[0], tx.init(grads[0]))
+    for row in shared:
+        np.testing.assert_array_equal(row, shared[0])
+        np.testing.assert_allclose(row, alone, rtol=2e-7)  # vmap fuses: float32 rounding
+    states = jax.vmap(tx.init)(grads)
+    states = gtx.tree_set(states, rng_key=jax.random.split(jax.random.PRNGKey(4), 3))
+    own, _ = jax.vmap(tx.update)(grads, states)
+    assert len({tuple(np.asarray(row).tolist()) for row in own}) == 3
+
+
+def test_add_noise_keeps_its_key_through_a_step_apply_if_finite_skips():
+    tx = gtx.apply_if_finite(gtx.add_noise(0.1, 0.55, seed=4), 3)
+    state = tx.init(jnp.zeros(2))
+    _, skipped = tx.update(jnp.array([1.0, jnp.nan]), state)
+    np.testing.assert_array_equal(skipped.inner_state.rng_key, state.inner_state.rng_key)
+    assert int(skipped.inner_state.count) == 0
+
+
+@pytest.mark.parametrize(
+    "mask", [False, np.bool_(True), jnp.asarray(True)], ids=["bool", "numpy", "jax"]
+)
+def test_a_single_bool_as_a_decay_mask_is_refused_where_the_transform_is_built(mask):
+    """0-d boolean arrays are mask bools now; a NumPy or JAX one for the whole mask
+    passed the build and failed at init ("the root is in the mask, not in the
+    updates"), where a Python bool is refused at once."""
+    with pytest.raises(TypeError, match="not a bool"):
+        gtx.add_decayed_weights(0.1, mask)
+    with pytest.raises(TypeError, match="not a bool"):
+        gtx.adamw(0.1, mask=mask)
+
+
 def test_add_noise_validates_its_hyperparameters():
     with pytest.raises(ValueError, match="eta"):
         gtx.add_noise(-1.0)

@@ -29,26 +29,26 @@ def resolve_mask(mask: Any, params: Params, updates: Any) -> Any:
 
     ``mask`` is None (everything), a tree of bools with the structure of the params, or
     a function ``params -> tree of bools`` (a callable tree of bools, such as a mask
-    built from an Equinox module, is a tree). Masks are static: a traced bool is an error.
+    built from an Equinox module, is a tree). A bool is a Python or NumPy bool or a 0-d
+    boolean array (``tree.mask_flags``). Masks are static: a traced bool is an error.
     """
     treedef = jax.tree.structure(updates)
-    if mask is None:
+    if mask is None or treedef.num_leaves == 0:
+        # no leaves (a group that owns nothing in a ``partition``): nothing to mask
         return treedef.unflatten([True] * treedef.num_leaves)
     mask_tree = mask(params) if tree.is_function_of_params(mask, tree.MASK_LEAVES) else mask
     if jax.tree.structure(mask_tree) != treedef:
         tree.check_same_structure(updates, mask_tree, "the updates", "the mask")
-    flat = treedef.flatten_up_to(mask_tree)
-    for value in flat:
-        if not isinstance(value, bool | jnp.bool_):
-            raise TypeError(f"mask leaves must be Python bools (masks are static), got {value!r}")
-    return treedef.unflatten([bool(m) for m in flat])
+    return treedef.unflatten(tree.mask_flags(mask_tree, treedef))
 
 
 def check_mask(mask: Any) -> None:
     """A mask as ``resolve_mask`` takes it, checked where the transform is built: not a
     bare bool, and a function that can take the params."""
-    if isinstance(mask, bool):
-        raise TypeError("mask must be a tree of bools or a function of params, not a bool")
+    if isinstance(mask, tree.MASK_LEAVES) or tree.is_bool_scalar_array(mask):
+        raise TypeError(
+            f"mask must be a tree of bools or a function of params, not a bool, got {mask!r}"
+        )
     if tree.is_function_of_params(mask, tree.MASK_LEAVES):
         check.takes_one_argument("mask", mask, "the params")
 
@@ -401,7 +401,12 @@ def add_noise(eta: float = 0.01, gamma: float = 0.55, seed: int = 0) -> Gradient
     gradient (place it first in the chain). The PRNG key lives in the state, so a run is
     reproducible from ``seed`` and resumes exactly from a checkpoint. For complex
     updates the noise is complex with the same total variance. Optax's ``add_noise`` is
-    the same map (its key stream differs).
+    the same map (its key stream differs). The noise depends only on the state (key and
+    count) and the leaves' shapes: data-parallel replicas of one state (``pmap``,
+    ``shard_map``, a sharded ``jit``) add the same noise, and so do ``vmap``ped copies
+    that share a state; give copies their own keys for independent noise
+    (``gtx.tree_set(states, rng_key=jax.random.split(key, n))``). A step that
+    ``apply_if_finite`` skips keeps the key, as in Optax.
 
     Args:
         eta: the initial variance, >= 0.

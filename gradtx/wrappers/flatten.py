@@ -198,11 +198,13 @@ def flatten(
     their promoted dtype; ``inner`` sees that vector; its result is split and reshaped
     back into the tree, each leaf in its own dtype. For an elementwise ``inner`` (Adam,
     momentum, clipping by value...) the result is the same as without ``flatten``; for
-    one that reduces over a leaf it now reduces over everything. The math on many small
-    leaves then runs as one kernel instead of one per leaf, at the price of gathering
-    the leaves and slicing the result back. The vector hides the leaves: pass ``params``
-    to ``update`` and each update's shape is checked against its parameter's (updates of
-    other shapes but the same total size would otherwise take each other's state).
+    one that reduces over a leaf it now reduces over everything, and ``add_noise`` draws
+    the vector's noise with one key instead of one per leaf (same distribution, other
+    numbers). The math on many small leaves then runs as one kernel instead of one per
+    leaf, at the price of gathering the leaves and slicing the result back. The vector
+    hides the leaves: pass ``params`` to ``update`` and each update's shape is checked
+    against its parameter's (updates of other shapes but the same total size would
+    otherwise take each other's state).
 
     When it pays (XLA:CPU, docs/performance.md): a jitted step over many small leaves
     (1,000 leaves of 4,096: about half the per-leaf step time), and un-jitted updates

@@ -116,14 +116,16 @@ def _merge(treedef: Any, parts: list[tuple[list[bool], Any]], fallback: list) ->
 
 def _as_flags(mask_tree: Any, full: Any) -> tuple[Any, list[bool]]:
     treedef, _ = _flat_prefix(mask_tree, full, "the mask")
-    flags = treedef.flatten_up_to(mask_tree)
-    for flag in flags:
-        if not isinstance(flag, bool | jnp.bool_):
-            raise TypeError(
-                f"mask leaves must be Python bools (a mask decides the state's structure, so "
-                f"it is static), got {flag!r}"
-            )
-    return treedef, [bool(flag) for flag in flags]
+    return treedef, tree.mask_flags(mask_tree)
+
+
+def _has_no_leaves(params: Any) -> bool:
+    """Whether there is nothing to route: a tree without leaves goes to the inner
+    transforms as it is, whatever the mask or labels. That is a group that owns nothing
+    (``()``) inside another ``masked`` or ``partition``, and the leafless placeholder
+    that ``optax.tree.map_params`` gives ``init`` to find the copies of the params in a
+    state (``optax.masked`` passes it down unmasked too)."""
+    return params is not None and not jax.tree.leaves(params)
 
 
 def _zeros_like_subtree(subtree: Any) -> Any:
@@ -146,12 +148,15 @@ def masked(
 
     Args:
         inner: the transform to apply where the mask is True.
-        mask: a tree of Python bools with the structure of the params (or a prefix of
-            it: one bool for a whole subtree), or a function returning one; the function
+        mask: a tree of bools with the structure of the params (or a prefix of it:
+            one bool for a whole subtree), or a function returning one; the function
             is called with the params in ``init`` and with the updates in ``update``
-            (they share structure and shapes). Masks are static. A callable tree of
-            bools (``jax.tree.map(lambda p: p.ndim > 1, model)`` on an Equinox module)
-            is a tree, not a function, as in Optax.
+            (they share structure and shapes). A bool is a Python or NumPy bool or a
+            0-d boolean array (JAX or NumPy), as Optax takes them. Masks are static: a
+            traced bool (computed from values, or any array a mask function makes,
+            under ``jit``: return Python bools such as ``p.ndim > 1``) is a TypeError. A
+            callable tree of bools (``jax.tree.map(lambda p: p.ndim > 1, model)`` on an
+            Equinox module) is a tree, not a function, as in Optax.
         masked_leaves: ``"pass"`` (unchanged) or ``"zero"``.
 
     State: ``MaskedState(inner_state)``.
@@ -168,8 +173,10 @@ def masked(
     Reference: ``optax.masked`` (the same map with ``masked_leaves="pass"``).
     """
     check.one_of("masked_leaves", masked_leaves, ("pass", "zero"))
-    if isinstance(mask, bool):
-        raise TypeError("mask must be a tree of bools or a function of params, not a bool")
+    if isinstance(mask, tree.MASK_LEAVES) or tree.is_bool_scalar_array(mask):
+        raise TypeError(
+            f"mask must be a tree of bools or a function of params, not a bool, got {mask!r}"
+        )
     # a callable tree of bools (a mask built from an Equinox module) is a tree
     mask_is_function = tree.is_function_of_params(mask, tree.MASK_LEAVES)
     if mask_is_function:
@@ -177,11 +184,16 @@ def masked(
     inner_update = _update_with_extra_args(inner, "inner")
 
     def init(params):
+        if _has_no_leaves(params):
+            return MaskedState(inner.init(params))
         mask_tree = mask(params) if mask_is_function else mask
         treedef, keep = _as_flags(mask_tree, params)
         return MaskedState(inner.init(_select(params, keep, treedef)))
 
     def update(updates, state, params=None, **extra):
+        if _has_no_leaves(updates):
+            _, inner_state = inner_update(updates, state.inner_state, params, **extra)
+            return updates, MaskedState(inner_state)
         mask_tree = mask(updates) if mask_is_function else mask
         treedef, keep = _as_flags(mask_tree, updates)
         inner_updates, inner_state = inner_update(
@@ -365,6 +377,8 @@ def partition(
     }
 
     def init(params):
+        if _has_no_leaves(params):
+            return PartitionState({name: t.init(params) for name, t in transforms.items()})
         treedef, flat = _resolve_labels(labels, params, names)
         return PartitionState(
             {
@@ -374,6 +388,12 @@ def partition(
         )
 
     def update(updates, state, params=None, **extra):
+        if _has_no_leaves(updates):
+            new_states = {
+                name: update_fn(updates, state.inner_states[name], params, **extra)[1]
+                for name, update_fn in update_fns.items()
+            }
+            return updates, PartitionState(new_states)
         treedef, flat = _resolve_labels(labels, updates, names)
         parts, new_states = [], {}
         for name, update_fn in update_fns.items():
