@@ -192,7 +192,9 @@ def test_eager_kernels_keep_python_constants_of_each_type_apart(fresh_kernels):
         return tree.map_unzip(leaf, x, outputs=1)[0]
 
     x = {"a": jnp.zeros(3)}
-    for value, dtype in [(1, jnp.int32), (1.0, jnp.float32), (True, jnp.bool_)] * 2:
+    # three rounds: the third kernel compiles once the first two are reused
+    # (max_unused_kernels_per_code)
+    for value, dtype in [(1, jnp.int32), (1.0, jnp.float32), (True, jnp.bool_)] * 3:
         assert broadcast(value, x)["a"].dtype == dtype
     assert len(fresh_kernels.kernels) == 3
 
@@ -249,6 +251,31 @@ def test_eager_kernels_leave_code_with_fresh_closure_objects_op_by_op(fresh_kern
         np.testing.assert_array_equal(doubled["a"], [0.0, 2.0, 4.0])
     assert fresh_kernels.keys_per_code[code] == fresh_kernels.max_keys_per_code + 1
     assert not fresh_kernels.kernels
+
+
+def test_eager_kernels_do_not_compile_a_value_seen_twice_per_update(fresh_kernels):
+    # one user transform twice in a chain, its per-leaf closure holding a Python float
+    # new at every update: each value is seen twice, then never again. Compiling at each
+    # second sight built 16 kernels used once (32 compilations, 6.6 s for 50 updates of
+    # 100 leaves where op by op took 0.9 s); two unused kernels stop it.
+    def scale_by_inverse_step():
+        def update(updates, state, params=None):
+            factor = 1.0 / (int(state) + 1)  # a Python float, fresh at every update
+
+            def leaf(u):
+                return u * factor
+
+            return tree.map_unzip(leaf, updates, outputs=1)[0], state + 1
+
+        return gtx.GradientTransformation(lambda params: jnp.zeros([], jnp.int32), update)
+
+    tx = gtx.chain(scale_by_inverse_step(), scale_by_inverse_step())
+    x = {"a": jnp.ones(3)}
+    state = tx.init(x)
+    for t in range(20):
+        updates, state = tx.update(x, state)
+        np.testing.assert_allclose(updates["a"], 1.0 / (t + 1) ** 2, rtol=1e-6)
+    assert len(fresh_kernels.kernels) == fresh_kernels.max_unused_kernels_per_code
 
 
 def test_eager_kernels_leave_code_that_reads_values_in_python_op_by_op(fresh_kernels):
@@ -493,6 +520,7 @@ def test_eager_kernels_evicted_by_threads_at_once_raise_nothing(monkeypatch, fre
 
     monkeypatch.setattr(tree._EagerKernels, "max_kernels", 1)
     monkeypatch.setattr(tree._EagerKernels, "max_keys_per_code", 100)
+    monkeypatch.setattr(tree._EagerKernels, "max_unused_kernels_per_code", 100)
     fresh_kernels.kernels = SwitchingDict()
     x = {"a": jnp.ones(3)}
 

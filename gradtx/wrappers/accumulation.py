@@ -68,7 +68,9 @@ def multi_steps(
     float16 parameters), because a running mean kept in bfloat16 loses the later
     micro-batches' contributions (bfloat16 has 8 significant bits). Pass
     ``accumulator_dtype=jnp.bfloat16`` to halve its memory. The mean is cast to the
-    gradient dtype before the inner step.
+    gradient dtype before the inner step. The inner step's updates are returned in the
+    dtypes ``inner`` gives them (float32 updates of bfloat16 gradients stay float32, as
+    in ``optax.MultiSteps``), and the zero updates between real steps take those dtypes.
 
     Use ``has_updated(state)`` to tell whether the last call took a real step (e.g. to
     log the loss or update an EMA only then).
@@ -101,6 +103,9 @@ def multi_steps(
         check.positive_int("every_k", every_k)
     check.dtype_or_none("accumulator_dtype", accumulator_dtype)
     inner_update = _update_with_extra_args(inner, "inner")
+    # Un-jitted, the dtypes of the inner updates by input signature, for the zero updates
+    # of micro-steps (found once with eval_shape, not traced at every micro-step).
+    update_dtypes: dict[Any, Any] = {}
 
     def init(params):
         def accumulator(x):
@@ -146,25 +151,39 @@ def multi_steps(
         def real_step(_):
             return inner_update(mean, state.inner_state, params, **extra)
 
-        def accumulate_only(_):
-            return jax.tree.map(jnp.zeros_like, updates), state.inner_state
+        def zero_updates(inner_updates):
+            # zeros in the dtypes of the inner step's updates (as optax.MultiSteps), which
+            # may differ from the gradients' (float32 updates of bfloat16 gradients)
+            return tree.zeros_like_in_dtypes_of(updates, inner_updates)
 
         if isinstance(emit, jax.core.Tracer):
             # lax.cond runs the inner transform only on real steps (the predicate is a
-            # scalar that is never batched here); its outputs are cast back so both
+            # scalar that is never batched here); its state is cast back so both
             # branches agree.
+            inner_updates = jax.eval_shape(real_step, None)[0]
             new_updates, inner_state = jax.lax.cond(
                 emit,
-                lambda operand: _cast_like_pair(real_step(operand), updates, state.inner_state),
-                accumulate_only,
+                lambda operand: _cast_state_like(real_step(operand), state.inner_state),
+                lambda operand: (zero_updates(inner_updates), state.inner_state),
                 None,
             )
         elif bool(emit):  # un-jitted: a Python branch; lax.cond would retrace both
             # branches at every call (~140 ms an update on 10 leaves) and bypass the
             # inner transform's eager kernels
-            new_updates, inner_state = _cast_like_pair(real_step(None), updates, state.inner_state)
+            new_updates, inner_state = _cast_state_like(real_step(None), state.inner_state)
+            update_dtypes[_signature(updates, params)] = jax.tree.map(_dtype, new_updates)
         else:
-            new_updates, inner_state = accumulate_only(None)
+            key = _signature(updates, params)
+            if key not in update_dtypes:
+                if len(update_dtypes) >= 16:  # a few signatures per transform, not a leak
+                    update_dtypes.clear()
+                try:
+                    update_dtypes[key] = jax.eval_shape(real_step, None)[0]
+                except tree.NEEDS_CONCRETE_VALUES:
+                    # an inner transform that reads values in Python runs un-jitted
+                    # only: until its first real step, zeros of the gradients' dtypes
+                    update_dtypes[key] = jax.tree.map(_dtype, updates)
+            new_updates, inner_state = zero_updates(update_dtypes[key]), state.inner_state
         zeros = jax.tree.map(jnp.zeros_like, acc_grads)
         return new_updates, MultiStepsState(
             mini_step=jnp.where(emit, 0, n).astype(jnp.int32),
@@ -178,9 +197,21 @@ def multi_steps(
     return GradientTransformation(init, update)
 
 
-def _cast_like_pair(result, updates, inner_state):
+def _cast_state_like(result, inner_state):
     new_updates, new_state = result
-    return tree.cast_like(new_updates, updates), tree.cast_like(new_state, inner_state)
+    return new_updates, tree.cast_like(new_state, inner_state)
+
+
+def _dtype(x: Any) -> Any:
+    """The dtype of an array, a ``ShapeDtypeStruct``, a dtype or a Python number."""
+    dtype = getattr(x, "dtype", None)
+    return jnp.result_type(x) if dtype is None else dtype
+
+
+def _signature(updates: Any, params: Any) -> Any:
+    """The structure, shapes and dtypes of an update's inputs (a dict key)."""
+    leaves, treedef = jax.tree.flatten((updates, params))
+    return treedef, tuple((jnp.shape(x), _dtype(x)) for x in leaves)
 
 
 def has_updated(state: Any) -> jax.Array:

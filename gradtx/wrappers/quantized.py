@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
@@ -168,15 +169,29 @@ def _is_stored_quantized_array(node: Any) -> bool:
     return isinstance(node, Mapping) and set(node) == set(QuantizedArray._fields)
 
 
+def _fields(node: Any) -> list[tuple[str, Any]] | None:
+    """``(name, value)`` of a NamedTuple's fields or of a dataclass's pytree fields (a
+    user's ``flax.struct.dataclass`` state); None for another node."""
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+        return [(name, getattr(node, name)) for name in node._fields]
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        return [
+            (field.name, getattr(node, field.name))
+            for field in dataclasses.fields(node)
+            if field.metadata.get("pytree_node", True)  # flax's static fields are not state
+        ]
+    return None
+
+
 def _exact_leaves(state: Any) -> list:
     """The leaves of the fields that a state's type declares as copies of the parameters
     or of the gradients (``exact_fields``: lookahead's slow weights, multi_steps'
     accumulator, the parameter averages), which 8 bits would round."""
     found: list = []
-    if isinstance(state, tuple) and hasattr(state, "_fields"):
+    fields = _fields(state)
+    if fields is not None:
         exact = getattr(type(state), "exact_fields", ())
-        for name in state._fields:
-            child = getattr(state, name)
+        for name, child in fields:
             if name in exact:
                 found.extend(jax.tree.leaves(child))
             else:
@@ -202,10 +217,12 @@ def _in_the_form_of(received: Any, new: QuantizedArray) -> Any:
 
 
 def _state_names(node: Any) -> set[str]:
-    """Every NamedTuple field and string dict key in a state, empty subtrees included."""
+    """Every NamedTuple or dataclass field and string dict key in a state, empty subtrees
+    included."""
     names: set[str] = set()
-    if isinstance(node, tuple) and hasattr(node, "_fields"):
-        children = [(name, getattr(node, name)) for name in node._fields]
+    fields = _fields(node)
+    if fields is not None:
+        children = fields
     elif isinstance(node, Mapping):
         children = list(node.items())
     elif isinstance(node, list | tuple):
@@ -269,7 +286,8 @@ def quantized_state(
     ``averaged_sgd`` and Keras' ``use_ema``) are kept as they are, wherever they sit:
     rounded to 8 bits they moved the params by 4.5e-2 (``lookahead``) and 1.9e-2
     (``multi_steps``) in 12 steps. A state of your own that holds copies of the
-    parameters needs the same declaration. The paper's stable embedding layer is a
+    parameters needs the same declaration (a class attribute ``exact_fields`` of its
+    NamedTuple or ``flax.struct.dataclass``). The paper's stable embedding layer is a
     model change and not part of
     this wrapper. The quantized state does not keep the parameters' sharding (its absmax
     vector is laid out by blocks of the raveled leaf): a sharded leaf is gathered (on
@@ -290,8 +308,9 @@ def quantized_state(
             bytes each).
         min_size: leaves with fewer elements are kept in their own dtype, an int >= 0
             (0 or 1: every non-empty floating leaf except scalars is quantized).
-        unsigned_fields: state field (or dict key) names whose leaves are non-negative,
-            a collection of strings such as ``("nu",)``; a single string is a TypeError
+        unsigned_fields: state field (NamedTuple or dataclass) or dict key names whose
+            leaves are non-negative, a collection of strings such as ``("nu",)``; a
+            single string is a TypeError
             (it would otherwise be read as its characters), and a name beyond the
             defaults that no field of the inner state has is a ValueError at init (a
             typo would otherwise leave the second moment on the signed map).
