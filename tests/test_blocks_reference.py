@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -279,6 +280,30 @@ def test_amsgrad_max_corrected_after_the_maximum_matches_its_equations(
             denominator = np.sqrt(v_max / correction + eps_root) + eps
         expected.append(m / (1 - b1**t) / denominator)
     np.testing.assert_allclose(np.asarray(updates), np.stack(expected), rtol=1e-5)
+
+
+def _count_primitive(jaxpr, name: str) -> int:
+    """Equations of primitive ``name`` run by ``jaxpr``, a called sub-jaxpr once per call."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        count += eqn.primitive.name == name
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            count += _count_primitive(sub, name)
+    return count
+
+
+def test_radam_computes_its_rectification_once_per_dtype_not_once_per_leaf():
+    # rho_t and r_t are scalars of the step: computed in the per-leaf function, 200
+    # leaves of 4,096 compiled in 1.8-2.1x Optax's time (5.1-6.7 s against 2.1-2.8 s),
+    # XLA merging 200 copies of the same scalar code; once per dtype, 0.84-1.18x Optax's.
+    def expm1_ops(n_leaves):
+        params = [jnp.ones(3, jnp.float32)] * n_leaves
+        tx = gtx.scale_by_radam()
+        jaxpr = jax.make_jaxpr(tx.update)(params, tx.init(params)).jaxpr
+        return _count_primitive(jaxpr, "expm1")
+
+    assert expm1_ops(1) > 0
+    assert expm1_ops(8) == expm1_ops(1)
 
 
 @pytest.mark.parametrize("b2", [0.999, 0.99999, 1 - 1e-7])

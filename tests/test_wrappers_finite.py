@@ -9,6 +9,7 @@ import optax
 import pytest
 
 import gradtx as gtx
+from tests.compilations import bytes_and_copies, compiled_step
 
 
 def test_skips_exactly_the_non_finite_steps_and_keeps_the_inner_state(rng):
@@ -64,3 +65,55 @@ def test_a_finite_step_resets_the_consecutive_count():
 def test_max_consecutive_errors_must_be_a_non_negative_int():
     with pytest.raises(ValueError, match="max_consecutive_errors"):
         gtx.apply_if_finite(gtx.identity(), max_consecutive_errors=-1)
+
+
+def test_a_jitted_donated_step_copies_no_state_and_moves_what_optaxs_moves():
+    """Under jit the skip is a lax.cond, as in Optax. It was a select of the new against
+    the old state: XLA recomputed the new moments inside the fused parameter update from
+    the old ones, which the in-place select overwrote, so it copied every donated state
+    buffer first (Adam on one 1M leaf: 66 bytes/param against Optax's 54, 1.3x its step)."""
+    params = {"w": jnp.ones((256, 256)), "b": jnp.ones(256)}
+    grads = jax.tree.map(lambda p: 0.5 * p, params)
+    ours = compiled_step(gtx.apply_if_finite(gtx.adam(0.1), 2), gtx.apply_updates, params, grads)
+    theirs = compiled_step(
+        optax.apply_if_finite(optax.adam(0.1), 2), optax.apply_updates, params, grads
+    )
+    (our_bytes, our_copies), (their_bytes, _) = bytes_and_copies(ours), bytes_and_copies(theirs)
+    n = sum(x.size for x in jax.tree.leaves(params))
+    assert our_copies <= 1, our_copies  # a scalar at most, never a moment (2 per leaf)
+    assert our_bytes / n <= their_bytes / n + 0.5, (our_bytes / n, their_bytes / n)
+
+
+def test_a_jitted_step_on_an_explicit_mesh_keeps_the_updates_sharding():
+    # jax.make_mesh's axes are Explicit: shardings are part of the types a lax.cond
+    # compares. Zeros made with jnp.zeros(shape, dtype) have none, so the skip branch's
+    # float32[4,2] differed from the applied branch's float32[4@d,2]: a TypeError.
+    mesh = jax.make_mesh((1,), ("d",))
+    with jax.set_mesh(mesh):
+        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
+        params = {"w": jax.device_put(jnp.ones((4, 2)), sharding)}
+        tx = gtx.apply_if_finite(gtx.adam(0.1), 2)
+        update = jax.jit(tx.update)
+        state = tx.init(params)
+        for grads in (params, jax.tree.map(lambda p: p * jnp.nan, params)):
+            updates, state = update(grads, state, params)
+            assert updates["w"].sharding.spec == jax.sharding.PartitionSpec("d", None)
+    assert int(state.total_notfinite) == 1
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_an_inner_state_leaf_keeps_its_dtype(jit):
+    # an inner update that promotes its int32 state (+ 0.5): the state is cast back, as
+    # in multi_steps; under jit the cond's branches disagreed (a TypeError), eagerly the
+    # select made the leaf float32
+    inner = gtx.GradientTransformation(
+        lambda params: {"count": jnp.zeros([], jnp.int32)},
+        lambda updates, state, params=None: (updates, {"count": state["count"] + 1.5}),
+    )
+    tx = gtx.apply_if_finite(inner, 2)
+    update = jax.jit(tx.update) if jit else tx.update
+    state = tx.init(jnp.zeros(2))
+    for grads in (jnp.ones(2), jnp.full(2, jnp.nan), jnp.ones(2)):
+        _, state = update(grads, state)
+        assert state.inner_state["count"].dtype == jnp.int32
+    assert int(state.inner_state["count"]) == 2

@@ -116,16 +116,9 @@ def scale_by_radam(
         del params, extra
         count = numerics.safe_increment(state.count)
 
-        def leaf(g, m, v):
-            dtype = numerics.compute_dtype(g.dtype)
-            real = numerics.real_dtype(dtype)
-            g_ = g.astype(dtype)
-            m_new = b1 * m.astype(dtype) + (1 - b1) * g_
-            v_dtype = jnp.promote_types(real, v.dtype)
-            g_squared = numerics.abs_sq(g.astype(jnp.promote_types(dtype, v_dtype)))
-            v_new = b2 * v.astype(v_dtype) + (1 - b2) * g_squared
+        def rectification(real):
+            """(bc1, bc2, r_t, whether to rectify): scalars of the step, in ``real``."""
             t = count.astype(real)
-            m_hat = m_new / numerics.bias_correction(b1, count, real)
             # rho_t is the difference of two numbers near rho_inf (2e7 for b2 = 1 - 1e-7),
             # which cancels in float32 (rho_t off by 1e-4 relative at b2 = 0.999, by 2
             # at 1 - 1e-7, moving the step at which rectification starts). Written with
@@ -150,11 +143,33 @@ def scale_by_radam(
                 * rho_inf
                 / ((rho_inf - 4) * (rho_inf - 2) * rho_safe)
             )
+            rectify = rho_t > threshold if strict_threshold else rho_t >= threshold
+            return numerics.bias_correction(b1, count, real), bias_correction2, rect, rectify
+
+        # The same for every leaf of a dtype: computed once per dtype, not once per leaf
+        # (per leaf, XLA compiled 200 leaves of 4,096 in 2x Optax's time).
+        scalars = {
+            real: rectification(real)
+            for real in {
+                numerics.real_dtype(numerics.compute_dtype(d))
+                for d in numerics.leaf_dtypes(updates)
+            }
+        }
+
+        def leaf(g, m, v):
+            dtype = numerics.compute_dtype(g.dtype)
+            real = numerics.real_dtype(dtype)
+            bias_correction1, bias_correction2, rect, rectify = scalars[real]
+            g_ = g.astype(dtype)
+            m_new = b1 * m.astype(dtype) + (1 - b1) * g_
+            v_dtype = jnp.promote_types(real, v.dtype)
+            g_squared = numerics.abs_sq(g.astype(jnp.promote_types(dtype, v_dtype)))
+            v_new = b2 * v.astype(v_dtype) + (1 - b2) * g_squared
+            m_hat = m_new / bias_correction1
             if eps_before_bias_correction:
                 denom = (jnp.sqrt(v_new + eps_root) + eps) / jnp.sqrt(bias_correction2)
             else:
                 denom = jnp.sqrt(v_new / bias_correction2 + eps_root) + eps
-            rectify = rho_t > threshold if strict_threshold else rho_t >= threshold
             u = jnp.where(rectify, rect * m_hat / denom, m_hat)
             return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
 

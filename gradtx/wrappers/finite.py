@@ -35,6 +35,19 @@ def _all_finite(updates) -> jax.Array:
     return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
 
 
+def _run_or_skip(apply: jax.Array, run, updates, inner_state: OptState) -> tuple:
+    """``run()`` where ``apply`` is true, else zero updates and ``inner_state``, as one
+    ``lax.cond`` (a traced ``apply``). The skip branch's zeros are laid out like the
+    gradients ``updates`` in the dtypes of the updates ``run`` returns, so the branches
+    agree whatever the inner transform casts."""
+    updates_like, _ = jax.eval_shape(run)
+
+    def skip():
+        return tree.zeros_like_in_dtypes_of(updates, updates_like), inner_state
+
+    return jax.lax.cond(apply, run, skip)
+
+
 def apply_if_finite(
     inner: GradientTransformation, max_consecutive_errors: int
 ) -> GradientTransformation:
@@ -46,7 +59,13 @@ def apply_if_finite(
     have been skipped, the next non-finite step is applied (the problem is not a
     transient spike; let it surface) and the consecutive count restarts from zero.
     Optax's ``apply_if_finite`` keeps counting instead, so there every further
-    non-finite step is applied until a finite one arrives.
+    non-finite step is applied until a finite one arrives. Traced (under ``jit``), the
+    choice is a ``lax.cond``, as in Optax: a donated step then moves no more memory than
+    the inner update's own (a select copied every state buffer first); an un-jitted
+    update selects between the two results instead (nothing to compile, no wait for the
+    device). The zero updates take the dtypes of the inner updates (float32 updates of
+    bfloat16 gradients stay float32) and the gradients' sharding; the inner state keeps
+    its dtypes (a leaf the inner update promotes is cast back, as in ``multi_steps``).
 
     Args:
         inner: the transform to protect.
@@ -82,20 +101,35 @@ def apply_if_finite(
             finite, 0, numerics.safe_increment(state.notfinite_count)
         ).astype(jnp.int32)
         apply = finite | (notfinite_count > max_consecutive_errors)
-        new_updates, new_inner_state = inner_update(updates, state.inner_state, params, **extra)
-        # A select, not lax.cond: both branches are cheap next to a training step, and a
-        # select keeps the state's dtypes exactly (no weak-type mismatch between branches).
-        zeros = jax.tree.map(jnp.zeros_like, new_updates)
-        new_updates = tree.where(apply, new_updates, zeros)
-        # A leaf the inner update passed through (an optimizer's hyperparameters) is kept
-        # as it is: selected anew, it would be an array computed from the gradients, and
-        # the next un-jitted update, which checks the hyperparameters on the host, would
-        # wait for the device to finish this step.
-        new_inner_state = jax.tree.map(
-            lambda new, old: old if new is old else jnp.where(apply, new, old),
-            new_inner_state,
-            state.inner_state,
-        )
+
+        def run():
+            new_updates, new_inner_state = inner_update(updates, state.inner_state, params, **extra)
+            # The inner state keeps its dtypes, as in multi_steps: the cond's branches must
+            # agree (an inner update promoting an int32 leaf with + 0.5 was a TypeError).
+            return new_updates, tree.cast_like(new_inner_state, state.inner_state)
+
+        if isinstance(apply, jax.core.Tracer):
+            # Traced (jit), a lax.cond. With a select of the new against the old state,
+            # XLA recomputes the new state inside the fused parameter update from the old
+            # state, which the select then overwrites in place, so it first copies every
+            # donated state buffer: Adam moved 66 bytes/param against Optax's 54 (which
+            # uses a cond) and took 1.16-1.32x its step; with the cond 54, 0.88-1.16x.
+            new_updates, new_inner_state = _run_or_skip(apply, run, updates, state.inner_state)
+        else:
+            # Eagerly, a select: no program to compile, and no wait for the device to
+            # say whether to skip.
+            new_updates, new_inner_state = run()
+            zeros = jax.tree.map(jnp.zeros_like, new_updates)
+            new_updates = tree.where(apply, new_updates, zeros)
+            # A leaf the inner update passed through (an optimizer's hyperparameters) is
+            # kept as it is: selected anew, it would be an array computed from the
+            # gradients, and the next un-jitted update, which checks the hyperparameters
+            # on the host, would wait for the device to finish this step.
+            new_inner_state = jax.tree.map(
+                lambda new, old: old if new is old else jnp.where(apply, new, old),
+                new_inner_state,
+                state.inner_state,
+            )
         return new_updates, ApplyIfFiniteState(
             notfinite_count=jnp.where(apply, 0, notfinite_count).astype(jnp.int32),
             last_finite=finite,

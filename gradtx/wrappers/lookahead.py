@@ -59,7 +59,9 @@ def lookahead(
     counts fast steps modulo ``sync_period`` (0 right after a sync), so the syncs go on
     for as long as training does (a total count would saturate at the int32 maximum).
     Optax's ``lookahead`` instead asks the user to hold both weight sets in a
-    ``LookaheadParams``.
+    ``LookaheadParams``. Under ``jit`` the sync is a ``lax.cond``, so a fast step
+    neither reads nor writes the slow weights (a donated Adam step moves 76 bytes/param,
+    where a select, as in Optax, moved 84 and copied buffers); un-jitted, a select.
 
     Args:
         inner: the fast optimizer (its updates are added to the params, so it includes
@@ -104,17 +106,30 @@ def lookahead(
         steps_since_sync = (state.steps_since_sync + 1) % sync_period
         sync = steps_since_sync == 0
 
-        def leaf(u, p, slow):
-            dtype = numerics.compute_dtype(jnp.result_type(u, p))
-            fast = p.astype(dtype) + u.astype(dtype)
-            alpha = numerics.hyperparameter(slow_step_size, dtype)
-            synced = slow.astype(dtype) + alpha * (fast - slow.astype(dtype))
-            step = jnp.where(sync, synced - p.astype(dtype), u.astype(dtype))
-            return step.astype(u.dtype), jnp.where(sync, synced, slow).astype(slow.dtype)
+        def with_sync(sync):
+            def leaf(u, p, slow):
+                dtype = numerics.compute_dtype(jnp.result_type(u, p))
+                fast = p.astype(dtype) + u.astype(dtype)
+                alpha = numerics.hyperparameter(slow_step_size, dtype)
+                synced = slow.astype(dtype) + alpha * (fast - slow.astype(dtype))
+                step = jnp.where(sync, synced - p.astype(dtype), u.astype(dtype))
+                return step.astype(u.dtype), jnp.where(sync, synced, slow).astype(slow.dtype)
 
-        updates, slow_params = tree.map_unzip(
-            leaf, updates, params, state.slow_params, outputs=2, names=("the params",)
-        )
+            return tree.map_unzip(
+                leaf, updates, params, state.slow_params, outputs=2, names=("the params",)
+            )
+
+        if isinstance(sync, jax.core.Tracer):
+            # Traced (jit), a lax.cond, so that a fast step neither reads nor writes the
+            # slow weights: with a select, XLA recomputes the step inside the parameter
+            # update from the slow weights that the select overwrites in place, so it
+            # first copied both buffers (Adam: 84 bytes/param, as optax.lookahead; 76 now).
+            updates, slow_params = jax.lax.cond(
+                sync, lambda: with_sync(True), lambda: (updates, state.slow_params)
+            )
+        else:
+            # Eagerly, a select: no program to compile, no wait for the device.
+            updates, slow_params = with_sync(sync)
         return updates, LookaheadState(steps_since_sync, slow_params, inner_state)
 
     return GradientTransformation(init, update)
