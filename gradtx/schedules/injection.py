@@ -83,6 +83,22 @@ def _as_float32(name: str, value: Any) -> jax.Array:
     return value.astype(jnp.float32)
 
 
+def _at_least_float32(name: str, value: Any, leaves: Any) -> jax.Array:
+    """A traced argument as the update computes with it: in its own precision, at least
+    float32, but no wider than the narrowest real dtype the leaves of ``leaves`` (the
+    params or updates) compute in. A float64 value stays float64 where every leaf is
+    float64 (so that a meta-gradient through the optimizer keeps it; the state stores
+    the float32 copy); with float32, bfloat16 or mixed leaves it is float32, as a value
+    read from the state is, so that no transform promotes a state leaf to float64."""
+    value = jnp.asarray(value)
+    if value.ndim != 0:
+        raise ValueError(f"hyperparameter {name} must be a scalar, got shape {value.shape}")
+    dtypes = [numerics.real_dtype(numerics.compute_dtype(jnp.result_type(x))) for x in leaves]
+    narrowest = min(dtypes, key=lambda d: d.itemsize, default=jnp.dtype(jnp.float32))
+    dtype = jnp.promote_types(value.dtype, jnp.float32)
+    return value.astype(narrowest if dtype.itemsize > narrowest.itemsize else dtype)
+
+
 _INSIDE_AN_INJECTOR = contextvars.ContextVar("gradtx_inside_an_injector", default=False)
 
 
@@ -170,6 +186,15 @@ def schedule_injection(
     build with Python numbers what you mean to set on the inner optimizer); so
     un-jitted, ``optax.inject_hyperparams(gtx.adam)`` follows the gradtx state, not the
     wrapper's (a gradtx optimizer needs no such wrapper: it is injected already).
+    A traced value is computed with in its own precision (at least float32), no wider
+    than the narrowest parameter (float64 under x64 where every parameter is float64;
+    float32 where any is float32 or narrower, as a value read from the state is, so that
+    the state's dtypes never change), the state keeping its float32 copy: with float64
+    parameters a meta-gradient through the optimizer with respect to it (``jax.grad`` of
+    a loss after unrolled steps, with the optimizer built inside the differentiated
+    function) has float64 accuracy, Optax's numbers. A value set in the state
+    (``set_hyperparams``) is float32, and so is the reverse-mode gradient with respect to
+    it (~1e-5 relative off for Adam's b2).
 
     Example:
         >>> import jax.numpy as jnp
@@ -243,11 +268,22 @@ def schedule_injection(
                 values[name] = _as_float32(name, _evaluate(name, schedule, count))
             return values
 
+        def computed_with(values, like):
+            # A traced argument is the caller's number: the update computes with it in its
+            # own precision (float32 rounding of a float64 value would leave a meta-gradient
+            # through the optimizer float32-accurate: 5e-5 relative off Optax's for Adam's
+            # b2); the state keeps the float32 copy, so its structure does not change. It
+            # is never wider than the narrowest leaf of ``like``: a float64 b1 times a
+            # float32 moment in a transform that does not cast it (Nadam's mu_product,
+            # SWATS) would otherwise make a float32 state leaf float64 (lax.scan fails).
+            leaves = jax.tree.leaves(like) if live else []
+            return {**values, **{n: _at_least_float32(n, v, leaves) for n, v in live.items()}}
+
         def init(params):
             count = jnp.zeros([], jnp.int32)
             constant_values = {n: _as_float32(n, v) for n, v in constants.items()}
             hyperparams = values_at(count, constant_values)
-            inner = _build_inner(factory, fixed, hyperparams)
+            inner = _build_inner(factory, fixed, computed_with(hyperparams, params))
             return InjectState(count, hyperparams, inner.init(params))
 
         def update(updates, state, params=None, **extra):
@@ -259,7 +295,7 @@ def schedule_injection(
                     f"state): was the pair passed, or were state and params swapped?"
                 )
             hyperparams = values_at(state.count, state.hyperparams)
-            inner = _build_inner(factory, fixed, hyperparams)
+            inner = _build_inner(factory, fixed, computed_with(hyperparams, updates))
             updates, inner_state = inner.update(updates, state.inner_state, params, **extra)
             count = numerics.safe_increment(state.count)
             return updates, InjectState(count, hyperparams, inner_state)

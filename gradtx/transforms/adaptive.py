@@ -641,12 +641,17 @@ def scale_by_rss(
             real = jnp.promote_types(numerics.real_dtype(dtype), s.dtype)
             g_ = g.astype(jnp.promote_types(dtype, real))
             s_new = s.astype(real) + numerics.abs_sq(g_)
-            # s_t = 0 only where every gradient so far was 0 (and s_0 = 0): no step.
+            # s_t = 0 only where every gradient so far was 0 (and s_0 = 0): no step. The
+            # unused branch gets s = 1, not 0: the derivative of sqrt at 0 is inf, and
+            # jnp.where's 0 cotangent times inf is a NaN meta-gradient (differentiating
+            # through the optimizer) wherever a gradient is 0, a dead ReLU unit's say.
             epsilon = numerics.hyperparameter(eps, real)
+            stepped = s_new > 0
+            s_safe = jnp.where(stepped, s_new, 1)
             if eps_in_sqrt:
-                scaling = jnp.where(s_new > 0, jax.lax.rsqrt(s_new + epsilon), 0)
+                scaling = jnp.where(stepped, jax.lax.rsqrt(s_safe + epsilon), 0)
             else:
-                scaling = jnp.where(s_new > 0, 1 / (jnp.sqrt(s_new) + epsilon), 0)
+                scaling = jnp.where(stepped, 1 / (jnp.sqrt(s_safe) + epsilon), 0)
             return (scaling * g_).astype(g.dtype), s_new.astype(s.dtype)
 
         updates, sum_of_squares = tree.map_unzip(leaf, updates, state.sum_of_squares, outputs=2)

@@ -91,7 +91,11 @@ def scale_by_nadam_schedule(
 
     def momentum_at(step, dtype):
         psi = numerics.hyperparameter(momentum_decay, dtype)
-        return b1 * (1 - 0.5 * jnp.asarray(0.96, dtype) ** (step.astype(dtype) * psi))
+        # b1 in dtype: a traced float64 b1 (under x64) would widen the float32 mu_product
+        # carried in the state, which a lax.scan over steps refuses
+        return numerics.hyperparameter(b1, dtype) * (
+            1 - 0.5 * jnp.asarray(0.96, dtype) ** (step.astype(dtype) * psi)
+        )
 
     def init(params):
         return ScaleByNadamScheduleState(
