@@ -747,7 +747,11 @@ def cast_like(tree: Any, like: Any) -> Any:
     already of that dtype is returned as it is (a typed PRNG key has no ``astype``)."""
 
     def cast(x: Any, y: Any) -> Any:
-        x, dtype = jnp.asarray(x), jnp.result_type(y)
+        dtype = getattr(y, "dtype", None)  # a typed PRNG key's too
+        dtype = jnp.result_type(y) if dtype is None else dtype
+        if isinstance(x, jax.Array) and x.dtype == dtype:
+            return x  # (jnp.asarray of each leaf: 75 ms an eager update on 2,000 leaves)
+        x = jnp.asarray(x)
         return x if x.dtype == dtype else x.astype(dtype)
 
     return jax.tree.map(cast, tree, like)
@@ -759,8 +763,19 @@ def zeros_like_in_dtypes_of(tree: Any, like: Any) -> Any:
     dtypes): the updates of a step that a wrapper skips (``apply_if_finite``,
     ``multi_steps``). Made from ``tree``'s leaves, they keep their sharding (explicit mesh
     axes) and their varying manual axes (``shard_map``), which ``lax.cond`` compares
-    between its branches; ``jnp.zeros(shape, dtype)`` has neither."""
-    return jax.tree.map(lambda x, y: jnp.zeros_like(x, dtype=leaf_dtype(y)), tree, like)
+    between its branches; ``jnp.zeros(shape, dtype)`` has neither. Un-jitted they are made
+    in the eager kernels (``map_leaves``), 32 leaves a call."""
+    zeros = map_leaves(_zeros_like, tree)
+
+    def in_dtype(zero: Any, y: Any) -> Any:
+        dtype = leaf_dtype(y)
+        return zero if zero.dtype == dtype else zero.astype(dtype)
+
+    return jax.tree.map(in_dtype, zeros, like)
+
+
+def _zeros_like(x: jax.Array) -> jax.Array:
+    return jnp.zeros_like(x)
 
 
 def where(condition: jax.Array, on_true: Any, on_false: Any) -> Any:

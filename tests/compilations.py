@@ -46,3 +46,28 @@ def bytes_and_copies(compiled: jax.stages.Compiled) -> tuple[float, int]:
     cost = cost[0] if isinstance(cost, list) else cost
     entry = compiled.as_text()[compiled.as_text().index("ENTRY") :]
     return cost["bytes accessed"], entry.count(" copy(")
+
+
+@contextlib.contextmanager
+def count_eager_operations() -> Iterator[list[int]]:
+    """Yields a one-element list counting the operations JAX runs un-jitted inside the
+    block (each primitive its evaluation trace applies: one per op-by-op operation, one
+    per call of a compiled kernel). A private hook of JAX's: skips the test if it moved."""
+    import pytest
+
+    core = pytest.importorskip("jax._src.core")
+    trace = getattr(core, "EvalTrace", None)
+    if not hasattr(trace, "process_primitive"):
+        pytest.skip("jax's evaluation trace has moved")
+    count = [0]
+    process_primitive = trace.process_primitive
+
+    def counting(self, *args, **kwargs):
+        count[0] += 1
+        return process_primitive(self, *args, **kwargs)
+
+    trace.process_primitive = counting
+    try:
+        yield count
+    finally:
+        trace.process_primitive = process_primitive

@@ -9,7 +9,8 @@ import optax
 import pytest
 
 import gradtx as gtx
-from tests.compilations import count_compilations
+from gradtx import tree
+from tests.compilations import count_compilations, count_eager_operations
 
 
 def _micro_grads(rng, count, shape=(3,)):
@@ -163,3 +164,23 @@ def test_has_updated_finds_the_multi_steps_state_inside_other_wrappers():
     two = gtx.chain(gtx.multi_steps(gtx.sgd(0.1), 2), gtx.multi_steps(gtx.sgd(0.1), 3))
     with pytest.raises(TypeError, match=r"holding 2; pass the one you mean"):
         gtx.has_updated(two.init(params))
+
+
+def test_eager_updates_dispatch_no_operation_per_leaf(monkeypatch):
+    """Un-jitted, an accumulating step and a real one run their per-leaf work in the eager
+    kernels (a call per 32 leaves). They made and selected the zero accumulators and the
+    zero updates one leaf at a time: 258 and 132 operations per update on 64 leaves, 2-4x
+    the time of the kernels on 1,000 leaves."""
+    monkeypatch.setattr(tree, "_EAGER", tree._EagerKernels())  # no other test's kernels
+    params = {f"w{i:02d}": jnp.ones(8) for i in range(64)}
+    grads = jax.tree.map(lambda p: 0.5 * p, params)
+    tx = gtx.multi_steps(gtx.adam(0.1), 2)
+    state = tx.init(params)
+    for _ in range(4):  # the kernels compile at a function's second sight
+        _, state = tx.update(grads, state, params)
+    counts = []
+    for _ in range(2):  # an accumulating step, then a real one
+        with count_eager_operations() as count:
+            _, state = tx.update(grads, state, params)
+        counts.append(count[0])
+    assert max(counts) < len(params), counts

@@ -9,7 +9,8 @@ import optax
 import pytest
 
 import gradtx as gtx
-from tests.compilations import bytes_and_copies, compiled_step
+from gradtx import tree
+from tests.compilations import bytes_and_copies, compiled_step, count_eager_operations
 
 
 def test_skips_exactly_the_non_finite_steps_and_keeps_the_inner_state(rng):
@@ -117,3 +118,19 @@ def test_an_inner_state_leaf_keeps_its_dtype(jit):
         _, state = update(grads, state)
         assert state.inner_state["count"].dtype == jnp.int32
     assert int(state.inner_state["count"]) == 2
+
+
+def test_eager_updates_dispatch_no_operation_per_leaf(monkeypatch):
+    """Un-jitted, the finiteness flags and the select run in the eager kernels (a call per
+    32 leaves): operations per leaf (131 per update on 64 leaves) took Adam on 1,000
+    leaves from ~40 to 210-400 ms an update; 90-100 ms now."""
+    monkeypatch.setattr(tree, "_EAGER", tree._EagerKernels())  # no other test's kernels
+    params = {f"w{i:02d}": jnp.ones(8) for i in range(64)}
+    grads = jax.tree.map(lambda p: 0.5 * p, params)
+    tx = gtx.apply_if_finite(gtx.adam(0.1), 2)
+    state = tx.init(params)
+    for _ in range(3):  # the kernels compile at a function's second sight
+        _, state = tx.update(grads, state, params)
+    with count_eager_operations() as count:
+        tx.update(grads, state, params)
+    assert count[0] < len(params), count[0]

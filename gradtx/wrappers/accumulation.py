@@ -144,7 +144,9 @@ def multi_steps(
         def leaf(g, a):
             dtype = jnp.promote_types(a.dtype, numerics.compute_dtype(g.dtype))
             mean = a.astype(dtype) + (g.astype(dtype) - a.astype(dtype)) / n.astype(dtype)
-            return mean.astype(g.dtype), mean.astype(a.dtype)
+            # the accumulator restarts from 0 after a real step (in the per-leaf code: an
+            # eager update would otherwise make and select 2 arrays per leaf)
+            return mean.astype(g.dtype), jnp.where(emit, 0, mean).astype(a.dtype)
 
         mean, acc_grads = tree.map_unzip(leaf, updates, state.acc_grads, outputs=2)
 
@@ -184,13 +186,12 @@ def multi_steps(
                     # only: until its first real step, zeros of the gradients' dtypes
                     update_dtypes[key] = jax.tree.map(_dtype, updates)
             new_updates, inner_state = zero_updates(update_dtypes[key]), state.inner_state
-        zeros = jax.tree.map(jnp.zeros_like, acc_grads)
         return new_updates, MultiStepsState(
             mini_step=jnp.where(emit, 0, n).astype(jnp.int32),
             gradient_step=jnp.where(
                 emit, numerics.safe_increment(state.gradient_step), state.gradient_step
             ),
-            acc_grads=tree.where(emit, zeros, acc_grads),
+            acc_grads=acc_grads,
             inner_state=inner_state,
         )
 
