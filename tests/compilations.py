@@ -50,9 +50,10 @@ def bytes_and_copies(compiled: jax.stages.Compiled) -> tuple[float, int]:
 
 @contextlib.contextmanager
 def count_eager_operations() -> Iterator[list[int]]:
-    """Yields a one-element list counting the operations JAX runs un-jitted inside the
-    block (each primitive its evaluation trace applies: one per op-by-op operation, one
-    per call of a compiled kernel). A private hook of JAX's: skips the test if it moved."""
+    """Yields a one-element list counting the primitives JAX's evaluation trace applies
+    inside the block: the op-by-op operations of un-jitted code (``lax`` primitives such
+    as ``jnp.where`` or ``jnp.zeros_like`` make); a call of a jitted function that hits
+    JAX's C++ cache is not counted. A private hook of JAX's: skips the test if it moved."""
     import pytest
 
     core = pytest.importorskip("jax._src.core")

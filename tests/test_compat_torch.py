@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import gradtx as gtx
+from gradtx import tree
 from gradtx.compat import torch as tc
 from gradtx.compat.torch import lr_scheduler
 
@@ -797,3 +798,24 @@ def test_cyclic_lr_takes_cycles_longer_than_an_int32_step_counter(up, down):
         expected.append(0.01 + (0.3 - 0.01) * scale)
     got = np.asarray(schedule(jnp.asarray(steps, jnp.int32)), np.float64)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_clip_grad_norm_runs_its_per_leaf_norms_and_scaling_in_the_eager_kernels(monkeypatch):
+    """Un-jitted, each leaf's norm and its scaling ran op by op, a norm computed in Python
+    per leaf at every update (1,000 leaves took 176-189 ms with tc.adamw, 59-62 now, gtx's
+    clip 48); the numbers stay those of the jitted update within float32 rounding."""
+    monkeypatch.setattr(tree, "_EAGER", tree._EagerKernels())  # no other test's kernels
+    rng = np.random.default_rng(0)
+    grads = {f"w{i:02d}": jnp.asarray(rng.normal(size=8), jnp.float32) for i in range(64)}
+    tx = tc.clip_grad_norm(1.0)
+    state = tx.init(grads)
+    for _ in range(2):  # the kernels compile at a function's second sight
+        tx.update(grads, state)
+    norms = []
+    norm = tc._norm_as_pytorch
+    monkeypatch.setattr(tc, "_norm_as_pytorch", lambda *a, **k: norms.append(1) or norm(*a, **k))
+    clipped, _ = tx.update(grads, state)
+    assert len(norms) < len(grads), len(norms)  # the total's, not one per leaf
+    jitted, _ = jax.jit(tx.update)(grads, state)
+    for a, b in zip(jax.tree.leaves(clipped), jax.tree.leaves(jitted), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-7)

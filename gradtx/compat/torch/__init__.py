@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import check, numerics
+from gradtx import check, numerics, tree
 from gradtx.compat import _validate
 from gradtx.compat.torch import lr_scheduler
 from gradtx.compat.torch.state_dict import load_plateau_state, load_state_dict
@@ -868,12 +868,14 @@ def clip_grad_norm(
         leaves = [u for u in jax.tree.leaves(updates) if u is not None]
         if not leaves:
             return updates, state
+
         # Each norm accumulates in at least float32 and is rounded to its input's dtype, as
         # PyTorch's are: |g|^2 in float16 overflows from |g| = 256 (every update 0).
-        norms = [  # over every axis, without a ravel (which would gather a sharded leaf)
-            _norm_as_pytorch(u, order, axis=tuple(range(u.ndim))) for u in leaves
-        ]
-        total = _norm_as_pytorch(jnp.stack(norms), order)
+        def leaf_norm(u):  # over every axis, without a ravel (which would gather a
+            # sharded leaf); un-jitted in the eager kernels, 32 leaves a call
+            return _norm_as_pytorch(u, order, axis=tuple(range(u.ndim)))
+
+        total = _norm_as_pytorch(jnp.stack(tree.map_leaves(leaf_norm, leaves)), order)
         # PyTorch's ``max_norm / tensor`` is ``tensor.reciprocal() * max_norm``, two
         # roundings: in float16/bfloat16 the one division was a unit in the last place off
         coefficient = jnp.minimum(jnp.reciprocal(total + 1e-6) * max_norm, 1.0)
@@ -881,6 +883,6 @@ def clip_grad_norm(
         def leaf(u):
             return (u * coefficient.astype(numerics.compute_dtype(u.dtype))).astype(u.dtype)
 
-        return jax.tree.map(leaf, updates), state
+        return tree.map_leaves(leaf, updates), state
 
     return GradientTransformation(init, update)
