@@ -196,10 +196,11 @@ def amsgrad_max(
         v_max_t = max(v_max_{t-1}, v_t / (1 - b2^t))  (bias_correction_nu)
         u       = m_hat / (sqrt(v_max_t + eps_root) + eps)
 
-    A drop-in replacement for ``scale_by_adam`` in a chain. Adam's effective step
-    ``lr / sqrt(v_hat)`` can grow again after a burst of large gradients has decayed
-    out of ``v``; the running maximum keeps it non-increasing, which is what the
-    convergence proof of Reddi et al. needs.
+    A drop-in replacement for ``scale_by_adam`` in a chain: it keeps its own moments, so
+    it goes where ``scale_by_adam`` was (chained after it, it would precondition Adam's
+    output a second time). Adam's effective step ``lr / sqrt(v_hat)`` can grow again
+    after a burst of large gradients has decayed out of ``v``; the running maximum
+    keeps it non-increasing, which is what the convergence proof of Reddi et al. needs.
 
     Same numbers as ``optax.scale_by_amsgrad`` (the maximum of the bias-corrected
     second moment). PyTorch's ``Adam(amsgrad=True)`` takes the maximum of the raw

@@ -159,6 +159,11 @@ def nesterov_lookahead(
     checkpoint). With ``v_0 = 0``, ``phi_0 = theta_0``: the iterates are the look-ahead
     points of the original method. PyTorch's ``SGD(nesterov=True)`` is the same map.
 
+    It is momentum on whatever reaches it: after ``scale_by_adam`` it puts a heavy-ball
+    buffer on Adam's direction (steps up to ``1 / (1 - decay)`` times larger), which is
+    not NAdam. NAdam is ``scale_by_adam(nesterov=True)`` (Optax's form, a constant
+    momentum) or ``scale_by_nadam_schedule`` (Dozat's momentum schedule: PyTorch, Keras).
+
     Args:
         decay: the momentum coefficient ``mu``, in [0, 1).
         accumulator_dtype: dtype of the buffer; None keeps the parameter dtype.

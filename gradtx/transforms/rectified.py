@@ -11,15 +11,30 @@ import jax.numpy as jnp
 from gradtx import check, numerics, tree
 from gradtx.core import GradientTransformation, Updates
 
+# -B_2k / (2k)! for k = 1..7, the coefficients of y^2k in 1 - y / expm1(y) - y / 2
+_EVEN_SERIES = (
+    -1 / 12,
+    1 / 720,
+    -1 / 30240,
+    1 / 1209600,
+    -1 / 47900160,
+    691 / 1307674368000,
+    -1 / 74724249600,
+)
+
 
 def _one_minus_y_over_expm1(y: jax.Array) -> jax.Array:
     """``g(y) = 1 - y / (exp(y) - 1)`` for ``y >= 0`` to float rounding relative to g:
     by its series below 0.5 (``y/2 - y^2/12 + y^4/720 - ...``, the Bernoulli numbers),
-    where the direct form cancels; 1 at ``y = inf``."""
+    where the direct form cancels; 1 at ``y = inf``. The series runs to ``y^14``: its
+    first omitted term is 2e-17 of g at 0.5 (cut after ``y^8``, 8.7e-11 in float64)."""
     small = y < 0.5
     ys = jnp.where(small, y, 0)
     y2 = ys * ys
-    series = ys / 2 - y2 / 12 + y2 * y2 / 720 - y2 * y2 * y2 / 30240 + y2**4 / 1209600
+    even = jnp.zeros_like(y2)
+    for coefficient in reversed(_EVEN_SERIES):  # Horner's form in y^2
+        even = (even + coefficient) * y2
+    series = ys / 2 + even
     yl = jnp.where(small | jnp.isinf(y), 1, y)
     direct = jnp.where(jnp.isinf(y), 1, 1 - yl / jnp.expm1(yl))
     return jnp.where(small, series, direct)
