@@ -972,7 +972,11 @@ def tree_set(tree: Any, *, path: str | None = None, **values: Any) -> Any:
                     f"tree_set: {found} has shape {list(jnp.shape(old_leaf))}, the new value "
                     f"has shape {list(new_leaf.shape)}"
                 )
-            if new_leaf.dtype == old_leaf.dtype:
+            # A Python number becomes a weakly typed array; a jitted step keys its cache on
+            # weak types too, so it is made strong like the leaf it replaces (astype).
+            old_weak = getattr(old_leaf, "weak_type", False)
+            new_weak = getattr(new_leaf, "weak_type", False)  # typed PRNG keys have none
+            if new_leaf.dtype == old_leaf.dtype and (old_weak or not new_weak):
                 return new_leaf
             if jax.dtypes.issubdtype(old_leaf.dtype, jax.dtypes.extended):
                 # a typed PRNG key casts to nothing: the new key must be of its kind

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import gradtx as gtx
+from tests.compilations import count_compilations
 
 
 def _state():
@@ -66,3 +67,24 @@ def test_tree_set_works_on_a_partitioned_state():
     state = tx.init({"x": jnp.zeros(1), "y": jnp.zeros(1)})
     state = gtx.tree_set(state, count=3)
     assert int(state.inner_states["a"].count) == 3
+
+
+def test_tree_set_of_a_python_number_between_jitted_steps_compiles_nothing():
+    # jnp.asarray(1e-4) is weakly typed float32 and jit keys its cache on weak types:
+    # setting the injected learning rate to a Python number recompiled the step.
+    tx = gtx.adam(1e-3)
+    params = {"w": jnp.ones(2)}
+
+    @jax.jit
+    def step(params, state):
+        updates, state = tx.update(params, state, params)
+        return gtx.apply_updates(params, updates), state
+
+    params, state = step(params, tx.init(params))
+    with count_compilations() as compiled:
+        for lr in [1e-4, 2e-4]:
+            state = gtx.tree_set(state, learning_rate=lr)
+            assert not gtx.get_hyperparams(state)["learning_rate"].weak_type
+            params, state = step(params, state)
+    assert compiled == []
+    assert float(gtx.get_hyperparams(state)["learning_rate"]) == pytest.approx(2e-4)
