@@ -175,3 +175,34 @@ def test_live_keras_float64_trajectory_matches_gradtx(name, record_keras, x64):
     rows = [s - 1 for s in golden.OPTIMIZERS["snapshots"]]
     actual = golden.trajectory(golden.build_optimizer(case), "float64")[rows]
     np.testing.assert_allclose(actual, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd", "nadam"])
+def test_live_load_state_dict_takes_a_bfloat16_runs_buffers_exactly(name, record_torch):
+    """``Tensor.numpy()`` refuses bfloat16: a bfloat16 run's moments were a TypeError
+    from PyTorch ("Got unsupported ScalarType BFloat16"); they load bit for bit."""
+    import torch
+
+    from gradtx.compat import torch as tc
+
+    kwargs = {"adamw": {"lr": 0.01}, "sgd": {"lr": 0.01, "momentum": 0.9}, "nadam": {}}[name]
+    params = [torch.nn.Parameter(torch.full(s, 0.3, dtype=torch.bfloat16)) for s in [(3, 2), (2,)]]
+    optimizer = record_torch.TORCH_OPTIMIZERS[name](params, **kwargs)
+    for t in range(3):
+        for p in params:
+            p.grad = torch.linspace(-1.0, 1.0, p.numel()).reshape(p.shape).bfloat16() * (t + 1)
+        optimizer.step()
+    saved = optimizer.state_dict()
+    jax_params = [jnp.asarray(p.detach().float().numpy(), jnp.bfloat16) for p in params]
+    tx = getattr(tc, name)(**kwargs)
+    state = tc.load_state_dict(tx, saved, jax_params)
+    block, fields = {
+        "adamw": ("adam", {"mu": "exp_avg", "nu": "exp_avg_sq"}),
+        "sgd": ("momentum", {"trace": "momentum_buffer"}),
+        "nadam": ("nadam", {"mu": "exp_avg", "nu": "exp_avg_sq"}),
+    }[name]
+    for field, key in fields.items():
+        for i, leaf in enumerate(getattr(state[block], field)):
+            assert leaf.dtype == jnp.bfloat16
+            expected = saved["state"][i][key].float().numpy()
+            np.testing.assert_array_equal(np.asarray(leaf, np.float32), expected)

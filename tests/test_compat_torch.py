@@ -356,6 +356,18 @@ def test_load_state_dict_rejects_a_parameter_count_mismatch():
         tc.load_state_dict(tc.adam(), torch_state, [jnp.zeros(2), jnp.zeros(3)])
 
 
+def test_load_state_dict_names_the_parameters_a_count_mismatch_is_about():
+    """With PyTorch's param_names (``named_parameters()``), the error names the parameter
+    the params lack or the leaf PyTorch does not know, not only the counts."""
+    torch_state = _named_adam_state(["fc.weight", "fc.bias", "out.weight"])
+    params = {"fc": {"weight": jnp.zeros(2), "bias": jnp.zeros(2)}}
+    with pytest.raises(ValueError, match=r"3 parameters but params has 2 leaves: .*'out.weight'"):
+        tc.load_state_dict(tc.adam(), torch_state, params)
+    params = {**params, "out": {"weight": jnp.zeros(2), "scale": jnp.zeros(2)}}
+    with pytest.raises(ValueError, match=r"has 4 leaves: the leaves \['out.scale'\] are not"):
+        tc.load_state_dict(tc.adam(), torch_state, params)
+
+
 def test_load_state_dict_rejects_a_shape_mismatch_naming_the_parameter():
     torch_state = {"state": {0: {"step": 1.0, "exp_avg": np.zeros(3), "exp_avg_sq": np.zeros(3)}},
                    "param_groups": [{"params": [0]}]}  # fmt: skip
@@ -368,6 +380,42 @@ def test_load_state_dict_rejects_a_state_without_the_needed_buffer():
                    "param_groups": [{"params": [0]}]}  # fmt: skip
     with pytest.raises(ValueError, match="max_exp_avg_sq"):
         tc.load_state_dict(tc.adam(amsgrad=True), torch_state, [jnp.zeros(2)])
+
+
+class _Tensor:
+    """What load_state_dict meets in a bfloat16 PyTorch state, without PyTorch: a tensor
+    whose ``numpy()`` refuses bfloat16 and whose ``float()`` widens it (exactly)."""
+
+    def __init__(self, values, dtype="torch.bfloat16"):
+        # bfloat16 values, held as float32 (NumPy has no bfloat16; ml_dtypes' is JAX's)
+        self.values = np.asarray(np.asarray(values, jnp.bfloat16), np.float32)
+        self.dtype = dtype
+
+    def detach(self):
+        return self
+
+    def cpu(self):
+        return self
+
+    def numpy(self):
+        if self.dtype == "torch.bfloat16":
+            raise TypeError("Got unsupported ScalarType BFloat16")
+        return self.values
+
+    def float(self):
+        return _Tensor(self.values, "torch.float32")
+
+
+def test_load_state_dict_takes_bfloat16_buffers_numpy_cannot_hold():
+    """A bfloat16 run's moments (live against PyTorch in test_compat_live.py)."""
+    mu, nu = [0.1, -3.5, 1e-3], [2.0, 7e-5, 0.25]
+    torch_state = {"state": {0: {"step": _Tensor(2.0), "exp_avg": _Tensor(mu),
+                                 "exp_avg_sq": _Tensor(nu)}},
+                   "param_groups": [{"params": [0]}]}  # fmt: skip
+    state = tc.load_state_dict(tc.adam(), torch_state, [jnp.zeros(3, jnp.bfloat16)])["adam"]
+    assert int(state.count) == 2 and state.mu[0].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(state.mu[0], np.asarray(mu, jnp.bfloat16))
+    np.testing.assert_array_equal(state.nu[0], np.asarray(nu, jnp.bfloat16))
 
 
 SCHEDULER_CASES = SCHEDULERS["cases"]

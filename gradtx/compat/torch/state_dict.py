@@ -73,9 +73,14 @@ _DERIVED = {"step", "eta", "mu"}
 def _to_numpy(value: Any) -> np.ndarray:
     """A copy: ``Tensor.numpy()`` shares the tensor's memory, and ``jnp.asarray`` of a
     NumPy array may too (zero-copy on CPU), so a later PyTorch step would change the
-    gradtx state in place."""
+    gradtx state in place. A bfloat16 tensor (a bfloat16 run's moments), which
+    ``Tensor.numpy()`` refuses, is widened to float32 first: exact, and cast back to the
+    parameter's dtype where it is stored."""
     if hasattr(value, "detach"):  # a torch.Tensor
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":  # NumPy has no bfloat16
+            value = value.float()
+        value = value.numpy()
     return np.array(value, copy=True)
 
 
@@ -124,6 +129,21 @@ def _in_leaf_order(
     return [by_name[name] for name in leaf_names]
 
 
+def _names_differ(names: list[str] | None, params: Params) -> str:
+    """Which parameters a count mismatch is about, where PyTorch recorded names."""
+    if names is None:
+        return " (parameters are matched by order)"
+    leaf_names = [_leaf_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    missing = [name for name in names if name not in leaf_names]
+    extra = [name for name in leaf_names if name not in names]
+    parts = []
+    if missing:
+        parts.append(f"PyTorch's parameters {missing[:5]} have no leaf of that key path")
+    if extra:
+        parts.append(f"the leaves {extra[:5]} are not among PyTorch's param_names")
+    return ": " + "; ".join(parts) if parts else " (parameters are matched by order)"
+
+
 def load_state_dict(
     tx: GradientTransformation,
     torch_state_dict: Mapping[str, Any],
@@ -147,9 +167,10 @@ def load_state_dict(
     rate, weight decay, proximal L1 or noise) is set to PyTorch's ``step``; counters of
     other wrappers in the chain (``lookahead``, ``multi_steps``, ``ema``) keep their
     ``init`` value. ``tx`` may be a ``gtx.partition`` of optimizers, PyTorch's param
-    groups with different hyperparameters. Tensors or NumPy arrays are accepted; the
-    complex buffers of a complex parameter are taken as their real and imaginary parts,
-    the form the ``gradtx.compat.torch`` optimizers keep them in.
+    groups with different hyperparameters. Tensors (bfloat16 ones included) or NumPy
+    arrays are accepted; the complex buffers of a complex parameter are taken as their
+    real and imaginary parts, the form the ``gradtx.compat.torch`` optimizers keep them
+    in.
     Handles SGD, Adam, AdamW, Adagrad, RMSprop, Adadelta, Adamax, NAdam, RAdam, Rprop
     and ASGD states.
 
@@ -162,7 +183,8 @@ def load_state_dict(
             is a schedule); an integer in [0, 2**31 - 1] (the counters are int32).
 
     Raises:
-        ValueError: the number of parameters or the shape of a buffer differs, the
+        ValueError: the number of parameters (naming those missing on either side where
+            PyTorch recorded ``param_names``) or the shape of a buffer differs, the
             PyTorch state lacks a buffer that ``tx`` needs or holds one that ``tx`` has
             no place for, or the parameters' steps differ (PyTorch counts steps per
             parameter, a parameter without a gradient is not stepped; gradtx keeps one
@@ -189,7 +211,7 @@ def load_state_dict(
     if len(per_param) != len(leaves):
         raise ValueError(
             f"the PyTorch state has {len(per_param)} parameters but params has "
-            f"{len(leaves)} leaves (parameters are matched by order)"
+            f"{len(leaves)} leaves{_names_differ(names, params)}"
         )
     # A parameter PyTorch has not stepped yet has an empty state: every one of them in a
     # checkpoint taken before the first step (tx's init state then), only some when a
@@ -321,7 +343,9 @@ def load_plateau_state(
     learning rate the transform and the optimizer were built with (PyTorch's state does
     not record it); the best metric, the bad epochs, the cooldown counter and the
     epoch count are copied. The scheduler's settings (``factor``, ``patience``, ...) are
-    those of the transform, built with the same arguments.
+    those of the transform, built with the same arguments. The saved scheduler has seen
+    the metric of the last epoch already: pass no ``value`` with the first update after
+    loading (``require_value=False``; passed again, that epoch counts twice).
 
     Args:
         scheduler_state_dict: ``scheduler.state_dict()`` of a ``ReduceLROnPlateau``.
