@@ -183,7 +183,13 @@ def non_negative_int(name: str, value: Any) -> None:
 
 def seed(name: str, value: Any) -> None:
     """A random seed: a Python (or NumPy) integer in ``[0, 2**32 - 1]``. A JAX key keeps
-    32 bits of the seed: a larger one would silently give the key of a smaller one."""
+    32 bits of the seed: a larger one would silently give the key of a smaller one. A
+    traced 0-d integer (``jax.vmap`` over seeds, one per member of an ensemble) is let
+    through, as ``jax.random.PRNGKey`` takes it."""
+    if isinstance(value, jax.core.Tracer):
+        if value.ndim or not jnp.issubdtype(value.dtype, jnp.integer):
+            _fail(name, value, "a non-negative integer (traced: a 0-d integer array)")
+        return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         _fail(name, value, "a non-negative integer")
     if value > 2**32 - 1:

@@ -404,10 +404,13 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
     So is a value that an enclosing injector passes in (a gradtx optimizer wrapped in
     ``schedule_injection`` again): set it at the enclosing one (``path=""`` for the
     root) or everywhere (no ``path=``), not at the inner one alone. A NaN, or an
-    infinite or negative ``learning_rate``, is a ValueError here; a transform's own ranges
-    (``b1`` in [0, 1), say) are checked by its next un-jitted update, not under ``jit``.
-    For a batch of states (``jax.vmap`` over learning rates), map it: ``jax.vmap(lambda s, lr:
-    gtx.set_hyperparams(s, learning_rate=lr))(states, lrs)``.
+    infinite or negative ``learning_rate``, is a ValueError here (a value known here: a
+    traced one, inside ``jit`` or ``vmap``, is not checked); a transform's own ranges
+    (``b1`` in [0, 1), say) are checked by its next un-jitted update, not under ``jit``
+    or ``vmap``. For a batch of states (``jax.vmap(tx.init)``: an ensemble, a sweep over
+    learning rates), map it: ``jax.vmap(lambda s, lr: gtx.set_hyperparams(s,
+    learning_rate=lr))(states, lrs)``; a value set on the batch itself is a ValueError
+    (it would replace the batch's values by one scalar, and the next vmapped step fail).
 
     Args:
         state: an optimizer state holding at least one ``InjectState`` (none is a
@@ -460,6 +463,18 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
                 for name, value in converted.items():
                     if name in hyperparams:
                         old = hyperparams[name]
+                        shape = tuple(getattr(old, "shape", ()))
+                        if shape:
+                            # a batch of states (jax.vmap(tx.init)): the scalar would
+                            # replace the batch's values, and the next vmapped step fail
+                            raise ValueError(
+                                f"hyperparameter {name} is stored with shape "
+                                f"{list(shape)} at {here or 'the root'}: a batch of "
+                                f"states (jax.vmap(tx.init)), not one state; set each "
+                                f"state's value with jax.vmap(lambda s, v: "
+                                f"gtx.set_hyperparams(s, {name}=v))(states, values) "
+                                f"(values = jnp.full({shape}, value) for the same one)"
+                            )
                         hyperparams[name] = _with_value(old, value.astype(old.dtype))
                         unknown.discard(name)
             inner = replace(here + ".inner_state", node.inner_state)

@@ -412,7 +412,9 @@ def add_noise(eta: float = 0.01, gamma: float = 0.55, seed: int = 0) -> Gradient
         eta: the initial variance, >= 0.
         gamma: the annealing exponent, >= 0.
         seed: the seed of the PRNG key, an int in [0, 2**32 - 1] (a JAX key keeps 32
-            bits of it); another value is a ValueError.
+            bits of it), or a traced 0-d integer array (``jax.vmap(lambda seed:
+            gtx.add_noise(seed=seed).init(params))(jnp.arange(n))``: one key per
+            member, as ``jax.random.PRNGKey`` gives them); another value is a ValueError.
 
     State: ``AddNoiseState(count, rng_key)``.
 

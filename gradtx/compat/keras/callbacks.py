@@ -123,7 +123,10 @@ def reduce_lr_on_plateau(
     its floatx; the rate is stored in float32, as Keras' variable under floatx float32
     (under float64 the two differ by that rounding, ~1e-8 relative). A rate that changed
     between two epochs without the callback (a schedule, which Keras refuses to set, or
-    other code) is a TypeError: the callback's reduction would be undone.
+    other code) is a TypeError: the callback's reduction would be undone. It watches one
+    optimizer state: a batch of states (``jax.vmap(tx.init)``, an ensemble) is a
+    ValueError (chain ``gtx.reduce_on_plateau()`` and pass each member's ``value=``
+    inside the vmapped step instead).
 
     It differs from PyTorch's (``gradtx.compat.torch.lr_scheduler``): it reduces when
     the bad epochs *reach* ``patience``, ``min_delta`` is absolute, and the epoch that
@@ -183,7 +186,16 @@ def reduce_lr_on_plateau(
         return ReduceLROnPlateauState(best=None, wait=0, cooldown_counter=0, learning_rate=None)
 
     def current_rate(opt_state) -> float:
-        return float(get_hyperparams(opt_state, path=path)["learning_rate"])
+        rate = get_hyperparams(opt_state, path=path)["learning_rate"]
+        if np.ndim(rate):
+            # a batch of states (jax.vmap(tx.init)): one metric cannot decide for each
+            raise ValueError(
+                f"reduce_lr_on_plateau watches one optimizer state; opt_state holds "
+                f"learning_rate with shape {list(np.shape(rate))}, a batch of states "
+                f"(jax.vmap(tx.init)). Give each its own callback state and metric, or "
+                f"chain gtx.reduce_on_plateau() and pass value= inside the vmapped step"
+            )
+        return float(rate)
 
     def is_improvement(current: float, best: float | None) -> bool:
         if best is None:
@@ -197,7 +209,8 @@ def reduce_lr_on_plateau(
         if isinstance(value, jax.core.Tracer):
             raise TypeError(
                 "reduce_lr_on_plateau runs on the host at the end of an epoch, as Keras' "
-                "callback does: call on_epoch_end outside jax.jit with the metric's value"
+                "callback does: call on_epoch_end outside jax.jit and jax.vmap with the "
+                "metric's value"
             )
         current = _metric(monitor, value)
         best, wait, cooldown_counter, left = state
