@@ -118,6 +118,14 @@ SKIPPED = {
         "needs a PyTorch optimizer and scheduler; tests/test_compat_torch.py loads their "
         "recorded state dicts"
     ),
+    (
+        "docs/conventions.md",
+        "# A Keras `model` has trained with optimizer = "
+        "keras.optimizers.AdamW(learning_rate=1e-3).",
+    ): (
+        "needs a Keras model and optimizer; tests/test_compat_live.py runs this block on a "
+        "live Keras run (marker live)"
+    ),
     ("docs/examples.md", 'mesh = jax.make_mesh((8,), ("data",))'): (
         "needs 8 devices before JAX starts; tests/test_examples.py runs "
         "examples/data_parallel.py, which holds this block"
