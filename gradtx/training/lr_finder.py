@@ -129,6 +129,17 @@ def _steepest_descent(learning_rates: np.ndarray, smoothed: np.ndarray) -> float
 _PROBE_STEPS = 8
 
 
+@jax.jit
+def _all_equal(tree: Any, other: Any) -> jax.Array:
+    # Compared on the devices, in one program: an update sharded over the devices of
+    # several processes (jax.distributed) cannot be fetched to NumPy in any one of them,
+    # and every process must reach the same verdict.
+    equal = jnp.asarray(True)
+    for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(other), strict=True):
+        equal = equal & jnp.array_equal(a, b)
+    return equal
+
+
 def _check_reads_the_learning_rate(tx, params, min_lr, max_lr) -> None:
     """Up to ``_PROBE_STEPS`` eager updates on unit gradients at ``min_lr`` and at
     ``max_lr`` (a warmup from 0 or gradient accumulation makes the first ones 0 at any
@@ -145,10 +156,7 @@ def _check_reads_the_learning_rate(tx, params, min_lr, max_lr) -> None:
         large, large_state = tx.update(ones, large_state, params)
         small_state = set_hyperparams(small_state, learning_rate=min_lr)
         large_state = set_hyperparams(large_state, learning_rate=max_lr)
-        same = all(
-            np.array_equal(np.asarray(a), np.asarray(b))
-            for a, b in zip(jax.tree.leaves(small), jax.tree.leaves(large), strict=True)
-        )
+        same = bool(_all_equal(small, large))
         if not same:
             break
     if same:
