@@ -291,7 +291,9 @@ transform placed twice in a chain, compiled 16 kernels used once: 6.6 s for 50 u
 of 100 leaves where op by op took 0.9 s; now 2 kernels and 0.65 s). Code that reads
 array values in Python (which works eagerly but cannot compile) runs op by op too. Only
 plain functions are compiled: a bound method, ``functools.partial``, ufunc or callable
-object runs op by op."""
+object runs op by op. Every array in the closure is an argument of every kernel call: a
+per-leaf function that reads ``state.count`` hands each call every leaf of ``state``
+(1,000 moments, say); read such fields into a local before defining it."""
 
 
 def _traced_once_per_signature(fn: Callable[..., tuple]) -> Callable[..., tuple]:
@@ -701,13 +703,15 @@ def global_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(_sum_in_order(jax.tree.leaves(squares)))
 
 
-def _sum_in_order(values: list) -> jax.Array:
+def _sum_in_order(values: list, dtype: Any = None) -> jax.Array:
     """``values[0] + values[1] + ...`` left to right (as Optax sums a global norm), in
-    their common dtype. Eagerly (``COMPILE_EAGER_LEAF_FUNCTIONS``) the additions run in
-    compiled chunks of ``_EagerKernels.leaves_per_call`` values from the second call on:
-    one dispatch per value costs ~10 us, and one jitted sum of 1,000 scalars ~1.4 s to
-    compile. The additions are the same, in the same order, so the result is too."""
-    dtype = jnp.result_type(*{v.aval: v for v in values}.values())  # one of each kind
+    ``dtype`` (default: their common dtype), each value cast to it before its addition.
+    Eagerly (``COMPILE_EAGER_LEAF_FUNCTIONS``) the additions run in compiled chunks of
+    ``_EagerKernels.leaves_per_call`` values from the second call on: one dispatch per
+    value costs ~10 us, and one jitted sum of 1,000 scalars ~1.4 s to compile. The
+    additions are the same, in the same order, so the result is too."""
+    if dtype is None:
+        dtype = jnp.result_type(*{v.aval: v for v in values}.values())  # one of each kind
     eager = COMPILE_EAGER_LEAF_FUNCTIONS and not any(
         isinstance(v, jax.core.Tracer) or not isinstance(v, jax.Array) for v in values
     )

@@ -72,3 +72,36 @@ def count_eager_operations() -> Iterator[list[int]]:
         yield count
     finally:
         trace.process_primitive = process_primitive
+
+
+@contextlib.contextmanager
+def count_dispatches() -> Iterator[list[int]]:
+    """Yields a one-element list counting the jitted computations that run inside the
+    block: every call of a ``jax.jit`` function (``jnp`` functions such as ``jnp.sum``
+    are jitted, and so are the eager kernels of ``gradtx.tree``) and every op-by-op
+    primitive. ``count_eager_operations`` misses the jitted calls that JAX's C++ cache
+    serves; here that cache is emptied and kept from refilling, so that each call takes
+    the Python path that is counted. Private hooks of JAX's: skips the test if they
+    moved."""
+    import pytest
+
+    pjit = pytest.importorskip("jax._src.pjit")
+    names = ("_run_python_pjit", "_get_fastpath_data")
+    caches = ("_cpp_pjit_cache_fun_only", "_cpp_pjit_cache_explicit_attributes")
+    if not all(hasattr(pjit, name) for name in names + caches):
+        pytest.skip("jax's jit dispatch has moved")
+    count = [0]
+    run_python_pjit, get_fastpath_data = pjit._run_python_pjit, pjit._get_fastpath_data
+
+    def counting(*args, **kwargs):
+        count[0] += 1
+        return run_python_pjit(*args, **kwargs)
+
+    pjit._run_python_pjit = counting
+    pjit._get_fastpath_data = lambda *args, **kwargs: None  # the C++ cache stays empty
+    for cache in caches:
+        getattr(pjit, cache).clear()
+    try:
+        yield count
+    finally:
+        pjit._run_python_pjit, pjit._get_fastpath_data = run_python_pjit, get_fastpath_data

@@ -104,6 +104,9 @@ def trace(
 
     def update(updates, state, params=None, **extra):
         del params, extra
+        # read here, not in `leaf`: a closure holding `state` hands every leaf of the
+        # buffer to each eager kernel call as an argument (1,000 on 1,000 leaves)
+        count = state.count if dampened else None
 
         def leaf(g, b):
             # A buffer wider than the update (accumulator_dtype=float64 for float32
@@ -114,7 +117,7 @@ def trace(
             g_ = g.astype(dtype)
             if dampened:
                 g_in = jnp.where(
-                    state.count == 0, g_, (1 - numerics.hyperparameter(dampening, dtype)) * g_
+                    count == 0, g_, (1 - numerics.hyperparameter(dampening, dtype)) * g_
                 )
                 b_new = mu * b.astype(dtype) + g_in
             else:

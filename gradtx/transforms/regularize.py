@@ -390,6 +390,11 @@ class AddNoiseState(NamedTuple):
     rng_key: jax.Array
 
 
+def _standard_normal(g: Any, key: jax.Array) -> jax.Array:
+    """Standard normal noise shaped like ``g``, in its compute dtype, drawn with ``key``."""
+    return jax.random.normal(key, jnp.shape(g), numerics.compute_dtype(jnp.result_type(g)))
+
+
 def add_noise(eta: float = 0.01, gamma: float = 0.55, seed: int = 0) -> GradientTransformation:
     r"""Adds annealed Gaussian noise to the updates (Neelakantan et al., 2015).
 
@@ -445,12 +450,9 @@ def add_noise(eta: float = 0.01, gamma: float = 0.55, seed: int = 0) -> Gradient
         del params, extra
         leaves, treedef = jax.tree.flatten(updates)
         keys = jax.random.split(state.rng_key, len(leaves) + 1)
-        noise = treedef.unflatten(
-            [
-                jax.random.normal(key, jnp.shape(g), numerics.compute_dtype(jnp.result_type(g)))
-                for key, g in zip(keys[1:], leaves, strict=True)
-            ]
-        )
+        # drawn in the eager kernels (map_leaves) when un-jitted: a jax.random.normal per
+        # leaf was an operation per leaf (the same draws: each from its own key)
+        noise = tree.map_leaves(_standard_normal, updates, treedef.unflatten(list(keys[1:])))
 
         def leaf(g, z):
             dtype = z.dtype

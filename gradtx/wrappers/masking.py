@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from gradtx import check, tree
 from gradtx.core import (
@@ -129,7 +128,9 @@ def _has_no_leaves(params: Any) -> bool:
 
 
 def _zeros_like_subtree(subtree: Any) -> Any:
-    return jax.tree.map(jnp.zeros_like, subtree)
+    # in the eager kernels (map_leaves): a jnp.zeros_like per leaf was 2 operations per
+    # frozen leaf of an un-jitted update (2,000 for set_to_zero on 1,000 leaves)
+    return tree.map_leaves(tree._zeros_like, subtree)
 
 
 def masked(
@@ -203,8 +204,10 @@ def masked(
             **extra,
         )
         fallback = treedef.flatten_up_to(updates)
-        if masked_leaves == "zero":
-            fallback = [_zeros_like_subtree(s) for s in fallback]
+        if masked_leaves == "zero":  # zeros for the masked-out leaves only, in one pass
+            zeros = _zeros_like_subtree([s for s, k in zip(fallback, keep, strict=True) if not k])
+            zeros = iter(zeros)
+            fallback = [s if k else next(zeros) for s, k in zip(fallback, keep, strict=True)]
         return _merge(treedef, [(keep, inner_updates)], fallback), MaskedState(inner_state)
 
     return GradientTransformation(init, update)
