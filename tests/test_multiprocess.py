@@ -15,6 +15,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+import traceback
 
 import pytest
 
@@ -113,38 +115,54 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def measured():
+def measured(tmp_path_factory):
     try:
         port = free_port()
     except OSError as error:
         pytest.skip(f"cannot open a localhost port for jax.distributed: {error}")
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    processes = [
-        subprocess.Popen(
-            [sys.executable, __file__, str(i), str(port)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for i in range(PROCESSES)
-    ]
-    outputs = []
+    logs = tmp_path_factory.mktemp("processes")
+    files = [(logs / f"{i}.out", logs / f"{i}.err") for i in range(PROCESSES)]
+    processes = []
+    for i, (out, err) in enumerate(files):
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, __file__, str(i), str(port)],
+                    stdout=stdout,
+                    stderr=stderr,
+                    env=env,
+                )
+            )
+    # A process that fails leaves the others waiting for it (in a collective, or in
+    # jax.distributed's shutdown barrier) until the timeout: stop them at once.
+    deadline = time.monotonic() + TIMEOUT_S
     try:
+        while time.monotonic() < deadline:
+            codes = [p.poll() for p in processes]
+            if None not in codes or any(code not in (None, 0) for code in codes):
+                break
+            time.sleep(0.1)
+    finally:
         for process in processes:
-            outputs.append(process.communicate(timeout=TIMEOUT_S))
-    except subprocess.TimeoutExpired:
-        for process in processes:
-            process.kill()
-        pytest.fail(f"the {PROCESSES} processes did not finish within {TIMEOUT_S} s")
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    outputs = [(out.read_text(), err.read_text()) for out, err in files]
     stdout, stderr = outputs[0]
     if processes[0].returncode != 0 and "gloo" in stderr.lower() and "unknown" in stderr.lower():
         pytest.skip("this jaxlib has no Gloo CPU collectives for jax.distributed")
     if processes[0].returncode != 0 and "distributed" in stderr and "initialize" in stderr:
         pytest.skip(f"jax.distributed cannot start on localhost here: {stderr[-500:]}")
-    for process, (_, err) in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, err[-3000:]
+    # the process that failed first (the others were stopped: returncode -9)
+    failed = [i for i, p in enumerate(processes) if p.returncode not in (0, -9)]
+    if failed:
+        i = failed[0]
+        pytest.fail(f"process {i} exited with {processes[i].returncode}:\n{outputs[i][1][-3000:]}")
+    if any(p.returncode != 0 for p in processes):
+        tails = "".join(f"\nprocess {i}:\n{err[-1500:]}" for i, (_, err) in enumerate(outputs))
+        pytest.fail(f"the {PROCESSES} processes did not finish within {TIMEOUT_S} s{tails}")
     return json.loads(stdout.strip().splitlines()[-1])
 
 
@@ -178,6 +196,13 @@ def test_two_process_training_equals_the_single_device_run(measured):
 
 
 if __name__ == "__main__":
-    measurements = measure(int(sys.argv[1]), int(sys.argv[2]))
+    try:
+        measurements = measure(int(sys.argv[1]), int(sys.argv[2]))
+    except BaseException:
+        # exit at once: at a normal exit, jax.distributed's shutdown waits for the other
+        # processes, themselves waiting for this one in a collective, until the timeout
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
     if measurements is not None:
         print(json.dumps(measurements))

@@ -129,6 +129,19 @@ def _steepest_descent(learning_rates: np.ndarray, smoothed: np.ndarray) -> float
 _PROBE_STEPS = 8
 
 
+def _same_updates(tree: Any, other: Any) -> bool:
+    """Whether two updates are equal: fetched to NumPy where this process holds them
+    whole (compiling ``_all_equal`` took ~0.2 s for 100 leaves, ~3.5 s for 1000), on the
+    devices where they span the devices of several processes."""
+    leaves = [*jax.tree.leaves(tree), *jax.tree.leaves(other)]
+    if all(getattr(leaf, "is_fully_addressable", True) for leaf in leaves):
+        return all(
+            np.array_equal(np.asarray(a), np.asarray(b))
+            for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(other), strict=True)
+        )
+    return bool(_all_equal(tree, other))
+
+
 @jax.jit
 def _all_equal(tree: Any, other: Any) -> jax.Array:
     # Compared on the devices, in one program: an update sharded over the devices of
@@ -156,7 +169,7 @@ def _check_reads_the_learning_rate(tx, params, min_lr, max_lr) -> None:
         large, large_state = tx.update(ones, large_state, params)
         small_state = set_hyperparams(small_state, learning_rate=min_lr)
         large_state = set_hyperparams(large_state, learning_rate=max_lr)
-        same = bool(_all_equal(small, large))
+        same = _same_updates(small, large)
         if not same:
             break
     if same:
