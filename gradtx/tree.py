@@ -988,6 +988,12 @@ def tree_set(tree: Any, *, path: str | None = None, **values: Any) -> Any:
                     f"tree_set: {found} is a {old_leaf.dtype} array, the new value is "
                     f"{new_leaf.dtype}: give a key of the same kind (jax.random.key)"
                 )
+            if jax.dtypes.issubdtype(new_leaf.dtype, jax.dtypes.extended):
+                raise TypeError(
+                    f"tree_set: {found} is a {old_leaf.dtype} array, the new value a "
+                    f"{new_leaf.dtype} key, which casts to no other dtype: give a "
+                    f"{old_leaf.dtype} value (a raw key is jax.random.key_data of the key)"
+                )
             return new_leaf.astype(old_leaf.dtype)
 
         tree = _replace_at(tree, pieces, jax.tree.map(conform, old, value))

@@ -81,8 +81,10 @@ def count_dispatches() -> Iterator[list[int]]:
     are jitted, and so are the eager kernels of ``gradtx.tree``) and every op-by-op
     primitive. ``count_eager_operations`` misses the jitted calls that JAX's C++ cache
     serves; here that cache is emptied and kept from refilling, so that each call takes
-    the Python path that is counted. Private hooks of JAX's: skips the test if they
-    moved."""
+    the Python path that is counted, and emptied again on the way out: an entry made
+    inside the block, without fast-path data, would keep its function on the Python path
+    (~20x slower a call) for the rest of the process. Private hooks of JAX's: skips the
+    test if they moved."""
     import pytest
 
     pjit = pytest.importorskip("jax._src.pjit")
@@ -105,3 +107,5 @@ def count_dispatches() -> Iterator[list[int]]:
         yield count
     finally:
         pjit._run_python_pjit, pjit._get_fastpath_data = run_python_pjit, get_fastpath_data
+        for cache in caches:
+            getattr(pjit, cache).clear()

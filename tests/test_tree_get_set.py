@@ -88,3 +88,15 @@ def test_tree_set_of_a_python_number_between_jitted_steps_compiles_nothing():
             params, state = step(params, state)
     assert compiled == []
     assert float(gtx.get_hyperparams(state)["learning_rate"]) == pytest.approx(2e-4)
+
+
+def test_tree_set_of_a_typed_key_into_a_raw_key_or_number_is_a_clear_type_error():
+    # A typed key has no astype: this was "NotImplementedError: Cannot call abstract
+    # method astype", naming neither the field nor what to give.
+    state = gtx.add_noise().init({"w": jnp.ones(2)})  # a raw uint32 key
+    with pytest.raises(TypeError, match=r"\.rng_key is a uint32 array.*key_data"):
+        gtx.tree_set(state, rng_key=jax.random.split(jax.random.key(1)))
+    with pytest.raises(TypeError, match=r"\.count is a int32 array.*give a int32 value"):
+        gtx.tree_set(gtx.scale_by_adam().init(jnp.zeros(2)), count=jax.random.key(1))
+    state = gtx.tree_set(state, rng_key=jax.random.key_data(jax.random.key(1)))
+    assert state.rng_key.dtype == jnp.uint32
