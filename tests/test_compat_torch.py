@@ -867,3 +867,36 @@ def test_clip_grad_norm_runs_its_per_leaf_norms_and_scaling_in_the_eager_kernels
     jitted, _ = jax.jit(tx.update)(grads, state)
     for a, b in zip(jax.tree.leaves(clipped), jax.tree.leaves(jitted), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-7)
+
+
+def _sgd_state(buffers):
+    """An SGD state_dict as PyTorch writes it (no step: SGD keeps none)."""
+    group = {"params": list(range(len(buffers))), "lr": 0.1, "momentum": 0.9,
+             "dampening": 0.0, "weight_decay": 0.0, "nesterov": False}  # fmt: skip
+    return {"state": {i: {"momentum_buffer": b} for i, b in enumerate(buffers)},
+            "param_groups": [group]}  # fmt: skip
+
+
+def test_load_state_dict_of_sgd_with_a_schedule_needs_the_step():
+    """PyTorch's SGD records no step: loaded without ``step=``, a scheduled learning rate
+    restarted from step 0 silently (a StepLR run resumed at step 7 ended 0.69 relative
+    off PyTorch's). Now that is a ValueError; with ``step=`` the schedule continues."""
+    schedule = lambda t: 0.1 * 0.5 ** (t // 5)  # noqa: E731  (StepLR(5, 0.5))
+    torch_state = _sgd_state([np.full(2, 0.25)])
+    params = [jnp.ones(2)]
+    with pytest.raises(ValueError, match="SGD records no step count.*pass step="):
+        tc.load_state_dict(tc.sgd(schedule, momentum=0.9), torch_state, params)
+    state = tc.load_state_dict(tc.sgd(schedule, momentum=0.9), torch_state, params, step=7)
+    assert int(gtx.tree_get(state, "count")) == 7
+    assert gtx.tree_get(state, "trace")[0].tolist() == [0.25, 0.25]
+    # a constant learning rate reads no step: nothing to pass
+    state = tc.load_state_dict(tc.sgd(0.1, momentum=0.9), torch_state, params)
+    assert gtx.tree_get(state, "trace")[0].tolist() == [0.25, 0.25]
+    # an SGD state saved before its first step needs it too (0 then), a fresh Adam none
+    fresh = {"state": {}, "param_groups": torch_state["param_groups"]}
+    with pytest.raises(ValueError, match="pass step="):
+        tc.load_state_dict(tc.sgd(schedule), fresh, params)
+    assert int(gtx.tree_get(tc.load_state_dict(tc.sgd(schedule), fresh, params, step=0),
+                            "count")) == 0  # fmt: skip
+    adam_fresh = {"state": {}, "param_groups": [{"params": [0], "betas": (0.9, 0.999)}]}
+    tc.load_state_dict(tc.adam(schedule), adam_fresh, params)

@@ -102,6 +102,21 @@ def _per_parameter_states(
     return [states.get(i, {}) for i in order], names if len(names) == len(order) else None
 
 
+def _is_sgd(torch_state_dict: Mapping[str, Any]) -> bool:
+    """Whether the state is SGD's, the one PyTorch optimizer that keeps no step (its
+    param groups, and only its, hold ``dampening``)."""
+    groups = torch_state_dict.get("param_groups") or []
+    return bool(groups) and all("dampening" in group for group in groups)
+
+
+def _reads_a_schedule(state: Any) -> bool:
+    """Whether a state holds a counter that only a schedule gives it (a learning rate,
+    weight decay, L1 strength as a schedule, or noise, annealed by its step)."""
+    scheduled = (ScaleByScheduleState, AddDecayedWeightsState, ProximalL1State, AddNoiseState)
+    nodes = jax.tree.leaves(state, is_leaf=lambda node: isinstance(node, scheduled))
+    return any(isinstance(node, scheduled) for node in nodes)
+
+
 def _leaf_name(path: tuple) -> str:
     """A leaf's key path as PyTorch names parameters: keys joined by dots."""
     parts = []
@@ -179,8 +194,9 @@ def load_state_dict(
         torch_state_dict: ``optimizer.state_dict()`` (or the same structure of arrays).
         params: the parameters, as a pytree.
         step: the number of steps taken, for optimizers whose state keeps none (SGD);
-            None (the default) takes PyTorch's ``step`` (0 for SGD: set it if ``lr``
-            is a schedule); an integer in [0, 2**31 - 1] (the counters are int32).
+            None (the default) takes PyTorch's ``step`` (for SGD: 0, and a ValueError
+            where ``tx`` holds a schedule's counter, which would restart silently); an
+            integer in [0, 2**31 - 1] (the counters are int32).
 
     Raises:
         ValueError: the number of parameters (naming those missing on either side where
@@ -188,9 +204,10 @@ def load_state_dict(
             PyTorch state lacks a buffer that ``tx`` needs or holds one that ``tx`` has
             no place for, or the parameters' steps differ (PyTorch counts steps per
             parameter, a parameter without a gradient is not stepped; gradtx keeps one
-            count per transform). A state saved before the first step (every
-            parameter's state empty) gives ``tx``'s init state, with counters at
-            ``step`` (default 0).
+            count per transform), or an SGD state (which records no step) comes
+            without ``step`` for a ``tx`` whose schedule reads one. A state saved before
+            the first step (every parameter's state empty) gives ``tx``'s init state,
+            with counters at ``step`` (default 0).
 
     Example:
         >>> import numpy as np
@@ -243,11 +260,19 @@ def load_state_dict(
                 f"{_INT32_MAX}], got {saved:g}"
             )
         step = int(saved)
-    elif step is None:
+    step_unknown = step is None and not steps and _is_sgd(torch_state_dict)
+    if step is None:
         step = 0
     has_buffer = any("momentum_buffer" in s and s["momentum_buffer"] is not None for s in per_param)
     used: list[set[str]] = [set(_DERIVED) for _ in per_param]
     state = tx.init(params)
+    if step_unknown and _reads_a_schedule(state):
+        raise ValueError(
+            "PyTorch's SGD records no step count, and tx reads one (a schedule of its "
+            "learning rate, weight decay, L1 or noise): pass step=, the number of "
+            "optimizer steps taken (scheduler.last_epoch for a scheduler stepped at "
+            "every step; 0 for a state saved before the first step)"
+        )
 
     def buffer(index: int, key: str) -> Any:
         value = per_param[index].get(key)
