@@ -567,17 +567,25 @@ def gathered(x: Any) -> Any:
     or concatenated with leaves sharded otherwise; on other arrays (Auto meshes, one
     device) ``x`` itself, which XLA's partitioner gathers where needed. Only for what
     must see a whole leaf as one vector (``flatten``, ``quantized_state``)."""
+    # JAX before 0.5.3 has no jax.typeof and no Explicit axes: nothing to gather
+    typeof = getattr(jax, "typeof", None)
+    axis_type = getattr(jax.sharding, "AxisType", None)
+    if typeof is None or axis_type is None:
+        return x
     try:
-        sharding = getattr(jax.typeof(x), "sharding", None)
+        sharding = getattr(typeof(x), "sharding", None)
     except TypeError:  # not an array
         return x
     spec = getattr(sharding, "spec", None)
     mesh = getattr(sharding, "mesh", None)
     if not spec or all(axis is None for axis in spec) or mesh is None:
         return x
-    if jax.sharding.AxisType.Explicit not in tuple(getattr(mesh, "axis_types", ())):
+    if axis_type.Explicit not in tuple(getattr(mesh, "axis_types", ())):
         return x
-    return jax.sharding.reshard(x, jax.sharding.PartitionSpec())
+    reshard = getattr(jax.sharding, "reshard", None)
+    if reshard is None:  # JAX 0.5.3 to 0.6.x keep it in jax.experimental.shard
+        from jax.experimental.shard import reshard
+    return reshard(x, jax.sharding.PartitionSpec())
 
 
 def leaf_path(tree: Any, index: int) -> str:
