@@ -17,10 +17,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 
-from gradtx import schedules  # noqa: E402
+from gradtx import Schedule, schedules  # noqa: E402
 
 
-def gallery(steps: int) -> dict[str, object]:
+def gallery(steps: int) -> dict[str, Schedule]:
     """Title -> schedule, with lengths chosen so each shape shows within ``steps``."""
     quarter, tenth = steps // 4, max(steps // 10, 1)
     return {

@@ -40,6 +40,22 @@ class TransformUpdateFn(Protocol):
     ) -> tuple[Updates, OptState]: ...
 
 
+class TransformLike(Protocol):
+    """What ``chain``, ``named_chain`` and the wrappers accept as a transform: any object
+    with ``init`` and ``update`` (a gradtx ``GradientTransformation``, or an Optax one,
+    whose plain ``update`` takes no ``**extra``: it is called without them).
+
+    A structural type: Optax's ``GradientTransformation`` is another ``NamedTuple``
+    class, which a type checker would not take where gradtx's is annotated.
+    """
+
+    @property
+    def init(self) -> Callable[..., Any]: ...
+
+    @property
+    def update(self) -> Callable[..., Any]: ...
+
+
 class GradientTransformation(NamedTuple):
     """A gradient transformation: the pair ``(init, update)``.
 
@@ -132,7 +148,7 @@ def identity() -> GradientTransformation:
     return GradientTransformation(init, update)
 
 
-def chain(*transforms: GradientTransformation) -> GradientTransformation:
+def chain(*transforms: TransformLike) -> GradientTransformation:
     """Applies transforms one after another; the state is the tuple of their states.
 
     ``chain(a, b).update(g, (sa, sb))`` computes ``u, sa = a.update(g, sa)`` then
@@ -167,7 +183,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     return GradientTransformation(init, update)
 
 
-def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTransformation:
+def named_chain(*transforms: tuple[str, TransformLike]) -> GradientTransformation:
     """A chain whose state is a dict keyed by the name given to each transform.
 
     Names make ablations and introspection readable (``state["adam"].mu``) and keep a

@@ -135,11 +135,11 @@ def _sgd_chain(
 
 def sgd(
     learning_rate: ScalarOrSchedule,
-    momentum: float | None = 0.0,
+    momentum: ScalarOrSchedule | None = 0.0,
     nesterov: bool = False,
     accumulator_dtype: Any = None,
     *,
-    weight_decay: float = 0.0,
+    weight_decay: ScalarOrSchedule = 0.0,
 ) -> GradientTransformation:
     r"""Stochastic gradient descent, with optional momentum and L2 weight decay.
 
@@ -165,7 +165,8 @@ def sgd(
 
     Args:
         learning_rate: a non-negative number or a schedule.
-        momentum: the momentum coefficient in [0, 1); 0 or None for none.
+        momentum: the momentum coefficient in [0, 1) (a number or a schedule); 0 or
+            None for none.
         nesterov: Nesterov's momentum (see ``nesterov_lookahead``); needs a momentum.
         weight_decay: L2 coefficient, >= 0 (a number or a schedule).
         accumulator_dtype: dtype of the momentum buffer; None keeps the parameter dtype.
@@ -283,7 +284,7 @@ def rmsprop(
     initial_scale: float = 0.0,
     eps_in_sqrt: bool = True,
     centered: bool = False,
-    momentum: float | None = None,
+    momentum: ScalarOrSchedule | None = None,
     nesterov: bool = False,
     bias_correction: bool = False,
     *,
@@ -316,7 +317,8 @@ def rmsprop(
         initial_scale: initial value of ``v``, >= 0.
         eps_in_sqrt: eps inside the square root (else outside).
         centered: divide by the estimated standard deviation (Graves, 2013).
-        momentum: momentum coefficient in [0, 1); None or 0 for none.
+        momentum: momentum coefficient in [0, 1) (a number or a schedule); None or 0
+            for none.
         nesterov: Nesterov's momentum; needs a momentum.
         bias_correction: divide the moving averages by ``1 - decay^t``.
         nu_dtype: dtype of the moving average of ``g^2`` (None: the parameter's real
@@ -372,7 +374,7 @@ def adadelta(
     learning_rate: ScalarOrSchedule = 1.0,
     rho: float = 0.9,
     eps: float = 1e-6,
-    weight_decay: float = 0.0,
+    weight_decay: ScalarOrSchedule = 0.0,
     weight_decay_mask: Any = None,
 ) -> GradientTransformation:
     r"""Adadelta (Zeiler, 2012): a step in the units of the parameters, no tuning of lr.

@@ -13,7 +13,7 @@ import contextvars
 import functools
 import inspect
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
@@ -132,11 +132,23 @@ def _evaluate(name: str, schedule: Callable, count: jax.Array) -> Any:
     return value
 
 
+@overload
+def schedule_injection(
+    factory: Callable[..., GradientTransformation], *, static_args: str | Iterable[str] = ()
+) -> Callable[..., GradientTransformation]: ...
+
+
+@overload
+def schedule_injection(
+    factory: None = None, *, static_args: str | Iterable[str] = ()
+) -> Callable[[Callable[..., GradientTransformation]], Callable[..., GradientTransformation]]: ...
+
+
 def schedule_injection(
     factory: Callable[..., GradientTransformation] | None = None,
     *,
     static_args: str | Iterable[str] = (),
-) -> Callable[..., GradientTransformation]:
+) -> Any:
     """Makes every float hyperparameter of ``factory`` a constant-or-schedule in the state.
 
     ``schedule_injection(factory)(**hyperparams)`` returns a transform that, at update t

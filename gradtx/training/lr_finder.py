@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradtx import check
-from gradtx.core import GradientTransformation, Params, apply_updates
+from gradtx.core import Params, TransformLike, apply_updates
 from gradtx.schedules.injection import schedule_injection, set_hyperparams
 
 
@@ -186,7 +186,7 @@ def lr_find(
     loss_fn: Callable[..., jax.Array],
     params: Params,
     batches: Any,
-    optimizer: Callable[[Any], GradientTransformation],
+    optimizer: Callable[[Any], TransformLike],
     min_lr: float = 1e-7,
     max_lr: float = 10.0,
     num_steps: int = 100,

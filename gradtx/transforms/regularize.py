@@ -195,7 +195,7 @@ def add_l1(strength: float = 0.0, mask: Any = None) -> GradientTransformation:
     return GradientTransformation(init, update)
 
 
-def proximal_l1(strength: float = 0.0, mask: Any = None) -> GradientTransformation:
+def proximal_l1(strength: ScalarOrSchedule = 0.0, mask: Any = None) -> GradientTransformation:
     r"""Soft-thresholds the parameters after the step, so that weights reach exact zeros.
 
     With q = p + u the parameters the step would give::

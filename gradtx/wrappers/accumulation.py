@@ -9,7 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradtx import check, numerics, tree
-from gradtx.core import GradientTransformation, OptState, Updates, _update_with_extra_args
+from gradtx.core import (
+    GradientTransformation,
+    OptState,
+    TransformLike,
+    Updates,
+    _update_with_extra_args,
+)
 
 
 class MultiStepsState(NamedTuple):
@@ -38,7 +44,7 @@ class MultiStepsState(NamedTuple):
 
 
 def multi_steps(
-    inner: GradientTransformation,
+    inner: TransformLike,
     every_k: int | Any,
     *,
     accumulator_dtype: Any = None,

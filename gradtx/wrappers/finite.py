@@ -8,7 +8,13 @@ import jax
 import jax.numpy as jnp
 
 from gradtx import check, numerics, tree
-from gradtx.core import GradientTransformation, OptState, Updates, _update_with_extra_args
+from gradtx.core import (
+    GradientTransformation,
+    OptState,
+    TransformLike,
+    Updates,
+    _update_with_extra_args,
+)
 
 
 class ApplyIfFiniteState(NamedTuple):
@@ -81,9 +87,7 @@ def _select(
     return new_updates, treedef.unflatten(leaves)
 
 
-def apply_if_finite(
-    inner: GradientTransformation, max_consecutive_errors: int
-) -> GradientTransformation:
+def apply_if_finite(inner: TransformLike, max_consecutive_errors: int) -> GradientTransformation:
     """Applies ``inner`` only when every update is finite; otherwise a zero step.
 
     A step whose updates hold a NaN or an Inf is skipped: the updates returned are zero

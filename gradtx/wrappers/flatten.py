@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradtx import check, tree
-from gradtx.core import GradientTransformation, _update_with_extra_args
+from gradtx.core import GradientTransformation, TransformLike, _update_with_extra_args
 
 
 def _ravel(leaves: list) -> jax.Array:
@@ -189,9 +189,7 @@ class FlattenState(NamedTuple):
     starts: tuple
 
 
-def flatten(
-    inner: GradientTransformation, offsets_in_state: bool = False
-) -> GradientTransformation:
+def flatten(inner: TransformLike, offsets_in_state: bool = False) -> GradientTransformation:
     """Runs ``inner`` on all leaves concatenated into one vector.
 
     The updates (and params) are raveled and concatenated in tree order into a vector of

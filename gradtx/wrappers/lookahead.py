@@ -8,7 +8,13 @@ import jax
 import jax.numpy as jnp
 
 from gradtx import check, numerics, tree
-from gradtx.core import GradientTransformation, OptState, Params, _update_with_extra_args
+from gradtx.core import (
+    GradientTransformation,
+    OptState,
+    Params,
+    TransformLike,
+    _update_with_extra_args,
+)
 from gradtx.wrappers.averaging import copy_params
 
 
@@ -33,7 +39,7 @@ class LookaheadState(NamedTuple):
 
 
 def lookahead(
-    inner: GradientTransformation,
+    inner: TransformLike,
     sync_period: int = 6,
     slow_step_size: float = 0.5,
 ) -> GradientTransformation:

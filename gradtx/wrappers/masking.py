@@ -20,6 +20,7 @@ from gradtx.core import (
     GradientTransformation,
     OptState,
     Params,
+    TransformLike,
     _update_with_extra_args,
 )
 
@@ -134,7 +135,7 @@ def _zeros_like_subtree(subtree: Any) -> Any:
 
 
 def masked(
-    inner: GradientTransformation,
+    inner: TransformLike,
     mask: Any,
     *,
     masked_leaves: str = "pass",
@@ -322,7 +323,7 @@ def _resolve_labels(labels: Any, full: Any, names: list[str]) -> tuple[Any, list
 
 
 def partition(
-    transforms: Mapping[str, GradientTransformation],
+    transforms: Mapping[str, TransformLike],
     labels: Any,
 ) -> GradientTransformation:
     r"""A different transform for each group of parameters (PyTorch's parameter groups).

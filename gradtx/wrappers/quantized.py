@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradtx import check, tree
-from gradtx.core import GradientTransformation, OptState, _update_with_extra_args
+from gradtx.core import GradientTransformation, OptState, TransformLike, _update_with_extra_args
 
 
 class QuantizedArray(NamedTuple):
@@ -281,7 +281,7 @@ def _requantize_with(block_size: int) -> Any:
 
 
 def quantized_state(
-    inner: GradientTransformation,
+    inner: TransformLike,
     *,
     block_size: int = 2048,
     min_size: int = 4096,
