@@ -234,6 +234,33 @@ KERAS_RESUME_CASES = {  # id -> (Keras optimizer, its options, with an Exponenti
     "adadelta": ("Adadelta", {}, False),
     "adamax": ("Adamax", {}, False),
     "nadam_decay": ("Nadam", {"weight_decay": 0.1}, False),
+    # gradient_accumulation_steps: 7 calls stop mid-accumulation (7 % k calls summed)
+    "adam_accumulation_clipnorm_decay_schedule": (
+        "Adam",
+        {"gradient_accumulation_steps": 3, "clipnorm": 0.5, "weight_decay": 0.1},
+        True,
+    ),
+    "sgd_nesterov_accumulation_loss_scale": (
+        "SGD",
+        {
+            "momentum": 0.9,
+            "nesterov": True,
+            "gradient_accumulation_steps": 4,
+            "loss_scale_factor": 8.0,
+        },
+        False,
+    ),
+    "rmsprop_centered_accumulation_global_clipnorm": (
+        "RMSprop",
+        {
+            "momentum": 0.9,
+            "centered": True,
+            "gradient_accumulation_steps": 3,
+            "global_clipnorm": 1.0,
+        },
+        False,
+    ),
+    "nadam_accumulation_schedule": ("Nadam", {"gradient_accumulation_steps": 2}, True),
 }
 
 
@@ -260,6 +287,12 @@ def _state_from_keras(kind, tx, optimizer, variables, params):
         (product,) = [v for v in optimizer.variables if not v.path.startswith(f"{optimizer.name}/")]
         values["mu_product"] = saved[product.path]
         unread.discard(product.path)
+    k = optimizer.gradient_accumulation_steps
+    if k:  # the sum of the gradients of the calls since the last update -> their mean
+        calls = int(saved[f"{optimizer.name}/iteration"])
+        sums = keras_slot("gradient_accumulator")
+        values["acc_grads"] = [total / max(calls % k, 1) for total in sums]
+        values.update(mini_step=calls % k, gradient_step=calls // k)
     assert not unread, f"Keras variables the table leaves out: {sorted(unread)}"
     state = tree_set(tx.init(params), **values)
     iteration, count = int(optimizer.iterations), jax.tree_util.GetAttrKey("count")
@@ -344,9 +377,11 @@ def test_live_keras_run_continues_in_gradtx_from_its_variables(case, keras_float
     assert _continue_keras_run(optimizer, to_gradtx) <= 1e-12
 
 
-def test_live_keras_run_continues_with_the_docs_recipe(keras_float64):
+@pytest.mark.parametrize("accumulation", [None, 3])
+def test_live_keras_run_continues_with_the_docs_recipe(accumulation, keras_float64):
     """The block of docs/conventions.md itself (tests/test_docs.py skips it: it needs a
-    Keras model and optimizer), on a Keras AdamW run."""
+    Keras model and optimizer), on a Keras AdamW run, and one with
+    ``gradient_accumulation_steps=3`` copied after 7 calls (mid-accumulation)."""
     from tests.test_docs import python_blocks
 
     keras = keras_float64
@@ -355,7 +390,7 @@ def test_live_keras_run_continues_with_the_docs_recipe(keras_float64):
         for _, code in python_blocks("docs/conventions.md")
         if "keras.optimizers.AdamW(learning_rate=1e-3)" in code
     ]
-    optimizer = keras.optimizers.AdamW(learning_rate=1e-3)
+    optimizer = keras.optimizers.AdamW(learning_rate=1e-3, gradient_accumulation_steps=accumulation)
 
     def to_gradtx(model):
         namespace = {"model": model, "optimizer": optimizer}
@@ -363,3 +398,206 @@ def test_live_keras_run_continues_with_the_docs_recipe(keras_float64):
         return namespace["tx"], namespace["state"], namespace["params"]
 
     assert _continue_keras_run(optimizer, to_gradtx) <= 1e-12
+
+
+def _torch_and_gradtx_params(torch_optimizer, tx, steps=12):
+    """Runs ``torch_optimizer`` (on the parameters it was built with) and ``tx`` from
+    the same float64 start on the gradients of ``sum(p^2 + sin(p))``; returns both."""
+    import jax
+    import torch
+
+    torch_params = [p for group in torch_optimizer.param_groups for p in group["params"]]
+    params = [jnp.asarray(p.detach().numpy()) for p in torch_params]
+    state, update = tx.init(params), jax.jit(tx.update)
+    for _ in range(steps):
+        for p in torch_params:
+            p.grad = 2 * p.detach() + torch.cos(p.detach())
+        torch_optimizer.step()
+        updates, state = update([2 * p + jnp.cos(p) for p in params], state, params)
+        params = [p + u for p, u in zip(params, updates, strict=True)]
+    return [p.detach().numpy() for p in torch_params], [np.asarray(p) for p in params]
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("rprop", {"etas": (0.4, 1.3)}),
+        ("adagrad", {"lr_decay": 0.5, "initial_accumulator_value": 0.1}),
+        ("adam", {"amsgrad": True}),
+        ("sgd", {"momentum": 0.9}),
+    ],
+)
+def test_live_a_zero_d_tensor_lr_is_taken_as_pytorch_takes_it(name, options, record_torch, x64):
+    """PyTorch takes ``lr`` as a 0-d tensor; so do the compat optimizers, under jit too
+    (rprop's init and adagrad's lr_decay schedule raised a TypeError on one)."""
+    import torch
+
+    from gradtx.compat import torch as tc
+
+    lr = torch.tensor(0.05, dtype=torch.float64)
+    start = [torch.tensor([0.5, -1.5, 2.0], dtype=torch.float64, requires_grad=True)]
+    torch_optimizer = record_torch.TORCH_OPTIMIZERS[name](start, lr=lr, **options)
+    expected, actual = _torch_and_gradtx_params(
+        torch_optimizer, getattr(tc, name)(lr=lr, **options)
+    )
+    np.testing.assert_allclose(actual, expected, rtol=1e-10, atol=1e-12)
+
+
+CHAINABLE = [
+    ("step_lr", {"step_size": 30, "gamma": 0.5}),
+    ("multistep_lr", {"milestones": [40, 90, 90], "gamma": 0.7}),
+    ("exponential_lr", {"gamma": 0.99}),
+    ("linear_lr", {"start_factor": 0.25, "end_factor": 0.5, "total_iters": 120}),
+    ("constant_lr", {"factor": 0.5, "total_iters": 25}),
+    ("polynomial_lr", {"total_iters": 150, "power": 1.5}),
+    ("cosine_annealing_lr", {"T_max": 199}),  # eta_min = 0, up to T_max
+]
+
+
+def _chained_scheduler_values(record_torch, specs, base_lr, steps=200):
+    import torch
+
+    param = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.SGD([param], lr=base_lr)
+    schedulers = [record_torch.make_scheduler(optimizer, s["name"], s["kwargs"]) for s in specs]
+    chained = torch.optim.lr_scheduler.ChainedScheduler(schedulers, optimizer=optimizer)
+    values = []
+    for _ in range(steps):
+        values.append(optimizer.param_groups[0]["lr"])
+        param.grad = torch.zeros_like(param)
+        optimizer.step()
+        chained.step()
+    return np.asarray(values)
+
+
+def _product(specs, base_lr, steps=200):
+    from gradtx.compat.torch import lr_scheduler
+
+    t = jnp.arange(steps)
+    value = jnp.full(steps, base_lr)
+    for spec in specs:
+        value = value * getattr(lr_scheduler, spec["name"])(**spec["kwargs"])(t) / base_lr
+    return np.asarray(value)
+
+
+@pytest.mark.parametrize("pair", [(0, 6), (1, 2), (3, 4), (5, 6), (6, 0, 3)])
+def test_live_chained_scheduler_is_the_product_of_its_schedules(pair, record_torch, x64):
+    """docs/conventions.md: ChainedScheduler of these chainable schedulers (each
+    multiplies the current lr by a factor) is ``base_lr * prod(schedule(t) / base_lr)``."""
+    base_lr = 0.1
+    specs = [
+        {"name": CHAINABLE[i][0], "kwargs": {"base_lr": base_lr, **CHAINABLE[i][1]}} for i in pair
+    ]
+    expected = _chained_scheduler_values(record_torch, specs, base_lr)
+    np.testing.assert_allclose(_product(specs, base_lr), expected, rtol=1e-10, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("cosine", "first_step"), [({"T_max": 100, "eta_min": 0.01}, 2), ({"T_max": 50}, 51)]
+)
+def test_live_chained_cosine_with_eta_min_or_past_t_max_is_not_a_product(
+    cosine, first_step, record_torch, x64
+):
+    """docs/conventions.md: CosineAnnealingLR's recursion is affine in the current lr
+    when eta_min != 0, and adds a fixed amount past T_max; chained, it is no product."""
+    base_lr = 0.1
+    specs = [
+        {"name": "cosine_annealing_lr", "kwargs": {"base_lr": base_lr, **cosine}},
+        {"name": "exponential_lr", "kwargs": {"base_lr": base_lr, "gamma": 0.99}},
+    ]
+    expected = _chained_scheduler_values(record_torch, specs, base_lr)
+    actual = _product(specs, base_lr)
+    np.testing.assert_allclose(actual[:first_step], expected[:first_step], rtol=1e-10)
+    assert abs(actual[first_step] - expected[first_step]) > 1e-8 * abs(expected[first_step])
+    assert np.max(np.abs(actual - expected)) > 1e-3
+
+
+def test_live_multiplicative_lr_is_the_running_product_of_its_factors(record_torch, x64):
+    """docs/conventions.md: MultiplicativeLR is ``base_lr * f(1) * ... * f(t)`` (LambdaLR
+    is ``base_lr * f(t)``)."""
+    import torch
+
+    def factor(t):
+        return 1.0 / (1 + 0.01 * t)
+
+    base_lr, values = 0.1, {}
+    for scheduler in (torch.optim.lr_scheduler.MultiplicativeLR, torch.optim.lr_scheduler.LambdaLR):
+        param = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.SGD([param], lr=base_lr)
+        stepper, values[scheduler.__name__] = scheduler(optimizer, factor), []
+        for _ in range(200):
+            values[scheduler.__name__].append(optimizer.param_groups[0]["lr"])
+            param.grad = torch.zeros_like(param)
+            optimizer.step()
+            stepper.step()
+    running = base_lr * np.cumprod([1.0] + [factor(t) for t in range(1, 200)])
+    np.testing.assert_allclose(running, values["MultiplicativeLR"], rtol=1e-12)
+    np.testing.assert_allclose(
+        [base_lr * factor(t) for t in range(200)], values["LambdaLR"], rtol=1e-15
+    )
+
+
+def test_live_adagrad_param_groups_start_from_the_constructors_accumulator(record_torch, x64):
+    """docs/conventions.md: PyTorch fills every group's ``sum`` with the constructor's
+    ``initial_accumulator_value``, not the group's; a partition matches it when each
+    ``tc.adagrad`` is given the constructor's value."""
+    import torch
+
+    import gradtx as gtx
+    from gradtx.compat import torch as tc
+
+    a = torch.tensor([0.5, -1.5, 2.0], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([1.0, 0.25], dtype=torch.float64, requires_grad=True)
+    groups = [
+        {"params": [a], "lr": 0.3, "initial_accumulator_value": 0.1},
+        {"params": [b], "lr_decay": 0.5, "weight_decay": 0.1},
+    ]
+    torch_optimizer = torch.optim.Adagrad(groups, initial_accumulator_value=2.0)
+    tx = gtx.partition(
+        {
+            "a": tc.adagrad(0.3, initial_accumulator_value=2.0),
+            "b": tc.adagrad(lr_decay=0.5, weight_decay=0.1, initial_accumulator_value=2.0),
+        },
+        ["a", "b"],
+    )
+    expected, actual = _torch_and_gradtx_params(torch_optimizer, tx)
+    for x, y in zip(actual, expected, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
+
+
+def test_live_sgd_param_groups_with_and_without_momentum_continue_in_gradtx(record_torch, x64):
+    """PyTorch's SGD keeps no state for the group without momentum: its state_dict
+    loads into a partition and the run continues on PyTorch's trajectory."""
+    import jax
+    import torch
+
+    import gradtx as gtx
+    from gradtx.compat import torch as tc
+
+    a = torch.tensor([0.5, -1.5, 2.0], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([1.0, 0.25], dtype=torch.float64, requires_grad=True)
+    groups = [
+        {"params": [a], "momentum": 0.9, "nesterov": True},
+        {"params": [b], "weight_decay": 0.1},
+    ]
+    optimizer = torch.optim.SGD(groups, lr=0.05)
+
+    def step():
+        for p in (a, b):
+            p.grad = 2 * p.detach() + torch.cos(p.detach())
+        optimizer.step()
+
+    for _ in range(5):
+        step()
+    tx = gtx.partition(
+        {"a": tc.sgd(0.05, momentum=0.9, nesterov=True), "b": tc.sgd(0.05, weight_decay=0.1)},
+        ["a", "b"],
+    )
+    params = [jnp.asarray(p.detach().numpy()) for p in (a, b)]
+    state, update = tc.load_state_dict(tx, optimizer.state_dict(), params), jax.jit(tx.update)
+    for _ in range(10):
+        step()
+        updates, state = update([2 * p + jnp.cos(p) for p in params], state, params)
+        params = [p + u for p, u in zip(params, updates, strict=True)]
+    for x, y in zip(params, (a, b), strict=True):
+        np.testing.assert_allclose(x, y.detach().numpy(), rtol=1e-10, atol=1e-12)

@@ -196,6 +196,30 @@ def test_load_state_dict_fills_a_partition_of_optimizers_pytorchs_param_groups(x
     np.testing.assert_array_equal(slow.mu["b"], [0.3, 0.3, 0.3])
 
 
+def test_load_state_dict_takes_sgd_param_groups_with_and_without_momentum(x64):
+    """PyTorch's SGD keeps no state for a group without momentum, after any number of
+    steps: those parameters are not "not stepped yet" when another group's are."""
+    sgd_group = {"lr": 0.1, "dampening": 0, "nesterov": False, "weight_decay": 0}
+    torch_state = {
+        "state": {0: {"momentum_buffer": np.array([3.8, 3.8])}},
+        "param_groups": [
+            {**sgd_group, "params": [0], "momentum": 0.9},
+            {**sgd_group, "params": [1], "momentum": 0},
+        ],
+    }
+    params = {"a": jnp.ones(2), "b": jnp.ones(3)}
+    tx = gtx.partition({"A": tc.sgd(0.1, momentum=0.9), "B": tc.sgd(0.1)}, {"a": "A", "b": "B"})
+    state = tc.load_state_dict(tx, torch_state, params)
+    np.testing.assert_array_equal(state.inner_states["A"]["momentum"].trace["a"], [3.8, 3.8])
+    # saved before the first step: the init state
+    fresh = tc.load_state_dict(tx, dict(torch_state, state={}), params)
+    np.testing.assert_array_equal(fresh.inner_states["A"]["momentum"].trace["a"], [0.0, 0.0])
+    # a parameter of the momentum group without a buffer is still not stepped yet
+    unstepped = dict(torch_state, param_groups=[{**sgd_group, "params": [0, 1], "momentum": 0.9}])
+    with pytest.raises(ValueError, match="not stepped parameter 1"):
+        tc.load_state_dict(tc.sgd(0.1, momentum=0.9), unstepped, [jnp.ones(2), jnp.ones(3)])
+
+
 def test_load_state_dict_rejects_parameters_with_different_steps():
     """PyTorch steps a parameter only when it has a gradient; gradtx has one count."""
     torch_state = {

@@ -8,7 +8,9 @@ the chain) except in ``adamw`` and with ``decoupled_weight_decay=True`` (after t
 preconditioner); ``maximize`` negates the gradient before anything else; the learning
 rate multiplies the step last, outside every buffer; a complex parameter is optimized
 as its real and imaginary parts (PyTorch's ``view_as_real``: Adam's second moment per
-part, not of ``|g|^2`` as in ``gradtx.adam`` and Optax). ``lr`` is a number or a gradtx
+part, not of ``|g|^2`` as in ``gradtx.adam`` and Optax). ``lr`` is a number (a 0-d
+PyTorch tensor, as PyTorch takes it, is read as a Python float; PyTorch computes some
+step sizes in a float32 tensor's dtype, see docs/conventions.md) or a gradtx
 schedule: its value at step t (t from 0) is the learning rate of the t-th
 ``optimizer.step()``, as with a scheduler stepped after each optimizer step (see
 ``gradtx.compat.torch.lr_scheduler``).
@@ -84,11 +86,14 @@ def _concrete_nonzero(value: Any) -> bool:
     return bool(np.any(np.asarray(value) != 0))
 
 
-def _check_lr(lr: ScalarOrSchedule) -> None:
+def _check_lr(lr: ScalarOrSchedule) -> ScalarOrSchedule:
+    """``lr`` checked, and a 0-d PyTorch tensor (PyTorch takes ``lr`` as one) as a Python
+    float: the blocks (and a jitted update) would otherwise compute with the tensor."""
     if callable(lr):
         check.schedule_arity("lr", lr)  # PyTorch's name, before the blocks see it
-    else:
-        check.non_negative("lr", lr)
+        return lr
+    check.non_negative("lr", lr)
+    return _plain(lr)
 
 
 def _is_schedule(value: Any) -> bool:
@@ -264,7 +269,7 @@ def sgd(
     methods"; Sutskever, Martens, Dahl & Hinton, 2013, "On the importance of initialization
     and momentum in deep learning"; PyTorch's ``torch.optim.SGD``.
     """
-    _check_lr(lr)
+    lr = _check_lr(lr)
     _check_flags(nesterov=nesterov, maximize=maximize)
     momentum = _plain(momentum)
     check.unit_interval("momentum", momentum, schedule=True)
@@ -326,7 +331,7 @@ def adam(
     Reference: Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization"; Reddi, Kale
     & Kumar, 2018, "On the Convergence of Adam and Beyond"; PyTorch's ``torch.optim.Adam``.
     """
-    _check_lr(lr)
+    lr = _check_lr(lr)
     _check_flags(amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
     b1, b2 = _check_betas(betas)
     if amsgrad:
@@ -425,7 +430,7 @@ def adagrad(
     Reference: Duchi, Hazan & Singer, 2011, "Adaptive Subgradient Methods for Online
     Learning and Stochastic Optimization"; PyTorch's ``torch.optim.Adagrad``.
     """
-    _check_lr(lr)
+    lr = _check_lr(lr)
     # finite: an infinite decay makes every rate after the first 0 or NaN (PyTorch
     # takes inf, and its second step divides by it)
     _validate.number("lr_decay", lr_decay, 0.0)
@@ -484,7 +489,7 @@ def rmsprop(
     Reference: Tieleman & Hinton, 2012, Lecture 6.5 "RMSProp"; Graves, 2013, "Generating
     Sequences With Recurrent Neural Networks"; PyTorch's ``torch.optim.RMSprop``.
     """
-    _check_lr(lr)
+    lr = _check_lr(lr)
     _check_flags(centered=centered, maximize=maximize)
     check.unit_interval("alpha", alpha)
     momentum = _plain(momentum)
@@ -534,13 +539,13 @@ def adadelta(
     Reference: Zeiler, 2012, "ADADELTA: An Adaptive Learning Rate Method"; PyTorch's
     ``torch.optim.Adadelta``.
     """
-    _check_lr(lr)
+    lr = _check_lr(lr)
     return _chain([("adadelta", scale_by_adadelta(rho, eps))], lr, weight_decay, maximize=maximize)
 
 
 def adamax(
     lr: ScalarOrSchedule = 2e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
+    betas: tuple[ScalarOrSchedule, ScalarOrSchedule] = (0.9, 0.999),
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     *,
@@ -576,7 +581,7 @@ def adamax(
     Reference: Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization", sec. 7;
     PyTorch's ``torch.optim.Adamax``.
     """
-    _check_lr(lr)
+    lr = _check_lr(lr)
     b1, b2 = _check_betas(betas)
     core = [("adamax", _with_schedules(scale_by_adamax, _BETAS, b1=b1, b2=b2, eps=eps))]
     return _chain(core, lr, weight_decay, maximize=maximize)
@@ -626,7 +631,7 @@ def nadam(
     Reference: Dozat, 2016, "Incorporating Nesterov Momentum into Adam"; PyTorch's
     ``torch.optim.NAdam``.
     """
-    _check_lr(lr)
+    lr = _check_lr(lr)
     _check_flags(decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
     b1, b2 = _check_betas(betas)
     nadam_tx = _with_schedules(
@@ -678,7 +683,7 @@ def radam(
     Reference: Liu et al., 2020, "On the Variance of the Adaptive Learning Rate and Beyond";
     PyTorch's ``torch.optim.RAdam``.
     """
-    _check_lr(lr)
+    lr = _check_lr(lr)
     _check_flags(decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
     b1, b2 = _check_betas(betas)
     radam_tx = _with_schedules(
@@ -735,6 +740,7 @@ def rprop(
     _check_flags(maximize=maximize)
     initial = float(lr(0)) if callable(lr) else lr
     check.positive("lr", initial)
+    initial = _plain(initial)  # a 0-d PyTorch tensor, as PyTorch takes it, as a float
     eta_minus, eta_plus = _validate.pair("etas", etas, "(eta_minus, eta_plus)")
     min_step, max_step = _validate.pair("step_sizes", step_sizes, "(min_step, max_step)")
     # torch.optim.Rprop: 0 < eta_minus < 1 < eta_plus
@@ -794,7 +800,7 @@ def asgd(
         >>> [round(float(u), 6) for u in updates]
         [-0.2]
     """
-    _check_lr(lr)
+    lr = _check_lr(lr)
     _check_flags(maximize=maximize)
     check.non_negative("weight_decay", weight_decay)
     blocks = [("maximize", scale(-1.0))] if maximize else []

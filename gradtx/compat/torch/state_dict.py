@@ -94,12 +94,25 @@ def _per_parameter_states(
         raise ValueError("torch_state_dict must be an optimizer state_dict() with a 'state' entry")
     states = {int(k): v for k, v in torch_state_dict["state"].items()}
     groups = torch_state_dict.get("param_groups")
+    stateless: set[int] = set()
     if groups:
         order = [int(i) for group in groups for i in group["params"]]
         names = [name for group in groups for name in group.get("param_names", [])]
+        # An SGD group without momentum keeps no state at all, after any number of steps:
+        # its parameters' states read as PyTorch 1.x recorded them, a None buffer, not
+        # as parameters that have not been stepped (another group's have)
+        stateless = {
+            int(i)
+            for group in groups
+            if "dampening" in group and group.get("momentum") == 0
+            for i in group["params"]
+        }
     else:
         order, names = sorted(states), []
-    return [states.get(i, {}) for i in order], names if len(names) == len(order) else None
+    per_param = [
+        states.get(i) or ({"momentum_buffer": None} if i in stateless else {}) for i in order
+    ]
+    return per_param, names if len(names) == len(order) else None
 
 
 def _is_sgd(torch_state_dict: Mapping[str, Any]) -> bool:
@@ -233,7 +246,7 @@ def load_state_dict(
     # A parameter PyTorch has not stepped yet has an empty state: every one of them in a
     # checkpoint taken before the first step (tx's init state then), only some when a
     # parameter got no gradient (PyTorch steps it later, from its own step 0).
-    fresh = not any(per_param)
+    fresh = not any(value is not None for s in per_param for value in s.values())
     unstepped = [i for i, s in enumerate(per_param) if not s]
     if unstepped and not fresh:
         stepped = next(i for i, s in enumerate(per_param) if s)
