@@ -57,10 +57,14 @@ def compute_dtype(dtype: Any) -> jnp.dtype:
 def leaf_dtypes(tree: Any) -> set[jnp.dtype]:
     """The distinct dtypes of the leaves of ``tree`` (one attribute read per array leaf:
     cheap enough for eager updates of thousands of leaves)."""
-    return {
-        jnp.dtype(leaf.dtype) if hasattr(leaf, "dtype") else jnp.result_type(leaf)
-        for leaf in jax.tree.leaves(tree)
-    }
+    # the distinct dtype objects first (a set of attribute reads), normalized after
+    raw = {getattr(leaf, "dtype", None) for leaf in jax.tree.leaves(tree)}
+    if None in raw:  # a Python number among the leaves
+        return {
+            jnp.dtype(leaf.dtype) if hasattr(leaf, "dtype") else jnp.result_type(leaf)
+            for leaf in jax.tree.leaves(tree)
+        }
+    return {jnp.dtype(dtype) for dtype in raw}
 
 
 def fraction_left(done: Any, total: Any) -> jax.Array:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import threading
 import types
 from collections.abc import Callable, Hashable, Sequence
@@ -191,13 +192,28 @@ def map_unzip(
     """
     # outputs=0 would drop every result and return (): refused, as documented
     check.positive_int("outputs", outputs)
+    results, treedef = _map_flat(fn, tree, rest, names)
+    if outputs == 1:
+        return (treedef.unflatten([r[0] if isinstance(r, tuple) else r for r in results]),)
+    return tuple(treedef.unflatten([r[i] for r in results]) for i in range(outputs))
+
+
+def _map_flat(fn: Callable[..., Any], tree: Any, rest: Sequence[Any], names: Sequence[str]):
+    """``map_unzip``'s traversal: ``fn``'s result for each leaf of ``tree`` (in
+    ``jax.tree.leaves`` order) and ``tree``'s treedef. Each tree is flattened once: an
+    eager update pays for every flattening (a dict of 1,000 entries sorts its keys each
+    time, ~0.3 ms), so a matching tree of ``rest`` gives its leaves from the flattening
+    that compares its structure."""
     leaves, treedef = jax.tree.flatten(tree)
     flat_rest = []
     for i, other in enumerate(rest):
-        if jax.tree.structure(other) != treedef:
+        other_leaves, other_treedef = jax.tree.flatten(other)
+        if other_treedef != treedef:
             name = names[i] if i < len(names) else "the state"
             check_same_structure(tree, other, "the updates", name)
-        flat_rest.append(treedef.flatten_up_to(other))
+        flat_rest.append(other_leaves)
+    if not leaves:
+        return [], treedef
     # Python floats as leaves (params = {"scale": 0.5}) become arrays, as under jit
     leaves = [_as_array(x) for x in leaves]
     flat_rest = [[_as_array(x) for x in flat] for flat in flat_rest]
@@ -216,9 +232,7 @@ def map_unzip(
     else:
         _check_leaves(tree, arg_tuples)
         results = [fn(*args) for args in arg_tuples]
-    if outputs == 1:
-        return (treedef.unflatten([r[0] if isinstance(r, tuple) else r for r in results]),)
-    return tuple(treedef.unflatten([r[i] for r in results]) for i in range(outputs))
+    return results, treedef
 
 
 def map_leaves(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
@@ -243,21 +257,45 @@ def map_leaves(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
     """
     leaves, treedef = jax.tree.flatten(tree, is_leaf=_is_none)
     flat_rest = [treedef.flatten_up_to(other) for other in rest]
+    return treedef.unflatten(map_leaves_flat(fn, [leaves, *flat_rest]))
+
+
+def map_leaves_flat(
+    fn: Callable[..., Any],
+    flat_trees: Sequence[list],
+    check: Callable[[list[tuple], list[int] | None], None] | None = None,
+) -> list:
+    """``map_leaves`` on trees flattened by the caller (``None`` leaves of the first
+    kept, ``is_leaf=lambda x: x is None``): the results in leaf order. ``check``, if
+    given, is called before the math with the argument tuples of the leaves that are not
+    ``None`` and the indices among them to check: the first leaf of each group of one
+    signature (shapes, dtypes, shardings) on the eager path, whose groups come in the
+    order of their first leaves (so the first wrong leaf is found), or ``None`` for all.
+    ``apply_updates`` flattens its two trees once for its checks and this."""
+    leaves = flat_trees[0]
     present = [i for i, leaf in enumerate(leaves) if leaf is not None]
-    arg_tuples = [tuple(flat[i] for flat in (leaves, *flat_rest)) for i in present]
+    if len(present) == len(leaves):
+        arg_tuples = list(zip(*flat_trees, strict=True))
+    else:
+        arg_tuples = [tuple(flat[i] for flat in flat_trees) for i in present]
     eager = COMPILE_EAGER_LEAF_FUNCTIONS and all(
         isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
         for args in arg_tuples
         for x in args
     )
     if eager and arg_tuples:
-        results = _eager_kernel(fn)(arg_tuples, _group_by_signature(arg_tuples))
+        groups = _group_by_signature(arg_tuples)
+        if check is not None:
+            check(arg_tuples, None if groups is None else [indices[0] for _, indices in groups])
+        results = _eager_kernel(fn)(arg_tuples, groups)
     else:
+        if check is not None:
+            check(arg_tuples, None)
         results = [fn(*args) for args in arg_tuples]
     out = [None] * len(leaves)
     for i, result in zip(present, results, strict=True):
         out[i] = result
-    return treedef.unflatten(out)
+    return out
 
 
 TRACE_LEAF_FUNCTION_ONCE = True
@@ -457,30 +495,48 @@ def _group_by_signature(arg_tuples: list[tuple]) -> list[tuple[tuple, list[int]]
     jit's cache). The groups come in the order of their first leaves. ``None`` if a
     static value cannot be hashed."""
     # An array holds its abstract value and sharding, and the arrays of a tree share a
-    # few of those objects: grouping by their ids first (a static flag by its own id)
-    # costs a third of hashing and comparing them by value for every leaf (Python
-    # __hash__/__eq__). Equal objects under different ids (each output of a kernel has
-    # its own sharding) are merged below, one comparison per id group. The ids are those
-    # of live objects, so no two can be equal: ``arg_tuples`` holds the arguments, and a
-    # concrete array holds its aval and sharding. (A tracer's aval may be built anew at
-    # each read, but a tracer has no sharding attribute, so its key holds its own id.)
-    by_ids: dict[tuple, list[int]] = {}
-    for i, args in enumerate(arg_tuples):
-        key = tuple([(id(getattr(x, "aval", x)), id(getattr(x, "sharding", x))) for x in args])
-        by_ids.setdefault(key, []).append(i)
-    groups: dict[tuple, tuple[tuple, list[int]]] = {}
-    for indices in by_ids.values():
-        args = arg_tuples[indices[0]]
-        signature = tuple([_signature(x) for x in args])
+    # few of those objects (each output position of a kernel has its own sharding
+    # object): they are read one argument position at a time in C loops (``map``) and
+    # numbered by id, each distinct object hashed and compared by value once (Python
+    # __hash__/__eq__), not once per leaf: per leaf in Python this cost ~2.5 ms of an
+    # eager chain update on 1,000 leaves. The ids are those of live objects, so no two
+    # can be equal: ``arg_tuples`` holds the arguments, and a concrete array holds its
+    # aval and sharding. A position holding other values (static flags, NumPy arrays,
+    # tracers, whose aval may be built anew at each read) is numbered by value per leaf.
+    if not arg_tuples:
+        return []
+    by_value: dict[Hashable, int] = {}  # avals, shardings, signatures -> their numbers
+    columns = []  # for each argument position, a number per leaf
+    for column in zip(*arg_tuples, strict=True):
         try:
-            group = groups.get(signature)
-        except TypeError:
-            return None
-        if group is None:
-            statics = tuple(None if _is_array(x) else (x, type(x)) for x in args)
-            group = groups[signature] = (statics, [])
-        group[1].extend(indices)
-    return list(groups.values())
+            parts = (list(map(_AVAL, column)), list(map(_SHARDING, column)))
+        except AttributeError:  # not only concrete arrays
+            try:
+                columns.append([by_value.setdefault(_signature(x), len(by_value)) for x in column])
+            except TypeError:  # an unhashable static value
+                return None
+            continue
+        for objects in parts:
+            ids = list(map(id, objects))
+            distinct = dict(zip(ids, objects, strict=True))
+            number = {i: by_value.setdefault(x, len(by_value)) for i, x in distinct.items()}
+            columns.append(list(map(number.__getitem__, ids)))
+    keys = list(zip(*columns, strict=True))
+    by_key: dict[tuple, list[int]] = {}
+    if len(set(keys)) == 1:  # one signature: no loop over the leaves in Python
+        by_key[keys[0]] = list(range(len(keys)))
+    else:
+        for i, key in enumerate(keys):
+            by_key.setdefault(key, []).append(i)
+    groups = []
+    for indices in by_key.values():
+        statics = tuple(None if _is_array(x) else (x, type(x)) for x in arg_tuples[indices[0]])
+        groups.append((statics, indices))
+    return groups
+
+
+_AVAL = operator.attrgetter("aval")
+_SHARDING = operator.attrgetter("sharding")
 
 
 def _signature(x: Any) -> Hashable:
@@ -699,16 +755,17 @@ def _is_inexact(dtype: Any) -> bool:
 
 def global_norm(tree: Any) -> jax.Array:
     """The l2 norm of all leaves together, accumulated in at least float32."""
-    if not jax.tree.leaves(tree):
-        return jnp.zeros([], jnp.float32)
 
     def leaf_sum_of_squares(x):
         x = jnp.asarray(x)
         dtype = numerics.compute_dtype(numerics.real_dtype(x.dtype))
         return jnp.sum(numerics.abs_sq(x.astype(numerics.compute_dtype(x.dtype))).astype(dtype))
 
-    (squares,) = map_unzip(leaf_sum_of_squares, tree, outputs=1)
-    return jnp.sqrt(_sum_in_order(jax.tree.leaves(squares)))
+    # map_unzip's traversal without building the tree of sums (one flattening, not three)
+    squares, _ = _map_flat(leaf_sum_of_squares, tree, (), ())
+    if not squares:
+        return jnp.zeros([], jnp.float32)
+    return jnp.sqrt(_sum_in_order(squares))
 
 
 def _sum_in_order(values: list, dtype: Any = None) -> jax.Array:

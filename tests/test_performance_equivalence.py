@@ -371,6 +371,57 @@ def test_eager_leaves_group_by_value_not_by_object():
     assert tree._group_by_signature([(outputs[0], [1])]) is None
 
 
+def test_eager_groups_keep_their_leaves_in_order():
+    # a kernel call takes consecutive leaves of a group, so its outputs' sharding objects
+    # (one per output position) repeat every 32 leaves in the next update's arguments;
+    # groups whose leaves came by sharding object ([0, 2, 1]) mixed positions of
+    # different calls and made hundreds of id groups of 1,000 leaves in the next update
+    outputs = jax.jit(lambda xs: [x + 1 for x in xs])([jnp.ones(3)] * 2)
+    arg_tuples = [(outputs[0],), (outputs[1],), (outputs[0],)]
+    assert [indices for _, indices in tree._group_by_signature(arg_tuples)] == [[0, 1, 2]]
+    # gradients from a jitted step hold a sharding object each: one group still
+    grads = jax.jit(lambda xs: [2 * x for x in xs])([jnp.ones(3)] * 40)
+    pairs = list(zip(grads, outputs * 20, strict=True))
+    assert [indices for _, indices in tree._group_by_signature(pairs)] == [list(range(40))]
+
+
+class _CountedList(list):
+    """A list node that counts how often JAX flattens it (flatten, structure, leaves,
+    flatten_up_to all call its flatten function)."""
+
+    flattened = 0
+
+
+def _flatten_counted(node):
+    _CountedList.flattened += 1
+    return list(node), None
+
+
+jax.tree_util.register_pytree_node(
+    _CountedList, _flatten_counted, lambda _, children: _CountedList(children)
+)
+
+
+def test_an_eager_update_flattens_each_tree_once_per_pass(rng, fresh_kernels):
+    # an eager update pays for every flattening (a dict of 1,000 entries sorts its keys
+    # each time, ~0.3 ms): apply_updates flattened its two trees 7 times, a chain of
+    # clip_by_global_norm, scale_by_adam and add_decayed_weights them 18 times
+    params = _CountedList(jnp.asarray(rng.normal(size=3), jnp.float32) for _ in range(4))
+    grads = _CountedList(jnp.asarray(rng.normal(size=3), jnp.float32) for _ in range(4))
+    tx = gtx.chain(gtx.clip_by_global_norm(1.0), gtx.scale_by_adam(), gtx.add_decayed_weights(0.1))
+    state = tx.init(params)
+    _CountedList.flattened = 0
+    updates, state = tx.update(grads, state, params)
+    # clip: the norm's pass and the scaling's; Adam: the dtypes of the gradients and
+    # moments, then one pass over the three; the decay: updates and params
+    assert _CountedList.flattened == 2 + 6 + 2
+    _CountedList.flattened = 0
+    gtx.apply_updates(params, updates)
+    assert _CountedList.flattened == 2
+
+
+_SHAPES = [(3,), (2, 2), ()]
+
 _SHAPES = [(3,), (2, 2), ()]
 _DTYPES = [jnp.float32, jnp.bfloat16]
 

@@ -111,15 +111,15 @@ def add_decayed_weights(
         if scheduled:  # a concrete value (an un-jitted update) is checked, as in the optimizers
             check.non_negative("weight_decay", decay)
 
-        def leaf(u, p, keep):
+        def leaf(u, p, keep=True):
             if not keep:
                 return u
             return (u + numerics.hyperparameter(decay, u.dtype) * p).astype(u.dtype)
 
-        mask_tree = resolve_mask(mask, params, updates)
-        (decayed,) = tree.map_unzip(
-            leaf, updates, params, mask_tree, outputs=1, names=("the params",)
-        )
+        # Without a mask no tree of True flags is built: an eager update would flatten it
+        # and carry a flag per leaf (the same numbers: every leaf is kept)
+        masks = () if mask is None else (resolve_mask(mask, params, updates),)
+        (decayed,) = tree.map_unzip(leaf, updates, params, *masks, outputs=1, names=("the params",))
         new_state = (
             AddDecayedWeightsState(numerics.safe_increment(state.count)) if scheduled else state
         )
