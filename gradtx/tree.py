@@ -321,8 +321,14 @@ by op (docs/performance.md). The numbers are those of op-by-op execution within 
 rounding, bitwise for most transforms; where XLA fuses ``a * b + c`` into one rounding
 they are the numbers of the jitted step instead
 (``tests/test_performance_equivalence.py``). Per-leaf code that receives a new
-non-array object in its closure at every call (a fresh local function, say) is left op
-by op after ``_EagerKernels.max_keys_per_code`` tries; while two kernels of one code
+non-array object in its closure at every call (a fresh local function, say) runs op by
+op, as its keys are never seen twice (a code remembers its newest
+``_EagerKernels.max_keys_per_code`` keys seen once); a code keeps its newest
+``_EagerKernels.max_kernels_per_code`` kernels (a sweep that builds each trial's
+optimizer with new Python-float hyperparameters compiles new kernels for it and drops
+the oldest: the code was left op by op for good after 16 keys, for every optimizer
+sharing it, and eager Adam on 1,000 leaves took 2-3x as long after a 20-trial
+learning-rate sweep of ``compat.torch.adamw``); while two kernels of one code
 compiled at a second sight have not been called again, a new key of that code waits
 (op by op) for them to be (a Python float new at every update, seen twice in it by one
 transform placed twice in a chain, compiled 16 kernels used once: 6.6 s for 50 updates
@@ -359,13 +365,20 @@ class _EagerKernels:
     ``1``, ``1.0`` and ``True`` are different keys). One call of a kernel runs up to
     ``leaves_per_call`` leaves of one signature (shapes, dtypes, static flags): an eager
     update of many small leaves costs a few dispatches, not one per leaf. Eager updates
-    may run in several threads at once: ``lock`` guards every change to ``kernels`` (two
-    threads evicting the oldest kernel together would otherwise delete one key twice, a
-    KeyError in an update).
+    may run in several threads at once: ``lock`` guards every change to ``kernels`` and
+    ``waiting`` (two threads evicting the oldest kernel together would otherwise delete
+    one key twice, a KeyError in an update).
     """
 
     max_kernels = 512  # oldest dropped first
-    max_keys_per_code = 16  # then that code runs op by op
+    # Keys of one code seen once, waiting for the second sight that compiles them; the
+    # oldest is forgotten past this many (a closure value new at every call is never
+    # seen twice: its code runs op by op, and remembers no more than these).
+    max_keys_per_code = 16
+    # Kernels of one code, the oldest dropped past this many: a sweep builds a new
+    # optimizer (new Python-float hyperparameters, so new keys) per trial, and each
+    # kernel holds its compiled programs (~0.75 MB each on XLA:CPU).
+    max_kernels_per_code = 16
     # Kernels of one code compiled but not yet called again: a closure value new at every
     # update and seen twice in it (one transform twice in a chain or a partition, with a
     # Python float from the step) would otherwise compile a kernel used once per update.
@@ -375,7 +388,10 @@ class _EagerKernels:
     def __init__(self) -> None:
         self.kernels: dict[Hashable, Callable[..., list]] = {}
         self.seen_once: set[Hashable] = set()
-        self.keys_per_code: dict[Any, int] = {}
+        # code -> its keys in seen_once, oldest first
+        self.waiting: dict[Any, dict[Hashable, None]] = {}
+        self.keys_per_code: dict[Any, int] = {}  # code -> keys seen (a record, no limit)
+        self.op_by_op_codes: set[Any] = set()  # code that reads values in Python
         self.unused: dict[Any, set[Hashable]] = {}  # code -> keys of kernels not reused yet
         self.lock = threading.Lock()
 
@@ -394,7 +410,7 @@ def _eager_kernel(fn: Callable[..., tuple]) -> Callable[[list[tuple], Any], list
         # (rebuilt below from code and closure) would lose the bound values.
         return op_by_op
     code = fn.__code__
-    if _EAGER.keys_per_code.get(code, 0) > _EAGER.max_keys_per_code:
+    if code in _EAGER.op_by_op_codes:
         return op_by_op
     try:
         cell_contents = [cell.cell_contents for cell in fn.__closure__ or ()]
@@ -413,18 +429,27 @@ def _eager_kernel(fn: Callable[..., tuple]) -> Callable[[list[tuple], Any], list
         return op_by_op
     if kernel is None:
         if key not in _EAGER.seen_once:
-            _EAGER.seen_once.add(key)
+            with _EAGER.lock:
+                _EAGER.seen_once.add(key)
+                waiting = _EAGER.waiting.setdefault(code, {})
+                waiting[key] = None
+                if len(waiting) > _EAGER.max_keys_per_code:
+                    forgotten = next(iter(waiting))
+                    del waiting[forgotten]
+                    _EAGER.seen_once.discard(forgotten)
             _EAGER.keys_per_code[code] = _EAGER.keys_per_code.get(code, 0) + 1
             return op_by_op
         if len(_EAGER.unused.get(code, ())) >= _EAGER.max_unused_kernels_per_code:
             return op_by_op  # compiled at the next call, once those kernels are reused
-        _EAGER.seen_once.discard(key)
         kernel = jax.jit(_leaves_kernel(fn, closure_def, dynamic), static_argnums=1)
         with _EAGER.lock:
+            _EAGER.seen_once.discard(key)
+            _EAGER.waiting.get(code, {}).pop(key, None)
+            same_code = [k for k in _EAGER.kernels if k[0] is code]
+            if len(same_code) >= _EAGER.max_kernels_per_code:
+                _drop_kernel(same_code[0])
             if len(_EAGER.kernels) >= _EAGER.max_kernels:
-                evicted = next(iter(_EAGER.kernels))
-                del _EAGER.kernels[evicted]
-                _EAGER.unused.get(evicted[0], set()).discard(evicted)
+                _drop_kernel(next(iter(_EAGER.kernels)))
             _EAGER.kernels[key] = kernel
             _EAGER.unused.setdefault(code, set()).add(key)
     elif key in _EAGER.unused.get(code, ()):
@@ -455,11 +480,18 @@ def _eager_kernel(fn: Callable[..., tuple]) -> Callable[[list[tuple], Any], list
             # eagerly but cannot be compiled: leave that code op by op from now on.
             with _EAGER.lock:
                 _EAGER.kernels.pop(key, None)
-            _EAGER.keys_per_code[code] = _EAGER.max_keys_per_code + 1
+                _EAGER.unused.get(code, set()).discard(key)
+                _EAGER.op_by_op_codes.add(code)
             return op_by_op(arg_tuples)
         return results
 
     return run
+
+
+def _drop_kernel(key: Hashable) -> None:
+    """Removes a kernel from ``_EAGER`` (its caller holds ``_EAGER.lock``)."""
+    del _EAGER.kernels[key]
+    _EAGER.unused.get(key[0], set()).discard(key)
 
 
 _KERNEL_ARGUMENTS = (jax.Array, np.ndarray, np.number, np.bool_)

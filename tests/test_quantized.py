@@ -3,6 +3,8 @@ al., 2022) and against fp32 Adam."""
 
 from __future__ import annotations
 
+import gc
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -265,6 +267,21 @@ def test_the_cached_quantization_map_is_read_only():
     with pytest.raises(ValueError, match="read-only"):
         table[0] = 0.0
     assert gtx.dynamic_quantization_map()[0] == table[0]
+
+
+def test_building_the_wrapper_holds_no_device_arrays():
+    """The two quantization tables were device arrays made when the wrapper was built:
+    building it started the XLA backend (jax.distributed.initialize, called after,
+    refused to run) and every wrapper held 2 device buffers for as long as it lived (a
+    jit cache holding it as a static argument: 2 more live arrays per sweep trial)."""
+    gc.collect()
+    before = len(jax.live_arrays())
+    transforms = [gtx.quantized_state(gtx.adam(1e-3), min_size=1) for _ in range(5)]
+    gc.collect()
+    assert len(jax.live_arrays()) == before, len(jax.live_arrays()) - before  # was 10
+    # the tables are made where a state is: its abstract init makes no array either
+    state = jax.eval_shape(transforms[0].init, {"w": jax.ShapeDtypeStruct((8,), jnp.float32)})
+    assert gtx.tree_get(state, "mu")["w"].codes.dtype == jnp.uint8
 
 
 def test_eager_updates_quantize_in_the_eager_kernels(monkeypatch):

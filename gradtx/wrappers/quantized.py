@@ -374,7 +374,13 @@ def quantized_state(
     # names beyond the defaults (which cover several optimizers) must be in the state
     checked_fields = unsigned_fields - set(_UNSIGNED_FIELDS)
     inner_update = _update_with_extra_args(inner, "inner")
-    tables = {signed: jnp.asarray(dynamic_quantization_map(signed)) for signed in (True, False)}
+
+    # The tables are made into arrays at each init and update, not here: an array held by
+    # the transform would tie it to a device and start the XLA backend when it is built
+    # (before jax.distributed.initialize, which then refuses to run), and keep device
+    # buffers alive as long as the transform (a jit cache that holds it as a static).
+    def device_tables() -> dict[bool, jax.Array]:
+        return {signed: jnp.asarray(dynamic_quantization_map(signed)) for signed in (True, False)}
 
     def is_quantized(leaf: Any) -> bool:
         dtype = getattr(leaf, "dtype", None)
@@ -390,6 +396,7 @@ def quantized_state(
 
     def quantize_tree(inner_state: OptState) -> OptState:
         exact = {id(leaf) for leaf in _exact_leaves(inner_state)}
+        tables = device_tables()
 
         def quantize(path, leaf):
             if id(leaf) in exact or not is_quantized(leaf):
@@ -426,6 +433,7 @@ def quantized_state(
         # time of Adam on 1,000 leaves.
         chosen = [i for i, (_, leaf) in enumerate(flat) if is_node(leaf)]
         old = [stored(flat[i][1]) for i in chosen]
+        tables = device_tables() if chosen else {}
         leaf_tables = [tables[signed(flat[i][0])] for i in chosen]
         given = [leaf for _, leaf in flat]
         values = tree.map_leaves(
