@@ -182,17 +182,28 @@ def non_negative_int(name: str, value: Any) -> None:
 
 
 def seed(name: str, value: Any) -> None:
-    """A random seed: a Python (or NumPy) integer in ``[0, 2**32 - 1]``. A JAX key keeps
-    32 bits of the seed: a larger one would silently give the key of a smaller one. A
-    traced 0-d integer (``jax.vmap`` over seeds, one per member of an ensemble) is let
-    through, as ``jax.random.PRNGKey`` takes it."""
+    """A random seed: an integer in ``[0, 2**32 - 1]``, a Python or NumPy integer or a
+    concrete 0-d integer array (NumPy's or JAX's: what ``np.random.randint`` or
+    ``jax.random.randint(key, (), ...)`` give; ``jax.random.PRNGKey`` and Optax's
+    ``add_noise`` take them too). A JAX key keeps 32 bits of the seed: a larger one would
+    silently give the key of a smaller one. A traced 0-d integer (``jax.vmap`` over
+    seeds, one per member of an ensemble) is let through, as ``jax.random.PRNGKey``
+    takes it. Booleans (and boolean arrays) are refused."""
     if isinstance(value, jax.core.Tracer):
         if value.ndim or not jnp.issubdtype(value.dtype, jnp.integer):
             _fail(name, value, "a non-negative integer (traced: a 0-d integer array)")
         return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+    array = isinstance(value, np.ndarray | jax.Array)
+    if array and value.ndim == 0 and jnp.issubdtype(value.dtype, jnp.integer):
+        number = int(value)  # a concrete 0-d integer array, checked as its value
+    elif isinstance(value, bool) or not isinstance(value, int | np.integer):
+        expected = "a non-negative integer (an array: 0-d, of an integer dtype)"
+        _fail(name, value, expected if array else "a non-negative integer")
+    else:
+        number = int(value)
+    if number < 0:
         _fail(name, value, "a non-negative integer")
-    if value > 2**32 - 1:
+    if number > 2**32 - 1:
         _fail(name, value, f"a non-negative integer at most {2**32 - 1} (a seed has 32 bits)")
 
 

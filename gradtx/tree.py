@@ -683,6 +683,17 @@ def leaf_path(tree: Any, index: int) -> str:
     return jax.tree_util.keystr(flat[index][0])
 
 
+def varying_manual_axes(x: Any) -> frozenset:
+    """The ``shard_map`` axes over which ``x`` varies (its value differs between the
+    shards: a slice of a parameter sharded over that axis); empty outside ``shard_map``,
+    for a replicated value, and under ``check_vma=False``, which types nothing. The type
+    says it (``jax.typeof(x).manual_axis_type.varying``; ``.vma`` in older JAX)."""
+    aval = jax.typeof(x) if hasattr(jax, "typeof") else None
+    manual = getattr(aval, "manual_axis_type", None)
+    varying = getattr(manual, "varying", None) if manual is not None else getattr(aval, "vma", None)
+    return frozenset(varying or ())
+
+
 def _shape(x: Any) -> tuple[int, ...]:
     shape = getattr(x, "shape", None)
     return tuple(shape) if shape is not None else jnp.shape(x)

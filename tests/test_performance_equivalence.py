@@ -746,6 +746,49 @@ def test_eager_updates_do_no_per_leaf_work_outside_the_kernels(name, rng, fresh_
     assert max(closure_arrays.values()) < _LEAVES / 8, closure_arrays
 
 
+@pytest.mark.parametrize(
+    "name, make",
+    [
+        ("add_noise", lambda: gtx.add_noise(0.01)),
+        ("add_l1", lambda: gtx.add_l1(0.01)),
+        ("max_norm", lambda: gtx.max_norm(1.0)),
+        ("lookahead", lambda: gtx.lookahead(gtx.identity())),
+    ],
+)
+def test_an_eager_regularizer_or_lookahead_makes_one_pass_over_the_leaves(
+    name, make, fresh_kernels
+):
+    """Un-jitted on 320 leaves, each of these runs its per-leaf function in one pass of
+    the eager kernels (10 calls of 32 leaves, as gtx.scale) plus a few scalar operations
+    (add_noise's keys: a split, two slices, an unstack). add_noise drew its noise in one
+    pass and added it in another, and split its keys by iterating over an array (320
+    leaves: 48 dispatches, 1,000 leaves: 112; now 18 and 40)."""
+    params = {f"w{i:03d}": jnp.full(8, i / 320, jnp.float32) for i in range(320)}
+    dispatches = {}
+    for key, tx in (("scale", gtx.scale(2.0)), (name, make())):
+        state = tx.init(params)
+        for _ in range(3):  # the kernels compile at the second sight
+            _, state = tx.update(params, state, params)
+        with count_dispatches() as dispatched:
+            tx.update(params, state, params)
+        dispatches[key] = dispatched[0]
+    assert dispatches["scale"] == 10, dispatches
+    assert dispatches[name] <= dispatches["scale"] + 8, dispatches
+
+
+def test_add_noise_un_jitted_adds_the_jitted_steps_noise(rng):
+    # drawn and added in one kernel, fused as in the jitted step (in two, 1 ulp apart)
+    params = {f"w{i:02d}": jnp.asarray(rng.normal(size=8), jnp.float32) for i in range(40)}
+    tx = gtx.add_noise(0.1, 0.55, seed=5)
+    eager_state = jitted_state = tx.init(params)
+    update = jax.jit(tx.update)
+    for _ in range(3):  # op by op, then the compiled kernels
+        eager, eager_state = tx.update(params, eager_state)
+        jitted, jitted_state = update(params, jitted_state)
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_count_dispatches_leaves_the_functions_it_counted_on_jax_fast_path():
     """count_dispatches keeps JAX's C++ jit cache from filling inside its block; an entry
     made there has no fast-path data, and kept its function on JAX's Python path (4.6 us

@@ -130,6 +130,103 @@ def measure():
     results["eager"] = eager_updates_keep_their_devices(params)
     results["wrappers"] = wrapper_states_are_sharded_like_their_parameters(params)
     results["whole_leaf"] = whole_leaf_transforms()
+    results["shard_map"] = global_reductions_in_shard_map()
+    return results
+
+
+def global_reductions_in_shard_map():
+    """Runs in the subprocess: transforms that reduce over the whole tree, inside
+    ``jax.shard_map`` with every parameter sharded over the manual axis (each device
+    sees a slice), and swats with replicated parameters against one device."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import gradtx as gtx
+
+    mesh = jax.make_mesh((8,), ("data",))
+    rng = np.random.default_rng(2)
+    params = {
+        "w": jnp.asarray(rng.normal(size=(16, 4)), jnp.float32),
+        "b": jnp.asarray(rng.normal(size=(8,)), jnp.float32),
+    }
+    grads = jax.tree.map(lambda p: jnp.sin(3 * p), params)
+    sharded = jax.device_put(params, NamedSharding(mesh, P("data")))
+    sharded_grads = jax.device_put(grads, NamedSharding(mesh, P("data")))
+
+    def in_shard_map(update, specs):
+        return jax.jit(jax.shard_map(update, mesh=mesh, in_specs=specs, out_specs=P("data")))
+
+    results = {}
+    tx = gtx.swats(0.1)
+    state = tx.init(params)
+    state_specs = jax.tree.map(lambda x: P("data") if x.ndim else P(), state)
+    try:
+        swats_update = in_shard_map(
+            lambda g, s, p: tx.update(g, s, p)[0], (P("data"), state_specs, P("data"))
+        )
+        state_shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec), state_specs)
+        swats_update(sharded_grads, jax.device_put(state, state_shardings), sharded)
+        results["swats_sharded_error"] = None
+    except Exception as error:  # noqa: BLE001  (reported, asserted on below)
+        results["swats_sharded_error"] = f"{type(error).__name__}: {error}"
+
+    # Replicated parameters, each device a slice of the batch: the same steps as one device.
+    batch = jnp.asarray(rng.normal(size=(8, 16)), jnp.float32)
+
+    def loss(p, x):
+        return jnp.sum(jnp.tanh(x @ p["w"]) ** 2) + jnp.sum(p["b"] * x[..., :8])
+
+    def local_step(p, s, x):
+        g = jax.grad(loss)(p, x)  # summed over "data" by shard_map's autodiff
+        u, s = tx.update(g, s, p)
+        return gtx.apply_updates(p, u), s
+
+    step = jax.jit(
+        jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(), P("data")), out_specs=P())
+    )
+    p, s = params, state
+    expected, expected_state = params, state
+    for _ in range(3):
+        p, s = step(p, s, jax.device_put(batch, NamedSharding(mesh, P("data"))))
+        updates, expected_state = tx.update(
+            jax.grad(loss)(expected, batch), expected_state, expected
+        )
+        expected = gtx.apply_updates(expected, updates)
+    results["swats_replicated_difference"] = max(
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+        for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(expected), strict=True)
+    )
+
+    # clip_by_global_norm (gradtx's and Optax's) clips each device's slice by its own norm.
+    def per_shard_clip(g):
+        shards = {k: np.split(np.asarray(x), 8) for k, x in g.items()}
+        norms = [np.sqrt(sum(np.sum(s[i] ** 2) for s in shards.values())) for i in range(8)]
+        return {
+            k: np.concatenate([x * min(1.0, 0.5 / n) for x, n in zip(s, norms, strict=True)])
+            for k, s in shards.items()
+        }
+
+    expected_clip = per_shard_clip(grads)
+    for name, clip in {
+        "gradtx": gtx.clip_by_global_norm(0.5),
+        "optax": optax.clip_by_global_norm(0.5),
+    }.items():
+        clip_state = clip.init(params)
+        clip_update = in_shard_map(lambda g, c=clip, s=clip_state: c.update(g, s)[0], (P("data"),))
+        clipped = clip_update(sharded_grads)
+        results[f"clip_by_global_norm_{name}"] = {
+            "from_per_shard_norms": max(
+                float(np.max(np.abs(np.asarray(clipped[k]) - expected_clip[k]))) for k in grads
+            ),
+            "from_the_global_norm": max(
+                float(np.max(np.abs(np.asarray(clipped[k]) - np.asarray(v))))
+                for k, v in jax.jit(clip.update)(grads, clip_state)[0].items()
+            ),
+        }
     return results
 
 
@@ -387,6 +484,26 @@ def test_whole_leaf_transforms_run_on_an_explicit_mesh(measured, name):
 
 def test_pytorchs_clip_grad_norm_reduces_sharded_leaves_without_gathering_them(measured):
     assert measured["whole_leaf"]["clip_grad_norm"]["all_gathers"] == 0
+
+
+def test_swats_in_shard_map_on_sharded_parameters_is_a_clear_error(measured):
+    """A shard cannot decide swats' global switch: it was a lax.cond TypeError ("cond
+    branches must have equal output types... manual axis types do not match")."""
+    error = measured["shard_map"]["swats_sharded_error"]
+    assert error is not None and error.startswith("ValueError: swats:"), error
+    assert "['b']" in error and "shard_map axes ['data']" in error and "in_specs P()" in error
+
+
+def test_swats_in_shard_map_on_replicated_parameters_equals_one_device(measured):
+    assert measured["shard_map"]["swats_replicated_difference"] < 1e-6
+
+
+@pytest.mark.parametrize("library", ["gradtx", "optax"])
+def test_clip_by_global_norm_in_shard_map_uses_each_shards_own_norm(measured, library):
+    # documented in docs/examples.md: a global reduction inside shard_map sees one slice
+    result = measured["shard_map"][f"clip_by_global_norm_{library}"]
+    assert result["from_per_shard_norms"] < 1e-6
+    assert result["from_the_global_norm"] > 1e-2
 
 
 if __name__ == "__main__":

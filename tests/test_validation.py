@@ -193,6 +193,44 @@ def test_a_seed_keeps_its_32_bits():
         gtx.add_noise(seed=2**32)
 
 
+@pytest.mark.parametrize(
+    "seed",
+    [
+        jnp.array(3),
+        np.array(3),
+        np.int64(3),
+        jnp.asarray(3, jnp.uint32),
+        jax.random.randint(jax.random.PRNGKey(0), (), 3, 4),
+    ],
+    ids=["jax_0d", "numpy_0d", "numpy_int", "jax_uint32", "jax_randint"],
+)
+def test_a_concrete_0d_integer_array_is_a_seed_as_its_int(seed):
+    """As for jax.random.PRNGKey and optax.add_noise (and a traced seed under vmap), a
+    0-d integer array seeds add_noise: it was refused ("seed must be a non-negative
+    integer, got Array(3, dtype=int32, weak_type=True)") where a NumPy integer passed."""
+    params = jnp.zeros(2)
+    np.testing.assert_array_equal(
+        gtx.add_noise(0.1, seed=seed).init(params).rng_key,
+        gtx.add_noise(0.1, seed=3).init(params).rng_key,
+    )
+
+
+@pytest.mark.parametrize(
+    "seed, expected",
+    [
+        (jnp.array(-1), r"non-negative integer, got Array\(-1"),
+        (np.array(2**32), "32 bits"),
+        (jnp.array(True), r"an array: 0-d, of an integer dtype\), got Array\(True"),
+        (jnp.array([3]), r"an array: 0-d, of an integer dtype\), got Array\(\[3\]"),
+        (np.array(3.0), r"an array: 0-d, of an integer dtype\), got array\(3\."),
+    ],
+    ids=["negative", "above_32_bits", "bool", "shape_1", "float"],
+)
+def test_a_seed_array_of_another_value_shape_or_dtype_is_named(seed, expected):
+    with pytest.raises(ValueError, match=expected):
+        gtx.add_noise(seed=seed)
+
+
 # 4. quantized_state's block size.
 
 

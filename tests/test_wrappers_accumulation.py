@@ -184,3 +184,18 @@ def test_eager_updates_dispatch_no_operation_per_leaf(monkeypatch):
             _, state = tx.update(grads, state, params)
         counts.append(count[0])
     assert max(counts) < len(params), counts
+
+
+def test_a_jitted_update_traces_the_inner_update_once():
+    # the zero updates of a micro-step need the inner updates' dtypes: a jax.eval_shape
+    # of the inner update and then the cond's branch traced it twice per compilation
+    traces = []
+
+    def update(updates, state, params=None):
+        traces.append(1)
+        return gtx.adam(0.1).update(updates, state, params)
+
+    tx = gtx.multi_steps(gtx.GradientTransformation(gtx.adam(0.1).init, update), every_k=2)
+    params = {"w": jnp.ones(3), "b": jnp.ones(2)}
+    jax.jit(tx.update).trace(params, tx.init(params), params)
+    assert len(traces) == 1

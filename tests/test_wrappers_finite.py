@@ -134,3 +134,19 @@ def test_eager_updates_dispatch_no_operation_per_leaf(monkeypatch):
     with count_eager_operations() as count:
         tx.update(grads, state, params)
     assert count[0] < len(params), count[0]
+
+
+def test_a_jitted_update_traces_the_inner_update_once():
+    """The skip branch needs the dtypes of the inner updates: a jax.eval_shape of the
+    inner update and then the cond's branch traced it twice per compilation (Adam on
+    1,000 leaves: 2.2 s to trace the wrapped step, 1.7 s now; Adam alone 0.6 s)."""
+    traces = []
+
+    def update(updates, state, params=None):
+        traces.append(1)
+        return gtx.adam(0.1).update(updates, state, params)
+
+    tx = gtx.apply_if_finite(gtx.GradientTransformation(gtx.adam(0.1).init, update), 2)
+    params = {"w": jnp.ones(3), "b": jnp.ones(2)}
+    jax.jit(tx.update).trace(params, tx.init(params), params)
+    assert len(traces) == 1

@@ -156,8 +156,10 @@ def multi_steps(
 
         mean, acc_grads = tree.map_unzip(leaf, updates, state.acc_grads, outputs=2)
 
-        def real_step(_):
-            return inner_update(mean, state.inner_state, params, **extra)
+        def real_step(mean, inner_state, params):
+            return inner_update(mean, inner_state, params, **extra)
+
+        args = (mean, state.inner_state, params)
 
         def zero_updates(inner_updates):
             # zeros in the dtypes of the inner step's updates (as optax.MultiSteps), which
@@ -167,18 +169,20 @@ def multi_steps(
         if isinstance(emit, jax.core.Tracer):
             # lax.cond runs the inner transform only on real steps (the predicate is a
             # scalar that is never batched here); its state is cast back so both
-            # branches agree.
-            inner_updates = jax.eval_shape(real_step, None)[0]
+            # branches agree. Jitted, the eval_shape and the branch share one trace of
+            # the inner update (JAX's trace cache), not two.
+            traced_once = jax.jit(real_step)
+            inner_updates = jax.eval_shape(traced_once, *args)[0]
             new_updates, inner_state = jax.lax.cond(
                 emit,
-                lambda operand: _cast_state_like(real_step(operand), state.inner_state),
+                lambda operand: _cast_state_like(traced_once(*args), state.inner_state),
                 lambda operand: (zero_updates(inner_updates), state.inner_state),
                 None,
             )
         elif bool(emit):  # un-jitted: a Python branch; lax.cond would retrace both
             # branches at every call (~140 ms an update on 10 leaves) and bypass the
             # inner transform's eager kernels
-            new_updates, inner_state = _cast_state_like(real_step(None), state.inner_state)
+            new_updates, inner_state = _cast_state_like(real_step(*args), state.inner_state)
             update_dtypes[_signature(updates, params)] = jax.tree.map(_dtype, new_updates)
         else:
             key = _signature(updates, params)
@@ -186,7 +190,7 @@ def multi_steps(
                 if len(update_dtypes) >= 16:  # a few signatures per transform, not a leak
                     update_dtypes.clear()
                 try:
-                    update_dtypes[key] = jax.eval_shape(real_step, None)[0]
+                    update_dtypes[key] = jax.eval_shape(real_step, *args)[0]
                 except tree.NEEDS_CONCRETE_VALUES:
                     # an inner transform that reads values in Python runs un-jitted
                     # only: until its first real step, zeros of the gradients' dtypes

@@ -88,7 +88,10 @@ def swats(
             underflows for gradients ~1e-3).
 
     Under ``jit`` the phase is a ``lax.cond``, so a step reads and writes only its own
-    phase's state; un-jitted, a select.
+    phase's state; un-jitted, a select. The switch is global: with parameters sharded
+    over a ``jax.shard_map`` axis (each device holding a slice) the first update is a
+    ValueError; shard them with ``jax.jit`` over global arrays, or enter them
+    replicated.
 
     State: ``SwatsState``: ``switched`` and ``switch_step`` say whether and when it
     switched, ``sgd_learning_rate`` is Lambda.
@@ -183,6 +186,7 @@ def swats(
             return tree.map_unzip(leaf, updates, state.mu, state.nu, state.momentum, outputs=6)
 
         if isinstance(switched, jax.core.Tracer):
+            _check_not_sharded_in_shard_map(updates)
             # Traced (jit), a lax.cond: each phase reads and writes only its own state (a
             # select computed both and copied every donated moment first: 108
             # bytes/param for a float32 step, 40 in Adam's phase and 20 in SGD's now).
@@ -214,3 +218,26 @@ def swats(
         )
 
     return GradientTransformation(init, update)
+
+
+def _check_not_sharded_in_shard_map(grads: Updates) -> None:
+    """A ValueError for gradients that are shards of a parameter inside ``shard_map``.
+
+    The switch is decided from p^T p and p^T g over the whole parameter vector; a shard
+    sees only its slice, so each device would switch at its own step (and the scalar
+    state differ between them). Summing the slices over the axis would need to know
+    which leaves are slices and which are replicated copies, which ``check_vma=False``
+    hides; this raises instead (under it, nothing is typed and nothing is caught).
+    """
+    for path, leaf in tree._leaves_with_paths(grads):
+        axes = tree.varying_manual_axes(leaf) if leaf is not None else frozenset()
+        if axes:
+            raise ValueError(
+                f"swats: the gradient at {path or 'the root'} varies over the shard_map "
+                f"axes {sorted(axes)} (a slice of a parameter sharded over them, or a "
+                "gradient not yet averaged over the devices): swats decides its switch "
+                "from sums over the whole parameter tree, which one shard cannot compute. "
+                "Run the update outside shard_map (jax.jit over sharded jax.Arrays sums "
+                "over every shard), or give it replicated parameters and gradients "
+                "(in_specs P(), gradients averaged over the axis)."
+            )
