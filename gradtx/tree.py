@@ -357,6 +357,28 @@ def _traced_once_per_signature(fn: Callable[..., tuple]) -> Callable[..., tuple]
     return call
 
 
+def trace_once(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+    """``fn(*args)`` as a function of no arguments that one trace shares: its calls (the
+    ``jax.eval_shape`` giving a ``lax.cond`` branch's dtypes, then the branch) run one
+    ``jax.jit`` function, traced once (JAX's trace cache). The array leaves of ``args``
+    are that function's arguments; the other leaves (a Python number, a string or a
+    model's function in ``params``) stay in its closure as they are, as in ``fn(*args)``
+    unjitted: a string is no JAX type, and an int a per-leaf static flag."""
+    leaves, treedef = jax.tree.flatten(args)
+    positions = [i for i, x in enumerate(leaves) if _is_array(x)]
+    statics = [None if _is_array(x) else x for x in leaves]
+
+    @jax.jit
+    def on_arrays(arrays: list) -> Any:
+        merged = list(statics)
+        for i, x in zip(positions, arrays, strict=True):
+            merged[i] = x
+        return fn(*treedef.unflatten(merged))
+
+    arrays = [leaves[i] for i in positions]
+    return lambda: on_arrays(arrays)
+
+
 class _EagerKernels:
     """The compiled per-leaf kernels of eager updates (``COMPILE_EAGER_LEAF_FUNCTIONS``).
 

@@ -199,3 +199,25 @@ def test_a_jitted_update_traces_the_inner_update_once():
     params = {"w": jnp.ones(3), "b": jnp.ones(2)}
     jax.jit(tx.update).trace(params, tx.init(params), params)
     assert len(traces) == 1
+
+
+def test_a_jitted_update_takes_params_with_leaves_that_are_not_arrays():
+    # A model's params closed over by the jitted step may hold a string or a Python int
+    # the inner transform never reads; jitting the inner update over all of params (to
+    # trace it once) made the string a TypeError
+    seen = []
+
+    def update(updates, state, params=None):
+        seen.append((params["activation"], params["depth"]))
+        return gtx.sgd(0.1).update(updates, state, params)
+
+    tx = gtx.multi_steps(gtx.GradientTransformation(gtx.sgd(0.1).init, update), every_k=2)
+    weights = {"w": jnp.array([1.0, -2.0, 3.0])}
+    params = dict(weights, activation="relu", depth=2)
+    state = tx.init(weights)
+    step = jax.jit(lambda g, s: tx.update(g, s, params))
+    updates, state = step({"w": jnp.array([1.0, 2.0, 3.0])}, state)
+    np.testing.assert_array_equal(updates["w"], np.zeros(3, np.float32))
+    updates, state = step({"w": jnp.array([3.0, 4.0, 5.0])}, state)
+    np.testing.assert_allclose(updates["w"], [-0.2, -0.3, -0.4], rtol=1e-6)
+    assert seen == [("relu", 2)]

@@ -150,3 +150,29 @@ def test_a_jitted_update_traces_the_inner_update_once():
     params = {"w": jnp.ones(3), "b": jnp.ones(2)}
     jax.jit(tx.update).trace(params, tx.init(params), params)
     assert len(traces) == 1
+
+
+def test_a_jitted_update_takes_params_with_leaves_that_are_not_arrays():
+    # A model's params closed over by the jitted step may hold a string or a Python int
+    # the inner transform never reads; jitting the inner update over all of params (to
+    # trace it once) made the string a TypeError. optax.apply_if_finite takes them.
+    seen = []
+
+    def update(updates, state, params=None):
+        seen.append((params["activation"], params["depth"]))
+        return gtx.adam(0.1).update(updates, state, params)
+
+    tx = gtx.apply_if_finite(gtx.GradientTransformation(gtx.adam(0.1).init, update), 2)
+    weights = {"w": jnp.array([1.0, -2.0, 3.0])}
+    params = dict(weights, activation="relu", depth=2)
+    step = jax.jit(lambda g, s: tx.update(g, s, params))
+    updates, state = step({"w": jnp.array([0.5, np.nan, 1.0])}, tx.init(weights))
+    np.testing.assert_array_equal(updates["w"], np.zeros(3, np.float32))  # skipped
+    grads = {"w": jnp.array([0.5, -1.0, 1.0])}
+    updates, state = step(grads, state)
+    adam = gtx.adam(0.1)
+    expected, _ = jax.jit(adam.update)(grads, adam.init(weights), weights)
+    np.testing.assert_array_equal(updates["w"], expected["w"])
+    reference = optax.apply_if_finite(optax.adam(0.1), 2)  # takes these params too
+    jax.jit(lambda g, s: reference.update(g, s, params))(grads, reference.init(weights))
+    assert seen == [("relu", 2)]

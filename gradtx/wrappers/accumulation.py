@@ -171,11 +171,11 @@ def multi_steps(
             # scalar that is never batched here); its state is cast back so both
             # branches agree. Jitted, the eval_shape and the branch share one trace of
             # the inner update (JAX's trace cache), not two.
-            traced_once = jax.jit(real_step)
-            inner_updates = jax.eval_shape(traced_once, *args)[0]
+            traced_once = tree.trace_once(real_step, *args)
+            inner_updates = jax.eval_shape(traced_once)[0]
             new_updates, inner_state = jax.lax.cond(
                 emit,
-                lambda operand: _cast_state_like(traced_once(*args), state.inner_state),
+                lambda operand: _cast_state_like(traced_once(), state.inner_state),
                 lambda operand: (zero_updates(inner_updates), state.inner_state),
                 None,
             )
