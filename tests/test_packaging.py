@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
+import tarfile
 import types
 
 import jax
@@ -22,8 +24,15 @@ from gradtx import tree
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def _source_file(name: str) -> str:
+    """A file of the source tree, which the tests copied beside an installed wheel lack."""
+    if not (ROOT / name).is_file():
+        pytest.skip(f"no {name} beside the tests: gradtx is installed without its sources")
+    return (ROOT / name).read_text()
+
+
 def _pyproject() -> str:
-    return (ROOT / "pyproject.toml").read_text()
+    return _source_file("pyproject.toml")
 
 
 def _lower_bound(requirement: str) -> str:
@@ -33,10 +42,51 @@ def _lower_bound(requirement: str) -> str:
 
 
 def test_the_readme_states_the_declared_lower_bounds_of_jax_and_numpy():
-    readme = (ROOT / "README.md").read_text()
+    readme = _source_file("README.md")
     for requirement in ("jax", "numpy"):
         stated = f"`{requirement}>={_lower_bound(requirement)}`"
         assert stated in readme, f"README.md does not state {stated} (pyproject.toml's)"
+
+
+def test_the_sdist_carries_the_files_the_test_suite_reads_and_no_caches(tmp_path):
+    """MANIFEST.in: the sdist built from a checkout carries the tests with what they read
+    (tests/golden, conftest.py, the docs, examples and benchmarks some tests run,
+    .ci/run, which tests/test_docs.py compares with the README's command) and no
+    bytecode caches."""
+    pytest.importorskip("setuptools", minversion="77", reason="pyproject.toml's build needs it")
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True)
+    if listed.returncode != 0 or not listed.stdout:
+        pytest.skip("not a git checkout: the tracked files are unknown")
+    tracked = [name for name in listed.stdout.decode().split("\0") if name]
+    source = tmp_path / "source"
+    for name in tracked:
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ROOT / name, source / name)
+    (source / "tests" / "__pycache__").mkdir()
+    (source / "tests" / "__pycache__" / "zoo.cpython-311.pyc").write_bytes(b"")
+    script = "import sys; from setuptools import build_meta; build_meta.build_sdist(sys.argv[1])"
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "dist")],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (sdist,) = (tmp_path / "dist").glob("gradtx-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        shipped = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    read_by_tests = ("tests/", "docs/", "examples/", "benchmarks/", ".ci/")
+    needed = {
+        name
+        for name in tracked
+        if name.startswith(read_by_tests) or name in ("conftest.py", "README.md", "pyproject.toml")
+    }
+    assert not needed - shipped, f"the sdist lacks {sorted(needed - shipped)[:10]}"
+    assert any(name.startswith("tests/golden/") and name.endswith(".json") for name in shipped)
+    caches = [name for name in shipped if "__pycache__" in name or name.endswith(".pyc")]
+    assert not caches, caches
 
 
 def test_the_version_is_the_one_pyproject_declares():
