@@ -51,8 +51,8 @@ def test_the_readme_states_the_declared_lower_bounds_of_jax_and_numpy():
 def test_the_sdist_carries_the_files_the_test_suite_reads_and_no_caches(tmp_path):
     """MANIFEST.in: the sdist built from a checkout carries the tests with what they read
     (tests/golden, conftest.py, the docs, examples and benchmarks some tests run,
-    .ci/run, which tests/test_docs.py compares with the README's command) and no
-    bytecode caches."""
+    .ci/run, which tests/test_docs.py compares with the README's command), the license
+    text, and no bytecode caches."""
     pytest.importorskip("setuptools", minversion="77", reason="pyproject.toml's build needs it")
     listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True)
     if listed.returncode != 0 or not listed.stdout:
@@ -81,7 +81,8 @@ def test_the_sdist_carries_the_files_the_test_suite_reads_and_no_caches(tmp_path
     needed = {
         name
         for name in tracked
-        if name.startswith(read_by_tests) or name in ("conftest.py", "README.md", "pyproject.toml")
+        if name.startswith(read_by_tests)
+        or name in ("conftest.py", "README.md", "pyproject.toml", "LICENSE")
     }
     assert not needed - shipped, f"the sdist lacks {sorted(needed - shipped)[:10]}"
     assert any(name.startswith("tests/golden/") and name.endswith(".json") for name in shipped)
