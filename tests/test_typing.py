@@ -56,6 +56,13 @@ def masked_sgd(learning_rate: float, mask: Any = None) -> gtx.GradientTransforma
 
 
 tx = masked_sgd(1e-3)
+
+
+def other_factory(learning_rate: float) -> OtherTransform:  # an Optax factory's shape
+    return other
+
+
+tx = gtx.schedule_injection(other_factory)(learning_rate=1e-3)
 tx = gtx.clip_by_global_norm("1.0")  # the one error
 """
 

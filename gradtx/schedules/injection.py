@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradtx import check, numerics, tree
-from gradtx.core import GradientTransformation, OptState
+from gradtx.core import GradientTransformation, OptState, TransformLike
 
 
 class InjectState(NamedTuple):
@@ -134,18 +134,18 @@ def _evaluate(name: str, schedule: Callable, count: jax.Array) -> Any:
 
 @overload
 def schedule_injection(
-    factory: Callable[..., GradientTransformation], *, static_args: str | Iterable[str] = ()
+    factory: Callable[..., TransformLike], *, static_args: str | Iterable[str] = ()
 ) -> Callable[..., GradientTransformation]: ...
 
 
 @overload
 def schedule_injection(
     factory: None = None, *, static_args: str | Iterable[str] = ()
-) -> Callable[[Callable[..., GradientTransformation]], Callable[..., GradientTransformation]]: ...
+) -> Callable[[Callable[..., TransformLike]], Callable[..., GradientTransformation]]: ...
 
 
 def schedule_injection(
-    factory: Callable[..., GradientTransformation] | None = None,
+    factory: Callable[..., TransformLike] | None = None,
     *,
     static_args: str | Iterable[str] = (),
 ) -> Any:
@@ -176,7 +176,8 @@ def schedule_injection(
     The factory must accept its float hyperparameters as (traced) float32 scalars.
 
     Args:
-        factory: a function returning a ``GradientTransformation``; omitted (None), the
+        factory: a function returning a ``GradientTransformation`` (or any transform
+            with ``init`` and ``update``, an Optax factory's); omitted (None), the
             call returns a decorator taking it (``@schedule_injection(static_args=...)``).
             Each injected argument, given or defaulted, is a real scalar or a schedule
             ``step -> real scalar`` (a vector is a ValueError); the factory is called
