@@ -14,7 +14,7 @@ import contextlib
 import contextvars
 import inspect
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +60,7 @@ def _concrete(name: str, value: Any, schedule: bool) -> np.ndarray | None:
         return None
 
 
-def _fail(name: str, value: Any, expected: str):
+def _fail(name: str, value: Any, expected: str) -> NoReturn:
     raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
@@ -160,25 +160,41 @@ def positive(name: str, value: Any, *, schedule: bool = False, allow_inf: bool =
     in_range(name, value, 0.0, None, low_inclusive=False, schedule=schedule, allow_inf=allow_inf)
 
 
-def _integer(name: str, value: Any, minimum: int, expected: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+def _integer(name: str, value: Any, minimum: int, expected: str) -> int:
+    if isinstance(value, np.ndarray | jax.Array):
+        if (
+            isinstance(value, jax.core.Tracer)
+            or value.ndim
+            or not jnp.issubdtype(value.dtype, jnp.integer)
+        ):
+            _fail(name, value, f"{expected} (an array: concrete, 0-d, of an integer dtype)")
+        number = int(value)  # a concrete 0-d integer array (Optax takes one), as its value
+    elif isinstance(value, bool) or not isinstance(value, int | np.integer):
+        _fail(name, value, expected)
+    else:
+        number = int(value)
+    if number < minimum:
         _fail(name, value, expected)
     # The step counters these integers are compared with are int32 (and saturate there):
     # a larger value would overflow when the first update converts it.
-    if value > INT32_MAX:
+    if number > INT32_MAX:
         _fail(name, value, f"{expected} at most {INT32_MAX} (the step counters are int32)")
+    return number
 
 
-def positive_int(name: str, value: Any) -> None:
-    """A Python (or NumPy) integer in ``[1, 2**31 - 1]`` (int32, like the step counters);
-    booleans are rejected."""
-    _integer(name, value, 1, "a positive integer")
+def positive_int(name: str, value: Any) -> int:
+    """A Python or NumPy integer, or a concrete 0-d integer array (NumPy's or JAX's), in
+    ``[1, 2**31 - 1]`` (int32, like the step counters); booleans are rejected. Returns
+    the value as a Python ``int``, which the caller keeps (so that an array given is
+    used as the number it holds)."""
+    return _integer(name, value, 1, "a positive integer")
 
 
-def non_negative_int(name: str, value: Any) -> None:
-    """A Python (or NumPy) integer in ``[0, 2**31 - 1]`` (int32, like the step counters);
-    booleans are rejected."""
-    _integer(name, value, 0, "a non-negative integer")
+def non_negative_int(name: str, value: Any) -> int:
+    """A Python or NumPy integer, or a concrete 0-d integer array (NumPy's or JAX's), in
+    ``[0, 2**31 - 1]`` (int32, like the step counters); booleans are rejected. Returns
+    the value as a Python ``int``, which the caller keeps."""
+    return _integer(name, value, 0, "a non-negative integer")
 
 
 def seed(name: str, value: Any) -> None:

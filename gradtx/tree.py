@@ -191,7 +191,7 @@ def map_unzip(
         ([2.0, 2.0], [1.0, 1.0])
     """
     # outputs=0 would drop every result and return (): refused, as documented
-    check.positive_int("outputs", outputs)
+    outputs = check.positive_int("outputs", outputs)
     results, treedef = _map_flat(fn, tree, rest, names)
     if outputs == 1:
         return (treedef.unflatten([r[0] if isinstance(r, tuple) else r for r in results]),)

@@ -524,3 +524,81 @@ def test_map_unzip_refuses_an_outputs_its_docstring_does_not_allow(outputs):
     # outputs=0 used to return () and drop every result of fn (documented: an int >= 1)
     with pytest.raises(ValueError, match=f"^outputs must be a positive integer, got {outputs}"):
         gtx.tree.map_unzip(lambda x: (x, x), {"a": jnp.ones(1)}, outputs=outputs)
+
+
+# 5. Counts of steps given as concrete 0-d integer arrays (Optax takes them).
+
+COUNT_SCHEDULES = [
+    lambda n: schedules.linear(1.0, 0.0, n),
+    lambda n: schedules.cosine_decay(1.0, n),
+    lambda n: schedules.step_decay(1.0, n, gamma=0.5),
+    lambda n: schedules.warmup_cosine_decay(0.0, 1.0, n, 3 * n),
+    lambda n: schedules.one_cycle(3 * n, 1.0),
+    lambda n: schedules.cyclical(0.1, 1.0, n),
+    lambda n: schedules.sgdr(1.0, n),
+    lambda n: tc.lr_scheduler.step_lr(1.0, n),
+    lambda n: tc.lr_scheduler.cosine_annealing_warm_restarts(1.0, n, T_mult=2),
+    lambda n: tc.lr_scheduler.one_cycle_lr(1.0, total_steps=3 * n),
+]
+
+
+@pytest.mark.parametrize("count", [jnp.array(4), np.array(4), jnp.asarray(4, jnp.uint8)])
+@pytest.mark.parametrize("build", COUNT_SCHEDULES)
+def test_a_concrete_0d_integer_array_is_a_count_as_its_int(build, count):
+    """A number of steps given as a 0-d integer array (as a config loaded into JAX or
+    NumPy holds it) was refused ("... must be a positive integer, got Array(4, ...)")
+    where a NumPy integer passed; Optax's schedules and wrappers take it."""
+    steps = jnp.arange(16)
+    np.testing.assert_array_equal(jax.vmap(build(count))(steps), jax.vmap(build(4))(steps))
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda k: gtx.multi_steps(gtx.adam(0.1), every_k=k),
+        lambda k: gtx.lookahead(gtx.sgd(0.1), sync_period=k, slow_step_size=0.5),
+        lambda k: gtx.apply_if_finite(gtx.sgd(0.1), max_consecutive_errors=k),
+    ],
+    ids=["multi_steps", "lookahead", "apply_if_finite"],
+)
+def test_wrappers_take_a_0d_integer_array_as_their_count(build):
+    def run(k):
+        tx = build(k)
+        params = jnp.array([1.0, -2.0])
+        state = tx.init(params)
+        for i in range(7):
+            grads = jnp.array([0.5, 1.0]) * (i + 1) if i != 2 else jnp.array([np.nan, 1.0])
+            updates, state = tx.update(grads, state, params)
+            params = gtx.apply_updates(params, updates)
+        return params
+
+    np.testing.assert_array_equal(run(jnp.array(3)), run(3))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (jnp.array(0), r"a positive integer, got Array\(0"),
+        (jnp.array(3.0), r"integer dtype\), got Array\(3\."),
+        (np.array([3]), r"0-d, of an integer dtype\), got array\(\[3\]"),
+        (jnp.array(True), r"integer dtype\), got Array\(True"),
+        (np.array(2**40), "at most 2147483647"),
+    ],
+    ids=["zero", "float", "shape_1", "bool", "beyond_int32"],
+)
+def test_a_count_array_of_another_value_shape_or_dtype_is_named(value, expected):
+    with pytest.raises(ValueError, match=r"^sync_period must be .*" + expected):
+        gtx.lookahead(gtx.sgd(0.1), sync_period=value)
+
+
+def test_a_traced_count_is_refused_naming_it():
+    """A count sets Python-level structure (how often to sync): it cannot be traced."""
+
+    def build(k):
+        gtx.lookahead(gtx.sgd(0.1), sync_period=k)
+        return k
+
+    with pytest.raises(
+        ValueError, match=r"^sync_period must be a positive integer \(an array: concrete"
+    ):
+        jax.jit(build)(3)

@@ -50,7 +50,7 @@ def cosine_decay(
     Restarts".
     """
     check.number("init_value", init_value)
-    check_count("decay_steps", decay_steps)
+    decay_steps = check_count("decay_steps", decay_steps)
     check.in_range("alpha", alpha, 0.0, 1.0)
     check.positive("exponent", exponent)
 
@@ -102,8 +102,8 @@ def warmup_cosine_decay(
     """
     check.number("init_value", init_value)
     check.number("peak_value", peak_value)
-    check_count("warmup_steps", warmup_steps, minimum=0)
-    check_count("decay_steps", decay_steps)
+    warmup_steps = check_count("warmup_steps", warmup_steps, minimum=0)
+    decay_steps = check_count("decay_steps", decay_steps)
     check.number("end_value", end_value)
     check.positive("exponent", exponent)
     if decay_steps <= warmup_steps:
@@ -227,7 +227,7 @@ def sgdr(
     Restarts".
     """
     check.number("init_value", init_value)
-    check_count("first_period", first_period)
+    first_period = check_count("first_period", first_period)
     check.in_range("period_mult", period_mult, 1.0, None)
     check.number("min_value", min_value)
     check.non_negative("peak_decay", peak_decay)

@@ -52,10 +52,10 @@ def cyclical(
     """
     check.number("base_value", base_value)
     check.number("max_value", max_value)
-    check_count("step_size_up", step_size_up)
+    step_size_up = check_count("step_size_up", step_size_up)
     if step_size_down is None:
         step_size_down = step_size_up
-    check_count("step_size_down", step_size_down)
+    step_size_down = check_count("step_size_down", step_size_down)
     check.one_of("mode", mode, ("triangular", "triangular2", "exp_range"))
     check.in_range("gamma", gamma, 0.0, 1.0, low_inclusive=False)
     cycle_steps = step_size_up + step_size_down
@@ -128,7 +128,7 @@ def one_cycle(
     Reference: Smith & Topin, 2019, "Super-Convergence: Very Fast Training of Neural
     Networks Using Large Learning Rates".
     """
-    check_count("total_steps", total_steps)
+    total_steps = check_count("total_steps", total_steps)
     check.number("max_value", max_value)
     check.in_range("pct_start", pct_start, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
     check.one_of("anneal_strategy", anneal_strategy, ("cos", "linear"))
@@ -206,8 +206,8 @@ def noam(d_model: int, warmup_steps: int, factor: float = 1.0) -> Schedule:
 
     Reference: Vaswani et al., 2017, "Attention Is All You Need", sec. 5.3.
     """
-    check_count("d_model", d_model)
-    check_count("warmup_steps", warmup_steps)
+    d_model = check_count("d_model", d_model)
+    warmup_steps = check_count("warmup_steps", warmup_steps)
     check.positive("factor", factor)
 
     def schedule(step):
@@ -260,9 +260,9 @@ def warmup_stable_decay(
     Fixed Training Durations".
     """
     check.number("peak_value", peak_value)
-    check_count("warmup_steps", warmup_steps, minimum=0)
-    check_count("stable_steps", stable_steps, minimum=0)
-    check_count("decay_steps", decay_steps)
+    warmup_steps = check_count("warmup_steps", warmup_steps, minimum=0)
+    stable_steps = check_count("stable_steps", stable_steps, minimum=0)
+    decay_steps = check_count("decay_steps", decay_steps)
     check.number("init_value", init_value)
     check.number("end_value", end_value)
     check.one_of("decay_shape", decay_shape, ("linear", "cosine", "1-sqrt"))

@@ -87,8 +87,8 @@ def polynomial(
     check.number("init_value", init_value)
     check.number("end_value", end_value)
     check.positive("power", power)
-    check_count("transition_steps", transition_steps)
-    check_count("transition_begin", transition_begin, minimum=0)
+    transition_steps = check_count("transition_steps", transition_steps)
+    transition_begin = check_count("transition_begin", transition_begin, minimum=0)
 
     def schedule(step):
         progress = jnp.clip(as_step(step) - transition_begin, 0, transition_steps)
@@ -183,9 +183,9 @@ def exponential_decay(
     ``keras.optimizers.schedules.ExponentialDecay``.
     """
     check.number("init_value", init_value)
-    check_count("transition_steps", transition_steps)
+    transition_steps = check_count("transition_steps", transition_steps)
     check.positive("decay_rate", decay_rate)
-    check_count("transition_begin", transition_begin, minimum=0)
+    transition_begin = check_count("transition_begin", transition_begin, minimum=0)
     check.boolean("staircase", staircase)
     if end_value is not None:
         check.number("end_value", end_value)
@@ -234,7 +234,7 @@ def inverse_time_decay(
     Reference: Keras' ``keras.optimizers.schedules.InverseTimeDecay`` (same numbers).
     """
     check.number("init_value", init_value)
-    check_count("decay_steps", decay_steps)
+    decay_steps = check_count("decay_steps", decay_steps)
     check.non_negative("decay_rate", decay_rate)
     check.boolean("staircase", staircase)
 
@@ -274,7 +274,7 @@ def power_decay(init_value: float, steps: int, power: float = 1.0) -> Schedule:
     TensorFlow*, ch. 11 ("power scheduling").
     """
     check.number("init_value", init_value)
-    check_count("steps", steps)
+    steps = check_count("steps", steps)
     check.non_negative("power", power)
 
     def schedule(step):
@@ -306,7 +306,7 @@ def step_decay(init_value: float, step_size: int, gamma: float = 0.1) -> Schedul
     Reference: PyTorch's ``torch.optim.lr_scheduler.StepLR`` (same numbers).
     """
     check.number("init_value", init_value)
-    check_count("step_size", step_size)
+    step_size = check_count("step_size", step_size)
     check.non_negative("gamma", gamma)
 
     def schedule(step):

@@ -124,10 +124,10 @@ def reduce_on_plateau(
     Reference: PyTorch's ``torch.optim.lr_scheduler.ReduceLROnPlateau``.
     """
     check.in_range("factor", factor, 0.0, 1.0, high_inclusive=False)
-    check.non_negative_int("patience", patience)
+    patience = check.non_negative_int("patience", patience)
     check.non_negative("threshold", threshold)
     check.one_of("threshold_mode", threshold_mode, ("rel", "abs"))
-    check.non_negative_int("cooldown", cooldown)
+    cooldown = check.non_negative_int("cooldown", cooldown)
     check.non_negative("min_scale", min_scale)
     check.one_of("mode", mode, ("min", "max"))
     check.non_negative("eps", eps)

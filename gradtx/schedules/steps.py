@@ -45,13 +45,13 @@ def as_value(value: Any) -> jax.Array:
     return jnp.asarray(value).astype(jnp.float32)
 
 
-def check_count(name: str, value: Any, *, minimum: int = 1) -> None:
-    """A number of steps: a Python integer in ``[minimum, int32 max]`` (the int32 cap is
-    ``check.positive_int``'s and ``check.non_negative_int``'s)."""
+def check_count(name: str, value: Any, *, minimum: int = 1) -> int:
+    """A number of steps: an integer in ``[minimum, int32 max]`` (the int32 cap is
+    ``check.positive_int``'s and ``check.non_negative_int``'s), returned as a Python
+    ``int`` (a concrete 0-d integer array is taken as the number it holds)."""
     if minimum >= 1:
-        check.positive_int(name, value)
-    else:
-        check.non_negative_int(name, value)
+        return check.positive_int(name, value)
+    return check.non_negative_int(name, value)
 
 
 def as_tuple(name: str, values: Any, expected: str) -> tuple:

@@ -261,7 +261,7 @@ def lr_find(
     check.positive("max_lr", max_lr)
     if not max_lr > min_lr:
         raise ValueError(f"max_lr must be greater than min_lr={min_lr!r}, got {max_lr!r}")
-    check.positive_int("num_steps", num_steps)
+    num_steps = check.positive_int("num_steps", num_steps)
     if num_steps < 2:
         raise ValueError(f"num_steps must be at least 2, got {num_steps!r}")
     check.unit_interval("smoothing", smoothing)

@@ -106,7 +106,7 @@ def multi_steps(
     if scheduled:
         check.schedule_arity("every_k", every_k)
     else:
-        check.positive_int("every_k", every_k)
+        every_k = check.positive_int("every_k", every_k)
     check.dtype_or_none("accumulator_dtype", accumulator_dtype)
     inner_update = _update_with_extra_args(inner, "inner")
     # Un-jitted, the dtypes of the inner updates by input signature, for the zero updates

@@ -211,7 +211,7 @@ def average_params(start_step: int = 0, *, dtype: Any = None) -> GradientTransfo
     References: Polyak & Juditsky, 1992; Izmailov, Podoprikhin, Garipov, Vetrov &
     Wilson, 2018, "Averaging Weights Leads to Wider Optima and Better Generalization".
     """
-    check.non_negative_int("start_step", start_step)
+    start_step = check.non_negative_int("start_step", start_step)
     check.dtype_or_none("dtype", dtype)
 
     def init(params):

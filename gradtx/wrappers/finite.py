@@ -126,7 +126,9 @@ def apply_if_finite(inner: TransformLike, max_consecutive_errors: int) -> Gradie
         >>> updates.tolist(), int(state.total_notfinite)
         ([0.0, 0.0], 1)
     """
-    check.non_negative_int("max_consecutive_errors", max_consecutive_errors)
+    max_consecutive_errors = check.non_negative_int(
+        "max_consecutive_errors", max_consecutive_errors
+    )
     inner_update = _update_with_extra_args(inner, "inner")
 
     def init(params):

@@ -92,7 +92,7 @@ def lookahead(
     Reference: Zhang, Lucas, Hinton & Ba, 2019, "Lookahead Optimizer: k steps forward,
     1 step back".
     """
-    check.positive_int("sync_period", sync_period)
+    sync_period = check.positive_int("sync_period", sync_period)
     check.in_range("slow_step_size", slow_step_size, 0.0, 1.0)
     inner_update = _update_with_extra_args(inner, "inner")
 

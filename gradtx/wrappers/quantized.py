@@ -368,8 +368,8 @@ def quantized_state(
             f"block_size must be at most {MAX_BLOCK_SIZE} (one absmax per block; the paper "
             f"uses 2048), got {block_size!r}"
         )
-    check.positive_int("block_size", block_size)
-    check.non_negative_int("min_size", min_size)
+    block_size = check.positive_int("block_size", block_size)
+    min_size = check.non_negative_int("min_size", min_size)
     unsigned_fields = _field_names("unsigned_fields", unsigned_fields)
     # names beyond the defaults (which cover several optimizers) must be in the state
     checked_fields = unsigned_fields - set(_UNSIGNED_FIELDS)

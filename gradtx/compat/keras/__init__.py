@@ -403,7 +403,7 @@ def _keras_optimizer(build: Callable[..., _Core]) -> Callable[..., GradientTrans
             check.positive("loss_scale_factor", loss_scale_factor)
         steps = gradient_accumulation_steps
         if steps is not None:
-            check.positive_int("gradient_accumulation_steps", steps)
+            steps = check.positive_int("gradient_accumulation_steps", steps)
             if steps < 2:
                 raise ValueError(
                     f"gradient_accumulation_steps must be an integer >= 2 (as in Keras), "
@@ -423,7 +423,9 @@ def _keras_optimizer(build: Callable[..., _Core]) -> Callable[..., GradientTrans
         if use_ema:
             check.in_range("ema_momentum", ema_momentum, 0.0, 1.0)
             if ema_overwrite_frequency is not None:
-                check.positive_int("ema_overwrite_frequency", ema_overwrite_frequency)
+                ema_overwrite_frequency = check.positive_int(
+                    "ema_overwrite_frequency", ema_overwrite_frequency
+                )
             if steps is not None:
                 raise ValueError(
                     "use_ema with gradient_accumulation_steps is not supported: Keras "

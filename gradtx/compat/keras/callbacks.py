@@ -160,10 +160,10 @@ def reduce_lr_on_plateau(
     Reference: ``keras.callbacks.ReduceLROnPlateau`` (Keras 3).
     """
     check.in_range("factor", factor, 0.0, 1.0, high_inclusive=False)
-    check.non_negative_int("patience", patience)
+    patience = check.non_negative_int("patience", patience)
     check.one_of("mode", mode, ("auto", "min", "max"))
     check.number("min_delta", min_delta)
-    check.non_negative_int("cooldown", cooldown)
+    cooldown = check.non_negative_int("cooldown", cooldown)
     check.non_negative("min_lr", min_lr)
     if not isinstance(monitor, str):
         raise TypeError(f"monitor must be a metric name (a string), got {monitor!r}")

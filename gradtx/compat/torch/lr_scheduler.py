@@ -60,8 +60,8 @@ def _as_float(step) -> tuple[jax.Array, jax.Array]:
     return step, step.astype(jnp.result_type(float))
 
 
-def _positive_int(name: str, value) -> None:
-    check.positive_int(name, value)
+def _positive_int(name: str, value) -> int:
+    return check.positive_int(name, value)
 
 
 def step_lr(base_lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
@@ -81,7 +81,7 @@ def step_lr(base_lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
     Reference: PyTorch's ``torch.optim.lr_scheduler.StepLR``.
     """
     check.non_negative("base_lr", base_lr)
-    _positive_int("step_size", step_size)
+    step_size = _positive_int("step_size", step_size)
     check.non_negative("gamma", gamma)
 
     def schedule(step):
@@ -177,7 +177,7 @@ def cosine_annealing_lr(base_lr: float, T_max: int, eta_min: float = 0.0) -> Sch
     Reference: PyTorch's ``torch.optim.lr_scheduler.CosineAnnealingLR``.
     """
     check.non_negative("base_lr", base_lr)
-    _positive_int("T_max", T_max)
+    T_max = _positive_int("T_max", T_max)
     _validate.number("eta_min", eta_min, 0.0)
 
     def schedule(step):
@@ -221,8 +221,8 @@ def cosine_annealing_warm_restarts(
     Restarts"; PyTorch's ``torch.optim.lr_scheduler.CosineAnnealingWarmRestarts``.
     """
     check.non_negative("base_lr", base_lr)
-    _positive_int("T_0", T_0)
-    _positive_int("T_mult", T_mult)
+    T_0 = _positive_int("T_0", T_0)
+    T_mult = _positive_int("T_mult", T_mult)
     _validate.number("eta_min", eta_min, 0.0)
     starts, lengths = [0], [T_0]
     while starts[-1] + lengths[-1] <= 2**31 - 1:
@@ -257,9 +257,9 @@ def _cyclic_wave(
     gamma: float,
 ) -> Schedule:
     """CyclicLR's wave from ``start`` to ``peak`` and back, in PyTorch's operation order."""
-    _positive_int("step_size_up", step_size_up)
+    step_size_up = _positive_int("step_size_up", step_size_up)
     down = step_size_up if step_size_down is None else step_size_down
-    _positive_int("step_size_down", down)
+    down = _positive_int("step_size_down", down)
     check.one_of("mode", mode, ("triangular", "triangular2", "exp_range"))
     # checked in every mode (only 'exp_range' reads it), so that a mistake is not
     # carried silently into a later switch of mode; > 0 (a negative gamma gives
@@ -398,7 +398,7 @@ def _one_cycle_phases(
 ) -> Schedule:
     """OneCycleLR's phases through ``values = (start, peak, back, end)``: ``start ->
     peak -> end``, or ``start -> peak -> back -> end`` with ``three_phase``."""
-    _positive_int("total_steps", total_steps)
+    total_steps = _positive_int("total_steps", total_steps)
     check.in_range("pct_start", pct_start, 0.0, 1.0)
     check.one_of("anneal_strategy", anneal_strategy, ("cos", "linear"))
     check.boolean("three_phase", three_phase)
@@ -564,7 +564,7 @@ def linear_lr(
     check.non_negative("base_lr", base_lr)
     check.in_range("start_factor", start_factor, 0.0, 1.0, low_inclusive=False)
     check.in_range("end_factor", end_factor, 0.0, 1.0)
-    _positive_int("total_iters", total_iters)
+    total_iters = _positive_int("total_iters", total_iters)
 
     def schedule(step):
         _, t = _as_float(step)
@@ -598,7 +598,7 @@ def constant_lr(base_lr: float, factor: float = 1.0 / 3, total_iters: int = 5) -
     """
     check.non_negative("base_lr", base_lr)
     check.in_range("factor", factor, 0.0, 1.0)
-    check.non_negative_int("total_iters", total_iters)
+    total_iters = check.non_negative_int("total_iters", total_iters)
 
     # PyTorch's total_iters=0 keeps base_lr * factor: see above
     restored = base_lr * (factor if total_iters == 0 else 1.0)
@@ -627,7 +627,7 @@ def polynomial_lr(base_lr: float, total_iters: int = 5, power: float = 1.0) -> S
     Reference: PyTorch's ``torch.optim.lr_scheduler.PolynomialLR``.
     """
     check.non_negative("base_lr", base_lr)
-    _positive_int("total_iters", total_iters)
+    total_iters = _positive_int("total_iters", total_iters)
     check.non_negative("power", power)
 
     def schedule(step):

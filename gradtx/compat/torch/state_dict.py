@@ -234,7 +234,7 @@ def load_state_dict(
         (3, [1.0, 1.0])
     """
     if step is not None:
-        check.non_negative_int("step", step)
+        step = check.non_negative_int("step", step)
     leaves, treedef = jax.tree.flatten(params)
     per_param, names = _per_parameter_states(torch_state_dict)
     per_param = _in_leaf_order(per_param, names, params)
