@@ -305,3 +305,14 @@ def test_eager_updates_quantize_in_the_eager_kernels(monkeypatch):
     jitted, _ = jax.jit(tx.update)(grads, state, params)
     for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_symbolic_shapes_of_a_polymorphic_export_are_refused_naming_the_leaf():
+    """Whether a leaf is quantized depends on its size, its blocks on its shape: with
+    jax.export's symbolic dimensions neither is known (was JAX's 'Symbolic dimension
+    used in a context that requires a constant', naming no leaf)."""
+    (n,) = jax.export.symbolic_shape("n")
+    params = {"w": jax.ShapeDtypeStruct((n, 8), jnp.float32)}
+    tx = gtx.quantized_state(gtx.scale_by_adam(), min_size=8)
+    with pytest.raises(ValueError, match=r"concrete shapes.*at \.mu\['w'\] has shape \(n, 8\)"):
+        jax.eval_shape(tx.init, params)

@@ -269,3 +269,32 @@ def test_updates_of_other_shapes_but_the_same_size_are_named_against_the_params(
     update = jax.jit(tx.update) if jitted else tx.update
     with pytest.raises(ValueError, match=r"flatten: at \['b'\] the update has shape \[2\]"):
         update({"w": jnp.ones(4), "b": jnp.ones(2)}, tx.init(params), params)
+
+
+def test_a_shape_polymorphic_export_of_a_flattened_step_equals_the_jitted_step():
+    """jax.export with a symbolic dimension in the params (as optax.flatten allows): the
+    leaves' offsets in the vector are symbolic there, not Python ints."""
+    tx = gtx.flatten(gtx.adam(0.1))
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return gtx.apply_updates(params, updates), state
+
+    (n,) = jax.export.symbolic_shape("n")
+    abstract = {
+        "a": jax.ShapeDtypeStruct((n, 3), jnp.float32),
+        "b": jax.ShapeDtypeStruct((n,), jnp.float32),
+    }
+    exported = jax.export.export(jax.jit(step))(
+        abstract, jax.eval_shape(tx.init, abstract), abstract
+    )
+    for rows in (2, 5):
+        params = {"a": jnp.linspace(-1.0, 1.0, rows * 3).reshape(rows, 3), "b": jnp.ones(rows)}
+        grads = jax.tree.map(jnp.sin, params)
+        expected = jax.jit(step)(params, tx.init(params), grads)
+        actual = exported.call(params, tx.init(params), grads)
+        assert jax.tree.structure(actual) == jax.tree.structure(expected)
+        for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+            np.testing.assert_array_equal(a, e)
+    with pytest.raises(ValueError, match="offsets_in_state=True.*needs concrete shapes"):
+        jax.eval_shape(gtx.flatten(gtx.adam(0.1), offsets_in_state=True).init, abstract)

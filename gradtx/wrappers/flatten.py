@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import math
 from typing import Any, NamedTuple
 
@@ -44,14 +45,15 @@ def _layout(like: list) -> tuple[tuple, tuple[int, ...], int]:
     """Each leaf's (shape, dtype), where it starts in the vector, and the vector's size."""
     shapes = tuple(_shape_and_dtype(x) for x in like)
     sizes = [math.prod(shape) for shape, _ in shapes]
-    starts = tuple(int(start) for start in np.cumsum([0, *sizes[:-1]])) if like else ()
+    # Python ints, or JAX's symbolic sizes where jax.export traces a shape-polymorphic step
+    starts = tuple(itertools.accumulate(sizes[:-1], initial=0)) if like else ()
     return shapes, starts, sum(sizes)
 
 
 def _unravel(vector: jax.Array, like: list) -> list:
     shapes, starts, size = _layout(like)
-    if size <= _INT32_MAX:  # the starts fit the int32 they are passed as
-        return _slices(vector, starts, shapes)
+    if isinstance(size, int) and size <= _INT32_MAX:
+        return _slices(vector, starts, shapes)  # the starts fit the int32 they are passed as
     pieces = jnp.split(vector, starts[1:])  # static starts: any size
     return [
         piece.reshape(shape).astype(dtype)
@@ -235,7 +237,9 @@ def flatten(inner: TransformLike, offsets_in_state: bool = False) -> GradientTra
         inner: the transform to run on the vector; its state is for the vector.
         offsets_in_state: keep the leaves' start offsets in the state (state
             ``FlattenState(inner, starts)`` instead of ``inner``'s state) for a faster
-            compilation; needs fewer than 2**31 elements in all.
+            compilation; needs fewer than 2**31 elements in all, and concrete shapes
+            (the default also takes the symbolic dimensions of a shape-polymorphic
+            ``jax.export``).
 
     Example:
         >>> import jax.numpy as jnp
@@ -275,6 +279,12 @@ def flatten(inner: TransformLike, offsets_in_state: bool = False) -> GradientTra
         if not offsets_in_state:
             return inner_state
         shapes, starts, size = _layout(leaves)
+        if not isinstance(size, int):
+            raise ValueError(
+                f"flatten(offsets_in_state=True) keeps the leaves' offsets in the state as "
+                f"int32 values, which needs concrete shapes, but the params have {size} "
+                "elements in all (a symbolic shape of jax.export); use offsets_in_state=False"
+            )
         if size > _INT32_MAX:
             raise ValueError(
                 f"flatten(offsets_in_state=True) keeps int32 offsets, but the params have "

@@ -346,7 +346,8 @@ def quantized_state(
     State: ``QuantizedState(inner_state)``, the inner state with each quantized leaf
     replaced by ``QuantizedArray(codes, absmax)`` (a ``{"codes", "absmax"}`` mapping
     is read as one too: Flax's ``nnx.Optimizer`` stores the state by path and gives it
-    back in that form).
+    back in that form). Its blocks need concrete shapes: a shape-polymorphic
+    ``jax.export`` (symbolic parameter dimensions) is a ValueError naming the leaf.
 
     Example:
         >>> import jax.numpy as jnp
@@ -382,13 +383,20 @@ def quantized_state(
     def device_tables() -> dict[bool, jax.Array]:
         return {signed: jnp.asarray(dynamic_quantization_map(signed)) for signed in (True, False)}
 
-    def is_quantized(leaf: Any) -> bool:
+    def is_quantized(path: tuple, leaf: Any) -> bool:
         dtype = getattr(leaf, "dtype", None)
         if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
             return False
         # Scalars (counters, injected hyperparameters) are never quantized: a
         # hyperparameter must read back as the number it was set to.
         shape = jnp.shape(leaf)
+        if not all(isinstance(d, int | np.integer) for d in shape):
+            raise ValueError(
+                f"quantized_state needs concrete shapes (whether a state leaf is quantized "
+                f"depends on its size, its blocks on its shape), but the state leaf at "
+                f"{jax.tree_util.keystr(path) or 'the root'} has shape {shape} (a symbolic "
+                "shape of a shape-polymorphic jax.export)"
+            )
         return len(shape) > 0 and int(np.prod(shape)) >= max(min_size, 1)
 
     def signed(path: tuple) -> bool:
@@ -399,7 +407,7 @@ def quantized_state(
         tables = device_tables()
 
         def quantize(path, leaf):
-            if id(leaf) in exact or not is_quantized(leaf):
+            if id(leaf) in exact or not is_quantized(path, leaf):
                 return leaf
             return quantize_blockwise(leaf, tables[signed(path)], block_size)
 
