@@ -187,6 +187,61 @@ def test_keras_base_options_reject_what_keras_rejects(make, match):
         make()
 
 
+# The defaults of Keras 3.15 (its signatures; test_compat_live checks these tables against
+# the installed Keras): an argument left out is Keras'.
+KERAS_BASE_DEFAULTS = dict(
+    clipnorm=None,
+    clipvalue=None,
+    global_clipnorm=None,
+    use_ema=False,
+    ema_momentum=0.99,
+    ema_overwrite_frequency=None,
+    loss_scale_factor=None,
+    gradient_accumulation_steps=None,
+)
+KERAS_ADAM_DEFAULTS = dict(learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7)
+KERAS_DEFAULTS = {
+    "sgd": dict(learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None),
+    "rmsprop": dict(
+        learning_rate=1e-3, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False, weight_decay=None
+    ),
+    "adam": dict(**KERAS_ADAM_DEFAULTS, amsgrad=False, weight_decay=None),
+    "adamw": dict(**KERAS_ADAM_DEFAULTS, amsgrad=False, weight_decay=0.004),
+    "adagrad": dict(
+        learning_rate=1e-3, initial_accumulator_value=0.1, epsilon=1e-7, weight_decay=None
+    ),
+    "adadelta": dict(learning_rate=1e-3, rho=0.95, epsilon=1e-7, weight_decay=None),
+    "adamax": dict(**KERAS_ADAM_DEFAULTS, weight_decay=None),
+    "nadam": dict(**KERAS_ADAM_DEFAULTS, weight_decay=None),
+}
+KERAS_SCHEDULE_DEFAULTS = {
+    "exponential_decay": dict(staircase=False),
+    "inverse_time_decay": dict(staircase=False),
+    "polynomial_decay": dict(end_learning_rate=1e-4, power=1.0, cycle=False),
+    "cosine_decay": dict(alpha=0.0, warmup_target=None, warmup_steps=0),
+    "cosine_decay_restarts": dict(t_mul=2.0, m_mul=1.0, alpha=0.0),
+}
+
+
+def defaults_of(function, names):
+    import inspect
+
+    parameters = inspect.signature(function).parameters
+    return {name: parameters[name].default for name in names}
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_DEFAULTS))
+def test_optimizer_defaults_are_keras(name):
+    expected = {**KERAS_DEFAULTS[name], **KERAS_BASE_DEFAULTS}
+    assert defaults_of(getattr(kc, name), expected) == expected
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_SCHEDULE_DEFAULTS))
+def test_schedule_defaults_are_keras(name):
+    expected = KERAS_SCHEDULE_DEFAULTS[name]
+    assert defaults_of(getattr(kc.schedules, name), expected) == expected
+
+
 def test_keras_options_are_in_the_signature_and_reach_schedule_injection():
     import inspect
 

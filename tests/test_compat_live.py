@@ -66,6 +66,20 @@ def test_live_pytorch_trajectory_matches_gradtx(name, record_torch, x64):
     )
 
 
+def test_live_pytorch_defaults_are_the_table_test_compat_torch_holds(record_torch):
+    import inspect
+
+    from tests import test_compat_torch as golden
+
+    for name, defaults in golden.PYTORCH_DEFAULTS.items():
+        parameters = inspect.signature(record_torch.TORCH_OPTIMIZERS[name]).parameters
+        assert {key: parameters[key].default for key in defaults} == defaults, name
+    schedulers = sys.modules["torch"].optim.lr_scheduler
+    for name, (scheduler, defaults) in golden.PYTORCH_SCHEDULER_DEFAULTS.items():
+        parameters = inspect.signature(getattr(schedulers, scheduler)).parameters
+        assert {key: parameters[key].default for key in defaults} == defaults, name
+
+
 @pytest.mark.parametrize("name", ["cosine_annealing_lr", "one_cycle_lr", "sequential_lr"])
 def test_live_pytorch_scheduler_matches_gradtx(name, record_torch, x64):
     from tests import test_compat_torch as golden
@@ -108,6 +122,17 @@ def test_live_keras_trajectory_matches_gradtx(name, record_keras):
     rows = [s - 1 for s in golden.OPTIMIZERS["snapshots"]]
     actual = golden.trajectory(golden.build_optimizer(case), "float32")[rows]
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_live_keras_defaults_are_the_tables_test_compat_keras_holds(record_keras):
+    from tests import test_compat_keras as golden
+
+    for name, defaults in golden.KERAS_DEFAULTS.items():
+        expected = {**defaults, **golden.KERAS_BASE_DEFAULTS}
+        actual = golden.defaults_of(record_keras.KERAS_OPTIMIZERS[name], expected)
+        assert actual == expected, name
+    for name, defaults in golden.KERAS_SCHEDULE_DEFAULTS.items():
+        assert golden.defaults_of(record_keras.KERAS_SCHEDULES[name], defaults) == defaults
 
 
 @pytest.mark.parametrize("name", ["sgd_momentum", "rmsprop_momentum_min_lr"])

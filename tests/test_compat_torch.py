@@ -7,6 +7,7 @@ float64 (compared within 1e-10 relative) and float32 (within 1e-5).
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -559,6 +560,26 @@ def test_momentum_schedules_read_their_value_at_each_step_into_the_state(x64):
         assert float(gtx.get_hyperparams(state)["decay"]) == float(momentum(step))
 
 
+def test_a_beta2_schedule_is_read_at_each_step_as_pytorch_reads_its_group_betas(x64):
+    # PyTorch's Adam reads beta2 from its param group at every step, in the moment and in
+    # the bias correction 1 - beta2^t alike; a NumPy loop of its update
+    def beta2(count):
+        return 0.99 - 0.09 * (count % 2)
+
+    lr, eps, grads = 0.1, 1e-8, np.array([[1.0, -2.0], [0.5, 3.0], [-1.5, 0.25], [2.0, 1.0]])
+    tx = tc.adam(lr, betas=(0.9, beta2), eps=eps)
+    params, update = jnp.zeros(2), jax.jit(tx.update)
+    state = tx.init(params)
+    expected, m, v = np.zeros(2), np.zeros(2), np.zeros(2)
+    for step, g in enumerate(grads):
+        updates, state = update(jnp.asarray(g), state, params)
+        params = gtx.apply_updates(params, updates)
+        b2, t = 0.99 - 0.09 * (step % 2), step + 1
+        m, v = 0.9 * m + 0.1 * g, b2 * v + (1 - b2) * g**2
+        expected = expected - lr / (1 - 0.9**t) * m / (np.sqrt(v) / np.sqrt(1 - b2**t) + eps)
+        np.testing.assert_allclose(params, expected, rtol=1e-12, atol=1e-14)
+
+
 class _ZeroDimTensor:
     """Stands in for a 0-d torch.Tensor (PyTorch accepts betas as tensors)."""
 
@@ -632,6 +653,76 @@ def test_clip_grad_norm_takes_the_reciprocal_of_the_norm_as_pytorch_does(dtype, 
         np.testing.assert_array_equal([float(x[0]) for x in clipped], pytorch)
 
 
+# The defaults of torch.optim in PyTorch 2.13 (its signatures; test_compat_live checks
+# this table against the installed PyTorch): an argument left out is PyTorch's.
+PYTORCH_DEFAULTS = {
+    "sgd": dict(lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False),
+    "adam": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False),
+    "adamw": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False),
+    "adagrad": dict(lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10),
+    "rmsprop": dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False),
+    "adadelta": dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0),
+    "adamax": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0),
+    "nadam": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, momentum_decay=4e-3),
+    "radam": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0),
+    "rprop": dict(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50)),
+    "asgd": dict(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0),
+}
+
+
+# ... and of torch.optim.lr_scheduler (cycle_momentum is refused rather than defaulted:
+# the momentum has its own schedules, cyclic_momentum and one_cycle_momentum)
+CYCLIC_DEFAULTS = dict(step_size_up=2000, step_size_down=None, mode="triangular", gamma=1.0)
+ONE_CYCLE_DEFAULTS = dict(pct_start=0.3, anneal_strategy="cos", three_phase=False)
+PYTORCH_SCHEDULER_DEFAULTS = {
+    "step_lr": ("StepLR", dict(gamma=0.1)),
+    "multistep_lr": ("MultiStepLR", dict(gamma=0.1)),
+    "cosine_annealing_lr": ("CosineAnnealingLR", dict(eta_min=0.0)),
+    "cosine_annealing_warm_restarts": ("CosineAnnealingWarmRestarts", dict(T_mult=1, eta_min=0)),
+    "cyclic_lr": ("CyclicLR", CYCLIC_DEFAULTS),
+    "cyclic_momentum": ("CyclicLR", dict(**CYCLIC_DEFAULTS, base_momentum=0.8, max_momentum=0.9)),
+    "one_cycle_lr": (
+        "OneCycleLR",
+        dict(**ONE_CYCLE_DEFAULTS, div_factor=25.0, final_div_factor=1e4),
+    ),
+    "one_cycle_momentum": (
+        "OneCycleLR",
+        dict(**ONE_CYCLE_DEFAULTS, base_momentum=0.85, max_momentum=0.95),
+    ),
+    "linear_lr": ("LinearLR", dict(start_factor=1 / 3, end_factor=1.0, total_iters=5)),
+    "constant_lr": ("ConstantLR", dict(factor=1 / 3, total_iters=5)),
+    "polynomial_lr": ("PolynomialLR", dict(total_iters=5, power=1.0)),
+    "reduce_lr_on_plateau": (
+        "ReduceLROnPlateau",
+        dict(mode="min", factor=0.1, patience=10, threshold=1e-4, cooldown=0, min_lr=0, eps=1e-8),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PYTORCH_DEFAULTS))
+def test_defaults_are_pytorchs(name):
+    parameters = inspect.signature(getattr(tc, name)).parameters
+    defaults = {key: parameters[key].default for key in PYTORCH_DEFAULTS[name]}
+    assert defaults == PYTORCH_DEFAULTS[name]
+    assert parameters["maximize"].default is False
+
+
+@pytest.mark.parametrize("name", sorted(PYTORCH_SCHEDULER_DEFAULTS))
+def test_scheduler_defaults_are_pytorchs(name):
+    parameters = inspect.signature(getattr(lr_scheduler, name)).parameters
+    _, expected = PYTORCH_SCHEDULER_DEFAULTS[name]
+    assert {key: parameters[key].default for key in expected} == expected
+
+
+def test_clip_grad_norm_with_an_infinite_max_norm_leaves_the_gradients_as_pytorch_does():
+    # PyTorch: clip_coef = inf / (norm + 1e-6), clamped to 1 (the norm is all it is for)
+    tx = tc.clip_grad_norm(math.inf)
+    updates = [jnp.array([3.0e4, -4.0e4]), jnp.array([0.5])]
+    clipped, _ = jax.jit(tx.update)(updates, tx.init(updates))
+    for ours, given in zip(clipped, updates, strict=True):
+        np.testing.assert_array_equal(ours, given)
+
+
 def test_sgd_rejects_nesterov_without_momentum():
     with pytest.raises(ValueError, match="nesterov"):
         tc.sgd(lr=0.1, nesterov=True)
@@ -644,6 +735,7 @@ def test_sgd_rejects_nesterov_without_momentum():
         (lambda: tc.sgd(lr=-1.0), "lr"),
         (lambda: tc.rmsprop(momentum=1.5), "momentum"),
         (lambda: tc.sgd(momentum=0.9, dampening=2.0), "dampening"),
+        (lambda: tc.sgd(dampening=1.5), "dampening"),  # unused without momentum
         (lambda: tc.adam(weight_decay=-0.1), "weight_decay"),
         (lambda: tc.rmsprop(alpha=1.5), "alpha"),
         (lambda: tc.rprop(lr=0.0), "lr"),
@@ -818,6 +910,14 @@ def test_load_plateau_state_rejects_what_one_scale_cannot_hold():
         tc.load_plateau_state(saved, [0.1, 0.0])
     with pytest.raises(ValueError, match=r"no \['best'\]"):
         tc.load_plateau_state({k: v for k, v in saved.items() if k != "best"}, 0.1)
+
+
+def test_load_plateau_state_takes_an_epoch_past_int32_as_the_saturated_count():
+    # PyTorch's last_epoch is a Python int; the plateau's int32 count stops at 2**31 - 1
+    saved = {"best": 0.5, "num_bad_epochs": 1, "cooldown_counter": 0, "last_epoch": 2**40,
+             "_last_lr": [0.01]}  # fmt: skip
+    state = tc.load_plateau_state(saved, 0.1)
+    assert state.count.dtype == jnp.int32 and int(state.count) == 2**31 - 1
 
 
 def test_a_loaded_state_does_not_share_memory_with_the_pytorch_buffers(x64):

@@ -39,6 +39,11 @@ from gradtx.compat.torch import lr_scheduler as tls
         (lambda: kc.cosine_decay(0.1, 10, alpha=-1.0), "^alpha must"),
         (lambda: kc.cosine_decay(0.1, 10, warmup_target="x", warmup_steps=5), "^warmup_target"),
         (lambda: kc.cosine_decay(0.1, 10, warmup_steps=5), "^warmup_steps=5 needs a warmup"),
+        (lambda: kc.cosine_decay(0.1, 10, warmup_target=0.2, warmup_steps=-1), "^warmup_steps"),
+        (lambda: kc.reduce_lr_on_plateau(factor=1.0), "^factor must"),
+        (lambda: kc.reduce_lr_on_plateau(mode="minimum"), "^mode must"),
+        (lambda: kc.reduce_lr_on_plateau(min_delta=math.nan), "^min_delta must"),
+        (lambda: kc.reduce_lr_on_plateau(min_lr=-1.0), "^min_lr must"),
         (lambda: kc.piecewise_constant_decay([1, 2], [1.0, "x", 3.0]), r"^values\[1\] must"),
         (lambda: kc.piecewise_constant_decay([1, 2], [1.0, -1.0, 3.0]), r"^values\[1\] must"),
     ],
@@ -89,6 +94,18 @@ def test_keras_schedules_take_real_scalars_and_bools_and_what_keras_means():
         assert bool(jnp.all(jnp.isfinite(values)))
 
 
+def test_keras_schedules_take_decay_steps_of_one_and_below_as_keras_divides_by_them():
+    # Keras: decay_rate ** (step / decay_steps), any decay_steps > 0 (a float too)
+    steps = np.arange(6)
+    for decay_steps in (1, 0.5):
+        values = kc.exponential_decay(0.1, decay_steps, 0.5)(jnp.asarray(steps))
+        np.testing.assert_allclose(values, 0.1 * 0.5 ** (steps / decay_steps), rtol=1e-6)
+        values = kc.inverse_time_decay(0.1, decay_steps, 0.5)(jnp.asarray(steps))
+        np.testing.assert_allclose(values, 0.1 / (1 + 0.5 * steps / decay_steps), rtol=1e-6)
+    with pytest.raises(ValueError, match="^decay_steps must"):
+        kc.exponential_decay(0.1, 0.0, 0.5)
+
+
 # --- Keras optimizers: Keras' names, bools, ema options -----------------------------
 
 
@@ -97,6 +114,10 @@ def test_keras_schedules_take_real_scalars_and_bools_and_what_keras_means():
     [
         (lambda: kc.adamax(beta_1=-1.0), "^beta_1 must"),
         (lambda: kc.adamax(beta_2=1.0), "^beta_2 must"),
+        (lambda: kc.adam(beta_2=1.0), "^beta_2 must"),
+        (lambda: kc.adamw(beta_1=-0.1, amsgrad=True), "^beta_1 must"),
+        (lambda: kc.sgd(momentum=1.0), "^momentum must"),
+        (lambda: kc.rmsprop(momentum=-0.5), "^momentum must"),
         (lambda: kc.nadam(beta_1=math.nan), "^beta_1 must"),
         (lambda: kc.rmsprop(rho=-1.0), "^rho must"),
         (lambda: kc.adadelta(rho=1.0), "^rho must"),
@@ -107,6 +128,8 @@ def test_keras_schedules_take_real_scalars_and_bools_and_what_keras_means():
         (lambda: kc.adagrad(initial_accumulator_value=-1.0), "^initial_accumulator_value"),
         (lambda: kc.sgd(momentum=[0.1, 0.2]), "^momentum must"),
         (lambda: kc.adamw(weight_decay=-1.0), "^weight_decay must"),
+        (lambda: kc.adadelta(learning_rate=-1.0), "^learning_rate must"),
+        (lambda: kc.sgd(learning_rate=None), "^learning_rate must"),
         (lambda: kc.sgd(0.1, ema_momentum=0.5), "^ema_momentum=0.5 needs use_ema=True"),
         (lambda: kc.adamw(exclude_from_weight_decay=5.0), "^exclude_from_weight_decay must"),
         (lambda: kc.sgd(gradient_accumulation_steps=2**40), "^gradient_accumulation_steps"),
@@ -176,10 +199,52 @@ def test_keras_reduce_lr_on_plateau_checks_path_and_metric():
         (lambda: tls.multistep_lr(1.0, [2**40]), r"^milestones\[0\] must"),
         (lambda: tls.multistep_lr(1.0, [-1]), r"^milestones\[0\] must"),
         (lambda: tls.sequential_lr([tls.constant_lr(1.0)] * 2, [-1]), r"^milestones\[0\]"),
+        (lambda: tls.one_cycle_lr(0.1, 10, pct_start=1.5), "^pct_start must"),
+        (lambda: tls.one_cycle_momentum(10, pct_start=-0.1), "^pct_start must"),
+        # PyTorch's names, not those of the gradtx block (min_scale = min_lr / lr, ...)
+        (lambda: tls.reduce_lr_on_plateau(0.1, min_lr=-1.0), "^min_lr must"),
+        (lambda: tls.reduce_lr_on_plateau(0.1, eps=-1.0), r"^eps must .*, got -1.0$"),
+        (lambda: tls.reduce_lr_on_plateau(0.0), "^lr must"),
+        (lambda: tls.step_lr(0.1, 2, gamma=-0.5), "^gamma must"),
+        (lambda: tls.polynomial_lr(0.1, power=-1.0), "^power must"),
     ],
 )
 def test_torch_schedulers_refuse_bad_values_when_built(build, match):
     with pytest.raises(ValueError, match=match):
+        build()
+
+
+@pytest.mark.parametrize(
+    ("build", "argument"),
+    [
+        (lambda: tls.step_lr(-0.1, 2), "base_lr"),
+        (lambda: tls.multistep_lr(-0.1, [2]), "base_lr"),
+        (lambda: tls.multistep_lr(0.1, [2], gamma=-0.5), "gamma"),
+        (lambda: tls.exponential_lr(-0.1, 0.5), "base_lr"),
+        (lambda: tls.exponential_lr(0.1, -0.5), "gamma"),
+        (lambda: tls.cosine_annealing_lr(-0.1, 10), "base_lr"),
+        (lambda: tls.cosine_annealing_warm_restarts(-0.1, 10), "base_lr"),
+        (lambda: tls.cyclic_lr(-0.01, 0.1), "base_lr"),
+        (lambda: tls.cyclic_lr(0.01, -0.1), "max_lr"),
+        (lambda: tls.cyclic_lr(0.01, 0.1, mode="triangle"), "mode"),
+        (lambda: tls.cyclic_momentum(base_momentum=1.5), "base_momentum"),
+        (lambda: tls.cyclic_momentum(max_momentum=-0.1), "max_momentum"),
+        (lambda: tls.one_cycle_lr(0.1, 10, anneal_strategy="cosine"), "anneal_strategy"),
+        (lambda: tls.one_cycle_lr(-0.1, 10), "max_lr"),
+        (lambda: tls.one_cycle_lr(0.1, 10, div_factor=0.0), "div_factor"),
+        (lambda: tls.one_cycle_lr(0.1, 10, final_div_factor=-1.0), "final_div_factor"),
+        (lambda: tls.one_cycle_momentum(10, base_momentum=1.0), "base_momentum"),
+        (lambda: tls.one_cycle_momentum(10, max_momentum=1.5), "max_momentum"),
+        (lambda: tls.linear_lr(-0.1), "base_lr"),
+        (lambda: tls.linear_lr(0.1, start_factor=0.0), "start_factor"),  # as PyTorch
+        (lambda: tls.linear_lr(0.1, end_factor=1.5), "end_factor"),
+        (lambda: tls.constant_lr(-0.1), "base_lr"),
+        (lambda: tls.constant_lr(0.1, factor=1.5), "factor"),
+        (lambda: tls.polynomial_lr(-0.1), "base_lr"),
+    ],
+)
+def test_torch_schedulers_name_the_argument_out_of_range_when_built(build, argument):
+    with pytest.raises(ValueError, match=f"^{argument} must"):
         build()
 
 

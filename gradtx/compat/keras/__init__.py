@@ -474,7 +474,6 @@ def _keras_optimizer(build: Callable[..., _Core]) -> Callable[..., GradientTrans
 
 
 def _momentum(momentum: float, nesterov: bool = False) -> list[tuple[str, GradientTransformation]]:
-    check.unit_interval("momentum", momentum)
     return [] if _is_zero(momentum) else [("momentum", trace(momentum, nesterov))]
 
 
@@ -626,8 +625,6 @@ def adam(
 
 
 def _adam(learning_rate, beta_1, beta_2, epsilon, amsgrad, weight_decay) -> _Core:
-    check.unit_interval("beta_1", beta_1)
-    check.unit_interval("beta_2", beta_2)
     if amsgrad:
         core = amsgrad_max(
             beta_1, beta_2, epsilon, correct_after_max=True, eps_before_bias_correction=True
