@@ -324,6 +324,20 @@ def test_sgdr_past_its_table_of_restarts_continues_from_the_closed_form():
     values = np.asarray(jax.jit(schedule)(steps))
     assert np.all((values >= 0) & (values <= 1))
     assert np.ptp(values) > 0.9  # still restarting every few steps
+    # the equation in double precision: restart i spans [s_i, s_i + T_0 m^i), s_i = T_0
+    # (m^i - 1) / (m - 1); the closed form is float32 (starts near 1e5 to ~0.01 step), so
+    # steps within 2% of a period from a restart, which it may put in the other one, are
+    # left out
+    ratio, fractions_done = 1.00001, []
+    for t in np.asarray(steps).tolist():
+        i = math.floor(math.log1p(t * (ratio - 1)) / math.log(ratio))
+        i += (t >= (ratio ** (i + 1) - 1) / (ratio - 1)) - (t < (ratio**i - 1) / (ratio - 1))
+        fractions_done.append((t - (ratio**i - 1) / (ratio - 1)) / ratio**i)
+    fractions_done = np.asarray(fractions_done)
+    inside = (fractions_done > 0.02) & (fractions_done < 0.98)
+    assert inside.mean() > 0.9
+    expected = 0.5 * (1 + np.cos(np.pi * fractions_done))
+    np.testing.assert_allclose(values[inside], expected[inside], atol=2e-2)
 
 
 ALL_SCHEDULES = {
@@ -406,6 +420,12 @@ def test_negative_steps_give_the_value_at_step_zero():
     assert float(schedule(-3)) == float(schedule(0)) == 0.5
 
 
+def test_step_decay_divides_by_ten_by_default_as_pytorchs_step_lr():
+    # StepLR(step_size=3) has gamma=0.1: v(t) = 0.1^floor(t / 3)
+    values = np.asarray(jax.jit(schedules.step_decay(1.0, 3))(jnp.arange(7)))
+    np.testing.assert_allclose(values, [1, 1, 1, 0.1, 0.1, 0.1, 0.01], rtol=1e-6)
+
+
 def test_a_schedule_drives_an_optimizer_inside_jit():
     schedule = schedules.step_decay(1.0, step_size=2, gamma=0.5)
     tx = gtx.adam(schedule)
@@ -448,6 +468,8 @@ INVALID = [
     (lambda: schedules.noam(64, 0), "warmup_steps"),
     (lambda: schedules.cyclical(0.1, 1.0, 0), "step_size_up"),
     (lambda: schedules.cyclical(0.1, 1.0, 10, 0), "step_size_down"),
+    # each count fits int32, their sum (the cycle) does not
+    (lambda: schedules.cyclical(0.1, 1.0, 2**31 - 1, 1), r"step_size_up \+ step_size_down"),
     (lambda: schedules.cyclical(0.1, 1.0, 10, mode="sawtooth"), "mode"),
     (lambda: schedules.cyclical(0.1, 1.0, 10, mode="exp_range", gamma=0.0), "gamma"),
     (lambda: schedules.one_cycle(0, 1.0), "total_steps"),
