@@ -144,6 +144,12 @@ def test_apply_updates_adds_updates_to_params():
     np.testing.assert_allclose(new["b"], 0.0)
 
 
+def test_apply_updates_takes_python_number_parameters_real_and_complex():
+    new = gtx.apply_updates({"f": 1.5, "c": 1.0 + 2.0j}, {"f": 0.25, "c": 0.5 - 1.0j})
+    assert float(new["f"]) == 1.75
+    assert complex(new["c"]) == 1.5 + 1.0j
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
 def test_apply_updates_keeps_each_parameters_dtype(dtype):
     params = {"w": jnp.array([1.0, -1.0], dtype)}

@@ -98,3 +98,19 @@ def test_local_gain_validates_its_hyperparameters():
         gtx.scale_by_local_gain(decrease=1.5)
     with pytest.raises(ValueError, match="max_gain"):
         gtx.scale_by_local_gain(min_gain=2.0, max_gain=1.0)
+
+
+def test_defaults_add_0_05_multiply_by_0_95_and_keep_gains_in_0_01_to_100():
+    # one sign that holds for 2,000 steps (1 + 0.05 t reaches 100 at t = 1,980) and one
+    # that flips every step (0.95^t reaches 0.01 at t = 90)
+    grads = np.stack([np.ones(2000), (-1.0) ** np.arange(2000)], axis=1)
+    tx = gtx.scale_by_local_gain()
+    state = tx.init(jnp.zeros(2))
+    step = jax.jit(tx.update)
+    gains = []
+    for g in grads:
+        _, state = step(jnp.asarray(g, jnp.float32), state)
+        gains.append(np.asarray(state.gains))
+    ref_gains, _ = ref.local_gains(grads, 0.05, 0.95, 0.01, 100.0)
+    np.testing.assert_allclose(gains, ref_gains, rtol=1e-4)
+    assert gains[-1].tolist() == [100.0, np.float32(0.01)]

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import gradtx as gtx
-from gradtx.training import lr_find
+from gradtx.training import lr_find, lr_finder
 
 CURVATURES = np.array([1.0, 4.0, 10.0], np.float32)  # SGD is stable for lr < 2 / 10
 
@@ -83,6 +83,32 @@ def test_stops_at_the_first_step_whose_smoothed_loss_exceeds_the_factor_times_it
     running_best = np.minimum.accumulate(smoothed)
     assert smoothed[-1] > 3.0 * running_best[-1]
     assert np.all(smoothed[:-1] <= 3.0 * running_best[:-1])
+
+
+def test_the_stop_is_the_first_rise_above_the_best_by_more_than_factor_minus_one_times_it():
+    """A loss that is its batch, unsmoothed (smoothing 0): with factor 3 and best 1, a
+    loss of 3 goes on, 3.5 stops."""
+    losses = jnp.array([1.0, 1.0, 2.0, 3.0, 3.5, 5.0, 9.0, 9.0])
+    result = lr_find(
+        lambda params, batch: batch + 0.0 * jnp.sum(params),
+        jnp.ones(3),
+        losses,
+        sgd,
+        num_steps=8,
+        smoothing=0.0,
+        diverge_factor=3.0,
+    )
+    assert result.diverged
+    np.testing.assert_array_equal(result.losses, [1.0, 1.0, 2.0, 3.0, 3.5])
+
+
+def test_a_non_finite_loss_stops_the_test_at_its_step():
+    losses = jnp.array([1.0, 0.9, jnp.nan, 0.8, 0.7, 0.6])
+    result = lr_find(
+        lambda params, batch: batch + 0.0 * jnp.sum(params), jnp.ones(3), losses, sgd, num_steps=6
+    )
+    assert result.diverged
+    assert len(result.losses) == 3 and np.isnan(result.losses[-1])
 
 
 def test_a_negative_loss_stops_on_the_same_rise_above_its_best():
@@ -215,3 +241,40 @@ def test_invalid_arguments_raise_value_error_naming_them(kwargs, argument):
 def test_batches_with_different_leading_sizes_are_rejected():
     with pytest.raises(ValueError, match="leading"):
         lr_find(lambda p, b: quadratic(p), jnp.ones(3), (jnp.ones((3, 2)), jnp.ones((4,))), sgd)
+
+
+@pytest.mark.parametrize("batches", [jnp.ones((0, 2)), jnp.ones(())], ids=["empty", "0-d"])
+def test_batches_without_a_step_axis_or_with_an_empty_one_are_rejected(batches):
+    with pytest.raises(ValueError, match="non-empty leading"):
+        lr_find(lambda p, b: quadratic(p), jnp.ones(3), batches, sgd)
+
+
+def _valley_reference(losses):
+    """fastai's valley: the longest strictly decreasing subsequence, where it first ends,
+    reaching back its length before that end (fastai's max_end - lds[max_end])."""
+    lengths = [1] * len(losses)
+    for i in range(len(losses)):
+        for j in range(i):
+            if losses[j] > losses[i]:
+                lengths[i] = max(lengths[i], lengths[j] + 1)
+    end = lengths.index(max(lengths))
+    return max(end - lengths[end], 0), end
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_valley_is_fastais_longest_strictly_decreasing_run_with_ties(seed):
+    losses = np.random.default_rng(seed).integers(0, 6, size=30).astype(np.float64)
+    assert lr_finder._longest_valley(losses) == _valley_reference(list(losses))
+
+
+def test_the_suggestion_with_fewer_than_three_finite_losses_is_the_lowest():
+    rates = np.array([1e-3, 1e-2, 1e-1, 1.0])
+    assert lr_finder._steepest_descent(rates[:2], np.array([2.0, 1.0])) == 1e-2
+    assert lr_finder._steepest_descent(rates, np.array([1.0, np.nan, 0.5, np.inf])) == 1e-1
+
+
+def test_a_valley_of_two_points_is_too_short_and_the_whole_curve_is_searched():
+    # the longest decreasing run is [2, 1.9]; the steepest fall is the last step's
+    rates = np.array([1e-3, 1e-2, 1e-1, 1.0])
+    assert lr_finder._longest_valley(np.array([2.0, 1.9, 10.0, 9.0])) == (0, 1)
+    assert lr_finder._steepest_descent(rates, np.array([2.0, 1.9, 10.0, 9.0])) == 1.0

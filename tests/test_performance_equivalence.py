@@ -185,6 +185,18 @@ def test_eager_kernels_take_new_hyperparameter_values(rng, fresh_kernels):
         np.testing.assert_allclose(u, -0.5 * g / (jnp.abs(g) + 1e-8), rtol=1e-5)
 
 
+def test_eager_kernels_take_numpy_scalars_of_the_closure_as_arguments(fresh_kernels):
+    # a NumPy scalar (a hyperparameter of a state restored to the host) is an argument of
+    # the kernel like an array: a new value reuses the kernel; as a constant of its key,
+    # each value would be seen once and run op by op
+    params = {"a": jnp.ones(3), "b": jnp.ones(2)}
+    for value in (0.1, 0.2, 0.3, 0.4, 0.5):
+        tx = gtx.scale(np.float32(-value))
+        updates, _ = tx.update(params, tx.init(params))
+        np.testing.assert_allclose(updates["a"], np.full(3, -value), rtol=1e-6)
+    assert len(fresh_kernels.kernels) == 1
+
+
 def test_eager_kernels_keep_python_constants_of_each_type_apart(fresh_kernels):
     # 1, 1.0 and True are equal (and hash alike) in Python but give different dtypes
     def broadcast(value, x):
@@ -524,6 +536,16 @@ def test_eager_global_norm_adds_the_leaves_in_order(fresh_kernels):
     for norm in norms:
         assert norm.dtype == jnp.float32
         assert float(norm) == float(np.sqrt(total))
+
+
+@pytest.mark.parametrize("count", [33, 97])
+def test_eager_global_norm_counts_the_leaves_past_the_last_full_kernel_call(count, fresh_kernels):
+    # a kernel call adds leaves_per_call (32) leaves: the 33rd and the 97th start a new one
+    x = [jnp.full([2], 1.0 + i, jnp.float32) for i in range(count)]
+    expected = np.sqrt(2 * np.sum((1.0 + np.arange(count)) ** 2))
+    norms = [tree.global_norm(x) for _ in range(3)]  # op by op, compiled, reused
+    assert ("_sum_in_order",) in fresh_kernels.kernels
+    np.testing.assert_allclose(np.asarray(norms, np.float64), expected, rtol=1e-6)
 
 
 def test_eager_apply_updates_gives_the_numbers_of_op_by_op_execution(

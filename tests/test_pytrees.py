@@ -109,6 +109,24 @@ def test_complex_adam_follows_the_numpy_complex_reference(name, rng):
     np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_complex_adamax_keeps_a_real_infinity_norm_and_follows_the_equations(rng):
+    """u = max(b2 u, |g|) of a complex gradient is real (float32 for complex64), as
+    Adam's |g|^2 is; the step is m_hat / u (eps in the max, the default) with the complex
+    first moment."""
+    grads = complex_grads(rng, steps=10)
+    tx = gtx.scale_by_adamax()
+    state = tx.init(jnp.zeros(3, jnp.complex64))
+    step = jax.jit(tx.update)
+    m, u = np.zeros(3, np.complex128), np.zeros(3)
+    for t, g in enumerate(grads, start=1):
+        updates, state = step(g, state)
+        m = 0.9 * m + 0.1 * np.asarray(g)
+        u = np.maximum(0.999 * u, np.abs(np.asarray(g)) + 1e-8)
+        np.testing.assert_allclose(updates, m / (1 - 0.9**t) / u, rtol=1e-5)
+    assert updates.dtype == jnp.complex64 and state.mu.dtype == jnp.complex64
+    assert state.nu.dtype == jnp.float32
+
+
 @pytest.mark.parametrize("name", ["sgd", "sgd_momentum", "sgd_nesterov"])
 def test_complex_sgd_moves_real_and_imaginary_parts_like_two_real_parameters(name, rng):
     grads = complex_grads(rng, steps=5)

@@ -262,6 +262,17 @@ def test_a_leaf_the_inner_update_leaves_alone_keeps_its_codes():
     np.testing.assert_array_equal(mu.absmax, after_real.absmax)
 
 
+def test_a_leaf_the_inner_update_changes_in_one_element_is_quantized_again():
+    """Codes are kept only where no element of the leaf changed."""
+    inner = gtx.GradientTransformation(
+        lambda params: {"mu": jnp.linspace(1.0, 1.5, 16)},
+        lambda updates, state, params=None: (updates, {"mu": state["mu"].at[0].set(2.0)}),
+    )
+    tx = gtx.quantized_state(inner, min_size=0, block_size=8)
+    _, state = jax.jit(tx.update)(jnp.zeros(16), tx.init(jnp.zeros(16)))
+    np.testing.assert_allclose(gtx.tree_get(state, "mu").absmax, [2.0, 1.5], rtol=1e-6)
+
+
 def test_the_cached_quantization_map_is_read_only():
     table = gtx.dynamic_quantization_map()
     with pytest.raises(ValueError, match="read-only"):

@@ -49,6 +49,39 @@ def test_infinite_hyperparameters_are_refused_naming_the_argument(name, build):
         build()
 
 
+@pytest.mark.parametrize(
+    ("check_value", "bound", "message"),
+    [
+        (lambda v: check.unit_interval("b1", v), 1.0, r"b1 must be in \[0.0, 1.0\), got 1.0"),
+        (lambda v: check.positive("lr", v), 0.0, r"lr must be in \(0.0, inf\), got 0.0"),
+        (
+            lambda v: check.in_range("x", v, 1.0, None, low_inclusive=False),
+            1.0,
+            r"x must be in \(1.0, inf\), got 1.0",
+        ),
+        (
+            lambda v: check.in_range("x", v, None, 1.0, high_inclusive=False),
+            1.0,
+            r"x must be in \(-inf, 1.0\), got 1.0",
+        ),
+    ],
+    ids=["unit_interval", "positive", "open_low", "open_high"],
+)
+def test_an_open_bound_refuses_the_bound_itself(check_value, bound, message):
+    with pytest.raises(ValueError, match=message):
+        check_value(bound)
+
+
+def test_closed_bounds_and_the_int32_range_take_their_end_values():
+    check.unit_interval("b1", 0.0)
+    check.in_range("x", 1.0, 0.0, 1.0)
+    check.at_least("x", 2.0, "y", 2.0)
+    check.number("x", -(2**31))
+    check.number("x", 2**31 - 1)
+    with pytest.raises(ValueError, match="x must be a number JAX can take"):
+        check.number("x", -(2**31) - 1)
+
+
 def test_check_number_refuses_inf_unless_allowed():
     with pytest.raises(ValueError, match="x must be a finite real number, got inf"):
         check.number("x", INF)
@@ -295,6 +328,14 @@ def test_a_path_that_is_not_a_string_is_a_type_error_naming_path(call):
         ("mu_dtype", lambda d: gtx.scale_by_adam(mu_dtype=d)),
         ("nu_dtype", lambda d: gtx.scale_by_adam(nu_dtype=d)),
         ("nu_dtype", lambda d: gtx.adam(0.1, nu_dtype=d)),
+        ("mu_dtype", lambda d: gtx.amsgrad_max(mu_dtype=d)),
+        ("nu_dtype", lambda d: gtx.amsgrad_max(nu_dtype=d)),
+        ("nu_dtype", lambda d: gtx.scale_by_adamax(nu_dtype=d)),
+        ("nu_dtype", lambda d: gtx.scale_by_rms(nu_dtype=d)),
+        ("accumulator_dtype", lambda d: gtx.scale_by_rss(accumulator_dtype=d)),
+        ("nu_dtype", lambda d: gtx.scale_by_nadam_schedule(nu_dtype=d)),
+        ("nu_dtype", lambda d: gtx.scale_by_radam(nu_dtype=d)),
+        ("accumulator_dtype", lambda d: gtx.nesterov_lookahead(0.9, accumulator_dtype=d)),
         ("dtype", lambda d: gtx.average_params(dtype=d)),
         ("dtype", lambda d: gtx.ema_params(dtype=d)),
         ("accumulator_dtype", lambda d: gtx.multi_steps(gtx.scale(1.0), 2, accumulator_dtype=d)),
@@ -311,6 +352,12 @@ def test_dtype_arguments_refuse_arrays_and_numbers(name, build, value):
 def test_dtype_arguments_take_dtypes(dtype):
     check.dtype_or_none("dtype", dtype)
     check.dtype_or_none("dtype", None if dtype is None else np.dtype(dtype))
+
+
+@pytest.mark.parametrize("dampening", [-0.1, 1.5])
+def test_trace_refuses_a_dampening_outside_0_to_1(dampening):
+    with pytest.raises(ValueError, match=rf"dampening must be in \[0.0, 1.0\], got {dampening}"):
+        gtx.trace(0.9, dampening=dampening)
 
 
 # 8. A schedule's values are checked at an eager update.

@@ -46,6 +46,21 @@ def test_has_updated_is_true_only_after_a_real_step():
     assert flags == [False, False, True, False, False, True]
 
 
+def test_has_updated_is_false_before_any_update():
+    tx = gtx.multi_steps(gtx.identity(), every_k=2)
+    assert not bool(gtx.has_updated(tx.init(jnp.zeros(2))))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_the_real_step_count_saturates_and_has_updated_stays_true(jit):
+    int32_max = np.iinfo(np.int32).max
+    tx = gtx.multi_steps(gtx.identity(), every_k=1)
+    state = tx.init(jnp.zeros(2))._replace(gradient_step=jnp.asarray(int32_max, jnp.int32))
+    _, state = (jax.jit(tx.update) if jit else tx.update)(jnp.ones(2), state)
+    assert int(state.gradient_step) == int32_max
+    assert bool(gtx.has_updated(state))
+
+
 def test_trajectory_equals_optax_multisteps_under_jit(rng):
     grads = _micro_grads(rng, 9)
     tx = gtx.multi_steps(gtx.adam(0.1), every_k=3)
@@ -89,6 +104,34 @@ def test_bfloat16_params_accumulate_in_float32_and_emit_the_mean_in_bfloat16():
     assert float(updates[0]) == float(jnp.asarray(expected).astype(jnp.bfloat16))
     # a running mean kept in bfloat16 would give 64.5 (it rounds 128.5 to 128 on the way)
     assert float(updates[0]) == 65.0
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_bfloat16_gradients_are_averaged_in_float32_operation_by_operation(jit, monkeypatch):
+    """Un-jitted and op by op, each operation rounds to its own dtype: the running mean
+    is computed in the float32 of the accumulator, not in the bfloat16 of the gradients."""
+    monkeypatch.setattr(tree, "COMPILE_EAGER_LEAF_FUNCTIONS", False)
+    tx = gtx.multi_steps(gtx.identity(), every_k=4)
+    state = tx.init(jnp.zeros(1, jnp.bfloat16))
+    step = jax.jit(tx.update) if jit else tx.update
+    for v in (256.0, 1.0):
+        _, state = step(jnp.full(1, v, jnp.bfloat16), state)
+    assert float(state.acc_grads[0]) == 128.5  # bfloat16 has no 128.5
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_the_zero_updates_between_real_steps_take_the_inner_updates_dtype(jit):
+    to_float32 = gtx.GradientTransformation(
+        lambda params: (),
+        lambda updates, state, params=None: (tree.cast(updates, jnp.float32), state),
+    )
+    tx = gtx.multi_steps(to_float32, every_k=2)
+    step = jax.jit(tx.update) if jit else tx.update
+    state = tx.init(jnp.zeros(2, jnp.bfloat16))
+    for emitted in (False, True, False):
+        updates, state = step(jnp.ones(2, jnp.bfloat16), state)
+        assert updates.dtype == jnp.float32
+        np.testing.assert_array_equal(updates, np.ones(2) if emitted else np.zeros(2))
 
 
 def test_accumulator_dtype_may_be_chosen():

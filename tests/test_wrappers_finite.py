@@ -55,12 +55,55 @@ def test_after_max_consecutive_errors_the_update_is_applied_and_the_counter_rese
     assert int(state.total_notfinite) == 6
 
 
+def test_one_non_finite_leaf_skips_the_whole_step():
+    tx = gtx.apply_if_finite(gtx.scale(-1.0), max_consecutive_errors=3)
+    grads = {"finite": jnp.ones(2), "not": jnp.array([0.0, jnp.nan])}
+    state = tx.init(jax.tree.map(jnp.zeros_like, grads))
+    for step in (tx.update, jax.jit(tx.update)):
+        updates, new_state = step(grads, state)
+        for leaf in jax.tree.leaves(updates):
+            np.testing.assert_array_equal(leaf, np.zeros(2))
+        assert not bool(new_state.last_finite) and int(new_state.total_notfinite) == 1
+
+
+def _to_float32():
+    """An inner transform whose updates are float32 whatever the gradients' dtype."""
+    return gtx.GradientTransformation(
+        lambda params: (),
+        lambda updates, state, params=None: (tree.cast(updates, jnp.float32), state),
+    )
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_the_zero_updates_of_a_skipped_step_take_the_inner_updates_dtype(jit):
+    tx = gtx.apply_if_finite(_to_float32(), max_consecutive_errors=3)
+    step = jax.jit(tx.update) if jit else tx.update
+    bad = jnp.array([1.0, jnp.nan], jnp.bfloat16)
+    updates, _ = step(bad, tx.init(jnp.zeros(2, jnp.bfloat16)))
+    assert updates.dtype == jnp.float32
+    np.testing.assert_array_equal(updates, np.zeros(2))
+
+
 def test_a_finite_step_resets_the_consecutive_count():
     tx = gtx.apply_if_finite(gtx.identity(), max_consecutive_errors=5)
     state = tx.init(jnp.zeros(1))
     for g in (jnp.nan, jnp.nan, 1.0):
         _, state = tx.update(jnp.array([g]), state)
     assert int(state.notfinite_count) == 0 and int(state.total_notfinite) == 2
+
+
+def test_last_finite_and_total_notfinite_are_those_of_optax():
+    """Only the consecutive count differs from Optax's (it restarts after an applied
+    non-finite step); last_finite is whether this step's updates were finite."""
+    tx = gtx.apply_if_finite(gtx.scale(-1.0), max_consecutive_errors=1)
+    reference = optax.apply_if_finite(optax.scale(-1.0), max_consecutive_errors=1)
+    state, ref_state = tx.init(jnp.zeros(1)), reference.init(jnp.zeros(1))
+    step = jax.jit(tx.update)
+    for g in (1.0, jnp.nan, jnp.nan, jnp.inf, 2.0, jnp.nan):
+        _, state = step(jnp.array([g]), state)
+        _, ref_state = reference.update(jnp.array([g]), ref_state)
+        assert bool(state.last_finite) == bool(ref_state.last_finite)
+        assert int(state.total_notfinite) == int(ref_state.total_notfinite)
 
 
 def test_max_consecutive_errors_must_be_a_non_negative_int():

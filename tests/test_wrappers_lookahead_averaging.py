@@ -36,11 +36,12 @@ def _run(tx, w0, steps):
     return np.array(all_params), states
 
 
-def test_lookahead_equals_the_hand_computed_reference(x64):
+@pytest.mark.parametrize("alpha", [0.5, 0.25])  # 0.5 alone: slow and fast swap unseen
+def test_lookahead_equals_the_hand_computed_reference(alpha, x64):
     w0 = np.array([1.0, -2.0, 0.5])
-    tx = gtx.lookahead(gtx.scale_by_learning_rate(0.1), sync_period=3, slow_step_size=0.5)
+    tx = gtx.lookahead(gtx.scale_by_learning_rate(0.1), sync_period=3, slow_step_size=alpha)
     fast, states = _run(tx, w0, 10)
-    ref_fast, ref_slow = ref.lookahead_sgd(_grad, w0, 10, 0.1, sync_period=3, alpha=0.5)
+    ref_fast, ref_slow = ref.lookahead_sgd(_grad, w0, 10, 0.1, sync_period=3, alpha=alpha)
     np.testing.assert_allclose(fast, ref_fast, rtol=1e-12)
     slow = np.array([np.asarray(s.slow_params) for s in states])
     np.testing.assert_allclose(slow, ref_slow, rtol=1e-12)
@@ -99,6 +100,25 @@ def test_lookahead_counts_modulo_the_sync_period_so_it_syncs_without_end():
             params = gtx.apply_updates(params, updates)
             steps += 1
         assert steps == 3 - phase
+
+
+def test_the_defaults_are_the_documented_sync_period_slow_step_size_and_decay():
+    w0 = np.array([1.0, -2.0, 0.5])
+    inner = gtx.scale_by_learning_rate(0.1)
+    for default, documented in [
+        (gtx.lookahead(inner), gtx.lookahead(inner, sync_period=6, slow_step_size=0.5)),
+        (
+            gtx.chain(inner, gtx.ema_params()),
+            gtx.chain(inner, gtx.ema_params(0.999, debias=True)),
+        ),
+    ]:
+        params, states = _run(default, w0, 7)  # a sync at the sixth step
+        expected_params, expected_states = _run(documented, w0, 7)
+        np.testing.assert_array_equal(params, expected_params)
+        for leaf, expected in zip(
+            jax.tree.leaves(states), jax.tree.leaves(expected_states), strict=True
+        ):
+            np.testing.assert_array_equal(leaf, expected)
 
 
 def test_lookahead_keeps_the_inner_state_across_syncs():
@@ -209,6 +229,25 @@ def test_parameter_averages_of_half_precision_params_are_kept_in_float32(dtype):
             params, state = step(params, state)
         np.testing.assert_allclose(np.asarray(jax.tree.leaves(state)[-1]), expected, rtol=1e-5)
     assert gtx.ema_params(dtype=jnp.bfloat16).init(jnp.zeros(1)).ema.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: gtx.ema_params(0.9, dtype=jnp.bfloat16),
+        lambda: gtx.average_params(dtype=jnp.bfloat16),
+    ],
+    ids=["ema_params", "average_params"],
+)
+def test_an_average_in_a_chosen_narrower_dtype_stays_in_it_after_updates(make, jit):
+    tx = make()
+    params = jnp.array([1.0, 2.0])
+    state = tx.init(params)
+    _, state = (jax.jit(tx.update) if jit else tx.update)(jnp.ones(2), state, params)
+    average = jax.tree.leaves(state)[-1]
+    assert average.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(average, np.float32), [2.0, 3.0])  # the iterate
 
 
 @pytest.mark.parametrize(

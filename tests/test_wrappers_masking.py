@@ -46,6 +46,19 @@ def test_masked_leaves_become_zero_with_masked_leaves_zero():
     np.testing.assert_array_equal(updates["norm"]["scale"], np.zeros(2))
 
 
+def test_masked_hands_the_inner_transform_only_the_masked_in_params():
+    wd = 0.5
+    tx = gtx.masked(gtx.add_decayed_weights(wd), MASK)
+    params, grads = _params(), _grads()
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    kernel = np.asarray(params["dense"]["kernel"])
+    np.testing.assert_allclose(
+        updates["dense"]["kernel"], grads["dense"]["kernel"] + wd * kernel, rtol=1e-6
+    )
+    np.testing.assert_array_equal(updates["dense"]["bias"], grads["dense"]["bias"])
+    np.testing.assert_array_equal(updates["norm"]["scale"], grads["norm"]["scale"])
+
+
 def test_masked_inner_state_exists_only_for_masked_in_leaves():
     state = gtx.masked(gtx.scale_by_adam(), MASK).init(_params())
     mu = state.inner_state.mu
@@ -324,6 +337,22 @@ def test_a_group_owning_no_leaf_may_hold_a_transform_with_a_mask_tree(group):
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     for leaf in jax.tree.leaves(updates):
         np.testing.assert_array_equal(leaf, np.zeros_like(leaf))
+
+
+def test_a_tree_without_leaves_still_steps_the_inner_transforms():
+    """A tree without leaves goes to every inner transform as it is (a group that owns
+    nothing inside another partition): their step counts advance as they would alone."""
+    everything_a = lambda params: jax.tree.map(lambda _: "a", params)  # noqa: E731
+    partitioned = gtx.partition({"a": gtx.scale_by_adam(), "b": gtx.scale_by_adam()}, everything_a)
+    masked = gtx.masked(gtx.scale_by_adam(), lambda params: jax.tree.map(lambda _: True, params))
+    partition_state, masked_state = partitioned.init(()), masked.init(())
+    for _ in range(2):
+        updates, partition_state = partitioned.update((), partition_state, ())
+        assert updates == ()
+        updates, masked_state = masked.update((), masked_state, ())
+        assert updates == ()
+    assert [int(s.count) for s in partition_state.inner_states.values()] == [2, 2]
+    assert int(masked_state.inner_state.count) == 2
 
 
 def test_freeze_stops_the_updates_of_frozen_leaves():

@@ -79,6 +79,29 @@ def test_swats_stays_adam_when_the_criterion_never_holds(x64):
     np.testing.assert_allclose(iterates, adam_iterates, rtol=1e-6, atol=1e-7)
 
 
+def test_a_scheduled_learning_rate_is_read_at_the_count_before_each_update():
+    """Adam's step scales with the rate: with the switch off (switch_tol=0) and the same
+    gradients, step t of a schedule is schedule(t) times the step at rate 1."""
+    schedule = lambda count: 0.1 * 0.5**count  # noqa: E731
+    scheduled, constant = gtx.swats(schedule, switch_tol=0.0), gtx.swats(1.0, switch_tol=0.0)
+    state, constant_state = scheduled.init(jnp.zeros(3)), constant.init(jnp.zeros(3))
+    for t in range(3):
+        grads = jnp.asarray([1.0, -2.0, 0.5]) * (t + 1)
+        updates, state = scheduled.update(grads, state)
+        constant_updates, constant_state = constant.update(grads, constant_state)
+        np.testing.assert_allclose(updates, schedule(t) * constant_updates, rtol=1e-6)
+
+
+def test_the_defaults_are_the_papers():
+    """Keskar & Socher's defaults: alpha 1e-3, beta1 0.9, beta2 0.999, eps 1e-9 in both
+    the Adam step and the switch criterion."""
+    papers = gtx.swats(1e-3, b1=0.9, b2=0.999, eps=1e-9, switch_tol=1e-9)
+    for leaf, expected in zip(
+        jax.tree.leaves(_run(gtx.swats(), 20)[1]), jax.tree.leaves(_run(papers, 20)[1]), strict=True
+    ):
+        np.testing.assert_array_equal(leaf, expected)
+
+
 def test_swats_validates_its_hyperparameters():
     with pytest.raises(ValueError, match="b2"):
         gtx.swats(b2=1.0)
