@@ -96,10 +96,11 @@ def _batch_getter(batches: Any) -> tuple[Callable[[Any, jax.Array], Any], Any]:
 
 
 def _longest_valley(smoothed: np.ndarray) -> tuple[int, int]:
-    """``(start, end)``, inclusive: the span of the longest strictly decreasing
-    subsequence of ``smoothed`` (fastai's "valley"), ending at its last point. Batch
-    noise makes short dips anywhere on the flat start of a curve; the longest decreasing
-    run is the real descent."""
+    """``(start, end)``, inclusive, around the longest strictly decreasing subsequence of
+    ``smoothed`` (fastai's "valley"): ``end`` is its last point and ``start = end -
+    length`` (fastai's rule, clamped at 0), one point before its first point where the
+    subsequence is contiguous. Batch noise makes short dips anywhere on the flat start of
+    a curve; the longest decreasing run is the real descent."""
     n = smoothed.size
     lengths = np.ones(n, int)
     start = end = 0
