@@ -196,6 +196,9 @@ _SECOND_PROCESS = textwrap.dedent(
     import jax
     import jax.numpy as jnp
 
+    # whatever JAX_* cache settings the environment has (a disabled or size-capped cache)
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_max_size", -1)
     jax.config.update("jax_compilation_cache_dir", sys.argv[1])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)

@@ -298,3 +298,18 @@ def test_a_shape_polymorphic_export_of_a_flattened_step_equals_the_jitted_step()
             np.testing.assert_array_equal(a, e)
     with pytest.raises(ValueError, match="offsets_in_state=True.*needs concrete shapes"):
         jax.eval_shape(gtx.flatten(gtx.adam(0.1), offsets_in_state=True).init, abstract)
+
+
+def test_an_abstract_init_takes_shapes_of_numpy_integers_as_concrete_shapes():
+    """A ShapeDtypeStruct keeps the NumPy integers of its shape (a shape read from a
+    checkpoint's metadata, say): they are concrete sizes, not jax.export's symbolic
+    ones (was 'the params have 7 elements in all (a symbolic shape of jax.export)')."""
+    abstract = {
+        "a": jax.ShapeDtypeStruct((np.int64(2), np.int32(2)), jnp.float32),
+        "b": jax.ShapeDtypeStruct((np.int64(3),), jnp.float32),
+    }
+    params = {"a": jnp.ones((2, 2)), "b": jnp.ones(3)}
+    tx = gtx.flatten(gtx.scale_by_adam(), offsets_in_state=True)
+    state = tx.init(abstract)
+    assert [int(start) for start in state.starts] == [0, 4]
+    assert jax.tree.map(jnp.shape, state) == jax.tree.map(jnp.shape, tx.init(params))

@@ -44,8 +44,9 @@ def _shape_and_dtype(x: Any) -> tuple[tuple[int, ...], np.dtype]:
 def _layout(like: list) -> tuple[tuple, tuple[int, ...], int]:
     """Each leaf's (shape, dtype), where it starts in the vector, and the vector's size."""
     shapes = tuple(_shape_and_dtype(x) for x in like)
-    sizes = [math.prod(shape) for shape, _ in shapes]
-    # Python ints, or JAX's symbolic sizes where jax.export traces a shape-polymorphic step
+    # Python ints (a ShapeDtypeStruct keeps NumPy integers as given), or JAX's symbolic
+    # sizes where jax.export traces a shape-polymorphic step
+    sizes = [math.prod(int(d) if isinstance(d, np.integer) else d for d in s) for s, _ in shapes]
     starts = tuple(itertools.accumulate(sizes[:-1], initial=0)) if like else ()
     return shapes, starts, sum(sizes)
 
