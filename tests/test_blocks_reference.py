@@ -8,6 +8,7 @@ import jax
 import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import gradtx as gtx
@@ -343,3 +344,46 @@ def test_radam_rectification_is_exact_to_rounding_in_float64(b2, x64):
         else:
             expected.append(1.0)
     np.testing.assert_allclose(np.asarray(updates)[:, 0], expected, rtol=1e-13)
+
+
+def test_clipping_matches_its_equations_below_at_and_above_the_bound():
+    """clip: min(max(u, -c), c) per element; clip_by_global_norm: u * min(1, c / n),
+    n the l2 norm of all leaves together, in NumPy float64. At n == c exactly the
+    update is u / n * c, as in Optax (not u): one rounding, so equal to Optax's bits."""
+    updates = {
+        "a": jnp.array([1.0, -2.0, 2.0], jnp.float32),
+        "b": jnp.array([[0.1, -0.7]], jnp.float32),
+    }
+    flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(updates)]).astype(np.float64)
+    norm = float(optax.tree.norm(updates))
+    np.testing.assert_allclose(norm, np.linalg.norm(flat), rtol=1e-7)
+    for max_norm in (0.5, 2.5, norm, 7.0, float("inf")):
+        tx = gtx.clip_by_global_norm(max_norm)
+        clipped, _ = jax.jit(tx.update)(updates, tx.init(None))
+        got = np.concatenate([np.ravel(x) for x in jax.tree.leaves(clipped)])
+        expected = flat * min(1.0, max_norm / np.linalg.norm(flat))
+        np.testing.assert_allclose(got, expected, rtol=1e-6, err_msg=f"max_norm={max_norm}")
+        by_optax, _ = optax.clip_by_global_norm(max_norm).update(updates, None)
+        for ours, theirs in zip(jax.tree.leaves(clipped), jax.tree.leaves(by_optax), strict=True):
+            np.testing.assert_array_equal(ours, theirs, err_msg=f"max_norm={max_norm}")
+    for max_delta in (0.5, 1.5):
+        tx = gtx.clip(max_delta)
+        clipped, _ = jax.jit(tx.update)(updates, tx.init(None))
+        got = np.concatenate([np.ravel(x) for x in jax.tree.leaves(clipped)])
+        np.testing.assert_array_equal(got, np.clip(flat, -max_delta, max_delta).astype(np.float32))
+
+
+def test_adam_with_eps_before_bias_correction_is_kingma_and_bas_efficient_form(x64):
+    """Kingma & Ba (2015), end of section 2: alpha_t = alpha sqrt(1 - b2^t) / (1 - b1^t)
+    and m_t / (sqrt(v_t) + eps_hat), eps_hat added to the uncorrected sqrt(v_t)."""
+    b1, b2, eps, eps_root = 0.8, 0.95, 1e-2, 1e-4
+    gradients = np.random.default_rng(4).normal(size=(30, 3))
+    tx = gtx.scale_by_adam(b1, b2, eps, eps_root=eps_root, eps_before_bias_correction=True)
+    updates, _ = trajectory.run(tx, jnp.asarray(gradients), jnp.zeros(3, jnp.float64))
+    m, v, expected = np.zeros(3), np.zeros(3), []
+    for t, g in enumerate(gradients, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g**2
+        step = np.sqrt(1 - b2**t) / (1 - b1**t)
+        expected.append(step * m / (np.sqrt(v + eps_root) + eps))
+    np.testing.assert_allclose(np.asarray(updates), expected, rtol=1e-10)

@@ -99,6 +99,29 @@ def test_building_blocks_check_their_hyperparameters_too():
         gtx.scale_by_adam(mu_dtype=jnp.int32)
 
 
+BLOCK_HYPERPARAMETERS_OUT_OF_RANGE = [
+    (gtx.scale_by_nadam_schedule, "b1", 1.0, "[0.0, 1.0)"),
+    (gtx.scale_by_nadam_schedule, "b2", -0.1, "[0.0, 1.0)"),
+    (gtx.scale_by_nadam_schedule, "eps", -1.0, "[0.0, inf)"),
+    (gtx.scale_by_nadam_schedule, "momentum_decay", -1.0, "[0.0, inf)"),
+    (gtx.scale_by_radam, "b1", -0.1, "[0.0, 1.0)"),
+    (gtx.scale_by_radam, "b2", 1.0, "[0.0, 1.0)"),
+    (gtx.scale_by_radam, "eps", -1.0, "[0.0, inf)"),
+    (gtx.scale_by_radam, "eps_root", -1.0, "[0.0, inf)"),
+]
+
+
+@pytest.mark.parametrize(
+    "factory, argument, value, allowed",
+    BLOCK_HYPERPARAMETERS_OUT_OF_RANGE,
+    ids=[f"{f.__name__}-{a}" for f, a, _, _ in BLOCK_HYPERPARAMETERS_OUT_OF_RANGE],
+)
+def test_a_building_block_names_a_hyperparameter_out_of_range(factory, argument, value, allowed):
+    message = f"{argument} must be in {allowed}, got {value}"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        factory(**{argument: value})
+
+
 @pytest.mark.parametrize("name", zoo.ALL)
 def test_a_gradient_tree_with_a_different_structure_names_the_first_differing_path(name):
     tx = zoo.make(name, 0.1)

@@ -97,6 +97,18 @@ def test_an_integer_value_for_a_float_hyperparameter_is_injected():
     assert float(gtx.get_hyperparams(state)["learning_rate"]) == 2.0
 
 
+def test_an_integer_for_an_unannotated_argument_with_a_float_default_is_injected():
+    """A factory declares an argument a float by its default as well as by annotation."""
+
+    def scaled(rate=0.5, times=1):
+        return gtx.scale(rate * times)
+
+    state = gtx.schedule_injection(scaled)(rate=2, times=3).init(jnp.zeros(1))
+    hyperparams = gtx.get_hyperparams(state)
+    assert list(hyperparams) == ["rate"]  # times: an int default, static
+    assert hyperparams["rate"].dtype == jnp.float32 and float(hyperparams["rate"]) == 2.0
+
+
 def test_an_integer_learning_rate_or_weight_decay_is_injected_in_sgd_rmsprop_and_adadelta():
     params = jnp.array([2.0, -1.0])
     grads = jnp.array([0.5, -3.0])
@@ -243,8 +255,12 @@ def test_path_picks_whole_names_never_a_part_of_one():
     with pytest.raises(ValueError, match=r"no injected transform under the path 'st'.*at "):
         gtx.set_hyperparams(state, path="st", learning_rate=1.0)
     chained = gtx.named_chain(("encoder", gtx.adam(0.1)), ("head", gtx.adam(0.2)))
-    with pytest.raises(ValueError, match=r"under the path 'e'; the state has them at"):
+    with pytest.raises(
+        ValueError, match=r"under the path 'e'; the state has them at \['encoder'\], \['head'\]$"
+    ):
         gtx.get_hyperparams(chained.init(jnp.zeros(1)), path="e")
+    with pytest.raises(ValueError, match=r"under the path 'e'; the state has them at the root$"):
+        gtx.get_hyperparams(gtx.adam(0.1).init(jnp.zeros(1)), path="e")
     with pytest.raises(KeyError, match=r"under the path 'ead'"):
         gtx.tree_get(chained.init(jnp.zeros(1)), "learning_rate", path="ead")
     assert float(gtx.tree_get(chained.init(jnp.zeros(1)), "learning_rate", path="head")) == (
@@ -599,3 +615,55 @@ def test_set_hyperparams_on_a_batch_of_states_points_to_vmap():
         states, learning_rates
     )
     np.testing.assert_allclose(gtx.get_hyperparams(states)["learning_rate"], learning_rates)
+
+
+def test_extra_arguments_reach_the_injected_transform():
+    """update(..., value=loss) passes ``value`` on by keyword to the transform built
+    inside: reduce_on_plateau with patience 1 halves its scale after two bad losses in
+    a row (PyTorch's rule: more than ``patience`` epochs without improvement)."""
+    tx = gtx.schedule_injection(gtx.reduce_on_plateau)(factor=0.5, patience=1)
+    state = tx.init(jnp.zeros(2))
+    step = jax.jit(tx.update)
+    scales = []
+    for loss in [1.0, 0.5, 0.6, 0.6, 0.6, 0.6]:
+        updates, state = step(jnp.ones(2), state, value=jnp.float32(loss))
+        scales.append(float(updates[0]))
+    assert scales == [1.0, 1.0, 1.0, 0.5, 0.5, 0.25]
+
+
+def test_set_hyperparams_replaces_a_hyperparameter_held_as_a_numpy_scalar():
+    """A state read back to the host and indexed (``x[()]``) holds NumPy scalars, which
+    have no ``replace``: the new value takes their place, and the next update uses it."""
+    tx = gtx.sgd(0.1)
+    host = jax.tree.map(lambda x: np.asarray(x)[()], tx.init(jnp.zeros(1)))
+    assert isinstance(host.hyperparams["learning_rate"], np.float32)
+    state = gtx.set_hyperparams(host, learning_rate=0.5)
+    assert float(gtx.get_hyperparams(state)["learning_rate"]) == 0.5
+    updates, _ = tx.update(jnp.ones(1), state)
+    assert updates.tolist() == [-0.5]
+
+
+@pytest.mark.parametrize("value", [None, "0.1"], ids=["None", "str"])
+def test_a_schedule_that_returns_no_number_is_named(value):
+    tx = gtx.schedule_injection(gtx.scale)(step_size=lambda t: value)
+    with pytest.raises(TypeError, match=f"step_size returned {value!r}, not a number"):
+        tx.init(jnp.zeros(1))
+
+
+def test_a_traced_float64_hyperparameter_is_float32_unless_every_leaf_is_float64(x64):
+    """As documented in _at_least_float32: a float64 learning rate traced into update
+    keeps float64 where every leaf is float64 (a meta-gradient keeps its precision) and
+    is rounded to float32 with mixed leaves, as a value read from the state is."""
+
+    def step_of_the_float64_leaf(params):
+        def run(learning_rate):
+            tx = gtx.sgd(learning_rate)
+            updates, _ = tx.update(params, tx.init(params), params)
+            return updates["b"][0]
+
+        return float(jax.jit(run)(jnp.float64(0.1)))
+
+    ones = lambda dtype: jnp.ones(1, dtype)  # noqa: E731
+    assert step_of_the_float64_leaf({"a": ones(jnp.float64), "b": ones(jnp.float64)}) == -0.1
+    mixed = step_of_the_float64_leaf({"a": ones(jnp.float32), "b": ones(jnp.float64)})
+    assert mixed == -float(np.float32(0.1))

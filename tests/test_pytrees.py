@@ -127,6 +127,26 @@ def test_complex_adamax_keeps_a_real_infinity_norm_and_follows_the_equations(rng
     assert state.nu.dtype == jnp.float32
 
 
+def test_complex_adadelta_keeps_real_accumulators_and_follows_the_equations(rng):
+    """Zeiler's E[g^2] and E[dx^2] of complex leaves average |g|^2 and |dx|^2: both
+    accumulators are real (float32 for complex64), and the step is
+    sqrt(E[dx^2] + eps) / sqrt(E[g^2] + eps) * g with the complex g."""
+    grads = complex_grads(rng, steps=10)
+    tx = gtx.scale_by_adadelta(rho=0.8, eps=1e-3)
+    state = tx.init(jnp.zeros(3, jnp.complex64))
+    step = jax.jit(tx.update)
+    e_g, e_x = np.zeros(3), np.zeros(3)
+    for g in grads:
+        updates, state = step(g, state)
+        g = np.asarray(g, np.complex128)
+        e_g = 0.8 * e_g + 0.2 * np.abs(g) ** 2
+        dx = np.sqrt(e_x + 1e-3) / np.sqrt(e_g + 1e-3) * g
+        e_x = 0.8 * e_x + 0.2 * np.abs(dx) ** 2
+        np.testing.assert_allclose(updates, dx, rtol=1e-5)
+    assert updates.dtype == jnp.complex64
+    assert state.e_g.dtype == state.e_x.dtype == jnp.float32
+
+
 @pytest.mark.parametrize("name", ["sgd", "sgd_momentum", "sgd_nesterov"])
 def test_complex_sgd_moves_real_and_imaginary_parts_like_two_real_parameters(name, rng):
     grads = complex_grads(rng, steps=5)

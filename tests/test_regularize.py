@@ -18,6 +18,8 @@ def test_add_l1_adds_strength_times_the_sign_of_the_params():
     updates, _ = tx.update(grads, tx.init(params), params)
     np.testing.assert_allclose(updates["w"], [0.4, 0.2, 0.0], rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(updates["b"], [0.5])
+    with pytest.raises(ValueError, match="add_l1 needs the parameters"):
+        tx.update(grads, tx.init(params))
 
 
 def test_proximal_l1_equals_ista_and_yields_exact_zeros(rng, x64):
@@ -184,6 +186,20 @@ def test_a_single_bool_as_a_decay_mask_is_refused_where_the_transform_is_built(m
         gtx.add_decayed_weights(0.1, mask)
     with pytest.raises(TypeError, match="not a bool"):
         gtx.adamw(0.1, mask=mask)
+    for build in (
+        lambda: gtx.add_l1(0.1, mask),
+        lambda: gtx.proximal_l1(0.1, mask),
+        lambda: gtx.max_norm(1.0, mask=mask),
+    ):
+        with pytest.raises(TypeError, match="not a bool"):
+            build()
+
+
+@pytest.mark.parametrize("factory", [gtx.add_l1, gtx.proximal_l1], ids=["add_l1", "proximal_l1"])
+def test_a_negative_l1_strength_is_refused_where_the_transform_is_built(factory):
+    # a negative strength would push the weights away from 0 instead of toward it
+    with pytest.raises(ValueError, match=r"^strength must be in \[0.0, inf\), got -0.1"):
+        factory(-0.1)
 
 
 def test_add_noise_validates_its_hyperparameters():

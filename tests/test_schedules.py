@@ -466,6 +466,8 @@ INVALID = [
     (lambda: schedules.sgdr(1.0, 10, peak_decay=-1.0), "peak_decay"),
     (lambda: schedules.noam(0, 10), "d_model"),
     (lambda: schedules.noam(64, 0), "warmup_steps"),
+    (lambda: schedules.cyclical(float("nan"), 1.0, 10), "base_value"),
+    (lambda: schedules.cyclical(0.1, float("nan"), 10), "max_value"),
     (lambda: schedules.cyclical(0.1, 1.0, 0), "step_size_up"),
     (lambda: schedules.cyclical(0.1, 1.0, 10, 0), "step_size_down"),
     # each count fits int32, their sum (the cycle) does not
