@@ -7,6 +7,7 @@ produce NaN from an underflowing ``eps`` or lose a small update.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -48,10 +49,42 @@ def compute_dtype(dtype: Any) -> jnp.dtype:
     """
     dtype = jnp.dtype(dtype)
     if jnp.issubdtype(dtype, jnp.complexfloating):
-        return jnp.promote_types(dtype, jnp.complex64)
+        return promote_types(dtype, jnp.complex64)
     if jnp.issubdtype(dtype, jnp.floating):
-        return jnp.promote_types(dtype, jnp.float32)
+        return promote_types(dtype, jnp.float32)
     return jnp.dtype(jnp.float32)
+
+
+def promote_types(a: Any, b: Any) -> jnp.dtype:
+    """``jnp.promote_types(a, b)`` under JAX's standard promotion rules, whatever
+    ``jax_numpy_dtype_promotion`` says: the dtypes gradtx computes in are its own choice
+    (bfloat16 moments updated in float32), cast explicitly, not an implicit promotion of
+    the user's arrays, which ``"strict"`` promotion would refuse."""
+    return _standard_promote_types(jnp.dtype(a), jnp.dtype(b))
+
+
+@functools.cache
+def _standard_promote_types(a: jnp.dtype, b: jnp.dtype) -> jnp.dtype:
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.promote_types(a, b)
+
+
+def result_type(*values: Any) -> jnp.dtype:
+    """``jnp.result_type(*values)`` under JAX's standard promotion rules, whatever
+    ``jax_numpy_dtype_promotion`` says (see ``promote_types``)."""
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.result_type(*values)
+
+
+def promote(*values: Any) -> tuple:
+    """``values`` cast to ``result_type(*values)``, as implicit promotion casts them
+    (a real scale of a complex moment becomes ``x + 0j``); Python numbers stay as they
+    are (weakly typed). The same numbers, accepted by ``"strict"`` promotion too."""
+    dtype = result_type(*values)
+    return tuple(
+        value if isinstance(value, int | float | complex) else jnp.asarray(value).astype(dtype)
+        for value in values
+    )
 
 
 def leaf_dtypes(tree: Any) -> set[jnp.dtype]:
@@ -207,6 +240,16 @@ def hyperparameter(value: Any, dtype: Any) -> Any:
     if isinstance(value, (int, float)):
         return value
     return jnp.asarray(value).astype(real_dtype(dtype))
+
+
+def factor(value: Any, dtype: Any) -> Any:
+    """A real hyperparameter ready to multiply values of ``dtype``: as
+    ``hyperparameter``, but an array is cast to ``dtype`` itself, complex for complex
+    values (``x + 0j``, the number standard promotion gives, made explicit so that
+    ``jax_numpy_dtype_promotion="strict"`` accepts the product)."""
+    if isinstance(value, (int, float)):
+        return value
+    return jnp.asarray(value).astype(real_dtype(dtype)).astype(dtype)
 
 
 def anneal(

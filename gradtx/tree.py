@@ -841,7 +841,7 @@ def _sum_in_order(values: list, dtype: Any = None) -> jax.Array:
     value costs ~10 us, and one jitted sum of 1,000 scalars ~1.4 s to compile. The
     additions are the same, in the same order, so the result is too."""
     if dtype is None:
-        dtype = jnp.result_type(*{v.aval: v for v in values}.values())  # one of each kind
+        dtype = numerics.result_type(*{v.aval: v for v in values}.values())  # one of each kind
     eager = COMPILE_EAGER_LEAF_FUNCTIONS and not any(
         isinstance(v, jax.core.Tracer) or not isinstance(v, jax.Array) for v in values
     )

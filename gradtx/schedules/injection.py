@@ -95,7 +95,7 @@ def _at_least_float32(name: str, value: Any, leaves: Any) -> jax.Array:
         raise ValueError(f"hyperparameter {name} must be a scalar, got shape {value.shape}")
     dtypes = [numerics.real_dtype(numerics.compute_dtype(jnp.result_type(x))) for x in leaves]
     narrowest = min(dtypes, key=lambda d: d.itemsize, default=jnp.dtype(jnp.float32))
-    dtype = jnp.promote_types(value.dtype, jnp.float32)
+    dtype = numerics.promote_types(value.dtype, jnp.float32)
     return value.astype(narrowest if dtype.itemsize > narrowest.itemsize else dtype)
 
 

@@ -198,7 +198,7 @@ def _scaled(updates: Any, scale: jax.Array) -> Any:
 
     def leaf(u):
         dtype = numerics.compute_dtype(u.dtype)
-        return (u.astype(dtype) * scale.astype(numerics.real_dtype(dtype))).astype(u.dtype)
+        return (u.astype(dtype) * numerics.factor(scale, dtype)).astype(u.dtype)
 
     (scaled,) = tree.map_unzip(leaf, updates, outputs=1)
     return scaled

@@ -118,7 +118,7 @@ def scale_by_adam(
                 else None,
             )
             for dtype in {
-                numerics.real_dtype(jnp.promote_types(c, d))
+                numerics.real_dtype(numerics.promote_types(c, d))
                 for c in compute_dtypes
                 for d in moment_dtypes | {c}
             }
@@ -129,22 +129,33 @@ def scale_by_adam(
             # A moment stored wider than the update (mu_dtype=float64 for float32
             # updates) is accumulated in its own precision, not rounded to the update's
             # at every step; a narrower one (bfloat16) in the compute dtype.
-            m_dtype = jnp.promote_types(dtype, m.dtype)
-            v_dtype = jnp.promote_types(numerics.real_dtype(dtype), v.dtype)
+            m_dtype = numerics.promote_types(dtype, m.dtype)
+            v_dtype = numerics.promote_types(numerics.real_dtype(dtype), v.dtype)
             bias_correction1, _, next_correction = corrections[numerics.real_dtype(m_dtype)]
             bias_correction2 = corrections[v_dtype][1]
             g_ = g.astype(m_dtype)
-            m_new = b1 * m.astype(m_dtype) + (1 - b1) * g_
-            g_squared = numerics.abs_sq(g.astype(jnp.promote_types(dtype, v_dtype)))
+            beta1 = numerics.factor(b1, m_dtype)
+            m_new = beta1 * m.astype(m_dtype) + (1 - beta1) * g_
+            g_squared = numerics.abs_sq(g.astype(numerics.promote_types(dtype, v_dtype)))
             v_new = b2 * v.astype(v_dtype) + (1 - b2) * g_squared
+            # real corrections and denominators cast explicitly to the complex moment's
+            # dtype (as promotion would): strict promotion refuses complex64 / float32
+            bias_correction1 = bias_correction1.astype(m_dtype)
             if nesterov:
-                m_hat = b1 * m_new / next_correction + (1 - b1) * g_ / bias_correction1
+                next_correction = next_correction.astype(m_dtype)
+                m_hat = beta1 * m_new / next_correction + (1 - beta1) * g_ / bias_correction1
             else:
                 m_hat = m_new / bias_correction1
             if eps_before_bias_correction:
-                u = m_hat * jnp.sqrt(bias_correction2) / (jnp.sqrt(v_new + eps_root) + eps)
+                m_hat, scale = numerics.promote(m_hat, jnp.sqrt(bias_correction2))
+                m_hat, denominator = numerics.promote(
+                    m_hat * scale, jnp.sqrt(v_new + eps_root) + eps
+                )
             else:
-                u = m_hat / (jnp.sqrt(v_new / bias_correction2 + eps_root) + eps)
+                m_hat, denominator = numerics.promote(
+                    m_hat, jnp.sqrt(v_new / bias_correction2 + eps_root) + eps
+                )
+            u = m_hat / denominator
             return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
 
         updates, mu, nu = tree.map_unzip(leaf, updates, state.mu, state.nu, outputs=3)
@@ -288,15 +299,15 @@ def amsgrad_max(
             dtype = numerics.compute_dtype(g.dtype)
             # Moments stored wider than the update (float64 for float32 updates)
             # accumulate in their own precision, not rounded to the update's each step.
-            m_dtype = jnp.promote_types(dtype, m.dtype)
-            real = jnp.promote_types(numerics.real_dtype(dtype), v.dtype)
-            beta1 = numerics.hyperparameter(b1, m_dtype)
+            m_dtype = numerics.promote_types(dtype, m.dtype)
+            real = numerics.promote_types(numerics.real_dtype(dtype), v.dtype)
+            beta1 = numerics.factor(b1, m_dtype)
             beta2 = numerics.hyperparameter(b2, real)
-            g_ = g.astype(jnp.promote_types(dtype, real))
+            g_ = g.astype(numerics.promote_types(dtype, real))
             m_new = beta1 * m.astype(m_dtype) + (1 - beta1) * g.astype(m_dtype)
             v_new = beta2 * v.astype(real) + (1 - beta2) * numerics.abs_sq(g_)
             m_hat = (
-                m_new / numerics.bias_correction(b1, count, m_dtype)
+                m_new / numerics.bias_correction(b1, count, m_dtype).astype(m_dtype)
                 if bias_correction_mu
                 else m_new
             )
@@ -308,6 +319,7 @@ def amsgrad_max(
                     denominator = (jnp.sqrt(v_max_new + root) + eps) / jnp.sqrt(correction)
                 else:
                     denominator = jnp.sqrt(v_max_new / correction + root) + eps
+                m_hat, denominator = numerics.promote(m_hat, denominator)
                 u = m_hat / denominator
             else:
                 v_eff = (
@@ -317,7 +329,9 @@ def amsgrad_max(
                 )
                 v_max_new = jnp.maximum(v_max.astype(real), v_eff)
                 denominator = jnp.sqrt(v_max_new + numerics.hyperparameter(eps_root, real))
-                u = m_hat / (denominator + numerics.hyperparameter(eps, real))
+                denominator = denominator + numerics.hyperparameter(eps, real)
+                m_hat, denominator = numerics.promote(m_hat, denominator)
+                u = m_hat / denominator
             return (
                 u.astype(g.dtype),
                 m_new.astype(m.dtype),
@@ -410,8 +424,8 @@ def scale_by_adamax(
         def leaf(g, m, u):
             dtype = numerics.compute_dtype(g.dtype)
             # a norm stored wider than the compute dtype is updated in its own precision
-            real = jnp.promote_types(numerics.real_dtype(dtype), u.dtype)
-            beta1 = numerics.hyperparameter(b1, dtype)
+            real = numerics.promote_types(numerics.real_dtype(dtype), u.dtype)
+            beta1 = numerics.factor(b1, dtype)
             g_ = g.astype(dtype)
             m_new = beta1 * m.astype(dtype) + (1 - beta1) * g_
             epsilon = numerics.hyperparameter(eps, real)
@@ -419,8 +433,9 @@ def scale_by_adamax(
                 numerics.hyperparameter(b2, real) * u.astype(real),
                 jnp.abs(g_) + epsilon if eps_in_max else jnp.abs(g_),
             )
-            m_hat = m_new / numerics.bias_correction(b1, count, dtype)
+            m_hat = m_new / numerics.bias_correction(b1, count, dtype).astype(dtype)
             denominator = u_new if eps_in_max else u_new + epsilon
+            m_hat, denominator = numerics.promote(m_hat, denominator)
             return (
                 (m_hat / denominator).astype(g.dtype),
                 m_new.astype(m.dtype),
@@ -543,7 +558,7 @@ def scale_by_rms(
 
         def leaf(g, v, m=None):
             # an average stored wider than the compute dtype is updated in its own precision
-            dtype = numerics.compute_dtype(jnp.promote_types(g.dtype, v.dtype))
+            dtype = numerics.compute_dtype(numerics.promote_types(g.dtype, v.dtype))
             real = numerics.real_dtype(dtype)
             rho = numerics.hyperparameter(decay, dtype)
             g_ = g.astype(dtype)
@@ -551,11 +566,14 @@ def scale_by_rms(
             correction = numerics.bias_correction(decay, count, dtype) if bias_correction else 1
             s = v_new / correction
             if centered:
-                m_new = rho * m.astype(dtype) + (1 - rho) * g_
+                rho_ = numerics.factor(rho, dtype)
+                m_new = rho_ * m.astype(dtype) + (1 - rho_) * g_
+                m_hat, m_correction = numerics.promote(m_new, correction)
                 # Rounding can push the variance estimate below zero (constant g).
-                s = jnp.maximum(s - numerics.abs_sq(m_new / correction), 0)
+                s = jnp.maximum(s - numerics.abs_sq(m_hat / m_correction), 0)
             epsilon = numerics.hyperparameter(eps, real)
             denominator = jnp.sqrt(s + epsilon) if eps_in_sqrt else jnp.sqrt(s) + epsilon
+            g_, denominator = numerics.promote(g_, denominator)
             u = (g_ / denominator).astype(g.dtype)
             if centered:
                 return u, v_new.astype(v.dtype), m_new.astype(m.dtype)
@@ -639,8 +657,8 @@ def scale_by_rss(
         def leaf(g, s):
             dtype = numerics.compute_dtype(g.dtype)
             # a sum stored wider than the compute dtype accumulates in its own precision
-            real = jnp.promote_types(numerics.real_dtype(dtype), s.dtype)
-            g_ = g.astype(jnp.promote_types(dtype, real))
+            real = numerics.promote_types(numerics.real_dtype(dtype), s.dtype)
+            g_ = g.astype(numerics.promote_types(dtype, real))
             s_new = s.astype(real) + numerics.abs_sq(g_)
             # s_t = 0 only where every gradient so far was 0 (and s_0 = 0): no step. The
             # unused branch gets s = 1, not 0: the derivative of sqrt at 0 is inf, and
@@ -653,6 +671,7 @@ def scale_by_rss(
                 scaling = jnp.where(stepped, jax.lax.rsqrt(s_safe + epsilon), 0)
             else:
                 scaling = jnp.where(stepped, 1 / (jnp.sqrt(s_safe) + epsilon), 0)
+            scaling, g_ = numerics.promote(scaling, g_)
             return (scaling * g_).astype(g.dtype), s_new.astype(s.dtype)
 
         updates, sum_of_squares = tree.map_unzip(leaf, updates, state.sum_of_squares, outputs=2)
@@ -723,7 +742,8 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransforma
             epsilon = numerics.hyperparameter(eps, real)
             g_ = g.astype(dtype)
             e_g_new = decay * e_g.astype(real) + (1 - decay) * numerics.abs_sq(g_)
-            u = jnp.sqrt(e_x.astype(real) + epsilon) / jnp.sqrt(e_g_new + epsilon) * g_
+            scaling = jnp.sqrt(e_x.astype(real) + epsilon) / jnp.sqrt(e_g_new + epsilon)
+            u = scaling.astype(dtype) * g_
             e_x_new = decay * e_x.astype(real) + (1 - decay) * numerics.abs_sq(u)
             return u.astype(g.dtype), e_g_new.astype(e_g.dtype), e_x_new.astype(e_x.dtype)
 

@@ -106,8 +106,10 @@ def averaged_sgd(
             eta = rate / (1 + decay * rate * steps) ** numerics.hyperparameter(alpha, real)
             mu = 1 / jnp.maximum(1, steps - numerics.hyperparameter(t0, real))
             p_ = p.astype(dtype)
-            p_new = p_ * (1 - decay * eta) - eta * g.astype(dtype)
-            a_new = jnp.where(mu == 1, p_new, a.astype(dtype) + mu * (p_new - a.astype(dtype)))
+            # real factors cast to complex params' dtype explicitly (strict promotion)
+            p_new = p_ * (1 - decay * eta).astype(dtype) - eta.astype(dtype) * g.astype(dtype)
+            average = a.astype(dtype) + mu.astype(dtype) * (p_new - a.astype(dtype))
+            a_new = jnp.where(mu == 1, p_new, average)
             return (p_new - p_).astype(g.dtype), a_new.astype(a.dtype)
 
         updates, average = tree.map_unzip(

@@ -110,7 +110,7 @@ def scale_by_local_gain(
             theta = numerics.hyperparameter(trace_decay, real)
             dbar_new = (1 - theta) * g_ + theta * dbar_
             return (
-                (gain_ * g_).astype(g.dtype),
+                (gain_.astype(dtype) * g_).astype(g.dtype),
                 gain_.astype(gain.dtype),
                 dbar_new.astype(dbar.dtype),
             )

@@ -112,13 +112,11 @@ def trace(
             # A buffer wider than the update (accumulator_dtype=float64 for float32
             # updates) accumulates in its own precision, not rounded to the update's at
             # every step; a narrower one (bfloat16) in the compute dtype (float32).
-            dtype = jnp.promote_types(numerics.compute_dtype(g.dtype), b.dtype)
-            mu = numerics.hyperparameter(decay, dtype)
+            dtype = numerics.promote_types(numerics.compute_dtype(g.dtype), b.dtype)
+            mu = numerics.factor(decay, dtype)
             g_ = g.astype(dtype)
             if dampened:
-                g_in = jnp.where(
-                    count == 0, g_, (1 - numerics.hyperparameter(dampening, dtype)) * g_
-                )
+                g_in = jnp.where(count == 0, g_, (1 - numerics.factor(dampening, dtype)) * g_)
                 b_new = mu * b.astype(dtype) + g_in
             else:
                 b_new = g_ + mu * b.astype(dtype)
@@ -256,10 +254,11 @@ def ema(
 
         def leaf(g, e):
             # A wider accumulator_dtype accumulates in its own precision (see trace).
-            dtype = jnp.promote_types(numerics.compute_dtype(g.dtype), e.dtype)
-            rho = numerics.hyperparameter(decay, dtype)
+            dtype = numerics.promote_types(numerics.compute_dtype(g.dtype), e.dtype)
+            rho = numerics.factor(decay, dtype)
             e_new = rho * e.astype(dtype) + (1 - rho) * g.astype(dtype)
-            u = e_new / numerics.bias_correction(decay, count, dtype) if debias else e_new
+            correction = numerics.bias_correction(decay, count, dtype).astype(dtype)
+            u = e_new / correction if debias else e_new
             return u.astype(g.dtype), e_new.astype(e.dtype)
 
         updates, average = tree.map_unzip(leaf, updates, state.ema, outputs=2)

@@ -31,7 +31,7 @@ class ScaleByNadamScheduleState(NamedTuple):
 
 def _widest_float_dtype(params) -> jnp.dtype:
     dtypes = [numerics.compute_dtype(numerics.real_dtype(x.dtype)) for x in jax.tree.leaves(params)]
-    return jnp.result_type(*dtypes) if dtypes else jnp.dtype(jnp.float32)
+    return numerics.result_type(*dtypes) if dtypes else jnp.dtype(jnp.float32)
 
 
 def scale_by_nadam_schedule(
@@ -115,16 +115,24 @@ def scale_by_nadam_schedule(
             dtype = numerics.compute_dtype(g.dtype)
             real = numerics.real_dtype(dtype)
             g_ = g.astype(dtype)
-            m_new = b1 * m.astype(dtype) + (1 - b1) * g_
-            v_dtype = jnp.promote_types(real, v.dtype)
-            g_squared = numerics.abs_sq(g.astype(jnp.promote_types(dtype, v_dtype)))
+            beta1 = numerics.factor(b1, dtype)
+            m_new = beta1 * m.astype(dtype) + (1 - beta1) * g_
+            v_dtype = numerics.promote_types(real, v.dtype)
+            g_squared = numerics.abs_sq(g.astype(numerics.promote_types(dtype, v_dtype)))
             v_new = b2 * v.astype(v_dtype) + (1 - b2) * g_squared
             mu_t = momentum_at(count, real)
             mu_next = momentum_at(numerics.safe_increment(count), real)
             product = mu_product.astype(real)
-            m_hat = mu_next * m_new / (1 - product * mu_next) + (1 - mu_t) * g_ / (1 - product)
+            # the real momentum factors cast to complex moments explicitly (strict
+            # promotion refuses float32 * complex64), each where promotion would cast it
+            next_weight, next_product = mu_next.astype(dtype), 1 - product * mu_next
+            gradient_weight, product_left = (1 - mu_t).astype(dtype), 1 - product
+            m_hat = next_weight * m_new / next_product.astype(dtype) + (
+                gradient_weight * g_ / product_left.astype(dtype)
+            )
             v_hat = v_new / numerics.bias_correction(b2, count, real)
-            u = m_hat / (jnp.sqrt(v_hat) + eps)
+            m_hat, denominator = numerics.promote(m_hat, jnp.sqrt(v_hat) + eps)
+            u = m_hat / denominator
             return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
 
         updates, mu, nu = tree.map_unzip(leaf, updates, state.mu, state.nu, outputs=3)

@@ -176,16 +176,20 @@ def scale_by_radam(
             real = numerics.real_dtype(dtype)
             bias_correction1, bias_correction2, rect, rectify = scalars[real]
             g_ = g.astype(dtype)
-            m_new = b1 * m.astype(dtype) + (1 - b1) * g_
-            v_dtype = jnp.promote_types(real, v.dtype)
-            g_squared = numerics.abs_sq(g.astype(jnp.promote_types(dtype, v_dtype)))
+            beta1 = numerics.factor(b1, dtype)
+            m_new = beta1 * m.astype(dtype) + (1 - beta1) * g_
+            v_dtype = numerics.promote_types(real, v.dtype)
+            g_squared = numerics.abs_sq(g.astype(numerics.promote_types(dtype, v_dtype)))
             v_new = b2 * v.astype(v_dtype) + (1 - b2) * g_squared
-            m_hat = m_new / bias_correction1
+            m_hat = m_new / bias_correction1.astype(dtype)
             if eps_before_bias_correction:
                 denom = (jnp.sqrt(v_new + eps_root) + eps) / jnp.sqrt(bias_correction2)
             else:
                 denom = jnp.sqrt(v_new / bias_correction2 + eps_root) + eps
-            u = jnp.where(rectify, rect * m_hat / denom, m_hat)
+            # real factors cast explicitly to complex moments (strict promotion)
+            rect, m_hat = numerics.promote(rect, m_hat)
+            rectified, denom = numerics.promote(rect * m_hat, denom)
+            u = jnp.where(rectify, rectified / denom, m_hat)
             return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
 
         updates, mu, nu = tree.map_unzip(leaf, updates, state.mu, state.nu, outputs=3)

@@ -114,7 +114,11 @@ def add_decayed_weights(
         def leaf(u, p, keep=True):
             if not keep:
                 return u
-            return (u + numerics.hyperparameter(decay, u.dtype) * p).astype(u.dtype)
+            # promoted one operation at a time, explicitly (strict promotion refuses a
+            # float32 decay times complex64 params), as implicit promotion would
+            rate, p = numerics.promote(numerics.hyperparameter(decay, u.dtype), p)
+            u_, decayed = numerics.promote(u, rate * p)
+            return (u_ + decayed).astype(u.dtype)
 
         # Without a mask no tree of True flags is built: an eager update would flatten it
         # and carry a flag per leaf (the same numbers: every leaf is kept)
@@ -255,11 +259,10 @@ def proximal_l1(strength: ScalarOrSchedule = 0.0, mask: Any = None) -> GradientT
         def leaf(u, p, keep):
             if not keep:
                 return u
-            dtype = numerics.compute_dtype(jnp.result_type(u, p))
+            dtype = numerics.compute_dtype(numerics.result_type(u, p))
             q = p.astype(dtype) + u.astype(dtype)
-            shrunk = jnp.sign(q) * jnp.maximum(
-                jnp.abs(q) - numerics.hyperparameter(threshold, dtype), 0
-            )
+            magnitude = jnp.maximum(jnp.abs(q) - numerics.hyperparameter(threshold, dtype), 0)
+            shrunk = jnp.sign(q) * magnitude.astype(dtype)
             return (shrunk - p.astype(dtype)).astype(u.dtype)
 
         mask_tree = resolve_mask(mask, params, updates)
@@ -362,12 +365,12 @@ def max_norm(
         def leaf(u, p, keep):
             if not keep:
                 return u
-            dtype = numerics.compute_dtype(jnp.result_type(u, p))
+            dtype = numerics.compute_dtype(numerics.result_type(u, p))
             q = p.astype(dtype) + u.astype(dtype)
             norm = jnp.sqrt(jnp.sum(numerics.abs_sq(q), axis=axes, keepdims=True))
             bound = numerics.hyperparameter(max_value, norm.dtype)
             factor = jnp.where(norm > bound, bound / jnp.where(norm > 0, norm, 1), 1)
-            return (q * factor - p.astype(dtype)).astype(u.dtype)
+            return (q * factor.astype(dtype) - p.astype(dtype)).astype(u.dtype)
 
         (new_updates,) = tree.map_unzip(
             leaf, updates, params, mask_tree, outputs=1, names=("the params",)
@@ -382,7 +385,8 @@ class AddNoiseState(NamedTuple):
 
     Attributes:
         count: int32 scalar, updates made so far, saturating at 2**31 - 1 (t in the variance).
-        rng_key: uint32 array of shape [2], the PRNG key of the next draw, initially
+        rng_key: uint32 array of shape [2] (shape [4] under ``jax_default_prng_impl``
+            ``"rbg"`` or ``"unsafe_rbg"``), the raw PRNG key of the next draw, initially
             ``jax.random.PRNGKey(seed)``.
     """
 
@@ -471,7 +475,7 @@ def add_noise(eta: float = 0.01, gamma: float = 0.55, seed: int = 0) -> Gradient
             variance = numerics.hyperparameter(eta, real) / (
                 1 + count.astype(real)
             ) ** numerics.hyperparameter(gamma, real)
-            return (g.astype(dtype) + jnp.sqrt(variance) * z).astype(g.dtype)
+            return (g.astype(dtype) + jnp.sqrt(variance).astype(dtype) * z).astype(g.dtype)
 
         def check_updates(arg_tuples, indices):
             # floating or complex updates (the keys are no leaves of the updates' shape)

@@ -16,7 +16,7 @@ def _scale_leaves(updates, step_size):
         # in at least float32, rounded once to the leaf dtype: in float16 a learning rate
         # of 2.5e-8 would round to 0 and 1e-7 to 1.19e-7 before the multiplication
         dtype = numerics.compute_dtype(u.dtype)
-        return (u.astype(dtype) * numerics.hyperparameter(step_size, dtype)).astype(u.dtype)
+        return (u.astype(dtype) * numerics.factor(step_size, dtype)).astype(u.dtype)
 
     (scaled,) = tree.map_unzip(leaf, updates, outputs=1)
     return scaled

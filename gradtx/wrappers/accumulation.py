@@ -148,7 +148,7 @@ def multi_steps(
         emit = n >= k
 
         def leaf(g, a):
-            dtype = jnp.promote_types(a.dtype, numerics.compute_dtype(g.dtype))
+            dtype = numerics.promote_types(a.dtype, numerics.compute_dtype(g.dtype))
             mean = a.astype(dtype) + (g.astype(dtype) - a.astype(dtype)) / n.astype(dtype)
             # the accumulator restarts from 0 after a real step (in the per-leaf code: an
             # eager update would otherwise make and select 2 arrays per leaf)

@@ -66,9 +66,10 @@ def _running_average(weight_fn, updates, params, average):
     weights = {numerics.compute_dtype(d).name: weight_fn(numerics.compute_dtype(d)) for d in dtypes}
 
     def leaf(u, p, avg):
-        dtype = numerics.compute_dtype(jnp.result_type(u, p, avg))
+        dtype = numerics.compute_dtype(numerics.result_type(u, p, avg))
         iterate = p.astype(dtype) + u.astype(dtype)
-        new = avg.astype(dtype) + weights[dtype.name] * (iterate - avg.astype(dtype))
+        weight, step = numerics.promote(weights[dtype.name], iterate - avg.astype(dtype))
+        new = avg.astype(dtype) + weight * step
         return u, new.astype(avg.dtype)
 
     _, new_average = tree.map_unzip(

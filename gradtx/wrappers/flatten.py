@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import check, tree
+from gradtx import check, numerics, tree
 from gradtx.core import GradientTransformation, TransformLike, _update_with_extra_args
 
 
@@ -27,7 +27,7 @@ def _concatenate(leaves: list) -> jax.Array:
     # jitted so that an eager update runs one program, not a reshape per leaf
     # promoted from the dtypes, not the arrays: a weakly typed float32 leaf (made from a
     # Python float) must not take the bfloat16 of the others (optax.flatten does)
-    dtype = jnp.result_type(*[x.dtype for x in leaves])
+    dtype = numerics.result_type(*[x.dtype for x in leaves])
     return jnp.concatenate([jnp.ravel(tree.gathered(x)).astype(dtype) for x in leaves])
 
 
@@ -57,7 +57,7 @@ def _unravel(vector: jax.Array, like: list) -> list:
         return _slices(vector, starts, shapes)  # the starts fit the int32 they are passed as
     pieces = jnp.split(vector, starts[1:])  # static starts: any size
     return [
-        piece.reshape(shape).astype(dtype)
+        _as_leaf(piece.reshape(shape), dtype)
         for piece, (shape, dtype) in zip(pieces, shapes, strict=True)
     ]
 
@@ -82,9 +82,17 @@ def _slices(vector: jax.Array, starts: tuple, shapes: tuple) -> list:
     # unless they come from the state (``offsets_in_state``).
     slice_at = functools.partial(jax.lax.dynamic_slice, **_NON_NEGATIVE_STARTS)
     return [
-        slice_at(vector, (start,), (math.prod(shape),)).reshape(shape).astype(dtype)
+        _as_leaf(slice_at(vector, (start,), (math.prod(shape),)).reshape(shape), dtype)
         for start, (shape, dtype) in zip(starts, shapes, strict=True)
     ]
+
+
+def _as_leaf(piece: jax.Array, dtype: np.dtype) -> jax.Array:
+    # A real leaf's piece of a complex vector (a tree of real and complex leaves) is its
+    # real part: JAX deprecates casting complex to real (a ValueError to come).
+    if jnp.iscomplexobj(piece) and not jnp.issubdtype(dtype, jnp.complexfloating):
+        piece = jnp.real(piece)
+    return piece.astype(dtype)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))

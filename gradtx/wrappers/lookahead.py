@@ -114,12 +114,13 @@ def lookahead(
 
         def with_sync(sync):
             def leaf(u, p, slow):
-                dtype = numerics.compute_dtype(jnp.result_type(u, p))
+                dtype = numerics.compute_dtype(numerics.result_type(u, p))
                 fast = p.astype(dtype) + u.astype(dtype)
                 alpha = numerics.hyperparameter(slow_step_size, dtype)
                 synced = slow.astype(dtype) + alpha * (fast - slow.astype(dtype))
                 step = jnp.where(sync, synced - p.astype(dtype), u.astype(dtype))
-                return step.astype(u.dtype), jnp.where(sync, synced, slow).astype(slow.dtype)
+                slow_new = jnp.where(sync, synced, slow.astype(dtype))
+                return step.astype(u.dtype), slow_new.astype(slow.dtype)
 
             return tree.map_unzip(
                 leaf, updates, params, state.slow_params, outputs=2, names=("the params",)

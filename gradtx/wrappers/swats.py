@@ -120,7 +120,7 @@ def swats(
 
     def scalar_dtype(params):
         dtypes = [numerics.compute_dtype(jnp.result_type(x)) for x in jax.tree.leaves(params)]
-        return numerics.real_dtype(jnp.result_type(*dtypes)) if dtypes else jnp.float32
+        return numerics.real_dtype(numerics.result_type(*dtypes)) if dtypes else jnp.float32
 
     def init(params):
         dtype = scalar_dtype(params)
@@ -155,8 +155,8 @@ def swats(
                 dtype = numerics.compute_dtype(g.dtype)
                 g_ = g.astype(dtype)
                 m_new = b1 * m.astype(dtype) + (1 - b1) * g_
-                a_dtype = jnp.promote_types(numerics.real_dtype(dtype), a.dtype)
-                g_squared = numerics.abs_sq(g.astype(jnp.promote_types(dtype, a_dtype)))
+                a_dtype = numerics.promote_types(numerics.real_dtype(dtype), a.dtype)
+                g_squared = numerics.abs_sq(g.astype(numerics.promote_types(dtype, a_dtype)))
                 a_new = b2 * a.astype(a_dtype) + (1 - b2) * g_squared
                 step_size = (
                     numerics.hyperparameter(alpha, dtype)

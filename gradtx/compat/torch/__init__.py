@@ -881,13 +881,16 @@ def clip_grad_norm(
             # sharded leaf); un-jitted in the eager kernels, 32 leaves a call
             return _norm_as_pytorch(u, order, axis=tuple(range(u.ndim)))
 
-        total = _norm_as_pytorch(jnp.stack(tree.map_leaves(leaf_norm, leaves)), order)
+        # norms of leaves of several dtypes stacked in their common dtype, cast explicitly
+        norms = numerics.promote(*tree.map_leaves(leaf_norm, leaves))
+        total = _norm_as_pytorch(jnp.stack(norms), order)
         # PyTorch's ``max_norm / tensor`` is ``tensor.reciprocal() * max_norm``, two
         # roundings: in float16/bfloat16 the one division was a unit in the last place off
         coefficient = jnp.minimum(jnp.reciprocal(total + 1e-6) * max_norm, 1.0)
 
         def leaf(u):
-            return (u * coefficient.astype(numerics.compute_dtype(u.dtype))).astype(u.dtype)
+            dtype = numerics.compute_dtype(u.dtype)
+            return (u.astype(dtype) * coefficient.astype(dtype)).astype(u.dtype)
 
         return tree.map_leaves(leaf, updates), state
 

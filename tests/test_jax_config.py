@@ -1,0 +1,165 @@
+"""gradtx under the global JAX configuration that large codebases set.
+
+A user's ``jax.numpy_dtype_promotion("strict")``, ``jax.numpy_rank_promotion("raise")``
+or ``jax.default_matmul_precision`` must not change what an optimizer does: gradtx
+chooses the dtypes of its own arithmetic (bfloat16 moments updated in float32, a float32
+injected hyperparameter times complex64 gradients) and casts explicitly, so every update
+here gives, bit for bit, the numbers of the default configuration (which the reference
+tests pin).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradtx as gtx
+from gradtx.compat import torch as gtx_torch
+from tests import zoo
+
+# a complex vector's piece cast to a real leaf (flatten of a real and a complex leaf) is a
+# JAX deprecation today and a ValueError to come
+pytestmark = pytest.mark.filterwarnings("error:Casting from complex to real:DeprecationWarning")
+
+EXTRA = {
+    "torch_clip_grad_norm": lambda: gtx_torch.clip_grad_norm(0.5),
+    "torch_clip_grad_norm_inf": lambda: gtx_torch.clip_grad_norm(0.5, norm_type=float("inf")),
+    "trace_dampened": lambda: gtx.trace(0.9, dampening=0.1),
+    "ema": lambda: gtx.ema(0.9),
+    "scale_by_adadelta": lambda: gtx.scale_by_adadelta(),
+    "torch_nadam": lambda: gtx_torch.nadam(weight_decay=0.1, decoupled_weight_decay=True),
+}
+
+
+def build(name: str) -> gtx.GradientTransformation:
+    if name in zoo.WRAPPERS:
+        return zoo.WRAPPERS[name]()
+    if name in EXTRA:
+        return EXTRA[name]()
+    return zoo.make(name, 0.1)
+
+
+def leaf(rng, dtype, *shape):
+    x = rng.normal(size=shape)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        x = x + 1j * rng.normal(size=shape)
+    return jnp.asarray(x, dtype)
+
+
+def tree(dtypes, seed):
+    """``{"w": [2, 2], "b": [2]}`` (the leaves ``zoo.WRAPPER_MASK`` names) in ``dtypes``,
+    a dtype or one per leaf."""
+    w_dtype, b_dtype = dtypes if isinstance(dtypes, tuple) else (dtypes, dtypes)
+    rng = np.random.default_rng(seed)
+    return {"w": leaf(rng, w_dtype, 2, 2), "b": leaf(rng, b_dtype, 2)}
+
+
+def two_steps(tx, dtypes, update):
+    params = tree(dtypes, 0)
+    state = tx.init(params)
+    for seed in (1, 2):
+        updates, state = update(tree(dtypes, seed), state, params)
+        params = gtx.apply_updates(params, updates)
+    return [np.asarray(x) for x in jax.tree.leaves((params, state))]
+
+
+def assert_bitwise_equal(actual, expected):
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected, strict=True):
+        assert a.dtype == e.dtype and a.shape == e.shape
+        np.testing.assert_array_equal(a, e)
+
+
+NAMES = zoo.ALL + list(zoo.WRAPPERS) + list(EXTRA)
+REAL_ONLY = {"rprop", "swats"}  # the sign of a complex number is undefined; SWATS' switch
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_strict_dtype_promotion_gives_the_default_numbers(name):
+    # gradtx computes bfloat16 leaves in float32 (compute_dtype): under strict promotion
+    # jnp.promote_types(bfloat16, float32) itself raised, and so did every optimizer; a
+    # float32 injected hyperparameter times complex64 moments raised too. Optax runs
+    # only sgd (with momentum) and adadelta on complex64 under strict promotion.
+    dtypes = (jnp.bfloat16, jnp.float16 if name in REAL_ONLY else jnp.complex64)
+    tx = build(name)
+
+    @jax.jit
+    def both(params, gradients):
+        # both runs in one program (one compilation): the promotion rules apply where
+        # each is traced; identical operations give identical numbers, others compare
+        runs = []
+        for promotion in ("standard", "strict"):
+            with jax.numpy_dtype_promotion(promotion):
+                p, state = params, tx.init(params)
+                for g in gradients:
+                    updates, state = tx.update(g, state, p)
+                    p = gtx.apply_updates(p, updates)
+            runs.append(jax.tree.leaves((p, state)))
+        return runs
+
+    expected, actual = both(tree(dtypes, 0), [tree(dtypes, seed) for seed in (1, 2)])
+    assert_bitwise_equal([np.asarray(x) for x in actual], [np.asarray(x) for x in expected])
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd_momentum", "lookahead", "torch_clip_grad_norm"])
+def test_strict_dtype_promotion_eager_float16_update(name):
+    # the un-jitted update (per-leaf kernels compiled on the second sight: three steps)
+    tx = build(name)
+    expected = two_steps(tx, jnp.float16, jax.jit(tx.update))
+    with jax.numpy_dtype_promotion("strict"):
+        actual = two_steps(tx, jnp.float16, tx.update)
+        actual_again = two_steps(tx, jnp.float16, tx.update)
+    assert_bitwise_equal(actual, expected)
+    assert_bitwise_equal(actual_again, expected)
+
+
+def test_strict_dtype_promotion_with_injected_hyperparameters_set_in_the_state():
+    tx = zoo.make("sgd_momentum", 0.1)
+    params = tree(jnp.bfloat16, 0)
+    with jax.numpy_dtype_promotion("strict"):
+        state = gtx.set_hyperparams(tx.init(params), learning_rate=0.05, momentum=0.5)
+        updates, _ = jax.jit(tx.update)(tree(jnp.bfloat16, 1), state, params)
+    state = gtx.set_hyperparams(tx.init(params), learning_rate=0.05, momentum=0.5)
+    expected, _ = jax.jit(tx.update)(tree(jnp.bfloat16, 1), state, params)
+    assert_bitwise_equal(jax.tree.leaves(updates), jax.tree.leaves(expected))
+
+
+@pytest.mark.parametrize("schedule", ["warmup_cosine_decay", "sgdr", "one_cycle"])
+@pytest.mark.parametrize("step_dtype", [jnp.int32, np.int64])
+def test_schedules_under_strict_promotion(schedule, step_dtype):
+    fn = {
+        "warmup_cosine_decay": gtx.schedules.warmup_cosine_decay(0.0, 0.1, 2, 10),
+        "sgdr": gtx.schedules.sgdr(0.1, 3, 1.5),
+        "one_cycle": gtx.schedules.one_cycle(10, 0.1),
+    }[schedule]
+    steps = [step_dtype(t) for t in (0, 1, 5, 20)]
+    expected = [np.asarray(fn(t)) for t in steps]
+    with jax.numpy_dtype_promotion("strict"):
+        actual = [np.asarray(fn(t)) for t in steps]
+    assert_bitwise_equal(actual, expected)
+
+
+def test_rank_promotion_raise_over_every_wrapper():
+    # per-leaf state against leaves of other ranks, flatten's offsets, block-wise
+    # quantization and per-axis norms must broadcast only scalars
+    names = ["flatten_offsets", "partition", "multi_steps", "lookahead", "max_norm"]
+    txs = [build(n) for n in names] + [
+        gtx.quantized_state(gtx.adam(0.1), block_size=3, min_size=2),
+        gtx.max_norm(1.0, axis=(0, 1), mask=zoo.WRAPPER_MASK),
+    ]
+    tx = gtx.chain(*txs)
+    with jax.numpy_rank_promotion("raise"):
+        leaves = two_steps(tx, jnp.float32, jax.jit(tx.update))
+    assert all(np.isfinite(x).all() for x in leaves if x.dtype.kind == "f")
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "highest"])
+def test_matmul_precision_does_not_change_norms_or_updates(precision):
+    # gradtx's reductions are sums, never dot products whose precision the flag lowers
+    tx = gtx.chain(gtx.clip_by_global_norm(0.5), gtx.swats(0.1, switch_tol=1.0))
+    expected = two_steps(tx, jnp.float32, jax.jit(tx.update))
+    with jax.default_matmul_precision(precision):
+        actual = two_steps(tx, jnp.float32, jax.jit(tx.update))
+    assert_bitwise_equal(actual, expected)
