@@ -283,7 +283,9 @@ def lr_find(
     learning_rates = np.geomspace(min_lr, max_lr, num_steps).astype(np.float32)
 
     def run(params, data, learning_rates):
-        nan = jnp.full([num_steps], jnp.nan, jnp.float32)
+        # Zeros, not NaN, where no step ran (cut off below): a NaN output of this jitted
+        # run would be a FloatingPointError under jax.debug_nans.
+        unset = jnp.zeros([num_steps], jnp.float32)
 
         def keep_going(carry):
             step, *_, stop = carry
@@ -310,8 +312,8 @@ def lr_find(
             jnp.zeros([], jnp.int32),
             params,
             tx.init(params),
-            nan,
-            nan,
+            unset,
+            unset,
             jnp.zeros([], jnp.float32),
             jnp.full([], jnp.inf, jnp.float32),
             jnp.zeros([], bool),
