@@ -30,6 +30,8 @@ EXTRA = {
     "ema": lambda: gtx.ema(0.9),
     "scale_by_adadelta": lambda: gtx.scale_by_adadelta(),
     "torch_nadam": lambda: gtx_torch.nadam(weight_decay=0.1, decoupled_weight_decay=True),
+    # switches at the second step (both phases traced in the cond of a jitted update)
+    "swats_switch": lambda: gtx.swats(0.1, switch_tol=1.0),
 }
 
 
@@ -73,7 +75,7 @@ def assert_bitwise_equal(actual, expected):
 
 
 NAMES = zoo.ALL + list(zoo.WRAPPERS) + list(EXTRA)
-REAL_ONLY = {"rprop", "swats"}  # the sign of a complex number is undefined; SWATS' switch
+REAL_ONLY = {"rprop"}  # the sign of a complex number is undefined
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -163,3 +165,22 @@ def test_matmul_precision_does_not_change_norms_or_updates(precision):
     with jax.default_matmul_precision(precision):
         actual = two_steps(tx, jnp.float32, jax.jit(tx.update))
     assert_bitwise_equal(actual, expected)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["scale_by_adam", "scale_by_nadam_schedule", "scale_by_radam", "swats"],
+)
+def test_a_float64_b1_array_under_x64_widens_the_first_moment_as_promotion_did(name, x64):
+    # b1 * m + (1 - b1) * g with a float64 b1 and float32 moments is float64 arithmetic
+    # (standard promotion), rounded once to the float32 moment; casting b1 down to
+    # float32 first made (1 - 0.9f) * g, up to 3 ulps off
+    del x64
+    b1 = jnp.asarray(0.9, jnp.float64)
+    tx = gtx.swats(0.1, b1=b1) if name == "swats" else getattr(gtx, name)(b1=b1)
+    g = np.asarray([1.0, -2.0, 3.0, 0.3, 1e-3], np.float32)
+    params = jnp.zeros(5, jnp.float32)
+    _, state = jax.jit(tx.update)(jnp.asarray(g), tx.init(params), params)
+    expected = ((1 - np.float64(0.9)) * g.astype(np.float64)).astype(np.float32)
+    assert state.mu.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(state.mu), expected)

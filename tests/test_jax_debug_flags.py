@@ -191,6 +191,28 @@ def test_apply_if_finite_lets_the_flags_report_a_non_finite_step_it_applies():
         tx.update({"w": jnp.array([1.0, jnp.nan, jnp.inf])}, state, params)
 
 
+def test_apply_if_finite_eager_under_the_flags_compiles_no_program_per_update():
+    # Un-jitted under the flags the skip or run was an eager lax.cond: a program compiled
+    # at every update (1.5 s an update of Adam on 300 leaves); now a Python branch that
+    # runs the eager kernels, with the numbers of the update without the flags.
+    tx = gtx.apply_if_finite(gtx.adam(0.1), 2)
+    params = {"w": jnp.ones(3), "b": jnp.ones(2)}
+    grads = {"w": jnp.array([1.0, -2.0, 0.5]), "b": jnp.array([0.25, 3.0])}
+    bad = {"w": jnp.array([1.0, jnp.nan, 0.5]), "b": jnp.array([jnp.inf, 3.0])}
+    expected_state, actual_state = tx.init(params), tx.init(params)
+    for g in [grads, grads, grads, bad, grads]:  # an eager kernel compiles at its 2nd call
+        expected, expected_state = tx.update(g, expected_state, params)
+        with jax.debug_nans(True), jax.debug_infs(True):
+            actual, actual_state = tx.update(g, actual_state, params)
+        jax.tree.map(
+            np.testing.assert_array_equal, (actual, actual_state), (expected, expected_state)
+        )
+    with jax.debug_nans(True), jax.debug_infs(True), count_compilations() as compiled:
+        tx.update(grads, actual_state, params)
+    assert not compiled
+    assert int(actual_state.total_notfinite) == 1
+
+
 @pytest.mark.parametrize("name", sorted(ALL_SCHEDULES))
 def test_schedule_makes_no_nan_or_inf_before_during_or_after_its_steps(name):
     schedule = ALL_SCHEDULES[name]()

@@ -134,7 +134,9 @@ def scale_by_adam(
             bias_correction1, _, next_correction = corrections[numerics.real_dtype(m_dtype)]
             bias_correction2 = corrections[v_dtype][1]
             g_ = g.astype(m_dtype)
-            beta1 = numerics.factor(b1, m_dtype)
+            # a b1 array wider than the moment (float64 under x64) widens the moment's
+            # arithmetic, as implicit promotion did: cast to the common dtype, not narrowed
+            beta1 = numerics.factor(b1, numerics.result_type(b1, m_dtype))
             m_new = beta1 * m.astype(m_dtype) + (1 - beta1) * g_
             g_squared = numerics.abs_sq(g.astype(numerics.promote_types(dtype, v_dtype)))
             v_new = b2 * v.astype(v_dtype) + (1 - b2) * g_squared

@@ -115,7 +115,7 @@ def scale_by_nadam_schedule(
             dtype = numerics.compute_dtype(g.dtype)
             real = numerics.real_dtype(dtype)
             g_ = g.astype(dtype)
-            beta1 = numerics.factor(b1, dtype)
+            beta1 = numerics.factor(b1, numerics.result_type(b1, dtype))  # as in Adam
             m_new = beta1 * m.astype(dtype) + (1 - beta1) * g_
             v_dtype = numerics.promote_types(real, v.dtype)
             g_squared = numerics.abs_sq(g.astype(numerics.promote_types(dtype, v_dtype)))

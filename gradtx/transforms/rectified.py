@@ -176,7 +176,7 @@ def scale_by_radam(
             real = numerics.real_dtype(dtype)
             bias_correction1, bias_correction2, rect, rectify = scalars[real]
             g_ = g.astype(dtype)
-            beta1 = numerics.factor(b1, dtype)
+            beta1 = numerics.factor(b1, numerics.result_type(b1, dtype))  # as in Adam
             m_new = beta1 * m.astype(dtype) + (1 - beta1) * g_
             v_dtype = numerics.promote_types(real, v.dtype)
             g_squared = numerics.abs_sq(g.astype(numerics.promote_types(dtype, v_dtype)))

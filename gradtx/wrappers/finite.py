@@ -109,12 +109,12 @@ def apply_if_finite(inner: TransformLike, max_consecutive_errors: int) -> Gradie
     choice is a ``lax.cond``, as in Optax: a donated step then moves no more memory than
     the inner update's own (a select copied every state buffer first); an un-jitted
     update selects between the two results instead (nothing to compile, no wait for the
-    device), except under ``jax.debug_nans`` or ``jax.debug_infs``, where it takes the
-    ``lax.cond`` too (a compilation per update, ~0.2 s on CPU): those flags then report
-    no NaN or Inf of a step that is skipped, only one that is applied. The zero updates
-    take the dtypes of the inner updates (float32 updates of bfloat16 gradients stay
-    float32) and the gradients' sharding; the inner state keeps its dtypes (a leaf the
-    inner update promotes is cast back, as in ``multi_steps``).
+    device), except under ``jax.debug_nans`` or ``jax.debug_infs``, where it reads
+    ``apply`` back and runs the inner update or the zero step, not both: those flags
+    then report no NaN or Inf of a step that is skipped, only one that is applied. The
+    zero updates take the dtypes of the inner updates (float32 updates of bfloat16
+    gradients stay float32) and the gradients' sharding; the inner state keeps its
+    dtypes (a leaf the inner update promotes is cast back, as in ``multi_steps``).
 
     Args:
         inner: the transform to protect.
@@ -159,18 +159,29 @@ def apply_if_finite(inner: TransformLike, max_consecutive_errors: int) -> Gradie
             # agree (an inner update promoting an int32 leaf with + 0.5 was a TypeError).
             return new_updates, tree.cast_like(new_inner_state, inner_state)
 
-        if isinstance(apply, jax.core.Tracer) or _debugging_non_finite_values():
+        if isinstance(apply, jax.core.Tracer):
             # Traced (jit), a lax.cond. With a select of the new against the old state,
             # XLA recomputes the new state inside the fused parameter update from the old
             # state, which the select then overwrites in place, so it first copies every
             # donated state buffer: Adam moved 66 bytes/param against Optax's 54 (which
             # uses a cond) and took 1.16-1.32x its step; with the cond 54, 0.88-1.16x.
-            # Un-jitted under jax.debug_nans or jax.debug_infs too: a select runs the inner
-            # update on the non-finite gradients it is to skip, whose NaN or Inf those
-            # flags report (as a FloatingPointError) in the inner transform's arithmetic.
             new_updates, new_inner_state = _run_or_skip(
                 apply, run, updates, state.inner_state, params
             )
+        elif _debugging_non_finite_values():
+            # Un-jitted under jax.debug_nans or jax.debug_infs: a select runs the inner
+            # update on the non-finite gradients it is to skip, whose NaN or Inf those
+            # flags report (as a FloatingPointError) in the inner transform's arithmetic.
+            # A Python branch on ``apply`` (one host read; the flags read every result
+            # back anyway): an eager lax.cond compiled a program per update (1.5 s an
+            # update of Adam on 300 leaves), the branch runs the eager kernels.
+            if bool(apply):
+                new_updates, new_inner_state = run(updates, state.inner_state, params)
+            else:
+                traced = tree.trace_once(run, updates, state.inner_state, params)
+                updates_like, _ = jax.eval_shape(traced)
+                new_updates = tree.zeros_like_in_dtypes_of(updates, updates_like)
+                new_inner_state = state.inner_state
         else:
             # Eagerly, a select: no program to compile, and no wait for the device to
             # say whether to skip.

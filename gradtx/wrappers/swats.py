@@ -154,7 +154,8 @@ def swats(
             def leaf(g, m, a, v):
                 dtype = numerics.compute_dtype(g.dtype)
                 g_ = g.astype(dtype)
-                m_new = b1 * m.astype(dtype) + (1 - b1) * g_
+                beta1 = numerics.factor(b1, numerics.result_type(b1, dtype))  # as in Adam
+                m_new = beta1 * m.astype(dtype) + (1 - beta1) * g_
                 a_dtype = numerics.promote_types(numerics.real_dtype(dtype), a.dtype)
                 g_squared = numerics.abs_sq(g.astype(numerics.promote_types(dtype, a_dtype)))
                 a_new = b2 * a.astype(a_dtype) + (1 - b2) * g_squared
@@ -163,10 +164,14 @@ def swats(
                     * jnp.sqrt(numerics.bias_correction(b2, count, dtype))
                     / numerics.bias_correction(b1, count, dtype)
                 )
-                p = -step_size * m_new / (jnp.sqrt(a_new) + eps)
-                v_new = b1 * v.astype(dtype) + g_
+                # real factors cast to complex moments explicitly (strict promotion)
+                step, m_new_ = numerics.promote(-step_size, m_new)
+                scaled, denominator = numerics.promote(step * m_new_, jnp.sqrt(a_new) + eps)
+                p = scaled / denominator
+                v_new = beta1 * v.astype(dtype) + g_
                 sgd_rate = sgd_learning_rate.astype(numerics.real_dtype(dtype))
-                sgd_step = -(1 - b1) * sgd_rate * v_new
+                sgd_factor, v_new_ = numerics.promote(-(1 - b1) * sgd_rate, v_new)
+                sgd_step = sgd_factor * v_new_
                 u = jnp.where(switched, sgd_step, p)
                 real = numerics.real_dtype(dtype)  # both branches' dtype, whatever b1's
                 if switched is True:  # the SGD phase projects nothing (see `projected`)
