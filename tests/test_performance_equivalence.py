@@ -112,6 +112,21 @@ def _run_eager(tx, params, grads_seq, state=None):
     return params, state
 
 
+def _assert_one_key_per_code(kernels):
+    """An eager update's per-leaf code is keyed by its closure's non-array values: code
+    that gets a fresh object there at every update compiles nothing after
+    ``max_keys_per_code`` tries and runs op by op (``ema_params`` and ``average_params``
+    did, with a new weight function per update: 64 -> 8.7 ms on 300 leaves, and 1.9e-6
+    off the jitted step, where the kernels give its numbers). Every optimizer and wrapper
+    of the zoo keys each per-leaf code once over its updates."""
+    keys = {
+        f"{code.co_filename.rsplit('/', 1)[-1]}:{code.co_firstlineno}": n
+        for code, n in kernels.keys_per_code.items()
+        if hasattr(code, "co_filename")
+    }
+    assert keys and all(n == 1 for n in keys.values()), keys
+
+
 @pytest.mark.parametrize("name", zoo.ALL)
 def test_eager_kernels_give_the_numbers_of_op_by_op_execution(
     name, rng, monkeypatch, fresh_kernels
@@ -127,6 +142,7 @@ def test_eager_kernels_give_the_numbers_of_op_by_op_execution(
         fast = _run_eager(tx, fast[0], grads_seq[2:], fast[1])
     assert fresh_kernels.kernels and at_step_2, "no per-leaf kernel was compiled"
     assert not at_steps_3_4, "the kernels were compiled again"
+    _assert_one_key_per_code(fresh_kernels)
     monkeypatch.setattr(tree, "COMPILE_EAGER_LEAF_FUNCTIONS", False)
     plain = _run_eager(zoo.make(name, 1e-2), params, grads_seq)
     assert jax.tree.structure(fast) == jax.tree.structure(plain)
@@ -157,7 +173,7 @@ def test_eager_kernels_give_the_numbers_of_op_by_op_execution_in_every_wrapper(
         return p, state
 
     fast = run()
-    assert fresh_kernels.kernels
+    _assert_one_key_per_code(fresh_kernels)
     monkeypatch.setattr(tree, "COMPILE_EAGER_LEAF_FUNCTIONS", False)
     plain = run()
     assert jax.tree.structure(fast) == jax.tree.structure(plain)
@@ -460,9 +476,8 @@ def test_an_eager_update_flattens_each_tree_once_per_pass(rng, fresh_kernels):
 
 
 _SHAPES = [(3,), (2, 2), ()]
-
-_SHAPES = [(3,), (2, 2), ()]
 _DTYPES = [jnp.float32, jnp.bfloat16]
+_MIX_KERNELS = tree._EagerKernels()
 
 
 @hypothesis.settings(max_examples=12, deadline=None, derandomize=True)
@@ -502,7 +517,8 @@ def test_eager_kernels_equal_op_by_op_on_any_mix_of_leaves(leaves, seed):
             gtx.adamw(1e-2, weight_decay=0.5, mask=mask),
         )
 
-    with unittest.mock.patch.object(tree, "_EAGER", tree._EagerKernels()):
+    # one kernel cache across the examples, as in a process: a later mix reuses kernels
+    with unittest.mock.patch.object(tree, "_EAGER", _MIX_KERNELS):
         fast = _run_eager(make(), params, grads_seq)  # op by op, compiled, reused
     with unittest.mock.patch.object(tree, "COMPILE_EAGER_LEAF_FUNCTIONS", False):
         plain = _run_eager(make(), params, grads_seq)
@@ -686,32 +702,6 @@ def test_eager_updates_in_threads_give_the_numbers_of_one_thread(
                 np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(zoo.WRAPPERS) + zoo.ALL)
-def test_every_eager_update_reuses_one_kernel_per_leaf_function(name, rng, fresh_kernels):
-    """An eager update's per-leaf code is keyed by its closure's non-array values: code
-    that gets a fresh object there at every update compiles nothing after
-    ``max_keys_per_code`` tries and runs op by op (``ema_params`` and ``average_params``
-    did, with a new weight function per update: 64 -> 8.7 ms on 300 leaves, and 1.9e-6
-    off the jitted step, where the kernels give its numbers). Every optimizer and wrapper
-    of the zoo keys each per-leaf code once over 4 updates."""
-    params = {
-        "w": jnp.asarray(rng.normal(size=(2, 2)), jnp.float32),
-        "b": jnp.asarray(rng.normal(size=2), jnp.float32),
-    }
-    tx = zoo.WRAPPERS[name]() if name in zoo.WRAPPERS else zoo.make(name)
-    extra = {"value": jnp.asarray(1.0)} if name in zoo.WRAPPERS else {}
-    state, p = tx.init(params), params
-    for grads in _grads(rng, params, steps=4):
-        updates, state = tx.update(grads, state, p, **extra)
-        p = gtx.apply_updates(p, updates)
-    keys = {
-        f"{code.co_filename.rsplit('/', 1)[-1]}:{code.co_firstlineno}": n
-        for code, n in fresh_kernels.keys_per_code.items()
-        if hasattr(code, "co_filename")
-    }
-    assert keys and all(n == 1 for n in keys.values()), keys
-
-
 _LEAVES = 64
 _EVERY_THIRD = {f"w{i:02d}": i % 3 == 0 for i in range(_LEAVES)}
 PER_LEAF_WORK_BEFORE = {
@@ -778,14 +768,16 @@ def test_eager_updates_do_no_per_leaf_work_outside_the_kernels(name, rng, fresh_
     ],
 )
 def test_an_eager_regularizer_or_lookahead_makes_one_pass_over_the_leaves(
-    name, make, fresh_kernels
+    name, make, fresh_kernels, monkeypatch
 ):
-    """Un-jitted on 320 leaves, each of these runs its per-leaf function in one pass of
-    the eager kernels (10 calls of 32 leaves, as gtx.scale) plus a few scalar operations
-    (add_noise's keys: a split, two slices, an unstack). add_noise drew its noise in one
-    pass and added it in another, and split its keys by iterating over an array (320
-    leaves: 48 dispatches, 1,000 leaves: 112; now 18 and 40)."""
-    params = {f"w{i:03d}": jnp.full(8, i / 320, jnp.float32) for i in range(320)}
+    """Un-jitted on 80 leaves, 8 a kernel call, each of these runs its per-leaf function
+    in one pass of the eager kernels (10 calls, as gtx.scale) plus a few scalar
+    operations (add_noise's keys: a split, two slices, an unstack). add_noise drew its
+    noise in one pass and added it in another, and split its keys by iterating over an
+    array (320 leaves at the default 32 a call: 48 dispatches, 1,000 leaves: 112; now 18
+    and 40). Kernels of 8 leaves: a 32-leaf kernel of add_noise's draws compiles in ~5 s."""
+    monkeypatch.setattr(tree._EagerKernels, "leaves_per_call", 8)
+    params = {f"w{i:03d}": jnp.full(8, i / 80, jnp.float32) for i in range(80)}
     dispatches = {}
     for key, tx in (("scale", gtx.scale(2.0)), (name, make())):
         state = tx.init(params)
