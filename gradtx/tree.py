@@ -463,7 +463,12 @@ def _eager_kernel(fn: Callable[..., tuple]) -> Callable[[list[tuple], Any], list
             return op_by_op
         if len(_EAGER.unused.get(code, ())) >= _EAGER.max_unused_kernels_per_code:
             return op_by_op  # compiled at the next call, once those kernels are reused
-        kernel = jax.jit(_leaves_kernel(fn, closure_def, dynamic), static_argnums=1)
+        # keep_unused: a leaf's output that reads no argument (the zeros of a frozen leaf)
+        # would otherwise run on the default device alone: gathered there from a leaf
+        # sharded over Auto mesh axes (a pmap output), an error on Explicit ones
+        kernel = jax.jit(
+            _leaves_kernel(fn, closure_def, dynamic), static_argnums=1, keep_unused=True
+        )
         with _EAGER.lock:
             _EAGER.seen_once.discard(key)
             _EAGER.waiting.get(code, {}).pop(key, None)

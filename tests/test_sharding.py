@@ -131,6 +131,107 @@ def measure():
     results["wrappers"] = wrapper_states_are_sharded_like_their_parameters(params)
     results["whole_leaf"] = whole_leaf_transforms()
     results["shard_map"] = global_reductions_in_shard_map()
+    results["pmap"] = flax_style_pmap_training()
+    return results
+
+
+def flax_style_pmap_training():
+    """Runs in the subprocess: the data-parallel pattern of Flax's examples with
+    ``jax.pmap``: parameters and states replicated (``jax.pmap(tx.init)``), per-device
+    gradients averaged with ``jax.lax.pmean``, donated buffers; several optimizers in one
+    pmapped step (a tuple of states), a NaN gradient at the third step for
+    ``apply_if_finite``, against the same steps on one device with the averaged
+    gradients; and ``set_hyperparams`` between steps."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import gradtx as gtx
+
+    n = 8
+    schedule = gtx.schedules.warmup_cosine_decay(0.0, 0.1, 2, 10)
+    txs = (
+        gtx.apply_if_finite(gtx.chain(gtx.add_noise(0.1), gtx.adam(schedule)), 2),
+        gtx.multi_steps(gtx.adam(0.1), 2),
+    )
+    rng = np.random.default_rng(3)
+    params = {
+        "w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
+        "b": jnp.asarray(rng.normal(size=(3,)), jnp.float32),
+    }
+    grads = [
+        {k: rng.normal(size=(n, *v.shape)).astype(np.float32) for k, v in params.items()}
+        for _ in range(4)
+    ]
+    nan_at = 2  # apply_if_finite's gradient is NaN on one device, so NaN after pmean
+
+    def update_all(params, states, grads, nan):
+        new_params, new_states = [], []
+        for i, (tx, p, s) in enumerate(zip(txs, params, states, strict=True)):
+            g = jax.tree.map(lambda x: jnp.where(nan, jnp.nan, x), grads) if i == 0 else grads
+            updates, s = tx.update(g, s, p)
+            new_params.append(gtx.apply_updates(p, updates))
+            new_states.append(s)
+        return tuple(new_params), tuple(new_states)
+
+    def step(params, states, grads, nan):
+        return update_all(params, states, jax.lax.pmean(grads, "batch"), nan)
+
+    # Replicated by a pmap of the step's axis_name: laid out as the step's outputs (JAX
+    # names the mesh of pmap's outputs after axis_name; another layout compiles again).
+    replicated, states = jax.pmap(
+        lambda p: ((p,) * len(txs), tuple(tx.init(p) for tx in txs)), axis_name="batch"
+    )(jax.tree.map(lambda x: jnp.stack([x] * n), params))
+    pmapped = jax.pmap(step, axis_name="batch", in_axes=(0, 0, 0, None), donate_argnums=(0, 1))
+    single = jax.jit(update_all)
+    one_params, one_states = (params,) * len(txs), tuple(tx.init(params) for tx in txs)
+    compilations = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compilations.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    counts = []
+    for t, g in enumerate(grads):
+        before = len(compilations)
+        replicated, states = pmapped(replicated, states, g, t == nan_at)
+        jax.block_until_ready(replicated)
+        counts.append(len(compilations) - before)
+        mean = jax.tree.map(lambda x: np.mean(x, axis=0, dtype=np.float32), g)
+        one_params, one_states = single(one_params, one_states, mean, t == nan_at)
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+    leaves = jax.tree.leaves((replicated, states))
+    results = {
+        "compilations_per_step": counts,
+        "replicas_identical": all(bool(np.all(np.asarray(x) == np.asarray(x)[:1])) for x in leaves),
+        "leading_axis_on_every_leaf": all(x.shape[:1] == (n,) for x in leaves),
+        "dtypes_as_one_device": [x.dtype.name for x in leaves]
+        == [np.asarray(x).dtype.name for x in jax.tree.leaves((one_params, one_states))],
+        # params and states (counts, keys, moments, accumulated gradients)
+        "max_abs_difference": [
+            float(np.max(np.abs(np.asarray(a, np.float64)[0] - np.asarray(b, np.float64))))
+            for a, b in zip(leaves, jax.tree.leaves((one_params, one_states)), strict=True)
+        ],
+        "skipped_steps": int(gtx.tree_get(states[0], "total_notfinite")[0]),
+    }
+    try:
+        gtx.set_hyperparams(states, learning_rate=0.05)
+        results["set_on_replicas_error"] = None
+    except ValueError as error:
+        results["set_on_replicas_error"] = str(error)
+    set_in_pmap = jax.pmap(lambda s: gtx.set_hyperparams(s, learning_rate=0.05), axis_name="batch")
+    states = set_in_pmap(states)
+    before = len(compilations)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    replicated, states = pmapped(replicated, states, grads[0], False)
+    jax.block_until_ready(replicated)
+    jax.monitoring.unregister_event_duration_listener(listener)
+    results["compilations_after_set_in_pmap"] = len(compilations) - before
+    results["learning_rate_after_set"] = np.asarray(
+        gtx.get_hyperparams(states[1])["learning_rate"]
+    ).tolist()
     return results
 
 
@@ -343,6 +444,46 @@ def eager_updates_keep_their_devices(params):
                 for a, b in zip(*runs, strict=True)
             ),
         }
+    results["zero_updates"] = eager_zero_updates_stay_on_their_devices(kernel)
+    return results
+
+
+def eager_zero_updates_stay_on_their_devices(kernel):
+    """Runs in the subprocess: un-jitted updates that give zeros, which read no input
+    (a frozen leaf, a masked-out one, a step that multi_steps accumulates), of leaves
+    sharded over 8 devices on an Explicit mesh (outside ``jax.set_mesh``) and over the
+    Auto mesh of ``jax.pmap``'s outputs: two updates, the eager kernels compile at the
+    second; the device counts of the updates, or the error."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import gradtx as gtx
+
+    mesh = jax.make_mesh((8,), ("data",))
+    placements = {
+        "explicit_mesh": lambda x: jax.device_put(x, NamedSharding(mesh, P("data"))),
+        "pmap_outputs": jax.pmap(lambda x: x),
+    }
+    transforms = {
+        "freeze": lambda: gtx.freeze({"w": False, "b": True}),
+        "multi_steps": lambda: gtx.multi_steps(gtx.scale(0.1), 4),
+    }
+    results = {}
+    for placement, place in placements.items():
+        params = {"w": place(kernel.reshape(8, 64)), "b": place(kernel[:8, :8] + 1)}
+        for name, make in transforms.items():
+            tx = make()
+            state = tx.init(params)
+            try:
+                devices = []
+                for _ in range(2):
+                    updates, state = tx.update(jax.tree.map(jnp.sin, params), state, params)
+                    devices.append(sorted(len(u.sharding.device_set) for u in updates.values()))
+                results[f"{placement}/{name}"] = devices
+            except Exception as error:  # noqa: BLE001  (reported, asserted on below)
+                results[f"{placement}/{name}"] = f"{type(error).__name__}: {error}"[:300]
     return results
 
 
@@ -445,6 +586,43 @@ def test_eager_updates_run_on_the_devices_of_their_leaves(measured, placement):
     result = measured["eager"][placement]
     assert result["devices_kept"]
     assert result["max_abs_difference"] < 1e-6
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "explicit_mesh/freeze",
+        "explicit_mesh/multi_steps",
+        "pmap_outputs/freeze",
+        "pmap_outputs/multi_steps",
+    ],
+)
+def test_eager_zero_updates_stay_on_the_devices_of_their_leaves(measured, case):
+    """Zeros read no input: their eager kernel ran on the default device alone, a
+    ValueError ("Length of device assignment 1 is not equal to the size of the mesh 8")
+    on an Explicit mesh outside jax.set_mesh, zeros gathered onto device 0 for pmap's
+    outputs."""
+    assert measured["eager"]["zero_updates"][case] == [[8, 8], [8, 8]]
+
+
+def test_flax_style_pmap_training_equals_the_single_device_run(measured):
+    result = measured["pmap"]
+    first, *later = result["compilations_per_step"]
+    assert first >= 1 and later == [0, 0, 0]
+    # the same updates of the same averaged gradients (0.0 measured on XLA:CPU)
+    assert len(result["max_abs_difference"]) >= 20
+    assert max(result["max_abs_difference"]) < 1e-6
+    assert result["leading_axis_on_every_leaf"] and result["dtypes_as_one_device"]
+    # add_noise's replicas draw the same noise (its docstring), so they stay equal
+    assert result["replicas_identical"]
+    assert result["skipped_steps"] == 1  # apply_if_finite's NaN step, on every replica
+
+
+def test_set_hyperparams_on_pmap_replicas_points_to_a_pmap(measured):
+    result = measured["pmap"]
+    assert "jax.pmap(lambda s: gtx.set_hyperparams(s" in result["set_on_replicas_error"]
+    assert result["compilations_after_set_in_pmap"] == 0
+    assert result["learning_rate_after_set"] == pytest.approx([0.05] * 8)
 
 
 WRAPPERS = ["multi_steps", "lookahead", "ema_params", "average_params"]

@@ -424,6 +424,11 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
     learning rates), map it: ``jax.vmap(lambda s, lr: gtx.set_hyperparams(s,
     learning_rate=lr))(states, lrs)``; a value set on the batch itself is a ValueError
     (it would replace the batch's values by one scalar, and the next vmapped step fail).
+    So is one set on the replicas of ``jax.pmap(tx.init)``: set it inside a pmap with
+    the training step's ``axis_name``, ``jax.pmap(lambda s: gtx.set_hyperparams(s,
+    learning_rate=lr), axis_name="batch")(states)``, whose output is laid out as the
+    step's (through ``jax.vmap`` and a ``jnp.full`` made on one device, the next pmapped
+    step compiles again).
 
     Args:
         state: an optimizer state holding at least one ``InjectState`` (none is a
@@ -483,10 +488,13 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
                             raise ValueError(
                                 f"hyperparameter {name} is stored with shape "
                                 f"{list(shape)} at {here or 'the root'}: a batch of "
-                                f"states (jax.vmap(tx.init)), not one state; set each "
-                                f"state's value with jax.vmap(lambda s, v: "
-                                f"gtx.set_hyperparams(s, {name}=v))(states, values) "
-                                f"(values = jnp.full({shape}, value) for the same one)"
+                                f"states (jax.vmap(tx.init)) or replicas (jax.pmap("
+                                f"tx.init)), not one state; set each state's value "
+                                f"with jax.vmap(lambda s, v: gtx.set_hyperparams(s, "
+                                f"{name}=v))(states, values) (values = jnp.full("
+                                f"{shape}, value) for the same one), or for replicas "
+                                f"jax.pmap(lambda s: gtx.set_hyperparams(s, "
+                                f"{name}=value))(states)"
                             )
                         hyperparams[name] = _with_value(old, value.astype(old.dtype))
                         unknown.discard(name)
