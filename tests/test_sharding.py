@@ -412,8 +412,8 @@ def eager_updates_keep_their_devices(params):
     devices = jax.devices()
     mesh = jax.make_mesh((8,), ("data",))
     placements = {
-        # 40 leaves of one shape, round robin over the devices: one signature, 8 devices
-        "placed": lambda leaves: [jax.device_put(x, devices[i % 8]) for i, x in enumerate(leaves)],
+        # leaves of one shape, round robin over 4 devices: one signature, 4 devices
+        "placed": lambda leaves: [jax.device_put(x, devices[i % 4]) for i, x in enumerate(leaves)],
         "sharded": lambda leaves: [
             jax.device_put(x, NamedSharding(mesh, P("data") if i % 2 else P()))
             for i, x in enumerate(leaves)
@@ -425,7 +425,7 @@ def eager_updates_keep_their_devices(params):
         runs = []
         for compiled in (True, False):
             tree.COMPILE_EAGER_LEAF_FUNCTIONS = compiled
-            p = place([kernel * (1 + i / 40) for i in range(40)])
+            p = place([kernel * (1 + i / 12) for i in range(12)])
             tx = gtx.adamw(0.01, weight_decay=1e-2)
             state = tx.init(p)
             for _ in range(3):  # op by op, compiled, reused
@@ -433,7 +433,7 @@ def eager_updates_keep_their_devices(params):
                 p = gtx.apply_updates(p, updates)
             runs.append(p)
         tree.COMPILE_EAGER_LEAF_FUNCTIONS = True
-        placed = place([kernel] * 40)
+        placed = place([kernel] * 12)
         results[name] = {
             "devices_kept": all(
                 a.sharding.is_equivalent_to(b.sharding, a.ndim)
