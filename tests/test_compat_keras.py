@@ -8,6 +8,7 @@ first 200 values in float32.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -52,6 +53,14 @@ def build_optimizer(case):
 def trajectory(tx, dtype, *, with_state=False):
     """The flattened parameters after each of the 200 steps of the golden problem (and
     the final state, with ``with_state``)."""
+    flat, state = trajectories({None: tx}, dtype)[None]
+    return (flat, state) if with_state else flat
+
+
+def trajectories(transforms, dtype):
+    """For each ``name: tx``, the flattened parameters after each of the 200 steps of the
+    golden problem and the final state, on the host; one compiled ``lax.scan`` for all
+    (one larger compilation costs far less than many small ones)."""
     shapes = [tuple(s) for s in OPTIMIZERS["shapes"]]
     problem = {k: np.asarray(v, np.float64) for k, v in OPTIMIZERS["problem"].items()}
     h = [jnp.asarray(x, dtype) for x in split(problem["h"], shapes)]
@@ -61,23 +70,40 @@ def trajectory(tx, dtype, *, with_state=False):
     @jax.jit
     def run(params, noise):
         def step(carry, noise_t):
-            params, state = carry
             n = split(noise_t, shapes)
-            grads = [h[i] * (p - c[i]) + n[i] for i, p in enumerate(params)]
-            updates, state = tx.update(grads, state, params)
-            params = gtx.apply_updates(params, updates)
-            return (params, state), jnp.concatenate([p.ravel() for p in params])
+            grads = {
+                name: [h[i] * (p - c[i]) + n[i] for i, p in enumerate(carry[name][0])]
+                for name in transforms
+            }
+            carry, flat = dict(carry), {}
+            for name, tx in transforms.items():
+                params, state = carry[name]
+                updates, state = tx.update(grads[name], state, params)
+                carry[name] = gtx.apply_updates(params, updates), state
+                flat[name] = jnp.concatenate([p.ravel() for p in carry[name][0]])
+            return carry, flat
 
-        (_, state), flat = jax.lax.scan(step, (params, tx.init(params)), noise)
-        return flat, state
+        carry = {name: (params, tx.init(params)) for name, tx in transforms.items()}
+        carry, flat = jax.lax.scan(step, carry, noise)
+        return {name: (flat[name], carry[name][1]) for name in transforms}
 
-    flat, state = run(params, jnp.asarray(problem["noise"], dtype))
-    return (np.asarray(flat), state) if with_state else np.asarray(flat)
+    return jax.device_get(run(params, jnp.asarray(problem["noise"], dtype)))
+
+
+@functools.cache
+def float64_runs():
+    """(trajectory, state) of every golden case in float64, one compilation for all (29
+    compiled one by one took twice as long); called under x64."""
+    assert jax.config.read("jax_enable_x64"), "the x64 fixture first"
+    return trajectories({name: build_optimizer(case) for name, case in CASES.items()}, "float64")
 
 
 def check_case(case, dtype):
     rows = [s - 1 for s in OPTIMIZERS["snapshots"]]
-    actual, state = trajectory(build_optimizer(case), dtype, with_state=True)
+    if dtype == "float64":
+        actual, state = float64_runs()[case["name"]]
+    else:
+        actual, state = trajectory(build_optimizer(case), dtype, with_state=True)
     np.testing.assert_allclose(
         actual[rows], case[dtype]["params"], **TOLERANCE[dtype], err_msg=case["name"]
     )

@@ -7,6 +7,7 @@ float64 (compared within 1e-10 relative) and float32 (within 1e-5).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -66,6 +67,13 @@ def run(tx, dtype, *, sign=1.0, params=None, state=None, first_step=0):
 
     The trajectory holds the flattened parameters after every step.
     """
+    return run_together({None: (tx, sign)}, dtype, params, state, first_step)[None]
+
+
+def run_together(runs, dtype, params=None, state=None, first_step=0):
+    """``run`` for each ``name: (tx, sign)`` of ``runs``, one compiled ``lax.scan`` for all
+    (one larger compilation costs far less than many small ones); ``state`` is only for
+    one run."""
     shapes = [tuple(s) for s in OPTIMIZERS["shapes"]]
     problem = {k: np.asarray(v, np.float64) for k, v in OPTIMIZERS["problem"].items()}
     h = [jnp.asarray(x, dtype) for x in split(problem["h"], shapes)]
@@ -73,33 +81,51 @@ def run(tx, dtype, *, sign=1.0, params=None, state=None, first_step=0):
     noise = jnp.asarray(problem["noise"][first_step:], dtype)
     if params is None:
         params = [jnp.asarray(x, dtype) for x in split(problem["p0"], shapes)]
-    if state is None:
-        state = tx.init(params)
+    states = {name: tx.init(params) if state is None else state for name, (tx, _) in runs.items()}
 
     @jax.jit
-    def trajectory(params, state, noise):
+    def trajectories(states, noise):
         def step(carry, noise_t):
-            params, state = carry
             n = split(noise_t, shapes)
-            grads = [sign * (h[i] * (p - c[i])) + n[i] for i, p in enumerate(params)]
-            updates, state = tx.update(grads, state, params)
-            params = gtx.apply_updates(params, updates)
-            return (params, state), jnp.concatenate([p.ravel() for p in params])
+            carry, flat = dict(carry), {}
+            for name, (tx, sign) in runs.items():
+                params, state = carry[name]
+                grads = [sign * (h[i] * (p - c[i])) + n[i] for i, p in enumerate(params)]
+                updates, state = tx.update(grads, state, params)
+                params = gtx.apply_updates(params, updates)
+                carry[name] = params, state
+                flat[name] = jnp.concatenate([p.ravel() for p in params])
+            return carry, flat
 
-        (_, state), flat = jax.lax.scan(step, (params, state), noise)
-        return flat, state
+        carry = {name: (params, state) for name, state in states.items()}
+        carry, flat = jax.lax.scan(step, carry, noise)
+        return {name: (flat[name], carry[name][1]) for name in runs}
 
-    return trajectory(params, state, noise)
+    return trajectories(states, noise)
 
 
 def snapshot_rows(first_step=0):
     return [s - 1 - first_step for s in OPTIMIZERS["snapshots"] if s > first_step]
 
 
+def sign_of(case):
+    return -1.0 if case["kwargs"].get("maximize") else 1.0
+
+
+@functools.cache
+def float64_runs():
+    """(trajectory, state) of every golden case in float64, one compilation for all (44
+    compiled one by one took twice as long); called under x64."""
+    assert jax.config.read("jax_enable_x64"), "the x64 fixture first"
+    runs = {name: (build_optimizer(case), sign_of(case)) for name, case in CASES.items()}
+    return jax.device_get(run_together(runs, "float64"))
+
+
 def check_case(case, dtype):
-    tx = build_optimizer(case)
-    sign = -1.0 if case["kwargs"].get("maximize") else 1.0
-    flat, state = run(tx, dtype, sign=sign)
+    if dtype == "float64":
+        flat, state = float64_runs()[case["name"]]
+    else:
+        flat, state = run(build_optimizer(case), dtype, sign=sign_of(case))
     expected = np.asarray(case[dtype]["params"])
     np.testing.assert_allclose(
         np.asarray(flat)[snapshot_rows()], expected, **TOLERANCE[dtype], err_msg=case["name"]
