@@ -173,6 +173,7 @@ def test_eager_kernels_give_the_numbers_of_op_by_op_execution_in_every_wrapper(
         return p, state
 
     fast = run()
+    assert fresh_kernels.kernels
     _assert_one_key_per_code(fresh_kernels)
     monkeypatch.setattr(tree, "COMPILE_EAGER_LEAF_FUNCTIONS", False)
     plain = run()
