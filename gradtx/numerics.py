@@ -30,8 +30,30 @@ def safe_increment(count: jax.Array) -> jax.Array:
         >>> int(numerics.safe_increment(jnp.asarray(numerics.INT32_MAX, jnp.int32)))
         2147483647
     """
-    count = jnp.asarray(count)
+    count = scalar_counter(count)
     return jnp.where(count < INT32_MAX, count + 1, INT32_MAX).astype(count.dtype)
+
+
+def scalar_counter(count: Any) -> jax.Array:
+    """A state's step counter as a 0-d array; a counter with a leading axis is a batch of
+    states (``jax.vmap(tx.init)``) or replicas (``jax.pmap(tx.init)``) handed to an
+    update outside ``vmap``/``pmap``: a ValueError that says so (else a broadcasting
+    error deep in the update, or numbers mixed across the members).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx import numerics
+        >>> int(numerics.scalar_counter(jnp.asarray(3, jnp.int32)))
+        3
+    """
+    count = jnp.asarray(count)
+    if count.ndim:
+        raise ValueError(
+            f"a step counter of the state has shape {count.shape}, where one state holds a "
+            "0-d one: a batch of states (jax.vmap(tx.init)) or replicas (jax.pmap(tx.init)) "
+            "is updated inside jax.vmap or jax.pmap, one state at a time"
+        )
+    return count
 
 
 def real_dtype(dtype: Any) -> jnp.dtype:

@@ -241,6 +241,29 @@ def test_set_hyperparams_on_a_batch_of_states_refuses_one_value_for_the_batch():
         gtx.set_hyperparams(states, path="[1]", learning_rate=0.05)
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: gtx.multi_steps(gtx.adam(0.1), 2),
+        lambda: gtx.swats(0.1),
+        lambda: gtx.apply_if_finite(gtx.sgd(0.1), 2),
+        lambda: keras_compat.adam(0.1, use_ema=True),
+        lambda: torch_compat.adam(0.1),
+    ],
+    ids=["multi_steps", "swats", "apply_if_finite", "keras_adam", "torch_adam"],
+)
+def test_an_update_outside_vmap_of_a_batch_of_states_says_so(make):
+    """A batch of states (or pmap replicas) handed to an un-vmapped update raised a
+    broadcasting error from deep in the update ("Incompatible shapes for broadcasting:
+    shapes=[(8, 3), (8,)]" in multi_steps and swats) or a shape error naming nothing; a
+    counter with a leading axis now says what it is."""
+    tx = make()
+    params = {"w": jnp.ones((8, 3))}
+    states = jax.vmap(tx.init)(params)
+    with pytest.raises(ValueError, match=r"counter of the state has shape \(8,\).*jax\.vmap"):
+        tx.update(params, states, params)
+
+
 def test_reduce_on_plateau_takes_a_metric_per_member():
     tx = gtx.chain(gtx.sgd(1.0), gtx.reduce_on_plateau(factor=0.5, patience=0))
     metrics = jnp.array([[1.0, 0.5, 0.6], [1.0, 2.0, 3.0], [1.0, 0.9, 0.8]])  # [member, step]

@@ -144,7 +144,7 @@ def multi_steps(
                     f"step {int(state.gradient_step)}"
                 )
         k = jnp.maximum(jnp.asarray(k).astype(jnp.int32), 1)
-        n = state.mini_step + 1
+        n = numerics.scalar_counter(state.mini_step) + 1
         emit = n >= k
 
         def leaf(g, a):
