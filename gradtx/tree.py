@@ -700,7 +700,9 @@ def gathered(x: Any) -> Any:
     reshard = getattr(jax.sharding, "reshard", None)
     if reshard is None:  # JAX 0.5.3 to 0.6.x keep it in jax.experimental.shard
         from jax.experimental.shard import reshard
-    return reshard(x, jax.sharding.PartitionSpec())
+    # On the leaf's own mesh, not a bare P(): that needs a mesh context (jax.set_mesh)
+    # and was a ValueError for a jitted or eager step outside one (a restored state).
+    return reshard(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
 def leaf_path(tree: Any, index: int) -> str:
