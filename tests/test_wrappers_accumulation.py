@@ -209,6 +209,23 @@ def test_has_updated_finds_the_multi_steps_state_inside_other_wrappers():
         gtx.has_updated(two.init(params))
 
 
+def test_has_updated_is_false_after_a_step_that_apply_if_finite_skipped_around_it():
+    """A skipped step leaves the MultiStepsState as the step before left it: after a
+    real step, has_updated said True again for the NaN step that followed (the params
+    did not move; a loss logged then belongs to no step)."""
+    tx = gtx.apply_if_finite(gtx.multi_steps(gtx.sgd(0.1), every_k=2), max_consecutive_errors=1)
+    params = jnp.zeros(2)
+    update = jax.jit(tx.update)
+    state, flags = tx.init(params), []
+    nan = jnp.array([jnp.nan, 1.0])
+    # accumulating, real, skipped, accumulating, skipped, applied after one skip (a real
+    # step on a NaN mean), accumulating
+    for grads in [jnp.ones(2), jnp.ones(2), nan, jnp.ones(2), nan, nan, jnp.ones(2)]:
+        _, state = update(grads, state, params)
+        flags.append(bool(gtx.has_updated(state)))
+    assert flags == [False, True, False, False, False, True, False]
+
+
 def test_eager_updates_dispatch_no_operation_per_leaf(monkeypatch):
     """Un-jitted, an accumulating step and a real one run their per-leaf work in the eager
     kernels (a call per 32 leaves). They made and selected the zero accumulators and the

@@ -16,6 +16,7 @@ from gradtx.core import (
     Updates,
     _update_with_extra_args,
 )
+from gradtx.wrappers.finite import ApplyIfFiniteState
 
 
 class MultiStepsState(NamedTuple):
@@ -228,7 +229,13 @@ def _signature(updates: Any, params: Any) -> Any:
 def has_updated(state: Any) -> jax.Array:
     """True when the last ``multi_steps`` update took a real (inner) step.
 
-    That is ``mini_step == 0 and gradient_step > 0``: False after ``init``.
+    That is ``mini_step == 0 and gradient_step > 0``: False after ``init``. Inside
+    ``apply_if_finite`` it is also False after a step that ``apply_if_finite`` skipped
+    (non-finite gradients): ``multi_steps`` did not run, and its state still says what
+    the step before did. A real step of ``multi_steps(apply_if_finite(tx), k)`` whose
+    mean was skipped by the inner ``apply_if_finite`` is a real step (the accumulator
+    restarted; ``tx``'s state did not move). An Optax ``apply_if_finite`` around it is
+    not seen (its state does not say whether it applied the last step).
 
     Args:
         state: the ``MultiStepsState``, or any state holding exactly one (a chain, a
@@ -248,15 +255,32 @@ def has_updated(state: Any) -> jax.Array:
 
     Reference: ``optax.MultiSteps.has_updated`` (same test).
     """
-    if not isinstance(state, MultiStepsState):
-        is_node = lambda x: isinstance(x, MultiStepsState)  # noqa: E731
-        found = [x for x in jax.tree.leaves(state, is_leaf=is_node) if is_node(x)]
-        if len(found) != 1:
-            raise TypeError(
-                f"has_updated expects a MultiStepsState or a state holding one, got "
-                f"{type(state).__name__} holding {len(found)}"
-                + ("; pass the one you mean" if found else "")
-            )
-        state = found[0]
+    found = _multi_steps_states(state, ())
+    if len(found) != 1:
+        raise TypeError(
+            f"has_updated expects a MultiStepsState or a state holding one, got "
+            f"{type(state).__name__} holding {len(found)}"
+            + ("; pass the one you mean" if found else "")
+        )
+    state, guards = found[0]
     # jnp.asarray: nnx.Optimizer keeps the counters in its OptArray variables
-    return (jnp.asarray(state.mini_step) == 0) & (jnp.asarray(state.gradient_step) > 0)
+    updated = (jnp.asarray(state.mini_step) == 0) & (jnp.asarray(state.gradient_step) > 0)
+    for guard in guards:
+        # apply_if_finite restarts its count when it applies a step, and counts a skip
+        updated = updated & (jnp.asarray(guard.notfinite_count) == 0)
+    return updated
+
+
+def _multi_steps_states(state: Any, guards: tuple) -> list[tuple[MultiStepsState, tuple]]:
+    """Each ``MultiStepsState`` in ``state`` (not those inside one), with the states of
+    the ``apply_if_finite`` around it: a step one of those skipped left it as it was."""
+    if isinstance(state, MultiStepsState):
+        return [(state, guards)]
+    is_node = lambda x: isinstance(x, MultiStepsState | ApplyIfFiniteState)  # noqa: E731
+    found = []
+    for node in jax.tree.leaves(state, is_leaf=is_node):
+        if isinstance(node, ApplyIfFiniteState):
+            found.extend(_multi_steps_states(node.inner_state, (*guards, node)))
+        elif isinstance(node, MultiStepsState):
+            found.append((node, guards))
+    return found
