@@ -36,6 +36,31 @@ def schedules_allowed() -> Iterator[None]:
         _SCHEDULES_ALLOWED.reset(token)
 
 
+_INSIDE_FLATTEN = contextvars.ContextVar("gradtx_inside_flatten", default=False)
+
+
+@contextlib.contextmanager
+def inside_flatten() -> Iterator[None]:
+    """Within this block the transforms run on ``flatten``'s one vector of all leaves,
+    where a mask or labels by leaf cannot apply (``leaves_apart``)."""
+    token = _INSIDE_FLATTEN.set(True)
+    try:
+        yield
+    finally:
+        _INSIDE_FLATTEN.reset(token)
+
+
+def leaves_apart(what: str, instead: str) -> None:
+    """A ValueError where ``what`` (a transform that picks leaves by mask or label) runs
+    inside ``flatten``: there it sees one vector, not the leaves (a mask tree is not a
+    prefix of it; a mask or label function, called with the vector, picks all or none)."""
+    if _INSIDE_FLATTEN.get():
+        raise ValueError(
+            f"{what} inside flatten: flatten's inner transform sees one vector of all the "
+            f"leaves, so it cannot pick leaves by mask or label; {instead}"
+        )
+
+
 def _is_schedule(value: Any) -> bool:
     return callable(value) and not isinstance(value, type)
 

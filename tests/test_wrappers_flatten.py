@@ -313,3 +313,38 @@ def test_an_abstract_init_takes_shapes_of_numpy_integers_as_concrete_shapes():
     state = tx.init(abstract)
     assert [int(start) for start in state.starts] == [0, 4]
     assert jax.tree.map(jnp.shape, state) == jax.tree.map(jnp.shape, tx.init(params))
+
+
+def _matrices(tree):
+    return jax.tree.map(lambda p: p.ndim > 1, tree)
+
+
+ROUTING = {
+    "masked_by_tree": lambda: gtx.masked(gtx.sgd(0.1), {"a": True, "b": False}),
+    "masked_by_function": lambda: gtx.masked(gtx.sgd(0.1), _matrices),
+    "partition_by_tree": lambda: gtx.partition(
+        {"x": gtx.sgd(0.1), "y": gtx.freeze()}, {"a": "x", "b": "y"}
+    ),
+    "partition_by_patterns": lambda: gtx.partition(
+        {"x": gtx.sgd(0.1), "y": gtx.freeze()}, {r"\['a'\]": "x", ".*": "y"}
+    ),
+    "adamw_mask": lambda: gtx.adamw(0.1, mask=_matrices),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROUTING))
+def test_routing_by_leaf_inside_flatten_is_refused_naming_both(rng, name):
+    """Inside flatten a mask or labels meet one vector: a mask function (p.ndim > 1) or
+    path patterns silently picked all or none of it (masked updated nothing, the
+    partition froze every leaf, adamw decayed nothing), and a mask tree was a
+    ValueError about a prefix that named neither flatten nor a way out."""
+    named = {"masked": "masked", "partition": "partition", "adamw": "mask="}[name.split("_")[0]]
+    tx, params = gtx.flatten(ROUTING[name]()), _tree(rng)
+    if name == "adamw_mask":
+        state = tx.init(params)  # adamw reads its mask in update only
+    else:
+        with pytest.raises(ValueError, match=rf"{named} inside flatten: .* one vector"):
+            tx.init(params)
+        state = None  # refused before the state is read
+    with pytest.raises(ValueError, match=rf"{named} inside flatten: .* one vector"):
+        jax.jit(tx.update)(params, state, params)

@@ -36,6 +36,7 @@ def resolve_mask(mask: Any, params: Params, updates: Any) -> Any:
     if mask is None or treedef.num_leaves == 0:
         # no leaves (a group that owns nothing in a ``partition``): nothing to mask
         return treedef.unflatten([True] * treedef.num_leaves)
+    check.leaves_apart("a transform's mask=", "pass no mask, and put flatten in a masked")
     mask_tree = mask(params) if tree.is_function_of_params(mask, tree.MASK_LEAVES) else mask
     if jax.tree.structure(mask_tree) != treedef:
         tree.check_same_structure(updates, mask_tree, "the updates", "the mask")

@@ -242,6 +242,11 @@ def flatten(inner: TransformLike, offsets_in_state: bool = False) -> GradientTra
     update checks them and gives NaN updates (under ``jit``) or raises (eagerly) when
     they are off.
 
+    Routing by leaf cannot run on the vector: ``masked``, ``partition``, ``freeze`` with
+    a mask and a transform's ``mask=`` (``adamw``'s) inside ``flatten`` are a ValueError
+    naming both (a mask function, called with the vector, picked all of it or none); put
+    ``flatten`` inside them instead (``masked(flatten(tx), mask)``).
+
     Args:
         inner: the transform to run on the vector; its state is for the vector.
         offsets_in_state: keep the leaves' start offsets in the state (state
@@ -270,21 +275,23 @@ def flatten(inner: TransformLike, offsets_in_state: bool = False) -> GradientTra
     eager_inner = _EagerInner(inner_update)
 
     def update_vector(leaves, inner_state, param_leaves, extra):
-        result = eager_inner(leaves, inner_state, param_leaves, extra)
-        if result is not None:
-            return result
-        flat_params = None if param_leaves is None else _ravel(param_leaves)
-        return inner_update(_ravel(leaves), inner_state, flat_params, **extra)
+        with check.inside_flatten():  # a mask or labels by leaf in inner: a clear error
+            result = eager_inner(leaves, inner_state, param_leaves, extra)
+            if result is not None:
+                return result
+            flat_params = None if param_leaves is None else _ravel(param_leaves)
+            return inner_update(_ravel(leaves), inner_state, flat_params, **extra)
 
     def init(params):
         tree.check_inexact(params, "parameter")
         leaves = jax.tree.leaves(params)
         if offsets_in_state:
             leaves = [leaves[i] for i in _grouped_by_shape(leaves)]
-        if any(isinstance(x, jax.ShapeDtypeStruct) for x in leaves):  # an abstract init
-            inner_state = inner.init(jax.eval_shape(_ravel, leaves))
-        else:
-            inner_state = inner.init(_ravel(leaves))
+        with check.inside_flatten():
+            if any(isinstance(x, jax.ShapeDtypeStruct) for x in leaves):  # an abstract init
+                inner_state = inner.init(jax.eval_shape(_ravel, leaves))
+            else:
+                inner_state = inner.init(_ravel(leaves))
         if not offsets_in_state:
             return inner_state
         shapes, starts, size = _layout(leaves)

@@ -186,6 +186,7 @@ def masked(
     inner_update = _update_with_extra_args(inner, "inner")
 
     def init(params):
+        check.leaves_apart("masked", "put flatten inside it: masked(flatten(tx), mask)")
         if _has_no_leaves(params):
             return MaskedState(inner.init(params))
         mask_tree = mask(params) if mask_is_function else mask
@@ -193,6 +194,7 @@ def masked(
         return MaskedState(inner.init(_select(params, keep, treedef)))
 
     def update(updates, state, params=None, **extra):
+        check.leaves_apart("masked", "put flatten inside it: masked(flatten(tx), mask)")
         if _has_no_leaves(updates):
             _, inner_state = inner_update(updates, state.inner_state, params, **extra)
             return updates, MaskedState(inner_state)
@@ -322,6 +324,11 @@ def _resolve_labels(labels: Any, full: Any, names: list[str]) -> tuple[Any, list
     return treedef, flat
 
 
+_FLATTEN_EACH_GROUP = (
+    "flatten each group's transform instead: partition({'a': flatten(tx), ...}, labels)"
+)
+
+
 def partition(
     transforms: Mapping[str, TransformLike],
     labels: Any,
@@ -381,6 +388,7 @@ def partition(
     }
 
     def init(params):
+        check.leaves_apart("partition", _FLATTEN_EACH_GROUP)
         if _has_no_leaves(params):
             return PartitionState({name: t.init(params) for name, t in transforms.items()})
         treedef, flat = _resolve_labels(labels, params, names)
@@ -392,6 +400,7 @@ def partition(
         )
 
     def update(updates, state, params=None, **extra):
+        check.leaves_apart("partition", _FLATTEN_EACH_GROUP)
         if _has_no_leaves(updates):
             new_states = {
                 name: update_fn(updates, state.inner_states[name], params, **extra)[1]
