@@ -650,6 +650,28 @@ def test_a_schedule_that_returns_no_number_is_named(value):
         tx.init(jnp.zeros(1))
 
 
+@pytest.mark.parametrize(
+    ("factory", "argument"),
+    [
+        (gtx.masked, {"mask": lambda params: jax.tree.map(lambda p: p.ndim > 1, params)}),
+        (gtx.partition, {"labels": lambda params: jax.tree.map(lambda p: "a", params)}),
+    ],
+    ids=["masked", "partition"],
+)
+def test_a_wrappers_mask_function_outside_static_args_is_named(factory, argument):
+    """schedule_injection(gtx.masked)(tx, mask=fn) called fn with the step count and
+    injected its False as 0.0, which masked refused as "mask leaves must be bools, got
+    Array(0.)": nothing said that fn had been taken for a schedule."""
+    (name,) = argument
+    inner = gtx.sgd(0.1) if factory is gtx.masked else {"a": gtx.sgd(0.1)}
+    tx = gtx.schedule_injection(factory)(inner, **argument)
+    with pytest.raises(TypeError, match=rf"{name} returned .*pass static_args='{name}'"):
+        tx.init({"w": jnp.ones((2, 2))})
+    fixed = gtx.schedule_injection(factory, static_args=name)(inner, **argument)
+    updates, _ = fixed.update({"w": jnp.ones((2, 2))}, fixed.init({"w": jnp.ones((2, 2))}))
+    np.testing.assert_allclose(updates["w"], -0.1 * np.ones((2, 2)))
+
+
 def test_a_traced_float64_hyperparameter_is_float32_unless_every_leaf_is_float64(x64):
     """As documented in _at_least_float32: a float64 learning rate traced into update
     keeps float64 where every leaf is float64 (a meta-gradient keeps its precision) and

@@ -112,8 +112,13 @@ def _build_inner(factory: Callable, fixed: dict, hyperparams: dict) -> GradientT
         _INSIDE_AN_INJECTOR.reset(token)
 
 
-def _evaluate(name: str, schedule: Callable, count: jax.Array) -> Any:
-    """``schedule(count)``, a call with the wrong arity named as the argument's."""
+def _evaluate(
+    name: str, schedule: Callable, count: jax.Array, parameter: inspect.Parameter | None = None
+) -> Any:
+    """``schedule(count)``, a call with the wrong arity named as the argument's. No
+    number (None, a string, a bool for an argument not declared a float) is a TypeError
+    naming ``static_args``: a mask function given to ``schedule_injection(gtx.masked)``
+    was called with the step and its bool injected as 0.0, then refused as a mask leaf."""
     try:
         value = schedule(count)
     except TypeError as error:
@@ -127,8 +132,13 @@ def _evaluate(name: str, schedule: Callable, count: jax.Array) -> Any:
         except ValueError:  # no signature to inspect (a builtin): its own error
             pass
         raise
-    if value is None or isinstance(value, str):
-        raise TypeError(f"the schedule given for {name} returned {value!r}, not a number")
+    boolean = isinstance(value, bool | np.bool_) or getattr(value, "dtype", None) == np.bool_
+    if value is None or isinstance(value, str) or (boolean and not _declared_float(parameter)):
+        raise TypeError(
+            f"the schedule given for {name} returned {value!r}, not a number (a function "
+            f"of the params, such as a mask or labels, is not a schedule: pass "
+            f"static_args={name!r})"
+        )
     return value
 
 
@@ -186,7 +196,9 @@ def schedule_injection(
             float (a mask function, say): one name (``"mask"``, as Optax takes it) or an
             iterable of names, each an argument of ``factory`` (another is a
             ValueError naming it, where a misspelt name would otherwise leave the
-            argument injected).
+            argument injected). A mask or labels function left out of it is called as a
+            schedule: its bool or string (no number; a bool is one only for an argument
+            declared a float) is a TypeError naming ``static_args``.
 
     A hyperparameter given as a JAX array to an injected optimizer built inside another
     injector's factory (a gradtx optimizer wrapped in ``schedule_injection`` again, or
@@ -278,7 +290,9 @@ def schedule_injection(
             for name, value in live.items():
                 values[name] = _as_float32(name, value)
             for name, schedule in schedules.items():
-                values[name] = _as_float32(name, _evaluate(name, schedule, count))
+                values[name] = _as_float32(
+                    name, _evaluate(name, schedule, count, signature.parameters.get(name))
+                )
             return values
 
         def computed_with(values, like):
