@@ -400,6 +400,46 @@ def test_reset_group_reinitializes_one_group_and_keeps_the_other():
         gtx.reset_group(tx, state, "c", params)
 
 
+def test_reset_group_reaches_a_partition_inside_a_chain_or_wrapper():
+    """The state of chain(clip, partition) or multi_steps(partition) was a TypeError
+    ("expects a PartitionState, got tuple"): the user had to take the partition's state
+    out and put the reset one back by hand."""
+    labels = {"dense": "a", "norm": "b"}
+
+    def partition():
+        return gtx.partition({"a": gtx.adam(0.1), "b": gtx.sgd(0.1, momentum=0.9)}, labels)
+
+    def by_hand(groups):  # the partition's state with group "a" as at init
+        fresh = partition().init(params).inner_states["a"]
+        return gtx.PartitionState({**groups.inner_states, "a": fresh})
+
+    inner = partition()
+    chained = gtx.chain(gtx.clip_by_global_norm(1.0), inner)
+    wrapped = gtx.multi_steps(partition(), 1)
+    params = _params()
+    cases = [
+        (chained, inner, lambda s: (s[0], by_hand(s[1]))),
+        (chained, chained, lambda s: (s[0], by_hand(s[1]))),
+        (wrapped, wrapped, lambda s: s._replace(inner_state=by_hand(s.inner_state))),
+    ]
+    for tx, holder, expected in cases:
+        state = tx.init(params)
+        for _ in range(2):
+            _, state = tx.update(_grads(), state, params)
+        reset = gtx.reset_group(holder, state, "a", params)
+        assert jax.tree.structure(reset) == jax.tree.structure(state)
+        for a, b in zip(jax.tree.leaves(reset), jax.tree.leaves(expected(state)), strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert int(gtx.tree_get(reset, "count", path="['a'].count")) == 0
+        assert int(gtx.tree_get(reset, "count", path="['b']")) == 2  # the other group kept
+    two = gtx.chain(partition(), partition())
+    with pytest.raises(TypeError, match="holding exactly one as state, got tuple holding 2"):
+        gtx.reset_group(inner, two.init(params), "a", params)
+    other = gtx.partition({"c": gtx.sgd(0.1)}, {".*": "c"})
+    with pytest.raises(ValueError, match="pass the transform this state belongs to"):
+        gtx.reset_group(other, chained.init(params), "a", params)
+
+
 def test_an_optax_transform_inside_masked_keeps_state_for_masked_in_leaves_only():
     tx = gtx.masked(optax.adam(0.1), MASK)
     reference = optax.masked(optax.adam(0.1), MASK)

@@ -425,15 +425,25 @@ def partition(
 
 
 def reset_group(
-    partitioned: GradientTransformation, state: PartitionState, label: str, params: Params
-) -> PartitionState:
-    """``state`` with the group ``label`` re-initialized (its moments, counts... as at init).
+    partitioned: GradientTransformation, state: OptState, label: str, params: Params
+) -> OptState:
+    """``state`` with the group ``label`` of its ``partition`` re-initialized (its moments,
+    counts... as at init); everything else in ``state`` is returned as it was.
+
+    The partition may sit inside a chain or a wrapper (``chain(clip_by_global_norm(1.0),
+    partition(...))``, ``multi_steps(partition(...), k)``): ``state`` may be that chain's
+    or wrapper's state, holding exactly one ``PartitionState`` (as ``has_updated`` finds
+    the ``MultiStepsState``), and ``partitioned`` either the ``partition`` itself or the
+    transform holding it. With the transform holding it, its whole state is initialized
+    once to take the group's (pass the ``partition`` itself to build only its own).
 
     Args:
-        partitioned: the transform returned by ``partition``.
-        state: its current state.
-        label: the group to reset, one of the labels of ``state.inner_states`` (another
-            is a ValueError; a state that is not a ``PartitionState`` a TypeError).
+        partitioned: the transform returned by ``partition``, or one holding exactly
+            one (a chain, a wrapper).
+        state: its current state: a ``PartitionState``, or a state holding exactly one
+            (none or several is a TypeError).
+        label: the group to reset, one of the labels of the partition (another is a
+            ValueError).
         params: the current params (the group's init may read them).
 
     Example:
@@ -450,9 +460,31 @@ def reset_group(
     Reference: none in Optax (``optax.multi_transform`` has no reset); PyTorch users
     do it by clearing ``optimizer.state`` for a group's parameters.
     """
-    if not isinstance(state, PartitionState):
-        raise TypeError(f"reset_group expects a PartitionState, got {type(state).__name__}")
-    if label not in state.inner_states:
-        raise ValueError(f"no group {label!r}; the groups are {list(state.inner_states)}")
-    fresh = partitioned.init(params).inner_states[label]
-    return PartitionState({**state.inner_states, label: fresh})
+    current = _the_partition_state(state, "state")
+    if label not in current.inner_states:
+        raise ValueError(f"no group {label!r}; the groups are {list(current.inner_states)}")
+    fresh = _the_partition_state(partitioned.init(params), "partitioned's init")
+    if set(fresh.inner_states) != set(current.inner_states):
+        raise ValueError(
+            f"partitioned has the groups {list(fresh.inner_states)}, the state "
+            f"{list(current.inner_states)}: pass the transform this state belongs to"
+        )
+    reset = PartitionState({**current.inner_states, label: fresh.inner_states[label]})
+    return jax.tree.map(
+        lambda x: reset if x is current else x, state, is_leaf=lambda x: x is current
+    )
+
+
+def _the_partition_state(state: Any, what: str) -> PartitionState:
+    """``state`` itself if it is a ``PartitionState``, else the one it holds (not those
+    inside that one); none or several is a TypeError naming ``what``."""
+    if isinstance(state, PartitionState):
+        return state
+    is_node = lambda x: isinstance(x, PartitionState)  # noqa: E731
+    found = [x for x in jax.tree.leaves(state, is_leaf=is_node) if is_node(x)]
+    if len(found) != 1:
+        raise TypeError(
+            f"reset_group expects a PartitionState or a state holding exactly one as "
+            f"{what}, got {type(state).__name__} holding {len(found)}"
+        )
+    return found[0]
