@@ -257,9 +257,13 @@ def hyperparameter(value: Any, dtype: Any) -> Any:
     """A hyperparameter ready for arithmetic in ``dtype``.
 
     Python numbers stay Python numbers (weakly typed, so they take the leaf's dtype
-    exactly); arrays (injected hyperparameters live in the state as float32) are cast.
+    exactly), and so do NumPy scalars, as the Python numbers they hold (``np.float64``
+    subclasses ``float``, but JAX types it strongly: under x64 it widened the leaf's
+    arithmetic, and strict promotion refused it against float32 or complex64 leaves);
+    arrays (injected hyperparameters live in the state as float32) are cast.
     """
-    if isinstance(value, (int, float)):
+    value = python_number(value)
+    if isinstance(value, int | float):
         return value
     return jnp.asarray(value).astype(real_dtype(dtype))
 
@@ -269,9 +273,26 @@ def factor(value: Any, dtype: Any) -> Any:
     ``hyperparameter``, but an array is cast to ``dtype`` itself, complex for complex
     values (``x + 0j``, the number standard promotion gives, made explicit so that
     ``jax_numpy_dtype_promotion="strict"`` accepts the product)."""
-    if isinstance(value, (int, float)):
+    value = python_number(value)
+    if isinstance(value, int | float):
         return value
     return jnp.asarray(value).astype(real_dtype(dtype)).astype(dtype)
+
+
+def python_number(value: Any) -> Any:
+    """A real NumPy scalar as the Python number it holds (the same value: a float32's or
+    float64's is exact as a Python float), so that JAX types it weakly, as it does the
+    Python number (``np.float64`` subclasses ``float`` but is typed strongly: under x64
+    it widened float32 arithmetic, and strict promotion refused it); anything else, an
+    array included, as it is.
+
+    Example:
+        >>> import numpy as np
+        >>> from gradtx import numerics
+        >>> type(numerics.python_number(np.float64(0.9))).__name__
+        'float'
+    """
+    return value.item() if isinstance(value, np.integer | np.floating | np.bool_) else value
 
 
 def anneal(

@@ -184,3 +184,92 @@ def test_a_float64_b1_array_under_x64_widens_the_first_moment_as_promotion_did(n
     expected = ((1 - np.float64(0.9)) * g.astype(np.float64)).astype(np.float32)
     assert state.mu.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(state.mu), expected)
+
+
+# Each built with its hyperparameters as given: Python floats (the reference), NumPy
+# scalars (np.float64 is a Python float subclass that JAX types strongly, as an array) or
+# injected (float32 arrays in the state).
+TYPED_HYPERPARAMETERS = {
+    "scale": lambda h: gtx.scale(h(-0.5)),
+    "trace": lambda h: gtx.trace(h(0.9)),
+    "ema": lambda h: gtx.ema(h(0.9)),
+    "scale_by_rms": lambda h: gtx.scale_by_rms(h(0.9)),
+    "clip_by_global_norm": lambda h: gtx.clip_by_global_norm(h(0.5)),
+    "add_l1": lambda h: gtx.add_l1(h(0.01)),
+    "max_norm": lambda h: gtx.max_norm(h(1.0)),
+    "add_decayed_weights": lambda h: gtx.add_decayed_weights(h(0.1)),
+    "add_decoupled_weight_decay": lambda h: gtx.add_decoupled_weight_decay(h(0.1), h(0.5)),
+    "lookahead": lambda h: gtx.lookahead(gtx.scale(h(-0.5)), 1, h(0.5)),
+    "scale_by_adam": lambda h: gtx.scale_by_adam(h(0.9), h(0.99), h(1e-3), h(1e-8)),
+    "scale_by_radam": lambda h: gtx.scale_by_radam(h(0.9), h(0.99), h(1e-3)),
+    "scale_by_nadam_schedule": lambda h: gtx.scale_by_nadam_schedule(h(0.9), h(0.99), h(1e-3)),
+    "swats": lambda h: gtx.swats(h(0.1), b1=h(0.9), b2=h(0.99), eps=h(1e-3)),
+}
+INJECTED = {
+    "clip_by_global_norm": lambda: gtx.schedule_injection(gtx.clip_by_global_norm)(0.5),
+    "add_l1": lambda: gtx.schedule_injection(gtx.add_l1)(0.01),
+    "add_decoupled_weight_decay": lambda: gtx.schedule_injection(gtx.add_decoupled_weight_decay)(
+        0.1, 0.5
+    ),
+    "lookahead": lambda: gtx.schedule_injection(gtx.lookahead)(gtx.scale(-0.5), 1, 0.5),
+}
+
+
+@pytest.mark.parametrize(
+    ("x64_on", "names"),
+    [(False, sorted(TYPED_HYPERPARAMETERS)), (True, ["scale_by_adam", "trace", "swats"])],
+    ids=["complex64", "x64_float32"],
+)
+def test_numpy_scalar_and_injected_hyperparameters_under_strict_promotion(x64_on, names):
+    """np.float64 hyperparameters reached the leaf arithmetic as strongly typed float64
+    (a float32 or complex64 leaf times float64 or float32 under strict promotion: a
+    TypePromotionError in 13 of these 14 transforms; under x64 and standard promotion a
+    widened product where a Python float gives the leaf's precision), and injected
+    float32 hyperparameters met complex64 leaves uncast in clip_by_global_norm, add_l1,
+    add_decoupled_weight_decay and lookahead. Now both give the Python floats' numbers
+    under strict promotion: jitted bit for bit, and eagerly (an update of a fresh state,
+    op by op or in the eager kernels, within float32 rounding)."""
+    with jax.enable_x64(x64_on):
+        dtypes = jnp.float32 if x64_on else jnp.complex64
+
+        def runs(params, gradients, hyperparameter, injected):
+            out = []
+            for name in names:
+                if injected:  # float32 values: 0.1 only where float32 is the compute dtype
+                    if name not in INJECTED or x64_on:
+                        continue
+                    tx = INJECTED[name]()
+                else:
+                    tx = TYPED_HYPERPARAMETERS[name](hyperparameter)
+                p, state = params, tx.init(params)
+                for g in gradients:
+                    updates, state = tx.update(g, state, p)
+                    p = gtx.apply_updates(p, updates)
+                out.append(jax.tree.leaves(p))
+            return out
+
+        @jax.jit
+        def all_runs(params, gradients):
+            expected = runs(params, gradients, float, injected=False)
+            with jax.numpy_dtype_promotion("strict"):
+                actual = runs(params, gradients, np.float64, injected=False)
+                injected = runs(params, gradients, None, injected=True)
+            return expected, actual, injected
+
+        params, gradients = tree(dtypes, 0), [tree(dtypes, seed) for seed in (1, 2)]
+        expected, actual, injected = all_runs(params, gradients)
+        for a, e in zip(actual, expected, strict=True):
+            assert_bitwise_equal([np.asarray(x) for x in a], [np.asarray(x) for x in e])
+        chosen = [n for n in names if n in INJECTED and not x64_on]
+        for name, a in zip(chosen, injected, strict=True):
+            e = expected[names.index(name)]
+            assert_bitwise_equal([np.asarray(x) for x in a], [np.asarray(x) for x in e])
+        for name in names[:2]:
+            tx = TYPED_HYPERPARAMETERS[name]
+            reference = tx(float).update(gradients[0], tx(float).init(params), params)
+            with jax.numpy_dtype_promotion("strict"):
+                eager = tx(np.float64).update(gradients[0], tx(np.float64).init(params), params)
+            # the second sight of a per-leaf function compiles its eager kernel, where XLA
+            # may contract a * b + c: within float32 rounding of the op-by-op reference
+            for a, e in zip(jax.tree.leaves(eager), jax.tree.leaves(reference), strict=True):
+                np.testing.assert_allclose(a, e, rtol=1e-6, err_msg=name)

@@ -89,6 +89,7 @@ def scale_by_adam(
     check.unit_interval("b2", b2)
     check.non_negative("eps", eps)
     check.non_negative("eps_root", eps_root)
+    b1, b2, eps, eps_root = map(numerics.python_number, (b1, b2, eps, eps_root))
     check.dtype_or_none("mu_dtype", mu_dtype)
     check.dtype_or_none("nu_dtype", nu_dtype)
     check.boolean("nesterov", nesterov)
@@ -262,6 +263,7 @@ def amsgrad_max(
     check.unit_interval("b2", b2)
     check.non_negative("eps", eps)
     check.non_negative("eps_root", eps_root)
+    b1, b2, eps, eps_root = map(numerics.python_number, (b1, b2, eps, eps_root))
     check.dtype_or_none("mu_dtype", mu_dtype)
     check.dtype_or_none("nu_dtype", nu_dtype)
     check.boolean("bias_correction_mu", bias_correction_mu)
@@ -411,6 +413,7 @@ def scale_by_adamax(
     check.non_negative("eps", eps)
     check.dtype_or_none("nu_dtype", nu_dtype)
     check.boolean("eps_in_max", eps_in_max)
+    b1, b2, eps = map(numerics.python_number, (b1, b2, eps))
 
     def init(params):
         return ScaleByAdamaxState(

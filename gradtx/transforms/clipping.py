@@ -87,8 +87,9 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
 
         def leaf(u):
             dtype = numerics.compute_dtype(u.dtype)
-            scaled = u.astype(dtype) / norm.astype(dtype) * numerics.hyperparameter(max_norm, dtype)
-            return jnp.where(norm < max_norm, u, scaled.astype(u.dtype))
+            scaled = u.astype(dtype) / norm.astype(dtype) * numerics.factor(max_norm, dtype)
+            below = norm < numerics.hyperparameter(max_norm, norm.dtype)
+            return jnp.where(below, u, scaled.astype(u.dtype))
 
         (clipped,) = tree.map_unzip(leaf, updates, outputs=1)
         return clipped, state

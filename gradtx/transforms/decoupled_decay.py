@@ -91,7 +91,7 @@ def add_decoupled_weight_decay(
             if not keep:
                 return u
             dtype = numerics.compute_dtype(u.dtype)
-            shrink = numerics.hyperparameter(rate, dtype) * numerics.hyperparameter(decay, dtype)
+            shrink = numerics.factor(rate, dtype) * numerics.factor(decay, dtype)
             return (u.astype(dtype) - p.astype(dtype) * shrink).astype(u.dtype)
 
         mask_tree = resolve_mask(mask, params, updates)

@@ -87,6 +87,7 @@ def scale_by_nadam_schedule(
     check.unit_interval("b2", b2)
     check.non_negative("eps", eps)
     check.non_negative("momentum_decay", momentum_decay)
+    b1, b2, eps = map(numerics.python_number, (b1, b2, eps))
     check.dtype_or_none("nu_dtype", nu_dtype)
 
     def momentum_at(step, dtype):

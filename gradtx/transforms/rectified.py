@@ -115,6 +115,7 @@ def scale_by_radam(
     check.unit_interval("b2", b2)
     check.non_negative("eps", eps)
     check.non_negative("eps_root", eps_root)
+    b1, b2, eps, eps_root = map(numerics.python_number, (b1, b2, eps, eps_root))
     check.in_range("threshold", threshold, 4.0, None, low_inclusive=False)
     check.boolean("strict_threshold", strict_threshold)
     check.boolean("eps_before_bias_correction", eps_before_bias_correction)

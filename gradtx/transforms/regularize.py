@@ -186,9 +186,7 @@ def add_l1(strength: float = 0.0, mask: Any = None) -> GradientTransformation:
             if not keep:
                 return u
             dtype = numerics.compute_dtype(u.dtype)
-            step = u.astype(dtype) + numerics.hyperparameter(strength, dtype) * jnp.sign(
-                p.astype(dtype)
-            )
+            step = u.astype(dtype) + numerics.factor(strength, dtype) * jnp.sign(p.astype(dtype))
             return step.astype(u.dtype)
 
         mask_tree = resolve_mask(mask, params, updates)

@@ -116,7 +116,7 @@ def lookahead(
             def leaf(u, p, slow):
                 dtype = numerics.compute_dtype(numerics.result_type(u, p))
                 fast = p.astype(dtype) + u.astype(dtype)
-                alpha = numerics.hyperparameter(slow_step_size, dtype)
+                alpha = numerics.factor(slow_step_size, dtype)
                 synced = slow.astype(dtype) + alpha * (fast - slow.astype(dtype))
                 step = jnp.where(sync, synced - p.astype(dtype), u.astype(dtype))
                 slow_new = jnp.where(sync, synced, slow.astype(dtype))

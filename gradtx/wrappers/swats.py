@@ -116,6 +116,7 @@ def swats(
     check.unit_interval("b2", b2)
     check.non_negative("eps", eps)
     check.non_negative("switch_tol", switch_tol)
+    b1, b2, eps = map(numerics.python_number, (b1, b2, eps))
     check.dtype_or_none("nu_dtype", nu_dtype)
 
     def scalar_dtype(params):
