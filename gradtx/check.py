@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, NoReturn
 
@@ -61,8 +62,19 @@ def leaves_apart(what: str, instead: str) -> None:
         )
 
 
+def is_flax_variable(x: Any) -> bool:
+    """Whether ``x`` is a Flax ``nnx.Variable`` (Flax is not imported for it: without
+    it loaded, nothing is one). ``nnx.Optimizer`` calls ``init`` with an ``nnx.State``
+    of Variables, where a leaf's path ends in ``.value``, and ``update`` with their
+    arrays, where it does not; its ``opt_state`` keeps the state's arrays in them."""
+    nnx = sys.modules.get("flax.nnx")
+    return nnx is not None and isinstance(x, nnx.Variable)
+
+
 def _is_schedule(value: Any) -> bool:
-    return callable(value) and not isinstance(value, type)
+    # a Variable is callable (Flax's deprecated __call__ reads it), and one holding an
+    # injected hyperparameter (nnx.Optimizer's opt_state) is a number, not a schedule
+    return callable(value) and not isinstance(value, type) and not is_flax_variable(value)
 
 
 def _concrete(name: str, value: Any, schedule: bool) -> np.ndarray | None:

@@ -61,6 +61,7 @@ def check_same_structure(reference: Any, other: Any, reference_name: str, other_
         ]
         raise ValueError(
             f"the structure of {other_name} differs from {reference_name}: {'; '.join(parts)}"
+            + _variables_hint(only_ref, only_other)
         )
     for (ref_path, ref_leaf), (other_path, other_leaf) in zip(ref_paths, other_paths, strict=False):
         if ref_path != other_path or (ref_leaf is None) != (other_leaf is None):
@@ -82,6 +83,20 @@ def check_same_structure(reference: Any, other: Any, reference_name: str, other_
     raise ValueError(
         f"the structure of {other_name} differs from {reference_name} in its containers "
         f"({jax.tree.structure(reference)} vs {jax.tree.structure(other)})"
+    )
+
+
+def _variables_hint(only_ref: list[str], only_other: list[str]) -> str:
+    """A hint where the two sides differ only by Flax ``nnx.Variable``s around the leaves
+    on one side (paths ending in ``.value``): ``nnx.Optimizer.opt_state`` passed to
+    ``tx.update`` by hand, or a mask built with ``jax.tree.map`` over ``nnx.state``."""
+    strip = lambda paths: sorted(p.removesuffix(".value") for p in paths)  # noqa: E731
+    if not only_ref or strip(only_ref) != strip(only_other):
+        return ""
+    return (
+        " (one holds Flax nnx.Variables where the other holds their bare values; "
+        "nnx.Optimizer.update passes arrays: give nnx.as_pure(...) of the one with "
+        "Variables, e.g. nnx.as_pure(optimizer.opt_state))"
     )
 
 
@@ -1078,7 +1093,10 @@ def tree_set(tree: Any, *, path: str | None = None, **values: Any) -> Any:
 
     Each new value must have the structure and leaf shapes of the old one; array leaves
     are cast to the old leaf's dtype, so a state keeps its structure and dtypes (a
-    jit-compiled step does not recompile). Errors as ``tree_get``.
+    jit-compiled step does not recompile). Errors as ``tree_get``. In Flax's
+    ``nnx.Optimizer.opt_state``, which holds the arrays in ``OptArray`` variables, the
+    new arrays go into those variables (give arrays, not variables), so
+    ``optimizer.opt_state = gtx.tree_set(optimizer.opt_state, ...)`` keeps its graph.
 
     Args:
         tree: any tree (an optimizer state, usually).
@@ -1101,7 +1119,11 @@ def tree_set(tree: Any, *, path: str | None = None, **values: Any) -> Any:
     for name, value in values.items():
         pieces = _lookup(tree, name, path)
         found = "".join(pieces)
-        old = tree_get(tree, name, path=path)
+        held = tree_get(tree, name, path=path)
+        # nnx.Optimizer's opt_state keeps the arrays in Variables: the new value is
+        # checked against their arrays and put into them (a bare array in their place
+        # changes the graph, and its next update cannot write into a NamedTuple)
+        old = jax.tree.map(_variable_value, held, is_leaf=check.is_flax_variable)
         check_same_structure(old, value, f"the current {name!r}", f"the new {name!r}")
 
         def conform(old_leaf, new_leaf, found=found):
@@ -1133,5 +1155,28 @@ def tree_set(tree: Any, *, path: str | None = None, **values: Any) -> Any:
                 )
             return new_leaf.astype(old_leaf.dtype)
 
-        tree = _replace_at(tree, pieces, jax.tree.map(conform, old, value))
+        new = in_variables_of(held, jax.tree.map(conform, old, value))
+        tree = _replace_at(tree, pieces, new)
     return tree
+
+
+def _variable_value(leaf: Any) -> Any:
+    return leaf.get_value() if check.is_flax_variable(leaf) else leaf
+
+
+def in_variables_of(old: Any, new: Any) -> Any:
+    """``new`` with each array put in the Flax ``nnx.Variable`` that holds its place in
+    ``old`` (``new`` itself where ``old`` holds none): ``nnx.Optimizer`` keeps the state's
+    arrays in ``OptArray`` variables, and a bare array in their place changes the graph
+    (its next update cannot write into a NamedTuple: 'Cannot set key ... on immutable
+    node'). A Variable in ``new`` (an ``init`` given the params' Variables) gives its
+    array."""
+    if not any(map(check.is_flax_variable, jax.tree.leaves(old, is_leaf=check.is_flax_variable))):
+        return new
+
+    def put(old_leaf: Any, new_leaf: Any) -> Any:
+        if not check.is_flax_variable(old_leaf):
+            return new_leaf
+        return old_leaf.replace(_variable_value(new_leaf))
+
+    return jax.tree.map(put, old, new, is_leaf=check.is_flax_variable)

@@ -73,7 +73,11 @@ def assert_same_training(gradtx_run, optax_run):
     assert losses[-1] < losses[0]
 
 
-KERNELS_AND_BIASES = {r"kernel": "kernels", r"bias": "biases"}
+# Anchored at the path's end: nnx.Optimizer calls init with an nnx.State of Variables
+# ("['hidden']['kernel'].value") and update with their arrays ("['hidden']['kernel']");
+# a Variable is matched at its own path (at init these patterns matched no leaf: a
+# ValueError from nnx.Optimizer(model, tx, ...)).
+KERNELS_AND_BIASES = {r"\['kernel'\]$": "kernels", r"\['bias'\]$": "biases"}
 
 
 def optax_labels(params):
@@ -217,3 +221,117 @@ def test_has_updated_reads_nnx_optimizers_state():
         optimizer.update(model, grads)
         flags.append(bool(gtx.has_updated(optimizer.opt_state)))
     assert flags == [False, True, False, True]
+
+
+def test_tx_update_by_hand_on_an_nnx_optimizers_opt_state_says_to_pass_arrays():
+    """The opt_state of nnx.Optimizer keeps the arrays in OptArray variables; passed to
+    tx.update as it is, Adam's injected b1 (an OptArray, which is callable) was read as
+    a schedule: 'b1 must be a number here, got a schedule'. It is a structure error
+    naming the Variables and the fix."""
+    model = NnxMLP(nnx.Rngs(0))
+    tx = gtx.adam(0.01)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    params = nnx.as_pure(nnx.state(model, nnx.Param))
+    with pytest.raises(ValueError, match=r"\['hidden'\]\['kernel'\]\.value.*nnx\.as_pure"):
+        tx.update(params, optimizer.opt_state, params)
+    updates, _ = tx.update(params, nnx.as_pure(optimizer.opt_state), params)  # the fix
+    np.testing.assert_allclose(
+        updates["hidden"]["kernel"], -0.01 * np.sign(params["hidden"]["kernel"]), rtol=1e-5
+    )
+
+
+def test_nnx_optimizer_with_value_and_has_updated_resumes_from_orbax_bit_for_bit(data, tmp_path):
+    """The patterns NNX users combine: a wrapper (multi_steps) around a chain that reads
+    value= (reduce_on_plateau) through optimizer.update(model, grads, value=loss),
+    has_updated on optimizer.opt_state, and nnx.state(optimizer) saved with Orbax and
+    restored into a fresh nnx.Optimizer built under nnx.eval_shape: the resumed run
+    equals the uninterrupted one bit for bit (the same transforms driven by hand are
+    checked against Optax and NumPy elsewhere)."""
+    import orbax.checkpoint as ocp
+
+    tx = gtx.multi_steps(
+        gtx.chain(gtx.adam(0.05), gtx.reduce_on_plateau(factor=0.5, patience=0)), every_k=2
+    )
+
+    x, y = data
+    steps, saved_at = 6, 3  # saved between two micro-batches
+
+    @nnx.jit
+    def train_step(model, optimizer, x, y):
+        loss, grads = nnx.value_and_grad(lambda m: cross_entropy(m(x), y))(model)
+        optimizer.update(model, grads, value=loss)
+        return loss, gtx.has_updated(optimizer.opt_state)
+
+    def fresh():
+        model = NnxMLP(nnx.Rngs(0))
+        # the same tx (static in the graph): the resumed run reuses the compiled step
+        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    model, optimizer = fresh()
+    flags = []
+    for t in range(steps):
+        flags.append(bool(train_step(model, optimizer, x[t], y[t])[1]))
+        if t + 1 == saved_at:
+            with ocp.StandardCheckpointer() as checkpointer:
+                checkpointer.save(tmp_path / "checkpoint", nnx.state((model, optimizer)))
+    assert flags == [False, True] * (steps // 2)
+    scale = gtx.tree_get(nnx.as_pure(optimizer.opt_state), "scale")
+    assert float(scale) < 1  # the losses reached reduce_on_plateau
+
+    abstract = nnx.state(nnx.eval_shape(fresh))
+    with ocp.StandardCheckpointer() as checkpointer:
+        restored = checkpointer.restore(tmp_path / "checkpoint", abstract)
+    resumed_model, resumed_optimizer = fresh()
+    nnx.update((resumed_model, resumed_optimizer), restored)
+    for t in range(saved_at, steps):
+        train_step(resumed_model, resumed_optimizer, x[t], y[t])
+    uninterrupted = jax.tree.leaves(nnx.as_pure(nnx.state((model, optimizer))))
+    resumed = jax.tree.leaves(nnx.as_pure(nnx.state((resumed_model, resumed_optimizer))))
+    for leaf, expected in zip(resumed, uninterrupted, strict=True):
+        np.testing.assert_array_equal(leaf, expected)
+
+
+def test_reset_group_and_tree_set_on_an_nnx_optimizers_opt_state_keep_its_variables(data):
+    """nnx.Optimizer keeps the state's arrays in OptArray variables. reset_group gave the
+    group back as bare arrays: assigned to optimizer.opt_state, the next update was a
+    ValueError ('Cannot set key count on immutable node of type InjectState'); tree_set
+    was a structure error ('.value is in the current ...'). The new arrays go into the
+    old variables: the jitted step runs on without retracing, and the reset group's
+    next step is Adam's first, -lr * g / (|g| + eps)."""
+    tx = gtx.partition(
+        {"kernels": gtx.adam(0.05), "biases": gtx.chain(gtx.add_noise(0.01), gtx.sgd(0.1))},
+        KERNELS_AND_BIASES,
+    )
+    model = NnxMLP(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    x, y = data
+    traces = []
+
+    @nnx.jit
+    def train_step(model, optimizer, x, y):
+        traces.append(None)
+        grads = nnx.grad(lambda m: cross_entropy(m(x), y))(model)
+        optimizer.update(model, grads)
+        return grads
+
+    for t in range(2):
+        train_step(model, optimizer, x[t], y[t])
+
+    def variables(tree):
+        return jax.tree.map(type, tree, is_leaf=lambda v: isinstance(v, nnx.Variable))
+
+    before = variables(optimizer.opt_state)
+    params = nnx.state(model, nnx.Param)
+    optimizer.opt_state = gtx.reset_group(tx, optimizer.opt_state, "kernels", params)
+    key = jax.random.key_data(jax.random.key(7))
+    optimizer.opt_state = gtx.tree_set(optimizer.opt_state, rng_key=key)
+    assert variables(optimizer.opt_state) == before
+    np.testing.assert_array_equal(gtx.tree_get(optimizer.opt_state, "rng_key")[...], key)
+
+    kernel = np.asarray(model.hidden.kernel[...])
+    grads = train_step(model, optimizer, x[2], y[2])
+    g = np.asarray(grads["hidden"]["kernel"][...])
+    np.testing.assert_allclose(
+        model.hidden.kernel[...] - kernel, -0.05 * g / (np.abs(g) + 1e-8), rtol=1e-4, atol=1e-7
+    )
+    assert len(traces) == 1

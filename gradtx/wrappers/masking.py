@@ -283,7 +283,11 @@ def _labels_from_patterns(patterns: Mapping[str, str], full: Any) -> Any:
             f"{list(patterns)}; add a catch-all pattern such as r'.*'"
         )
 
-    return jax.tree_util.tree_map_with_path(label, full)
+    # a Flax nnx.Variable is matched at its own path: nnx.Optimizer's init sees
+    # "['dense']['bias'].value" where its update sees "['dense']['bias']", and a pattern
+    # ending in "bias'\]$" must pick the same leaves in both (or the groups' states
+    # would not fit their updates)
+    return jax.tree_util.tree_map_with_path(label, full, is_leaf=check.is_flax_variable)
 
 
 def _is_pattern_dict(labels: Any, full: Any) -> bool:
@@ -351,10 +355,13 @@ def partition(
             - a dict ``{path regex: label}``: each leaf's path, as
               ``jax.tree_util.keystr`` prints it (``"['dense']['bias']"``), is searched
               (``re.search``) with the patterns in order and the first match wins; a
-              leaf matching none is an error. (A dict whose keys are exactly the params'
-              top-level keys is read as a label tree instead; one whose keys are some
-              of them only is a ValueError: a label tree missing keys, or bare keys
-              as patterns, which would also match longer keys.)
+              leaf matching none is an error. A Flax ``nnx.Variable`` is matched at its
+              own path (``"['dense']['bias']"``, without the ``.value`` of its array),
+              the path its array has in ``nnx.Optimizer``'s ``update``. (A dict whose
+              keys are exactly the params' top-level keys is read as a label tree
+              instead; one whose keys are some of them only is a ValueError: a label
+              tree missing keys, or bare keys as patterns, which would also match
+              longer keys.)
 
     State: ``PartitionState(inner_states)``, a dict label -> that group's state.
     ``reset_group`` re-initializes one group.
@@ -436,6 +443,10 @@ def reset_group(
     the ``MultiStepsState``), and ``partitioned`` either the ``partition`` itself or the
     transform holding it. With the transform holding it, its whole state is initialized
     once to take the group's (pass the ``partition`` itself to build only its own).
+    In Flax's ``nnx.Optimizer.opt_state``, which holds the arrays in ``OptArray``
+    variables, the group's fresh arrays go into its variables, so
+    ``optimizer.opt_state = gtx.reset_group(tx, optimizer.opt_state, label, params)``
+    keeps its graph (a jitted step does not retrace).
 
     Args:
         partitioned: the transform returned by ``partition``, or one holding exactly
@@ -469,7 +480,9 @@ def reset_group(
             f"partitioned has the groups {list(fresh.inner_states)}, the state "
             f"{list(current.inner_states)}: pass the transform this state belongs to"
         )
-    reset = PartitionState({**current.inner_states, label: fresh.inner_states[label]})
+    # in nnx.Optimizer's opt_state, the fresh arrays go into the OptArrays of the old ones
+    group = tree.in_variables_of(current.inner_states[label], fresh.inner_states[label])
+    reset = PartitionState({**current.inner_states, label: group})
     return jax.tree.map(
         lambda x: reset if x is current else x, state, is_leaf=lambda x: x is current
     )
