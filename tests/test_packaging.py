@@ -141,7 +141,8 @@ def test_flatten_runs_on_a_jax_without_typeof(monkeypatch):
 def test_explicit_sharding_is_gathered_where_jax_keeps_reshard_in_experimental(monkeypatch):
     """JAX 0.5.3 to 0.6.x have Explicit axes but ``reshard`` only in
     ``jax.experimental.shard``: ``flatten`` of an explicitly sharded leaf raised
-    AttributeError there."""
+    AttributeError there. (Checked with JAX 0.6.2 installed, on 2 devices: the gather
+    works inside and outside ``jax.sharding.use_mesh``.)"""
     if not hasattr(jax, "set_mesh"):
         pytest.skip("the explicit mesh of this test needs jax.set_mesh (JAX >= 0.7)")
     reshard = jax.sharding.reshard
@@ -161,7 +162,10 @@ def test_explicit_sharding_is_gathered_where_jax_keeps_reshard_in_experimental(m
     x = jax.device_put(jnp.arange(4.0), sharding)
     with jax.set_mesh(mesh):
         gathered = tree.gathered(x)
-    assert resharded == [jax.sharding.PartitionSpec()]
+    # replicated on the leaf's own mesh: a bare P() needs a mesh context (jax.set_mesh)
+    (target,) = resharded
+    assert isinstance(target, jax.sharding.NamedSharding)
+    assert target.spec == jax.sharding.PartitionSpec() and target.mesh.shape == mesh.shape
     np.testing.assert_array_equal(gathered, np.arange(4.0))
 
 
