@@ -174,23 +174,22 @@ def test_nnx_optimizer_state_holds_the_gradtx_state_and_its_hyperparameters(data
     assert int(opt_state["opt_state"]["count"]) == 2
 
 
-QUANTIZED = {
-    "alone": lambda q: q,
-    # wrappers that combine the old and the new inner state met the mapping form on one
-    # side and QuantizedArray on the other (a structure error at the second update)
-    "in_multi_steps": lambda q: gtx.multi_steps(q, every_k=2),
-    "in_apply_if_finite": lambda q: gtx.apply_if_finite(q, max_consecutive_errors=3),
-}
-
-
-@pytest.mark.parametrize("wrap", sorted(QUANTIZED))
-def test_nnx_optimizer_carries_a_quantized_state_across_updates(wrap, data):
+def test_nnx_optimizer_carries_a_quantized_state_across_updates(data):
     """nnx.Optimizer stores its state by path: a QuantizedArray (codes, absmax) where
     the params have a leaf came back from the second update as a {codes, absmax}
     mapping, which the wrapper did not read (a structure error); it reads it and gives
-    it back in that form. The run follows the same transform driven by hand on the
-    model's state."""
-    tx = QUANTIZED[wrap](gtx.quantized_state(gtx.adam(0.01), min_size=16, block_size=8))
+    it back in that form. Wrappers that combine the old and the new inner state met the
+    mapping form on one side and QuantizedArray on the other: quantized_state alone (in
+    a group of a partition), inside multi_steps, and inside apply_if_finite, in one
+    program. The run follows the same transform driven by hand on the model's state."""
+    quantized = lambda: gtx.quantized_state(gtx.adam(0.01), min_size=16, block_size=8)  # noqa: E731
+    tx = gtx.apply_if_finite(
+        gtx.partition(
+            {"kernels": quantized(), "biases": gtx.multi_steps(quantized(), every_k=2)},
+            KERNELS_AND_BIASES,
+        ),
+        max_consecutive_errors=3,
+    )
     trained = train_nnx(tx, data)
 
     x, y = data
