@@ -7,8 +7,6 @@ import jax
 import numpy as np
 import pytest
 
-from tests import early
-
 
 @pytest.fixture
 def x64():
@@ -33,21 +31,3 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "live" in item.keywords:
             item.add_marker(skip)
-
-
-def pytest_collection_finish(session):
-    """Starts the subprocess runs (``EARLY_RUNS``) of the selected test modules that have
-    them, one process at a time beside the other tests, two at a time when nothing else
-    was selected (``tests/early.py``)."""
-    modules = {getattr(item, "module", None) for item in session.items} - {None}
-    with_runs = sorted(
-        (module for module in modules if hasattr(module, "EARLY_RUNS")),
-        key=lambda module: module.__name__,
-    )
-    if with_runs and not session.config.option.collectonly:
-        runs = {name: run for module in with_runs for name, run in module.EARLY_RUNS.items()}
-        early.start(runs, processes=1 if len(modules) > len(with_runs) else 2)
-
-
-def pytest_sessionfinish(session):
-    early.stop()

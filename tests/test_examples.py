@@ -1,9 +1,8 @@
 """Every example runs in ``--quick`` mode as a user would run it, and does what it says.
 
 The examples run as subprocesses (``data_parallel.py`` must set ``XLA_FLAGS`` before
-JAX is imported), once per session, started as soon as the tests are collected
-(``tests/early.py``): one at a time beside the other tests, two at a time when they are
-the only tests selected. Each test then reads the output of its example.
+JAX is imported), two at a time to use both cores, once per session; each test then
+reads the output of its example.
 """
 
 from __future__ import annotations
@@ -17,8 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
-from tests import early
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -36,27 +33,27 @@ def commands(out: Path) -> dict[str, list[str]]:
     }
 
 
-def run_examples(processes: int) -> tuple[Path, dict[str, subprocess.CompletedProcess]]:
-    """(output folder, example name -> its CompletedProcess), each run in --quick mode."""
-    out = early.folder("gradtx-examples-")
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """example name -> (output folder, CompletedProcess), all run in --quick mode."""
+    out = tmp_path_factory.mktemp("examples")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["MPLBACKEND"] = "Agg"
 
     def run(item):
         name, arguments = item
-        command = [sys.executable, str(EXAMPLES / f"{name}.py"), *arguments]
-        return name, early.run(command, timeout=300, env=env, cwd=out)
+        return name, subprocess.run(
+            [sys.executable, str(EXAMPLES / f"{name}.py"), *arguments],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=out,
+            timeout=300,
+        )
 
-    with ThreadPoolExecutor(max_workers=processes) as pool:
-        return out, dict(pool.map(run, commands(out).items()))
-
-
-EARLY_RUNS = {"examples": run_examples}
-
-
-@pytest.fixture(scope="module")
-def runs():
-    return early.result("examples", run_examples)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        completed = dict(pool.map(run, commands(out).items()))
+    return out, completed
 
 
 def output_of(runs, name):

@@ -4,9 +4,8 @@ can fetch them whole, and what gradtx does with them.
 
 The checks run in subprocesses (this file run as a script, once per process): the device
 count and the distributed runtime are set up before JAX is used, which the pytest process
-has already done; they start as soon as the tests are collected (``tests/early.py``).
-Process 0 prints its measurements as JSON and the tests below assert on them. They are
-skipped, with the reason, where the platform cannot start the processes.
+has already done. Process 0 prints its measurements as JSON and the tests below assert on
+them. They are skipped, with the reason, where the platform cannot start the processes.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 import traceback
@@ -114,25 +114,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_processes(processes: int) -> tuple[list[int | None], list[tuple[str, str]]] | OSError:
-    """This file as a script in ``PROCESSES`` processes (they run at once whatever
-    ``processes`` allows: they meet in collectives): their return codes and (stdout,
-    stderr); the OSError when no localhost port can be opened."""
-    from tests import early  # here: this file also runs as a script, outside the package
-
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
     try:
         port = free_port()
     except OSError as error:
-        return error
+        pytest.skip(f"cannot open a localhost port for jax.distributed: {error}")
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    logs = early.folder("gradtx-processes-")
+    logs = tmp_path_factory.mktemp("processes")
     files = [(logs / f"{i}.out", logs / f"{i}.err") for i in range(PROCESSES)]
-    running = []
+    processes = []
     for i, (out, err) in enumerate(files):
         with open(out, "w") as stdout, open(err, "w") as stderr:
-            running.append(
-                early.popen(
+            processes.append(
+                subprocess.Popen(
                     [sys.executable, __file__, str(i), str(port)],
                     stdout=stdout,
                     stderr=stderr,
@@ -144,41 +140,27 @@ def run_processes(processes: int) -> tuple[list[int | None], list[tuple[str, str
     deadline = time.monotonic() + TIMEOUT_S
     try:
         while time.monotonic() < deadline:
-            codes = [p.poll() for p in running]
+            codes = [p.poll() for p in processes]
             if None not in codes or any(code not in (None, 0) for code in codes):
                 break
             time.sleep(0.1)
     finally:
-        for process in running:
+        for process in processes:
             if process.poll() is None:
                 process.kill()
                 process.wait()
     outputs = [(out.read_text(), err.read_text()) for out, err in files]
-    return [p.returncode for p in running], outputs
-
-
-EARLY_RUNS = {"multiprocess": run_processes}
-
-
-@pytest.fixture(scope="module")
-def measured():
-    from tests import early
-
-    ran = early.result("multiprocess", run_processes)
-    if isinstance(ran, OSError):
-        pytest.skip(f"cannot open a localhost port for jax.distributed: {ran}")
-    codes, outputs = ran
     stdout, stderr = outputs[0]
-    if codes[0] != 0 and "gloo" in stderr.lower() and "unknown" in stderr.lower():
+    if processes[0].returncode != 0 and "gloo" in stderr.lower() and "unknown" in stderr.lower():
         pytest.skip("this jaxlib has no Gloo CPU collectives for jax.distributed")
-    if codes[0] != 0 and "distributed" in stderr and "initialize" in stderr:
+    if processes[0].returncode != 0 and "distributed" in stderr and "initialize" in stderr:
         pytest.skip(f"jax.distributed cannot start on localhost here: {stderr[-500:]}")
     # the process that failed first (the others were stopped: returncode -9)
-    failed = [i for i, code in enumerate(codes) if code not in (0, -9)]
+    failed = [i for i, p in enumerate(processes) if p.returncode not in (0, -9)]
     if failed:
         i = failed[0]
-        pytest.fail(f"process {i} exited with {codes[i]}:\n{outputs[i][1][-3000:]}")
-    if any(code != 0 for code in codes):
+        pytest.fail(f"process {i} exited with {processes[i].returncode}:\n{outputs[i][1][-3000:]}")
+    if any(p.returncode != 0 for p in processes):
         tails = "".join(f"\nprocess {i}:\n{err[-1500:]}" for i, (_, err) in enumerate(outputs))
         pytest.fail(f"the {PROCESSES} processes did not finish within {TIMEOUT_S} s{tails}")
     return json.loads(stdout.strip().splitlines()[-1])

@@ -2,11 +2,10 @@
 after ``init`` under ``jit``, a second step compiles nothing, and the sharded run equals
 the single-device run.
 
-The checks run in a subprocess (this file run as a script), started as soon as the tests
-are collected (``tests/early.py``): the device count is fixed by
-``XLA_FLAGS=--xla_force_host_platform_device_count=8`` before JAX is imported, which the
-pytest process has already done. The subprocess prints its measurements as JSON and the
-tests below assert on them.
+The checks run in a subprocess (this file run as a script): the device count is fixed
+by ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` before JAX is imported, which
+the pytest process has already done. The subprocess prints its measurements as JSON and
+the tests below assert on them.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -688,35 +686,32 @@ def wrapper_states_are_sharded_like_their_parameters(params):
     return results
 
 
-def run_checks(processes: int) -> list[subprocess.CompletedProcess]:
-    """This file as a script on 8 simulated devices: in two halves at once when two
-    processes may run (XLA compiles a program on one core; one process kept 1.26 cores
-    busy), else in one."""
-    from tests import early  # here: this file also runs as a script, outside the package
-
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    env["JAX_PLATFORMS"] = "cpu"
-    parts = ("first", "second") if processes > 1 else ("all",)
-    with ThreadPoolExecutor(max_workers=len(parts)) as pool:
-        return list(
-            pool.map(
-                lambda part: early.run([sys.executable, __file__, part], timeout=300, env=env),
-                parts,
-            )
-        )
-
-
-EARLY_RUNS = {"sharding": run_checks}
-
-
 @pytest.fixture(scope="module")
 def measured():
-    from tests import early
-
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env["JAX_PLATFORMS"] = "cpu"
+    # two halves at once: XLA compiles a program on one core (one subprocess kept 1.26
+    # cores busy), and the tests wait for both
+    running = [
+        subprocess.Popen(
+            [sys.executable, __file__, part],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for part in ("first", "second")
+    ]
     results = {}
-    for completed in early.result("sharding", run_checks):
-        assert completed.returncode == 0, completed.stderr[-3000:]
-        results.update(json.loads(completed.stdout.strip().splitlines()[-1]))
+    try:
+        for process in running:
+            stdout, stderr = process.communicate(timeout=300)
+            assert process.returncode == 0, stderr[-3000:]
+            results.update(json.loads(stdout.strip().splitlines()[-1]))
+    finally:
+        for process in running:
+            process.kill()  # the other half, when one failed (nothing once both ended)
+            process.communicate()
     return results
 
 
