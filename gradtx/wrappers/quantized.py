@@ -164,8 +164,8 @@ def _threshold(lower: np.float32, upper: np.float32) -> np.float32:
 
 @functools.cache
 def _code_buckets(signed: bool) -> np.ndarray:
-    """Per bucket (float32, ``[1 + _THRESHOLDS_PER_BUCKET, 2**14]``, a row per column):
-    how many decision thresholds of the map lie below the bucket's first float, then
+    """One column per bucket (float32, ``[1 + _THRESHOLDS_PER_BUCKET, 2**14]``): how
+    many decision thresholds of the map lie below the bucket's first float, then
     those inside it, then the largest float32 (a NaN or an infinity would trip
     ``jax.debug_nans`` or ``debug_infs``). The code nearest a float32 x is the number of
     thresholds <= x; a float past the map's last code (1.0) counts padding too, and
