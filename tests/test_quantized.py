@@ -65,8 +65,15 @@ def test_the_bucketed_lookup_gives_the_codes_of_the_binary_search_for_every_floa
     4,096 (3.0-3.3 s now) and stepped in 6.7-7.2 ms (4.4-5.5 ms)."""
     table = gtx.dynamic_quantization_map(signed)
     buckets = quantized_module._code_buckets(signed)
-    thresholds = buckets[1:][buckets[1:] < np.finfo(np.float32).max]
+    thresholds = np.sort(buckets[1:][buckets[1:] < np.finfo(np.float32).max])
     assert thresholds.size == table.size - 1  # each threshold in one bucket, once
+    # each is the first float32 that NumPy's float32 arithmetic finds nearer the upper
+    # of two neighbouring codes (the float below it: nearer the lower, or a tie)
+    lower, upper = table[:-1], table[1:]
+    below = np.nextafter(thresholds, np.float32(-np.inf))
+    assert np.all((lower < thresholds) & (thresholds <= upper))
+    assert np.all(thresholds - lower > upper - thresholds)
+    assert np.all(below - lower <= upper - below)
     mids = (table[1:] + table[:-1]) / 2
     near = []
     for anchors in (table, mids, thresholds):
