@@ -691,33 +691,44 @@ def _check_leaves(tree: Any, arg_tuples: list[tuple], indices: list[int] | None 
                 )
 
 
-def gathered(x: Any) -> Any:
-    """``x`` replicated where its type carries an explicit sharding (a mesh with
-    ``AxisType.Explicit`` axes, ``jax.make_mesh``'s default), so that it can be raveled
-    or concatenated with leaves sharded otherwise; on other arrays (Auto meshes, one
-    device) ``x`` itself, which XLA's partitioner gathers where needed. Only for what
-    must see a whole leaf as one vector (``flatten``, ``quantized_state``)."""
-    # JAX before 0.5.3 has no jax.typeof and no Explicit axes: nothing to gather
+def explicit_sharding(x: Any) -> Any:
+    """The ``NamedSharding`` that ``x``'s type carries where it is partitioned over a mesh
+    with ``AxisType.Explicit`` axes (``jax.make_mesh``'s default); None for other
+    arrays (Auto meshes, one device, replicated, JAX before 0.5.3), whose partitioning
+    XLA's partitioner decides, and for what is not an array."""
+    # JAX before 0.5.3 has no jax.typeof and no Explicit axes
     typeof = getattr(jax, "typeof", None)
     axis_type = getattr(jax.sharding, "AxisType", None)
     if typeof is None or axis_type is None:
-        return x
+        return None
     try:
         sharding = getattr(typeof(x), "sharding", None)
     except TypeError:  # not an array
-        return x
+        return None
     spec = getattr(sharding, "spec", None)
     mesh = getattr(sharding, "mesh", None)
     if not spec or all(axis is None for axis in spec) or mesh is None:
-        return x
+        return None
     if axis_type.Explicit not in tuple(getattr(mesh, "axis_types", ())):
+        return None
+    return sharding
+
+
+def gathered(x: Any) -> Any:
+    """``x`` replicated where its type carries an explicit sharding
+    (``explicit_sharding``), so that it can be raveled or concatenated with leaves
+    sharded otherwise; on other arrays (Auto meshes, one device) ``x`` itself, which
+    XLA's partitioner gathers where needed. Only for what must see a whole leaf as one
+    vector (``flatten``, ``quantized_state`` where its blocks cross the shards)."""
+    sharding = explicit_sharding(x)
+    if sharding is None:
         return x
     reshard = getattr(jax.sharding, "reshard", None)
     if reshard is None:  # JAX 0.5.3 to 0.6.x keep it in jax.experimental.shard
         from jax.experimental.shard import reshard
     # On the leaf's own mesh, not a bare P(): that needs a mesh context (jax.set_mesh)
     # and was a ValueError for a jitted or eager step outside one (a restored state).
-    return reshard(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    return reshard(x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
 
 
 def leaf_path(tree: Any, index: int) -> str:
