@@ -33,14 +33,21 @@ def test_dynamic_map_is_the_papers_data_type(signed):
     assert np.min(np.abs(table[table != 0])) < 1e-6
 
 
+# (7, 50): 350 elements, raveled and padded; the others a whole number of blocks, taken
+# from a view that keeps the leading axes: (3, 8, 16, 8) from axis 2, (640,) and
+# (24, 40) from axis 0, (5, 7) one block smaller than block_size
+@pytest.mark.parametrize("shape", [(7, 50), (3, 8, 16, 8), (640,), (24, 40), (5, 7)])
 @pytest.mark.parametrize("signed", [True, False])
-def test_quantize_picks_the_nearest_code_of_each_block_normalized_by_its_absmax(rng, signed):
+def test_quantize_picks_the_nearest_code_of_each_block_normalized_by_its_absmax(rng, signed, shape):
     block_size = 64
-    x = rng.standard_normal((7, 50)).astype(np.float32) * np.logspace(-6, 1, 50, dtype=np.float32)
+    size = int(np.prod(shape))
+    scales = np.logspace(-6, 1, size, dtype=np.float32)[rng.permutation(size)].reshape(shape)
+    x = rng.standard_normal(shape).astype(np.float32) * scales
     if not signed:
         x = np.abs(x)
-    x[0, :3] = 0.0
-    x[2:4] = 0.0  # a whole block of zeros: its absmax is 0 and every code decodes to 0
+    flat = x.reshape(-1)  # a view: the zeros land in x
+    flat[:3] = 0.0
+    flat[128:192] = 0.0  # a whole block of zeros: its absmax is 0 and every code decodes to 0
     table = gtx.dynamic_quantization_map(signed)
     codes, absmax = quantize_blockwise(jnp.asarray(x), jnp.asarray(table), block_size)
     want_codes, want_absmax = quantization.quantize(x, table, block_size)
@@ -51,6 +58,19 @@ def test_quantize_picks_the_nearest_code_of_each_block_normalized_by_its_absmax(
     np.testing.assert_array_equal(
         restored, quantization.dequantize(want_codes, want_absmax, table, block_size)
     )
+
+
+def test_blocks_are_read_from_a_view_that_keeps_as_many_leading_axes_as_can_stay_whole():
+    """quantized_state quantizes a leaf sharded over its leading axes shard by shard
+    (tests/test_sharding.py) when the view of its blocks keeps those axes: the last axis
+    that falls into runs of whole blocks (groups), and the shape regrouped before it."""
+    view = quantized_module._block_view
+    assert view((4096, 768), 2048) == (0, 512, (1536, 2048))  # 8 rows hold 3 blocks
+    assert view((64, 4096), 2048) == (1, 2, (64, 2, 2048))
+    assert view((8, 48, 32), 256) == (1, 6, (8, 6, 256))
+    assert view((2048, 2048), 2048) == (1, 1, (2048, 2048))  # no unit axis of blocks
+    assert view((5, 7), 2048) == (0, 1, (35,))  # a leaf smaller than a block
+    assert view((5000,), 2048) is None and view((3, 1000), 2048) is None  # padded
 
 
 @pytest.mark.parametrize("signed", [True, False])

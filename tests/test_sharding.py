@@ -134,6 +134,7 @@ def measure(part: str = "all"):
     if part != "second":
         results["eager"] = eager_updates_keep_their_devices(params)
         results["wrappers"] = wrapper_states_are_sharded_like_their_parameters(params)
+        results["quantized"] = quantized_state_on_sharded_leaves()
     if part != "first":
         results["whole_leaf"] = whole_leaf_transforms()
         results["shard_map"] = global_reductions_in_shard_map()
@@ -539,6 +540,77 @@ def whole_leaf_transforms():
     return results
 
 
+def quantized_state_on_sharded_leaves():
+    """Runs in the subprocess: 8-bit Adam (blocks of 256) on leaves sharded over their
+    first axis FSDP-style and one over its last, on an Auto and on an Explicit mesh,
+    initialized eagerly, then
+    3 jitted steps and one un-jitted: how the codes are laid out, the element counts of
+    the arrays the jitted step all-gathers, and the parameters against one device's."""
+    import re
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import AxisType, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import gradtx as gtx
+
+    rng = np.random.default_rng(2)
+    shapes = {
+        "w": (64, 512),  # 8 rows a shard: 16 blocks
+        "k": (8, 48, 32),  # blocks of 8 rows of axis 1, one slice of axis 0 a shard
+        "t": (24, 128),  # 3 rows a shard, 384 elements: the blocks cross the shards
+        "m": (16, 512),  # sharded over its last axis, 64 columns a shard
+    }
+    specs = {"w": P("data"), "k": P("data"), "t": P("data"), "m": P(None, "data")}
+    params = {k: jnp.asarray(rng.normal(size=shape), jnp.float32) for k, shape in shapes.items()}
+    grads = [jax.tree.map(lambda p, i=i: jnp.sin((i + 2) * p), params) for i in range(4)]
+
+    def run(params, grads):
+        tx = gtx.quantized_state(gtx.adam(0.01), block_size=256, min_size=256)
+        state = tx.init(params)
+        init_moments, hlo = gtx.tree_get(state, "mu"), None
+        step = jax.jit(tx.update)
+        for i, g in enumerate(grads):
+            if i < 3:
+                hlo = hlo or step.lower(g, state, params).compile().as_text()
+                updates, state = step(g, state, params)
+            else:
+                updates, state = tx.update(g, state, params)
+            params = gtx.apply_updates(params, updates)
+        return params, state, init_moments, hlo
+
+    expected, _, _, _ = run(params, grads)
+    results = {}
+    for axis_type in ("Auto", "Explicit"):
+        mesh = jax.make_mesh((8,), ("data",), axis_types=(getattr(AxisType, axis_type),))
+        shardings = {k: NamedSharding(mesh, spec) for k, spec in specs.items()}
+        with jax.set_mesh(mesh):
+            sharded = jax.device_put(params, shardings)
+            sharded_grads = jax.device_put(grads, [shardings] * len(grads))
+            actual, state, init_moments, hlo = run(sharded, sharded_grads)
+        gathered = []
+        for shape in re.findall(r"= [a-z0-9]+\[([0-9,]*)\][^ ]* all-gather(?:-start)?\(", hlo):
+            gathered.append(int(np.prod([int(d) for d in shape.split(",") if d])))
+        moments = {"init": init_moments, "after": gtx.tree_get(state, "mu")}
+        results[axis_type] = {
+            "codes_sharded_like_params": {
+                when: {
+                    k: bool(m[k].codes.sharding.is_equivalent_to(shardings[k], len(shapes[k])))
+                    for k in shapes
+                }
+                for when, m in moments.items()
+            },
+            "gathered_sizes": sorted(set(gathered)),
+            "max_abs_difference": max(
+                float(np.max(np.abs(np.asarray(actual[k]) - np.asarray(expected[k]))))
+                for k in shapes
+            ),
+        }
+    return results
+
+
 def eager_updates_keep_their_devices(params):
     """Runs in the subprocess: un-jitted updates of leaves placed on different devices by
     hand, and of leaves sharded over the mesh, with the eager kernels (which run many
@@ -818,6 +890,30 @@ def test_whole_leaf_transforms_run_on_an_explicit_mesh(measured, name):
     assert result["error"] is None, result["error"]
     assert result["params_keep_their_sharding"]
     assert result["max_abs_difference"] < 1e-5
+
+
+@pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])
+def test_quantized_codes_stay_sharded_where_each_shard_holds_whole_blocks(measured, axis_type):
+    """8-bit state gathered every sharded leaf on an Explicit mesh and replicated its
+    codes (~2 bytes of Adam state a parameter on every device). Leaves sharded over a
+    leading axis in whole blocks keep their codes sharded, on Explicit and Auto meshes;
+    a leaf whose shards end inside a block is gathered."""
+    result = measured["quantized"][axis_type]
+    # the (16, 512) leaf sharded over its last axis: gathered on an Explicit mesh; on an
+    # Auto one, XLA's partitioner decides (jax 0.10.2: replicated codes after an eager
+    # init, sharded after a jitted step)
+    names = ["w", "k", "t"] + (["m"] if axis_type == "Explicit" else [])
+    for when in ("init", "after"):
+        laid_out = result["codes_sharded_like_params"][when]
+        assert {k: laid_out[k] for k in names} == {k: k in ("w", "k") for k in names}
+    # each shard quantizes its own blocks: neither (64, 512) nor (8, 48, 32) is gathered,
+    # where the (24, 128) leaf, whose blocks cross the shards, is
+    gathered = result["gathered_sizes"]
+    assert 64 * 512 not in gathered and 8 * 48 * 32 not in gathered
+    assert 24 * 128 in gathered
+    if axis_type == "Explicit":
+        assert 16 * 512 in gathered
+    assert result["max_abs_difference"] < 1e-6
 
 
 def test_pytorchs_clip_grad_norm_reduces_sharded_leaves_without_gathering_them(measured):

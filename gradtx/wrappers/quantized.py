@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -22,7 +24,9 @@ class QuantizedArray(NamedTuple):
     Attributes:
         codes: uint8, the shape of the state leaf: indices into the quantization map.
         absmax: float32 vector of ``ceil(n / block_size)`` entries (n the leaf's
-            elements): the largest |value| of each block of the raveled leaf.
+            elements): the largest |value| of each block of the raveled leaf (the
+            blocks are the same on any mesh; ``quantized_state`` says how they are
+            sharded).
 
     Example:
         >>> import jax.numpy as jnp
@@ -126,6 +130,76 @@ def _blocks(flat: jax.Array, block_size: int) -> jax.Array:
     return jnp.pad(flat, (0, padding)).reshape(-1, block_size)
 
 
+def _block_view(shape: tuple[int, ...], block_size: int) -> tuple[int, int, tuple[int, ...]] | None:
+    """``(axis, groups, view)``: ``shape`` as ``shape[:axis] + (blocks, block)``, one
+    block of the raveled leaf per row of the last axis. Axis ``axis`` falls into
+    ``groups`` runs of consecutive indices, each a whole number of blocks, and the axes
+    before it stay as they are: a reshape to ``view`` keeps a partitioning of those axes
+    and of ``axis`` into whole groups, so a leaf sharded so is quantized shard by shard,
+    with no gather. The last such axis, so that as many axes as can stay whole do; None
+    where the leaf is not a whole number of blocks (it is then raveled and padded)."""
+    size = math.prod(shape)
+    block = max(min(block_size, size), 1)
+    if size % block:
+        return None
+    inner = 1  # the elements of shape[axis + 1:]
+    for axis in range(len(shape) - 1, -1, -1):
+        # the fewest indices of this axis that hold whole blocks; at axis 0 always a
+        # divisor of shape[0], since block divides shape[0] * inner
+        rows = block // math.gcd(block, inner)
+        if shape[axis] % rows == 0:
+            blocks = shape[axis] * inner // block
+            # (a unit axis of blocks is left out: XLA:CPU reduced such a view slower)
+            view = (*shape[:axis], *((blocks,) if blocks > 1 else ()), block)
+            return axis, shape[axis] // rows, view
+        inner *= shape[axis]
+    raise AssertionError("unreachable: axis 0 holds whole blocks")
+
+
+def _view_sharding(
+    sharding: Any, shape: tuple[int, ...], axis: int, groups: int, view: tuple[int, ...]
+) -> Any:
+    """The sharding of ``_block_view``'s view of a leaf whose type carries the explicit
+    ``sharding``: the leaf's partitioning of the axes up to ``axis``. None where the
+    view would split a shard: an axis after ``axis`` is partitioned, or the ``groups``
+    of ``axis`` are not a whole number per shard."""
+    spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
+    if any(entry is not None for entry in spec[axis + 1 :]):
+        return None
+    names = () if spec[axis] is None else jax.tree.leaves(spec[axis])
+    if groups % math.prod(sharding.mesh.shape[name] for name in names):
+        return None
+    kept = spec[: len(view) - 1]  # without axis where the view leaves its unit axis out
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*kept, None))
+
+
+# JAX 0.5.x has Explicit mesh axes but reshapes them by other rules (a view of a leaf
+# failed there): it ravels every leaf, gathered where it is sharded explicitly.
+_RESHAPE_TAKES_SHARDING = "out_sharding" in inspect.signature(jnp.reshape).parameters
+
+
+def _as_blocks(x: jax.Array, block_size: int) -> tuple[jax.Array, Any]:
+    """``x`` with one block of its raveled elements per row of its last axis, and how to
+    put an array of that shape back into ``x``'s shape and sharding: the view of
+    ``_block_view`` where it exists and keeps ``x``'s explicit sharding (no gather), else
+    ``x`` raveled (gathered where it is sharded explicitly) and zero-padded."""
+    shape = jnp.shape(x)
+    found = _block_view(shape, block_size) if _RESHAPE_TAKES_SHARDING else None
+    sharding = tree.explicit_sharding(x)
+    if found is not None:
+        axis, groups, view = found
+        if sharding is None:
+            return jnp.reshape(x, view), lambda y: jnp.reshape(y, shape)
+        view_sharding = _view_sharding(sharding, shape, axis, groups, view)
+        if view_sharding is not None:
+            return (
+                jnp.reshape(x, view, out_sharding=view_sharding),
+                lambda y: jnp.reshape(y, shape, out_sharding=sharding),
+            )
+    flat = jnp.ravel(tree.gathered(x))
+    return _blocks(flat, block_size), lambda y: jnp.reshape(y.reshape(-1)[: flat.size], shape)
+
+
 # The float32 line cut into 2**14 buckets by the top 14 bits of a key ordered as the
 # floats. For each dynamic map, the 255 decision thresholds between its codes are
 # counted below each bucket once, here, and a bucket holds at most 3 of them (checked
@@ -191,6 +265,15 @@ def _code_buckets(signed: bool) -> np.ndarray:
     return rows
 
 
+def _lookup(table: jax.Array, indices: jax.Array) -> jax.Array:
+    """``table[indices]`` for unsigned indices known to be in bounds (a bare gather),
+    partitioned like ``indices`` where their type carries an explicit sharding."""
+    sharding = tree.explicit_sharding(indices)
+    if sharding is None:
+        return table.at[indices].get(mode="promise_in_bounds")
+    return table.at[indices].get(mode="promise_in_bounds", out_sharding=sharding)
+
+
 def _nearest_codes(values: jax.Array, rows: jax.Array) -> jax.Array:
     """The index of the map value nearest each of ``values`` (a tie to the smaller, NaN
     to the last), from the bucket rows ``_code_buckets`` made for the map: 4 lookups
@@ -199,8 +282,8 @@ def _nearest_codes(values: jax.Array, rows: jax.Array) -> jax.Array:
     flat = rows.reshape(-1)
     bucket = _ordered_keys(jax.lax.bitcast_convert_type(values, jnp.uint32)) >> _BUCKET_SHIFT
 
-    def row(k: int) -> jax.Array:  # unsigned in-bounds indices: a bare gather
-        return flat.at[bucket + np.uint32(k * rows.shape[1])].get(mode="promise_in_bounds")
+    def row(k: int) -> jax.Array:
+        return _lookup(flat, bucket + np.uint32(k * rows.shape[1]))
 
     count = row(0)
     for k in range(1, rows.shape[0]):
@@ -220,29 +303,32 @@ def quantize_blockwise(
     precision in its own block (Dettmers et al., 2022, sec. 2.1). ``buckets``, the
     rows ``_code_buckets`` made for ``table`` (a dynamic map), finds each element's code
     with 4 lookups instead of a binary search: the same codes (quantizing 4M elements on
-    a CPU: 128 -> 4.3 ms).
+    a CPU: 128 -> 4.3 ms). The blocks are taken from a view of ``x`` that keeps its
+    leading axes where its size is a whole number of blocks, so that a leaf sharded
+    over them is not gathered (``quantized_state`` says when).
     """
-    flat = jnp.ravel(tree.gathered(x)).astype(jnp.float32)
-    blocks = _blocks(flat, block_size)
-    absmax = jnp.max(jnp.abs(blocks), axis=1)
-    normalized = blocks / jnp.where(absmax > 0, absmax, 1.0)[:, None]
+    blocks, unblock = _as_blocks(x, block_size)
+    blocks = blocks.astype(jnp.float32)
+    absmax = jnp.max(jnp.abs(blocks), axis=-1)
+    normalized = blocks / jnp.where(absmax > 0, absmax, 1.0)[..., None]
     if buckets is None:
         above = jnp.clip(jnp.searchsorted(table, normalized), 1, table.size - 1)
         lower, upper = table[above - 1], table[above]
         nearest = jnp.where(normalized - lower <= upper - normalized, above - 1, above)
     else:
         nearest = _nearest_codes(normalized, buckets)
-    codes = nearest.astype(jnp.uint8).reshape(-1)[: flat.size].reshape(jnp.shape(x))
-    return QuantizedArray(codes, absmax)
+    # absmax is replicated where the leaf's type carries a sharding (4 / block_size
+    # bytes a parameter): its blocks may lie across the leaf's partitioned axes
+    return QuantizedArray(unblock(nearest.astype(jnp.uint8)), jnp.ravel(tree.gathered(absmax)))
 
 
 def dequantize_blockwise(quantized: QuantizedArray, table: jax.Array, block_size: int) -> jax.Array:
     """The float32 values ``table[code] * absmax`` of a ``QuantizedArray`` made with
     ``quantize_blockwise(x, table, block_size)``, in the shape of ``x``."""
     codes, absmax = quantized
-    blocks = _blocks(jnp.ravel(codes), block_size)
-    values = (table[blocks] * absmax[:, None]).reshape(-1)
-    return values[: codes.size].reshape(codes.shape)
+    blocks, unblock = _as_blocks(codes, block_size)
+    scales = jnp.reshape(tree.gathered(absmax), blocks.shape[:-1])
+    return unblock(_lookup(table, blocks) * scales[..., None])
 
 
 def _path_names(path: tuple) -> set[str]:
@@ -407,12 +493,25 @@ def quantized_state(
     parameters needs the same declaration (a class attribute ``exact_fields`` of its
     NamedTuple or ``flax.struct.dataclass``). The paper's stable embedding layer is a
     model change and not part of
-    this wrapper. The quantized state does not keep the parameters' sharding (its absmax
-    vector is laid out by blocks of the raveled leaf): a sharded leaf is gathered (on
-    Explicit mesh axes by a reshard to ``P()``) and its codes and absmax are replicated,
-    so with parameters sharded over n devices each device holds ~2 bytes of Adam state
-    per parameter where the sharded float32 state is 8 / n: quantize where the state is
-    replicated anyway (data parallelism), not on top of FSDP-style sharding.
+    this wrapper.
+
+    Sharded parameters (FSDP, ZeRO): the blocks are runs of the raveled leaf, whatever
+    the mesh, so a state restores onto another mesh. A leaf partitioned over its leading
+    axes so that each shard holds whole blocks (a ``(4096, 768)`` kernel sharded
+    ``P("data")`` over 8 devices: 512 rows, 192 blocks of 2048 a shard; in general the
+    partitioned axes come before the axis where the blocks start and end, and that axis
+    splits into whole runs of them) keeps its state sharded: its codes are laid out like
+    the parameter, each device quantizes its own shard, and no step gathers the leaf,
+    on an Explicit mesh or an Auto one (there XLA's partitioner decides, and jitted
+    ``init`` lays out its constants replicated, as Adam's: give the state's
+    ``out_shardings``). On an Explicit mesh absmax is replicated (4 / block_size bytes
+    a parameter), and a leaf whose blocks cross its shards (partitioned over a later
+    axis, or shards that end inside a block) is gathered, its codes replicated: ~2
+    bytes of Adam state a parameter on each device, where the sharded float32 state is
+    8 / n on n devices. With a 1-ulp difference in a moment between the partitioned and
+    the one-device program (XLA may fuse them differently), an element at a decision
+    threshold takes the neighbouring code, as any float32 rounding of the moments
+    would.
 
     The codes have no NaN: a NaN moment element (from a NaN gradient) is stored as its
     block's absmax, so the state is finite again from the next step where the
