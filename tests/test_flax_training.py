@@ -209,6 +209,38 @@ def test_nnx_optimizer_carries_a_quantized_state_across_updates(data):
     assert_same_training(trained, (params, losses))
 
 
+def test_an_nnx_training_step_with_a_quantized_state_compiles_once(data):
+    """nnx.Optimizer's init held each QuantizedArray in an OptVariable as the NamedTuple,
+    which a step under nnx.jit gives back as an nnx.State mapping: the state changed
+    structure and the second step traced and compiled the training step again. The
+    init holds it as that mapping; a reset group (reset_group) comes back so too."""
+    tx = gtx.partition(
+        {
+            "kernels": gtx.quantized_state(gtx.adam(0.05), min_size=16, block_size=8),
+            "biases": gtx.sgd(0.1),
+        },
+        KERNELS_AND_BIASES,
+    )
+    model = NnxMLP(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    x, y = data
+    traces = []
+
+    @nnx.jit
+    def train_step(model, optimizer, x, y):
+        traces.append(None)
+        optimizer.update(model, nnx.grad(lambda m: cross_entropy(m(x), y))(model))
+
+    for t in range(3):
+        train_step(model, optimizer, x[t], y[t])
+    params = nnx.state(model, nnx.Param)
+    optimizer.opt_state = gtx.reset_group(tx, optimizer.opt_state, "kernels", params)
+    train_step(model, optimizer, x[3], y[3])
+    assert len(traces) == 1
+    mu = gtx.tree_get(optimizer.opt_state, "mu")["hidden"]["kernel"]
+    assert isinstance(mu, nnx.Variable) and isinstance(mu.get_value(), nnx.State)
+
+
 def test_has_updated_reads_nnx_optimizers_state():
     """nnx.Optimizer keeps the counters in OptArray variables: has_updated compared one
     with an int and raised TypeError."""

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -392,6 +393,24 @@ def _in_the_form_of(received: Any, new: QuantizedArray) -> Any:
     return treedef.unflatten([getattr(new, path[0].key) for path, _ in paths])
 
 
+def _as_nnx_gives_back(state: Any) -> Any:
+    """``state`` with each ``QuantizedArray`` held in a Flax ``nnx.Variable`` (an init
+    from ``nnx.Optimizer``, given the params' Variables) held as the ``nnx.State``
+    mapping that a step under ``nnx.jit`` gives back: with the NamedTuple the state
+    changed structure at the first step, and the second step compiled the training step
+    again."""
+    nnx = sys.modules.get("flax.nnx")
+    if nnx is None:
+        return state
+
+    def held(leaf: Any) -> Any:
+        if check.is_flax_variable(leaf) and isinstance(leaf.get_value(), QuantizedArray):
+            return leaf.replace(nnx.State(leaf.get_value()._asdict()))
+        return leaf
+
+    return jax.tree.map(held, state, is_leaf=check.is_flax_variable)
+
+
 def _state_names(node: Any) -> set[str]:
     """Every NamedTuple or dataclass field and string dict key in a state, empty subtrees
     included."""
@@ -535,7 +554,9 @@ def quantized_state(
     State: ``QuantizedState(inner_state)``, the inner state with each quantized leaf
     replaced by ``QuantizedArray(codes, absmax)`` (a ``{"codes", "absmax"}`` mapping
     is read as one too: Flax's ``nnx.Optimizer`` stores the state by path and gives it
-    back in that form). Its blocks need concrete shapes: a shape-polymorphic
+    back in that form, so an init given the params' ``nnx.Variable``s holds it as that
+    ``nnx.State`` from the start, and a training step compiles once). Its blocks need
+    concrete shapes: a shape-polymorphic
     ``jax.export`` (symbolic parameter dimensions) is a ValueError naming the leaf.
 
     Example:
@@ -620,8 +641,8 @@ def quantized_state(
                     f"has (its fields and keys: {sorted(present)})"
                 )
         if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(inner_state)):
-            return QuantizedState(jax.eval_shape(quantize_tree, inner_state))
-        return QuantizedState(quantize_tree(inner_state))
+            return QuantizedState(_as_nnx_gives_back(jax.eval_shape(quantize_tree, inner_state)))
+        return QuantizedState(_as_nnx_gives_back(quantize_tree(inner_state)))
 
     def update(updates, state, params=None, **extra):
         is_node = lambda x: isinstance(x, QuantizedArray) or _is_stored_quantized_array(x)  # noqa: E731
