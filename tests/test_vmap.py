@@ -249,14 +249,16 @@ def test_set_hyperparams_on_a_batch_of_states_refuses_one_value_for_the_batch():
         lambda: gtx.apply_if_finite(gtx.sgd(0.1), 2),
         lambda: keras_compat.adam(0.1, use_ema=True),
         lambda: torch_compat.adam(0.1),
+        lambda: gtx.adam(0.1),
     ],
-    ids=["multi_steps", "swats", "apply_if_finite", "keras_adam", "torch_adam"],
+    ids=["multi_steps", "swats", "apply_if_finite", "keras_adam", "torch_adam", "adam"],
 )
 def test_an_update_outside_vmap_of_a_batch_of_states_says_so(make):
     """A batch of states (or pmap replicas) handed to an un-vmapped update raised a
     broadcasting error from deep in the update ("Incompatible shapes for broadcasting:
-    shapes=[(8, 3), (8,)]" in multi_steps and swats) or a shape error naming nothing; a
-    counter with a leading axis now says what it is."""
+    shapes=[(8, 3), (8,)]" in multi_steps and swats) or a shape error naming nothing (an
+    injected optimizer: "b1 must be a scalar (a number or a 0-d array), got Array([0.9,
+    ...])", the batch unnamed); a counter with a leading axis now says what it is."""
     tx = make()
     params = {"w": jnp.ones((8, 3))}
     states = jax.vmap(tx.init)(params)

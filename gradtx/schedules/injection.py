@@ -321,6 +321,9 @@ def schedule_injection(
                     f"returned), got {type(state).__name__}; update returns (updates, "
                     f"state): was the pair passed, or were state and params swapped?"
                 )
+            # a batch of states (jax.vmap(tx.init)) says so here, not as a hyperparameter
+            # of the wrong shape
+            numerics.scalar_counter(state.count)
             hyperparams = values_at(state.count, state.hyperparams)
             inner = _build_inner(factory, fixed, computed_with(hyperparams, updates))
             updates, inner_state = inner.update(updates, state.inner_state, params, **extra)
