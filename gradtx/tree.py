@@ -691,11 +691,12 @@ def _check_leaves(tree: Any, arg_tuples: list[tuple], indices: list[int] | None 
                 )
 
 
-def explicit_sharding(x: Any) -> Any:
+def explicit_sharding(x: Any, *, replicated: bool = False) -> Any:
     """The ``NamedSharding`` that ``x``'s type carries where it is partitioned over a mesh
-    with ``AxisType.Explicit`` axes (``jax.make_mesh``'s default); None for other
-    arrays (Auto meshes, one device, replicated, JAX before 0.5.3), whose partitioning
-    XLA's partitioner decides, and for what is not an array."""
+    with ``AxisType.Explicit`` axes (``jax.make_mesh``'s default), or, with
+    ``replicated=True``, laid out on such a mesh at all; None for other arrays (Auto
+    meshes, one device, JAX before 0.5.3), whose layout XLA's partitioner decides, and
+    for what is not an array."""
     # JAX before 0.5.3 has no jax.typeof and no Explicit axes
     typeof = getattr(jax, "typeof", None)
     axis_type = getattr(jax.sharding, "AxisType", None)
@@ -707,11 +708,20 @@ def explicit_sharding(x: Any) -> Any:
         return None
     spec = getattr(sharding, "spec", None)
     mesh = getattr(sharding, "mesh", None)
-    if not spec or all(axis is None for axis in spec) or mesh is None:
+    if spec is None or mesh is None:
+        return None
+    if not replicated and all(axis is None for axis in spec):
         return None
     if axis_type.Explicit not in tuple(getattr(mesh, "axis_types", ())):
         return None
     return sharding
+
+
+def _reshard(x: Any, sharding: Any) -> Any:
+    reshard = getattr(jax.sharding, "reshard", None)
+    if reshard is None:  # JAX 0.5.3 to 0.6.x keep it in jax.experimental.shard
+        from jax.experimental.shard import reshard
+    return reshard(x, sharding)
 
 
 def gathered(x: Any) -> Any:
@@ -723,12 +733,20 @@ def gathered(x: Any) -> Any:
     sharding = explicit_sharding(x)
     if sharding is None:
         return x
-    reshard = getattr(jax.sharding, "reshard", None)
-    if reshard is None:  # JAX 0.5.3 to 0.6.x keep it in jax.experimental.shard
-        from jax.experimental.shard import reshard
     # On the leaf's own mesh, not a bare P(): that needs a mesh context (jax.set_mesh)
     # and was a ValueError for a jitted or eager step outside one (a restored state).
-    return reshard(x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+    return _reshard(x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+
+
+def laid_out_like(x: Any, like: Any) -> Any:
+    """``x`` resharded to the layout of ``like`` where both lie on Explicit mesh axes and
+    their layouts differ (a state leaf given back as it came in, whatever layout the
+    update computed it in: the partitioning a user or Flax chose for it); else ``x``."""
+    target = explicit_sharding(like, replicated=True)
+    current = explicit_sharding(x, replicated=True)
+    if target is None or current is None or current.spec == target.spec:
+        return x
+    return _reshard(x, target)
 
 
 def leaf_path(tree: Any, index: int) -> str:

@@ -135,6 +135,7 @@ def measure(part: str = "all"):
         results["eager"] = eager_updates_keep_their_devices(params)
         results["wrappers"] = wrapper_states_are_sharded_like_their_parameters(params)
         results["quantized"] = quantized_state_on_sharded_leaves()
+        results["quantized_nnx"] = quantized_state_in_nnx_on_a_mesh()
     if part != "first":
         results["whole_leaf"] = whole_leaf_transforms()
         results["shard_map"] = global_reductions_in_shard_map()
@@ -567,8 +568,11 @@ def quantized_state_on_sharded_leaves():
     params = {k: jnp.asarray(rng.normal(size=shape), jnp.float32) for k, shape in shapes.items()}
     grads = [jax.tree.map(lambda p, i=i: jnp.sin((i + 2) * p), params) for i in range(4)]
 
+    def make_tx():
+        return gtx.quantized_state(gtx.adam(0.01), block_size=256, min_size=256)
+
     def run(params, grads):
-        tx = gtx.quantized_state(gtx.adam(0.01), block_size=256, min_size=256)
+        tx = make_tx()
         state = tx.init(params)
         init_moments, hlo = gtx.tree_get(state, "mu"), None
         step = jax.jit(tx.update)
@@ -590,6 +594,25 @@ def quantized_state_on_sharded_leaves():
             sharded = jax.device_put(params, shardings)
             sharded_grads = jax.device_put(grads, [shardings] * len(grads))
             actual, state, init_moments, hlo = run(sharded, sharded_grads)
+
+            # the state laid out otherwise (by the user, Flax or a restore): every absmax
+            # whose length divides 8 sharded P("data"), and the codes of the (24, 128)
+            # leaf, whose blocks cross the shards, like their parameter
+            def relayout(path, x, mesh=mesh):
+                where = jax.tree_util.keystr(path)
+                if not x.ndim or x.shape[0] % 8 or ("'t'" not in where and "absmax" not in where):
+                    return x
+                return jax.device_put(x, NamedSharding(mesh, P("data")))
+
+            relaid = jax.tree_util.tree_map_with_path(relayout, state)
+            try:
+                _, again = jax.jit(make_tx().update)(sharded_grads[0], relaid, actual)
+                relaid_kept = [
+                    bool(a.sharding.is_equivalent_to(b.sharding, a.ndim))
+                    for a, b in zip(jax.tree.leaves(relaid), jax.tree.leaves(again), strict=True)
+                ]
+            except Exception as error:  # noqa: BLE001  (reported, asserted on below)
+                relaid_kept = f"{type(error).__name__}: {error}"[:300]
         gathered = []
         for shape in re.findall(r"= [a-z0-9]+\[([0-9,]*)\][^ ]* all-gather(?:-start)?\(", hlo):
             gathered.append(int(np.prod([int(d) for d in shape.split(",") if d])))
@@ -603,12 +626,77 @@ def quantized_state_on_sharded_leaves():
                 for when, m in moments.items()
             },
             "gathered_sizes": sorted(set(gathered)),
+            "relaid_state_kept_its_layout": relaid_kept,
             "max_abs_difference": max(
                 float(np.max(np.abs(np.asarray(actual[k]) - np.asarray(expected[k]))))
                 for k in shapes
             ),
         }
     return results
+
+
+def quantized_state_in_nnx_on_a_mesh():
+    """Runs in the subprocess: Flax NNX's FSDP pattern (kernels partitioned with
+    nnx.with_partitioning, an Explicit mesh) with nnx.Optimizer around 8-bit Adam, whose
+    state Flax lays out by each parameter's metadata (absmax too), one kernel's blocks
+    within its shards and one's across them; 3 steps against the same model on one
+    device."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    import gradtx as gtx
+
+    class Model(nnx.Module):
+        def __init__(self, partitioned):
+            init = nnx.initializers.lecun_normal()
+            if partitioned:
+                init = nnx.with_partitioning(init, ("data", None))
+            rngs = nnx.Rngs(0)
+            # (256, 512): 8 blocks of 2048 a shard; (512, 16): 1,024 elements a shard
+            self.l1 = nnx.Linear(256, 512, kernel_init=init, use_bias=False, rngs=rngs)
+            self.l2 = nnx.Linear(512, 16, kernel_init=init, use_bias=False, rngs=rngs)
+
+    def loss(model):  # elementwise: the same gradients sharded or not, bit for bit
+        kernels = (model.l1.kernel[...], model.l2.kernel[...])
+        return sum(jnp.sum(jnp.sin(3 * kernel)) for kernel in kernels)
+
+    def layout(optimizer):
+        leaves = jax.tree.leaves(nnx.state(optimizer))
+        return [str(getattr(leaf.sharding, "spec", None)) for leaf in leaves]
+
+    def train(partitioned):
+        model = Model(partitioned)
+        optimizer = nnx.Optimizer(model, gtx.quantized_state(gtx.adam(1e-2)), wrt=nnx.Param)
+
+        @nnx.jit
+        def step(model, optimizer):
+            optimizer.update(model, nnx.grad(loss)(model))
+
+        layouts = []
+        for _ in range(3):
+            layouts.append(layout(optimizer))
+            step(model, optimizer)
+        layouts.append(layout(optimizer))
+        kernels = [np.asarray(model.l1.kernel[...]), np.asarray(model.l2.kernel[...])]
+        return kernels, layouts
+
+    expected, _ = train(False)
+    mesh = jax.make_mesh((8,), ("data",))
+    try:
+        with jax.set_mesh(mesh):
+            actual, layouts = train(True)
+    except Exception as error:  # noqa: BLE001  (reported, asserted on below)
+        return {"error": f"{type(error).__name__}: {error}"[:300]}
+    return {
+        "error": None,
+        "layouts_kept": all(layout == layouts[0] for layout in layouts),
+        "sharded_leaves": sum("data" in spec for spec in layouts[0]),
+        "max_abs_difference": max(
+            float(np.max(np.abs(a - b))) for a, b in zip(actual, expected, strict=True)
+        ),
+    }
 
 
 def eager_updates_keep_their_devices(params):
@@ -897,7 +985,8 @@ def test_quantized_codes_stay_sharded_where_each_shard_holds_whole_blocks(measur
     """8-bit state gathered every sharded leaf on an Explicit mesh and replicated its
     codes (~2 bytes of Adam state a parameter on every device). Leaves sharded over a
     leading axis in whole blocks keep their codes sharded, on Explicit and Auto meshes;
-    a leaf whose shards end inside a block is gathered."""
+    a leaf whose shards end inside a block is gathered. A state laid out otherwise (by
+    the user, Flax, a restore) keeps its layout through an update."""
     result = measured["quantized"][axis_type]
     # the (16, 512) leaf sharded over its last axis: gathered on an Explicit mesh; on an
     # Auto one, XLA's partitioner decides (jax 0.10.2: replicated codes after an eager
@@ -913,6 +1002,23 @@ def test_quantized_codes_stay_sharded_where_each_shard_holds_whole_blocks(measur
     assert 24 * 128 in gathered
     if axis_type == "Explicit":
         assert 16 * 512 in gathered
+        # a state laid out otherwise keeps that layout (it met the update's own in a
+        # select: "select cases must have the same shardings")
+        kept = result["relaid_state_kept_its_layout"]
+        assert isinstance(kept, list) and len(kept) > 8 and all(kept), kept
+    assert result["max_abs_difference"] < 1e-6
+
+
+def test_quantized_state_trains_in_nnx_with_partitioned_parameters(measured):
+    """nnx.Optimizer laid out the 8-bit state by each parameter's partitioning, absmax
+    included: a (4,) absmax over 8 devices was a ValueError when the optimizer was made,
+    and an absmax laid out so met this wrapper's replicated one in the step ("select
+    cases must have the same shardings"). The state keeps the layout the wrapper gives
+    it: the (256, 512) kernel's codes sharded (m and v), the rest replicated."""
+    result = measured["quantized_nnx"]
+    assert result["error"] is None, result["error"]
+    assert result["layouts_kept"]
+    assert result["sharded_leaves"] == 2
     assert result["max_abs_difference"] < 1e-6
 
 

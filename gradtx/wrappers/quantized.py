@@ -393,19 +393,29 @@ def _in_the_form_of(received: Any, new: QuantizedArray) -> Any:
     return treedef.unflatten([getattr(new, path[0].key) for path, _ in paths])
 
 
+# the metadata by which Flax lays out a Variable's value on a mesh (flax 0.12 names it
+# out_sharding; earlier releases sharding or sharding_names)
+_FLAX_SHARDING_METADATA = ("out_sharding", "sharding", "sharding_names", "optimizer_sharding")
+
+
 def _as_nnx_gives_back(state: Any) -> Any:
-    """``state`` with each ``QuantizedArray`` held in a Flax ``nnx.Variable`` (an init
+    """``state`` with each ``QuantizedArray`` that a Flax ``nnx.Variable`` holds (an init
     from ``nnx.Optimizer``, given the params' Variables) held as the ``nnx.State``
-    mapping that a step under ``nnx.jit`` gives back: with the NamedTuple the state
-    changed structure at the first step, and the second step compiled the training step
-    again."""
+    mapping that a step under ``nnx.jit`` gives back, and without the parameter's
+    partitioning in the Variable's metadata. As the NamedTuple, the state changed
+    structure at the first step and the second step compiled the training step again;
+    with the partitioning, Flax laid out codes and absmax by it, which absmax, a vector
+    of blocks, need not divide (a ValueError when the optimizer was made): the codes
+    and absmax keep the layout this wrapper gives them."""
     nnx = sys.modules.get("flax.nnx")
     if nnx is None:
         return state
 
     def held(leaf: Any) -> Any:
         if check.is_flax_variable(leaf) and isinstance(leaf.get_value(), QuantizedArray):
-            return leaf.replace(nnx.State(leaf.get_value()._asdict()))
+            metadata = leaf.get_metadata()
+            unpartitioned = {k: None for k in _FLAX_SHARDING_METADATA if k in metadata}
+            return leaf.replace(nnx.State(leaf.get_value()._asdict()), **unpartitioned)
         return leaf
 
     return jax.tree.map(held, state, is_leaf=check.is_flax_variable)
@@ -467,9 +477,11 @@ def _requantize_with(block_size: int) -> Any:
         # so a block led by a negative value shrinks by 0.7% each time), and multi_steps
         # leaves the state alone on every accumulating micro-step.
         unchanged = jnp.all(new == before)
+        # laid out as they came in on an Explicit mesh (a partitioning the user or a
+        # restore gave the state), where this update gathers or replicates them
         return QuantizedArray(
-            jnp.where(unchanged, old_codes, fresh.codes),
-            jnp.where(unchanged, old_absmax, fresh.absmax),
+            jnp.where(unchanged, old_codes, tree.laid_out_like(fresh.codes, old_codes)),
+            jnp.where(unchanged, old_absmax, tree.laid_out_like(fresh.absmax, old_absmax)),
         )
 
     return requantize
@@ -527,7 +539,11 @@ def quantized_state(
     a parameter), and a leaf whose blocks cross its shards (partitioned over a later
     axis, or shards that end inside a block) is gathered, its codes replicated: ~2
     bytes of Adam state a parameter on each device, where the sharded float32 state is
-    8 / n on n devices. With a 1-ulp difference in a moment between the partitioned and
+    8 / n on n devices. A state laid out otherwise (by you, a restore) keeps that layout
+    through updates; ``nnx.Optimizer``, which lays out each state leaf by its
+    parameter's partitioning metadata, leaves codes and absmax as this wrapper lays them
+    out (absmax, a vector of blocks, need not divide the parameter's partitioning).
+    With a 1-ulp difference in a moment between the partitioned and
     the one-device program (XLA may fuse them differently), an element at a decision
     threshold takes the neighbouring code, as any float32 rounding of the moments
     would.
