@@ -209,6 +209,23 @@ def test_nnx_optimizer_carries_a_quantized_state_across_updates(data):
     assert_same_training(trained, (params, losses))
 
 
+def traced_nnx_training(tx):
+    """An NnxMLP, its nnx.Optimizer around ``tx``, an nnx.jit training step returning
+    the gradients, and the list that step appends to at each trace."""
+    model = NnxMLP(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    traces = []
+
+    @nnx.jit
+    def train_step(model, optimizer, x, y):
+        traces.append(None)
+        grads = nnx.grad(lambda m: cross_entropy(m(x), y))(model)
+        optimizer.update(model, grads)
+        return grads
+
+    return model, optimizer, train_step, traces
+
+
 def test_an_nnx_training_step_with_a_quantized_state_compiles_once(data):
     """nnx.Optimizer's init held each QuantizedArray in an OptVariable as the NamedTuple,
     which a step under nnx.jit gives back as an nnx.State mapping: the state changed
@@ -221,16 +238,8 @@ def test_an_nnx_training_step_with_a_quantized_state_compiles_once(data):
         },
         KERNELS_AND_BIASES,
     )
-    model = NnxMLP(nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    model, optimizer, train_step, traces = traced_nnx_training(tx)
     x, y = data
-    traces = []
-
-    @nnx.jit
-    def train_step(model, optimizer, x, y):
-        traces.append(None)
-        optimizer.update(model, nnx.grad(lambda m: cross_entropy(m(x), y))(model))
-
     for t in range(3):
         train_step(model, optimizer, x[t], y[t])
     params = nnx.state(model, nnx.Param)
@@ -333,17 +342,8 @@ def test_reset_group_and_tree_set_on_an_nnx_optimizers_opt_state_keep_its_variab
         {"kernels": gtx.adam(0.05), "biases": gtx.chain(gtx.add_noise(0.01), gtx.sgd(0.1))},
         KERNELS_AND_BIASES,
     )
-    model = NnxMLP(nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    model, optimizer, train_step, traces = traced_nnx_training(tx)
     x, y = data
-    traces = []
-
-    @nnx.jit
-    def train_step(model, optimizer, x, y):
-        traces.append(None)
-        grads = nnx.grad(lambda m: cross_entropy(m(x), y))(model)
-        optimizer.update(model, grads)
-        return grads
 
     for t in range(2):
         train_step(model, optimizer, x[t], y[t])
