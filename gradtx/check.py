@@ -331,3 +331,18 @@ def dtype_or_none(name: str, value: Any) -> None:
         _fail(name, value, "a floating dtype or None")
     if not jnp.issubdtype(dtype, jnp.inexact):
         _fail(name, value, "a floating dtype or None")
+
+
+def state_of(owner: str, state: Any, expected: type) -> None:
+    """``state`` is an ``expected``, the state ``owner``'s ``init`` returns: a state of
+    another optimizer, ``None`` (an update before init), the params (state and params
+    swapped) or the ``(updates, state)`` pair is a TypeError naming ``owner``, not an
+    AttributeError from inside its update. An ``isinstance`` test: nothing at run time
+    under ``jit``, and nothing an eager step would notice."""
+    if not isinstance(state, expected):
+        raise TypeError(
+            f"the state of {owner} must be the {expected.__name__} its init returned (or "
+            f"the state its last update returned), got {type(state).__name__}; update "
+            f"returns (updates, state): was the pair passed, or were state and params "
+            f"swapped?"
+        )

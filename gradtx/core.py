@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -172,7 +172,8 @@ def chain(*transforms: TransformLike) -> GradientTransformation:
         if not isinstance(state, tuple) or len(state) != len(update_fns):
             raise ValueError(
                 f"chain of {len(update_fns)} transforms got a state that is not a tuple of "
-                f"{len(update_fns)} states: {type(state).__name__}"
+                f"{len(update_fns)} states: {type(state).__name__} (update takes the state "
+                f"init returned: were state and params swapped?)"
             )
         new_state = []
         for update_fn, inner_state in zip(update_fns, state, strict=True):
@@ -209,9 +210,17 @@ def named_chain(*transforms: tuple[str, TransformLike]) -> GradientTransformatio
         return {name: t.init(params) for name, t in transforms}
 
     def update(updates, state, params=None, **extra):
+        if not isinstance(state, Mapping):  # None (update before init), the pair update returned
+            raise ValueError(
+                f"named_chain of {names} got a state that is not a dict of their states: "
+                f"{type(state).__name__}"
+            )
         missing = [name for name in names if name not in state]
         if missing:
-            raise ValueError(f"named_chain state has no entry for {missing}")
+            raise ValueError(
+                f"named_chain state has no entry for {missing} (its keys: {list(state)}; "
+                f"were state and params swapped?)"
+            )
         new_state = {}
         for name, update_fn in update_fns:
             updates, new_state[name] = update_fn(updates, state[name], params, **extra)
@@ -233,6 +242,14 @@ def _check_applicable(params: Params, pairs: list[tuple], indices: list[int] | N
         p_shape, u_shape = _shape_of(p), _shape_of(u)
         p_kind, u_kind = _kind_of(p), _kind_of(u)
         problem = None
+        if isinstance(u, jax.ShapeDtypeStruct) or isinstance(p, jax.ShapeDtypeStruct):
+            role = "update" if isinstance(u, jax.ShapeDtypeStruct) else "parameter"
+            path = tree.leaf_path(params, index) or "the root"
+            raise TypeError(
+                f"apply_updates: at {path}, the {role} is a jax.ShapeDtypeStruct, a shape and "
+                f"dtype without values (jax.eval_shape(gtx.apply_updates, params, updates) "
+                f"gives the result's)"
+            )
         if "x" in (p_kind, u_kind):  # a model's function or name left in the tree
             role, leaf = ("parameter", p) if p_kind == "x" else ("update", u)
             path = tree.leaf_path(params, index) or "the root"
@@ -246,6 +263,11 @@ def _check_applicable(params: Params, pairs: list[tuple], indices: list[int] | N
             problem = "the update is complex, the parameter real (its imaginary part would be lost)"
         elif u_kind in "fc" and p_kind == "i":
             problem = "the update is floating, the parameter an integer (it would be truncated)"
+        elif u_kind == "i" and p_kind in "fc":
+            problem = (
+                f"the update has dtype {jnp.dtype(u.dtype).name}, the parameter is "
+                f"floating (a mask or a count passed as the updates?)"
+            )
         elif u_kind == "0" and p_kind != "i":
             problem = (
                 "the update is float0 (jax.grad's gradient of an integer leaf), the "
@@ -289,12 +311,14 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     and cast back, so float32 updates applied to bfloat16 parameters keep bfloat16. An
     update whose shape differs from its parameter's (it would broadcast and change the
     parameter's shape), a complex update of a real parameter (its imaginary part would be
-    dropped) or a floating update of an integer parameter (truncated) is a ValueError
-    naming the leaf; Optax applies them silently. A ``float0`` update (the gradient
+    dropped), a floating update of an integer parameter (truncated) or an integer or bool
+    update of a floating one (a mask passed as the updates) is a ValueError naming the
+    leaf; Optax applies them silently. A ``float0`` update (the gradient
     ``jax.grad(..., allow_int=True)`` gives an integer or bool leaf, which ``masked``
     passes on and ``freeze`` keeps) leaves its parameter unchanged; Optax's
     ``apply_updates`` raises inside JAX on it. A leaf that is not an array or a number
-    (a model's activation function) is a TypeError naming it.
+    (a model's activation function) or a ``jax.ShapeDtypeStruct`` is a TypeError naming
+    it.
 
     Args:
         params: a tree of arrays (``None`` leaves allowed).

@@ -34,6 +34,13 @@ def safe_increment(count: jax.Array) -> jax.Array:
     return jnp.where(count < INT32_MAX, count + 1, INT32_MAX).astype(count.dtype)
 
 
+ABSTRACT_STATE = (
+    "jax.ShapeDtypeStruct, a shape and dtype without values: jax.eval_shape(tx.init, "
+    "params) gives a state to restore a checkpoint into; update needs the restored state "
+    "or tx.init(params)"
+)
+
+
 def scalar_counter(count: Any) -> jax.Array:
     """A state's step counter as a 0-d array; a counter with a leading axis is a batch of
     states (``jax.vmap(tx.init)``) or replicas (``jax.pmap(tx.init)``) handed to an
@@ -46,6 +53,8 @@ def scalar_counter(count: Any) -> jax.Array:
         >>> int(numerics.scalar_counter(jnp.asarray(3, jnp.int32)))
         3
     """
+    if isinstance(count, jax.ShapeDtypeStruct):
+        raise TypeError(f"a step counter of the state is a {ABSTRACT_STATE}")
     count = jnp.asarray(count)
     if count.ndim:
         raise ValueError(

@@ -672,6 +672,12 @@ def _check_leaves(tree: Any, arg_tuples: list[tuple], indices: list[int] | None 
     # on every leaf of every eager update, where those helpers cost ~10 us a leaf.
     for i in range(len(arg_tuples)) if indices is None else indices:
         leaf, *others = arg_tuples[i]
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            raise TypeError(
+                f"the update at {leaf_path(tree, i) or 'the root'} is a jax.ShapeDtypeStruct, "
+                f"a shape and dtype without values: jax.eval_shape(tx.update, updates, state, "
+                f"params) gives the shapes of an update's results"
+            )
         dtype = getattr(leaf, "dtype", None)
         if dtype is None or not _is_inexact(dtype):
             # a leaf without a dtype is a Python number (floats are arrays by now) or
@@ -682,6 +688,11 @@ def _check_leaves(tree: Any, arg_tuples: list[tuple], indices: list[int] | None 
         for other in others:
             if isinstance(other, bool) or other is None:  # static per-leaf flags
                 continue
+            if isinstance(other, jax.ShapeDtypeStruct):
+                raise TypeError(
+                    f"the state (or the params) passed with the update at "
+                    f"{leaf_path(tree, i) or 'the root'} is a {numerics.ABSTRACT_STATE}"
+                )
             if _shape(other) != shape:
                 path = leaf_path(tree, i)
                 raise ValueError(

@@ -193,6 +193,8 @@ def test_apply_updates_names_the_first_path_where_the_trees_differ():
             r"the update is floating, the parameter an integer",
         ),
         (jnp.zeros(2, jnp.int32), jnp.full(2, 0.75, jnp.bfloat16), r"the update is floating"),
+        (jnp.zeros(2), jnp.ones(2, bool), r"the update has dtype bool, the parameter is floating"),
+        (jnp.zeros(2), jnp.ones(2, jnp.int32), r"the update has dtype int32, the parameter is"),
     ],
     ids=[
         "vector_on_scalar",
@@ -201,6 +203,8 @@ def test_apply_updates_names_the_first_path_where_the_trees_differ():
         "complex_on_real",
         "float_on_int",
         "bfloat16_on_int",  # NumPy's kind of bfloat16 is 'V'
+        "bool_on_float",  # a mask passed as the updates: Optax adds it as ones
+        "int_on_float",
     ],
 )
 def test_apply_updates_refuses_what_would_change_or_lose_the_parameter(
@@ -210,6 +214,13 @@ def test_apply_updates_refuses_what_would_change_or_lose_the_parameter(
     apply = jax.jit(gtx.apply_updates) if jitted else gtx.apply_updates
     with pytest.raises(ValueError, match=r"apply_updates: at \['b'\], " + message):
         apply({"a": None, "b": param}, {"a": None, "b": update})
+
+
+def test_apply_updates_names_an_abstract_update():
+    """Un-jitted it was "unsupported operand type(s) for +: ... 'ShapeDtypeStruct'"."""
+    params = {"b": jnp.zeros(2)}
+    with pytest.raises(TypeError, match=r"^apply_updates: at \['b'\], the update is a jax.Shape"):
+        gtx.apply_updates(params, jax.eval_shape(lambda: params))
 
 
 def test_a_full_training_step_descends_a_quadratic():

@@ -450,3 +450,93 @@ def test_params_that_do_not_match_the_updates_are_named_the_params_not_the_state
         "the structure of the params differs from the updates: ['kernel'] is in the "
         "updates, not in the params; ['kernal'] is in the params, not in the updates"
     )
+
+
+STATE_OWNERS = [
+    ("masked", "MaskedState", lambda: gtx.masked(gtx.adam(0.1), {"b": False, "w": True})),
+    ("partition", "PartitionState", lambda: gtx.partition({"a": gtx.sgd(0.1)}, lambda p: "a")),
+    ("lookahead", "LookaheadState", lambda: gtx.lookahead(gtx.sgd(0.1))),
+    ("apply_if_finite", "ApplyIfFiniteState", lambda: gtx.apply_if_finite(gtx.sgd(0.1), 2)),
+    ("multi_steps", "MultiStepsState", lambda: gtx.multi_steps(gtx.sgd(0.1), 2)),
+    ("swats", "SwatsState", lambda: gtx.swats(0.1)),
+    ("ema", "EmaState", lambda: gtx.ema(0.9)),
+    ("averaged_sgd", "AveragedSgdState", lambda: gtx.averaged_sgd(0.1)),
+    ("add_decoupled_weight_decay", "DecoupledWeightDecayState",
+     lambda: gtx.add_decoupled_weight_decay(0.1, 0.1)),
+    ("ema_params", "EmaParamsState", lambda: gtx.ema_params(0.9)),
+    ("average_params", "AverageParamsState", lambda: gtx.average_params()),
+    ("quantized_state", "QuantizedState", lambda: gtx.quantized_state(gtx.adam(0.1))),
+    ("reduce_on_plateau", "ReduceOnPlateauState", lambda: gtx.reduce_on_plateau()),
+    ("add_noise", "AddNoiseState", lambda: gtx.add_noise(0.01)),
+    ("scale_by_local_gain", "ScaleByLocalGainState", lambda: gtx.scale_by_local_gain()),
+    ("proximal_l1", "ProximalL1State", lambda: gtx.proximal_l1(lambda step: 0.01)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("wrong", ["none", "params"])
+@pytest.mark.parametrize(
+    "owner, state_class, make", STATE_OWNERS, ids=[owner for owner, _, _ in STATE_OWNERS]
+)
+def test_a_state_that_is_not_the_transforms_own_is_named(owner, state_class, make, wrong):
+    """An update before init (None) or with state and params swapped was an
+    AttributeError ("'dict' object has no attribute 'inner_state'") from inside."""
+    params = {"b": jnp.zeros(2), "w": jnp.zeros(2)}
+    state = None if wrong == "none" else params
+    message = rf"^the state of {owner} must be the {state_class} its init returned .* got "
+    with pytest.raises(TypeError, match=message + ("NoneType" if wrong == "none" else "dict")):
+        make().update(params, state, params, value=jnp.asarray(1.0))
+
+
+def test_a_named_chain_state_that_is_not_its_dict_is_named():
+    """None was "argument of type 'NoneType' is not iterable" (every compat optimizer is a
+    named_chain)."""
+    tx, params = tc.adam(0.1), {"b": jnp.zeros(2), "w": jnp.zeros(2)}
+    with pytest.raises(ValueError, match=re.escape("named_chain of ['adam', 'learning_rate'] got")):
+        tx.update(params, None, params)
+    with pytest.raises(ValueError, match=re.escape("(its keys: ['b', 'w']; were state and params")):
+        tx.update(params, params, params)
+    with pytest.raises(ValueError, match="tuple of 2 states: dict .*state and params swapped"):
+        gtx.chain(gtx.clip(1.0), gtx.scale(-0.1)).update(params, params, params)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: gtx.add_noise(0.1, seed=3),
+        lambda: gtx.averaged_sgd(0.1),
+        lambda: tc.nadam(0.1),
+        lambda: gtx.swats(0.1),
+        lambda: gtx.reduce_on_plateau(),
+    ],
+    ids=["add_noise", "averaged_sgd", "torch_nadam", "swats", "reduce_on_plateau"],
+)
+def test_a_state_holding_python_numbers_updates_un_jitted_as_under_jit(make):
+    """jit takes Python numbers for 0-d state leaves; un-jitted these were
+    "'int' object has no attribute 'astype'" (and 'float' ... 'dtype')."""
+    tx = make()
+    params, grads = {"w": jnp.array([0.5, -1.0])}, {"w": jnp.array([0.3, 0.2])}
+    as_numbers = lambda state: jax.tree.map(  # noqa: E731
+        lambda x: x.item() if getattr(x, "ndim", None) == 0 else x, state
+    )
+    expected, _ = tx.update(grads, tx.init(params), params, value=2.0)
+    updates, _ = tx.update(grads, as_numbers(tx.init(params)), params, value=2.0)
+    np.testing.assert_allclose(updates["w"], expected["w"], rtol=1e-6)
+
+
+def test_an_abstract_state_gradient_or_params_is_named_un_jitted():
+    """jax.eval_shape(tx.init, params) (the state a checkpoint is restored into) handed to
+    update, or ShapeDtypeStruct gradients: raw "int() argument must be ..., not
+    'ShapeDtypeStruct'" or "no attribute 'astype'" before (jit names them itself)."""
+    params = {"w": jnp.zeros(2)}
+    abstract = lambda tree: jax.eval_shape(lambda: tree)  # noqa: E731
+    tx = gtx.adamw(0.1)
+    with pytest.raises(TypeError, match="^a step counter of the state is a jax.ShapeDtypeStruct"):
+        tx.update(params, jax.eval_shape(tx.init, params), params)
+    with pytest.raises(TypeError, match=r"^the update at \['w'\] is a jax.ShapeDtypeStruct"):
+        tx.update(abstract(params), tx.init(params), params)
+    passed_with = r"^the state \(or the params\) passed with the update at \['w'\] is a jax.Shape"
+    with pytest.raises(TypeError, match=passed_with):
+        tx.update(params, tx.init(params), abstract(params))
+    adagrad = tc.adagrad(0.1)  # no step counter: the moments are read first
+    with pytest.raises(TypeError, match=passed_with):
+        adagrad.update(params, jax.eval_shape(adagrad.init, params), params)

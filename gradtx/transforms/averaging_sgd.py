@@ -91,7 +91,8 @@ def averaged_sgd(
             raise ValueError(
                 "averaged_sgd needs the parameters: call update(updates, state, params)"
             )
-        k = state.count
+        check.state_of("averaged_sgd", state, AveragedSgdState)
+        k = numerics.scalar_counter(state.count)  # an array for a Python int too, as under jit
         lr = learning_rate(jnp.maximum(k - 1, 0)) if scheduled else learning_rate
         if scheduled:
             # A concrete value (an un-jitted update) is checked, as in the optimizers.

@@ -78,6 +78,7 @@ def add_decoupled_weight_decay(
                 "add_decoupled_weight_decay needs the parameters: call "
                 "update(updates, state, params)"
             )
+        check.state_of("add_decoupled_weight_decay", state, DecoupledWeightDecayState)
         decay = weight_decay(state.count) if callable(weight_decay) else weight_decay
         rate = learning_rate(state.count) if callable(learning_rate) else learning_rate
         # A schedule's concrete value (an un-jitted update) is checked, as in the

@@ -87,6 +87,7 @@ def scale_by_local_gain(
 
     def update(updates, state, params=None, **extra):
         del params, extra
+        check.state_of("scale_by_local_gain", state, ScaleByLocalGainState)
 
         def leaf(g, gain, dbar):
             dtype = numerics.compute_dtype(g.dtype)

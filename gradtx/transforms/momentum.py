@@ -250,6 +250,7 @@ def ema(
 
     def update(updates, state, params=None, **extra):
         del params, extra
+        check.state_of("ema", state, EmaState)
         count = numerics.safe_increment(state.count)
 
         def leaf(g, e):

@@ -109,7 +109,7 @@ def scale_by_nadam_schedule(
     def update(updates, state, params=None, **extra):
         del params, extra
         count = numerics.safe_increment(state.count)
-        product_dtype = state.mu_product.dtype
+        product_dtype = tree.leaf_dtype(state.mu_product)  # a Python float too, as under jit
         mu_product = state.mu_product * momentum_at(count, product_dtype)
 
         def leaf(g, m, v):

@@ -251,6 +251,8 @@ def proximal_l1(strength: ScalarOrSchedule = 0.0, mask: Any = None) -> GradientT
     def update(updates, state, params=None, **extra):
         del extra
         _require_params("proximal_l1", params)
+        if scheduled:  # a constant strength keeps EmptyState and reads nothing from it
+            check.state_of("proximal_l1", state, ProximalL1State)
         threshold = strength(state.count) if scheduled else strength
         if scheduled:  # a concrete value (an un-jitted update) is checked, as in the optimizers
             check.non_negative("strength", threshold)
@@ -456,13 +458,16 @@ def add_noise(eta: float = 0.01, gamma: float = 0.55, seed: int = 0) -> Gradient
 
     def update(updates, state, params=None, **extra):
         del params, extra
+        check.state_of("add_noise", state, AddNoiseState)
         flat, treedef = jax.tree.flatten(updates, is_leaf=tree._is_none)
         present = [leaf is not None for leaf in flat]
         keys = jax.random.split(state.rng_key, sum(present) + 1)
         # a key per leaf in one operation (iterating over keys[1:] took ~50 on 1,000)
         leaf_keys = iter(jnp.unstack(keys[1:]) if len(keys) > 1 else [])
         flat_keys = [next(leaf_keys) if p else None for p in present]
-        count = state.count  # a local: the eager kernels take the closure's arrays
+        # a local: the eager kernels take the closure's arrays (an array for a Python
+        # int too, as under jit)
+        count = numerics.scalar_counter(state.count)
 
         def leaf(g, key):
             # drawn and added in one per-leaf function, one pass of the eager kernels

@@ -130,6 +130,7 @@ def multi_steps(
         )
 
     def update(updates, state, params=None, **extra):
+        check.state_of("multi_steps", state, MultiStepsState)
         k = every_k(state.gradient_step) if scheduled else every_k
         if scheduled and not isinstance(k, jax.core.Tracer):
             value = np.asarray(k)

@@ -161,6 +161,7 @@ def ema_params(
     def update(updates, state, params=None, **extra):
         del extra
         _needs_params("ema_params", params)
+        check.state_of("ema_params", state, EmaParamsState)
         count = numerics.safe_increment(state.count)
 
         def weight(dtype):
@@ -223,6 +224,7 @@ def average_params(start_step: int = 0, *, dtype: Any = None) -> GradientTransfo
     def update(updates, state, params=None, **extra):
         del extra
         _needs_params("average_params", params)
+        check.state_of("average_params", state, AverageParamsState)
         count = numerics.safe_increment(state.count)
         averaged = count - start_step
 

@@ -147,6 +147,7 @@ def apply_if_finite(inner: TransformLike, max_consecutive_errors: int) -> Gradie
         )
 
     def update(updates, state, params=None, **extra):
+        check.state_of("apply_if_finite", state, ApplyIfFiniteState)
         finite = _all_finite(updates)
         notfinite_count = jnp.where(
             finite, 0, numerics.safe_increment(state.notfinite_count)

@@ -106,6 +106,7 @@ def lookahead(
     def update(updates, state, params=None, **extra):
         if params is None:
             raise ValueError("lookahead needs the parameters: call update(updates, state, params)")
+        check.state_of("lookahead", state, LookaheadState)
         updates, inner_state = inner_update(updates, state.inner_state, params, **extra)
         # Modulo sync_period, not a saturating total: 2**31 - 1 is prime, so a saturated
         # count would never again be a multiple of sync_period and the syncs would stop.

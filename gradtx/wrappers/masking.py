@@ -195,6 +195,7 @@ def masked(
 
     def update(updates, state, params=None, **extra):
         check.leaves_apart("masked", "put flatten inside it: masked(flatten(tx), mask)")
+        check.state_of("masked", state, MaskedState)
         if _has_no_leaves(updates):
             _, inner_state = inner_update(updates, state.inner_state, params, **extra)
             return updates, MaskedState(inner_state)
@@ -408,6 +409,7 @@ def partition(
 
     def update(updates, state, params=None, **extra):
         check.leaves_apart("partition", _FLATTEN_EACH_GROUP)
+        check.state_of("partition", state, PartitionState)
         if _has_no_leaves(updates):
             new_states = {
                 name: update_fn(updates, state.inner_states[name], params, **extra)[1]

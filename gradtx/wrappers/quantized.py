@@ -675,6 +675,7 @@ def quantized_state(
         return QuantizedState(_as_nnx_gives_back(quantize_tree(inner_state)))
 
     def update(updates, state, params=None, **extra):
+        check.state_of("quantized_state", state, QuantizedState)
         is_node = lambda x: isinstance(x, QuantizedArray) or _is_stored_quantized_array(x)  # noqa: E731
         flat, treedef = jax.tree_util.tree_flatten_with_path(state.inner_state, is_leaf=is_node)
 

@@ -138,6 +138,7 @@ def swats(
 
     def update(updates, state, params=None, **extra):
         del params, extra
+        check.state_of("swats", state, SwatsState)
         count = numerics.safe_increment(state.count)
         alpha = learning_rate(state.count) if scheduled else learning_rate
         if scheduled:  # a concrete value (an un-jitted update) is checked, as in the optimizers
@@ -145,7 +146,7 @@ def swats(
         switched = state.switched
         # read here, not in `leaf`: a closure holding `state` hands every leaf of its
         # moments to each eager kernel call as an argument (3,000 on 1,000 leaves)
-        sgd_learning_rate = state.sgd_learning_rate
+        sgd_learning_rate = jnp.asarray(state.sgd_learning_rate)  # a Python float too
 
         def phase(switched):
             """The step of the phase ``switched`` says (a Python bool inside the
@@ -200,7 +201,7 @@ def swats(
         else:
             outputs = phase(switched)
         new_updates, mu, nu, momentum, p_dot_p, p_dot_g = outputs
-        dtype = state.lambda_avg.dtype
+        dtype = tree.leaf_dtype(state.lambda_avg)
         # in leaf order (un-jitted: in compiled chunks, the same additions in the same
         # order; a Python sum dispatched two operations per leaf)
         p_dot_p = tree._sum_in_order(jax.tree.leaves(p_dot_p), dtype)
