@@ -198,12 +198,16 @@ def positive(name: str, value: Any, *, schedule: bool = False, allow_inf: bool =
 
 
 def _integer(name: str, value: Any, minimum: int, expected: str) -> int:
+    if isinstance(value, jax.core.Tracer):
+        # optax.inject_hyperparams injects integer arguments too, traced under jit
+        _fail(
+            name,
+            value,
+            f"{expected} (an array: concrete, 0-d, of an integer dtype; "
+            f"optax.inject_hyperparams traces it unless given static_args=({name!r},))",
+        )
     if isinstance(value, np.ndarray | jax.Array):
-        if (
-            isinstance(value, jax.core.Tracer)
-            or value.ndim
-            or not jnp.issubdtype(value.dtype, jnp.integer)
-        ):
+        if value.ndim or not jnp.issubdtype(value.dtype, jnp.integer):
             _fail(name, value, f"{expected} (an array: concrete, 0-d, of an integer dtype)")
         number = int(value)  # a concrete 0-d integer array (Optax takes one), as its value
     elif isinstance(value, bool) or not isinstance(value, int | np.integer):

@@ -200,3 +200,118 @@ def test_optax_tree_map_params_maps_the_params_copies_in_masked_and_partition_st
         state,
     )
     assert specs == expected
+
+
+def test_gradtx_optimizers_in_optax_wrappers_follow_the_optax_only_program():
+    """What an Optax user does next, gradtx members against the same program in Optax:
+    optax.MultiSteps (and has_updated, Optax's and gradtx's), inject_hyperparams with a
+    schedule (the learning rate a user logs), multi_transform. One jitted program over
+    the cases; float32 rounding apart (bias corrections, docs/optimizers.md)."""
+    schedule = optax.linear_schedule(0.1, 0.01, 3)
+    multi_steps = {lib: optax.MultiSteps(lib.adam(0.1), 2) for lib in (gtx, optax)}
+    cases = {
+        "multi_steps": lambda lib: multi_steps[lib].gradient_transformation(),
+        "inject": lambda lib: optax.inject_hyperparams(lib.adam)(learning_rate=schedule, b1=0.8),
+        "multi_transform": lambda lib: optax.multi_transform(
+            {"adam": lib.adam(0.1), "sgd": lib.sgd(0.1, momentum=0.9)}, {"w": "adam", "b": "sgd"}
+        ),
+    }
+    params = {"w": jnp.array([1.0, -2.0, 0.5]), "b": jnp.array([0.1, 0.2])}
+    grads = [jax.tree.map(lambda p, i=i: jnp.sin((i + 1) * p + i), params) for i in range(4)]
+
+    @jax.jit
+    def train(params):
+        out = {}
+        for name, make in cases.items():
+            for lib in (gtx, optax):
+                tx, p = make(lib), params
+                state, updated = tx.init(p), []
+                for g in grads:
+                    updates, state = tx.update(g, state, p)
+                    p = optax.apply_updates(p, updates)
+                    if name == "multi_steps" and lib is gtx:
+                        updated.append(
+                            (multi_steps[gtx].has_updated(state), gtx.has_updated(state))
+                        )
+                out[name, lib.__name__] = p, state, updated
+        return out
+
+    out = train(params)
+    for name in cases:
+        gradtx_params, optax_params = out[name, "gradtx"][0], out[name, "optax"][0]
+        for a, b in zip(jax.tree.leaves(gradtx_params), jax.tree.leaves(optax_params), strict=True):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_array_equal(out["multi_steps", "gradtx"][2], [[0, 0], [1, 1], [0, 0], [1, 1]])
+    state = out["inject", "gradtx"][1]
+    assert float(state.hyperparams["learning_rate"]) == pytest.approx(0.01)
+    assert float(gtx.get_hyperparams(state)["learning_rate"]) == pytest.approx(0.01)
+    with pytest.raises(KeyError, match="multiple values"):  # the wrapper's and gradtx's (docs)
+        optax.tree_utils.tree_get(state, "learning_rate")
+
+
+def test_quantized_state_keeps_optax_copies_of_params_and_gradients_exact():
+    """optax.MultiSteps' gradient sum and schedule-free's z were quantized to 8 bits
+    (SGD's params 7e-3 and 3e-2 off in 24 steps); with a stateless inner optimizer the
+    wrapper now changes nothing."""
+    params = {"w": jnp.linspace(-1.0, 1.0, 64)}
+    grads = [{"w": jnp.sin(jnp.arange(64.0) * (i + 1))} for i in range(4)]
+    makers = (
+        lambda: optax.MultiSteps(optax.sgd(0.1), 2).gradient_transformation(),
+        lambda: optax.contrib.schedule_free(optax.sgd(0.1), 0.1),
+    )
+
+    def quantized(make):
+        return gtx.quantized_state(make(), block_size=16, min_size=16)
+
+    for make in makers:
+        state = jax.eval_shape(quantized(make).init, params)
+        is_quantized = lambda x: isinstance(x, gtx.QuantizedArray)  # noqa: E731
+        assert not any(map(is_quantized, jax.tree.leaves(state, is_leaf=is_quantized)))
+    trained = jax.jit(
+        lambda p: [(run(quantized(make), grads, p), run(make(), grads, p)) for make in makers]
+    )(params)
+    for with_8_bits, without in trained:  # XLA fuses the two differently: an ulp apart
+        np.testing.assert_allclose(with_8_bits["w"], without["w"], rtol=0, atol=1e-6)
+
+
+def test_gradtx_errors_name_an_optax_transform_or_schedule_factory_given_by_mistake():
+    with pytest.raises(TypeError, match="factory must be a function.*not what it returned"):
+        gtx.schedule_injection(optax.adam(0.1))
+    with pytest.raises(TypeError, match="learning_rate returned .*not a number"):
+        gtx.adam(optax.constant_schedule).init({"w": jnp.zeros(2)})
+    # Optax injects integers too: traced under jit, a count is refused with the way out
+    tx = optax.inject_hyperparams(gtx.apply_if_finite)(gtx.adam(0.1), 2)
+    params = {"w": jnp.zeros(2)}
+    with pytest.raises(ValueError, match=r"static_args=\('max_consecutive_errors',\)"):
+        jax.jit(tx.update)(params, tx.init(params), params)
+
+
+def test_optax_wrappers_forward_value_to_a_gradtx_transform_handed_as_extra_args():
+    """Optax's wrappers pass extra arguments only to an optax.GradientTransformationExtraArgs:
+    a plain gradtx reduce_on_plateau inside optax.MultiSteps never sees value= (an error
+    saying what to do); handed over as one, it follows gradtx's own multi_steps."""
+
+    def plateau_adam():
+        return gtx.chain(gtx.adam(0.1), gtx.reduce_on_plateau(factor=0.5, patience=0))
+
+    params = {"w": jnp.array([1.0, -2.0, 0.5])}
+    with pytest.raises(ValueError, match=r"GradientTransformationExtraArgs\(\*tx\)"):
+        tx = optax.MultiSteps(plateau_adam(), 2).gradient_transformation()
+        tx.update(params, tx.init(params), params, value=jnp.array(1.0))
+
+    def train(tx):
+        state, p = tx.init(params), params
+        for i in range(6):
+            grads = jax.tree.map(lambda x, i=i: jnp.cos(x + i), p)
+            updates, state = tx.update(grads, state, p, value=jnp.array(1.0))
+            p = optax.apply_updates(p, updates)
+        return p
+
+    handed = optax.GradientTransformationExtraArgs(*plateau_adam())
+    optax_wrapped, gradtx_wrapped = jax.jit(
+        lambda: (
+            train(optax.MultiSteps(handed, 2).gradient_transformation()),
+            train(gtx.multi_steps(plateau_adam(), 2)),
+        )
+    )()
+    np.testing.assert_allclose(optax_wrapped["w"], gradtx_wrapped["w"], rtol=1e-6)

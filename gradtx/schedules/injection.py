@@ -132,6 +132,11 @@ def _evaluate(
         except ValueError:  # no signature to inspect (a builtin): its own error
             pass
         raise
+    if callable(value):  # optax.cosine_decay_schedule given, not what it returns
+        raise TypeError(
+            f"the schedule given for {name} returned {value!r}, not a number: give the "
+            f"schedule (a function of the step), not the function that makes one"
+        )
     boolean = isinstance(value, bool | np.bool_) or getattr(value, "dtype", None) == np.bool_
     if value is None or isinstance(value, str) or (boolean and not _declared_float(parameter)):
         raise TypeError(
@@ -191,7 +196,8 @@ def schedule_injection(
             call returns a decorator taking it (``@schedule_injection(static_args=...)``).
             Each injected argument, given or defaulted, is a real scalar or a schedule
             ``step -> real scalar`` (a vector is a ValueError); the factory is called
-            once when the transform is built, to validate the values.
+            once when the transform is built, to validate the values. A transform
+            given instead (``optax.adam(0.1)`` for ``optax.adam``) is a TypeError.
         static_args: names of arguments passed through unchanged even if callable or
             float (a mask function, say): one name (``"mask"``, as Optax takes it) or an
             iterable of names, each an argument of ``factory`` (another is a
@@ -235,6 +241,12 @@ def schedule_injection(
     static = frozenset((static_args,) if isinstance(static_args, str) else static_args)
     if factory is None:
         return functools.partial(schedule_injection, static_args=static)
+    if not callable(factory) or (hasattr(factory, "init") and hasattr(factory, "update")):
+        # a built transform (optax.adam(0.1)) where its factory (optax.adam) is meant
+        raise TypeError(
+            f"factory must be a function that builds a gradient transformation (gtx.adam, "
+            f"optax.adam), got {factory!r}; pass the function, not what it returned"
+        )
 
     signature = inspect.signature(factory)
     takes_any_keyword = any(

@@ -162,7 +162,11 @@ def reduce_on_plateau(
                 "update(updates, state, params, value=metric), or build it with "
                 "require_value=False to pass a metric only on some updates (each epoch). "
                 "If you did pass value=, a wrapper dropped it on the way: optax.chain "
-                "passes no extra arguments to its transforms; chain with gtx.chain"
+                "passes no extra arguments to a transform that is not an "
+                "optax.GradientTransformationExtraArgs, nor do Optax's wrappers "
+                "(MultiSteps, masked, multi_transform, apply_if_finite...); chain with "
+                "gtx.chain and use gradtx's wrappers, or hand Optax "
+                "optax.GradientTransformationExtraArgs(*tx)"
             )
         if value is None:  # no new metric: the state stays, its scale applies
             return _scaled(updates, state.scale), state

@@ -236,12 +236,13 @@ def has_updated(state: Any) -> jax.Array:
     the step before did. A real step of ``multi_steps(apply_if_finite(tx), k)`` whose
     mean was skipped by the inner ``apply_if_finite`` is a real step (the accumulator
     restarted; ``tx``'s state did not move). An Optax ``apply_if_finite`` around it is
-    not seen (its state does not say whether it applied the last step).
+    not seen (its state does not say whether it applied the last step). An
+    ``optax.MultiSteps`` state is read alike (its ``has_updated`` is the same test).
 
     Args:
-        state: the ``MultiStepsState``, or any state holding exactly one (a chain, a
-            partition, ``apply_if_finite`` around it, ``nnx.Optimizer``'s
-            ``opt_state``); none or several is a TypeError.
+        state: the ``MultiStepsState`` (gradtx's or Optax's), or any state holding
+            exactly one (a chain, a partition, ``apply_if_finite`` around it,
+            ``nnx.Optimizer``'s ``opt_state``); none or several is a TypeError.
 
     Returns:
         A bool scalar array (traceable under ``jit``).
@@ -259,9 +260,9 @@ def has_updated(state: Any) -> jax.Array:
     found = _multi_steps_states(state, ())
     if len(found) != 1:
         raise TypeError(
-            f"has_updated expects a MultiStepsState or a state holding one, got "
-            f"{type(state).__name__} holding {len(found)}"
-            + ("; pass the one you mean" if found else "")
+            f"has_updated expects the state of multi_steps or optax.MultiSteps, or a state "
+            f"holding one, got {type(state).__module__}.{type(state).__name__} holding "
+            f"{len(found)}" + ("; pass the one you mean" if found else "")
         )
     state, guards = found[0]
     # jnp.asarray: nnx.Optimizer keeps the counters in its OptArray variables
@@ -275,13 +276,22 @@ def has_updated(state: Any) -> jax.Array:
 def _multi_steps_states(state: Any, guards: tuple) -> list[tuple[MultiStepsState, tuple]]:
     """Each ``MultiStepsState`` in ``state`` (not those inside one), with the states of
     the ``apply_if_finite`` around it: a step one of those skipped left it as it was."""
-    if isinstance(state, MultiStepsState):
+    if _is_multi_steps_state(state):
         return [(state, guards)]
-    is_node = lambda x: isinstance(x, MultiStepsState | ApplyIfFiniteState)  # noqa: E731
+    is_node = lambda x: _is_multi_steps_state(x) or isinstance(x, ApplyIfFiniteState)  # noqa: E731
     found = []
     for node in jax.tree.leaves(state, is_leaf=is_node):
         if isinstance(node, ApplyIfFiniteState):
             found.extend(_multi_steps_states(node.inner_state, (*guards, node)))
-        elif isinstance(node, MultiStepsState):
+        elif _is_multi_steps_state(node):
             found.append((node, guards))
     return found
+
+
+def _is_multi_steps_state(node: Any) -> bool:
+    """gradtx's ``MultiStepsState`` or Optax's (``optax.MultiSteps``: the same
+    ``mini_step`` and ``gradient_step`` counters)."""
+    kind = type(node)
+    return isinstance(node, MultiStepsState) or (
+        kind.__name__ == "MultiStepsState" and kind.__module__.startswith("optax.")
+    )
