@@ -626,3 +626,30 @@ def test_live_sgd_param_groups_with_and_without_momentum_continue_in_gradtx(reco
         params = [p + u for p, u in zip(params, updates, strict=True)]
     for x, y in zip(params, (a, b), strict=True):
         np.testing.assert_allclose(x, y.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def record_recipes():
+    return _load("record_recipes")
+
+
+def _check_recipes(recorded, golden_file):
+    """A live recording of the recipes against the golden one the non-live tests compare
+    gradtx with (so gradtx follows the installed library through it)."""
+    golden = json.loads((GOLDEN / golden_file).read_text())["cases"]
+    for name, case in golden.items():
+        for key, expected in case.items():
+            if key in ("params", "average"):
+                np.testing.assert_allclose(
+                    recorded["cases"][name][key], expected, rtol=1e-12, atol=1e-14, err_msg=name
+                )
+
+
+def test_live_pytorch_recipes_record_as_the_golden_file(record_recipes, record_torch):
+    problem = record_recipes.recipe_problem()
+    _check_recipes(record_recipes.record_torch(problem), "torch_recipes.json")
+
+
+def test_live_keras_recipes_record_as_the_golden_file(record_recipes, keras_float64):
+    problem = record_recipes.recipe_problem()
+    _check_recipes(record_recipes.record_keras(problem), "keras_recipes.json")

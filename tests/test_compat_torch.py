@@ -426,6 +426,29 @@ def test_load_state_dict_rejects_a_shape_mismatch_naming_the_parameter():
         tc.load_state_dict(tc.adam(), torch_state, [jnp.zeros(2)])
 
 
+def test_load_state_dict_names_the_leaf_of_a_shape_mismatch_and_how_it_was_matched():
+    """Transformers' param groups (weights, then biases) hold bare tensors: matched by
+    order against ``jax.tree.leaves`` (biases first), the error said only "parameter 0";
+    it names the leaf and says how to match them."""
+    torch_state = {
+        "state": {
+            0: {"step": 1.0, "exp_avg": np.zeros((2, 3)), "exp_avg_sq": np.zeros((2, 3))},
+            1: {"step": 1.0, "exp_avg": np.zeros(2), "exp_avg_sq": np.zeros(2)},
+        },
+        "param_groups": [{"params": [0]}, {"params": [1]}],
+    }
+    params = {"fc": {"weight": jnp.zeros((2, 3)), "bias": jnp.zeros(2)}}
+    with pytest.raises(ValueError, match=r"parameter 0 \('fc.bias'\).*matched by order.*"
+                       r"param_names"):  # fmt: skip
+        tc.load_state_dict(tc.adam(), torch_state, params)
+    named = dict(torch_state, param_groups=[
+        {"params": [0], "param_names": ["fc.weight"]},
+        {"params": [1], "param_names": ["fc.bias"]},
+    ])  # fmt: skip
+    state = tc.load_state_dict(tc.adam(), named, params)
+    assert state["adam"].mu["fc"]["weight"].shape == (2, 3)
+
+
 def test_load_state_dict_rejects_a_state_without_the_needed_buffer():
     torch_state = {"state": {0: {"step": 1.0, "exp_avg": np.zeros(2), "exp_avg_sq": np.zeros(2)}},
                    "param_groups": [{"params": [0]}]}  # fmt: skip
@@ -1058,3 +1081,106 @@ def test_load_state_dict_of_sgd_with_a_schedule_needs_the_step():
                             "count")) == 0  # fmt: skip
     adam_fresh = {"state": {}, "param_groups": [{"params": [0], "betas": (0.9, 0.999)}]}
     tc.load_state_dict(tc.adam(schedule), adam_fresh, params)
+
+
+RECIPES = json.loads((GOLDEN / "torch_recipes.json").read_text())
+
+
+def recipe_params(flat_p0):
+    """``{"fc1.weight": w, ...}`` as ``{"fc1": {"weight": w}, ...}``: the key paths joined
+    by dots are PyTorch's ``param_names``, so ``load_state_dict`` matches them by name."""
+    params = {}
+    for name, value in flat_p0.items():
+        layer, leaf = name.split(".")
+        params.setdefault(layer, {})[leaf] = jnp.asarray(value, jnp.float64)
+    return params
+
+
+def run_recipes(runs, problem, calls):
+    """``runs``: name -> (tx, params, state, first_call). Each takes ``calls`` micro-batch
+    gradients of the tanh MLP (the micro-batches in turn from its first call) and returns
+    the flattened params after each call (PyTorch's order); one compiled scan for all."""
+    size = problem["micro_batch"]
+    x = jnp.asarray(problem["x"]).reshape(problem["micro_batches"], size, -1)
+    y = jnp.asarray(problem["y"]).reshape(problem["micro_batches"], size, -1)
+    names = list(problem["p0"])
+
+    def loss(p, x, y):
+        hidden = jnp.tanh(x @ p["fc1"]["weight"].T + p["fc1"]["bias"])
+        return jnp.mean((hidden @ p["fc2"]["weight"].T + p["fc2"]["bias"] - y) ** 2)
+
+    @jax.jit
+    def trajectories(carry):
+        def step(carry, call):
+            out, flat = {}, {}
+            for name, (params, state) in carry.items():
+                batch = (call + runs[name][3]) % problem["micro_batches"]
+                grads = jax.grad(loss)(params, x[batch], y[batch])
+                updates, state = runs[name][0].update(grads, state, params)
+                params = gtx.apply_updates(params, updates)
+                out[name] = params, state
+                leaves = [params[n.split(".")[0]][n.split(".")[1]].ravel() for n in names]
+                flat[name] = jnp.concatenate(leaves)
+            return out, flat
+
+        return jax.lax.scan(step, carry, jnp.arange(calls))[1]
+
+    return jax.device_get(trajectories({name: run[1:3] for name, run in runs.items()}))
+
+
+def test_hugging_face_style_pytorch_recipe_follows_pytorch_within_1e10(x64):
+    """The recipe users port whole: ``AdamW`` with two param groups (no decay on
+    biases), ``LambdaLR`` with transformers' warmup-cosine lambda, ``clip_grad_norm_``
+    before ``optimizer.step()`` and 3 micro-batches of ``loss / 3`` per step (the
+    scheduler stepped once per optimizer step); also continued from its ``state_dict()``
+    after 17 steps, and with SGD (nesterov) and ``OneCycleLR``, which cycles the
+    momentum. Written as docs/examples.md shows, float64 against PyTorch 2.13."""
+    k, updates, warmup = 3, 40, 5
+
+    def lambda_lr(step):  # LambdaLR(optimizer, lr_lambda): 3e-2 * lr_lambda(step)
+        t = jnp.asarray(step, float)
+        cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * 0.5 * 2.0 * (t - warmup) / (updates - warmup)))
+        return 3e-2 * jnp.where(t < warmup, t / warmup, jnp.maximum(0.0, cosine))
+
+    one_cycle = lr_scheduler.one_cycle_lr(0.2, total_steps=updates)
+    momentum = lr_scheduler.one_cycle_momentum(total_steps=updates)
+    groups = {r"\['bias'\]$": "no_decay", r".*": "decay"}
+
+    def recipe(decay, no_decay):  # clip_grad_norm_ on the accumulated gradient, then step
+        return gtx.multi_steps(
+            gtx.chain(
+                tc.clip_grad_norm(0.5),
+                gtx.partition({"decay": decay, "no_decay": no_decay}, groups),
+            ),
+            every_k=k,
+        )
+
+    hf = recipe(tc.adamw(lambda_lr, weight_decay=0.1), tc.adamw(lambda_lr, weight_decay=0.0))
+    sgd = recipe(
+        tc.sgd(one_cycle, momentum, weight_decay=0.1, nesterov=True),
+        tc.sgd(one_cycle, momentum, nesterov=True),
+    )
+    problem, cases = RECIPES["problem"], RECIPES["cases"]
+    saved_at = cases["hf_adamw"]["saved_at"]
+    snapshots = RECIPES["snapshots"]
+    row = np.asarray(cases["hf_adamw"]["params"][snapshots.index(saved_at)])
+    shapes = [np.shape(p) for p in problem["p0"].values()]
+    saved_params = recipe_params(dict(zip(problem["p0"], split(row, shapes), strict=True)))
+    loaded = tc.load_state_dict(hf, cases["hf_adamw"]["state_dict"], saved_params)
+    params = recipe_params(problem["p0"])
+    runs = {
+        "hf_adamw": (hf, params, hf.init(params), 0),
+        "sgd_nesterov_one_cycle": (sgd, params, sgd.init(params), 0),
+        "continued": (hf, saved_params, loaded, saved_at * k),
+    }
+    flat = run_recipes(runs, problem, updates * k)
+    rows = [k * s - 1 for s in snapshots]
+    for name in ("hf_adamw", "sgd_nesterov_one_cycle"):
+        np.testing.assert_allclose(
+            flat[name][rows], cases[name]["params"], **TOLERANCE["float64"], err_msg=name
+        )
+    later = [i for i, s in enumerate(snapshots) if s > saved_at]
+    continued = flat["continued"][[k * (snapshots[i] - saved_at) - 1 for i in later]]
+    np.testing.assert_allclose(
+        continued, np.asarray(cases["hf_adamw"]["params"])[later], **TOLERANCE["float64"]
+    )

@@ -34,8 +34,11 @@ searched (``re.search``) in each leaf's path as ``jax.tree_util.keystr`` prints 
 (the first update's params, then ``ema_momentum * average + (1 - ema_momentum) * p``;
 ``gradtx.ema_params`` debiases instead), and ``ema_overwrite_frequency=N`` moves the
 params to it after every N-th update; evaluate with the average, as Keras'
-``finalize_variable_values`` does (not with ``gradient_accumulation_steps``, where Keras
-averages every call). Keras computes in the variables' dtype, gradtx
+``finalize_variable_values`` does. With ``gradient_accumulation_steps=k`` Keras' average
+moves at every call, updating or not (it is ``p`` through the first update, then blends
+at each call; the overwrite happens at every call of each N-th group of k), so the
+``ema`` block sits outside ``multi_steps`` there, its count counting calls (Keras'
+``iteration``). Keras computes in the variables' dtype, gradtx
 in at least float32: float16/bfloat16 runs differ (Keras' bfloat16 Adam does not move,
 as ``bfloat16(0.999) == 1``).
 """
@@ -280,7 +283,9 @@ class KerasEmaState(NamedTuple):
     """The state of Keras' ``use_ema`` option.
 
     Attributes:
-        count: int32 scalar, updates made so far, saturating at 2**31 - 1 (Keras' ``iterations``).
+        count: int32 scalar, updates made so far, saturating at 2**31 - 1 (Keras'
+            ``iterations``); calls so far with ``gradient_accumulation_steps`` (Keras'
+            ``iteration`` variable).
         average: the moving average of the params, a tree like the params in their
             dtypes, initially the params.
 
@@ -294,11 +299,20 @@ class KerasEmaState(NamedTuple):
     exact_fields = ("average",)  # a copy of the params: quantized_state keeps it
 
 
-def _keras_ema(momentum: float, overwrite_frequency: int | None) -> GradientTransformation:
+def _keras_ema(
+    momentum: float, overwrite_frequency: int | None, calls_per_update: int = 1
+) -> GradientTransformation:
     """Keras' ``use_ema``: after each update ``average = p`` at the first one, then
     ``momentum * average + (1 - momentum) * p``; with ``ema_overwrite_frequency=N`` the
     params are set to the average after every N-th update (this update moves them
-    there, up to the rounding of ``average - p`` added back to ``p``)."""
+    there, up to the rounding of ``average - p`` added back to ``p``).
+
+    With ``calls_per_update=k`` (Keras' ``gradient_accumulation_steps``) it sits outside
+    ``multi_steps`` and moves at every call, as Keras' does, its count counting calls:
+    Keras reads ``iterations``, the updates before the call (``count // k``), so the
+    average is ``p`` through the first update's call and every later call (updating or
+    not) blends, and the params are set to the average at every call while ``count //
+    k + 1`` is a multiple of N."""
 
     def init(params):
         if params is None:
@@ -309,7 +323,8 @@ def _keras_ema(momentum: float, overwrite_frequency: int | None) -> GradientTran
         del extra
         if params is None:
             raise ValueError("use_ema needs the parameters: call update(updates, state, params)")
-        first = state.count == 0
+        iterations = state.count // calls_per_update  # Keras' updates before this call
+        first = iterations == 0
 
         def average(u, p, a):
             new = (p + u).astype(p.dtype)  # the variable after Keras' update step
@@ -322,7 +337,7 @@ def _keras_ema(momentum: float, overwrite_frequency: int | None) -> GradientTran
             average, updates, params, state.average, outputs=1, names=("the params",)
         )
         if overwrite_frequency is not None:
-            overwrite = (state.count + 1) % overwrite_frequency == 0
+            overwrite = (iterations + 1) % overwrite_frequency == 0
 
             def moved(u, p, a):
                 return jnp.where(overwrite, (a - p).astype(u.dtype), u)
@@ -426,11 +441,6 @@ def _keras_optimizer(build: Callable[..., _Core]) -> Callable[..., GradientTrans
                 ema_overwrite_frequency = check.positive_int(
                     "ema_overwrite_frequency", ema_overwrite_frequency
                 )
-            if steps is not None:
-                raise ValueError(
-                    "use_ema with gradient_accumulation_steps is not supported: Keras "
-                    "updates its average at every call, from the real update count"
-                )
         if steps is not None:
             arguments["learning_rate"] = _at_update_steps(arguments["learning_rate"], steps)
         core = build(**arguments)
@@ -453,11 +463,14 @@ def _keras_optimizer(build: Callable[..., _Core]) -> Callable[..., GradientTrans
             blocks.insert(0, ("global_clipnorm", _clip_global_norm(global_clipnorm)))
         elif clipvalue is not None and not _is_zero(clipvalue):
             blocks.insert(0, ("clipvalue", clip(clipvalue)))
-        if use_ema:
+        if use_ema and steps is None:
             blocks.append(("ema", _keras_ema(ema_momentum, ema_overwrite_frequency)))
         tx = named_chain(*blocks)
         if steps is not None:
             tx = multi_steps(tx, steps)
+            if use_ema:  # Keras' average moves at every call, not only at updates
+                ema = _keras_ema(ema_momentum, ema_overwrite_frequency, steps)
+                tx = named_chain(("optimizer", tx), ("ema", ema))
         if loss_scale_factor is not None:
             tx = named_chain(("loss_scale", _unscale(loss_scale_factor)), ("optimizer", tx))
         return tx

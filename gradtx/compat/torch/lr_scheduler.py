@@ -715,7 +715,11 @@ def reduce_lr_on_plateau(
     PyTorch's changed ``lr`` for every optimizer whose ``lr`` multiplies its step (SGD,
     Adam and the rest), not for Rprop, which reads ``lr`` once as its initial step size
     (PyTorch's plateau then changes nothing: leave it out), nor ASGD, whose step size is
-    a nonlinear function of ``lr`` (0.13 and 0.057 off PyTorch over 30 epochs).
+    a nonlinear function of ``lr`` (0.13 and 0.057 off PyTorch over 30 epochs). A
+    reduction here lasts: beside PyTorch's ``CosineAnnealingWarmRestarts``, ``CyclicLR``
+    or ``OneCycleLR``, which set the rate from their base at every step, PyTorch's
+    lasts one step, and ``SequentialLR`` drops it at its next milestone (no gradtx
+    equivalent; docs/conventions.md, "Whole recipes").
 
     Args:
         lr: the optimizer's learning rate, > 0.

@@ -157,6 +157,14 @@ def _in_leaf_order(
     return [by_name[name] for name in leaf_names]
 
 
+_BY_ORDER = (
+    " (parameters are matched by order: leaf i of params, in jax.tree.leaves order, is "
+    "parameter i of the optimizer's param groups concatenated; build the groups from "
+    "named parameters, {'params': [(name, p), ...]}, so that PyTorch records param_names "
+    "matching the params' key paths, or pass params as a list in PyTorch's order)"
+)
+
+
 def _names_differ(names: list[str] | None, params: Params) -> str:
     """Which parameters a count mismatch is about, where PyTorch recorded names."""
     if names is None:
@@ -213,7 +221,8 @@ def load_state_dict(
 
     Raises:
         ValueError: the number of parameters (naming those missing on either side where
-            PyTorch recorded ``param_names``) or the shape of a buffer differs, the
+            PyTorch recorded ``param_names``) or the shape of a buffer differs (naming
+            the leaf, and saying how to match by name where it went by order), the
             PyTorch state lacks a buffer that ``tx`` needs or holds one that ``tx`` has
             no place for, or the parameters' steps differ (PyTorch counts steps per
             parameter, a parameter without a gradient is not stepped; gradtx keeps one
@@ -238,6 +247,10 @@ def load_state_dict(
     leaves, treedef = jax.tree.flatten(params)
     per_param, names = _per_parameter_states(torch_state_dict)
     per_param = _in_leaf_order(per_param, names, params)
+    leaf_names = [_leaf_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    by_name = (  # as _in_leaf_order matches them
+        names is not None and len(set(names)) == len(names) and sorted(names) == sorted(leaf_names)
+    )
     if len(per_param) != len(leaves):
         raise ValueError(
             f"the PyTorch state has {len(per_param)} parameters but params has "
@@ -317,8 +330,9 @@ def load_state_dict(
                 array = np.sign(array)
             if array.shape != tuple(leaf.shape):
                 raise ValueError(
-                    f"shape mismatch for parameter {index}: the PyTorch {key!r} has shape "
-                    f"{list(array.shape)} but the parameter has {list(leaf.shape)}"
+                    f"shape mismatch for parameter {index} ({leaf_names[index]!r}): the "
+                    f"PyTorch {key!r} has shape {list(array.shape)} but the parameter has "
+                    f"{list(leaf.shape)}{'' if by_name else _BY_ORDER}"
                 )
             converted.append(jnp.asarray(array, dtype=leaf.dtype))
         return treedef.unflatten(converted)
