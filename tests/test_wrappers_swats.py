@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -125,3 +127,21 @@ def test_a_jitted_donated_step_runs_one_phase_and_copies_no_moment():
     phases_bytes = moved(gtx.adam(0.1))[0] + moved(gtx.sgd(0.1, momentum=0.9))[0]
     assert swats_copies == 0
     assert swats_bytes / n <= phases_bytes / n, (swats_bytes / n, phases_bytes / n)
+
+
+def test_a_state_of_python_numbers_keeps_a_boolean_switch_flag_as_under_jit():
+    """jit takes Python numbers for 0-d state leaves; un-jitted, ``~`` of the Python bool
+    flag was the int -1 or -2 (a DeprecationWarning from Python 3.12), and the new flag
+    came back int32 where jit gives a bool."""
+    tx = gtx.swats(0.1)
+    params, grads = {"w": jnp.array([0.5, -1.0])}, {"w": jnp.array([0.3, 0.2])}
+    state = tx.init(params)
+    as_numbers = jax.tree.map(lambda x: x.item() if x.ndim == 0 else x, state)
+    assert isinstance(as_numbers.switched, bool)
+    _, jitted = jax.jit(tx.update)(grads, state, params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        _, eager = tx.update(grads, as_numbers, params)
+    assert jitted.switched.dtype == jnp.bool_
+    assert jnp.asarray(eager.switched).dtype == jnp.bool_
+    assert jnp.asarray(eager.switch_step).dtype == jitted.switch_step.dtype

@@ -206,7 +206,9 @@ def swats(
         # order; a Python sum dispatched two operations per leaf)
         p_dot_p = tree._sum_in_order(jax.tree.leaves(p_dot_p), dtype)
         p_dot_g = tree._sum_in_order(jax.tree.leaves(p_dot_g), dtype)
-        projected = (~switched) & (p_dot_g != 0)
+        # not ~switched: a state of Python numbers (as jit takes) gives a Python bool,
+        # which ~ makes the int -1 or -2 (deprecated from Python 3.12)
+        projected = jnp.logical_not(switched) & (p_dot_g != 0)
         gamma = p_dot_p / jnp.where(projected, -p_dot_g, 1)
         lambda_avg = jnp.where(
             projected, b2 * state.lambda_avg + (1 - b2) * gamma, state.lambda_avg
