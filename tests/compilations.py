@@ -25,7 +25,18 @@ def count_compilations() -> Iterator[list[str]]:
     try:
         yield compiled
     finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
+        unregister_duration_listener(listener)
+
+
+def unregister_duration_listener(listener) -> None:
+    """Removes a ``jax.monitoring`` duration listener: public after JAX 0.8.0, a private
+    function before (jax 0.6.2, what pip resolves for Python 3.10, has only that)."""
+    unregister = getattr(jax.monitoring, "unregister_event_duration_listener", None)
+    if unregister is None:
+        from jax._src import monitoring
+
+        unregister = monitoring._unregister_event_duration_listener_by_callback
+    unregister(listener)
 
 
 def compiled_step(tx, apply_updates, params, grads, state=None) -> jax.stages.Compiled:

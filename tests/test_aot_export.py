@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import jax
+import jax.export
 import jax.numpy as jnp
 import numpy as np
 import optax

@@ -285,12 +285,16 @@ def test_amsgrad_max_corrected_after_the_maximum_matches_its_equations(
     np.testing.assert_allclose(np.asarray(updates), np.stack(expected), rtol=1e-5)
 
 
+# jax.extend.core's; jax.core's in jax 0.6.2 (what pip resolves for Python 3.10)
+_jaxprs_in_params = getattr(jax.extend.core, "jaxprs_in_params", None) or jax.core.jaxprs_in_params
+
+
 def _count_primitive(jaxpr, name: str) -> int:
     """Equations of primitive ``name`` run by ``jaxpr``, a called sub-jaxpr once per call."""
     count = 0
     for eqn in jaxpr.eqns:
         count += eqn.primitive.name == name
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        for sub in _jaxprs_in_params(eqn.params):
             count += _count_primitive(sub, name)
     return count
 

@@ -174,4 +174,6 @@ def test_quantized_state_reads_the_fields_of_a_dataclass_state():
         _, state = tx.update(grads, state, params)
         _, plain_state = plain.update(grads, plain_state, params)
     assert isinstance(state.inner_state.velocity["w"], gtx.QuantizedArray)
-    np.testing.assert_array_equal(state.inner_state.slow["w"], plain_state.slow["w"])
+    # exact to float32 rounding (8 bits would be ~4e-3 off): jax 0.6.2's XLA, what pip
+    # resolves for Python 3.10, rounds one of the 64 one unit in the last place apart
+    np.testing.assert_allclose(state.inner_state.slow["w"], plain_state.slow["w"], rtol=3e-7)

@@ -8,6 +8,7 @@ names the few blocks that cannot run here and where they are run instead.
 
 from __future__ import annotations
 
+import inspect
 import re
 import textwrap
 from pathlib import Path
@@ -133,6 +134,14 @@ SKIPPED = {
 }
 
 
+def nnx_optimizer_takes_the_model() -> bool:
+    """Whether ``nnx.Optimizer.update`` is flax 0.11's ``update(model, grads)``, which the
+    pages show (flax 0.10.7, what pip resolves for Python 3.10, has ``update(grads)``)."""
+    from flax import nnx
+
+    return "model" in inspect.signature(nnx.Optimizer.update).parameters
+
+
 def python_blocks(page: str) -> list[tuple[int, str]]:
     """The ```python blocks of a page: (line number of the block's first line, code)."""
     text = (ROOT / page).read_text()
@@ -159,6 +168,7 @@ def with_setup(page: str, code: str, used: set) -> str:
 def test_every_python_block_of_the_page_runs(page):
     namespace = {"__name__": f"docs_{Path(page).stem}", "Path": Path}
     used: set = set()
+    older_flax = []
     for line, code in python_blocks(page):
         if (page, code.splitlines()[0].strip()) in SKIPPED:
             continue
@@ -166,7 +176,12 @@ def test_every_python_block_of_the_page_runs(page):
         try:
             exec(compile(source, f"{page}:{line}", "exec"), namespace)
         except Exception as error:
+            if "optimizer.update(model, grads" in code and not nnx_optimizer_takes_the_model():
+                older_flax.append(f"{page}:{line}")
+                continue
             pytest.fail(f"the block at {page}:{line} raised {type(error).__name__}: {error}")
+    if older_flax:
+        pytest.skip(f"the blocks at {', '.join(older_flax)} need flax >= 0.11's nnx.Optimizer")
     unused = {key for key in SETUP if key[0] == page} - used
     assert not unused, f"SETUP entries whose line is no longer in {page}: {sorted(unused)}"
 

@@ -104,7 +104,7 @@ def test_flax_train_state_takes_a_gradtx_optimizer_as_tx(name):
     assert int(new_state.step) == 2
 
 
-def test_flax_nnx_optimizer_takes_a_gradtx_optimizer_as_tx():
+def test_flax_nnx_optimizer_takes_a_gradtx_optimizer_as_tx(nnx_0_11):
     from flax import nnx
 
     model = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
@@ -132,7 +132,7 @@ def test_flax_nnx_optimizer_takes_a_gradtx_optimizer_as_tx():
     assert float(loss) < float(first_loss)
 
 
-def test_set_hyperparams_on_an_nnx_optimizer_keeps_its_variables_and_takes_effect():
+def test_set_hyperparams_on_an_nnx_optimizer_keeps_its_variables_and_takes_effect(nnx_0_11):
     from flax import nnx
 
     model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))

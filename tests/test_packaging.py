@@ -144,7 +144,7 @@ def test_explicit_sharding_is_gathered_where_jax_keeps_reshard_in_experimental(m
     AttributeError there. (Checked with JAX 0.6.2 installed, on 2 devices: the gather
     works inside and outside ``jax.sharding.use_mesh``.)"""
     if not hasattr(jax, "set_mesh"):
-        pytest.skip("the explicit mesh of this test needs jax.set_mesh (JAX >= 0.7)")
+        pytest.skip("the explicit mesh of this test needs jax.set_mesh (JAX >= 0.7.1)")
     reshard = jax.sharding.reshard
     resharded = []
 

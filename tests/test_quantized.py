@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 
 import jax
+import jax.export
 import jax.numpy as jnp
 import numpy as np
 import pytest

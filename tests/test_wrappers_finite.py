@@ -129,6 +129,8 @@ def test_a_jitted_donated_step_copies_no_state_and_moves_what_optaxs_moves():
 
 
 def test_a_jitted_step_on_an_explicit_mesh_keeps_the_updates_sharding():
+    if not hasattr(jax, "set_mesh"):
+        pytest.skip("the explicit mesh of this test needs jax.set_mesh (JAX >= 0.7.1)")
     # jax.make_mesh's axes are Explicit: shardings are part of the types a lax.cond
     # compares. Zeros made with jnp.zeros(shape, dtype) have none, so the skip branch's
     # float32[4,2] differed from the applied branch's float32[4@d,2]: a TypeError.
