@@ -7,8 +7,13 @@ import contextlib
 from collections.abc import Iterator
 
 import jax
+import jax.extend.core
 
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+# The jaxprs an equation's params hold (a called function's, a loop's body): jax.extend's;
+# jax.core's in jax 0.6.2 (what pip resolves for Python 3.10)
+jaxprs_in_params = getattr(jax.extend.core, "jaxprs_in_params", None) or jax.core.jaxprs_in_params
 
 
 @contextlib.contextmanager

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fractions import Fraction
 
 import jax
-import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -13,6 +12,7 @@ import pytest
 
 import gradtx as gtx
 from tests import trajectory
+from tests.compilations import jaxprs_in_params
 from tests.reference import classic
 
 STEPS = 60
@@ -285,16 +285,12 @@ def test_amsgrad_max_corrected_after_the_maximum_matches_its_equations(
     np.testing.assert_allclose(np.asarray(updates), np.stack(expected), rtol=1e-5)
 
 
-# jax.extend.core's; jax.core's in jax 0.6.2 (what pip resolves for Python 3.10)
-_jaxprs_in_params = getattr(jax.extend.core, "jaxprs_in_params", None) or jax.core.jaxprs_in_params
-
-
 def _count_primitive(jaxpr, name: str) -> int:
     """Equations of primitive ``name`` run by ``jaxpr``, a called sub-jaxpr once per call."""
     count = 0
     for eqn in jaxpr.eqns:
         count += eqn.primitive.name == name
-        for sub in _jaxprs_in_params(eqn.params):
+        for sub in jaxprs_in_params(eqn.params):
             count += _count_primitive(sub, name)
     return count
 
