@@ -22,7 +22,7 @@ def _ravel(leaves: list) -> jax.Array:
     return _concatenate(leaves)
 
 
-@jax.jit
+@tree.nested_jit
 def _concatenate(leaves: list) -> jax.Array:
     # jitted so that an eager update runs one program, not a reshape per leaf
     # promoted from the dtypes, not the arrays: a weakly typed float32 leaf (made from a
@@ -73,7 +73,7 @@ _NON_NEGATIVE_STARTS = (
 )
 
 
-@functools.partial(jax.jit, static_argnums=2)
+@functools.partial(tree.nested_jit, static_argnums=2)
 def _slices(vector: jax.Array, starts: tuple, shapes: tuple) -> list:
     # The starts are arguments, not constants: XLA:CPU compiles one kernel per distinct
     # fusion, and slices at constant offsets are all distinct (~8 ms each to compile,
@@ -95,7 +95,7 @@ def _as_leaf(piece: jax.Array, dtype: np.dtype) -> jax.Array:
     return piece.astype(dtype)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+@functools.partial(tree.nested_jit, static_argnums=(2, 3, 4))
 def _slices_at_state_starts(
     vector: jax.Array, starts: tuple, last_start: int, shapes: tuple, runs: tuple
 ) -> tuple[list, jax.Array]:

@@ -336,8 +336,8 @@ def dequantize_blockwise(quantized: QuantizedArray, table: jax.Array, block_size
 # outside a trace (an un-jitted init, the first un-jitted update, which the eager
 # kernels run op by op): op by op, each of their ~30 operations compiled on its own, ~0.7
 # s a leaf shape. Inside a trace (jit, the eager kernels) the calls are inlined.
-_quantize_compiled = jax.jit(quantize_blockwise, static_argnums=2)
-_dequantize_compiled = jax.jit(dequantize_blockwise, static_argnums=2)
+_quantize_compiled = tree.nested_jit(quantize_blockwise, static_argnums=2)
+_dequantize_compiled = tree.nested_jit(dequantize_blockwise, static_argnums=2)
 
 
 def _path_names(path: tuple) -> set[str]:
