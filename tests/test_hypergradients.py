@@ -5,8 +5,9 @@ Adaptation with Hypergradient Descent"; learned learning rates, ``vmap``ped swee
 Each test unrolls a few steps on a least-squares problem in float64 and checks
 ``jax.grad`` (and ``jax.jvp``) of the final loss against a central finite difference or
 against Optax's gradient, where the math is the same, all of it in one ``jax.jit`` per
-test. The hyperparameters are float32 numbers (0.875, 2**-10, ...), so that the float32
-copies the state keeps are exact.
+test that takes the hyperparameter's values as arguments (``measure``). The
+hyperparameters are float32 numbers (0.875, 2**-10, ...), so that the float32 copies the
+state keeps are exact.
 """
 
 from __future__ import annotations
@@ -66,10 +67,20 @@ def final_loss(make, hidden_dead: bool = False, *, tx=None):
     return run
 
 
-def central_difference(f, h):
-    """(f(h + d) - f(h - d)) / 2d, d = 2**-20 relative (h +- d are float32 numbers too)."""
+def measure(fn, h):
+    """``fn(h, lo, hi)`` in one ``jax.jit``, h and its neighbours lo, hi = h -+ d (d = 2**-20
+    relative: float32 numbers too) passed as float64 arguments. Not closed over: XLA
+    computes a function of constants while compiling, with its constant folder instead of
+    the compiled program the tests are about (and the folder of jaxlib 0.5.3 to 0.8.1
+    puts a transposed array's elements in the wrong order where it is passed to a nested
+    ``jax.jit``, as gradtx's per-leaf functions are: gradients 2.5 times off)."""
     d = 2.0 ** (np.floor(np.log2(h)) - 20)
-    return (f(jnp.float64(h + d)) - f(jnp.float64(h - d))) / (2 * d)
+    return tuple(map(float, jax.jit(fn)(*map(jnp.float64, (h, h - d, h + d)))))
+
+
+def central_difference(f, lo, hi):
+    """(f(hi) - f(lo)) / (hi - lo): the derivative of ``f`` midway."""
+    return (f(hi) - f(lo)) / (hi - lo)
 
 
 @pytest.mark.parametrize(
@@ -86,14 +97,14 @@ def test_a_traced_float64_hyperparameter_has_optax_s_meta_gradient(x64, name, ma
     (Adam's b2: 1e-5 relative off Optax's and off the finite difference)."""
     gradtx_loss = final_loss(lambda h: make(gtx, h))
     optax_loss = final_loss(lambda h: make(optax, h))
-    measure = jax.jit(
-        lambda: (
-            jax.grad(gradtx_loss)(jnp.float64(h)),
-            jax.grad(optax_loss)(jnp.float64(h)),
-            central_difference(gradtx_loss, h),
-        )
+    gradient, optax_gradient, difference = measure(
+        lambda h, lo, hi: (
+            jax.grad(gradtx_loss)(h),
+            jax.grad(optax_loss)(h),
+            central_difference(gradtx_loss, lo, hi),
+        ),
+        h,
     )
-    gradient, optax_gradient, difference = map(float, measure())
     assert gradient == pytest.approx(optax_gradient, rel=1e-10)
     assert gradient == pytest.approx(difference, rel=1e-7)
 
@@ -145,14 +156,14 @@ def test_a_traced_float64_hyperparameter_leaves_a_float32_state_float32(x64, mak
 )
 def test_reverse_and_forward_meta_gradients_match_the_finite_difference(x64, make, h):
     f = final_loss(make)
-    measure = jax.jit(
-        lambda: (
-            jax.grad(f)(jnp.float64(h)),
-            jax.jvp(f, (jnp.float64(h),), (jnp.float64(1.0),))[1],
-            central_difference(f, h),
-        )
+    gradient, tangent, difference = measure(
+        lambda h, lo, hi: (
+            jax.grad(f)(h),
+            jax.jvp(f, (h,), (jnp.ones_like(h),))[1],
+            central_difference(f, lo, hi),
+        ),
+        h,
     )
-    gradient, tangent, difference = map(float, measure())
     assert gradient == pytest.approx(difference, rel=1e-7)
     assert tangent == pytest.approx(difference, rel=1e-7)
 
@@ -162,10 +173,9 @@ def test_a_hyperparameter_set_in_the_state_has_a_float32_accurate_meta_gradient(
     its gradient is finite and right to float32 accuracy, not to float64's."""
     tx = gtx.adam(0.0625, b1=0.875, b2=0.9921875)
     f = final_loss(lambda state, h: gtx.set_hyperparams(state, b2=h), tx=tx)
-    measure = jax.jit(
-        lambda: (jax.grad(f)(jnp.float64(0.9921875)), central_difference(f, 0.9921875))
+    gradient, difference = measure(
+        lambda h, lo, hi: (jax.grad(f)(h), central_difference(f, lo, hi)), 0.9921875
     )
-    gradient, difference = map(float, measure())
     assert gradient == pytest.approx(difference, rel=1e-4)
 
 
@@ -181,8 +191,9 @@ def test_adagrad_meta_gradient_is_finite_where_a_unit_never_had_a_gradient(x64, 
     """Where every gradient so far was 0 the sum is 0 and no step is taken; the guarded
     branch's sqrt(0) made the meta-gradient NaN (0 cotangent times an inf derivative)."""
     f = final_loss(make, hidden_dead=True)
-    measure = jax.jit(lambda: (jax.grad(f)(jnp.float64(0.0625)), central_difference(f, 0.0625)))
-    gradient, difference = map(float, measure())
+    gradient, difference = measure(
+        lambda h, lo, hi: (jax.grad(f)(h), central_difference(f, lo, hi)), 0.0625
+    )
     assert np.isfinite(gradient)
     assert gradient == pytest.approx(difference, rel=1e-6)
 

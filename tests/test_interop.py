@@ -299,8 +299,8 @@ def test_optax_wrappers_forward_value_to_a_gradtx_transform_handed_as_extra_args
         tx = optax.MultiSteps(plateau_adam(), 2).gradient_transformation()
         tx.update(params, tx.init(params), params, value=jnp.array(1.0))
 
-    def train(tx):
-        state, p = tx.init(params), params
+    def train(tx, p):
+        state = tx.init(p)
         for i in range(6):
             grads = jax.tree.map(lambda x, i=i: jnp.cos(x + i), p)
             updates, state = tx.update(grads, state, p, value=jnp.array(1.0))
@@ -309,9 +309,9 @@ def test_optax_wrappers_forward_value_to_a_gradtx_transform_handed_as_extra_args
 
     handed = optax.GradientTransformationExtraArgs(*plateau_adam())
     optax_wrapped, gradtx_wrapped = jax.jit(
-        lambda: (
-            train(optax.MultiSteps(handed, 2).gradient_transformation()),
-            train(gtx.multi_steps(plateau_adam(), 2)),
+        lambda p: (
+            train(optax.MultiSteps(handed, 2).gradient_transformation(), p),
+            train(gtx.multi_steps(plateau_adam(), 2), p),
         )
-    )()
+    )(params)
     np.testing.assert_allclose(optax_wrapped["w"], gradtx_wrapped["w"], rtol=1e-6)
