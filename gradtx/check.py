@@ -71,6 +71,15 @@ def is_flax_variable(x: Any) -> bool:
     return nnx is not None and isinstance(x, nnx.Variable)
 
 
+def flax_variable_value(x: Any) -> Any:
+    """The value a Flax ``nnx.Variable`` holds, ``x`` itself if it is none: ``get_value()``
+    from flax 0.12.1, ``.value`` before (flax 0.12.0, what pip resolves with jax 0.7.2,
+    has no ``get_value``; flax 0.12.8 deprecates ``.value``)."""
+    if not is_flax_variable(x):
+        return x
+    return x.get_value() if hasattr(type(x), "get_value") else x.value
+
+
 def _is_schedule(value: Any) -> bool:
     # a Variable is callable (Flax's deprecated __call__ reads it), and one holding an
     # injected hyperparameter (nnx.Optimizer's opt_state) is a number, not a schedule

@@ -98,7 +98,9 @@ def _variables_hint(only_ref: list[str], only_other: list[str]) -> str:
     return (
         " (one holds Flax nnx.Variables where the other holds their bare values; "
         "nnx.Optimizer.update passes arrays: give nnx.as_pure(...) of the one with "
-        "Variables, e.g. nnx.as_pure(optimizer.opt_state))"
+        "Variables, e.g. nnx.as_pure(optimizer.opt_state); before flax 0.12.7, "
+        "jax.tree.map(lambda v: v.value, opt_state, "
+        "is_leaf=lambda v: isinstance(v, nnx.Variable)))"
     )
 
 
@@ -1212,7 +1214,7 @@ def tree_set(tree: Any, *, path: str | None = None, **values: Any) -> Any:
         # nnx.Optimizer's opt_state keeps the arrays in Variables: the new value is
         # checked against their arrays and put into them (a bare array in their place
         # changes the graph, and its next update cannot write into a NamedTuple)
-        old = jax.tree.map(_variable_value, held, is_leaf=check.is_flax_variable)
+        old = jax.tree.map(check.flax_variable_value, held, is_leaf=check.is_flax_variable)
         check_same_structure(old, value, f"the current {name!r}", f"the new {name!r}")
 
         def conform(old_leaf, new_leaf, found=found):
@@ -1249,10 +1251,6 @@ def tree_set(tree: Any, *, path: str | None = None, **values: Any) -> Any:
     return tree
 
 
-def _variable_value(leaf: Any) -> Any:
-    return leaf.get_value() if check.is_flax_variable(leaf) else leaf
-
-
 def in_variables_of(old: Any, new: Any) -> Any:
     """``new`` with each array put in the Flax ``nnx.Variable`` that holds its place in
     ``old`` (``new`` itself where ``old`` holds none): ``nnx.Optimizer`` keeps the state's
@@ -1266,6 +1264,6 @@ def in_variables_of(old: Any, new: Any) -> Any:
     def put(old_leaf: Any, new_leaf: Any) -> Any:
         if not check.is_flax_variable(old_leaf):
             return new_leaf
-        return old_leaf.replace(_variable_value(new_leaf))
+        return old_leaf.replace(check.flax_variable_value(new_leaf))
 
     return jax.tree.map(put, old, new, is_leaf=check.is_flax_variable)

@@ -444,10 +444,11 @@ def _as_nnx_gives_back(state: Any) -> Any:
         return state
 
     def held(leaf: Any) -> Any:
-        if check.is_flax_variable(leaf) and isinstance(leaf.get_value(), QuantizedArray):
+        value = check.flax_variable_value(leaf)
+        if check.is_flax_variable(leaf) and isinstance(value, QuantizedArray):
             metadata = leaf.get_metadata()
             unpartitioned = {k: None for k in _FLAX_SHARDING_METADATA if k in metadata}
-            return leaf.replace(nnx.State(leaf.get_value()._asdict()), **unpartitioned)
+            return leaf.replace(nnx.State(value._asdict()), **unpartitioned)
         return leaf
 
     return jax.tree.map(held, state, is_leaf=check.is_flax_variable)
