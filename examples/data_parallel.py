@@ -30,7 +30,7 @@ from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import gradtx as gtx  # noqa: E402
@@ -95,7 +95,8 @@ def main(argv=None):
 
     devices = jax.devices()
     n = len(devices)
-    mesh = jax.make_mesh((n,), ("data",))  # explicit axes: shardings are part of the types
+    # explicit axes (make_mesh's default from JAX 0.9.0): shardings are part of the types
+    mesh = jax.make_mesh((n,), ("data",), axis_types=(AxisType.Explicit,))
     (x_train, y_train), _ = _digits.load()
     batch_size = 8 * n
     order = _digits.batch_indices(len(x_train), batch_size, steps, seed=0)

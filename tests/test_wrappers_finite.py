@@ -143,7 +143,9 @@ def test_a_jitted_step_on_an_explicit_mesh_keeps_the_updates_sharding():
         state = tx.init(params)
         for grads in (params, jax.tree.map(lambda p: p * jnp.nan, params)):
             updates, state = update(grads, state, params)
-            assert updates["w"].sharding.spec == jax.sharding.PartitionSpec("d", None)
+            # JAX <= 0.8.1 leaves the spec unpadded: PartitionSpec("d")
+            spec = updates["w"].sharding.spec
+            assert spec in (jax.sharding.PartitionSpec("d"), jax.sharding.PartitionSpec("d", None))
     assert int(state.total_notfinite) == 1
 
 
