@@ -471,6 +471,25 @@ STATE_OWNERS = [
     ("add_noise", "AddNoiseState", lambda: gtx.add_noise(0.01)),
     ("scale_by_local_gain", "ScaleByLocalGainState", lambda: gtx.scale_by_local_gain()),
     ("proximal_l1", "ProximalL1State", lambda: gtx.proximal_l1(lambda step: 0.01)),
+    # the building blocks, bare (inside an optimizer the injection names the optimizer)
+    ("scale_by_adam", "ScaleByAdamState", lambda: gtx.scale_by_adam()),
+    ("amsgrad_max", "ScaleByAmsgradState", lambda: gtx.amsgrad_max()),
+    ("scale_by_adamax", "ScaleByAdamaxState", lambda: gtx.scale_by_adamax()),
+    ("scale_by_rms", "ScaleByRmsState", lambda: gtx.scale_by_rms()),
+    ("scale_by_rms", "ScaleByStddevState", lambda: gtx.scale_by_rms(centered=True)),
+    ("scale_by_rss", "ScaleByRssState", lambda: gtx.scale_by_rss()),
+    ("scale_by_adadelta", "ScaleByAdadeltaState", lambda: gtx.scale_by_adadelta()),
+    ("scale_by_rprop", "ScaleByRpropState", lambda: gtx.scale_by_rprop(0.1)),
+    ("scale_by_radam", "ScaleByRadamState", lambda: gtx.scale_by_radam()),
+    ("scale_by_nadam_schedule", "ScaleByNadamScheduleState",
+     lambda: gtx.scale_by_nadam_schedule()),
+    ("trace", "TraceState", lambda: gtx.trace(0.9)),
+    ("trace", "DampenedTraceState", lambda: gtx.trace(0.9, dampening=0.1)),
+    ("scale_by_schedule", "ScaleByScheduleState", lambda: gtx.scale_by_schedule(lambda t: 0.5)),
+    ("scale_by_learning_rate", "ScaleByScheduleState",
+     lambda: gtx.scale_by_learning_rate(lambda t: 0.5)),
+    ("add_decayed_weights", "AddDecayedWeightsState",
+     lambda: gtx.add_decayed_weights(lambda t: 0.1)),
 ]  # fmt: skip
 
 
@@ -486,6 +505,45 @@ def test_a_state_that_is_not_the_transforms_own_is_named(owner, state_class, mak
     message = rf"^the state of {owner} must be the {state_class} its init returned .* got "
     with pytest.raises(TypeError, match=message + ("NoneType" if wrong == "none" else "dict")):
         make().update(params, state, params, value=jnp.asarray(1.0))
+
+
+@pytest.mark.parametrize(
+    "make, other, owner, state_class",
+    [
+        (gtx.scale_by_adam, gtx.scale_by_rms, "scale_by_adam", "ScaleByAdamState"),
+        (gtx.scale_by_adadelta, gtx.scale_by_adam, "scale_by_adadelta", "ScaleByAdadeltaState"),
+        (lambda: gtx.trace(0.9), gtx.scale_by_adam, "trace", "TraceState"),
+        (gtx.amsgrad_max, gtx.scale_by_adam, "amsgrad_max", "ScaleByAmsgradState"),
+        # these two took the other's count and went on, returning a state of their own
+        (lambda: gtx.scale_by_schedule(lambda t: 0.5), gtx.scale_by_adam,
+         "scale_by_schedule", "ScaleByScheduleState"),
+        (lambda: gtx.add_decayed_weights(lambda t: 0.1), gtx.scale_by_adam,
+         "add_decayed_weights", "AddDecayedWeightsState"),
+    ],
+    ids=["adam<-rms", "adadelta<-adam", "trace<-adam", "amsgrad<-adam", "schedule<-adam",
+         "decay<-adam"],
+)  # fmt: skip
+def test_a_bare_block_given_another_blocks_state_names_both(make, other, owner, state_class):
+    """Was "'ScaleByRmsState' object has no attribute 'mu'" from inside the update (or
+    no error at all where the other state had the field read)."""
+    params = {"w": jnp.zeros(2)}
+    message = rf"^the state of {owner} must be the {state_class} its init returned .* got "
+    with pytest.raises(TypeError, match=message + type(other().init(params)).__name__):
+        make().update(params, other().init(params), params)
+
+
+def test_a_compat_optimizers_inner_state_that_is_not_its_own_is_named():
+    """Keras' use_ema and a PyTorch optimizer with a scheduled momentum raised
+    AttributeError ("'dict' object has no attribute 'count'")."""
+    params = {"w": jnp.zeros(2)}
+    for tx, key, owner, state_class in [
+        (kc.sgd(0.1, use_ema=True), "ema", "use_ema", "KerasEmaState"),
+        (tc.sgd(0.1, momentum=lambda t: 0.9), "momentum", "trace", "InjectState"),
+    ]:
+        state = dict(tx.init(params), **{key: params})
+        message = rf"^the state of {owner} must be the {state_class} its init returned .* got dict"
+        with pytest.raises(TypeError, match=message):
+            tx.update(params, state, params)
 
 
 def test_a_named_chain_state_that_is_not_its_dict_is_named():

@@ -104,6 +104,7 @@ def scale_by_adam(
 
     def update(updates, state, params=None, **extra):
         del params, extra
+        check.state_of("scale_by_adam", state, ScaleByAdamState)
         count = numerics.safe_increment(state.count)
         # The scalar corrections are the same for every leaf of a dtype: computed once
         # per dtype here, not once per leaf (an eager update of many leaves is
@@ -297,6 +298,7 @@ def amsgrad_max(
 
     def update(updates, state, params=None, **extra):
         del params, extra
+        check.state_of("amsgrad_max", state, ScaleByAmsgradState)
         count = numerics.safe_increment(state.count)
 
         def leaf(g, m, v, v_max):
@@ -424,6 +426,7 @@ def scale_by_adamax(
 
     def update(updates, state, params=None, **extra):
         del params, extra
+        check.state_of("scale_by_adamax", state, ScaleByAdamaxState)
         count = numerics.safe_increment(state.count)
 
         def leaf(g, m, u):
@@ -559,6 +562,7 @@ def scale_by_rms(
 
     def update(updates, state, params=None, **extra):
         del params, extra
+        check.state_of("scale_by_rms", state, ScaleByStddevState if centered else ScaleByRmsState)
         count = numerics.safe_increment(state.count)
 
         def leaf(g, v, m=None):
@@ -658,6 +662,7 @@ def scale_by_rss(
 
     def update(updates, state, params=None, **extra):
         del params, extra
+        check.state_of("scale_by_rss", state, ScaleByRssState)
 
         def leaf(g, s):
             dtype = numerics.compute_dtype(g.dtype)
@@ -739,6 +744,7 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransforma
 
     def update(updates, state, params=None, **extra):
         del params, extra
+        check.state_of("scale_by_adadelta", state, ScaleByAdadeltaState)
 
         def leaf(g, e_g, e_x):
             dtype = numerics.compute_dtype(g.dtype)
@@ -856,6 +862,7 @@ def scale_by_rprop(
 
     def update(updates, state, params=None, **extra):
         del params, extra
+        check.state_of("scale_by_rprop", state, ScaleByRpropState)
 
         def leaf(g, d, previous):
             dtype = numerics.compute_dtype(g.dtype)

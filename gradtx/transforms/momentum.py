@@ -104,6 +104,7 @@ def trace(
 
     def update(updates, state, params=None, **extra):
         del params, extra
+        check.state_of("trace", state, DampenedTraceState if dampened else TraceState)
         # read here, not in `leaf`: a closure holding `state` hands every leaf of the
         # buffer to each eager kernel call as an argument (1,000 on 1,000 leaves)
         count = state.count if dampened else None

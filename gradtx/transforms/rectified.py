@@ -130,6 +130,7 @@ def scale_by_radam(
 
     def update(updates, state, params=None, **extra):
         del params, extra
+        check.state_of("scale_by_radam", state, ScaleByRadamState)
         count = numerics.safe_increment(state.count)
 
         def rectification(real):

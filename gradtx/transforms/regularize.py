@@ -108,6 +108,8 @@ def add_decayed_weights(
             raise ValueError(
                 "add_decayed_weights needs the parameters: call update(updates, state, params)"
             )
+        if scheduled:
+            check.state_of("add_decayed_weights", state, AddDecayedWeightsState)
         decay = weight_decay(state.count) if scheduled else weight_decay
         if scheduled:  # a concrete value (an un-jitted update) is checked, as in the optimizers
             check.non_negative("weight_decay", decay)

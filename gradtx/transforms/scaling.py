@@ -102,11 +102,12 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
         check.number("step_size_fn's value", step_size)
         return step_size
 
-    return _scale_by_schedule(checked_step_size)
+    return _scale_by_schedule(checked_step_size, "scale_by_schedule")
 
 
-def _scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
-    """``scale_by_schedule`` for a schedule that checks its own values."""
+def _scale_by_schedule(step_size_fn: Schedule, owner: str) -> GradientTransformation:
+    """``scale_by_schedule`` for a schedule that checks its own values; ``owner`` names
+    the public transform in the error for a state that is not its own."""
 
     def init(params):
         del params
@@ -114,6 +115,7 @@ def _scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
 
     def update(updates, state, params=None, **extra):
         del params, extra
+        check.state_of(owner, state, ScaleByScheduleState)
         step_size = step_size_fn(state.count)
         return _scale_leaves(updates, step_size), ScaleByScheduleState(
             numerics.safe_increment(state.count)
@@ -161,7 +163,7 @@ def scale_by_learning_rate(
             check.non_negative("learning_rate", value)
             return sign * value
 
-        return _scale_by_schedule(step_size)
+        return _scale_by_schedule(step_size, "scale_by_learning_rate")
     check.non_negative("learning_rate", learning_rate)
     # The rate is checked, not the step it gives: an optimizer rebuilds this transform at
     # every update from the rate held in its state, and reading ``-rate``, computed at

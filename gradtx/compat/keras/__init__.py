@@ -323,6 +323,7 @@ def _keras_ema(
         del extra
         if params is None:
             raise ValueError("use_ema needs the parameters: call update(updates, state, params)")
+        check.state_of("use_ema", state, KerasEmaState)
         iterations = state.count // calls_per_update  # Keras' updates before this call
         first = iterations == 0
 

@@ -154,6 +154,7 @@ def _with_schedules(
         return InjectState(count, values, factory(**fixed, **values).init(params))
 
     def update(updates, state, params=None, **extra):
+        check.state_of(getattr(factory, "__name__", "this optimizer"), state, InjectState)
         values = values_at(state.count)
         inner = factory(**fixed, **values)
         updates, inner_state = inner.update(updates, state.inner_state, params, **extra)
