@@ -219,8 +219,10 @@ def adagrad(
         p  <- p - lr * g / sqrt(s_t + eps)
 
     The chain: ``scale_by_rss``, ``scale_by_learning_rate``. Same numbers as
-    ``optax.adagrad`` and Keras' Adagrad. PyTorch starts from ``s_0 = 0``, adds
-    ``eps=1e-10`` outside the square root and decays the learning rate as
+    ``optax.adagrad`` and Keras' Adagrad. The paper starts from ``s_0 = 0`` and adds
+    its delta outside the square root, ``p <- p - lr * g / (delta + sqrt(s_t))``: the
+    chain ``scale_by_rss(0.0, delta, eps_in_sqrt=False)``, ``scale_by_learning_rate``.
+    So does PyTorch (``eps=1e-10``), which also decays the learning rate as
     ``lr / (1 + (t - 1) lr_decay)``: use ``gradtx.compat.torch.adagrad``.
 
     Args:
@@ -392,7 +394,10 @@ def adadelta(
     that the learning rate defaults to 1.0 (the paper's method), where Optax's default
     None does not descend. PyTorch's Adadelta is the same (lr=1.0, rho=0.9, eps=1e-6,
     L2 weight decay); Keras defaults to ``learning_rate=0.001, rho=0.95, eps=1e-7``
-    and decouples its weight decay: ``gradtx.compat.keras.adadelta``.
+    and decouples its weight decay: ``gradtx.compat.keras.adadelta``. Zeiler's
+    experiments use ``rho=0.95, eps=1e-6``; ``rho=0.9`` is Optax's and PyTorch's.
+    With a learning rate other than 1, ``E[dx^2]`` averages the unscaled ``d_t``, not
+    the applied ``lr d_t`` (as Optax and PyTorch do; the paper has no learning rate).
 
     Args:
         learning_rate: a non-negative number or a schedule; 1.0 is the paper's method.

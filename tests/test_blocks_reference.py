@@ -82,6 +82,15 @@ BLOCKS = {
         lambda: gtx.scale_by_adamax(0.85, 0.99, 1e-3),
         lambda n: classic.AdaMax(n, 0.85, 0.99, 1e-3),
     ),
+    # Kingma & Ba's Algorithm 2 (sec. 7.1) has no eps
+    "adamax_paper": (
+        lambda: gtx.scale_by_adamax(eps=0.0),
+        lambda n: classic.AdaMax(n, eps=0.0),
+    ),
+    "adamax_paper_eps_after_max": (
+        lambda: gtx.scale_by_adamax(0.8, 0.95, eps=0.0, eps_in_max=False),
+        lambda n: classic.AdaMax(n, 0.8, 0.95, eps=0.0),
+    ),
     "rss": (
         lambda: gtx.scale_by_rss(),
         lambda n: classic.Adagrad(n),
@@ -89,6 +98,11 @@ BLOCKS = {
     "rss_from_zero": (
         lambda: gtx.scale_by_rss(initial_accumulator_value=0.0, eps=1e-3),
         lambda n: classic.Adagrad(n, 0.0, 1e-3),
+    ),
+    # Duchi et al.'s diagonal form: s_0 = 0, delta outside the root (PyTorch's too)
+    "rss_paper": (
+        lambda: gtx.scale_by_rss(0.0, 1e-3, eps_in_sqrt=False),
+        lambda n: classic.Adagrad(n, 0.0, 1e-3, eps_in_sqrt=False),
     ),
     "adadelta": (
         lambda: gtx.scale_by_adadelta(),
@@ -344,6 +358,56 @@ def test_radam_rectification_is_exact_to_rounding_in_float64(b2, x64):
         else:
             expected.append(1.0)
     np.testing.assert_allclose(np.asarray(updates)[:, 0], expected, rtol=1e-13)
+
+
+def test_radam_in_the_papers_form_rectifies_where_rho_t_exceeds_4(x64):
+    """Liu et al. (2020), Algorithm 2: r_t where rho_t > 4, no eps. With b2 = 0.999,
+    rho_5 = 4.996: the paper rectifies from step 5, the default (Optax's rho_t >= 5)
+    from step 6. threshold=4 was refused (``threshold must be in (4.0, inf)``)."""
+    gradients = np.random.default_rng(6).normal(size=(8, 3))
+    paper = gtx.scale_by_radam(0.9, 0.999, eps=0.0, threshold=4.0, strict_threshold=True)
+    updates, _ = trajectory.run(paper, jnp.asarray(gradients), jnp.zeros(3, jnp.float64))
+    expected = classic.directions(
+        classic.RAdam(3, 0.9, 0.999, 0.0, threshold=4.0, strict=True), gradients
+    )
+    trajectory.assert_close(np.asarray(updates), expected, rtol=1e-10)
+    default, _ = trajectory.run(
+        gtx.scale_by_radam(eps=0.0), jnp.asarray(gradients), jnp.zeros(3, jnp.float64)
+    )
+    np.testing.assert_array_equal(np.asarray(updates)[:4], np.asarray(default)[:4])
+    assert np.all(np.abs(np.asarray(updates)[4]) < 0.1 * np.abs(np.asarray(default)[4]))
+
+
+def test_radam_rectification_just_above_4_is_its_own_value(x64):
+    """r_t ~ sqrt(rho_t - 4) near 4: with b2 = 0.773346, rho_5 = 4.0002, and a
+    threshold below it the step is r_5 m_hat / sqrt(v_hat). rho_t was clamped at
+    4.001 before r_t, a 2.2x too large step there (thresholds in (4, 4.001])."""
+    b2 = 0.773346
+    gradients = np.random.default_rng(7).normal(size=(6, 3))
+    tx = gtx.scale_by_radam(0.9, b2, eps=0.0, threshold=4.0001)
+    updates, _ = trajectory.run(tx, jnp.asarray(gradients), jnp.zeros(3, jnp.float64))
+    reference = classic.RAdam(3, 0.9, b2, 0.0, threshold=4.0001)
+    trajectory.assert_close(
+        np.asarray(updates), classic.directions(reference, gradients), rtol=1e-10
+    )
+
+
+def test_radam_meta_gradient_is_finite_where_r_t_is_not_real():
+    """b2 = 0.5: rho_inf = 3 < 4, never rectified, u_2 = (b1 g_1 + g_2) / (1 + b1) and
+    du_2/db1 = (g_1 - g_2) / (1 + b1)^2. The rectification branch not taken was NaN
+    (sqrt of a negative), and so was the meta-gradient through jnp.where."""
+    g1, g2, b1 = 0.5, -1.0, 0.9
+
+    def second_update(beta1):
+        tx = gtx.scale_by_radam(b1=beta1, b2=0.5)
+        state = tx.init(jnp.zeros(1))
+        _, state = tx.update(jnp.array([g1]), state)
+        updates, _ = tx.update(jnp.array([g2]), state)
+        return updates[0]
+
+    value, gradient = jax.jit(jax.value_and_grad(second_update))(b1)
+    np.testing.assert_allclose(value, (b1 * g1 + g2) / (1 + b1), rtol=1e-6)
+    np.testing.assert_allclose(gradient, (g1 - g2) / (1 + b1) ** 2, rtol=1e-5)
 
 
 def test_clipping_matches_its_equations_below_at_and_above_the_bound():

@@ -220,8 +220,8 @@ def amsgrad_max(
     Same numbers as ``optax.scale_by_amsgrad`` (the maximum of the bias-corrected
     second moment). PyTorch's ``Adam(amsgrad=True)`` takes the maximum of the raw
     ``v_t`` and divides it by the current ``1 - b2^t`` (see ``gradtx.compat.torch``).
-    The paper's Algorithm 2 has no bias correction: ``bias_correction_mu=False,
-    bias_correction_nu=False``.
+    The paper's Algorithm 2 has no bias correction and no eps: ``bias_correction_mu=False,
+    bias_correction_nu=False, eps=0``.
 
     Args:
         b1: decay of the first moment, in [0, 1).
@@ -386,7 +386,8 @@ def scale_by_adamax(
 
     The infinity norm needs no bias correction. Same numbers as ``optax.scale_by_adamax``
     and PyTorch's ``Adamax`` (eps inside the maximum); Keras adds eps after the maximum
-    (see ``gradtx.compat.keras``).
+    (see ``gradtx.compat.keras``). The paper's Algorithm 2 has no eps,
+    ``u_t = max(b2 * u_{t-1}, |g|)``: ``eps=0`` (either ``eps_in_max``).
 
     Args:
         b1: decay of the first moment, in [0, 1).
@@ -512,11 +513,13 @@ def scale_by_rms(
         u   = g / sqrt(s + eps)      (eps_in_sqrt)
         u   = g / (sqrt(s) + eps)    (otherwise)
 
-    Centered RMSProp divides by an estimate of the standard deviation of g instead of
-    its root mean square. Same numbers as ``optax.scale_by_rms`` and (centered)
-    ``optax.scale_by_stddev``, except that ``s`` is clipped at 0 where rounding makes
-    ``v_t - |m_t|^2`` negative (Optax returns NaN there). PyTorch's RMSprop uses
-    ``decay=0.99`` and eps outside the root; Keras ``decay=0.9`` and eps inside.
+    The lecture divides by ``sqrt(v_t)`` with no eps (``eps=0``); Graves adds it
+    inside the root (his ``decay=0.95, eps=1e-4``). Centered RMSProp divides by an
+    estimate of the standard deviation of g instead of its root mean square. Same
+    numbers as ``optax.scale_by_rms`` and (centered) ``optax.scale_by_stddev``, except
+    that ``s`` is clipped at 0 where rounding makes ``v_t - |m_t|^2`` negative (Optax
+    returns NaN there). PyTorch's RMSprop uses ``decay=0.99`` and eps outside the root;
+    Keras ``decay=0.9`` and eps inside.
     ``scale_by_rms(b2, eps_in_sqrt=False, bias_correction=True)`` is Adam with b1=0.
 
     Args:
@@ -623,14 +626,16 @@ def scale_by_rss(
         s_t = s_{t-1} + |g|^2
         u   = g / sqrt(s_t + eps)      (0 where s_t = 0)
 
-    Same numbers as ``optax.scale_by_rss`` (and Keras' Adagrad). PyTorch's Adagrad
-    starts from ``s_0 = 0`` and adds eps=1e-10 outside the square root (see
-    ``gradtx.compat.torch``).
+    Same numbers as ``optax.scale_by_rss`` (and Keras' Adagrad). The paper's diagonal
+    form, ``H_t = delta I + diag(s_t)^(1/2)`` with ``s_0 = 0``, adds delta outside the
+    square root: ``scale_by_rss(0.0, delta, eps_in_sqrt=False)``. That is also
+    PyTorch's Adagrad (eps=1e-10, see ``gradtx.compat.torch``).
 
     Args:
         initial_accumulator_value: starting value of the sum, >= 0.
         eps: added inside the square root, >= 0.
-        eps_in_sqrt: False adds eps outside, ``u = g / (sqrt(s_t) + eps)`` (PyTorch).
+        eps_in_sqrt: False adds eps outside, ``u = g / (sqrt(s_t) + eps)`` (the paper,
+            PyTorch).
         accumulator_dtype: dtype of the sum; None keeps the parameter's real dtype. For
             float16 parameters pass ``jnp.float32``: a float16 sum passes 65,504 after
             655 steps of |g| = 10, and the steps stop.
@@ -801,6 +806,8 @@ def scale_by_rprop(
 
     After a sign change the step is skipped and the gradient forgotten (so the next
     step does not shrink again). Negate afterwards (``rprop`` chains ``scale(-1)``).
+    The papers bound growth by ``max_step_size`` and shrinking by ``min_step_size``
+    only; clipping both ways is the same while ``learning_rate`` is within the bounds.
     Optax's ``scale_by_rprop`` (0.2.8) computes the same step sizes but returns the
     previous step's update (one step late, and 0 on the first step; google-deepmind/
     optax pull request 1725); gradtx returns the current one, as the paper and

@@ -48,8 +48,15 @@ def averaged_sgd(
         p'    = p * (1 - lambd * eta_k) - eta_k * g        (u = p' - p)
         a'    = p'  if mu_k == 1  else  a + mu_k * (p' - a)
 
-    The average ``a`` (PyTorch's ``ax``) is kept in the state; it starts to average
-    after ``t0`` updates. Read it with ``state.average`` and evaluate the model there.
+    The average ``a`` (PyTorch's ``ax``) is kept in the state: the latest iterate
+    through update ``t0 + 2`` (counting updates from 1: ``mu_k = 1`` up to ``k = t0 +
+    1``), then the mean of the iterates since that update. Read it with
+    ``state.average`` and evaluate the model there.
+
+    Polyak & Juditsky average every iterate of a step size decaying more slowly than
+    ``1 / t``. The step size ``lr / (1 + lambd lr k)^alpha`` (alpha = 3/4), the decay
+    term ``lambd`` and the start of the average at ``t0`` are Bottou's (2012,
+    "Stochastic Gradient Descent Tricks", after Xu, 2011), as in PyTorch's ASGD.
 
     Args:
         learning_rate: a non-negative number or a schedule; a negative value of the

@@ -48,7 +48,10 @@ def scale_by_local_gain(
     rule as taught in lecture notes (e.g. Raschka's); Jacobs' delta-bar-delta compares
     with an exponential average of past gradients (his theta, here ``trace_decay``).
     Multiply by ``-learning_rate`` afterwards. Gains start at 1. Jacobs writes the
-    decrease as ``(1 - phi)``: ``decrease = 1 - phi``.
+    decrease as ``(1 - phi)``: ``decrease = 1 - phi``. He sets kappa, phi and theta per
+    task and bounds no gain; the defaults (add 0.05, multiply by 0.95, gains within
+    [0.01, 100], the previous gradient) are those of Hinton's lecture 6.4 (Neural
+    Networks for Machine Learning, Coursera, 2012).
 
     Args:
         increase: kappa, added while the sign holds, >= 0.

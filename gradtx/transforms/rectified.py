@@ -78,9 +78,13 @@ def scale_by_radam(
         u = m_t / bc1                                                  otherwise
 
     Multiply by ``-learning_rate`` afterwards. The defaults are Optax's
-    ``scale_by_radam``. PyTorch's ``RAdam`` rectifies only when ``rho_t > 5`` and adds
-    eps to the raw ``sqrt(v_t)``: ``strict_threshold=True,
-    eps_before_bias_correction=True`` (``gradtx.compat.torch.radam``).
+    ``scale_by_radam``. The paper's Algorithm 2 rectifies where ``rho_t > 4`` and has
+    no eps: ``threshold=4.0, strict_threshold=True, eps=0.0`` (with b2 = 0.999 it
+    rectifies from step 5, where ``rho_5 = 4.996``; Optax and PyTorch from step 6).
+    The authors' code, like Optax, rectifies where ``rho_t >= 5``. PyTorch's ``RAdam``
+    rectifies only when ``rho_t > 5`` and adds eps to the raw ``sqrt(v_t)``:
+    ``strict_threshold=True, eps_before_bias_correction=True``
+    (``gradtx.compat.torch.radam``).
 
     Args:
         b1: decay of the first moment, in [0, 1).
@@ -88,8 +92,9 @@ def scale_by_radam(
             never rectified, the update is ``m_t / bc1`` (as in Optax).
         eps: added to the denominator outside the square root, >= 0.
         eps_root: added inside the square root, >= 0.
-        threshold: rectify once ``rho_t`` reaches it (the paper uses 4; Optax and
-            PyTorch 5), > 4.
+        threshold: rectify once ``rho_t`` reaches it (the paper: ``rho_t > 4``, with
+            ``strict_threshold=True``; Optax and PyTorch 5), >= 4 (``r_t`` is not real
+            below 4).
         strict_threshold: rectify only when ``rho_t > threshold`` (PyTorch).
         eps_before_bias_correction: the denominator is ``(sqrt(v_t) + eps) / sqrt(bc2)``
             instead of ``sqrt(v_t / bc2) + eps`` (PyTorch).
@@ -116,7 +121,7 @@ def scale_by_radam(
     check.non_negative("eps", eps)
     check.non_negative("eps_root", eps_root)
     b1, b2, eps, eps_root = map(numerics.python_number, (b1, b2, eps, eps_root))
-    check.in_range("threshold", threshold, 4.0, None, low_inclusive=False)
+    check.in_range("threshold", threshold, 4.0, None)
     check.boolean("strict_threshold", strict_threshold)
     check.boolean("eps_before_bias_correction", eps_before_bias_correction)
     check.dtype_or_none("nu_dtype", nu_dtype)
@@ -152,13 +157,18 @@ def scale_by_radam(
             rho_inf = 1 + 2 / jnp.expm1(x)
             rho_t = 1 + 2 * (_one_minus_y_over_expm1(t * x) - _one_minus_y_over_expm1(x)) / x
             rho_t = jnp.where(jnp.isinf(x), 1, rho_t)
-            # Clamped so that the branch not taken stays finite (rho_t < 4 early on).
-            rho_safe = jnp.maximum(rho_t, 4 + 1e-3)
+            # r_t is real for rho_t >= 4 (then rho_inf > 4 too). Below, the branch not
+            # taken gets rho_t = 5, rho_inf = 6, so that it and its derivative stay finite
+            # (a NaN there is a NaN meta-gradient through jnp.where: b2 <= 0.6 gives
+            # rho_inf <= 4). Not a clamp of rho_t: r_t at rho_t = 4.0002 is its own.
+            defined = rho_t >= 4
+            rho_safe = jnp.where(defined, rho_t, 5)
+            rho_inf_safe = jnp.where(defined, rho_inf, 6)
             rect = jnp.sqrt(
                 (rho_safe - 4)
                 * (rho_safe - 2)
-                * rho_inf
-                / ((rho_inf - 4) * (rho_inf - 2) * rho_safe)
+                * rho_inf_safe
+                / ((rho_inf_safe - 4) * (rho_inf_safe - 2) * rho_safe)
             )
             rectify = rho_t > threshold if strict_threshold else rho_t >= threshold
             return numerics.bias_correction(b1, count, real), bias_correction2, rect, rectify

@@ -189,15 +189,21 @@ class RMSProp:
 
 
 class Adagrad:
-    """Duchi, Hazan & Singer (2011), Optax's form: d = g / sqrt(s0 + sum_tau g_tau^2 + eps)."""
+    """Duchi, Hazan & Singer (2011), Optax's form: d = g / sqrt(s0 + sum_tau g_tau^2 + eps).
 
-    def __init__(self, n, initial_accumulator_value=0.1, eps=1e-7):
-        self.s0, self.eps = initial_accumulator_value, eps
+    ``eps_in_sqrt=False``: the paper's diagonal form, d = g / (delta + sqrt(sum_tau
+    g_tau^2)) with H_t = delta I + diag(sum_tau g_tau^2)^(1/2) (s0 = 0 in the paper).
+    """
+
+    def __init__(self, n, initial_accumulator_value=0.1, eps=1e-7, eps_in_sqrt=True):
+        self.s0, self.eps, self.eps_in_sqrt = initial_accumulator_value, eps, eps_in_sqrt
         self.history = []
 
     def step(self, g):
         self.history.append(g)
         total = self.s0 + np.sum(np.square(self.history), axis=0)
+        if not self.eps_in_sqrt:
+            return g / (self.eps + np.sqrt(total))
         return np.where(total > 0, g / np.sqrt(total + self.eps), 0.0)
 
 
