@@ -452,10 +452,14 @@ def adamw(
     it is not rescaled by ``1 / sqrt(v_hat)``; putting ``add_decayed_weights`` first
     would be Adam with L2 regularization (see ``docs/optimizers.md``). The decay is
     multiplied by the learning rate, as in Optax and PyTorch (the paper multiplies it
-    by the schedule multiplier only). Same numbers as ``optax.adamw``; ``torch.optim.
-    AdamW`` computes ``p * (1 - lr wd)`` first, the same map, but defaults to
-    ``weight_decay=1e-2``. Keras' AdamW adds eps to the raw ``sqrt(v_t)``:
-    ``gradtx.compat.keras.adamw``.
+    by the schedule multiplier only). The paper's Algorithm 2, with alpha the step
+    size, lam the decay and eta a schedule multiplier, ``p <- p - eta(t) * (alpha *
+    m_hat / (sqrt(v_hat) + eps) + lam * p)``, is ``adamw(lambda t: alpha * eta(t),
+    weight_decay=lam / alpha)`` (to rounding), or exactly the chain ``scale_by_adam(),
+    scale(alpha), add_decayed_weights(lam), scale_by_learning_rate(eta)``. Same numbers
+    as ``optax.adamw``; ``torch.optim.AdamW`` computes ``p * (1 - lr wd)`` first, the
+    same map, but defaults to ``weight_decay=1e-2``. Keras' AdamW adds eps to the raw
+    ``sqrt(v_t)``: ``gradtx.compat.keras.adamw``.
 
     Args:
         learning_rate: a non-negative number or a schedule.

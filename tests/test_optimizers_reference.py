@@ -243,3 +243,44 @@ def test_rprop_rejects_a_learning_rate_schedule():
 def test_rprop_rejects_complex_parameters_naming_the_path():
     with pytest.raises(TypeError, match=r"\['z'\].*complex64"):
         gtx.rprop(0.1).init({"x": jnp.zeros(2), "z": jnp.zeros(2, jnp.complex64)})
+
+
+def test_adamw_reaches_loshchilov_and_hutters_algorithm_2_with_a_schedule_multiplier(x64):
+    """Algorithm 2: p <- p - eta_t (alpha m_hat / (sqrt(v_hat) + eps) + lam p), eta_t
+    multiplying both terms and alpha only Adam's, as ``adamw``'s docstring spells it."""
+    alpha, lam, b1, b2, eps = 1e-2, 0.1, 0.9, 0.999, 1e-8
+    eta = lambda t: 0.5 ** (t // 3)  # noqa: E731  (the multiplier halved every 3 steps)
+    rng = np.random.default_rng(0)
+    curvature, offsets = np.array([1.0, 3.0, 0.3, 2.0]), rng.normal(size=(8, 4))
+    p0 = rng.normal(size=4)
+
+    def grad(p, offset):
+        return curvature * p + offset
+
+    p, m, v, expected = p0.copy(), np.zeros(4), np.zeros(4), []
+    for t, offset in enumerate(offsets, start=1):
+        g = grad(p, offset)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
+        p = p - eta(t - 1) * (alpha * m_hat / (np.sqrt(v_hat) + eps) + lam * p)
+        expected.append(p)
+
+    chain = gtx.chain(
+        gtx.scale_by_adam(b1, b2, eps),
+        gtx.scale(alpha),
+        gtx.add_decayed_weights(lam),
+        gtx.scale_by_learning_rate(eta),
+    )
+    # adamw keeps its hyperparameters in float32 (DESIGN.md): equal to that rounding
+    for tx, rtol in [
+        (chain, 1e-12),
+        (gtx.adamw(lambda t: alpha * eta(t), b1, b2, eps, weight_decay=lam / alpha), 1e-6),
+    ]:
+        params, state, got = jnp.asarray(p0), tx.init(jnp.asarray(p0)), []
+        step = jax.jit(tx.update)
+        for offset in offsets:
+            updates, state = step(jnp.asarray(grad(np.asarray(params), offset)), state, params)
+            params = gtx.apply_updates(params, updates)
+            got.append(np.asarray(params))
+        np.testing.assert_allclose(got, expected, rtol=rtol)

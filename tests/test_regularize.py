@@ -79,6 +79,20 @@ def test_max_norm_holds_after_every_step_and_equals_the_projection(rng):
     assert np.any(np.isclose(norms, max_value))  # the constraint was active
 
 
+def test_max_norm_over_a_conv_kernels_first_three_axes_bounds_each_output_channel(rng):
+    # Srivastava et al. bound each unit's incoming weights: for a (height, width, in, out)
+    # kernel, each output channel's filter, as the docstring's axis=(0, 1, 2) says
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 2, 4)) * [0.1, 1.0, 0.2, 2.0], jnp.float32)
+    tx = gtx.max_norm(1.0, axis=(0, 1, 2))
+    updates, _ = tx.update(jnp.zeros_like(kernel), tx.init(kernel), kernel)
+    projected = np.asarray(gtx.apply_updates(kernel, updates))
+    expected = ref.max_norm_projection(np.asarray(kernel), 1.0, (0, 1, 2))
+    np.testing.assert_allclose(projected, expected, rtol=1e-6)
+    norms = np.sqrt(np.sum(projected**2, axis=(0, 1, 2)))
+    np.testing.assert_allclose(norms[[1, 3]], 1.0, rtol=1e-6)  # were above: projected
+    assert np.all(norms[[0, 2]] < 1.0)  # were below: untouched
+
+
 def test_max_norm_leaves_small_units_alone():
     tx = gtx.max_norm(10.0)
     params = jnp.array([[1.0, 2.0], [3.0, 4.0]])

@@ -94,6 +94,16 @@ def test_a_scheduled_learning_rate_is_read_at_the_count_before_each_update():
         np.testing.assert_allclose(updates, schedule(t) * constant_updates, rtol=1e-6)
 
 
+def test_the_learning_rate_is_not_read_after_the_switch(x64):
+    """Algorithm 1's SGD phase steps with the fixed Lambda: a schedule that changes only
+    after the switch (step 120 here) leaves the whole trajectory as it was."""
+    changed = lambda count: jnp.where(count < 120, 0.1, 1e3)  # noqa: E731
+    iterates, states, _ = _run(gtx.swats(0.1, **HYPER), 160)
+    changed_iterates, changed_states, _ = _run(gtx.swats(changed, **HYPER), 160)
+    assert int(states[-1].switch_step) == int(changed_states[-1].switch_step) == 120
+    np.testing.assert_array_equal(changed_iterates, iterates)
+
+
 def test_the_defaults_are_the_papers():
     """Keskar & Socher's defaults: alpha 1e-3, beta1 0.9, beta2 0.999, eps 1e-9 in both
     the Adam step and the switch criterion."""

@@ -36,7 +36,10 @@ def add_decoupled_weight_decay(
     apply (``p *= 1 - lr * wd``). Where the learning rate sits outside every buffer,
     ``chain(..., add_decayed_weights(wd), scale_by_learning_rate(lr))`` is the same map;
     this block is for chains where the learning rate is inside a buffer (Keras' SGD and
-    RMSprop with momentum), so the decay cannot go through the buffer.
+    RMSprop with momentum), so the decay cannot go through the buffer. The decay is
+    multiplied by the whole learning rate, as in those libraries; Loshchilov & Hutter's
+    Algorithm 2 multiplies it by the schedule multiplier eta_t alone, not by the step
+    size alpha (pass ``learning_rate=eta`` for that form).
 
     With t counting updates from 0, on the leaves the mask selects (others unchanged)::
 

@@ -217,6 +217,9 @@ def proximal_l1(strength: ScalarOrSchedule = 0.0, mask: Any = None) -> GradientT
         chain(scale_by_adam(), scale_by_learning_rate(lr), proximal_l1(lr * l1))
 
     (with a learning-rate schedule, pass ``strength`` as the same schedule times l1).
+    After a preconditioner such as Adam the threshold is still the same for every
+    coordinate: it gives exact zeros, but it is not the proximal step in Adam's metric,
+    whose threshold would be ``lr * l1 / (sqrt(v_hat) + eps)`` per coordinate.
 
     Args:
         strength: the threshold in parameter units, >= 0, or a schedule of the update
@@ -301,8 +304,11 @@ def max_norm(
     r"""Projects each unit's incoming weights back into the ball of radius ``max_value``.
 
     With q = p + u the parameters the step would give and the norm taken over ``axis``
-    (for a Dense kernel of shape ``(inputs, units)``, ``axis=0`` is each unit's incoming
-    weight vector)::
+    (for a Flax or Keras Dense kernel of shape ``(inputs, units)``, ``axis=0`` is each
+    unit's incoming weight vector; for their convolution kernels, ``(height, width,
+    in_channels, out_channels)``, it is ``axis=(0, 1, 2)``, as in Keras' ``MaxNorm``:
+    the default ``axis=0`` would bound norms along the kernel's height alone; for PyTorch's
+    ``(out_features, in_features)`` layout it is ``axis=1``)::
 
         n = ||q||_2 over axis
         q' = q * min(1, max_value / n)
@@ -317,7 +323,8 @@ def max_norm(
     scales (``mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)``).
 
     Args:
-        max_value: the largest norm allowed, > 0.
+        max_value: the largest norm allowed, > 0 (the default 2 is Keras' ``MaxNorm``'s;
+            the paper reports typical values from 3 to 4).
         axis: the axis or axes the norm runs over (each leaf must have them).
         mask: as in ``add_decayed_weights``.
 

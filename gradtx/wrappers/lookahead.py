@@ -24,7 +24,7 @@ class LookaheadState(NamedTuple):
     Attributes:
         steps_since_sync: int32 scalar in [0, sync_period), fast steps since the last
             sync (modulo ``sync_period``, not saturating).
-        slow_params: the slow weights theta, a copy of the params in their dtype.
+        slow_params: the slow weights phi, a copy of the params in their dtype.
         inner_state: the fast optimizer's state (kept across syncs, as in the paper).
 
     ``exact_fields`` names the fields that ``quantized_state`` keeps unquantized
@@ -45,22 +45,23 @@ def lookahead(
 ) -> GradientTransformation:
     r"""Lookahead (Zhang, Lucas, Hinton & Ba, 2019, Algorithm 1) around a fast optimizer.
 
-    The params the user holds are the **fast weights** phi; the **slow weights** theta
-    live in the state (``state.slow_params``, initialized to the params). With t
-    counting updates from 1 and ``u_t`` the inner optimizer's step::
+    The params the user holds are the **fast weights** theta; the **slow weights** phi
+    live in the state (``state.slow_params``, initialized to the params). The letters
+    are the paper's. With t counting updates from 1 and ``u_t`` the inner optimizer's
+    step::
 
-        phi <- phi + u_t                                        (a fast step)
+        theta <- theta + u_t                                    (a fast step)
         every sync_period steps:
-            theta <- theta + slow_step_size * (phi - theta)     (the slow step)
-            phi   <- theta                                      (fast weights reset)
+            phi   <- phi + slow_step_size * (theta - phi)       (the slow step)
+            theta <- phi                                        (fast weights reset)
 
-    The returned updates move the params to phi, so
+    The returned updates move the params to theta, so
     ``apply_updates(params, updates)`` is the whole algorithm and the update is an
     ordinary transform in a chain (place it outermost: ``lookahead(adam(1e-3))``).
     Right after a sync the params are the slow weights up to rounding: the update is
-    ``theta - params``, and adding it back in the parameter dtype can land up to two
-    units in the last place (of the larger of the old params and theta) away from
-    theta. Evaluate with ``state.slow_params``, theta itself, as the paper does. The
+    ``phi - params``, and adding it back in the parameter dtype can land up to two
+    units in the last place (of the larger of the old params and phi) away from
+    phi. Evaluate with ``state.slow_params``, phi itself, as the paper does. The
     inner optimizer's state is kept across syncs (the paper's default). The state
     counts fast steps modulo ``sync_period`` (0 right after a sync), so the syncs go on
     for as long as training does (a total count would saturate at the int32 maximum).
@@ -74,6 +75,10 @@ def lookahead(
             the learning rate).
         sync_period: k, the number of fast steps per slow step, an int >= 1.
         slow_step_size: alpha, in [0, 1].
+
+    The defaults, k = 6 and alpha = 0.5, are those of TensorFlow Addons' and timm's
+    ``Lookahead``; the paper's experiments mostly use k = 5 (or 10) and alpha = 0.5 (or
+    0.8), and Optax's ``lookahead`` has no defaults.
 
     State: ``LookaheadState(steps_since_sync, slow_params, inner_state)``.
 

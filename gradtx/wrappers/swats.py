@@ -74,7 +74,11 @@ def swats(
     paper's Algorithm 1. The paper uses eps = 1e-9 both in Adam's denominator and as the
     switching tolerance; here they are separate arguments with that default (in float32,
     a tolerance of 1e-9 is tighter than the rounding of gamma itself unless gamma is
-    small: pass a larger ``switch_tol``, or train in float64, to see it trigger).
+    small: pass a larger ``switch_tol``, or train in float64, to see it trigger). The
+    learning rate (or its schedule) is read in the Adam phase only, where it sets p_k and
+    so gamma_k and Lambda; the SGD phase steps with the fixed Lambda, as Algorithm 1
+    does. To decay the steps of both phases, chain ``scale_by_schedule(multiplier)``
+    after ``swats``.
 
     Args:
         learning_rate: Adam's alpha, a non-negative number or a schedule of k - 1 (a

@@ -120,7 +120,7 @@ def ista(a: np.ndarray, b: np.ndarray, l1: float, learning_rate: float, steps: i
     return x
 
 
-def max_norm_projection(w: np.ndarray, max_value: float, axis: int) -> np.ndarray:
+def max_norm_projection(w: np.ndarray, max_value: float, axis: int | tuple[int, ...]) -> np.ndarray:
     """Rescales the slices along ``axis`` whose l2 norm exceeds max_value onto the sphere."""
     norms = np.sqrt(np.sum(w * w, axis=axis, keepdims=True))
     return np.where(norms > max_value, w * max_value / np.where(norms > 0, norms, 1), w)
