@@ -268,6 +268,39 @@ def test_warmup_stable_decay_follows_hagele_equations(shape):
     assert_schedule_close(_values(schedule, 200), expected)
 
 
+def reference_cyclical_smith(base, peak, step_size, mode, gamma, t):
+    """Smith (2017), sec. 3.1: cycle = floor(1 + t / 2s), x = |t / s - 2 cycle + 1|."""
+    cycle = math.floor(1 + t / (2 * step_size))
+    x = abs(t / step_size - 2 * cycle + 1)
+    amplitude = {"triangular": 1.0, "triangular2": 2.0 ** (1 - cycle), "exp_range": gamma**t}
+    return base + (peak - base) * max(0.0, 1 - x) * amplitude[mode]
+
+
+@pytest.mark.parametrize("mode", ["triangular", "triangular2", "exp_range"])
+def test_cyclical_follows_smiths_equations(mode):
+    expected = [reference_cyclical_smith(0.002, 0.05, 6, mode, 0.99, t) for t in range(100)]
+    schedule = schedules.cyclical(0.002, 0.05, step_size_up=6, mode=mode, gamma=0.99)
+    assert_schedule_close(_values(schedule, 100), expected)
+
+
+def test_one_cycle_in_three_linear_phases_is_the_papers_symmetric_cycle_then_annihilation():
+    """Smith & Topin: a linear rise and a linear fall of the same length, back to the
+    start, then the rest of the steps down to far below it."""
+    total, peak, div, final_div = 100, 0.4, 10.0, 1e3
+    values = _values(
+        schedules.one_cycle(total, peak, 0.3, "linear", div, final_div, three_phase=True), total
+    )
+    top = int(np.argmax(values))
+    assert values[top] == pytest.approx(peak)
+    rise, fall = values[: top + 1], values[top : 2 * top + 1]
+    np.testing.assert_allclose(fall, rise[::-1], rtol=1e-6)
+    np.testing.assert_allclose(np.diff(rise), (peak - peak / div) / top, rtol=1e-5)
+    tail = values[2 * top :]
+    np.testing.assert_allclose(np.diff(tail), np.diff(tail)[0], rtol=1e-4)
+    assert tail[0] == pytest.approx(peak / div)
+    assert tail[-1] == pytest.approx(peak / div / final_div)
+
+
 def test_warmup_stable_decay_without_warmup_starts_at_peak():
     schedule = schedules.warmup_stable_decay(1.0, 0, 3, 2)
     np.testing.assert_allclose(_values(schedule, 7), [1, 1, 1, 1, 0.5, 0, 0])

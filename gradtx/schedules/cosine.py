@@ -83,7 +83,8 @@ def warmup_cosine_decay(
     docs/schedules.md).
 
     Args:
-        init_value: the value at step 0.
+        init_value: the value at step 0 (unused when ``warmup_steps=0``: step 0 is then
+            at ``peak_value``).
         peak_value: the value at the end of the warmup.
         warmup_steps: steps of linear warmup, a non-negative integer (0: no warmup).
         decay_steps: total length of warmup and decay, an integer > ``warmup_steps``.
@@ -207,6 +208,12 @@ def sgdr(
     put a restart a step late (``first_decay_steps=10, t_mul=1.2``: 0.0 at step 22,
     where the third period begins at 1.0); ``gradtx.compat.keras.cosine_decay_restarts``
     reproduces Keras op for op.
+
+    ``t_cur`` and the periods count steps (updates). The paper counts them in epochs and
+    advances ``T_cur`` by a fraction at each batch: the same curve, with ``first_period``
+    = its ``T_0`` times the steps per epoch (PyTorch's scheduler stepped each batch
+    likewise). A period ends one step before its restart, just above ``min_value``; the
+    value at ``T_cur = T_i`` itself, ``min_value``, is never used (nor in PyTorch).
 
     Args:
         init_value: the value at the start of the first restart.

@@ -28,9 +28,13 @@ def cyclical(
         v(t) = base_value + (max_value - base_value) * x * a(t)
 
     with the amplitude ``a = 1`` (``'triangular'``), ``a = 2^-k`` (``'triangular2'``:
-    halved every cycle) or ``a = gamma^t`` (``'exp_range'``). Same numbers as PyTorch's
-    ``CyclicLR(base_lr, max_lr, step_size_up, step_size_down, mode, gamma)`` (its
-    momentum cycling is a separate schedule: pass the mirrored values to the momentum).
+    halved every cycle) or ``a = gamma^t`` (``'exp_range'``, t the iteration, as in the
+    paper). Smith's own equations, ``cycle = floor(1 + t / (2 s))``, ``x = |t / s - 2
+    cycle + 1|`` and ``v = base + (max - base) * max(0, 1 - x) * a``, are this with
+    ``step_size_up = step_size_down = s``; separate up and down lengths are PyTorch's.
+    Same numbers as PyTorch's ``CyclicLR(base_lr, max_lr, step_size_up, step_size_down,
+    mode, gamma)`` (its momentum cycling is a separate schedule: pass the mirrored values
+    to the momentum, as ``gradtx.compat.torch.lr_scheduler.cyclic_momentum`` does).
 
     Args:
         base_value: the value at the bottom of each cycle.
@@ -103,6 +107,15 @@ def one_cycle(
     momentum cycling left to a separate schedule). PyTorch raises past
     ``total_steps``; this schedule stays at ``final``.
 
+    The defaults (two cosine phases, ``div_factor=25``, ``final_div_factor=1e4``) are
+    PyTorch's, after fast.ai's, not the paper's. The paper's 1cycle (Smith & Topin, 2019;
+    Smith, 2018, "A disciplined approach to neural network hyper-parameters: Part 1")
+    is ``three_phase=True, anneal_strategy='linear'``: a linear rise and a symmetric
+    linear fall back to ``initial``, then the final "annihilation" several orders of
+    magnitude below it. Its momentum, cycled inversely from 0.95 down to 0.85 and back,
+    is not offered here: pass ``gradtx.compat.torch.lr_scheduler.one_cycle_momentum``
+    (the same phases) as the optimizer's momentum.
+
     Args:
         total_steps: length of the cycle, a positive integer.
         max_value: the peak value.
@@ -115,7 +128,7 @@ def one_cycle(
         div_factor: ``initial = max_value / div_factor``, > 0.
         final_div_factor: ``final = initial / final_div_factor``, > 0.
         three_phase: come back down to ``initial`` before annealing to ``final``
-            (fast.ai's and the paper's shape).
+            (the paper's shape; fast.ai's, the default, has two phases).
 
     Example:
         >>> import jax.numpy as jnp
@@ -188,9 +201,11 @@ def noam(d_model: int, warmup_steps: int, factor: float = 1.0) -> Schedule:
 
     It rises linearly for ``warmup_steps`` steps, peaks at ``factor / sqrt(d_model *
     warmup_steps)``, then decays as ``1 / sqrt(s)``. The paper counts steps from 1,
-    hence ``s = t + 1``. With ``d_model=512`` and ``factor=1`` the peak is about 7e-4;
-    a small model (``d_model=64``) peaks at only ~2e-3 after 4000 steps, which is why a
-    copied "noam" schedule often trains too slowly.
+    hence ``s = t + 1``. With ``d_model=512``, ``warmup_steps=4000`` and ``factor=1``
+    the rate grows by 1.7e-7 a step to a peak of about 7e-4 at step 4000 (2e-3 for
+    ``d_model=64``): a short run with the paper's settings spends most of its steps far
+    below a usual Adam rate, which is why a copied "noam" schedule often trains too
+    slowly.
 
     Args:
         d_model: the model width, a positive integer.
@@ -238,14 +253,17 @@ def warmup_stable_decay(
     with the cooldown shape ``f(x) = 1 - x`` (``'linear'``), ``(1 + cos(pi x)) / 2``
     (``'cosine'``) or ``1 - sqrt(x)`` (``'1-sqrt'``, the paper's best). The stable phase
     lets a run be extended, or checkpoints branched into cooldowns, without committing
-    to a length up front as a cosine schedule does.
+    to a length up front as a cosine schedule does. The paper sizes the cooldown as a
+    fraction of the run (10-20% of its steps); here it is a number of steps: ``D =
+    round(fraction * total_steps)``, ``S = total_steps - W - D``.
 
     Args:
         peak_value: the value of the stable phase.
         warmup_steps: steps of linear warmup, a non-negative integer.
         stable_steps: steps at ``peak_value``, a non-negative integer.
         decay_steps: steps of cooldown, a positive integer.
-        init_value: the value at step 0.
+        init_value: the value at step 0 (unused when ``warmup_steps=0``: step 0 is
+            then at ``peak_value``).
         end_value: the value from ``W + S + D`` on.
         decay_shape: ``'linear'``, ``'cosine'`` or ``'1-sqrt'``.
 

@@ -197,15 +197,22 @@ def lr_find(
     """The learning-rate range test (Smith, 2017): train briefly while raising the
     learning rate exponentially, and watch the loss.
 
+    Smith's test (sec. 3.3) raises the rate *linearly* over a narrow range for a few
+    epochs and reads the bounds off the accuracy curve; the exponential ramp over many
+    decades, the smoothed loss, the divergence stop and the suggestion are fast.ai's
+    ``lr_find`` (Howard & Gugger), which is what most users know as the range test.
+    There is no linear ramp here.
+
     Step t (from 0) uses the rate ``lr_t = min_lr * (max_lr / min_lr)^(t / (num_steps -
     1))``, starting from ``params`` (which are left untouched: the test trains a copy)
     and a fresh optimizer state. It records the loss ``l_t`` of the step's batch and its
-    smoothed, bias-corrected value (fastai's and Smith's)::
+    smoothed, bias-corrected value (fastai's ``AvgSmoothLoss``)::
 
         a_t = smoothing * a_{t-1} + (1 - smoothing) * l_t,   a_{-1} = 0
         s_t = a_t / (1 - smoothing^(t + 1))
 
-    and stops once ``s_t > diverge_factor * min_{k<=t} s_k`` or the loss is not finite.
+    and stops once ``s_t > diverge_factor * min_{k<=t} s_k`` (fastai's stop, factor 4)
+    or the loss is not finite.
     That test is ``s_t - m > (diverge_factor - 1) * |m|`` with ``m = min_{k<=t} s_k``,
     which is how it is applied to losses that go negative (a log-likelihood, say), where
     the ratio would stop the test at its first step.
@@ -213,7 +220,10 @@ def lr_find(
     longest valley (the span of its longest decreasing run, fastai's "valley": with
     mini-batches whose losses differ, the flat start of the curve has short dips of
     batch noise, as steep as the real descent); a common choice for training is that
-    rate or up to ten times below the rate at the minimum.
+    rate or up to ten times below the rate at the minimum. fastai's own ``valley``
+    suggestion is a point about halfway along that span, and its ``steep`` the steepest
+    point of the whole curve: this suggestion is neither, but the steepest point of the
+    span.
 
     The whole test is one compiled ``lax.while_loop``: the learning rate is injected
     into the optimizer's state (``schedule_injection`` and ``set_hyperparams``, which
