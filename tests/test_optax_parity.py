@@ -148,7 +148,7 @@ def test_rprop_is_optax_rprop_without_its_one_step_lag(runs, request):
 
 
 # Names shared with Optax whose positional arguments differ on purpose (docs/optimizers.md,
-# docs/wrappers.md): lookahead keeps plain params (no fast_optimizer/reset_state),
+# docs/wrappers.md): lookahead keeps plain params (its inner is not `fast_optimizer`),
 # add_noise takes a seed and keeps its key in the state, partition calls them labels.
 POSITIONAL_DIFFERENCES = {"lookahead", "add_noise", "partition"}
 

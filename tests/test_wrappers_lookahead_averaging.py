@@ -127,6 +127,63 @@ def test_lookahead_keeps_the_inner_state_across_syncs():
     assert int(gtx.tree_get(states[-1], "count", path="inner_state[0].count")) == 4
 
 
+def _lookahead_momentum_reference(w0, steps, lr, mu, k, alpha, reset):
+    """Zhang et al.'s Algorithm 1 around heavy-ball SGD (b = mu b + g, w -= lr b) in
+    float64; ``reset``: the buffer starts again from 0 after each sync."""
+    fast, slow, buffer, out = w0.astype(np.float64), w0.astype(np.float64), 0.0, []
+    for t in range(1, steps + 1):
+        buffer = mu * buffer + _grad(fast)
+        fast = fast - lr * buffer
+        if t % k == 0:
+            slow = slow + alpha * (fast - slow)
+            fast = slow.copy()
+            if reset:
+                buffer = 0.0
+        out.append(fast)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_lookahead_resets_the_inner_state_at_each_sync_when_asked(reset, x64):
+    """reset_state (the paper's "reset", Optax's option): the momentum buffer restarts
+    at every sync; kept, it carries over (the default)."""
+    w0 = np.array([1.0, -2.0, 0.5])
+    inner = gtx.chain(gtx.trace(0.9), gtx.scale_by_learning_rate(0.1))  # Python floats
+    tx = gtx.lookahead(inner, 3, 0.5, reset_state=reset)
+    params, states = _run(tx, w0, 10)
+    expected = _lookahead_momentum_reference(w0, 10, 0.1, 0.9, 3, 0.5, reset)
+    np.testing.assert_allclose(params, expected, rtol=1e-12)
+    other = _lookahead_momentum_reference(w0, 10, 0.1, 0.9, 3, 0.5, not reset)
+    assert np.max(np.abs(expected[3:] - other[3:])) > 1e-2  # the option matters here
+    trace = gtx.tree_get(states[5], "trace")  # right after the second sync
+    assert np.all(np.asarray(trace) == 0) == reset
+
+
+def test_lookahead_with_reset_state_matches_optaxs_jitted_and_eagerly():
+    """Adam inside, synced every 2 steps, against optax.lookahead(reset_state=True)
+    (float32: the two libraries' Adam differ in rounding only)."""
+    rng = np.random.default_rng(3)
+    params0 = {"w": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32), "b": jnp.ones(2)}
+    noise = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params0)
+             for _ in range(7)]  # fmt: skip
+    grad = lambda p, n: jax.tree.map(lambda x, e: 0.5 * x + e, p, n)  # noqa: E731
+    optax_tx = optax.lookahead(optax.adam(0.1), 2, 0.5, reset_state=True)
+    theirs = optax.LookaheadParams.init_synced(params0)
+    optax_state, expected = optax_tx.init(theirs), []
+    for n in noise:
+        updates, optax_state = optax_tx.update(grad(theirs.fast, n), optax_state, theirs)
+        theirs = optax.apply_updates(theirs, updates)
+        expected.append(theirs.fast)
+    tx = gtx.lookahead(gtx.adam(0.1), 2, 0.5, reset_state=True)
+    for update in (jax.jit(tx.update), tx.update):
+        params, state = params0, tx.init(params0)
+        for n, want in zip(noise, expected, strict=True):
+            updates, state = update(grad(params, n), state, params)
+            params = gtx.apply_updates(params, updates)
+            for key in params:
+                np.testing.assert_allclose(params[key], want[key], rtol=2e-5, atol=2e-6)
+
+
 def test_a_jitted_donated_lookahead_step_copies_nothing_and_moves_less_than_optaxs():
     """Under jit the sync is a lax.cond: a fast step neither reads nor writes the slow
     weights. It was a select, which XLA fused into the parameter update while the select
@@ -155,6 +212,8 @@ def test_lookahead_needs_params_and_validates_its_arguments():
         gtx.lookahead(gtx.scale(-0.1), sync_period=0)
     with pytest.raises(ValueError, match="slow_step_size"):
         gtx.lookahead(gtx.scale(-0.1), slow_step_size=1.5)
+    with pytest.raises(TypeError, match="reset_state must be True or False, got 'yes'"):
+        gtx.lookahead(gtx.scale(-0.1), reset_state="yes")
 
 
 @pytest.mark.parametrize("debias", [True, False])

@@ -25,7 +25,8 @@ class LookaheadState(NamedTuple):
         steps_since_sync: int32 scalar in [0, sync_period), fast steps since the last
             sync (modulo ``sync_period``, not saturating).
         slow_params: the slow weights phi, a copy of the params in their dtype.
-        inner_state: the fast optimizer's state (kept across syncs, as in the paper).
+        inner_state: the fast optimizer's state (kept across syncs, as in the paper;
+            ``reset_state=True`` starts it afresh at each sync).
 
     ``exact_fields`` names the fields that ``quantized_state`` keeps unquantized
     (copies of the params: 8-bit rounding would move the params).
@@ -42,6 +43,7 @@ def lookahead(
     inner: TransformLike,
     sync_period: int = 6,
     slow_step_size: float = 0.5,
+    reset_state: bool = False,
 ) -> GradientTransformation:
     r"""Lookahead (Zhang, Lucas, Hinton & Ba, 2019, Algorithm 1) around a fast optimizer.
 
@@ -62,7 +64,11 @@ def lookahead(
     ``phi - params``, and adding it back in the parameter dtype can land up to two
     units in the last place (of the larger of the old params and phi) away from
     phi. Evaluate with ``state.slow_params``, phi itself, as the paper does. The
-    inner optimizer's state is kept across syncs (the paper's default). The state
+    inner optimizer's state is kept across syncs (the paper's default, "maintain");
+    ``reset_state=True`` replaces it at each sync by ``inner.init`` of the synced
+    weights (the paper's "reset", Optax's ``reset_state``: the same numbers as
+    Optax's, which inits at the fast weights before the step, for every inner whose
+    state does not copy the params, Adam's or momentum's). The state
     counts fast steps modulo ``sync_period`` (0 right after a sync), so the syncs go on
     for as long as training does (a total count would saturate at the int32 maximum).
     Optax's ``lookahead`` instead asks the user to hold both weight sets in a
@@ -75,6 +81,7 @@ def lookahead(
             the learning rate).
         sync_period: k, the number of fast steps per slow step, an int >= 1.
         slow_step_size: alpha, in [0, 1].
+        reset_state: start the inner optimizer's state afresh at each sync (a bool).
 
     The defaults, k = 6 and alpha = 0.5, are those of TensorFlow Addons' and timm's
     ``Lookahead``; the paper's experiments mostly use k = 5 (or 10) and alpha = 0.5 (or
@@ -99,6 +106,7 @@ def lookahead(
     """
     sync_period = check.positive_int("sync_period", sync_period)
     check.in_range("slow_step_size", slow_step_size, 0.0, 1.0)
+    check.boolean("reset_state", reset_state)
     inner_update = _update_with_extra_args(inner, "inner")
 
     def init(params):
@@ -132,17 +140,40 @@ def lookahead(
                 leaf, updates, params, state.slow_params, outputs=2, names=("the params",)
             )
 
+        def fresh(slow_params):
+            """The inner state ``init`` gives at the synced weights, in the dtypes of the
+            state it replaces (a weakly typed or wider leaf stays as it was)."""
+            return jax.tree.map(
+                lambda new, old: jnp.asarray(new, jnp.result_type(old)),
+                inner.init(slow_params),
+                inner_state,
+            )
+
         if isinstance(sync, jax.core.Tracer):
             # Traced (jit), a lax.cond, so that a fast step neither reads nor writes the
             # slow weights: with a select, XLA recomputes the step inside the parameter
             # update from the slow weights that the select overwrites in place, so it
             # first copied both buffers (Adam: 84 bytes/param, as optax.lookahead; 76 now).
-            updates, slow_params = jax.lax.cond(
-                sync, lambda: with_sync(True), lambda: (updates, state.slow_params)
-            )
+            if reset_state:
+
+                def synced():
+                    synced_updates, slow_params = with_sync(True)
+                    return synced_updates, slow_params, fresh(slow_params)
+
+                updates, slow_params, inner_state = jax.lax.cond(
+                    sync, synced, lambda: (updates, state.slow_params, inner_state)
+                )
+            else:
+                updates, slow_params = jax.lax.cond(
+                    sync, lambda: with_sync(True), lambda: (updates, state.slow_params)
+                )
         else:
             # Eagerly, a select: no program to compile, no wait for the device.
             updates, slow_params = with_sync(sync)
+            if reset_state:
+                inner_state = jax.tree.map(
+                    lambda new, old: jnp.where(sync, new, old), fresh(slow_params), inner_state
+                )
         return updates, LookaheadState(steps_since_sync, slow_params, inner_state)
 
     return GradientTransformation(init, update)
