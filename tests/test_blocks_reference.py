@@ -62,6 +62,10 @@ BLOCKS = {
         lambda: gtx.scale_by_radam(),
         lambda n: classic.RAdam(n),
     ),
+    "radam_nesterov": (
+        lambda: gtx.scale_by_radam(0.8, 0.99, nesterov=True),
+        lambda n: classic.RAdam(n, 0.8, 0.99, nesterov=True),
+    ),
     "radam_b2_near_one": (
         lambda: gtx.scale_by_radam(0.9, 0.99999, 1e-6, strict_threshold=True),
         lambda n: classic.RAdam(n, 0.9, 0.99999, 1e-6, strict=True),
@@ -269,6 +273,19 @@ def test_radam_with_b2_zero_is_never_rectified_as_in_optax():
     optax_tx = optax.scale_by_radam(b1=b1, b2=0.0)
     optax_updates, _ = trajectory.run(optax_tx, jnp.asarray(gradients), jnp.zeros(3, jnp.float32))
     np.testing.assert_allclose(np.asarray(updates), np.asarray(optax_updates), rtol=1e-5)
+
+
+def test_radam_with_nesterov_momentum_is_optaxs(x64):
+    """Optax's scale_by_radam(nesterov=True), which gradtx refused (a TypeError): NAdam's
+    momentum in both branches, rectified from step 6 with b2 = 0.999. In float64: in
+    float32 Optax's rho_t = rho_inf - 2 t b2^t / (1 - b2^t) cancels (0.6% off r_6)."""
+    gradients = jnp.asarray(np.random.default_rng(8).normal(size=(40, 3)))
+    ours, _ = trajectory.run(gtx.scale_by_radam(0.8, nesterov=True), gradients, jnp.zeros(3))
+    theirs, _ = trajectory.run(optax.scale_by_radam(0.8, nesterov=True), gradients, jnp.zeros(3))
+    assert ours.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-10)
+    plain, _ = trajectory.run(gtx.scale_by_radam(0.8), gradients, jnp.zeros(3))
+    assert np.max(np.abs(np.asarray(ours) - np.asarray(plain))) > 0.1
 
 
 @pytest.mark.parametrize("eps_before_bias_correction", [False, True])

@@ -84,11 +84,13 @@ class RAdam:
 
     rho_inf = 2/(1-b2) - 1;  rho_t = rho_inf - 2 t b2^t / (1-b2^t);  where rho_t >= threshold
     (> with ``strict``): r = sqrt((rho_t-4)(rho_t-2) rho_inf / ((rho_inf-4)(rho_inf-2) rho_t))
-    and d = r m^ / (sqrt(v^) + eps); else d = m^.
+    and d = r m^ / (sqrt(v^) + eps); else d = m^. ``nesterov``: m^ is NAdam's, as in
+    ``Adam`` (Optax's option).
     """
 
-    def __init__(self, n, b1=0.9, b2=0.999, eps=1e-8, threshold=5.0, strict=False):
+    def __init__(self, n, b1=0.9, b2=0.999, eps=1e-8, threshold=5.0, strict=False, nesterov=False):
         self.b1, self.b2, self.eps, self.threshold, self.strict = b1, b2, eps, threshold, strict
+        self.nesterov = nesterov
         self.m, self.v, self.t = np.zeros(n), np.zeros(n), 0
 
     def step(self, g):
@@ -97,7 +99,10 @@ class RAdam:
         t = self.t
         self.m = b1 * self.m + (1 - b1) * g
         self.v = b2 * self.v + (1 - b2) * g**2
-        m_hat = self.m / (1 - b1**t)
+        if self.nesterov:
+            m_hat = b1 * self.m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
+        else:
+            m_hat = self.m / (1 - b1**t)
         # In exact rational arithmetic: in double precision rho_t is itself off by ~3e-3
         # at b2 = 1 - 1e-7 (2 t b2^t / (1 - b2^t) ~ 2e7 from a 1 - b2^t ~ 1e-6).
         b2_, power = Fraction(b2), Fraction(b2) ** t
