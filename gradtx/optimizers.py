@@ -26,7 +26,8 @@ from gradtx.transforms.adaptive import (
     scale_by_rss,
 )
 from gradtx.transforms.momentum import trace
-from gradtx.transforms.regularize import add_decayed_weights
+from gradtx.transforms.rectified import scale_by_radam
+from gradtx.transforms.regularize import add_decayed_weights, add_noise
 from gradtx.transforms.scaling import scale, scale_by_learning_rate
 
 
@@ -604,6 +605,60 @@ def adamax(
     )
 
 
+@schedule_injection(static_args=("mask",))
+def adamaxw(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    mask: Any = None,
+    *,
+    nu_dtype: Any = None,
+) -> GradientTransformation:
+    r"""AdaMax with decoupled weight decay (Loshchilov & Hutter's decay on Kingma &
+    Ba's AdaMax), as ``optax.adamaxw``.
+
+    ::
+
+        m_t, u_t as in ``adamax``
+        p <- p - lr * ((m_t / (1 - b1^t)) / u_t + weight_decay * p)
+
+    The chain: ``scale_by_adamax``, ``add_decayed_weights(weight_decay, mask)``,
+    ``scale_by_learning_rate``: the decay is added after the preconditioner, as in
+    ``adamw``. Same numbers as ``optax.adamaxw``. Keras' Adamax takes
+    ``weight_decay`` decoupled too, but adds eps after the maximum and applies the
+    decay before the step: ``gradtx.compat.keras.adamax(weight_decay=...)``.
+
+    Args:
+        learning_rate: a non-negative number or a schedule.
+        b1: first-moment decay in [0, 1).
+        b2: decay of the infinity norm in [0, 1).
+        eps: added to ``|g|`` inside the maximum, >= 0.
+        weight_decay: decoupled decay coefficient, >= 0 (a number or a schedule).
+        mask: which leaves to decay: a tree of bools like the params or a function of
+            the params. Static.
+        nu_dtype: dtype of the infinity norm (None: the parameter's real dtype).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.adamaxw(0.1, eps=0.0, weight_decay=0.5)
+        >>> params = jnp.array([2.0])
+        >>> updates, _ = tx.update(jnp.array([3.0]), tx.init(params), params)
+        >>> [round(float(u), 6) for u in updates]  # -0.1 * (sign(g) + 0.5 * 2)
+        [-0.2]
+
+    Reference: Kingma & Ba, 2015, sec. 7; Loshchilov & Hutter, 2019, "Decoupled Weight
+    Decay Regularization".
+    """
+    return chain(
+        scale_by_adamax(b1, b2, eps, nu_dtype=nu_dtype),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
 @schedule_injection
 def nadam(
     learning_rate: ScalarOrSchedule,
@@ -724,6 +779,59 @@ def nadamw(
     )
 
 
+@schedule_injection(static_args=("threshold",))
+def radam(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    threshold: float = 5.0,
+    *,
+    nesterov: bool = False,
+    nu_dtype: Any = None,
+) -> GradientTransformation:
+    r"""RAdam (Liu et al., 2020): Adam whose adaptive step is rectified by ``r_t``
+    while the variance of ``v_hat`` is intractable, plain momentum before that.
+
+    ::
+
+        m_t, v_t, rho_t, r_t as in ``scale_by_radam``
+        p <- p - lr * r_t (m_t / bc1) / (sqrt(v_t / bc2 + eps_root) + eps)  if rho_t >= threshold
+        p <- p - lr * m_t / bc1                                              otherwise
+
+    The chain: ``scale_by_radam``, ``scale_by_learning_rate``. Same numbers as
+    ``optax.radam`` (to the rounding of ``rho_t``, which gradtx computes without
+    cancellation). ``scale_by_radam``'s docstring gives the paper's form (``rho_t >
+    4``, no eps); PyTorch's RAdam is ``gradtx.compat.torch.radam``.
+
+    Args:
+        learning_rate: a non-negative number or a schedule.
+        b1: first-moment decay in [0, 1).
+        b2: second-moment decay in [0, 1).
+        eps: added outside the square root, >= 0.
+        eps_root: added inside the square root, >= 0.
+        threshold: rectify once ``rho_t`` reaches it, >= 4 (Optax's 5). Static.
+        nesterov: NAdam's Nesterov momentum (Optax's option).
+        nu_dtype: dtype of the second moment (None: the parameter's real dtype).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.radam(0.1)
+        >>> updates, _ = tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))
+        >>> [round(float(u), 6) for u in updates]  # rho_1 = 1: momentum, -lr * g
+        [-0.05, 0.2]
+
+    Reference: Liu, Jiang, He, Chen, Liu, Gao & Han, 2020, "On the Variance of the
+    Adaptive Learning Rate and Beyond".
+    """
+    return chain(
+        scale_by_radam(b1, b2, eps, eps_root, threshold, nesterov=nesterov, nu_dtype=nu_dtype),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
 @schedule_injection
 def rprop(
     learning_rate: float,
@@ -771,3 +879,41 @@ def rprop(
         scale_by_rprop(learning_rate, eta_minus, eta_plus, min_step_size, max_step_size),
         scale(-1.0),
     )
+
+
+@schedule_injection
+def noisy_sgd(
+    learning_rate: ScalarOrSchedule,
+    eta: float = 0.01,
+    gamma: float = 0.55,
+    seed: int = 0,
+) -> GradientTransformation:
+    r"""SGD on gradients with annealed Gaussian noise (Neelakantan et al., 2015).
+
+    With t counting updates from 0::
+
+        p <- p - lr * (g + n_t),   n_t ~ N(0, eta / (1 + t)^gamma)
+
+    The chain: ``add_noise(eta, gamma, seed)``, ``scale_by_learning_rate``, as
+    ``optax.noisy_sgd``. The key lives in the state and is split at every update
+    (``add_noise``), so the draws differ from Optax's, which takes a ``key``
+    argument; the distribution is the same.
+
+    Args:
+        learning_rate: a non-negative number or a schedule.
+        eta: the noise variance at step 0, >= 0 (the paper tries 0.01, 0.3 and 1.0).
+        gamma: the variance's decay exponent, >= 0 (the paper's 0.55).
+        seed: the seed of the noise's PRNG key, an int.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.noisy_sgd(0.1, eta=0.0)
+        >>> updates, _ = tx.update(jnp.array([1.0, -2.0]), tx.init(jnp.zeros(2)))
+        >>> [round(float(u), 6) for u in updates]  # no noise: plain SGD
+        [-0.1, 0.2]
+
+    Reference: Neelakantan, Vilnis, Le, Sutskever, Kaiser, Kurach & Martens, 2015,
+    "Adding Gradient Noise Improves Learning for Very Deep Networks".
+    """
+    return chain(add_noise(eta, gamma, seed), scale_by_learning_rate(learning_rate))

@@ -43,11 +43,14 @@ SETTINGS = {
     "adamw": ((0.1, 500), (0.03, 5_000)),
     "amsgrad": ((0.3, 500), (1.0, 20_000)),
     "adamax": ((0.3, 500), (0.1, 5_000)),
+    "adamaxw": ((0.3, 500), (0.1, 5_000)),
     "nadam": ((0.1, 500), (0.01, 5_000)),
     "nadamw": ((0.1, 500), (0.01, 5_000)),
+    # its first steps are plain momentum: from (-1.2, 1) a rate of 0.01 diverges (Optax too)
+    "radam": ((0.1, 500), (0.003, 20_000)),
     "rprop": ((0.1, 500), (0.01, 5_000)),
 }
-QUADRATIC_TOLERANCE = {"adamw": 1e-3, "nadamw": 1e-3}
+QUADRATIC_TOLERANCE = {"adamw": 1e-3, "nadamw": 1e-3, "adamaxw": 1e-3}
 
 
 def minimize(tx, loss, start, steps):

@@ -25,7 +25,7 @@ DTYPES = {
 }
 
 
-DECOUPLED_DECAY = {"adamw", "nadamw"}  # weight_decay=1e-4 by default, as in Optax
+DECOUPLED_DECAY = {"adamw", "nadamw", "adamaxw"}  # weight_decay=1e-4 by default, as in Optax
 
 
 def mixed_tree(rng):

@@ -371,8 +371,17 @@ PLAIN_CHAINS = {
         gtx.scale_by_adamax(h["b1"], h["b2"], h["eps"]),
         gtx.scale_by_learning_rate(h["learning_rate"]),
     ),
+    "adamaxw": lambda h: gtx.chain(
+        gtx.scale_by_adamax(h["b1"], h["b2"], h["eps"]),
+        gtx.add_decayed_weights(h["weight_decay"]),
+        gtx.scale_by_learning_rate(h["learning_rate"]),
+    ),
     "nadam": lambda h: adam_like(h, nesterov=True),
     "nadamw": lambda h: adam_like(h, nesterov=True, decay=True),
+    "radam": lambda h: gtx.chain(
+        gtx.scale_by_radam(h["b1"], h["b2"], h["eps"], h["eps_root"]),
+        gtx.scale_by_learning_rate(h["learning_rate"]),
+    ),
     "rprop": lambda h: gtx.chain(
         gtx.scale_by_rprop(
             h["learning_rate"], h["eta_minus"], h["eta_plus"], h["min_step_size"],

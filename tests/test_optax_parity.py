@@ -78,6 +78,10 @@ PAIRS = {
         lambda: gtx.adamax(0.01),
         lambda: optax.adamax(f32(0.01), f32(0.9), f32(0.999), f32(1e-8)),
     ),
+    "adamaxw_masked": (
+        lambda: gtx.adamaxw(0.01, b2=0.99, weight_decay=0.5, mask=MASK),
+        lambda: optax.adamaxw(f32(0.01), f32(0.9), f32(0.99), f32(1e-8), f32(0.5), MASK),
+    ),
     "nadam": (
         lambda: gtx.nadam(0.01),
         lambda: optax.nadam(f32(0.01), f32(0.9), f32(0.999), f32(1e-8)),
@@ -135,6 +139,26 @@ def test_optimizer_matches_optax_in_float32(name, float32_runs):
     trajectory.assert_close(ours, theirs, 1e-6)
 
 
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_radam_matches_optax_in_float64(nesterov, x64):
+    """Not in PAIRS: in float32 Optax's rho_t = rho_inf - 2 t b2^t / (1 - b2^t) cancels
+    (r_6 0.6% off the float64 equations, which gradtx follows; test_blocks_reference)."""
+    rng = np.random.default_rng(5)
+    gradients = trajectory.random_gradients(rng, STEPS, jnp.float64)
+    params = trajectory.random_params(rng, jnp.float64)
+    runs = trajectory.run_many(
+        {
+            "gradtx": gtx.radam(0.01, nesterov=nesterov),
+            "optax": optax.radam(f32(0.01), f32(0.9), f32(0.999), f32(1e-8), nesterov=nesterov),
+        },
+        gradients,
+        params,
+    )
+    ours, theirs = (trajectory.flatten(runs[name][1]) for name in ("gradtx", "optax"))
+    assert ours.dtype == np.float64
+    trajectory.assert_close(ours, theirs, 1e-10)
+
+
 @pytest.mark.parametrize("runs", ["float64_runs", "float32_runs"])
 def test_rprop_is_optax_rprop_without_its_one_step_lag(runs, request):
     """Optax's update at step t is gradtx's update at step t-1, except where the sign
@@ -149,8 +173,9 @@ def test_rprop_is_optax_rprop_without_its_one_step_lag(runs, request):
 
 # Names shared with Optax whose positional arguments differ on purpose (docs/optimizers.md,
 # docs/wrappers.md): lookahead keeps plain params (its inner is not `fast_optimizer`),
-# add_noise takes a seed and keeps its key in the state, partition calls them labels.
-POSITIONAL_DIFFERENCES = {"lookahead", "add_noise", "partition"}
+# add_noise and noisy_sgd take a seed and keep the key in the state, partition calls
+# them labels.
+POSITIONAL_DIFFERENCES = {"lookahead", "add_noise", "noisy_sgd", "partition"}
 
 
 def _positional(function) -> list[str]:

@@ -151,6 +151,21 @@ def test_add_noise_has_the_annealed_variance(step_index):
     assert abs(sample.mean()) < 5 * np.sqrt(variance / sample.size)
 
 
+def test_noisy_sgd_steps_by_the_gradient_plus_the_annealed_noise():
+    """optax.noisy_sgd's map (Neelakantan et al.): u_t = -lr (g + n_t), n_t ~ N(0, eta /
+    (1 + t)^gamma); three steps, jitted once."""
+    lr, eta, gamma, n = 0.1, 0.5, 0.55, 20_000
+    grads = jnp.full(n, 2.0)
+    tx = gtx.noisy_sgd(lr, eta, gamma, seed=5)
+    step, state = jax.jit(tx.update), tx.init(jnp.zeros(n))
+    for t in range(3):
+        updates, state = step(grads, state)
+        noise = -np.asarray(updates, np.float64) / lr - 2.0
+        variance = eta / (1 + t) ** gamma
+        assert abs(noise.var() / variance - 1) < 0.05  # 5 sigma of the sample variance
+        assert abs(noise.mean()) < 5 * np.sqrt(variance / n)
+
+
 def test_add_noise_is_reproducible_from_its_seed_and_fresh_every_step():
     grads = {"a": jnp.zeros(4), "b": jnp.zeros((2, 2))}
     run = []

@@ -23,8 +23,10 @@ OPTIMIZER_NAMES = [
     "adamw",
     "amsgrad",
     "adamax",
+    "adamaxw",
     "nadam",
     "nadamw",
+    "radam",
     "rprop",
 ]
 """Every named optimizer of gradtx (issue 2)."""

@@ -158,8 +158,9 @@ def scale_by_radam(
             # without a difference of large numbers. b2 = 0 gives x = inf, rho = 1.
             if isinstance(b2, (int, float)):
                 x = -math.log(b2) if b2 > 0 else math.inf
-            else:
-                x = -jnp.log(b2)
+            else:  # an injected float32 b2: its log in the step's precision (float64
+                # under x64; the float32 log moved rho_t by 1e-7, float64 runs by 1e-8)
+                x = -jnp.log(jnp.asarray(b2, real))
             x = jnp.asarray(x, real)
             bias_correction2 = -jnp.expm1(-t * x)  # 1 - b2^t
             rho_inf = 1 + 2 / jnp.expm1(x)

@@ -71,6 +71,9 @@ CASES: dict[str, Callable[[], Any]] = {
     "nadam": lambda: gtx.nadam(0.1),
     "nadamw": lambda: gtx.nadamw(0.1),
     "rprop": lambda: gtx.rprop(0.1),
+    "radam": lambda: gtx.radam(0.1),
+    "adamaxw": lambda: gtx.adamaxw(0.1, mask=MASK),
+    "noisy_sgd": lambda: gtx.noisy_sgd(0.1),
     # wrappers and regularizers (tests/zoo.py: WRAPPERS), around or beside Adam
     "masked": lambda: gtx.masked(gtx.adam(0.1), MASK),
     "masked_zero": lambda: gtx.masked(gtx.adam(0.1), MASK, masked_leaves="zero"),
