@@ -330,3 +330,24 @@ def test_float16_params_with_a_float32_second_moment_in_radam_nadam_schedule_swa
     assert np.median(relative[10:]) < 1e-3  # rectified steps (from t = 6) included
     default, _ = run(jnp.float16)
     assert np.median((np.abs(default - reference) / np.abs(reference))[10:]) > 1
+
+
+@pytest.mark.parametrize(
+    "updates",
+    [
+        {"a": jnp.array([300.0], jnp.float16), "b": jnp.array([400.0, 0.0], jnp.float16)},
+        {f"leaf_{i:03d}": jnp.ones(1, jnp.bfloat16) for i in range(300)},
+    ],
+    ids=["float16", "bfloat16"],
+)
+def test_clip_by_global_norm_sums_half_precision_squares_in_float32(updates):
+    """In float16, 300**2 and 400**2 overflow (max 65504): summed there, the norm is inf
+    and every update 0. In bfloat16 (8 bits of mantissa) the sum of 300 leaves of 1
+    stops at 256. Summed in float32, both norms are NumPy's float64 norm to rounding."""
+    flat = np.concatenate([np.asarray(x, np.float64) for x in jax.tree.leaves(updates)])
+    tx = gtx.clip_by_global_norm(1.0)
+    clipped, _ = jax.jit(tx.update)(updates, tx.init(None))
+    for key, leaf in clipped.items():
+        assert leaf.dtype == updates[key].dtype, key
+        expected = np.asarray(updates[key], np.float64) / np.linalg.norm(flat)
+        np.testing.assert_allclose(np.asarray(leaf, np.float64), expected, rtol=2**-8, err_msg=key)

@@ -3,6 +3,7 @@ hyperparameter checks that every optimizer makes when it is built."""
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import jax
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 import gradtx as gtx
+from gradtx import optimizers
 from tests import trajectory
 from tests.reference import classic
 
@@ -172,11 +174,19 @@ def test_sgd_without_momentum_or_decay_keeps_no_buffer_and_no_hyperparameter():
 
 
 def test_every_optimizer_reports_its_learning_rate():
+    """Every optimizer of ``gradtx.optimizers`` (issue 3: ``get_hyperparams(state)
+    ["learning_rate"]`` works on all of them out of the box), found by its signature."""
     params = {"w": jnp.zeros(3)}
-    for name in ["sgd", "adagrad", "rmsprop", "adam", "adamw", "amsgrad", "adamax"]:
-        state = getattr(gtx, name)(0.25).init(params)
-        assert float(gtx.get_hyperparams(state)["learning_rate"]) == 0.25, name
-    for name in ["nadam", "nadamw", "rprop"]:
+    names = [
+        name
+        for name, function in vars(optimizers).items()
+        if inspect.isfunction(function)
+        and not name.startswith("_")
+        and function.__module__ == optimizers.__name__
+        and next(iter(inspect.signature(function).parameters), None) == "learning_rate"
+    ]
+    assert {"sgd", "adadelta", "adam", "rprop", "noisy_sgd"} <= set(names), names
+    for name in names:
         state = getattr(gtx, name)(0.25).init(params)
         assert float(gtx.get_hyperparams(state)["learning_rate"]) == 0.25, name
     assert float(gtx.get_hyperparams(gtx.adadelta().init(params))["learning_rate"]) == 1.0

@@ -97,8 +97,10 @@ def test_the_version_is_the_one_pyproject_declares():
 
 def test_import_raises_no_warning_and_leaves_jax_config_and_backends_alone():
     """``import gradtx`` under ``-W error`` with every subpackage: no warning, no change to
-    ``jax.config`` (x64, default device, matmul precision...) and no backend started (a
-    later ``jax.distributed.initialize`` must still be possible)."""
+    ``jax.config`` (x64, default device, matmul precision...), no backend started (a
+    later ``jax.distributed.initialize`` must still be possible) and no library imported
+    beyond the runtime dependencies (matplotlib only when ``LRFindResult.plot`` is
+    called; Optax, Flax, PyTorch, Keras and scikit-learn never)."""
     script = (
         "import jax\n"
         "from jax._src import xla_bridge\n"
@@ -110,6 +112,9 @@ def test_import_raises_no_warning_and_leaves_jax_config_and_backends_alone():
         " if before.get(k) != after.get(k))\n"
         "assert not changed, changed\n"
         "assert not xla_bridge._backends, list(xla_bridge._backends)\n"
+        "import sys\n"
+        "optional = {'matplotlib', 'optax', 'flax', 'torch', 'keras', 'sklearn'}\n"
+        "assert not optional & sys.modules.keys(), sorted(optional & sys.modules.keys())\n"
     )
     result = subprocess.run(
         [sys.executable, "-W", "error", "-c", script],

@@ -1,4 +1,5 @@
-"""add_l1, proximal_l1, max_norm and add_noise, each against its definition."""
+"""add_decayed_weights' schedule, add_l1, proximal_l1, max_norm and add_noise, each
+against its definition."""
 
 from __future__ import annotations
 
@@ -9,6 +10,29 @@ import pytest
 
 import gradtx as gtx
 from tests.reference import research_transforms as ref
+
+
+def test_add_decayed_weights_follows_its_weight_decay_schedule_step_by_step():
+    """u_t = g_t + wd(t) p_t on the leaves the mask keeps, t counting from 0, with the
+    rate halved every 3 steps; leaves masked out pass unchanged."""
+    schedule = gtx.schedules.step_decay(0.4, step_size=3, gamma=0.5)
+    tx = gtx.add_decayed_weights(schedule, mask={"w": True, "b": False})
+    params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array([3.0])}
+    grads = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
+
+    @jax.jit
+    def run(params, grads):
+        def step(state, g):
+            updates, state = tx.update({"w": g[:2], "b": g[2:]}, state, params)
+            return state, updates
+
+        return jax.lax.scan(step, tx.init(params), grads)[1]
+
+    updates = run(params, jnp.asarray(grads))
+    rates = 0.4 * 0.5 ** (np.arange(8) // 3)
+    expected_w = grads[:, :2] + rates[:, None] * np.array([1.0, -2.0])
+    np.testing.assert_allclose(updates["w"], expected_w, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(updates["b"], grads[:, 2:])
 
 
 def test_add_l1_adds_strength_times_the_sign_of_the_params():
