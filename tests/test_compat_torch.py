@@ -165,6 +165,15 @@ def test_golden_cases_cover_every_optimizer_and_its_options():
     for option in ("amsgrad", "nesterov", "dampening", "centered", "momentum", "weight_decay",
                    "maximize", "decoupled_weight_decay", "lr_decay"):  # fmt: skip
         assert option in options, option
+    # lr as a schedule on every optimizer (Adagrad divides it by its lr_decay term, ASGD's
+    # eta_k reads it, Rprop takes it once as its first step size) ...
+    scheduled = {case["optimizer"] for case in OPTIMIZERS["cases"] if case.get("schedule")}
+    assert scheduled == optimizers
+    # ... and maximize through the shared chain and where an optimizer builds its own
+    maximized = {
+        case["optimizer"] for case in OPTIMIZERS["cases"] if case["kwargs"].get("maximize")
+    }
+    assert {"sgd", "adam", "rprop", "asgd"} <= maximized
     cycled = {case["optimizer"] for case in OPTIMIZERS["cases"] if case.get("momentum_schedule")}
     # every optimizer PyTorch's cycle_momentum applies to (those with momentum or betas)
     assert cycled == {"sgd", "adam", "adamw", "rmsprop", "adamax", "nadam", "radam"}

@@ -201,6 +201,38 @@ OPTIMIZER_CASES = [
         centered=True,
     ),
     _case("asgd", "asgd_wd", lr=0.05, lambd=0.01, alpha=0.5, t0=20.0, weight_decay=0.01),
+    # lr as a schedule where each optimizer takes it its own way: Adagrad divides it by
+    # its lr_decay term, ASGD's eta_k reads it, Rprop reads it once (its first step size);
+    # maximize where an optimizer builds its own chain (ASGD)
+    _case(
+        "adagrad",
+        "adagrad_lr_decay_step_lr_maximize",
+        schedule={"name": "step_lr", "kwargs": {"base_lr": 0.1, "step_size": 30, "gamma": 0.5}},
+        lr=0.1,
+        lr_decay=0.01,
+        maximize=True,
+    ),
+    _case(
+        "adadelta",
+        "adadelta_step_lr",
+        schedule={"name": "step_lr", "kwargs": {"base_lr": 1.0, "step_size": 30, "gamma": 0.5}},
+        lr=1.0,
+    ),
+    _case(
+        "rprop",
+        "rprop_step_lr",
+        schedule={"name": "step_lr", "kwargs": {"base_lr": 0.01, "step_size": 30, "gamma": 0.5}},
+        lr=0.01,
+    ),
+    _case(
+        "asgd",
+        "asgd_exponential_lr_maximize",
+        schedule={"name": "exponential_lr", "kwargs": {"base_lr": 0.05, "gamma": 0.99}},
+        lr=0.05,
+        t0=50.0,
+        weight_decay=0.01,
+        maximize=True,
+    ),
 ]
 
 LOAD_CASES = [
