@@ -8,6 +8,7 @@ reads the output of its example.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import re
 import subprocess
@@ -16,7 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+
+import gradtx as gtx
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -31,6 +36,8 @@ def commands(out: Path) -> dict[str, list[str]]:
         "flax_nnx": ["--quick"],
         "checkpointing": ["--quick", "--out", str(out / "checkpoints")],
         "data_parallel": ["--quick"],
+        "schedules_gallery": ["--quick", "--out", str(out / "gallery")],
+        "lr_finder": ["--quick", "--out", str(out / "lr_finder")],
     }
 
 
@@ -91,6 +98,70 @@ def test_compare_optimizers_trains_every_quick_run_and_writes_curves(runs):
     assert [int(r["step"]) for r in records if r["optimizer"] == "adamw_sgdr"] == [10, 20]
 
 
+def _compare_optimizers_configs():
+    """examples/compare_optimizers.py's CONFIGS, imported as the script imports itself."""
+    had_digits = "_digits" in sys.modules
+    path = list(sys.path)
+    spec = importlib.util.spec_from_file_location(
+        "compare_optimizers", EXAMPLES / "compare_optimizers.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)  # puts examples/ on sys.path, imports _digits
+    finally:
+        sys.path[:] = path
+        if not had_digits:
+            sys.modules.pop("_digits", None)
+    return module.CONFIGS
+
+
+def _updates_of_one_weight(tx, gradient, steps):
+    """The updates of a weight held at 1.0 under a constant gradient, one per step."""
+
+    def step(state, _):
+        updates, state = tx.update(jnp.full(1, gradient), state, jnp.ones(1))
+        return state, updates[0]
+
+    return np.asarray(
+        jax.jit(lambda s: jax.lax.scan(step, s, length=steps)[1])(tx.init(jnp.ones(1)))
+    )
+
+
+def test_compare_optimizers_runs_the_classic_eleven_and_the_five_2017_studies():
+    configs = _compare_optimizers_configs()
+    by_family = {f: [n for n, c in configs.items() if c[0] == f] for f in ("classic", "highlights")}
+    assert by_family["classic"] == [
+        "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta",
+        "adam", "adamax", "nadam", "adamw", "amsgrad",
+    ]  # fmt: skip
+    assert by_family["highlights"] == [
+        "adam_l2", "adamw_wd_halved", "amsgrad_b2_0.9", "adam_noam", "adamw_sgdr",
+    ]  # fmt: skip
+    assert len(configs) == 16
+
+    def build(name):
+        return configs[name][2]()
+
+    # With a zero gradient Adam's step is 0: what is left is the weight decay term.
+    # Decoupled: -lr * wd(t) * w, wd = 1e-2 halved at steps 10, 50, 100 and 150.
+    decoupled = -_updates_of_one_weight(build("adamw_wd_halved"), 0.0, 200) / 1e-3
+    changes = [t for t in range(1, 200) if decoupled[t] != decoupled[t - 1]]
+    assert changes == [10, 50, 100, 150]
+    np.testing.assert_allclose(decoupled[[0, *changes]], 1e-2 / 2.0 ** np.arange(5), rtol=1e-6)
+    # L2: the decay term is the gradient Adam normalizes, so the first step is lr, not lr * wd.
+    np.testing.assert_allclose(_updates_of_one_weight(build("adam_l2"), 0.0, 1), [-1e-3], rtol=1e-5)
+    # AdamW with warm restarts: -lr(t) * wd * w, lr jumping back to 1e-3 at 10, 30, 70, 150.
+    sgdr = -_updates_of_one_weight(build("adamw_sgdr"), 0.0, 200) / 1e-2
+    assert [t for t in range(1, 200) if sgdr[t] > sgdr[t - 1]] == [10, 30, 70, 150]
+    np.testing.assert_allclose(sgdr[[0, 10, 30, 70, 150]], 1e-3, rtol=1e-6)
+    # A constant gradient makes Adam's step the learning rate: noam peaks at 1e-3 at step 40.
+    noam = -_updates_of_one_weight(build("adam_noam"), 1.0, 100)
+    assert int(np.argmax(noam)) == 39
+    np.testing.assert_allclose(noam.max(), 1e-3, rtol=1e-5)
+    state = build("amsgrad_b2_0.9").init(jnp.ones(1))
+    assert float(gtx.get_hyperparams(state)["b2"]) == np.float32(0.9)
+
+
 def test_ablation_trains_every_variant_of_the_named_chain(runs):
     stdout = output_of(runs, "ablation")
     rows = [line for line in stdout.splitlines() if "->" in line]
@@ -122,6 +193,22 @@ def test_flax_linen_example_reads_the_scheduled_learning_rate(runs):
     stdout = output_of(runs, "flax_linen")
     rates = [float(v) for v in re.findall(r"learning rate ([\d.e+-]+)", stdout)]
     assert len(rates) == 3 and rates[0] > rates[-1]
+
+
+def test_schedules_gallery_draws_its_png(runs):
+    stdout = output_of(runs, "schedules_gallery")
+    assert "schedules_gallery.png" in stdout
+    assert (runs[0] / "gallery" / "schedules_gallery.png").stat().st_size > 10_000
+
+
+def test_lr_finder_suggests_a_rate_for_each_optimizer_and_trains_at_it(runs):
+    stdout = output_of(runs, "lr_finder")
+    suggestions = [float(v) for v in re.findall(r"suggestion ([\d.e+-]+)", stdout)]
+    assert len(suggestions) == 2 and all(1e-6 < s < 10.0 for s in suggestions)
+    # Adam at its suggestion learns in 20 steps (0.906 here); chance is 10%
+    adam_at_suggestion = re.search(r"steps at lr \S+: test accuracy ([\d.]+)", stdout)
+    assert float(adam_at_suggestion.group(1)) > 0.5
+    assert (runs[0] / "lr_finder" / "lr_finder.png").stat().st_size > 10_000
 
 
 def test_checkpointing_resumes_exactly(runs):

@@ -124,7 +124,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", ["adamw_with_schedule", "chain"])
+@pytest.mark.parametrize("case", list(CASES))
 def test_linen_train_state_with_gradtx_follows_the_optax_run(case, data):
     make_gradtx, make_optax = CASES[case]
     assert_same_training(train_linen(make_gradtx(), data), train_linen(make_optax(), data))
@@ -155,7 +155,7 @@ def train_nnx(tx, data):
     return nnx.state(model, nnx.Param), losses
 
 
-@pytest.mark.parametrize("case", ["parameter_groups"])
+@pytest.mark.parametrize("case", list(CASES))
 def test_nnx_optimizer_with_gradtx_follows_the_optax_run(nnx_0_11, case, data):
     make_gradtx, make_optax = CASES[case]
     assert_same_training(train_nnx(make_gradtx(), data), train_nnx(make_optax(), data))
