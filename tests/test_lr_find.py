@@ -76,6 +76,45 @@ def test_without_divergence_the_ramp_runs_from_min_lr_to_max_lr():
     assert result.losses.shape == result.smoothed_losses.shape == (25,)
 
 
+def test_the_linear_ramp_adds_the_same_step_to_the_rate_at_every_step():
+    """Smith's ramp: lr_t = min_lr + (max_lr - min_lr) * t / (num_steps - 1), rounded
+    once to float32, and the rates reach SGD step for step."""
+    result = lr_find(
+        quadratic, jnp.ones(3), None, sgd, min_lr=1e-3, max_lr=0.15, num_steps=30, ramp="linear"
+    )
+    assert not result.diverged and result.learning_rates.dtype == np.float32
+    expected = 1e-3 + (0.15 - 1e-3) * np.arange(30) / 29
+    np.testing.assert_allclose(result.learning_rates, expected, rtol=2.0**-24, atol=0)
+    x, losses = np.ones(3), []
+    for lr in expected:
+        losses.append(0.5 * np.sum(CURVATURES * x**2))
+        x = x - np.float32(lr) * CURVATURES * x
+    np.testing.assert_allclose(result.losses, losses, rtol=1e-5)
+
+
+def test_the_suggestion_of_a_linear_ramp_falls_inside_the_stable_range_of_sgd():
+    # the loss still falls past 2/L = 0.2 (the smoothing lags): its minimum is no answer
+    result = lr_find(
+        quadratic, jnp.ones(3), None, sgd, min_lr=1e-3, max_lr=0.5, num_steps=100, ramp="linear"
+    )
+    assert result.diverged
+    assert result.learning_rates[np.argmin(result.smoothed_losses)] > 2.0 / CURVATURES.max()
+    assert 2e-3 < result.suggestion < 2.0 / CURVATURES.max()
+    assert result.suggestion in result.learning_rates
+
+
+def test_the_default_ramp_is_the_exponential_one():
+    default = lr_find(quadratic, jnp.ones(3), None, sgd, num_steps=100)
+    explicit = lr_find(quadratic, jnp.ones(3), None, sgd, num_steps=100, ramp="exponential")
+    steps = len(default.learning_rates)
+    expected = np.geomspace(1e-7, 10.0, 100).astype(np.float32)[:steps]
+    np.testing.assert_array_equal(default.learning_rates, expected)
+    assert (steps, default.suggestion) == (91, expected[70])  # as before the linear ramp
+    for name in ("learning_rates", "losses", "smoothed_losses"):
+        np.testing.assert_array_equal(getattr(default, name), getattr(explicit, name))
+    assert (default.suggestion, default.diverged) == (explicit.suggestion, explicit.diverged)
+
+
 def test_stops_at_the_first_step_whose_smoothed_loss_exceeds_the_factor_times_its_best():
     result = lr_find(quadratic, jnp.ones(3), None, sgd, num_steps=100, diverge_factor=3.0)
     smoothed = result.smoothed_losses
@@ -160,14 +199,15 @@ def test_batches_as_stacked_arrays_cycle_like_the_equivalent_callable():
     np.testing.assert_allclose(stacked.losses[:3], first_losses, rtol=1e-5)
 
 
-def test_the_whole_range_test_traces_the_loss_once():
+@pytest.mark.parametrize("ramp", ["exponential", "linear"])
+def test_the_whole_range_test_traces_the_loss_once(ramp):
     traces = []
 
     def counted(params):
         traces.append(1)
         return quadratic(params)
 
-    lr_find(counted, jnp.ones(3), None, sgd, num_steps=50)
+    lr_find(counted, jnp.ones(3), None, sgd, num_steps=50, ramp=ramp)
     assert len(traces) == 1
 
 
@@ -236,6 +276,12 @@ def test_plot_draws_the_curve_on_a_log_axis_and_marks_the_suggestion():
 def test_invalid_arguments_raise_value_error_naming_them(kwargs, argument):
     with pytest.raises(ValueError, match=argument):
         lr_find(quadratic, jnp.ones(3), None, sgd, **kwargs)
+
+
+@pytest.mark.parametrize("ramp", ["geometric", "Linear", None])
+def test_an_unknown_ramp_is_a_value_error_naming_it_and_the_two_ramps(ramp):
+    with pytest.raises(ValueError, match=r"ramp must be one of 'exponential', 'linear', got"):
+        lr_find(quadratic, jnp.ones(3), None, sgd, ramp=ramp)
 
 
 def test_batches_with_different_leading_sizes_are_rejected():

@@ -18,7 +18,8 @@ class LRFindResult(NamedTuple):
     """What a learning-rate range test measured, one entry per step taken.
 
     Attributes:
-        learning_rates: float32, the learning rate of each step (a geometric ramp).
+        learning_rates: float32, the learning rate of each step (the test's ramp,
+            geometric or linear).
         losses: float32, the loss of each step's batch at the parameters the step
             started from (so ``losses[t]`` shows the effect of the rates before t).
         smoothed_losses: float32, the bias-corrected exponential moving average of
@@ -47,6 +48,8 @@ class LRFindResult(NamedTuple):
     def plot(self, ax: Any = None, *, show_raw: bool = True) -> Any:
         """Draws the smoothed loss against the learning rate (log axis), marks the
         suggestion, and returns the matplotlib ``Axes``. Imports matplotlib only here.
+        The axis is logarithmic for a linear ramp too, where it crowds the rates to
+        its right end: ``result.plot().set_xscale("linear")`` draws Smith's view.
 
         Args:
             ax: the axes to draw on (default: a new figure's).
@@ -193,19 +196,25 @@ def lr_find(
     num_steps: int = 100,
     smoothing: float = 0.98,
     diverge_factor: float = 4.0,
+    ramp: str = "exponential",
 ) -> LRFindResult:
     """The learning-rate range test (Smith, 2017): train briefly while raising the
-    learning rate exponentially, and watch the loss.
+    learning rate exponentially (or linearly), and watch the loss.
 
     Smith's test (sec. 3.3) raises the rate *linearly* over a narrow range for a few
-    epochs and reads the bounds off the accuracy curve; the exponential ramp over many
-    decades, the smoothed loss, the divergence stop and the suggestion are fast.ai's
-    ``lr_find`` (Howard & Gugger), which is what most users know as the range test.
-    There is no linear ramp here.
+    epochs and reads the bounds off the accuracy curve (``ramp="linear"``); the
+    exponential ramp over many decades, the smoothed loss, the divergence stop and the
+    suggestion are fast.ai's ``lr_find`` (Howard & Gugger), which is what most users
+    know as the range test.
 
-    Step t (from 0) uses the rate ``lr_t = min_lr * (max_lr / min_lr)^(t / (num_steps -
-    1))``, starting from ``params`` (which are left untouched: the test trains a copy)
-    and a fresh optimizer state. It records the loss ``l_t`` of the step's batch and its
+    Step t (from 0) uses the rate::
+
+        lr_t = min_lr * (max_lr / min_lr)^(t / (num_steps - 1))     ramp="exponential"
+        lr_t = min_lr + (max_lr - min_lr) * t / (num_steps - 1)     ramp="linear"
+
+    (computed in float64, recorded and applied in float32), starting from ``params``
+    (which are left untouched: the test trains a copy) and a fresh optimizer state.
+    It records the loss ``l_t`` of the step's batch and its
     smoothed, bias-corrected value (fastai's ``AvgSmoothLoss``)::
 
         a_t = smoothing * a_{t-1} + (1 - smoothing) * l_t,   a_{-1} = 0
@@ -223,7 +232,11 @@ def lr_find(
     rate or up to ten times below the rate at the minimum. fastai's own ``valley``
     suggestion is a point about halfway along that span, and its ``steep`` the steepest
     point of the whole curve: this suggestion is neither, but the steepest point of the
-    span.
+    span. It is taken against ``log(lr)`` for a linear ramp too: the fall per relative
+    change of the rate, whichever ramp spaced the rates, and the steepest point on
+    ``plot()``'s log axis. A linear ramp's first steps are decades apart in rate where
+    ``max_lr / min_lr`` is large (the defaults: the second rate is already 0.1): give it
+    a narrow range, as Smith does (a decade or two, say ``min_lr=1e-3, max_lr=0.1``).
 
     The whole test is one compiled ``lax.while_loop``: the learning rate is injected
     into the optimizer's state (``schedule_injection`` and ``set_hyperparams``, which
@@ -250,6 +263,8 @@ def lr_find(
         smoothing: the EMA decay of the smoothed loss, in [0, 1).
         diverge_factor: stop once the smoothed loss exceeds this multiple of its
             minimum, > 1 (``inf``: only a non-finite loss stops the test).
+        ramp: ``"exponential"`` (the default: a geometric ramp, fast.ai's) or
+            ``"linear"`` (Smith's), the rates' spacing from ``min_lr`` to ``max_lr``.
 
     Returns:
         an ``LRFindResult`` (rates, raw and smoothed losses of the steps taken, the
@@ -277,6 +292,7 @@ def lr_find(
         raise ValueError(f"num_steps must be at least 2, got {num_steps!r}")
     check.unit_interval("smoothing", smoothing)
     check.in_range("diverge_factor", diverge_factor, 1.0, None, low_inclusive=False, allow_inf=True)
+    check.one_of("ramp", ramp, ("exponential", "linear"))
     if not callable(optimizer):
         raise TypeError(
             f"optimizer must be a function learning_rate -> GradientTransformation, got "
@@ -290,7 +306,12 @@ def lr_find(
     _check_reads_the_learning_rate(tx, params, min_lr, max_lr)
     get_batch, data = _batch_getter(batches)
     value_and_grad = jax.value_and_grad(loss_fn)
-    learning_rates = np.geomspace(min_lr, max_lr, num_steps).astype(np.float32)
+    if ramp == "linear":
+        fraction = np.arange(num_steps) / (num_steps - 1)
+        low, high = float(min_lr), float(max_lr)  # float64 for a float32 or JAX scalar too
+        learning_rates = (low + (high - low) * fraction).astype(np.float32)
+    else:
+        learning_rates = np.geomspace(min_lr, max_lr, num_steps).astype(np.float32)
 
     def run(params, data, learning_rates):
         # Zeros, not NaN, where no step ran (cut off below): a NaN output of this jitted
