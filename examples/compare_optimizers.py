@@ -275,8 +275,16 @@ def main(argv=None):
         metavar="NAME",
         help=f"run only these configurations: {', '.join(CONFIGS)}",
     )
-    parser.add_argument("--steps", type=int, default=400, help="training steps per run")
-    parser.add_argument("--seed", type=int, default=0, help="initial weights and batch order")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"training steps per run, a multiple of {EVAL_EVERY} (default 400; with --quick "
+        f"{2 * EVAL_EVERY})",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="initial weights and batch order (an integer >= 0)"
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -286,13 +294,24 @@ def main(argv=None):
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"{2 * EVAL_EVERY} steps, no progress bars, and (without --only) only {QUICK}",
+        help=f"no progress bars, (without --steps) {2 * EVAL_EVERY} steps and (without --only) "
+        f"only {QUICK}",
     )
     args = parser.parse_args(argv)
 
-    steps = 2 * EVAL_EVERY if args.quick else args.steps
+    # Checked here, not after minutes of training: an explicit --steps wins over --quick's.
+    steps = args.steps if args.steps is not None else 2 * EVAL_EVERY if args.quick else 400
     if steps <= 0 or steps % EVAL_EVERY:
         parser.error(f"--steps must be a positive multiple of {EVAL_EVERY}, got {steps}")
+    if args.seed < 0:
+        parser.error(f"--seed must be an integer >= 0 (NumPy's seeds), got {args.seed}")
+    repeated = sorted({name for name in args.only or [] if args.only.count(name) > 1})
+    if repeated:
+        parser.error(f"--only must name each configuration once, repeated: {' '.join(repeated)}")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"--out must be a folder that can be created, got {str(args.out)!r}: {error}")
     names = args.only or (QUICK if args.quick else list(CONFIGS))
     data = _digits.load()
     print(
@@ -304,7 +323,6 @@ def main(argv=None):
         results[name] = run(name, CONFIGS[name][2](), data, steps, args.seed, not args.quick)
     print()
     print_table(results)
-    args.out.mkdir(parents=True, exist_ok=True)
     write_csv(results, args.out / "results.csv")
     written = plot(results, args.out)
     print(f"\nwrote {args.out / 'results.csv'} and {', '.join(str(p) for p in written)}")

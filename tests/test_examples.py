@@ -1,4 +1,5 @@
-"""Every example runs in ``--quick`` mode as a user would run it, and does what it says.
+"""Every example runs in ``--quick`` mode as a user would run it, and does what it says;
+the main job also runs with its other options (``--only``, ``--steps``, ``--seed``).
 
 The examples run as subprocesses (``data_parallel.py`` must set ``XLA_FLAGS`` before
 JAX is imported), two at a time to use both cores, once per session; each test then
@@ -29,6 +30,16 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 def commands(out: Path) -> dict[str, list[str]]:
     return {
         "compare_optimizers": ["--quick", "--out", str(out / "compare")],
+        # two configurations of both families, 30 steps (an explicit --steps wins over
+        # --quick's 20), another seed; then the default seed again, with progress bars
+        "compare_optimizers seed 1": [
+            *"--quick --only sgd adamw_sgdr --steps 30 --seed 1 --out".split(),
+            str(out / "compare_seed_1"),
+        ],
+        "compare_optimizers seed 0": [
+            *"--only adamw_sgdr --steps 10 --seed 0 --out".split(),
+            str(out / "compare_seed_0"),
+        ],
         "quickstart": ["--quick"],
         "ablation": ["--quick"],
         "sgd_one_cycle": ["--quick", "--out", str(out / "one_cycle")],
@@ -43,7 +54,8 @@ def commands(out: Path) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """example name -> (output folder, CompletedProcess), all run in --quick mode."""
+    """run name -> (output folder, CompletedProcess); a run name is the example's name and
+    what sets this run apart, if anything."""
     out = tmp_path_factory.mktemp("examples")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["MPLBACKEND"] = "Agg"
@@ -51,7 +63,7 @@ def runs(tmp_path_factory):
     def run(item):
         name, arguments = item
         return name, subprocess.run(
-            [sys.executable, str(EXAMPLES / f"{name}.py"), *arguments],
+            [sys.executable, str(EXAMPLES / f"{name.split()[0]}.py"), *arguments],
             capture_output=True,
             text=True,
             env=env,
@@ -98,8 +110,97 @@ def test_compare_optimizers_trains_every_quick_run_and_writes_curves(runs):
     assert [int(r["step"]) for r in records if r["optimizer"] == "adamw_sgdr"] == [10, 20]
 
 
-def _compare_optimizers_configs():
-    """examples/compare_optimizers.py's CONFIGS, imported as the script imports itself."""
+def _compare_optimizers_curves(out):
+    """optimizer -> the rows of its curves in results.csv, as dicts of floats."""
+    with open(out / "results.csv") as f:
+        records = list(csv.DictReader(f))
+    return {
+        name: [
+            {k: float(v) for k, v in r.items() if k != "optimizer"}
+            for r in records
+            if r["optimizer"] == name
+        ]
+        for name in dict.fromkeys(r["optimizer"] for r in records)
+    }
+
+
+def test_compare_optimizers_runs_only_the_named_configurations_steps_and_seed(runs):
+    stdout = output_of(runs, "compare_optimizers seed 1")
+    out = runs[0] / "compare_seed_1"
+    assert "30 steps, seed 1," in stdout
+    lines = stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if set(line) == {"-"}) + 1
+    table = lines[first : lines.index("", first)]
+    assert [row.split()[0] for row in table] == ["sgd", "adamw_sgdr"]  # in --only's order
+    assert table[0].endswith("  sgd lr=0.1")
+    curves = _compare_optimizers_curves(out)
+    assert list(curves) == ["sgd", "adamw_sgdr"]
+    for name, rows in curves.items():
+        assert [row["step"] for row in rows] == [10, 20, 30], name
+        # it learns from ln(10) = 2.30 at chance level (10%); 28% and 23% after 30 steps here
+        losses = [row["train_loss"] for row in rows]
+        assert losses == sorted(losses, reverse=True) and losses[0] < 2.3, name
+        assert rows[-1]["test_acc"] > 0.15, name
+    for picture in ("classic.png", "highlights.png", "compare_optimizers.png"):
+        assert (out / picture).stat().st_size > 10_000
+
+    # The seed draws the initial weights and the batch order: seed 1 differs from seed 0 at
+    # every point, and seed 0 repeats whatever else runs and however many steps follow.
+    seed_0 = _compare_optimizers_curves(runs[0] / "compare")["adamw_sgdr"]
+    assert len(seed_0) == 2
+    for row_0, row_1 in zip(seed_0, curves["adamw_sgdr"], strict=False):
+        assert row_0["step"] == row_1["step"]
+        assert row_0["train_loss"] != row_1["train_loss"]
+        assert row_0["test_loss"] != row_1["test_loss"]
+    assert "10 steps, seed 0," in output_of(runs, "compare_optimizers seed 0")
+    again = _compare_optimizers_curves(runs[0] / "compare_seed_0")
+    assert again == {"adamw_sgdr": seed_0[:1]}
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--only", "adam", "bogus"], "argument --only: invalid choice: 'bogus'"),
+        (
+            ["--only", "adam", "sgd", "adam", "--steps", "10"],
+            "--only must name each configuration once, repeated: adam",
+        ),
+        (["--steps", "0"], "--steps must be a positive multiple of 10, got 0"),
+        (["--steps", "-10"], "--steps must be a positive multiple of 10, got -10"),
+        (["--steps", "15"], "--steps must be a positive multiple of 10, got 15"),
+        (["--quick", "--steps", "25"], "--steps must be a positive multiple of 10, got 25"),
+        (["--steps", "ten"], "argument --steps: invalid int value: 'ten'"),
+        (
+            ["--seed", "-1", "--steps", "10"],
+            "--seed must be an integer >= 0 (NumPy's seeds), got -1",
+        ),
+        (
+            ["--only", "sgd", "--steps", "10", "--out", "a_file"],
+            "--out must be a folder that can be created, got ",
+        ),
+        (
+            ["--only", "sgd", "--steps", "10", "--out", "a_file/run"],
+            "--out must be a folder that can be created, got ",
+        ),
+    ],
+)
+def test_compare_optimizers_rejects_a_bad_option_before_training(
+    arguments, message, tmp_path, capsys
+):
+    (tmp_path / "a_file").touch()
+    arguments = [str(tmp_path / a) if a.startswith("a_file") else a for a in arguments]
+    if "--out" not in arguments:
+        arguments += ["--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        _compare_optimizers_module().main(arguments)
+    assert exit_info.value.code == 2  # argparse's usage error, not a traceback
+    captured = capsys.readouterr()
+    assert message in captured.err
+    assert captured.out == ""  # nothing loaded, nothing trained
+
+
+def _compare_optimizers_module():
+    """examples/compare_optimizers.py, imported as the script imports itself."""
     had_digits = "_digits" in sys.modules
     path = list(sys.path)
     spec = importlib.util.spec_from_file_location(
@@ -112,7 +213,7 @@ def _compare_optimizers_configs():
         sys.path[:] = path
         if not had_digits:
             sys.modules.pop("_digits", None)
-    return module.CONFIGS
+    return module
 
 
 def _updates_of_one_weight(tx, gradient, steps):
@@ -128,7 +229,7 @@ def _updates_of_one_weight(tx, gradient, steps):
 
 
 def test_compare_optimizers_runs_the_classic_eleven_and_the_five_2017_studies():
-    configs = _compare_optimizers_configs()
+    configs = _compare_optimizers_module().CONFIGS
     by_family = {f: [n for n, c in configs.items() if c[0] == f] for f in ("classic", "highlights")}
     assert by_family["classic"] == [
         "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta",
