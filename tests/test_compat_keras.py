@@ -126,7 +126,7 @@ def test_float32_trajectory_matches_keras_within_1e5(name):
     check_case(CASES[name], "float32")
 
 
-def test_golden_cases_cover_every_keras_optimizer_and_weight_decay():
+def test_golden_cases_cover_every_keras_optimizer_weight_decay_and_schedule():
     optimizers = {case["optimizer"] for case in OPTIMIZERS["cases"]}
     assert optimizers == {
         "sgd", "rmsprop", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam"
@@ -135,6 +135,13 @@ def test_golden_cases_cover_every_keras_optimizer_and_weight_decay():
         case["optimizer"] for case in OPTIMIZERS["cases"] if case["kwargs"].get("weight_decay")
     }
     assert decayed >= optimizers - {"adamw"}
+    # a learning-rate schedule on every optimizer, with weight decay (which reads it too)
+    scheduled = {
+        case["optimizer"]
+        for case in OPTIMIZERS["cases"]
+        if case.get("schedule") and case["kwargs"].get("weight_decay")
+    }
+    assert scheduled == optimizers
     options = {key for case in OPTIMIZERS["cases"] for key in case["kwargs"]}
     assert options >= {
         "clipnorm", "clipvalue", "global_clipnorm", "loss_scale_factor",

@@ -118,6 +118,20 @@ OPTIMIZER_CASES = [
     # exclude_from_weight_decay(var_list=[the parameters at these indices])
     _case("adamw", "adamw_exclude_from_weight_decay", learning_rate=0.05, weight_decay=0.2,
           exclude_indices=[1]),
+    # a schedule on the optimizers without one above (the weight decay reads it too)
+    _case("adagrad", "adagrad_wd_schedule", learning_rate=None, initial_accumulator_value=0.2,
+          weight_decay=0.05,
+          schedule=_sched("cosine_decay", initial_learning_rate=0.05, decay_steps=150,
+                          alpha=0.1, warmup_target=0.3, warmup_steps=30)),
+    _case("adadelta", "adadelta_wd_schedule", learning_rate=None, rho=0.9, weight_decay=0.02,
+          schedule=_sched("piecewise_constant_decay", boundaries=[30, 100],
+                          values=[2.0, 1.0, 0.25])),
+    _case("adamax", "adamax_wd_schedule", learning_rate=None, weight_decay=0.05,
+          schedule=_sched("exponential_decay", initial_learning_rate=0.05, decay_steps=25,
+                          decay_rate=0.5, staircase=True)),
+    _case("nadam", "nadam_wd_schedule", learning_rate=None, beta_1=0.95, weight_decay=0.03,
+          schedule=_sched("cosine_decay_restarts", initial_learning_rate=0.03,
+                          first_decay_steps=40, t_mul=1.5, m_mul=0.8, alpha=0.05)),
 ]  # fmt: skip
 
 SCHEDULE_CASES = [
