@@ -277,6 +277,46 @@ def hyperparameter(value: Any, dtype: Any) -> Any:
     return jnp.asarray(value).astype(real_dtype(dtype))
 
 
+@jax.custom_jvp
+def _barrier(x: jax.Array) -> jax.Array:
+    return jax.lax.optimization_barrier(x)
+
+
+# the barrier's derivative, which JAX before 0.5 does not define: the identity
+_barrier.defjvp(lambda primals, tangents: (_barrier(primals[0]), tangents[0]))
+
+
+@functools.cache
+def _barrier_batches() -> bool:
+    """Whether ``vmap`` takes an optimization barrier (JAX 0.4.36 has no batching rule)."""
+    try:
+        jax.eval_shape(
+            jax.vmap(jax.lax.optimization_barrier), jax.ShapeDtypeStruct((1,), np.float32)
+        )
+    except NotImplementedError:
+        return False
+    return True
+
+
+def unshared(value: Any, dtype: Any) -> jax.Array:
+    """``value`` as a 0-d array of ``dtype`` that XLA cannot prove equal to ``value``.
+
+    XLA:CPU has no multi-output loop fusion, and it does not repeat an expensive
+    operation (a square root, a division) in two loops: where two outputs of a step need
+    the same expensive intermediate, it writes that intermediate to a buffer of its own,
+    the size of the parameters, and reads it back. Computing it a second time from
+    ``unshared(eps, dtype)`` instead of ``eps`` keeps XLA from merging the two
+    computations: each output's loop computes its own copy, the same numbers bitwise,
+    and the step holds no temporary for it. An optimization barrier of one scalar
+    (differentiable; under ``vmap`` on JAX releases whose barrier batches, the plain
+    value on older ones).
+    """
+    value = jnp.asarray(value).astype(dtype)
+    if not _barrier_batches():
+        return value
+    return _barrier(value)
+
+
 def factor(value: Any, dtype: Any) -> Any:
     """A real hyperparameter ready to multiply values of ``dtype``: as
     ``hyperparameter``, but an array is cast to ``dtype`` itself, complex for complex

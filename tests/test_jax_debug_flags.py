@@ -37,16 +37,6 @@ FACTORIES = {
 divide by a norm (zero for zero gradients) or quantize blocks (all zero at first)."""
 
 
-CLIP_ZERO_NORM = pytest.mark.xfail(
-    strict=True,
-    raises=FloatingPointError,
-    reason="clip_by_global_norm computes 0 / 0 for zero updates, then discards it (as "
-    "Optax does); dividing by a select instead moved 22% of the clipped values by an ulp "
-    "in the jitted step (XLA multiplies by its reciprocal), off Optax's and NumPy's",
-)
-"""Known: op by op, ``debug_nans`` reports the discarded 0 / 0 of a zero-norm clip."""
-
-
 REDUNDANT_OP_BY_OP = {
     *("adamw", "nadamw", "sgd_nesterov", "masked_zero", "flatten_offsets"),
     *("masked", "freeze", "partition", "multi_steps_schedule", "average_params"),
@@ -64,11 +54,7 @@ scan of offsets, blocks, a clip's global norm): jitted, the flags check each out
 
 
 def _op_by_op_cases(names):
-    return [
-        pytest.param(name, marks=CLIP_ZERO_NORM) if name == "clip_by_global_norm" else name
-        for name in names
-        if name not in REDUNDANT_OP_BY_OP
-    ]
+    return [name for name in names if name not in REDUNDANT_OP_BY_OP]
 
 
 def _params():

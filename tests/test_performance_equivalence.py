@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
+import optax
 import pytest
 
 import gradtx as gtx
@@ -34,6 +35,7 @@ from gradtx.compat import keras as keras_compat
 from gradtx.compat import torch as torch_compat
 from tests import zoo
 from tests.compilations import (
+    compiled_step,
     count_compilations,
     count_dispatches,
     count_eager_operations,
@@ -944,3 +946,79 @@ def test_count_dispatches_leaves_the_functions_it_counted_on_jax_fast_path():
         add_one(x)
         add_one(x)
     assert python_path.call_count == 0
+
+
+def _optax_twin(name: str):
+    if name in zoo.VARIANTS:
+        return optax.sgd(0.1, momentum=0.9, nesterov=name == "sgd_nesterov")
+    return getattr(optax, name)(0.1)
+
+
+# The zoo's optimizers that Optax has, and the most common chain, beside Optax's
+_TWINS = {
+    **{
+        name: (functools.partial(zoo.make, name, 0.1), functools.partial(_optax_twin, name))
+        for name in zoo.ALL
+        if name in zoo.VARIANTS or hasattr(optax, name)
+    },
+    "clip_by_global_norm, adamw": (
+        lambda: gtx.chain(gtx.clip_by_global_norm(1.0), gtx.adamw(0.1)),
+        lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(0.1)),
+    ),
+}
+
+
+def _temporaries(tx, lib, params, grads) -> int:
+    """The parameter-sized temporaries XLA's buffer assignment gives a donated jitted
+    step (its memory analysis; scalars and small buffers round away)."""
+    stats = compiled_step(tx, lib.apply_updates, params, grads).memory_analysis()
+    return round(stats.temp_size_in_bytes / sum(x.nbytes for x in jax.tree.leaves(params)))
+
+
+@pytest.mark.parametrize("name", sorted(_TWINS))
+def test_a_donated_step_holds_no_more_temporaries_than_optaxs(name):
+    """Temporaries are a step's memory above params + grads + state (issue 7: at most
+    1.05x) and its time (fresh pages every step). XLA:CPU writes an expensive
+    intermediate that two loops read to a buffer of its own: Adadelta held two
+    parameter-sized buffers, its square roots, as Optax's does (one now, the copy of
+    E[dx^2] that XLA makes to update it in place); clip_by_global_norm before AdamW
+    held the clipped updates, u / n * c, as Optax's does (none now: a product with one
+    scalar factor, which XLA repeats in each loop)."""
+    params = {"w": jnp.ones((256, 256))}
+    grads = {"w": jnp.full((256, 256), 0.5)}
+    ours, theirs = _TWINS[name]
+    counts = _temporaries(ours(), gtx, params, grads), _temporaries(theirs(), optax, params, grads)
+    assert counts[0] <= counts[1], counts
+    if name == "adadelta":
+        assert counts == (1, 2)
+    if name.startswith("clip_by_global_norm"):
+        assert counts == (0, 1)
+
+
+def test_adadelta_computes_its_square_roots_twice_to_the_same_bits(rng, monkeypatch):
+    """The second u that E[dx^2] squares (from ``numerics.unshared(eps)``) is the first u
+    bit for bit, jitted and eager: the numbers of computing u once, which XLA then
+    shares through a temporary."""
+    params = {"w": jnp.asarray(rng.normal(size=(64, 64)), jnp.float32)}
+    grads_seq = _grads(rng, params, steps=4)
+
+    def trajectory(tx, run):
+        state, steps = tx.init(params), []
+        for grads in grads_seq:
+            updates, state = run(tx.update)(grads, state)
+            steps.append((updates, state))
+        return steps
+
+    def runs(tx):  # jitted; eager, op by op then in kernels compiled afresh
+        monkeypatch.setattr(tree, "_EAGER", tree._EagerKernels())
+        return [trajectory(tx, run) for run in (jax.jit, lambda f: f)]
+
+    tx = gtx.adadelta(0.5, rho=0.9, eps=1e-6)
+    twice = runs(tx)
+    with monkeypatch.context() as patch:
+        patch.setattr(gtx.numerics, "unshared", lambda value, dtype: jnp.asarray(value, dtype))
+        once = runs(tx)
+        shared = _temporaries(tx, gtx, params, grads_seq[0])
+    for ours, plain in zip(twice, once, strict=True):
+        jax.tree.map(np.testing.assert_array_equal, ours, plain)
+    assert (shared, _temporaries(tx, gtx, params, grads_seq[0])) == (2, 1)

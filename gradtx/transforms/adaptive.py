@@ -758,9 +758,16 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransforma
             epsilon = numerics.hyperparameter(eps, real)
             g_ = g.astype(dtype)
             e_g_new = decay * e_g.astype(real) + (1 - decay) * numerics.abs_sq(g_)
-            scaling = jnp.sqrt(e_x.astype(real) + epsilon) / jnp.sqrt(e_g_new + epsilon)
-            u = scaling.astype(dtype) * g_
-            e_x_new = decay * e_x.astype(real) + (1 - decay) * numerics.abs_sq(u)
+
+            def scaled(epsilon):
+                scaling = jnp.sqrt(e_x.astype(real) + epsilon) / jnp.sqrt(e_g_new + epsilon)
+                return scaling.astype(dtype) * g_
+
+            u = scaled(epsilon)
+            # u again for E[dx^2], from an eps XLA cannot merge with the first: each
+            # output computes its square roots, none is a buffer of its own
+            again = scaled(numerics.unshared(epsilon, real))
+            e_x_new = decay * e_x.astype(real) + (1 - decay) * numerics.abs_sq(again)
             return u.astype(g.dtype), e_g_new.astype(e_g.dtype), e_x_new.astype(e_x.dtype)
 
         updates, e_g, e_x = tree.map_unzip(leaf, updates, state.e_g, state.e_x, outputs=3)

@@ -53,13 +53,18 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     ::
 
         n = sqrt(sum over leaves of sum |u|^2)     (accumulated in float32)
-        u <- u                       if n < max_norm
-        u <- u / n * max_norm        otherwise
+        u <- u                       if n <= max_norm
+        u <- u * (1 / (n / max_norm)) otherwise
 
-    that is ``u <- u * min(1, max_norm / n)`` with no eps, computed as Optax does
-    (``u / n * max_norm``, in at least float32, cast back to the leaf dtype); the norm
-    is summed in the leaves' order and in float64 for float64 leaves.
-    Same as ``optax.clip_by_global_norm``. PyTorch's ``clip_grad_norm_`` scales by
+    that is ``u <- u * min(1, max_norm / n)`` with no eps, computed as one scalar
+    factor ``1 / max(1, n / max_norm)`` (exactly 1 at or below the bound; the products
+    in at least float32, cast back to the leaf dtype); the norm is summed in the leaves'
+    order and in float64 for float64 leaves. The map of ``optax.clip_by_global_norm``,
+    which computes ``u / n * max_norm``: a clipped update is within an ulp of Optax's,
+    and the step holds no parameter-sized temporary for it (XLA repeats a product with
+    a scalar in each loop that reads the clipped updates, not a division: Optax's
+    ``chain(clip_by_global_norm, adamw)`` holds one, docs/performance.md). Zero updates
+    give zero updates without a 0 / 0. PyTorch's ``clip_grad_norm_`` scales by
     ``min(1, max_norm / (n + 1e-6))``, ``1e-6 / n`` relative apart whenever it clips:
     ``gradtx.compat.torch.clip_grad_norm`` reproduces it.
     The norm couples the leaves: a NaN in any of them makes every update NaN, and an
@@ -84,12 +89,16 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     def update(updates, state, params=None, **extra):
         del params, extra
         norm = tree.global_norm(updates)
+        # One scalar factor, 1 exactly at or below the bound (n / c <= 1) and 1 / inf = 0
+        # for an infinite norm, NaN for a NaN one; no 0 / 0 for zero updates. A product
+        # with a scalar is cheap enough for XLA to repeat in each loop that reads the
+        # clipped updates (Optax's u / n * c is a division: a buffer of its own)
+        ratio = norm / numerics.hyperparameter(max_norm, norm.dtype)
+        scale = 1 / jnp.maximum(ratio, 1)
 
         def leaf(u):
             dtype = numerics.compute_dtype(u.dtype)
-            scaled = u.astype(dtype) / norm.astype(dtype) * numerics.factor(max_norm, dtype)
-            below = norm < numerics.hyperparameter(max_norm, norm.dtype)
-            return jnp.where(below, u, scaled.astype(u.dtype))
+            return (u.astype(dtype) * numerics.factor(scale, dtype)).astype(u.dtype)
 
         (clipped,) = tree.map_unzip(leaf, updates, outputs=1)
         return clipped, state
