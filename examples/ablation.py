@@ -11,6 +11,8 @@ and the table shows what the one change did. Because the blocks are named, the s
 every variant reads the same way (``state["precondition"]``), whatever sits there::
 
     python examples/ablation.py [--steps 300] [--seed 0] [--quick]
+
+``--quick`` (for the tests) trains 20 steps unless ``--steps`` says otherwise.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 import gradtx as gtx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cli  # noqa: E402  (the examples' shared option checks)
 import _digits  # noqa: E402  (the examples' shared data set and model)
 
 BATCH_SIZE = 64
@@ -92,14 +95,22 @@ def train(tx, params, images, labels):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="20 steps")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="training steps (default 300; with --quick 20)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="initial weights and batch order (an integer >= 0)"
+    )
+    parser.add_argument("--quick", action="store_true", help="20 steps, unless --steps is given")
     args = parser.parse_args(argv)
-    steps = 20 if args.quick else args.steps
+    _cli.apply_quick_defaults(args, steps=(300, 20))
+    steps = args.steps
+    _cli.require(parser, steps > 0, "--steps", steps, "a positive integer")
+    _cli.require(parser, args.seed >= 0, "--seed", args.seed, "an integer >= 0 (NumPy's seeds)")
 
     (x_train, y_train), (x_test, y_test) = _digits.load()
     order = _digits.batch_indices(len(x_train), BATCH_SIZE, steps, args.seed)
+    print(f"{steps} steps of {BATCH_SIZE} images, seed {args.seed}")
     images, labels = x_train[order], y_train[order]
     print(f"{'variant':<18} {'what changed':<34} {'train loss':>10} {'test acc':>8}  chain")
     for name, (change, blocks) in VARIANTS.items():

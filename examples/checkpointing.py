@@ -7,7 +7,12 @@ no computation), then restore into it. The run below trains, checkpoints every
 ``--every`` steps, "crashes", restores the latest checkpoint into a fresh optimizer and
 finishes; the final parameters equal those of an uninterrupted run bit for bit::
 
-    python examples/checkpointing.py [--steps 200] [--every 50] [--out DIR] [--quick]
+    python examples/checkpointing.py [--steps 200] [--every 50] [--crash-at N] [--out DIR] [--quick]
+
+``--quick`` (for the tests) trains 20 steps with a checkpoint every 5, unless ``--steps``
+or ``--every`` say otherwise. The crash must come after a checkpoint (``--every`` <=
+``--crash-at`` <= ``--steps``), and ``--out`` must not hold the checkpoints of an earlier
+run: the restore would resume from them.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import orbax.checkpoint as ocp
 import gradtx as gtx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cli  # noqa: E402  (the examples' shared option checks)
 import _digits  # noqa: E402  (the examples' shared data set and model)
 
 
@@ -52,15 +58,59 @@ def train(step, params, opt_state, batches, start, stop, manager=None, every=0):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--every", type=int, default=50, help="checkpoint interval (steps)")
-    parser.add_argument("--crash-at", type=int, default=None, help="default: 3/4 of --steps")
-    parser.add_argument("--out", type=Path, default=None, help="default: a temporary folder")
-    parser.add_argument("--quick", action="store_true", help="20 steps, a checkpoint every 5")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="training steps (default 200; with --quick 20)"
+    )
+    parser.add_argument(
+        "--every",
+        type=int,
+        default=None,
+        help="checkpoint interval in steps (default 50; with --quick 5)",
+    )
+    parser.add_argument(
+        "--crash-at",
+        type=int,
+        default=None,
+        help="the step the first run stops at, from --every to --steps (default 3/4 of --steps)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="a folder without checkpoints of an earlier run (default: a temporary folder)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="20 steps and a checkpoint every 5, unless --steps or --every is given",
+    )
     args = parser.parse_args(argv)
-    steps, every = (20, 5) if args.quick else (args.steps, args.every)
-    crash_at = args.crash_at or steps * 3 // 4
-    out = args.out or Path(tempfile.mkdtemp(prefix="gradtx_checkpoints_"))
+    _cli.apply_quick_defaults(args, steps=(200, 20), every=(50, 5))
+    steps, every = args.steps, args.every
+    _cli.require(parser, steps > 0, "--steps", steps, "a positive integer")
+    _cli.require(parser, every > 0, "--every", every, "a positive integer")
+    if args.crash_at is None:
+        crash_at = steps * 3 // 4
+        # the default crash step must also come after a checkpoint
+        expected = f"at most --crash-at's default, 3/4 of --steps ({crash_at})"
+        _cli.require(parser, every <= crash_at, "--every", every, expected)
+    else:
+        crash_at = args.crash_at
+        expected = f"from --every ({every}) to --steps ({steps}), after a checkpoint"
+        _cli.require(parser, every <= crash_at <= steps, "--crash-at", crash_at, expected)
+    if args.out is None:
+        out = Path(tempfile.mkdtemp(prefix="gradtx_checkpoints_"))
+    else:
+        out = args.out
+        _cli.make_folder(parser, out)
+        earlier = out / "run"
+        _cli.require(
+            parser,
+            not earlier.exists() or earlier.is_dir() and not any(earlier.iterdir()),
+            "--out",
+            repr(str(out)),
+            f"a folder without an earlier run's checkpoints ({earlier} is not an empty folder)",
+        )
 
     (x_train, y_train), _ = _digits.load()
     order = _digits.batch_indices(len(x_train), 64, steps, seed=0)

@@ -38,6 +38,7 @@ from tqdm import tqdm
 import gradtx as gtx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cli  # noqa: E402  (the examples' shared option checks)
 import _digits  # noqa: E402  (the examples' shared data set and model)
 
 BATCH_SIZE = 64
@@ -300,18 +301,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     # Checked here, not after minutes of training: an explicit --steps wins over --quick's.
-    steps = args.steps if args.steps is not None else 2 * EVAL_EVERY if args.quick else 400
-    if steps <= 0 or steps % EVAL_EVERY:
-        parser.error(f"--steps must be a positive multiple of {EVAL_EVERY}, got {steps}")
-    if args.seed < 0:
-        parser.error(f"--seed must be an integer >= 0 (NumPy's seeds), got {args.seed}")
+    _cli.apply_quick_defaults(args, steps=(400, 2 * EVAL_EVERY))
+    steps = args.steps
+    multiple = steps > 0 and steps % EVAL_EVERY == 0
+    _cli.require(parser, multiple, "--steps", steps, f"a positive multiple of {EVAL_EVERY}")
+    _cli.require(parser, args.seed >= 0, "--seed", args.seed, "an integer >= 0 (NumPy's seeds)")
     repeated = sorted({name for name in args.only or [] if args.only.count(name) > 1})
     if repeated:
         parser.error(f"--only must name each configuration once, repeated: {' '.join(repeated)}")
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        parser.error(f"--out must be a folder that can be created, got {str(args.out)!r}: {error}")
+    _cli.make_folder(parser, args.out)
     names = args.only or (QUICK if args.quick else list(CONFIGS))
     data = _digits.load()
     print(

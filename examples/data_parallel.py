@@ -16,6 +16,8 @@ run before JAX is imported). Two ways to run the same training:
 Both reach the same parameters as a single-device run (to float32 rounding)::
 
     python examples/data_parallel.py [--steps 100] [--quick]
+
+``--quick`` (for the tests) trains 10 steps unless ``--steps`` says otherwise.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 import gradtx as gtx  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cli  # noqa: E402  (the examples' shared option checks)
 import _digits  # noqa: E402  (the examples' shared data set and model)
 
 
@@ -88,10 +91,14 @@ def make_shard_map_step(tx, mesh):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--quick", action="store_true", help="10 steps")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="training steps (default 100; with --quick 10)"
+    )
+    parser.add_argument("--quick", action="store_true", help="10 steps, unless --steps is given")
     args = parser.parse_args(argv)
-    steps = 10 if args.quick else args.steps
+    _cli.apply_quick_defaults(args, steps=(100, 10))
+    steps = args.steps
+    _cli.require(parser, steps > 0, "--steps", steps, "a positive integer")
 
     devices = jax.devices()
     n = len(devices)

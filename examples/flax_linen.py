@@ -7,6 +7,8 @@ Here the kernels get AdamW with weight decay and the biases Adam without, throug
 decays on a cosine::
 
     python examples/flax_linen.py [--steps 300] [--quick]
+
+``--quick`` (for the tests) trains 30 steps unless ``--steps`` says otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from flax.training import train_state
 import gradtx as gtx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cli  # noqa: E402  (the examples' shared option checks)
 import _digits  # noqa: E402  (the examples' shared data set and model)
 
 
@@ -36,10 +39,14 @@ def make_optimizer(steps: int) -> gtx.GradientTransformation:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--quick", action="store_true", help="30 steps")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="training steps (default 300; with --quick 30)"
+    )
+    parser.add_argument("--quick", action="store_true", help="30 steps, unless --steps is given")
     args = parser.parse_args(argv)
-    steps = 30 if args.quick else args.steps
+    _cli.apply_quick_defaults(args, steps=(300, 30))
+    steps = args.steps
+    _cli.require(parser, steps > 0, "--steps", steps, "a positive integer")
 
     (x_train, y_train), (x_test, y_test) = _digits.load()
     state = train_state.TrainState.create(
@@ -61,7 +68,7 @@ def main(argv=None):
     order = _digits.batch_indices(len(x_train), 64, steps, seed=0)
     for t, indices in enumerate(order):
         state, loss = train_step(state, x_train[indices], y_train[indices])
-        if (t + 1) % (steps // 3) == 0:
+        if (t + 1) % max(steps // 3, 1) == 0:
             lr = gtx.get_hyperparams(state.opt_state, path="['decay']")["learning_rate"]
             print(f"step {t + 1:4d}  loss {float(loss):.4f}  learning rate {float(lr):.2e}")
     test_loss, test_acc = _digits.evaluate(state.params, x_test, y_test)

@@ -6,6 +6,8 @@ optimizer here is a chain: gradient clipping, then SGD with Nesterov momentum an
 1cycle learning rate::
 
     python examples/flax_nnx.py [--steps 300] [--quick]
+
+``--quick`` (for the tests) trains 30 steps unless ``--steps`` says otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from flax import nnx
 import gradtx as gtx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cli  # noqa: E402  (the examples' shared option checks)
 import _digits  # noqa: E402  (the examples' shared data set)
 
 
@@ -58,10 +61,15 @@ def accuracy(model, images, labels):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--quick", action="store_true", help="30 steps")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="training steps (default 300; with --quick 30)"
+    )
+    parser.add_argument("--quick", action="store_true", help="30 steps, unless --steps is given")
     args = parser.parse_args(argv)
-    steps = 30 if args.quick else args.steps
+    _cli.apply_quick_defaults(args, steps=(300, 30))
+    steps = args.steps
+    # one_cycle's warm-up and annealing phases need a step each
+    _cli.require(parser, steps >= 4, "--steps", steps, "an integer >= 4")
 
     (x_train, y_train), (x_test, y_test) = _digits.load()
     # The "rbg" generator: its initializers compile much faster than threefry's on CPU.
@@ -75,7 +83,7 @@ def main(argv=None):
     order = _digits.batch_indices(len(x_train), 64, steps, seed=0)
     for t, indices in enumerate(order):
         loss = train_step(model, optimizer, x_train[indices], y_train[indices])
-        if (t + 1) % (steps // 3) == 0:
+        if (t + 1) % max(steps // 3, 1) == 0:
             print(f"step {t + 1:4d}  loss {float(loss):.4f}")
     print(f"test accuracy {float(accuracy(model, x_test, y_test)):.3f}")
 

@@ -6,12 +6,16 @@
 fastest (Smith, 2017). The example then trains a fresh network at each suggestion and
 at ten times it, prints the test accuracies, and plots the range tests into ``--out``::
 
-    python examples/lr_finder.py [--steps 300] [--out out/lr_finder] [--quick]
+    python examples/lr_finder.py [--steps 300] [--seed 0] [--out out/lr_finder] [--quick]
+
+``--quick`` (for the tests) runs a 40-step range test instead of 100, a low-resolution
+plot, and 20 training steps unless ``--steps`` says otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import jax
@@ -22,6 +26,9 @@ from sklearn.model_selection import train_test_split
 
 import gradtx as gtx
 from gradtx.training import lr_find
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cli  # noqa: E402  (the examples' shared option checks)
 
 BATCH_SIZE = 64
 HIDDEN = 64
@@ -89,12 +96,29 @@ OPTIMIZERS = {
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=300, help="training steps after the test")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("out/lr_finder"))
-    parser.add_argument("--quick", action="store_true", help="a 40-step test, 20 training steps")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps after the test (default 300; with --quick 20)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="data split, weights and batches (0 to 2**32 - 1)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("out/lr_finder"), help="for the PNG")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a 40-step range test and (unless --steps is given) 20 training steps",
+    )
     args = parser.parse_args(argv)
-    test_steps, train_steps = (40, 20) if args.quick else (100, args.steps)
+    _cli.apply_quick_defaults(args, steps=(300, 20))
+    test_steps, train_steps = (40 if args.quick else 100), args.steps
+    _cli.require(parser, train_steps > 0, "--steps", train_steps, "a positive integer")
+    seed_ok = 0 <= args.seed <= 2**32 - 1
+    expected = "an integer from 0 to 2**32 - 1 (scikit-learn's random_state)"
+    _cli.require(parser, seed_ok, "--seed", args.seed, expected)
+    _cli.make_folder(parser, args.out)
 
     x_train, x_test, y_train, y_test = load_data(args.seed)
     params = init_params(args.seed)
@@ -130,7 +154,6 @@ def main(argv=None) -> None:
         result.plot(ax)
         ax.set_title(f"range test: {name}")
     fig.tight_layout()
-    args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "lr_finder.png"
     fig.savefig(path, dpi=60 if args.quick else 110)
     plt.close(fig)

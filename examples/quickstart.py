@@ -2,12 +2,15 @@
 
 Fits a linear model ``y = x @ w + b`` to noisy data with AdamW built as a chain:
 clip the gradient norm, Adam's preconditioner, decoupled weight decay and a constant
-learning rate. Run it: ``python examples/quickstart.py``.
+learning rate. Run it: ``python examples/quickstart.py [--steps 500] [--quick]``
+(``--quick``, for the tests: 100 steps unless ``--steps`` says otherwise).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,13 +18,20 @@ import numpy as np
 
 import gradtx as gtx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cli  # noqa: E402  (the examples' shared option checks)
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--quick", action="store_true", help="100 steps")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="training steps (default 500; with --quick 100)"
+    )
+    parser.add_argument("--quick", action="store_true", help="100 steps, unless --steps is given")
     args = parser.parse_args(argv)
-    steps = 100 if args.quick else args.steps
+    _cli.apply_quick_defaults(args, steps=(500, 100))
+    steps = args.steps
+    _cli.require(parser, steps > 0, "--steps", steps, "a positive integer")
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(256, 3)).astype(np.float32)
@@ -49,7 +59,7 @@ def main(argv=None):
 
     for t in range(steps):
         params, state, loss = step(params, state, x, y)
-        if t % (steps // 5) == 0 or t == steps - 1:
+        if t % max(steps // 5, 1) == 0 or t == steps - 1:
             print(f"step {t:4d}  loss {float(loss):.6f}")
     # --- end of the quickstart ---
 

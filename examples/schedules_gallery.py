@@ -4,11 +4,15 @@ Each panel is a schedule evaluated at every step with one call on ``jnp.arange``
 (a schedule is a pure function ``step -> value`` and accepts arrays of steps)::
 
     python examples/schedules_gallery.py [--steps 300] [--out out/schedules_gallery] [--quick]
+
+``--quick`` (for the tests) draws 60 steps unless ``--steps`` says otherwise, at a low
+resolution.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -18,6 +22,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 
 from gradtx import Schedule, schedules  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cli  # noqa: E402  (the examples' shared option checks)
 
 
 def gallery(steps: int) -> dict[str, Schedule]:
@@ -84,15 +91,23 @@ def draw(steps: int, out: Path, dpi: int) -> Path:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=300, help="steps drawn per schedule")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="steps drawn per schedule, at least 20 (default 300; with --quick 60)",
+    )
     parser.add_argument("--out", type=Path, default=Path("out/schedules_gallery"))
-    parser.add_argument("--quick", action="store_true", help="60 steps, low resolution")
+    parser.add_argument(
+        "--quick", action="store_true", help="low resolution, 60 steps unless --steps is given"
+    )
     args = parser.parse_args(argv)
-    steps = 60 if args.quick else args.steps
-    if steps < 20:
-        parser.error(f"--steps must be at least 20, got {steps}")
+    _cli.apply_quick_defaults(args, steps=(300, 60))
+    steps = args.steps
+    _cli.require(parser, steps >= 20, "--steps", steps, "an integer >= 20")
+    _cli.make_folder(parser, args.out)
     path = draw(steps, args.out, dpi=50 if args.quick else 110)
-    print(f"wrote {path}")
+    print(f"wrote {path} ({steps} steps per schedule)")
 
 
 if __name__ == "__main__":

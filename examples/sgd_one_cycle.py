@@ -8,7 +8,10 @@
    anneal far below the start.
 3. The range test and the training/test accuracy are plotted into ``--out``::
 
-    python examples/sgd_one_cycle.py [--steps 300] [--out out/sgd_one_cycle] [--quick]
+    python examples/sgd_one_cycle.py [--steps 300] [--seed 0] [--out out/sgd_one_cycle] [--quick]
+
+``--quick`` (for the tests) runs a 40-step range test instead of 100 and trains 30 steps
+unless ``--steps`` says otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import gradtx as gtx
 from gradtx.training import lr_find
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cli  # noqa: E402  (the examples' shared option checks)
 import _digits  # noqa: E402  (the examples' shared data set and model)
 
 BATCH_SIZE = 64
@@ -51,14 +55,28 @@ def make_train_chunk(tx):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=300, help="a multiple of 10")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("out/sgd_one_cycle"))
-    parser.add_argument("--quick", action="store_true", help="a short range test, 30 steps")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"training steps, a multiple of {EVAL_EVERY} (default 300; with --quick 30)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="initial weights and batch order (an integer >= 0)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("out/sgd_one_cycle"), help="for the PNG")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a 40-step range test and (unless --steps is given) 30 training steps",
+    )
     args = parser.parse_args(argv)
-    steps = 3 * EVAL_EVERY if args.quick else args.steps
-    if steps <= 0 or steps % EVAL_EVERY:
-        parser.error(f"--steps must be a positive multiple of {EVAL_EVERY}, got {steps}")
+    _cli.apply_quick_defaults(args, steps=(300, 3 * EVAL_EVERY))
+    steps = args.steps
+    multiple = steps > 0 and steps % EVAL_EVERY == 0
+    _cli.require(parser, multiple, "--steps", steps, f"a positive multiple of {EVAL_EVERY}")
+    _cli.require(parser, args.seed >= 0, "--seed", args.seed, "an integer >= 0 (NumPy's seeds)")
+    _cli.make_folder(parser, args.out)
 
     (x_train, y_train), (x_test, y_test) = _digits.load()
     params = _digits.init_params(args.seed)
@@ -112,7 +130,6 @@ def main(argv=None):
     right.set_ylabel("accuracy")
     right.grid(alpha=0.3)
     right.legend()
-    args.out.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out / "sgd_one_cycle.png", dpi=100)
     print(f"wrote {args.out / 'sgd_one_cycle.png'}")
 

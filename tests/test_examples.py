@@ -1,14 +1,17 @@
 """Every example runs in ``--quick`` mode as a user would run it, and does what it says;
-the main job also runs with its other options (``--only``, ``--steps``, ``--seed``).
+the main job also runs with its other options (``--only``, ``--steps``, ``--seed``), and
+an explicit ``--steps`` (checkpointing's ``--every``) wins over ``--quick``'s everywhere.
 
 The examples run as subprocesses (``data_parallel.py`` must set ``XLA_FLAGS`` before
 JAX is imported), two at a time to use both cores, once per session; each test then
-reads the output of its example.
+reads the output of its example. Bad options are checked in this process, on each
+example's ``main``: a usage error before anything is loaded.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.util
 import os
 import re
@@ -40,15 +43,19 @@ def commands(out: Path) -> dict[str, list[str]]:
             *"--only adamw_sgdr --steps 10 --seed 0 --out".split(),
             str(out / "compare_seed_0"),
         ],
-        "quickstart": ["--quick"],
-        "ablation": ["--quick"],
-        "sgd_one_cycle": ["--quick", "--out", str(out / "one_cycle")],
-        "flax_linen": ["--quick"],
-        "flax_nnx": ["--quick"],
-        "checkpointing": ["--quick", "--out", str(out / "checkpoints")],
-        "data_parallel": ["--quick"],
-        "schedules_gallery": ["--quick", "--out", str(out / "gallery")],
-        "lr_finder": ["--quick", "--out", str(out / "lr_finder")],
+        # each with a --steps (checkpointing also an --every) other than --quick's: it wins
+        "quickstart": ["--quick", "--steps", "120"],
+        "ablation": ["--quick", "--steps", "30"],
+        "sgd_one_cycle": ["--quick", "--steps", "40", "--out", str(out / "one_cycle")],
+        "flax_linen": ["--quick", "--steps", "33"],
+        "flax_nnx": ["--quick", "--steps", "33"],
+        "checkpointing": [
+            *"--quick --steps 24 --every 6 --out".split(),
+            str(out / "checkpoints"),
+        ],
+        "data_parallel": ["--quick", "--steps", "12"],
+        "schedules_gallery": ["--quick", "--steps", "80", "--out", str(out / "gallery")],
+        "lr_finder": ["--quick", "--steps", "25", "--out", str(out / "lr_finder")],
     }
 
 
@@ -199,21 +206,29 @@ def test_compare_optimizers_rejects_a_bad_option_before_training(
     assert captured.out == ""  # nothing loaded, nothing trained
 
 
-def _compare_optimizers_module():
-    """examples/compare_optimizers.py, imported as the script imports itself."""
-    had_digits = "_digits" in sys.modules
-    path = list(sys.path)
-    spec = importlib.util.spec_from_file_location(
-        "compare_optimizers", EXAMPLES / "compare_optimizers.py"
-    )
+@functools.cache
+def _example_module(name):
+    """examples/<name>.py, imported as the script imports itself, leaving this process's
+    sys.path, modules and XLA_FLAGS (data_parallel.py sets them at import) as they were."""
+    shared = [m for m in ("_cli", "_digits") if m not in sys.modules]
+    path, xla_flags = list(sys.path), os.environ.get("XLA_FLAGS")
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(module)  # puts examples/ on sys.path, imports _digits
+        spec.loader.exec_module(module)  # puts examples/ on sys.path, imports _cli, _digits
     finally:
         sys.path[:] = path
-        if not had_digits:
-            sys.modules.pop("_digits", None)
+        if xla_flags is None:
+            os.environ.pop("XLA_FLAGS", None)
+        else:
+            os.environ["XLA_FLAGS"] = xla_flags
+        for shared_module in shared:
+            sys.modules.pop(shared_module, None)
     return module
+
+
+def _compare_optimizers_module():
+    return _example_module("compare_optimizers")
 
 
 def _updates_of_one_weight(tx, gradient, steps):
@@ -306,7 +321,7 @@ def test_lr_finder_suggests_a_rate_for_each_optimizer_and_trains_at_it(runs):
     stdout = output_of(runs, "lr_finder")
     suggestions = [float(v) for v in re.findall(r"suggestion ([\d.e+-]+)", stdout)]
     assert len(suggestions) == 2 and all(1e-6 < s < 10.0 for s in suggestions)
-    # Adam at its suggestion learns in 20 steps (0.906 here); chance is 10%
+    # Adam at its suggestion learns in 25 steps (0.9 here); chance is 10%
     adam_at_suggestion = re.search(r"steps at lr \S+: test accuracy ([\d.]+)", stdout)
     assert float(adam_at_suggestion.group(1)) > 0.5
     assert (runs[0] / "lr_finder" / "lr_finder.png").stat().st_size > 10_000
@@ -314,9 +329,10 @@ def test_lr_finder_suggests_a_rate_for_each_optimizer_and_trains_at_it(runs):
 
 def test_checkpointing_resumes_exactly(runs):
     stdout = output_of(runs, "checkpointing")
-    assert "checkpoints at steps [10, 15]" in stdout
-    assert "restored step 15: optimizer count 15" in stdout
-    assert "resumed run equals the uninterrupted run after 20 steps: True" in stdout
+    # 24 steps, a checkpoint every 6, the crash at 3/4 of them: step 18 (two kept)
+    assert "trained 18 steps; checkpoints at steps [12, 18]" in stdout
+    assert "restored step 18: optimizer count 18" in stdout
+    assert "resumed run equals the uninterrupted run after 24 steps: True" in stdout
     assert any((runs[0] / "checkpoints" / "run").iterdir())
 
 
@@ -332,3 +348,108 @@ def test_data_parallel_runs_on_eight_devices_and_matches_one_device(runs):
     # a pmean over shard_map's already summed gradient gave 9.4e-4 here (8x the gradient)
     differences = re.search(r"jit (\S+), shard_map (\S+) ", stdout).groups()
     assert max(map(float, differences)) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "run, pattern, expected",
+    [
+        ("quickstart", r"^step +(\d+) ", ["0", "24", "48", "72", "96", "119"]),
+        ("ablation", r"^(\d+) steps of 64 images", ["30"]),
+        ("sgd_one_cycle", r"after (\d+) steps:", ["40"]),
+        ("flax_linen", r"^step +(\d+) ", ["11", "22", "33"]),
+        ("flax_nnx", r"^step +(\d+) ", ["11", "22", "33"]),
+        ("checkpointing", r"uninterrupted run after (\d+) steps", ["24"]),
+        ("data_parallel", r"global batch \d+, (\d+) steps", ["12"]),
+        ("schedules_gallery", r"\((\d+) steps per schedule\)", ["80"]),
+        ("lr_finder", r"(\d+) steps at lr", ["25"] * 4),
+    ],
+)
+def test_an_explicit_steps_wins_over_quicks_default(runs, run, pattern, expected, request):
+    """Every quick run above has a --steps of its own (checkpointing's --every is checked
+    by its checkpoint steps): --quick alone gave 100, 20, 30, 30, 30, 20, 10, 60, 20."""
+    if run == "flax_nnx":
+        request.getfixturevalue("nnx_0_11")
+    if run == "data_parallel" and not hasattr(jax, "set_mesh"):
+        pytest.skip("examples/data_parallel.py needs jax.set_mesh (JAX >= 0.7.1)")
+    assert re.findall(pattern, output_of(runs, run), re.MULTILINE) == expected
+
+
+POSITIVE = "must be a positive integer, got"
+
+
+@pytest.mark.parametrize(
+    "example, arguments, message",
+    [
+        ("quickstart", ["--quick", "--steps", "0"], f"--steps {POSITIVE} 0"),
+        ("ablation", ["--quick", "--steps", "-5"], f"--steps {POSITIVE} -5"),
+        (
+            "ablation",
+            ["--steps", "5", "--seed", "-1"],
+            "--seed must be an integer >= 0 (NumPy's seeds), got -1",
+        ),
+        ("data_parallel", ["--quick", "--steps", "0"], f"--steps {POSITIVE} 0"),
+        ("flax_linen", ["--quick", "--steps", "0"], f"--steps {POSITIVE} 0"),
+        ("flax_nnx", ["--quick", "--steps", "3"], "--steps must be an integer >= 4, got 3"),
+        ("checkpointing", ["--quick", "--steps", "-20"], f"--steps {POSITIVE} -20"),
+        ("checkpointing", ["--quick", "--every", "0"], f"--every {POSITIVE} 0"),
+        (
+            "checkpointing",
+            ["--quick", "--steps", "20", "--every", "16"],
+            "--every must be at most --crash-at's default, 3/4 of --steps (15), got 16",
+        ),
+        (
+            "checkpointing",
+            ["--quick", "--crash-at", "21"],
+            "--crash-at must be from --every (5) to --steps (20), after a checkpoint, got 21",
+        ),
+        (
+            "checkpointing",
+            ["--quick", "--crash-at", "0"],  # 0 was taken for "not given": 3/4 of --steps
+            "--crash-at must be from --every (5) to --steps (20), after a checkpoint, got 0",
+        ),
+        (
+            "checkpointing",
+            ["--quick", "--crash-at", "4"],
+            "--crash-at must be from --every (5) to --steps (20), after a checkpoint, got 4",
+        ),
+        ("checkpointing", ["--quick", "--out", "a_file"], "--out must be a folder that can be"),
+        (
+            "checkpointing",
+            ["--quick", "--out", "earlier"],
+            "--out must be a folder without an earlier run's checkpoints",
+        ),
+        ("lr_finder", ["--quick", "--steps", "0"], f"--steps {POSITIVE} 0"),
+        (
+            "lr_finder",
+            ["--quick", "--seed", "-1"],
+            "--seed must be an integer from 0 to 2**32 - 1 (scikit-learn's random_state), got -1",
+        ),
+        ("lr_finder", ["--quick", "--seed", str(2**32)], f"got {2**32}"),
+        ("lr_finder", ["--quick", "--out", "a_file"], "--out must be a folder that can be"),
+        ("schedules_gallery", ["--quick", "--steps", "19"], "--steps must be an integer >= 20"),
+        ("schedules_gallery", ["--quick", "--out", "a_file/x"], "--out must be a folder that"),
+        (
+            "sgd_one_cycle",
+            ["--quick", "--steps", "25"],
+            "--steps must be a positive multiple of 10, got 25",
+        ),
+        (
+            "sgd_one_cycle",
+            ["--quick", "--seed", "-1"],
+            "--seed must be an integer >= 0 (NumPy's seeds), got -1",
+        ),
+        ("sgd_one_cycle", ["--quick", "--out", "a_file"], "--out must be a folder that can be"),
+    ],
+)
+def test_every_example_rejects_a_bad_option_before_loading_anything(
+    example, arguments, message, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)  # the relative paths above, and the default --out folders
+    (tmp_path / "a_file").touch()
+    (tmp_path / "earlier" / "run" / "15").mkdir(parents=True)  # an earlier run's checkpoint
+    with pytest.raises(SystemExit) as exit_info:
+        _example_module(example).main(arguments)
+    assert exit_info.value.code == 2  # argparse's usage error, not a traceback
+    captured = capsys.readouterr()
+    assert message in captured.err
+    assert captured.out == ""  # nothing loaded, nothing trained
