@@ -22,7 +22,10 @@ Tables, each measured in this one process (and one subprocess per memory row):
 4. peak memory of a step relative to params + grads + optimizer state: from the
    compiled executable's ``memory_analysis()`` (donated and not), and the peak resident
    memory of a process running donated steps;
-5. bytes of optimizer state per parameter for each low-memory option.
+5. per optimizer (the named ones, some wrappers and low-memory options) on one leaf:
+   the parameter-sized temporaries of its donated step, its peak memory and its step
+   time, beside Optax's;
+6. bytes of optimizer state per parameter for each low-memory option.
 """
 
 from __future__ import annotations
@@ -421,6 +424,84 @@ def memory_table(cases) -> None:
             )
 
 
+def every_optimizer() -> list[tuple[str, object, object]]:
+    """(name, gradtx's, Optax's or None): the named optimizers and the wrappers and
+    low-memory options whose steps hold temporaries."""
+    lr = 1e-3
+    pairs = [
+        (name, getattr(gtx, name)(lr), getattr(optax, name)(lr))
+        for name in ("sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "amsgrad")
+        + ("adamax", "adamaxw", "nadam", "nadamw", "radam", "rprop")
+    ]
+    return pairs + [
+        ("sgd, momentum 0.9", gtx.sgd(lr, 0.9), optax.sgd(lr, 0.9)),
+        ("sgd, nesterov", gtx.sgd(lr, 0.9, True), optax.sgd(lr, 0.9, True)),
+        (
+            "rmsprop, nesterov momentum",
+            gtx.rmsprop(lr, momentum=0.9, nesterov=True),
+            optax.rmsprop(lr, momentum=0.9, nesterov=True),
+        ),  # fmt: skip
+        ("noisy_sgd", gtx.noisy_sgd(lr), optax.noisy_sgd(lr, key=0)),
+        ("averaged_sgd", gtx.averaged_sgd(lr), None),
+        ("swats", gtx.swats(lr), None),
+        (
+            "clip_by_global_norm, adamw",
+            gtx.chain(gtx.clip_by_global_norm(1.0), gtx.adamw(lr)),
+            optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lr)),
+        ),  # fmt: skip
+        (
+            "apply_if_finite(adam)",
+            gtx.apply_if_finite(gtx.adam(lr), 3),
+            optax.apply_if_finite(optax.adam(lr), 3),
+        ),  # fmt: skip
+        (
+            "multi_steps(adam, 4)",
+            gtx.multi_steps(gtx.adam(lr), 4),
+            optax.MultiSteps(optax.adam(lr), 4).gradient_transformation(),
+        ),  # fmt: skip
+        ("lookahead(adam)", gtx.lookahead(gtx.adam(lr), 5, 0.5), None),
+        (
+            "adam, mu_dtype=bfloat16",
+            gtx.adam(lr, mu_dtype=jnp.bfloat16),
+            optax.adam(lr, mu_dtype=jnp.bfloat16),
+        ),  # fmt: skip
+        ("quantized_state(adam)", gtx.quantized_state(gtx.adam(lr)), None),
+    ]
+
+
+def temporaries_table(n_elements: int, steps: int) -> None:
+    """Per optimizer on one float32 leaf: the parameter-sized temporaries of its donated
+    jitted step (XLA's buffer assignment), its peak memory over params + grads + state,
+    and its step time against Optax's (the two alternating)."""
+    shapes = {"w": (n_elements // 1024, 1024)}
+    params, grads = make_tree(shapes, 0), make_tree(shapes, 1)
+    leaf_bytes = tree_bytes(params)
+    for name, ours, theirs in every_optimizer():
+        runs = [JaxRun(ours, gtx.apply_updates, params, grads)]
+        if theirs is not None:
+            runs.append(JaxRun(theirs, optax.apply_updates, params, grads))
+        for _ in range(3 + steps):
+            for run in runs:
+                run.times.append(run.run())
+        cells = []
+        for run in runs:
+            stats = run.executable.memory_analysis()
+            held = tree_bytes((params, grads, run.state))
+            peak = held + stats.temp_size_in_bytes
+            ms = 1e3 * statistics.median(run.times[3:])
+            cells.append((stats.temp_size_in_bytes / leaf_bytes, peak / held, ms))
+        (temps, peak, ms), *rest = cells
+        if rest:
+            (their_temps, their_peak, their_ms) = rest[0]
+            theirs_cells = (
+                f"{their_temps:.2f} | {their_peak:.3f} | {their_ms:.2f} | {ms / their_ms:.2f}"
+            )
+        else:
+            theirs_cells = "- | - | - | -"
+        print(f"| {name} | {temps:.2f} | {peak:.3f} | {ms:.2f} | {theirs_cells} |", flush=True)
+        del runs
+
+
 def state_table() -> None:
     params = {"w": jax.ShapeDtypeStruct((4096, 4096), jnp.float32)}
     options = {
@@ -510,6 +591,17 @@ def main(argv=None) -> None:
           "| process RSS, donated |")  # fmt: skip
     print("|---|---|---:|---:|---:|")
     memory_table([case for case in cases if not case[0].startswith("1,000")])
+
+    size = 65_536 if args.quick else 4_194_304
+    print(f"\n### Temporaries of a donated step, every optimizer (one leaf of {size:,})\n")
+    print("parameter-sized temporaries of the compiled donated step (XLA's buffer "
+          "assignment: what a step holds above params + grads + state), the peak memory "
+          "over params + grads + state, median ms per step over "
+          f"{steps} steps (gradtx and Optax alternating)\n")  # fmt: skip
+    print("| optimizer | gradtx temporaries | peak | ms | Optax temporaries | peak | ms "
+          "| gradtx / Optax ms |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    temporaries_table(size, steps)
 
     print("\n### Optimizer state, bytes per parameter (one 4096x4096 float32 leaf)\n")
     print("| option | bytes/param |")
