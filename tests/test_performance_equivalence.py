@@ -991,8 +991,13 @@ def test_a_donated_step_holds_no_more_temporaries_than_optaxs(name):
     assert counts[0] <= counts[1], counts
     if name == "adadelta":
         assert counts == (1, 2)
-    if name.startswith("clip_by_global_norm"):
+    # (jaxlib 0.5.3 and 0.6.2 write the product out too, for Optax's quotient alike)
+    if name.startswith("clip_by_global_norm") and _release(jaxlib.__version__) >= (0, 10):
         assert counts == (0, 1)
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".")[:2])
 
 
 def test_adadelta_computes_its_square_roots_twice_to_the_same_bits(rng, monkeypatch):
