@@ -887,6 +887,8 @@ def noisy_sgd(
     eta: float = 0.01,
     gamma: float = 0.55,
     seed: int = 0,
+    *,
+    key: jax.Array | int | None = None,
 ) -> GradientTransformation:
     r"""SGD on gradients with annealed Gaussian noise (Neelakantan et al., 2015).
 
@@ -894,16 +896,19 @@ def noisy_sgd(
 
         p <- p - lr * (g + n_t),   n_t ~ N(0, eta / (1 + t)^gamma)
 
-    The chain: ``add_noise(eta, gamma, seed)``, ``scale_by_learning_rate``, as
+    The chain: ``add_noise(eta, gamma, seed, key=key)``, ``scale_by_learning_rate``, as
     ``optax.noisy_sgd``. The key lives in the state and is split at every update
-    (``add_noise``), so the draws differ from Optax's, which takes a ``key``
-    argument; the distribution is the same.
+    (``add_noise``), so the draws differ from Optax's for the same key; the
+    distribution is the same.
 
     Args:
         learning_rate: a non-negative number or a schedule.
         eta: the noise variance at step 0, >= 0 (the paper tries 0.01, 0.3 and 1.0).
         gamma: the variance's decay exponent, >= 0 (the paper's 0.55).
         seed: the seed of the noise's PRNG key, an int.
+        key: the PRNG key instead of its seed, as Optax's ``key`` (keyword-only here): a
+            typed key (``jax.random.key(s)``), a raw one (``jax.random.PRNGKey(s)``) or
+            an int; each gives the noise of ``seed=s`` (``add_noise``).
 
     Example:
         >>> import jax.numpy as jnp
@@ -916,4 +921,4 @@ def noisy_sgd(
     Reference: Neelakantan, Vilnis, Le, Sutskever, Kaiser, Kurach & Martens, 2015,
     "Adding Gradient Noise Improves Learning for Very Deep Networks".
     """
-    return chain(add_noise(eta, gamma, seed), scale_by_learning_rate(learning_rate))
+    return chain(add_noise(eta, gamma, seed, key=key), scale_by_learning_rate(learning_rate))

@@ -173,8 +173,8 @@ def test_rprop_is_optax_rprop_without_its_one_step_lag(runs, request):
 
 # Names shared with Optax whose positional arguments differ on purpose (docs/optimizers.md,
 # docs/wrappers.md): lookahead keeps plain params (its inner is not `fast_optimizer`),
-# add_noise and noisy_sgd take a seed and keep the key in the state, partition calls
-# them labels.
+# add_noise and noisy_sgd take a seed third and Optax's key as key= (keyword-only) and
+# keep the key in the state, partition calls them labels.
 POSITIONAL_DIFFERENCES = {"lookahead", "add_noise", "noisy_sgd", "partition"}
 
 

@@ -262,6 +262,104 @@ def test_add_noise_validates_its_hyperparameters():
         gtx.add_noise(0.1, seed=-1)
 
 
+@pytest.mark.parametrize("seed", [0, 7])
+def test_add_noise_and_noisy_sgd_take_optaxs_key_as_an_int_a_raw_key_or_a_typed_key(seed):
+    """optax.add_noise(eta, gamma, key) and optax.noisy_sgd(lr, key=...) take a key (a
+    typed one, jax.random.key(s), or an int); gtx.noisy_sgd(0.01, key=jax.random.key(0))
+    was a TypeError. Each form gives the noise of seed=s, bitwise (the state keeps the
+    raw uint32 key, jax.random.PRNGKey(s)), over two jitted steps."""
+    keys = [seed, jax.random.PRNGKey(seed), jax.random.key(seed)]
+    noises = [gtx.add_noise(0.1, 0.55, seed)] + [gtx.add_noise(0.1, 0.55, key=k) for k in keys]
+    sgds = [gtx.noisy_sgd(0.1, 0.1, 0.55, seed)] + [gtx.noisy_sgd(0.1, 0.1, key=k) for k in keys]
+    txs = noises + sgds
+    grads = {"a": jnp.arange(3.0), "b": jnp.ones((2, 2))}
+    states = [tx.init(grads) for tx in txs]
+    for state in states[:4]:
+        assert state.rng_key.dtype == jnp.uint32
+        np.testing.assert_array_equal(state.rng_key, jax.random.PRNGKey(seed))
+
+    @jax.jit
+    def two_steps(states):
+        runs = []
+        for tx, state in zip(txs, states, strict=True):
+            first, state = tx.update(grads, state)
+            second, state = tx.update(grads, state)
+            runs.append((first, second, state))
+        return runs
+
+    runs = two_steps(states)
+    for group in (runs[:4], runs[4:]):
+        for run in group[1:]:
+            for x, y in zip(jax.tree.leaves(group[0]), jax.tree.leaves(run), strict=True):
+                assert x.dtype == y.dtype
+                np.testing.assert_array_equal(x, y)
+    # noisy_sgd is -lr (g + noise) with add_noise's noise
+    np.testing.assert_allclose(runs[4][0]["a"], -0.1 * runs[0][0]["a"], rtol=1e-6)
+    assert not np.array_equal(runs[0][0]["a"], grads["a"])
+
+
+def test_add_noise_vmapped_over_keys_gives_each_member_its_key():
+    """As over seeds: jax.vmap(lambda k: gtx.add_noise(key=k).init(p)) over split keys,
+    raw or typed, keeps each member's raw key."""
+    params = jnp.zeros(2)
+    raw = jax.random.split(jax.random.PRNGKey(0), 3)
+    for keys in (raw, jax.random.split(jax.random.key(0), 3)):
+        states = jax.vmap(lambda k: gtx.add_noise(0.1, key=k).init(params))(keys)
+        np.testing.assert_array_equal(states.rng_key, raw)
+
+
+@pytest.mark.parametrize(
+    "arguments, expected",
+    [
+        (
+            {"key": jnp.zeros(2)},
+            r"^key must be .*PRNGKey: uint32\[2\]\), got an array of shape \(2,\) and dtype float",
+        ),
+        (
+            {"key": jnp.zeros(2, jnp.int32)},
+            r"^key must be .*, got an array of shape \(2,\) and dtype int32",
+        ),
+        (
+            {"key": jnp.zeros(4, jnp.uint32)},
+            r"^key must be .*, got an array of shape \(4,\) and dtype uint32",
+        ),
+        ({"key": 1.5}, r"^key must be a non-negative integer, got 1.5 \(or a PRNG key"),
+        ({"key": -1}, r"^key must be a non-negative integer, got -1"),
+        (
+            {"key": jax.random.key(0, impl="rbg")},
+            r"^key must be a key of the default PRNG implementation \('threefry2x32'.* 'rbg' key",
+        ),
+        (
+            {"key": jax.random.split(jax.random.key(0))},
+            r"^key must be one typed key \(shape \(\)\), got shape \(2,\)",
+        ),
+        (
+            {"seed": 3, "key": 1},
+            r"^give the PRNG key as key= or its seed as seed=, not both: got seed=3 and key=1",
+        ),
+        ({"seed": jax.random.key(0)}, r"(?s)^seed must be .*; a PRNG key goes to key="),
+        ({"seed": jax.random.PRNGKey(0)}, r"^seed must be .*; a PRNG key goes to key="),
+    ],
+    ids=[
+        "float",
+        "int32",
+        "shape_4",
+        "float_number",
+        "negative",
+        "rbg",
+        "several",
+        "both",
+        "key_as_seed",
+        "raw_key_as_seed",
+    ],
+)
+def test_a_bad_key_for_add_noise_or_noisy_sgd_is_named(arguments, expected):
+    with pytest.raises(ValueError, match=expected):
+        gtx.add_noise(0.1, **arguments)
+    with pytest.raises(ValueError, match=expected):
+        gtx.noisy_sgd(0.1, **arguments)
+
+
 def test_add_l1_strength_is_scheduled_through_schedule_injection():
     tx = gtx.schedule_injection(gtx.add_l1)(strength=lambda t: 0.1 * (t + 1))
     params = jnp.array([1.0, -1.0])

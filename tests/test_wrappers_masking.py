@@ -449,3 +449,106 @@ def test_an_optax_transform_inside_masked_keeps_state_for_masked_in_leaves_only(
     for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(ref_updates), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     assert len(jax.tree.leaves(state)) == 3
+
+
+def _scale_by_grad_scale(transformation):
+    """Multiplies each update by its leaf of ``grad_scale`` (when ``grad_scale`` has the
+    updates' structure, masked leaves included) and by the number of leaves of
+    ``grad_scale`` it sees; ``offset`` (any tree) adds its first leaf. What an inner
+    transform reading per-leaf extra arguments sees of them."""
+
+    def update(updates, state, params=None, *, grad_scale, offset=0.0, **extra):
+        del params, extra
+        n = len(jax.tree.leaves(grad_scale))
+        shift = jax.tree.leaves(offset)[0]
+        if jax.tree.structure(grad_scale) == jax.tree.structure(updates):
+            return jax.tree.map(lambda u, s: u * s * n + shift, updates, grad_scale), state
+        return jax.tree.map(lambda u: u * n + shift, updates), state
+
+    return transformation(lambda params: optax.EmptyState(), update)
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_mask_compatible_extra_args_masks_extra_trees_shaped_like_the_updates_as_optax(flag):
+    """optax.masked(inner, mask, mask_compatible_extra_args=True) masks the extra keyword
+    arguments of update that have the updates' structure before inner sees them (False:
+    all unmasked); gtx.masked did not take the keyword (a TypeError). Alone, nested and
+    in a chain, against Optax; an extra tree of another structure passes unchanged."""
+    mask = {"dense": {"kernel": True, "bias": True}, "norm": False}
+    inner_mask = {"dense": {"kernel": True, "bias": False}, "norm": True}
+    grad_scale = {
+        "dense": {"kernel": jnp.full((2, 2), 2.0), "bias": jnp.array([3.0, 4.0])},
+        "norm": {"scale": jnp.array([5.0, 6.0])},
+    }
+    offset = {"a": jnp.array(0.5)}
+    ours = [
+        gtx.masked(
+            _scale_by_grad_scale(gtx.GradientTransformation),
+            mask,
+            mask_compatible_extra_args=flag,
+        ),
+        gtx.masked(
+            gtx.masked(
+                _scale_by_grad_scale(gtx.GradientTransformation),
+                inner_mask,
+                mask_compatible_extra_args=flag,
+            ),
+            mask,
+            mask_compatible_extra_args=flag,
+        ),
+        gtx.chain(
+            gtx.masked(
+                _scale_by_grad_scale(gtx.GradientTransformation),
+                mask,
+                mask_compatible_extra_args=flag,
+            ),
+            gtx.scale(-1.0),
+        ),
+    ]
+    inner = _scale_by_grad_scale(optax.GradientTransformationExtraArgs)
+    theirs = [
+        optax.masked(inner, mask, mask_compatible_extra_args=flag),
+        optax.masked(
+            optax.masked(inner, inner_mask, mask_compatible_extra_args=flag),
+            mask,
+            mask_compatible_extra_args=flag,
+        ),
+        optax.chain(optax.masked(inner, mask, mask_compatible_extra_args=flag), optax.scale(-1.0)),
+    ]
+
+    @jax.jit
+    def steps(grads, grad_scale, offset):
+        return [
+            tx.update(grads, tx.init(_params()), _params(), grad_scale=grad_scale, offset=offset)[0]
+            for tx in ours
+        ]
+
+    results = steps(_grads(), grad_scale, offset)
+    for tx, result in zip(theirs, results, strict=True):
+        expected, _ = tx.update(
+            _grads(), tx.init(_params()), _params(), grad_scale=grad_scale, offset=offset
+        )
+        for a, b in zip(jax.tree.leaves(result), jax.tree.leaves(expected), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+    # the masked-in kernel: scaled by its own leaf and the 2 leaves inner sees, or by 3
+    kernel = results[0]["dense"]["kernel"]
+    expected = _grads()["dense"]["kernel"] * (2.0 * 2 if flag else 3) + 0.5
+    np.testing.assert_allclose(kernel, expected, rtol=1e-6)
+    np.testing.assert_array_equal(results[0]["norm"]["scale"], _grads()["norm"]["scale"])
+
+
+def test_mask_compatible_extra_args_keeps_masked_leaves_zero_and_is_a_flag():
+    tx = gtx.masked(
+        _scale_by_grad_scale(gtx.GradientTransformation),
+        MASK,
+        masked_leaves="zero",
+        mask_compatible_extra_args=True,
+    )
+    grad_scale = jax.tree.map(lambda g: jnp.full_like(g, 2.0), _grads())
+    updates, _ = tx.update(_grads(), tx.init(_params()), grad_scale=grad_scale)
+    # the kernel is the one leaf inner sees, of grad_scale too: 2 * 1
+    np.testing.assert_allclose(updates["dense"]["kernel"], 2.0 * _grads()["dense"]["kernel"])
+    np.testing.assert_array_equal(updates["dense"]["bias"], jnp.zeros(2))
+    np.testing.assert_array_equal(updates["norm"]["scale"], jnp.zeros(2))
+    with pytest.raises(TypeError, match="mask_compatible_extra_args must be True or False"):
+        gtx.masked(gtx.scale(1.0), MASK, mask_compatible_extra_args="yes")

@@ -409,7 +409,45 @@ def _standard_normal(g: Any, key: jax.Array) -> jax.Array:
     return jax.random.normal(key, jnp.shape(g), numerics.compute_dtype(jnp.result_type(g)))
 
 
-def add_noise(eta: float = 0.01, gamma: float = 0.55, seed: int = 0) -> GradientTransformation:
+def _raw_key(key: Any) -> Any:
+    """``add_noise``'s ``key`` as the state keeps it: a seed (an int, or a traced 0-d
+    integer as it is) for an integer, else the raw uint32 key of the default PRNG
+    implementation (a NumPy copy of a concrete one, a traced one as it is)."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        # the state keeps the raw data, which jax.random reads as a key of the default
+        # implementation: a key of another one would silently draw another stream
+        impl = str(jax.random.key_impl(key))
+        default = str(jax.random.key_impl(jax.random.PRNGKey(0)))  # jax_default_prng_impl
+        if impl != default:
+            raise ValueError(
+                f"key must be a key of the default PRNG implementation ({default!r}, "
+                f"jax.random.key(seed)), got a {impl!r} key"
+            )
+        if key.shape != ():
+            raise ValueError(f"key must be one typed key (shape ()), got shape {key.shape}")
+        key = jax.random.key_data(key)
+    elif not isinstance(key, np.ndarray | jax.Array | jax.core.Tracer) or key.ndim == 0:
+        try:
+            check.seed("key", key)
+        except ValueError as error:
+            raise ValueError(
+                f"{error} (or a PRNG key: jax.random.key(seed), jax.random.PRNGKey(seed))"
+            ) from None
+        return key if isinstance(key, jax.core.Tracer) else int(key)
+    raw = jax.eval_shape(jax.random.PRNGKey, 0)
+    if key.shape != raw.shape or key.dtype != raw.dtype:
+        raise ValueError(
+            f"key must be a seed (a non-negative integer), a typed key (jax.random.key) or "
+            f"a raw key (jax.random.PRNGKey: {raw.dtype.name}{list(raw.shape)}), got an "
+            f"array of shape {key.shape} and dtype {key.dtype}"
+        )
+    return key if isinstance(key, jax.core.Tracer) else np.asarray(key)
+
+
+def add_noise(
+    eta: float = 0.01, gamma: float = 0.55, seed: int = 0, *, key: jax.Array | int | None = None
+) -> GradientTransformation:
     r"""Adds annealed Gaussian noise to the updates (Neelakantan et al., 2015).
 
     With t counting updates from 0::
@@ -418,7 +456,7 @@ def add_noise(eta: float = 0.01, gamma: float = 0.55, seed: int = 0) -> Gradient
 
     The paper uses eta in {0.01, 0.3, 1.0} and gamma = 0.55, with the noise added to the
     gradient (place it first in the chain). The PRNG key lives in the state, so a run is
-    reproducible from ``seed`` and resumes exactly from a checkpoint. For complex
+    reproducible from ``seed`` (or ``key``) and resumes exactly from a checkpoint. For complex
     updates the noise is complex with the same total variance. Optax's ``add_noise`` is
     the same map (its key stream differs). The noise depends only on the state (key and
     count) and the leaves' shapes: data-parallel replicas of one state (``pmap``,
@@ -437,6 +475,16 @@ def add_noise(eta: float = 0.01, gamma: float = 0.55, seed: int = 0) -> Gradient
             gtx.add_noise(seed=seed).init(params))(jnp.arange(n))``: one key per
             member, as ``jax.random.PRNGKey`` gives them); another value (a bool, a
             float, an array of another shape or dtype) is a ValueError.
+        key: the PRNG key instead of its seed (Optax's ``key``; keyword-only here): a
+            typed key (``jax.random.key(s)``) of the default implementation (threefry
+            unless ``jax_default_prng_impl`` says otherwise), a raw one
+            (``jax.random.PRNGKey(s)``, uint32 of shape [2]) or an integer, read as
+            ``seed``: all three give the noise of ``seed=s``. The state keeps the raw
+            key (``jax.random.key_data`` of a typed one). A traced key is taken too
+            (``jax.vmap(lambda k: gtx.add_noise(key=k).init(params))(
+            jax.random.split(key, n))``: a key per member). A key with a seed other
+            than 0 is a ValueError naming both, and so is another value (a float, an
+            array of another shape or dtype, a key of another implementation).
 
     State: ``AddNoiseState(count, rng_key)``.
 
@@ -457,13 +505,28 @@ def add_noise(eta: float = 0.01, gamma: float = 0.55, seed: int = 0) -> Gradient
     """
     check.non_negative("eta", eta)
     check.non_negative("gamma", gamma)
-    check.seed("seed", seed)
+    try:
+        check.seed("seed", seed)
+    except ValueError as error:
+        dtype = getattr(seed, "dtype", None)
+        if getattr(seed, "ndim", 0) or (dtype and jnp.issubdtype(dtype, jax.dtypes.prng_key)):
+            raise ValueError(f"{error}; a PRNG key goes to key= (Optax's third argument)") from None
+        raise
     if not isinstance(seed, jax.core.Tracer):
         seed = int(seed)  # a Python int in the closure, not an array (a 0-d array seed)
+    if key is not None:
+        if isinstance(seed, jax.core.Tracer) or seed != 0:
+            raise ValueError(
+                f"give the PRNG key as key= or its seed as seed=, not both: got seed={seed!r} "
+                f"and key={key!r}"
+            )
+        seed = _raw_key(key)  # a seed again (an integer key) or a raw key
+    from_seed = not getattr(seed, "ndim", 0)
 
     def init(params):
         del params
-        return AddNoiseState(count=jnp.zeros([], jnp.int32), rng_key=jax.random.PRNGKey(seed))
+        rng_key = jax.random.PRNGKey(seed) if from_seed else jnp.asarray(seed)
+        return AddNoiseState(count=jnp.zeros([], jnp.int32), rng_key=rng_key)
 
     def update(updates, state, params=None, **extra):
         del params, extra

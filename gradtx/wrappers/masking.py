@@ -139,6 +139,7 @@ def masked(
     mask: Any,
     *,
     masked_leaves: str = "pass",
+    mask_compatible_extra_args: bool = False,
 ) -> GradientTransformation:
     """Applies ``inner`` only to the leaves where ``mask`` is True.
 
@@ -160,6 +161,12 @@ def masked(
             callable tree of bools (``jax.tree.map(lambda p: p.ndim > 1, model)`` on an
             Equinox module) is a tree, not a function, as in Optax.
         masked_leaves: ``"pass"`` (unchanged) or ``"zero"``.
+        mask_compatible_extra_args: whether the extra keyword arguments of ``update``
+            that have the structure of the updates (a per-leaf value such as
+            ``grad_scale={"w": ..., "b": ...}`` for a transform that reads one) are
+            masked as the updates are, so that ``inner`` sees them with the same
+            leaves ``None``; other extra arguments (``value=loss``) pass unchanged.
+            False (the default) passes every extra argument unchanged. As Optax's.
 
     State: ``MaskedState(inner_state)``.
 
@@ -172,9 +179,25 @@ def masked(
         >>> updates["w"].tolist(), updates["b"].tolist()
         ([-0.10000000149011612, -0.10000000149011612], [1.0])
 
+        An inner transform reading a per-leaf extra argument sees it masked too:
+
+        >>> import jax
+        >>> def scale_by_extra():
+        ...     def update(updates, state, params=None, *, factor, **extra):
+        ...         return jax.tree.map(lambda u, f: u * f, updates, factor), state
+        ...     return gtx.GradientTransformation(lambda params: gtx.EmptyState(), update)
+        >>> tx = gtx.masked(scale_by_extra(), {"w": True, "b": False},
+        ...                 mask_compatible_extra_args=True)
+        >>> factor = {"w": jnp.full(2, 3.0), "b": jnp.full(1, 5.0)}
+        >>> updates, _ = tx.update(grads, tx.init(grads), factor=factor)
+        >>> updates["w"].tolist(), updates["b"].tolist()
+        ([3.0, 3.0], [1.0])
+
     Reference: ``optax.masked`` (the same map with ``masked_leaves="pass"``).
     """
     check.one_of("masked_leaves", masked_leaves, ("pass", "zero"))
+    check.boolean("mask_compatible_extra_args", mask_compatible_extra_args)
+    mask_compatible_extra_args = bool(mask_compatible_extra_args)
     if isinstance(mask, tree.MASK_LEAVES) or tree.is_bool_scalar_array(mask):
         raise TypeError(
             f"mask must be a tree of bools or a function of params, not a bool, got {mask!r}"
@@ -201,6 +224,14 @@ def masked(
             return updates, MaskedState(inner_state)
         mask_tree = mask(updates) if mask_is_function else mask
         treedef, keep = _as_flags(mask_tree, updates)
+        if mask_compatible_extra_args:  # as Optax: the extra trees shaped like the updates
+            structure = jax.tree.structure(updates)
+            extra = {
+                name: _select(value, keep, treedef)
+                if jax.tree.structure(value) == structure
+                else value
+                for name, value in extra.items()
+            }
         inner_updates, inner_state = inner_update(
             _select(updates, keep, treedef),
             state.inner_state,
