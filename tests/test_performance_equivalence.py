@@ -978,7 +978,7 @@ def _temporaries(tx, lib, params, grads) -> int:
 @pytest.mark.parametrize("name", sorted(_TWINS))
 def test_a_donated_step_holds_no_more_temporaries_than_optaxs(name):
     """Temporaries are a step's memory above params + grads + state (issue 7: at most
-    1.05x) and its time (fresh pages every step). XLA:CPU writes an expensive
+    1.05x) and its time where the allocator maps fresh pages. XLA:CPU writes an expensive
     intermediate that two loops read to a buffer of its own: Adadelta held two
     parameter-sized buffers, its square roots, as Optax's does (one now, the copy of
     E[dx^2] that XLA makes to update it in place); clip_by_global_norm before AdamW
