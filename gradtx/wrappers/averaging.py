@@ -57,7 +57,9 @@ class AverageParamsState(NamedTuple):
 
 def _running_average(weight_fn, updates, params, average):
     """``avg <- avg + w * (p + u - avg)`` for every leaf, ``w = weight_fn(dtype)`` in the
-    leaf's compute dtype: a running average. The weights are computed once per dtype,
+    leaf's compute dtype, ``p + u`` the params after the step as ``apply_updates`` gives
+    them (in the params' dtype: the iterate the model then holds, and the same addition,
+    which XLA computes once for both): a running average. The weights are computed once per dtype,
     outside the per-leaf code, whose closure then holds only arrays: an eager update
     reuses one compiled kernel (a fresh ``weight_fn`` in the closure at every update
     kept it op by op)."""
@@ -67,7 +69,13 @@ def _running_average(weight_fn, updates, params, average):
 
     def leaf(u, p, avg):
         dtype = numerics.compute_dtype(numerics.result_type(u, p, avg))
-        iterate = p.astype(dtype) + u.astype(dtype)
+        # the params after the step, as apply_updates gives them: rounded to their dtype
+        added = numerics.promote_types(p.dtype, u.dtype)  # apply_updates' promoted sum
+        iterate = (p.astype(added) + u.astype(added)).astype(p.dtype).astype(dtype)
+        if jnp.dtype(p.dtype) == jnp.bfloat16 and dtype != jnp.bfloat16:
+            # XLA:CPU may drop a round trip through bfloat16 inside a loop (its excess
+            # precision); a bfloat16 has float32's exponents: the rounding, made explicit
+            iterate = jax.lax.reduce_precision(iterate, exponent_bits=8, mantissa_bits=7)
         weight, step = numerics.promote(weights[dtype.name], iterate - avg.astype(dtype))
         new = avg.astype(dtype) + weight * step
         return u, new.astype(avg.dtype)
@@ -116,6 +124,8 @@ def ema_params(
         debias=True:   ema_t = ema_{t-1} + w_t (p_t - ema_{t-1}),  w_t = (1 - decay) / (1 - decay^t)
         debias=False:  ema_t = decay * ema_{t-1} + (1 - decay) * p_t,  ema_0 = the initial params
 
+    p_t is computed as ``apply_updates`` computes it, in the params' own dtype (a
+    bfloat16 iterate is rounded to bfloat16 before it is averaged, in float32).
     ``debias=True`` is Adam's bias correction applied to an average started at zero,
     kept in closed form so that ``state.ema`` needs no correction to read: the first
     update gives ``ema_1 = p_1``. ``debias=False`` starts the average at the initial
@@ -187,8 +197,9 @@ def average_params(start_step: int = 0, *, dtype: Any = None) -> GradientTransfo
 
     Polyak & Juditsky (1992) average every iterate; stochastic weight averaging (Izmailov
     et al., 2018) starts after a burn-in, usually with a cyclical or high constant
-    learning rate. The updates pass through unchanged: place it last in the chain and
-    evaluate with ``state.average``.
+    learning rate. p_t is computed as ``apply_updates`` computes it, in the params' own
+    dtype. The updates pass through unchanged: place it last in the chain and evaluate
+    with ``state.average``.
 
     Args:
         start_step: updates to skip before averaging, an int >= 0.
