@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import tree
+from gradtx import numerics, tree
 
 Params = Any
 """A pytree of arrays (``None`` leaves allowed) holding the model's parameters."""
@@ -355,6 +355,28 @@ def apply_updates(params: Params, updates: Updates) -> Params:
         return jnp.asarray(p + u).astype(p.dtype)
 
     return treedef.unflatten(tree.map_leaves_flat(add, [flat_params, flat_updates], check))
+
+
+def param_after_update(p: jax.Array, u: jax.Array, dtype: Any = None) -> jax.Array:
+    """One leaf of ``apply_updates``: ``p + u`` in their promoted dtype, rounded to the
+    parameter's dtype (the parameter the model then holds), given in ``dtype`` (None: the
+    parameter's).
+
+    For the transforms that read the params after the step (a parameter average, the
+    fast weights of ``lookahead``): a float16 or bfloat16 iterate is rounded before
+    they use it, as it is in the model, and the sum is the one ``apply_updates``
+    computes, which XLA computes once for both.
+    """
+    added = numerics.promote_types(p.dtype, u.dtype)  # apply_updates' promoted sum
+    new = (p.astype(added) + u.astype(added)).astype(p.dtype)
+    if dtype is None:
+        return new
+    new = new.astype(dtype)
+    if jnp.dtype(p.dtype) == jnp.bfloat16 and jnp.dtype(dtype) != jnp.bfloat16:
+        # XLA:CPU may drop a round trip through bfloat16 inside a loop (its excess
+        # precision); a bfloat16 has float32's exponents: the rounding, made explicit
+        new = jax.lax.reduce_precision(new, exponent_bits=8, mantissa_bits=7)
+    return new
 
 
 def _is_none(x: Any) -> bool:

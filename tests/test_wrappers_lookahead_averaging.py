@@ -372,3 +372,32 @@ def test_parameter_averages_average_the_params_apply_updates_gives(dtype):
     if dtype == jnp.float16:
         compiled = compiled_step(tx, gtx.apply_updates, params, gradients[0])
         assert compiled.memory_analysis().temp_size_in_bytes < params.nbytes / 2
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
+def test_lookahead_syncs_the_fast_weights_the_params_would_hold(dtype):
+    """The last fast step of a sync is theta = p + u as apply_updates gives it: float16
+    and bfloat16 fast weights were synced before their rounding (the float32 sum p + u),
+    21% of the slow weights an ulp off the paper's (and Optax's f + u) here. The
+    reference rounds theta to the params' dtype, then takes the slow step in float32."""
+    rng = np.random.default_rng(5)
+    params = jnp.asarray(rng.normal(size=(64, 64)), dtype)
+    steps = [jnp.asarray(0.05 * rng.normal(size=(64, 64)), dtype) for _ in range(4)]
+    tx = gtx.lookahead(gtx.identity(), sync_period=2, slow_step_size=0.5)
+
+    @jax.jit
+    def step(params, state, updates):
+        updates, state = tx.update(updates, state, params)
+        return gtx.apply_updates(params, updates), state
+
+    state = tx.init(params)
+    for t, u in enumerate(steps):
+        slow = np.asarray(state.slow_params, np.float32)
+        fast = (params.astype(np.float32) + u.astype(np.float32)).astype(dtype)
+        params, state = step(params, state, u)
+        if t % 2 == 1:
+            expected = slow + np.float32(0.5) * (np.asarray(fast, np.float32) - slow)
+            np.testing.assert_array_equal(
+                np.asarray(state.slow_params, np.float32),
+                np.asarray(jnp.asarray(expected).astype(dtype), np.float32),
+            )

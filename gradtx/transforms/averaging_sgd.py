@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from gradtx import check, numerics, tree
-from gradtx.core import GradientTransformation, ScalarOrSchedule, Updates
+from gradtx.core import GradientTransformation, ScalarOrSchedule, Updates, param_after_update
 
 
 class AveragedSgdState(NamedTuple):
@@ -46,12 +46,14 @@ def averaged_sgd(
         eta_k = lr / (1 + lambd * lr * k)^alpha
         mu_k  = 1 / max(1, k - t0)
         p'    = p * (1 - lambd * eta_k) - eta_k * g        (u = p' - p)
-        a'    = p'  if mu_k == 1  else  a + mu_k * (p' - a)
+        a'    = q   if mu_k == 1  else  a + mu_k * (q - a),   q = p + u as apply_updates gives it
 
     The average ``a`` (PyTorch's ``ax``) is kept in the state: the latest iterate
     through update ``t0 + 2`` (counting updates from 1: ``mu_k = 1`` up to ``k = t0 +
     1``), then the mean of the iterates since that update. Read it with
-    ``state.average`` and evaluate the model there.
+    ``state.average`` and evaluate the model there. The iterates averaged are the params
+    the model holds (``q``, rounded to their dtype: a float16 or bfloat16 average does
+    not see p' before its rounding), as PyTorch's ``ax`` averages the stored param.
 
     Polyak & Juditsky average every iterate of a step size decaying more slowly than
     ``1 / t``. The step size ``lr / (1 + lambd lr k)^alpha`` (alpha = 3/4), the decay
@@ -116,9 +118,13 @@ def averaged_sgd(
             p_ = p.astype(dtype)
             # real factors cast to complex params' dtype explicitly (strict promotion)
             p_new = p_ * (1 - decay * eta).astype(dtype) - eta.astype(dtype) * g.astype(dtype)
-            average = a.astype(dtype) + mu.astype(dtype) * (p_new - a.astype(dtype))
-            a_new = jnp.where(mu == 1, p_new, average)
-            return (p_new - p_).astype(g.dtype), a_new.astype(a.dtype)
+            u = (p_new - p_).astype(g.dtype)
+            # the iterate the model holds, p + u as apply_updates gives it (PyTorch's ax
+            # averages the stored param): p_new before that rounding was up to an ulp off
+            iterate = param_after_update(p, u, dtype)
+            average = a.astype(dtype) + mu.astype(dtype) * (iterate - a.astype(dtype))
+            a_new = jnp.where(mu == 1, iterate, average)
+            return u, a_new.astype(a.dtype)
 
         updates, average = tree.map_unzip(
             leaf, updates, params, state.average, outputs=2, names=("the params",)

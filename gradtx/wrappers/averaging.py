@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from gradtx import check, numerics, tree
-from gradtx.core import GradientTransformation, Params
+from gradtx.core import GradientTransformation, Params, param_after_update
 
 
 class EmaParamsState(NamedTuple):
@@ -70,12 +70,7 @@ def _running_average(weight_fn, updates, params, average):
     def leaf(u, p, avg):
         dtype = numerics.compute_dtype(numerics.result_type(u, p, avg))
         # the params after the step, as apply_updates gives them: rounded to their dtype
-        added = numerics.promote_types(p.dtype, u.dtype)  # apply_updates' promoted sum
-        iterate = (p.astype(added) + u.astype(added)).astype(p.dtype).astype(dtype)
-        if jnp.dtype(p.dtype) == jnp.bfloat16 and dtype != jnp.bfloat16:
-            # XLA:CPU may drop a round trip through bfloat16 inside a loop (its excess
-            # precision); a bfloat16 has float32's exponents: the rounding, made explicit
-            iterate = jax.lax.reduce_precision(iterate, exponent_bits=8, mantissa_bits=7)
+        iterate = param_after_update(p, u, dtype)
         weight, step = numerics.promote(weights[dtype.name], iterate - avg.astype(dtype))
         new = avg.astype(dtype) + weight * step
         return u, new.astype(avg.dtype)

@@ -14,6 +14,7 @@ from gradtx.core import (
     Params,
     TransformLike,
     _update_with_extra_args,
+    param_after_update,
 )
 from gradtx.wrappers.averaging import copy_params
 
@@ -57,7 +58,9 @@ def lookahead(
             phi   <- phi + slow_step_size * (theta - phi)       (the slow step)
             theta <- phi                                        (fast weights reset)
 
-    The returned updates move the params to theta, so
+    theta is the fast weights as ``apply_updates`` gives them, rounded to the params'
+    dtype (a float16 or bfloat16 theta is synced as the model would hold it). The
+    returned updates move the params to theta, so
     ``apply_updates(params, updates)`` is the whole algorithm and the update is an
     ordinary transform in a chain (place it outermost: ``lookahead(adam(1e-3))``).
     Right after a sync the params are the slow weights up to rounding: the update is
@@ -129,7 +132,9 @@ def lookahead(
         def with_sync(sync):
             def leaf(u, p, slow):
                 dtype = numerics.compute_dtype(numerics.result_type(u, p))
-                fast = p.astype(dtype) + u.astype(dtype)
+                # the fast weights after the step, as the model would hold them (a
+                # float16 or bfloat16 theta is rounded to its dtype, as in Optax's f + u)
+                fast = param_after_update(p, u, dtype)
                 alpha = numerics.factor(slow_step_size, dtype)
                 synced = slow.astype(dtype) + alpha * (fast - slow.astype(dtype))
                 step = jnp.where(sync, synced - p.astype(dtype), u.astype(dtype))
