@@ -469,14 +469,17 @@ def every_optimizer() -> list[tuple[str, object, object]]:
     ]
 
 
-def temporaries_table(n_elements: int, steps: int) -> None:
-    """Per optimizer on one float32 leaf: the parameter-sized temporaries of its donated
-    jitted step (XLA's buffer assignment), its peak memory over params + grads + state,
-    and its step time against Optax's (the two alternating)."""
+def temporaries_table(n_elements: int, steps: int, dtype=jnp.float32, names=None) -> None:
+    """Per optimizer on one leaf of ``dtype``: the parameter-sized temporaries of its
+    donated jitted step (XLA's buffer assignment), its peak memory over params + grads +
+    state, and its step time against Optax's (the two alternating); ``names``, if given,
+    the rows of ``every_optimizer`` to run."""
     shapes = {"w": (n_elements // 1024, 1024)}
-    params, grads = make_tree(shapes, 0), make_tree(shapes, 1)
+    params, grads = (jax.tree.map(lambda x: x.astype(dtype), make_tree(shapes, i)) for i in (0, 1))
     leaf_bytes = tree_bytes(params)
     for name, ours, theirs in every_optimizer():
+        if names is not None and name not in names:
+            continue
         runs = [JaxRun(ours, gtx.apply_updates, params, grads)]
         if theirs is not None:
             runs.append(JaxRun(theirs, optax.apply_updates, params, grads))
@@ -602,6 +605,13 @@ def main(argv=None) -> None:
           "| gradtx / Optax ms |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     temporaries_table(size, steps)
+    print("\nThe same with bfloat16 parameters (temporaries in bfloat16 leaves), the named "
+          "optimizers\n")  # fmt: skip
+    print("| optimizer | gradtx temporaries | peak | ms | Optax temporaries | peak | ms "
+          "| gradtx / Optax ms |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    named = [name for name, _, _ in every_optimizer()[:15]]
+    temporaries_table(size, steps, jnp.bfloat16, named)
 
     print("\n### Optimizer state, bytes per parameter (one 4096x4096 float32 leaf)\n")
     print("| option | bytes/param |")

@@ -317,6 +317,40 @@ def unshared(value: Any, dtype: Any) -> jax.Array:
     return _barrier(value)
 
 
+def as_stored(x: jax.Array, stored_dtype: Any, gradient_dtype: Any) -> jax.Array:
+    """A new state value ``x``, computed in float32, as the update reads it: rounded to
+    bfloat16 where the state stores it in bfloat16 and the gradients are bfloat16 too,
+    else ``x`` itself.
+
+    A transform computes in at least float32 and stores each state value in its own
+    dtype. With bfloat16 parameters (bfloat16 gradients, moments stored in bfloat16) the
+    update reads the moments as the state holds them, as PyTorch, Keras and Optax do
+    (their arithmetic runs in bfloat16): this costs the update the moment's rounding, a
+    relative 2**-9, below that of the bfloat16 update itself, and saves the step a
+    buffer. XLA:CPU cannot update the donated moment in place while another loop still
+    reads its float32 value, so it makes a copy: bfloat16 Adam held two,
+    params + grads + state x1.5, and holds none this way.
+
+    Not rounded: a bfloat16 moment of float32 gradients (``mu_dtype=jnp.bfloat16``,
+    whose float32 value Optax's update reads too) and float16 moments (float16's range
+    would round Adam's second moment of gradients below ~5e-3 to 0 and make the step
+    divide by eps; the docstrings advise ``nu_dtype=jnp.float32`` there).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx import numerics
+        >>> x = jnp.array([1.001], jnp.float32)
+        >>> numerics.as_stored(x, jnp.bfloat16, jnp.bfloat16).tolist()
+        [1.0]
+        >>> numerics.as_stored(x, jnp.bfloat16, jnp.float32).tolist() == x.tolist()
+        True
+    """
+    target = promote_types(stored_dtype, gradient_dtype)
+    if target != jnp.bfloat16 or jnp.dtype(x.dtype) == target:
+        return x
+    return x.astype(target).astype(x.dtype)
+
+
 def factor(value: Any, dtype: Any) -> Any:
     """A real hyperparameter ready to multiply values of ``dtype``: as
     ``hyperparameter``, but an array is cast to ``dtype`` itself, complex for complex

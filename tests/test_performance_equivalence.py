@@ -975,24 +975,35 @@ def _temporaries(tx, lib, params, grads) -> int:
     return round(stats.temp_size_in_bytes / sum(x.nbytes for x in jax.tree.leaves(params)))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("name", sorted(_TWINS))
-def test_a_donated_step_holds_no_more_temporaries_than_optaxs(name):
+def test_a_donated_step_holds_no_more_temporaries_than_optaxs(name, dtype):
     """Temporaries are a step's memory above params + grads + state (issue 7: at most
     1.05x) and its time where the allocator maps fresh pages. XLA:CPU writes an expensive
     intermediate that two loops read to a buffer of its own: Adadelta held two
     parameter-sized buffers, its square roots, as Optax's does (one now, the copy of
     E[dx^2] that XLA makes to update it in place); clip_by_global_norm before AdamW
     held the clipped updates, u / n * c, as Optax's does (none now: a product with one
-    scalar factor, which XLA repeats in each loop)."""
-    params = {"w": jnp.ones((256, 256))}
-    grads = {"w": jnp.full((256, 256), 0.5)}
+    scalar factor, which XLA repeats in each loop). With bfloat16 params every
+    optimizer with moments held copies of them, their float32 values read by the update
+    while XLA updated the donated moments in place (Adam 2 bfloat16 leaves, AMSGrad 3,
+    Adagrad and RMSprop 1; Optax's none): the update now reads them as stored
+    (``numerics.as_stored``)."""
+    params = {"w": jnp.ones((256, 256), dtype)}
+    grads = {"w": jnp.full((256, 256), 0.5, dtype)}
     ours, theirs = _TWINS[name]
     counts = _temporaries(ours(), gtx, params, grads), _temporaries(theirs(), optax, params, grads)
     assert counts[0] <= counts[1], counts
-    if name == "adadelta":
+    if name == "adadelta" and dtype == "float32":
         assert counts == (1, 2)
+    if name in ("adam", "amsgrad") and dtype == "bfloat16":
+        assert counts == (0, 0)
     # (jaxlib 0.5.3 and 0.6.2 write the product out too, for Optax's quotient alike)
-    if name.startswith("clip_by_global_norm") and _release(jaxlib.__version__) >= (0, 10):
+    if (
+        name.startswith("clip_by_global_norm")
+        and dtype == "float32"
+        and _release(jaxlib.__version__) >= (0, 10)
+    ):
         assert counts == (0, 1)
 
 

@@ -142,6 +142,8 @@ def scale_by_adam(
             m_new = beta1 * m.astype(m_dtype) + (1 - beta1) * g_
             g_squared = numerics.abs_sq(g.astype(numerics.promote_types(dtype, v_dtype)))
             v_new = b2 * v.astype(v_dtype) + (1 - b2) * g_squared
+            m_new = numerics.as_stored(m_new, m.dtype, g.dtype)
+            v_new = numerics.as_stored(v_new, v.dtype, g.dtype)
             # real corrections and denominators cast explicitly to the complex moment's
             # dtype (as promotion would): strict promotion refuses complex64 / float32
             bias_correction1 = bias_correction1.astype(m_dtype)
@@ -312,6 +314,8 @@ def amsgrad_max(
             g_ = g.astype(numerics.promote_types(dtype, real))
             m_new = beta1 * m.astype(m_dtype) + (1 - beta1) * g.astype(m_dtype)
             v_new = beta2 * v.astype(real) + (1 - beta2) * numerics.abs_sq(g_)
+            m_new = numerics.as_stored(m_new, m.dtype, g.dtype)
+            v_new = numerics.as_stored(v_new, v.dtype, g.dtype)
             m_hat = (
                 m_new / numerics.bias_correction(b1, count, m_dtype).astype(m_dtype)
                 if bias_correction_mu
@@ -319,6 +323,7 @@ def amsgrad_max(
             )
             if correct_after_max:
                 v_max_new = jnp.maximum(v_max.astype(real), v_new)
+                v_max_new = numerics.as_stored(v_max_new, v_max.dtype, g.dtype)
                 correction = numerics.bias_correction(b2, count, real)
                 root = numerics.hyperparameter(eps_root, real)
                 if eps_before_bias_correction:
@@ -334,6 +339,7 @@ def amsgrad_max(
                     else v_new
                 )
                 v_max_new = jnp.maximum(v_max.astype(real), v_eff)
+                v_max_new = numerics.as_stored(v_max_new, v_max.dtype, g.dtype)
                 denominator = jnp.sqrt(v_max_new + numerics.hyperparameter(eps_root, real))
                 denominator = denominator + numerics.hyperparameter(eps, real)
                 m_hat, denominator = numerics.promote(m_hat, denominator)
@@ -442,6 +448,8 @@ def scale_by_adamax(
                 numerics.hyperparameter(b2, real) * u.astype(real),
                 jnp.abs(g_) + epsilon if eps_in_max else jnp.abs(g_),
             )
+            m_new = numerics.as_stored(m_new, m.dtype, g.dtype)
+            u_new = numerics.as_stored(u_new, u.dtype, g.dtype)
             m_hat = m_new / numerics.bias_correction(b1, count, dtype).astype(dtype)
             denominator = u_new if eps_in_max else u_new + epsilon
             m_hat, denominator = numerics.promote(m_hat, denominator)
@@ -575,11 +583,13 @@ def scale_by_rms(
             rho = numerics.hyperparameter(decay, dtype)
             g_ = g.astype(dtype)
             v_new = rho * v.astype(real) + (1 - rho) * numerics.abs_sq(g_)
+            v_new = numerics.as_stored(v_new, v.dtype, g.dtype)
             correction = numerics.bias_correction(decay, count, dtype) if bias_correction else 1
             s = v_new / correction
             if centered:
                 rho_ = numerics.factor(rho, dtype)
                 m_new = rho_ * m.astype(dtype) + (1 - rho_) * g_
+                m_new = numerics.as_stored(m_new, m.dtype, g.dtype)
                 m_hat, m_correction = numerics.promote(m_new, correction)
                 # Rounding can push the variance estimate below zero (constant g).
                 s = jnp.maximum(s - numerics.abs_sq(m_hat / m_correction), 0)
@@ -674,7 +684,7 @@ def scale_by_rss(
             # a sum stored wider than the compute dtype accumulates in its own precision
             real = numerics.promote_types(numerics.real_dtype(dtype), s.dtype)
             g_ = g.astype(numerics.promote_types(dtype, real))
-            s_new = s.astype(real) + numerics.abs_sq(g_)
+            s_new = numerics.as_stored(s.astype(real) + numerics.abs_sq(g_), s.dtype, g.dtype)
             # s_t = 0 only where every gradient so far was 0 (and s_0 = 0): no step. The
             # unused branch gets s = 1, not 0: the derivative of sqrt at 0 is inf, and
             # jnp.where's 0 cotangent times inf is a NaN meta-gradient (differentiating
@@ -758,6 +768,7 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransforma
             epsilon = numerics.hyperparameter(eps, real)
             g_ = g.astype(dtype)
             e_g_new = decay * e_g.astype(real) + (1 - decay) * numerics.abs_sq(g_)
+            e_g_new = numerics.as_stored(e_g_new, e_g.dtype, g.dtype)
 
             def scaled(epsilon):
                 scaling = jnp.sqrt(e_x.astype(real) + epsilon) / jnp.sqrt(e_g_new + epsilon)

@@ -121,6 +121,7 @@ def trace(
                 b_new = mu * b.astype(dtype) + g_in
             else:
                 b_new = g_ + mu * b.astype(dtype)
+            b_new = numerics.as_stored(b_new, b.dtype, g.dtype)
             u = g_ + mu * b_new if nesterov else b_new
             return u.astype(g.dtype), b_new.astype(b.dtype)
 
@@ -259,6 +260,7 @@ def ema(
             dtype = numerics.promote_types(numerics.compute_dtype(g.dtype), e.dtype)
             rho = numerics.factor(decay, dtype)
             e_new = rho * e.astype(dtype) + (1 - rho) * g.astype(dtype)
+            e_new = numerics.as_stored(e_new, e.dtype, g.dtype)
             correction = numerics.bias_correction(decay, count, dtype).astype(dtype)
             u = e_new / correction if debias else e_new
             return u.astype(g.dtype), e_new.astype(e.dtype)

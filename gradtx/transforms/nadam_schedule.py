@@ -122,6 +122,8 @@ def scale_by_nadam_schedule(
             v_dtype = numerics.promote_types(real, v.dtype)
             g_squared = numerics.abs_sq(g.astype(numerics.promote_types(dtype, v_dtype)))
             v_new = b2 * v.astype(v_dtype) + (1 - b2) * g_squared
+            m_new = numerics.as_stored(m_new, m.dtype, g.dtype)
+            v_new = numerics.as_stored(v_new, v.dtype, g.dtype)
             mu_t = momentum_at(count, real)
             mu_next = momentum_at(numerics.safe_increment(count), real)
             product = mu_product.astype(real)

@@ -208,6 +208,8 @@ def scale_by_radam(
             v_dtype = numerics.promote_types(real, v.dtype)
             g_squared = numerics.abs_sq(g.astype(numerics.promote_types(dtype, v_dtype)))
             v_new = b2 * v.astype(v_dtype) + (1 - b2) * g_squared
+            m_new = numerics.as_stored(m_new, m.dtype, g.dtype)
+            v_new = numerics.as_stored(v_new, v.dtype, g.dtype)
             if nesterov:
                 m_hat = beta1 * m_new / next_correction.astype(dtype) + (
                     1 - beta1

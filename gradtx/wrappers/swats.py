@@ -165,6 +165,8 @@ def swats(
                 a_dtype = numerics.promote_types(numerics.real_dtype(dtype), a.dtype)
                 g_squared = numerics.abs_sq(g.astype(numerics.promote_types(dtype, a_dtype)))
                 a_new = b2 * a.astype(a_dtype) + (1 - b2) * g_squared
+                m_new = numerics.as_stored(m_new, m.dtype, g.dtype)
+                a_new = numerics.as_stored(a_new, a.dtype, g.dtype)
                 step_size = (
                     numerics.hyperparameter(alpha, dtype)
                     * jnp.sqrt(numerics.bias_correction(b2, count, dtype))
@@ -174,7 +176,7 @@ def swats(
                 step, m_new_ = numerics.promote(-step_size, m_new)
                 scaled, denominator = numerics.promote(step * m_new_, jnp.sqrt(a_new) + eps)
                 p = scaled / denominator
-                v_new = beta1 * v.astype(dtype) + g_
+                v_new = numerics.as_stored(beta1 * v.astype(dtype) + g_, v.dtype, g.dtype)
                 sgd_rate = sgd_learning_rate.astype(numerics.real_dtype(dtype))
                 sgd_factor, v_new_ = numerics.promote(-(1 - b1) * sgd_rate, v_new)
                 sgd_step = sgd_factor * v_new_
