@@ -365,10 +365,14 @@ def param_after_update(p: jax.Array, u: jax.Array, dtype: Any = None) -> jax.Arr
     For the transforms that read the params after the step (a parameter average, the
     fast weights of ``lookahead``): a float16 or bfloat16 iterate is rounded before
     they use it, as it is in the model, and the sum is the one ``apply_updates``
-    computes, which XLA computes once for both.
+    computes, bit for bit. Times ``numerics.unshared(1)`` (exact), so that XLA does not
+    share it with ``apply_updates``' sum: a bfloat16 rounding shared so was a buffer of
+    its own, as large as the params in float32 (``chain(sgd, average_params())``,
+    ``ema_params``, ASGD with bfloat16 params), and each loop now rounds its own.
     """
     added = numerics.promote_types(p.dtype, u.dtype)  # apply_updates' promoted sum
-    new = (p.astype(added) + u.astype(added)).astype(p.dtype)
+    total = (p.astype(added) + u.astype(added)) * numerics.unshared(1, added)
+    new = total.astype(p.dtype)
     if dtype is None:
         return new
     new = new.astype(dtype)

@@ -1007,6 +1007,26 @@ def test_a_donated_step_holds_no_more_temporaries_than_optaxs(name, dtype):
         assert counts == (0, 1)
 
 
+_AVERAGES = {
+    "average_params": lambda: gtx.chain(gtx.sgd(0.1), gtx.average_params()),
+    "ema_params": lambda: gtx.chain(gtx.adam(0.1), gtx.ema_params(0.99)),
+    "averaged_sgd": lambda: gtx.averaged_sgd(0.1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_AVERAGES))
+def test_bfloat16_parameter_averages_hold_no_temporary(name):
+    """An average of the params after the step (``core.param_after_update``) rounds
+    ``p + u`` to bfloat16 as ``apply_updates`` does; where XLA shared that rounding with
+    ``apply_updates``' it wrote it to a buffer as large as the params in float32 (2
+    bfloat16 leaves, with the average kept in float32 or bfloat16, for all three). Each
+    loop now rounds its own: none, as with float32 params, and the same numbers (the
+    averages' tests in test_wrappers_lookahead_averaging.py and test_compat_torch.py)."""
+    params = {"w": jnp.ones((256, 256), jnp.bfloat16)}
+    grads = {"w": jnp.full((256, 256), 0.5, jnp.bfloat16)}
+    assert _temporaries(_AVERAGES[name](), gtx, params, grads) == 0
+
+
 def _release(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split(".")[:2])
 
