@@ -996,7 +996,12 @@ def test_a_donated_step_holds_no_more_temporaries_than_optaxs(name, dtype):
     assert counts[0] <= counts[1], counts
     if name == "adadelta" and dtype == "float32":
         assert counts == (1, 2)
-    if name in ("adam", "amsgrad") and dtype == "bfloat16":
+    # (jaxlib 0.6.2 copies bfloat16 moments for Optax's alike: 2 and 2 for Adam)
+    if (
+        name in ("adam", "amsgrad")
+        and dtype == "bfloat16"
+        and _release(jaxlib.__version__) >= (0, 10)
+    ):
         assert counts == (0, 0)
     # (jaxlib 0.5.3 and 0.6.2 write the product out too, for Optax's quotient alike)
     if (
@@ -1022,6 +1027,8 @@ def test_bfloat16_parameter_averages_hold_no_temporary(name):
     bfloat16 leaves, with the average kept in float32 or bfloat16, for all three). Each
     loop now rounds its own: none, as with float32 params, and the same numbers (the
     averages' tests in test_wrappers_lookahead_averaging.py and test_compat_torch.py)."""
+    if _release(jaxlib.__version__) < (0, 10):
+        pytest.skip("jaxlib 0.6.2 holds the same temporaries here either way (1-4 leaves)")
     params = {"w": jnp.ones((256, 256), jnp.bfloat16)}
     grads = {"w": jnp.full((256, 256), 0.5, jnp.bfloat16)}
     assert _temporaries(_AVERAGES[name](), gtx, params, grads) == 0
