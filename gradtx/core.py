@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -164,6 +164,7 @@ def chain(*transforms: TransformLike) -> GradientTransformation:
         [-0.1, 0.05]
     """
     update_fns = tuple(_update_with_extra_args(t) for t in transforms)
+    folds = _scalings_to_fold(transforms)
 
     def init(params):
         return tuple(t.init(params) for t in transforms)
@@ -175,13 +176,40 @@ def chain(*transforms: TransformLike) -> GradientTransformation:
                 f"{len(update_fns)} states: {type(state).__name__} (update takes the state "
                 f"init returned: were state and params swapped?)"
             )
-        new_state = []
-        for update_fn, inner_state in zip(update_fns, state, strict=True):
-            updates, inner_state = update_fn(updates, inner_state, params, **extra)
-            new_state.append(inner_state)
-        return updates, tuple(new_state)
+        return _update_in_turn(update_fns, folds, updates, list(state), params, extra)
 
     return GradientTransformation(init, update)
+
+
+def _scalings_to_fold(transforms: Sequence[Any]) -> list[Any]:
+    """For each transform of a chain, the step size of a stateless scaling right after
+    it that an un-jitted update may fold into its per-leaf kernels
+    (``tree.FOLD_EAGER_SCALING``), or None."""
+    folds = [None] * len(transforms)
+    for i in range(len(transforms) - 1):
+        if getattr(transforms[i].update, "gradtx_updates_from_first_map", False):
+            folds[i] = tree.scaling_step_size(transforms[i + 1].update)
+    return folds
+
+
+def _update_in_turn(update_fns, folds, updates, states, params, extra):
+    """The updates of ``update_fns`` applied one after another, and their new states in a
+    list. Where ``folds`` gives the step size of the scaling after a transform, the
+    transform's per-leaf map is asked to scale its updates itself (un-jitted, on float32,
+    float64 or complex leaves: ``tree.FOLD_EAGER_SCALING``); if it did, the scaling's
+    pass is skipped (its state, empty, is kept)."""
+    skip = False
+    for i, update_fn in enumerate(update_fns):
+        if skip:
+            skip = False
+            continue
+        if folds[i] is not None and tree.FOLD_EAGER_SCALING:
+            with tree.scaled_first_output(folds[i]) as request:
+                updates, states[i] = update_fn(updates, states[i], params, **extra)
+            skip = request.applied
+        else:
+            updates, states[i] = update_fn(updates, states[i], params, **extra)
+    return updates, tuple(states)
 
 
 def named_chain(*transforms: tuple[str, TransformLike]) -> GradientTransformation:
@@ -205,6 +233,7 @@ def named_chain(*transforms: tuple[str, TransformLike]) -> GradientTransformatio
         duplicated = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"named_chain names must be unique, got duplicates {duplicated}")
     update_fns = tuple((name, _update_with_extra_args(t)) for name, t in transforms)
+    folds = _scalings_to_fold([t for _, t in transforms])
 
     def init(params):
         return {name: t.init(params) for name, t in transforms}
@@ -221,10 +250,10 @@ def named_chain(*transforms: tuple[str, TransformLike]) -> GradientTransformatio
                 f"named_chain state has no entry for {missing} (its keys: {list(state)}; "
                 f"were state and params swapped?)"
             )
-        new_state = {}
-        for name, update_fn in update_fns:
-            updates, new_state[name] = update_fn(updates, state[name], params, **extra)
-        return updates, new_state
+        functions = [update_fn for _, update_fn in update_fns]
+        states = [state[name] for name in names]
+        updates, new_states = _update_in_turn(functions, folds, updates, states, params, extra)
+        return updates, dict(zip(names, new_states, strict=True))
 
     return GradientTransformation(init, update)
 

@@ -351,6 +351,21 @@ def as_stored(x: jax.Array, stored_dtype: Any, gradient_dtype: Any) -> jax.Array
     return x.astype(target).astype(x.dtype)
 
 
+def scaled(u: jax.Array, step_size: Any) -> jax.Array:
+    """``step_size * u``, multiplied in at least float32 and rounded once to ``u``'s
+    dtype: ``scale``'s map of one leaf (in float16 a learning rate of 2.5e-8 would round
+    to 0, and 1e-7 to 1.19e-7, before the multiplication).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from gradtx import numerics
+        >>> numerics.scaled(jnp.array([1000.0], jnp.float16), 2.5e-8).tolist()  # not 0
+        [2.4974346160888672e-05]
+    """
+    dtype = compute_dtype(u.dtype)
+    return (u.astype(dtype) * factor(step_size, dtype)).astype(u.dtype)
+
+
 def factor(value: Any, dtype: Any) -> Any:
     """A real hyperparameter ready to multiply values of ``dtype``: as
     ``hyperparameter``, but an array is cast to ``dtype`` itself, complex for complex

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import os
@@ -228,6 +229,85 @@ def test_eager_kernels_give_the_numbers_of_op_by_op_execution(
         assert a.dtype == b.dtype and a.shape == b.shape
         # XLA fuses a kernel's operations (and may contract a*b+c), so float32 rounding
         np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
+
+
+_FOLDED = {
+    **{name: functools.partial(zoo.make, name, 1e-2) for name in zoo.ALL},
+    "compat.torch.adamw": lambda: gtx.compat.torch.adamw(lr=1e-2),
+    "compat.torch.sgd, momentum": lambda: gtx.compat.torch.sgd(lr=1e-2, momentum=0.9),
+    "compat.torch.rmsprop, centered": lambda: gtx.compat.torch.rmsprop(lr=1e-2, centered=True),
+    "compat.keras.adam": lambda: gtx.compat.keras.adam(1e-2),
+    "compat.keras.nadam": lambda: gtx.compat.keras.nadam(1e-2),
+    "clip_by_global_norm, adamw, schedule": lambda: gtx.chain(
+        gtx.clip_by_global_norm(1.0), gtx.adamw(gtx.schedules.cosine_decay(1e-2, 10))
+    ),
+    "named_chain(adam, lr)": lambda: gtx.named_chain(
+        ("adam", gtx.scale_by_adam()), ("lr", gtx.scale_by_learning_rate(1e-2))
+    ),
+    "chain(trace, scale)": lambda: gtx.chain(gtx.trace(0.9, nesterov=True), gtx.scale(-0.5)),
+}
+
+
+@pytest.mark.parametrize(
+    "name, dtype",
+    [(name, "float32") for name in sorted(_FOLDED)]
+    + [
+        (name, dtype)
+        for name in ("adamw", "sgd_nesterov", "compat.keras.nadam")
+        for dtype in ("float64", "bfloat16 and float32")
+    ],
+)
+def test_eager_scaling_folded_into_the_transform_before_it_gives_the_same_bits(
+    name, dtype, rng, monkeypatch, fresh_kernels
+):
+    """Un-jitted, a chain folds the scaling after a transform (the learning rate of every
+    named optimizer) into that transform's per-leaf kernels: one pass over the leaves
+    instead of two. The numbers are those of the two passes bit for bit, at the first
+    update (op by op), the second (which compiles) and after; half-precision leaves are
+    not folded (their update is rounded before the scaling, which XLA may skip inside one
+    kernel), so a tree holding one is not either."""
+    params = _params(rng)
+    if dtype == "bfloat16 and float32":
+        params["half"] = jnp.asarray(rng.normal(size=4), jnp.bfloat16)
+    context = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+    with context:
+        if dtype == "float64":
+            params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+        grads_seq = _grads(rng, params, steps=4)
+        folded = _run_eager(_FOLDED[name](), params, grads_seq)
+        monkeypatch.setattr(tree, "FOLD_EAGER_SCALING", False)
+        # an empty cache again: the first update runs op by op here too
+        monkeypatch.setattr(tree, "_EAGER", tree._EagerKernels())
+        plain = _run_eager(_FOLDED[name](), params, grads_seq)
+    for a, b in zip(jax.tree.leaves(folded), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd_momentum", "rmsprop", "compat.keras.adam"])
+def test_an_eager_named_optimizer_scales_its_updates_in_its_last_blocks_kernels(
+    name, rng, monkeypatch, fresh_kernels
+):
+    """On 64 float32 leaves (32 a kernel call) an un-jitted update of a named optimizer
+    makes no pass of its own for the learning rate, 2 kernel calls fewer (a pass added
+    one output array per leaf: 36.9 -> 27.9 ms for gtx.adam on 1,000 leaves, 0.15x ->
+    0.11x Optax's eager update)."""
+    params = {f"w{i:02d}": jnp.full(8, i / 64, jnp.float32) for i in range(64)}
+    grads_seq = _grads(rng, params, steps=3)
+
+    def dispatches():
+        tx = _FOLDED[name]()
+        state = tx.init(params)
+        for grads in grads_seq[:2]:  # the kernels compile at the second sight
+            state = tx.update(grads, state, params)[1]
+        with count_dispatches() as dispatched:
+            tx.update(grads_seq[2], state, params)
+        return dispatched[0]
+
+    folded = dispatches()
+    monkeypatch.setattr(tree, "FOLD_EAGER_SCALING", False)
+    monkeypatch.setattr(tree, "_EAGER", tree._EagerKernels())
+    plain = dispatches()
+    assert plain - folded == 2, (plain, folded)
 
 
 @pytest.mark.parametrize("name", sorted(zoo.WRAPPERS))

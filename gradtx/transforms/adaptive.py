@@ -164,10 +164,12 @@ def scale_by_adam(
             u = m_hat / denominator
             return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
 
-        updates, mu, nu = tree.map_unzip(leaf, updates, state.mu, state.nu, outputs=3)
+        updates, mu, nu = tree.map_unzip(
+            leaf, updates, state.mu, state.nu, outputs=3, updates_first=True
+        )
         return updates, ScaleByAdamState(count, mu, nu)
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init, tree.updates_from_first_map(update))
 
 
 class ScaleByAmsgradState(NamedTuple):
@@ -352,11 +354,11 @@ def amsgrad_max(
             )
 
         updates, mu, nu, nu_max = tree.map_unzip(
-            leaf, updates, state.mu, state.nu, state.nu_max, outputs=4
+            leaf, updates, state.mu, state.nu, state.nu_max, outputs=4, updates_first=True
         )
         return updates, ScaleByAmsgradState(count, mu, nu, nu_max)
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init, tree.updates_from_first_map(update))
 
 
 class ScaleByAdamaxState(NamedTuple):
@@ -459,10 +461,12 @@ def scale_by_adamax(
                 u_new.astype(u.dtype),
             )
 
-        updates, mu, nu = tree.map_unzip(leaf, updates, state.mu, state.nu, outputs=3)
+        updates, mu, nu = tree.map_unzip(
+            leaf, updates, state.mu, state.nu, outputs=3, updates_first=True
+        )
         return updates, ScaleByAdamaxState(count, mu, nu)
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init, tree.updates_from_first_map(update))
 
 
 class ScaleByRmsState(NamedTuple):
@@ -602,12 +606,14 @@ def scale_by_rms(
             return u, v_new.astype(v.dtype)
 
         if centered:
-            updates, nu, mu = tree.map_unzip(leaf, updates, state.nu, state.mu, outputs=3)
+            updates, nu, mu = tree.map_unzip(
+                leaf, updates, state.nu, state.mu, outputs=3, updates_first=True
+            )
             return updates, ScaleByStddevState(count, mu, nu)
-        updates, nu = tree.map_unzip(leaf, updates, state.nu, outputs=2)
+        updates, nu = tree.map_unzip(leaf, updates, state.nu, outputs=2, updates_first=True)
         return updates, ScaleByRmsState(count, nu)
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init, tree.updates_from_first_map(update))
 
 
 class ScaleByRssState(NamedTuple):
@@ -699,10 +705,12 @@ def scale_by_rss(
             scaling, g_ = numerics.promote(scaling, g_)
             return (scaling * g_).astype(g.dtype), s_new.astype(s.dtype)
 
-        updates, sum_of_squares = tree.map_unzip(leaf, updates, state.sum_of_squares, outputs=2)
+        updates, sum_of_squares = tree.map_unzip(
+            leaf, updates, state.sum_of_squares, outputs=2, updates_first=True
+        )
         return updates, ScaleByRssState(sum_of_squares)
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init, tree.updates_from_first_map(update))
 
 
 class ScaleByAdadeltaState(NamedTuple):
@@ -781,10 +789,12 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransforma
             e_x_new = decay * e_x.astype(real) + (1 - decay) * numerics.abs_sq(again)
             return u.astype(g.dtype), e_g_new.astype(e_g.dtype), e_x_new.astype(e_x.dtype)
 
-        updates, e_g, e_x = tree.map_unzip(leaf, updates, state.e_g, state.e_x, outputs=3)
+        updates, e_g, e_x = tree.map_unzip(
+            leaf, updates, state.e_g, state.e_x, outputs=3, updates_first=True
+        )
         return updates, ScaleByAdadeltaState(e_g, e_x)
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init, tree.updates_from_first_map(update))
 
 
 class ScaleByRpropState(NamedTuple):

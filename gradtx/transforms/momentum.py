@@ -125,12 +125,12 @@ def trace(
             u = g_ + mu * b_new if nesterov else b_new
             return u.astype(g.dtype), b_new.astype(b.dtype)
 
-        updates, buffer = tree.map_unzip(leaf, updates, state.trace, outputs=2)
+        updates, buffer = tree.map_unzip(leaf, updates, state.trace, outputs=2, updates_first=True)
         if dampened:
             return updates, DampenedTraceState(numerics.safe_increment(state.count), buffer)
         return updates, TraceState(trace=buffer)
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init, tree.updates_from_first_map(update))
 
 
 def nesterov_lookahead(
@@ -265,7 +265,7 @@ def ema(
             u = e_new / correction if debias else e_new
             return u.astype(g.dtype), e_new.astype(e.dtype)
 
-        updates, average = tree.map_unzip(leaf, updates, state.ema, outputs=2)
+        updates, average = tree.map_unzip(leaf, updates, state.ema, outputs=2, updates_first=True)
         return updates, EmaState(count, average)
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init, tree.updates_from_first_map(update))

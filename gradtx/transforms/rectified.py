@@ -226,7 +226,9 @@ def scale_by_radam(
             u = jnp.where(rectify, rectified / denom, m_hat)
             return u.astype(g.dtype), m_new.astype(m.dtype), v_new.astype(v.dtype)
 
-        updates, mu, nu = tree.map_unzip(leaf, updates, state.mu, state.nu, outputs=3)
+        updates, mu, nu = tree.map_unzip(
+            leaf, updates, state.mu, state.nu, outputs=3, updates_first=True
+        )
         return updates, ScaleByRadamState(count, mu, nu)
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init, tree.updates_from_first_map(update))

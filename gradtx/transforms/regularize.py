@@ -126,13 +126,15 @@ def add_decayed_weights(
         # Without a mask no tree of True flags is built: an eager update would flatten it
         # and carry a flag per leaf (the same numbers: every leaf is kept)
         masks = () if mask is None else (resolve_mask(mask, params, updates),)
-        (decayed,) = tree.map_unzip(leaf, updates, params, *masks, outputs=1, names=("the params",))
+        (decayed,) = tree.map_unzip(
+            leaf, updates, params, *masks, outputs=1, names=("the params",), updates_first=True
+        )
         new_state = (
             AddDecayedWeightsState(numerics.safe_increment(state.count)) if scheduled else state
         )
         return decayed, new_state
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init, tree.updates_from_first_map(update))
 
 
 def _require_params(name: str, params: Params | None) -> None:

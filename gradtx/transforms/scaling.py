@@ -13,10 +13,7 @@ from gradtx.core import EmptyState, GradientTransformation, ScalarOrSchedule, Sc
 
 def _scale_leaves(updates, step_size):
     def leaf(u):
-        # in at least float32, rounded once to the leaf dtype: in float16 a learning rate
-        # of 2.5e-8 would round to 0 and 1e-7 to 1.19e-7 before the multiplication
-        dtype = numerics.compute_dtype(u.dtype)
-        return (u.astype(dtype) * numerics.factor(step_size, dtype)).astype(u.dtype)
+        return numerics.scaled(u, step_size)
 
     (scaled,) = tree.map_unzip(leaf, updates, outputs=1)
     return scaled
@@ -55,6 +52,8 @@ def _scale(step_size: float | jax.Array) -> GradientTransformation:
         del params, extra
         return _scale_leaves(updates, step_size), state
 
+    # a chain may fold it into the transform before it (tree.FOLD_EAGER_SCALING)
+    update.gradtx_step_size = step_size
     return GradientTransformation(init, update)
 
 
