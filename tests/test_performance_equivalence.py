@@ -231,8 +231,14 @@ def test_eager_kernels_give_the_numbers_of_op_by_op_execution(
         np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
 
 
+# one optimizer per block that folds (adamaxw and nadamw repeat adamw's weight decay;
+# sgd has no block before its learning rate)
 _FOLDED = {
-    **{name: functools.partial(zoo.make, name, 1e-2) for name in zoo.ALL},
+    **{
+        name: functools.partial(zoo.make, name, 1e-2)
+        for name in zoo.ALL
+        if name not in ("sgd", "adamaxw", "nadamw")
+    },
     "compat.torch.adamw": lambda: gtx.compat.torch.adamw(lr=1e-2),
     "compat.torch.sgd, momentum": lambda: gtx.compat.torch.sgd(lr=1e-2, momentum=0.9),
     "compat.torch.rmsprop, centered": lambda: gtx.compat.torch.rmsprop(lr=1e-2, centered=True),
@@ -253,7 +259,7 @@ _FOLDED = {
     [(name, "float32") for name in sorted(_FOLDED)]
     + [
         (name, dtype)
-        for name in ("adamw", "sgd_nesterov", "compat.keras.nadam")
+        for name in ("adamw", "sgd_nesterov")
         for dtype in ("float64", "bfloat16 and float32")
     ],
 )

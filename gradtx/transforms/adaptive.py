@@ -929,8 +929,8 @@ def scale_by_rprop(
             )
 
         updates, step_sizes, previous_sign = tree.map_unzip(
-            leaf, updates, state.step_sizes, state.previous_sign, outputs=3
+            leaf, updates, state.step_sizes, state.previous_sign, outputs=3, updates_first=True
         )
         return updates, ScaleByRpropState(step_sizes, previous_sign)
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init, tree.updates_from_first_map(update))
