@@ -153,7 +153,10 @@ def chain(*transforms: TransformLike) -> GradientTransformation:
 
     ``chain(a, b).update(g, (sa, sb))`` computes ``u, sa = a.update(g, sa)`` then
     ``u, sb = b.update(u, sb)``. Extra keyword arguments reach every transform that
-    accepts them. Optax transforms may be chained too.
+    accepts them. Optax transforms may be chained too. Un-jitted, a stateless scaling
+    (``scale``, a learning rate) after a block that allows it runs inside that block's
+    eager kernels: the same numbers, one pass over the leaves fewer
+    (``tree.FOLD_EAGER_SCALING``).
 
     Example:
         >>> import jax.numpy as jnp
