@@ -190,7 +190,7 @@ def _scalings_to_fold(transforms: Sequence[Any]) -> list[Any]:
     (``tree.FOLD_EAGER_SCALING``), or None."""
     folds = [None] * len(transforms)
     for i in range(len(transforms) - 1):
-        if getattr(transforms[i].update, "gradtx_updates_from_first_map", False):
+        if tree.is_updates_from_first_map(transforms[i].update):
             folds[i] = tree.scaling_step_size(transforms[i + 1].update)
     return folds
 

@@ -10,6 +10,7 @@ import operator
 import re
 import threading
 import types
+import weakref
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -519,11 +520,22 @@ def scaled_first_output(step_size: Any):
         _SCALE_REQUEST.reset(token)
 
 
+# The marks are kept here, by function, not as attributes of the functions:
+# ``functools.wraps`` copies a function's attributes to the wrapper it decorates, which
+# may change the updates after the wrapped one (clip them, log them), and a chain
+# folding that wrapper's scaling, or folding a scaling into it, skipped what it did.
+_FIRST_MAP_UPDATES: weakref.WeakSet = weakref.WeakSet()
+_STEP_SIZES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def updates_from_first_map(update: Callable[..., Any]) -> Callable[..., Any]:
     """Marks a transform's ``update`` that returns as its updates, leaf for leaf, the first
     output of a ``map_unzip(..., updates_first=True)`` it always makes (once): a
     scaling after it in a chain may then be folded into that map's eager kernels
-    (``FOLD_EAGER_SCALING``).
+    (``FOLD_EAGER_SCALING``). The update must not change those updates after the map,
+    nor make another ``updates_first`` map before it (the scaling would be applied to
+    the wrong numbers). The mark is the function's own: a function wrapping it
+    (``functools.wraps`` included) is not marked.
 
     Example:
         >>> import jax.numpy as jnp
@@ -540,13 +552,32 @@ def updates_from_first_map(update: Callable[..., Any]) -> Callable[..., Any]:
         >>> tx.update(jnp.array([2.0, -3.0]), tx.init(jnp.zeros(2)))[0].tolist()
         [-0.5, 0.5]
     """
-    update.gradtx_updates_from_first_map = True
+    _FIRST_MAP_UPDATES.add(update)
+    return update
+
+
+def is_updates_from_first_map(update: Callable[..., Any]) -> bool:
+    """Whether ``update`` itself was marked with ``updates_from_first_map``."""
+    try:
+        return update in _FIRST_MAP_UPDATES
+    except TypeError:  # an unhashable callable (no weak reference is a False already)
+        return False
+
+
+def scaling(update: Callable[..., Any], step_size: Any) -> Callable[..., Any]:
+    """Marks a stateless scaling's ``update`` (``scale``) that multiplies the updates by
+    ``step_size`` (``numerics.scaled``) and does nothing else: a chain may fold it into
+    the transform before it (``FOLD_EAGER_SCALING``)."""
+    _STEP_SIZES[update] = step_size
     return update
 
 
 def scaling_step_size(update: Callable[..., Any]) -> Any:
     """The step size of a stateless scaling's ``update`` (``scale``), else None."""
-    return getattr(update, "gradtx_step_size", None)
+    try:
+        return _STEP_SIZES.get(update)
+    except TypeError:  # a callable without weak references (a builtin) or unhashable
+        return None
 
 
 def _scales_exactly(arg_tuples: list[tuple], groups: Any) -> bool:

@@ -316,6 +316,32 @@ def test_an_eager_named_optimizer_scales_its_updates_in_its_last_blocks_kernels(
     assert plain - folded == 2, (plain, folded)
 
 
+def test_a_wrapper_made_with_functools_wraps_is_not_folded(fresh_kernels):
+    """functools.wraps copies a function's attributes to its wrapper: a wrapper of the
+    update of scale_by_... or of scale, which clips what the wrapped one returns, took
+    its marks, and an eager chain scaled before the clip (-10 * 0.5 where -10 was
+    clipped: 5x the step) or skipped the clip (-6 where the bound is 1)."""
+
+    def clipped(inner):
+        @functools.wraps(inner.update)
+        def update(updates, state, params=None, **extra):
+            updates, state = inner.update(updates, state, params, **extra)
+            return jax.tree.map(lambda u: jnp.clip(u, -1.0, 1.0), updates), state
+
+        return gtx.GradientTransformation(inner.init, update)
+
+    g = np.array([0.5, -0.25, 3.0], np.float32)
+    for tx, expected in [
+        (gtx.chain(clipped(gtx.trace(0.5)), gtx.scale(-2.0)), lambda b: -2 * np.clip(b, -1, 1)),
+        (gtx.chain(gtx.trace(0.5), clipped(gtx.scale(-2.0))), lambda b: np.clip(-2 * b, -1, 1)),
+    ]:
+        state, buffer = tx.init(jnp.zeros(3)), np.zeros(3, np.float32)
+        for _ in range(3):  # op by op, then compiled at the second sight, then compiled
+            updates, state = tx.update(jnp.asarray(g), state)
+            buffer = g + 0.5 * buffer  # trace: b <- g + decay * b, exact here
+            np.testing.assert_array_equal(np.asarray(updates), expected(buffer))
+
+
 @pytest.mark.parametrize("name", sorted(zoo.WRAPPERS))
 def test_eager_kernels_give_the_numbers_of_op_by_op_execution_in_every_wrapper(
     name, rng, monkeypatch, fresh_kernels

@@ -53,8 +53,7 @@ def _scale(step_size: float | jax.Array) -> GradientTransformation:
         return _scale_leaves(updates, step_size), state
 
     # a chain may fold it into the transform before it (tree.FOLD_EAGER_SCALING)
-    update.gradtx_step_size = step_size
-    return GradientTransformation(init, update)
+    return GradientTransformation(init, tree.scaling(update, step_size))
 
 
 class ScaleByScheduleState(NamedTuple):
