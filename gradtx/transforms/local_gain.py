@@ -111,6 +111,8 @@ def scale_by_local_gain(
                 numerics.hyperparameter(min_gain, real),
                 numerics.hyperparameter(max_gain, real),
             )
+            # read as the state stores it (bfloat16 gains of bfloat16 gradients rounded)
+            gain_ = numerics.as_stored(gain_, gain.dtype, g.dtype)
             theta = numerics.hyperparameter(trace_decay, real)
             dbar_new = (1 - theta) * g_ + theta * dbar_
             return (
