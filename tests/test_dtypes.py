@@ -396,6 +396,8 @@ _READS_AS_STORED = {
         lambda: gtx.trace(0.9, nesterov=True),
         lambda g, s, t: g + np.float32(0.9) * s.trace,
     ),
+    # its gains (a helper's review: 27% of updates were an ulp off the stored gains')
+    "scale_by_local_gain": (lambda: gtx.scale_by_local_gain(), lambda g, s, t: s.gains * g),
     "ema": (
         lambda: gtx.ema(0.9),
         lambda g, s, t: s.ema / _bias_correction(0.9, t),

@@ -114,27 +114,3 @@ def test_defaults_add_0_05_multiply_by_0_95_and_keep_gains_in_0_01_to_100():
     ref_gains, _ = ref.local_gains(grads, 0.05, 0.95, 0.01, 100.0)
     np.testing.assert_allclose(gains, ref_gains, rtol=1e-4)
     assert gains[-1].tolist() == [100.0, np.float32(0.01)]
-
-
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-def test_bfloat16_updates_read_the_gains_as_the_state_stores_them(dtype):
-    """With bfloat16 params the update is the stored gain times the gradient, rounded
-    once (``numerics.as_stored``, as the moments of Adam are read): it multiplied the
-    float32 gain, and 27% of these updates were an ulp off the stored gains' (4 steps).
-    float32 reads the float32 gain, the same value."""
-    tx = gtx.scale_by_local_gain()
-    rng = np.random.default_rng(0)
-    grads = jnp.asarray(rng.normal(size=(4, 4096)), dtype)
-
-    @jax.jit
-    def run(grads):
-        def step(state, g):
-            updates, state = tx.update(g, state)
-            return state, updates
-
-        return jax.lax.scan(step, tx.init(grads[0]), grads)
-
-    state, updates = run(grads)
-    gains = np.asarray(state.gains, np.float32)
-    expected = (gains * np.asarray(grads[-1], np.float32)).astype(dtype)
-    assert np.asarray(updates[-1], np.float32).tolist() == expected.astype(np.float32).tolist()
