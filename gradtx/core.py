@@ -153,9 +153,9 @@ def chain(*transforms: TransformLike) -> GradientTransformation:
 
     ``chain(a, b).update(g, (sa, sb))`` computes ``u, sa = a.update(g, sa)`` then
     ``u, sb = b.update(u, sb)``. Extra keyword arguments reach every transform that
-    accepts them. Optax transforms may be chained too. Un-jitted, a stateless scaling
-    (``scale``, a learning rate) after a block that allows it runs inside that block's
-    eager kernels: the same numbers, one pass over the leaves fewer
+    accepts them. Optax transforms may be chained too. Un-jitted, a scaling (``scale``,
+    a learning rate, a schedule's value) after a block that allows it runs inside that
+    block's eager kernels: the same numbers, one pass over the leaves fewer
     (``tree.FOLD_EAGER_SCALING``).
 
     Example:
@@ -185,31 +185,36 @@ def chain(*transforms: TransformLike) -> GradientTransformation:
 
 
 def _scalings_to_fold(transforms: Sequence[Any]) -> list[Any]:
-    """For each transform of a chain, the step size of a stateless scaling right after
-    it that an un-jitted update may fold into its per-leaf kernels
-    (``tree.FOLD_EAGER_SCALING``), or None."""
+    """For each transform of a chain, the ``tree.scaling_step`` of a scaling right after
+    it (its step size and next state from its state) that an un-jitted update may fold
+    into the transform's per-leaf kernels (``tree.FOLD_EAGER_SCALING``), or None."""
     folds = [None] * len(transforms)
     for i in range(len(transforms) - 1):
         if tree.is_updates_from_first_map(transforms[i].update):
-            folds[i] = tree.scaling_step_size(transforms[i + 1].update)
+            folds[i] = tree.scaling_step(transforms[i + 1].update)
     return folds
 
 
 def _update_in_turn(update_fns, folds, updates, states, params, extra):
     """The updates of ``update_fns`` applied one after another, and their new states in a
-    list. Where ``folds`` gives the step size of the scaling after a transform, the
-    transform's per-leaf map is asked to scale its updates itself (un-jitted, on float32,
-    float64 or complex leaves: ``tree.FOLD_EAGER_SCALING``); if it did, the scaling's
-    pass is skipped (its state, empty, is kept)."""
+    list. Where ``folds`` gives the step of the scaling after a transform and that
+    scaling's state gives its step size (a constant, or a schedule's value at an eager
+    update), the transform's per-leaf map is asked to scale its updates itself
+    (un-jitted, on float32, float64 or complex leaves: ``tree.FOLD_EAGER_SCALING``); if
+    it did, the scaling's pass is skipped and its state is the one it would return."""
     skip = False
     for i, update_fn in enumerate(update_fns):
         if skip:
             skip = False
             continue
-        if folds[i] is not None and tree.FOLD_EAGER_SCALING:
-            with tree.scaled_first_output(folds[i]) as request:
+        step = folds[i] and tree.FOLD_EAGER_SCALING and folds[i](states[i + 1])
+        if step:
+            step_size, next_state = step
+            with tree.scaled_first_output(step_size) as request:
                 updates, states[i] = update_fn(updates, states[i], params, **extra)
-            skip = request.applied
+            if request.applied:
+                states[i + 1] = next_state
+                skip = True
         else:
             updates, states[i] = update_fn(updates, states[i], params, **extra)
     return updates, tuple(states)

@@ -474,9 +474,11 @@ def trace_once(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
 
 
 FOLD_EAGER_SCALING = True
-"""Whether an un-jitted ``chain`` folds a stateless scaling (``scale``, a constant or
-injected ``scale_by_learning_rate``: the last block of every named optimizer) into the
-eager kernels of the block before it, when that block's updates are the first output
+"""Whether an un-jitted ``chain`` folds a scaling (``scale``, a constant or injected
+``scale_by_learning_rate``: the last block of every named optimizer; a schedule's value:
+``scale_by_schedule``, ``scale_by_learning_rate`` of a schedule, injected or not, whose
+value the chain computes from the scaling's state before the block: ``scaling_from_state``)
+into the eager kernels of the block before it, when that block's updates are the first output
 of its per-leaf map (``scale_by_adam``, ``add_decayed_weights``, ``trace``...; see
 ``updates_from_first_map``). The kernels then return ``step_size * u`` computed as
 ``scale`` computes it, and the scaling's own pass over the leaves, one more output array
@@ -568,16 +570,40 @@ def scaling(update: Callable[..., Any], step_size: Any) -> Callable[..., Any]:
     """Marks a stateless scaling's ``update`` (``scale``) that multiplies the updates by
     ``step_size`` (``numerics.scaled``) and does nothing else: a chain may fold it into
     the transform before it (``FOLD_EAGER_SCALING``)."""
-    _STEP_SIZES[update] = step_size
+    _STEP_SIZES[update] = lambda state: (step_size, state)
     return update
 
 
-def scaling_step_size(update: Callable[..., Any]) -> Any:
-    """The step size of a stateless scaling's ``update`` (``scale``), else None."""
+def scaling_from_state(
+    update: Callable[..., Any], step_size_and_state: Callable[[Any], tuple | None]
+) -> Callable[..., Any]:
+    """Marks the ``update`` of a scaling whose step size its state gives
+    (``scale_by_schedule``, an injected ``scale_by_learning_rate``): it multiplies the
+    updates by a step size (``numerics.scaled``) and changes nothing else.
+    ``step_size_and_state(state)`` returns that step size and the state the update
+    would return, computed as the update computes them, or None where it cannot say
+    so before the update (a traced state, a state that is not the scaling's own: the
+    update then runs as it is). A chain may fold it into the transform before it
+    (``FOLD_EAGER_SCALING``)."""
+    _STEP_SIZES[update] = step_size_and_state
+    return update
+
+
+def scaling_step(update: Callable[..., Any]) -> Callable[[Any], tuple | None] | None:
+    """For a scaling's ``update`` (``scaling``, ``scaling_from_state``), a function of
+    its state returning its step size and its next state (or None, see
+    ``scaling_from_state``); else None."""
     try:
         return _STEP_SIZES.get(update)
     except TypeError:  # a callable without weak references (a builtin) or unhashable
         return None
+
+
+def concrete_counter(count: Any) -> bool:
+    """Whether ``count`` is a step counter an eager update reads: a 0-d array, not a
+    tracer (``scaling_from_state`` functions use it)."""
+    concrete = isinstance(count, jax.Array) and not isinstance(count, jax.core.Tracer)
+    return concrete and not count.ndim
 
 
 def _scales_exactly(arg_tuples: list[tuple], groups: Any) -> bool:

@@ -342,7 +342,26 @@ def schedule_injection(
             count = numerics.safe_increment(state.count)
             return updates, InjectState(count, hyperparams, inner_state)
 
-        return GradientTransformation(init, update)
+        def folded_step(state):
+            # An injected scaling (scale_by_learning_rate) at an eager update: its step
+            # size and next state as update computes them, for a chain folding it into
+            # the transform before it (tree.FOLD_EAGER_SCALING). Values read from the
+            # caller's arguments (``live``) take the updates' precision: those go
+            # through update, as do other states and inner transforms.
+            if live or not isinstance(state, InjectState):
+                return None
+            if not tree.concrete_counter(state.count):
+                return None
+            hyperparams = values_at(state.count, state.hyperparams)
+            inner_step = tree.scaling_step(_build_inner(factory, fixed, hyperparams).update)
+            step = inner_step and inner_step(state.inner_state)
+            if not step:
+                return None
+            step_size, inner_state = step
+            count = numerics.safe_increment(state.count)
+            return step_size, InjectState(count, hyperparams, inner_state)
+
+        return GradientTransformation(init, tree.scaling_from_state(update, folded_step))
 
     return build
 

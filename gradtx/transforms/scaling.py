@@ -114,12 +114,20 @@ def _scale_by_schedule(step_size_fn: Schedule, owner: str) -> GradientTransforma
     def update(updates, state, params=None, **extra):
         del params, extra
         check.state_of(owner, state, ScaleByScheduleState)
-        step_size = step_size_fn(state.count)
-        return _scale_leaves(updates, step_size), ScaleByScheduleState(
-            numerics.safe_increment(state.count)
-        )
+        step_size, state = step_size_and_state(state)
+        return _scale_leaves(updates, step_size), state
 
-    return GradientTransformation(init, update)
+    def step_size_and_state(state):
+        return step_size_fn(state.count), ScaleByScheduleState(numerics.safe_increment(state.count))
+
+    def folded_step(state):
+        # an eager update's step size, for a chain folding it into the transform before
+        # it (tree.FOLD_EAGER_SCALING); other states go through update
+        if isinstance(state, ScaleByScheduleState) and tree.concrete_counter(state.count):
+            return step_size_and_state(state)
+        return None
+
+    return GradientTransformation(init, tree.scaling_from_state(update, folded_step))
 
 
 def scale_by_learning_rate(
