@@ -167,7 +167,7 @@ def chain(*transforms: TransformLike) -> GradientTransformation:
         [-0.1, 0.05]
     """
     update_fns = tuple(_update_with_extra_args(t) for t in transforms)
-    folds = _scalings_to_fold(transforms)
+    blocks = _foldable_blocks(transforms)
 
     def init(params):
         return tuple(t.init(params) for t in transforms)
@@ -179,45 +179,93 @@ def chain(*transforms: TransformLike) -> GradientTransformation:
                 f"{len(update_fns)} states: {type(state).__name__} (update takes the state "
                 f"init returned: were state and params swapped?)"
             )
-        return _update_in_turn(update_fns, folds, updates, list(state), params, extra)
+        return _update_in_turn(update_fns, blocks, updates, list(state), params, extra)
 
     return GradientTransformation(init, update)
 
 
-def _scalings_to_fold(transforms: Sequence[Any]) -> list[Any]:
-    """For each transform of a chain, the ``tree.scaling_step`` of a scaling right after
-    it (its step size and next state from its state) that an un-jitted update may fold
-    into the transform's per-leaf kernels (``tree.FOLD_EAGER_SCALING``), or None."""
-    folds = [None] * len(transforms)
-    for i in range(len(transforms) - 1):
-        if tree.is_updates_from_first_map(transforms[i].update):
-            folds[i] = tree.scaling_step(transforms[i + 1].update)
-    return folds
+def _foldable_blocks(transforms: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """For each transform of a chain: its ``tree.first_map_of`` (whether its updates are
+    its first map's first output, and how that map reads and returns them) and its
+    ``tree.leaf_fold_of`` (if it is an elementwise block), each None where it has none."""
+    first_maps = [tree.first_map_of(t.update) for t in transforms]
+    return first_maps, [tree.leaf_fold_of(t.update) for t in transforms]
 
 
-def _update_in_turn(update_fns, folds, updates, states, params, extra):
+def _update_in_turn(update_fns, blocks, updates, states, params, extra):
     """The updates of ``update_fns`` applied one after another, and their new states in a
-    list. Where ``folds`` gives the step of the scaling after a transform and that
-    scaling's state gives its step size (a constant, or a schedule's value at an eager
-    update), the transform's per-leaf map is asked to scale its updates itself
-    (un-jitted, on float32, float64 or complex leaves: ``tree.FOLD_EAGER_SCALING``); if
-    it did, the scaling's pass is skipped and its state is the one it would return."""
-    skip = False
-    for i, update_fn in enumerate(update_fns):
-        if skip:
-            skip = False
-            continue
-        step = folds[i] and tree.FOLD_EAGER_SCALING and folds[i](states[i + 1])
-        if step:
-            step_size, next_state = step
-            with tree.scaled_first_output(step_size) as request:
-                updates, states[i] = update_fn(updates, states[i], params, **extra)
-            if request.applied:
-                states[i + 1] = next_state
-                skip = True
+    list; eagerly, elementwise blocks next to a block of ``_foldable_blocks`` run inside
+    its per-leaf kernels (``_update_folded``)."""
+    i = 0
+    while i < len(update_fns):
+        folded = tree.FOLD_EAGER_SCALING and _update_folded(
+            i, update_fns, blocks, updates, states, params, extra
+        )
+        if folded:
+            updates, i = folded
         else:
-            updates, states[i] = update_fn(updates, states[i], params, **extra)
+            updates, states[i] = update_fns[i](updates, states[i], params, **extra)
+            i += 1
     return updates, tuple(states)
+
+
+def _update_folded(i, update_fns, blocks, updates, states, params, extra):
+    """Un-jitted, on float32, float64 or complex updates (``tree.FOLD_EAGER_SCALING``):
+    the block at ``i`` (or right after an elementwise block at ``i``) whose updates are
+    its first map's first output, run with that elementwise block before it and the
+    elementwise blocks after it inside that map (``tree.folded_into_first_map``): their
+    per-leaf functions come from their states first (a global norm, a schedule's
+    value). Two functions join only where XLA computes them as their own passes do
+    (see ``tree.updates_from_first_map``): a product is read by no sum, and by no other
+    product but the scaling right after the block. Returns the updates after the last
+    block run and the index after it, the blocks' new states set in ``states``; None
+    where nothing folds (the block at ``i`` then runs as it is)."""
+    first_maps, leaf_folds = blocks
+    n = len(update_fns)
+    next_has_map = i + 1 < n and first_maps[i + 1] is not None
+    if first_maps[i] is None and not (leaf_folds[i] is not None and next_has_map):
+        return None
+    kind = tree.fold_kind(updates)
+    if kind is None:
+        return None
+    before, block = None, i
+    if leaf_folds[i] is not None and next_has_map:
+        _, allowed, product = leaf_folds[i]
+        if allowed and kind == "real" and not (product and first_maps[i + 1][0]):
+            before, block = i, i + 1
+    if first_maps[block] is None:
+        return None
+    after = block + 1
+    while after < n and leaf_folds[after] is not None:
+        after += 1
+    if before is None and after == block + 1:
+        return None
+    before_fold = None
+    if before is not None:
+        before_fold = leaf_folds[before][0](updates, states[before], params, extra, True)
+        if before_fold is None:
+            return None
+    after_folds = []
+    product = first_maps[block][1]
+    for j in range(block + 1, after):
+        # the updates stand in for the ones the block will return: same structure, dtypes
+        fold = leaf_folds[j][0](updates, states[j], params, extra, False)
+        if fold is None or (product and not (fold.scaling and j == block + 1)):
+            break
+        after_folds.append(fold)
+        product = fold.returns_product
+    if before_fold is None and not after_folds:
+        return None
+    with tree.folded_into_first_map(updates, before_fold, after_folds) as request:
+        new_updates, block_state = update_fns[block](updates, states[block], params, **extra)
+    if not request.answered:  # no map over its updates: the blocks run one by one
+        return None
+    states[block] = block_state
+    if before_fold is not None:
+        states[before] = before_fold.state
+    for j, fold in enumerate(after_folds, start=block + 1):
+        states[j] = fold.state
+    return new_updates, block + 1 + len(after_folds)
 
 
 def named_chain(*transforms: tuple[str, TransformLike]) -> GradientTransformation:
@@ -241,7 +289,7 @@ def named_chain(*transforms: tuple[str, TransformLike]) -> GradientTransformatio
         duplicated = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"named_chain names must be unique, got duplicates {duplicated}")
     update_fns = tuple((name, _update_with_extra_args(t)) for name, t in transforms)
-    folds = _scalings_to_fold([t for _, t in transforms])
+    blocks = _foldable_blocks([t for _, t in transforms])
 
     def init(params):
         return {name: t.init(params) for name, t in transforms}
@@ -260,7 +308,7 @@ def named_chain(*transforms: tuple[str, TransformLike]) -> GradientTransformatio
             )
         functions = [update_fn for _, update_fn in update_fns]
         states = [state[name] for name in names]
-        updates, new_states = _update_in_turn(functions, folds, updates, states, params, extra)
+        updates, new_states = _update_in_turn(functions, blocks, updates, states, params, extra)
         return updates, dict(zip(names, new_states, strict=True))
 
     return GradientTransformation(init, update)

@@ -12,7 +12,7 @@ import threading
 import types
 import weakref
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -249,12 +249,13 @@ def _map_flat(
             name = names[i] if i < len(names) else "the state"
             check_same_structure(tree, other, "the updates", name)
         flat_rest.append(other_leaves)
-    # the map of a transform's updates, asked by a chain to scale them
-    request = _SCALE_REQUEST.get() if updates_first else None
-    if request is not None and request.answered:
-        request = None
-    if request is not None:
+    # the map of a transform's updates, asked by a chain to run the elementwise blocks
+    # next to the transform (FOLD_EAGER_SCALING)
+    request = _FOLD_REQUEST.get() if updates_first else None
+    folds = None
+    if request is not None and not request.answered and request.updates is tree:
         request.answered = True
+        folds = _take_folds(request, tree, treedef, flat_rest)
     if not leaves:
         return [], treedef
     # Python floats as leaves (params = {"scale": 0.5}) become arrays, as under jit
@@ -263,6 +264,7 @@ def _map_flat(
     arg_tuples = list(zip(leaves, *flat_rest, strict=True))
     if leaves and isinstance(leaves[0], jax.core.Tracer):
         _check_leaves(tree, arg_tuples)
+        fn = fn if folds is None else _folded_fn(fn, *folds)
         if TRACE_LEAF_FUNCTION_ONCE:
             fn = _traced_once_per_signature(fn)
         results = [fn(*args) for args in arg_tuples]
@@ -271,15 +273,28 @@ def _map_flat(
         # The leaves of a group share shapes, dtypes and flags, and the groups come in
         # the order of their first leaves: checking those finds the first wrong leaf.
         _check_leaves(tree, arg_tuples, groups and [indices[0] for _, indices in groups])
-        if request is not None and _scales_exactly(arg_tuples, groups):
-            request.applied = True
-            results = _eager_kernel(fn, request.step_size)(arg_tuples, groups)
-        else:
-            results = _eager_kernel(fn)(arg_tuples, groups)
+        results = _eager_kernel(fn, folds)(arg_tuples, groups)
     else:
         _check_leaves(tree, arg_tuples)
+        fn = fn if folds is None else _folded_fn(fn, *folds)
         results = [fn(*args) for args in arg_tuples]
     return results, treedef
+
+
+def _take_folds(request: _FoldRequest, tree: Any, treedef: Any, flat_rest: list) -> tuple:
+    """The ``(arity, before, after)`` of a chain's request (``_folded_fn``), the leaves of
+    the trees its folds read appended to ``flat_rest`` (each checked against ``tree``)."""
+    arity = 1 + len(flat_rest)
+    folds = ([request.before] if request.before is not None else []) + request.after
+    for fold in folds:
+        for i, other in enumerate(fold.trees):
+            other_leaves, other_treedef = jax.tree.flatten(other)
+            if other_treedef != treedef:
+                name = fold.names[i] if i < len(fold.names) else "the state"
+                check_same_structure(tree, other, "the updates", name)
+            flat_rest.append(other_leaves)
+    before = None if request.before is None else (request.before.fn, len(request.before.trees))
+    return arity, before, tuple((fold.fn, len(fold.trees)) for fold in request.after)
 
 
 def map_leaves(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
@@ -474,70 +489,143 @@ def trace_once(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
 
 
 FOLD_EAGER_SCALING = True
-"""Whether an un-jitted ``chain`` folds a scaling (``scale``, a constant or injected
-``scale_by_learning_rate``: the last block of every named optimizer; a schedule's value:
-``scale_by_schedule``, ``scale_by_learning_rate`` of a schedule, injected or not, whose
-value the chain computes from the scaling's state before the block: ``scaling_from_state``)
-into the eager kernels of the block before it, when that block's updates are the first output
-of its per-leaf map (``scale_by_adam``, ``add_decayed_weights``, ``trace``...; see
-``updates_from_first_map``). The kernels then return ``step_size * u`` computed as
-``scale`` computes it, and the scaling's own pass over the leaves, one more output array
-per leaf (7-12 us each on XLA:CPU), is not made: an eager ``gtx.adam`` update on 1,000
-leaves does three arrays a leaf, not four. Only float32, float64 and complex leaves
-fold (a half-precision update is rounded to its dtype before the scaling, and inside
-one kernel XLA may drop that rounding): the numbers are those of the two passes, bit for
-bit (``tests/test_performance_equivalence.py``). Under ``jit`` nothing changes (XLA fuses
-the scaling into the block's loops itself)."""
+"""Whether an un-jitted ``chain`` runs its elementwise blocks inside the eager kernels of
+a block with state next to them: the blocks after it (``scale``, the learning rate of
+every named optimizer, constant, injected or a schedule's value; ``add_decayed_weights``),
+and the one right before it (``clip_by_global_norm``, ``add_decayed_weights``), where
+that block's updates are the first output of its per-leaf map (``scale_by_adam``,
+``trace``... and ``add_decayed_weights``; see ``updates_from_first_map``) and where XLA
+computes the joined functions as it computes their own passes (a product is not read
+by a sum, nor by another product but the learning rate right after the block; complex
+updates take no block before another). The chain
+asks each elementwise block for its per-leaf function (``elementwise``: the scalars it
+needs, a global norm or a schedule's value, computed first), and the block's map
+applies the one before to its updates and the ones after to its first output, in
+order: one output array per leaf and per block fewer (7-12 us each on XLA:CPU). An
+eager ``gtx.adam`` update on 1,000 leaves makes three arrays a leaf, not four; the
+issue's chain (``clip_by_global_norm``, ``scale_by_adam``, ``add_decayed_weights``, an
+injected learning rate) three, not six. Only float32, float64 and complex updates fold
+(a half-precision update is rounded to its dtype between the blocks, and inside one
+kernel XLA may drop that rounding): the numbers are those of the separate passes, bit
+for bit (``tests/test_performance_equivalence.py``). Under ``jit`` nothing changes (XLA
+fuses the blocks' loops itself)."""
 
 
-class _ScaleRequest:
-    """A chain's request that the next per-leaf map scale its first output by
-    ``step_size``: ``answered`` once a map has seen it, ``applied`` if that map did."""
+class LeafFold(NamedTuple):
+    """An elementwise block's update as a per-leaf function (``elementwise``).
 
-    __slots__ = ("answered", "applied", "step_size")
+    Attributes:
+        fn: ``fn(u, *leaves) -> u``, the block's update of one leaf ``u`` given the
+            matching leaves of ``trees`` (array or static flag).
+        trees: trees with the updates' structure that ``fn`` reads (the params, a mask).
+        names: what ``trees`` are, for the error that names one not matching the
+            updates (``map_unzip``'s ``names``).
+        state: the state the block's update returns.
+        adds_updates: ``fn`` may add ``u`` to (or subtract it from) another value.
+        returns_product: ``fn``'s result may be a product (or a quotient by a scalar,
+            which XLA computes as one).
+        scaling: ``fn`` is ``scaled_leaf``'s (a product with a step size and nothing else).
+    """
 
-    def __init__(self, step_size: Any) -> None:
-        self.step_size = step_size
+    fn: Callable[..., Any]
+    trees: tuple = ()
+    names: tuple = ()
+    state: Any = None
+    adds_updates: bool = True
+    returns_product: bool = True
+    scaling: bool = False
+
+
+class _FoldRequest:
+    """A chain's request to the first ``map_unzip(..., updates_first=True)`` of a block
+    over ``updates`` (that very tree: a map over any other tree, user code run inside
+    the block, is not asked): apply ``before`` to its first argument and each of
+    ``after`` to its first output, in order; ``answered`` once that map has."""
+
+    __slots__ = ("after", "answered", "before", "updates")
+
+    def __init__(self, updates: Any, before: LeafFold | None, after: list[LeafFold]) -> None:
+        self.updates = updates
+        self.before = before
+        self.after = after
         self.answered = False
-        self.applied = False
 
 
-_SCALE_REQUEST: contextvars.ContextVar[_ScaleRequest | None] = contextvars.ContextVar(
-    "gradtx_scale_request", default=None
+_FOLD_REQUEST: contextvars.ContextVar[_FoldRequest | None] = contextvars.ContextVar(
+    "gradtx_fold_request", default=None
 )
 
 
 @contextlib.contextmanager
-def scaled_first_output(step_size: Any):
-    """Asks the first ``map_unzip(..., updates_first=True)`` run inside the block to
-    return its first output times ``step_size`` (``numerics.scaled``), where it runs in
-    eager kernels on float32, float64 or complex leaves (``FOLD_EAGER_SCALING``); yields
-    the request, whose ``applied`` says whether it did. ``chain`` uses it: if the map did
-    not scale, the chain applies the scaling block itself."""
-    request = _ScaleRequest(step_size)
-    token = _SCALE_REQUEST.set(request)
+def folded_into_first_map(updates: Any, before: LeafFold | None, after: list[LeafFold]):
+    """Asks the first ``map_unzip(updates, ..., updates_first=True)`` run inside the block
+    to apply ``before`` to each leaf of ``updates`` before its function and each of
+    ``after`` to its first output (``FOLD_EAGER_SCALING``); yields the request, whose
+    ``answered`` says whether it did. ``chain`` uses it, on float32, float64 or complex
+    updates outside any trace (``fold_kind``)."""
+    request = _FoldRequest(updates, before, after)
+    token = _FOLD_REQUEST.set(request)
     try:
         yield request
     finally:
-        _SCALE_REQUEST.reset(token)
+        _FOLD_REQUEST.reset(token)
+
+
+def fold_kind(updates: Any) -> str | None:
+    """Whether an un-jitted chain may fold blocks over ``updates`` (``FOLD_EAGER_SCALING``):
+    ``"real"`` for concrete float32 or float64 arrays, ``"complex"`` where complex64 or
+    complex128 ones are among them (no block folds before another there: a complex
+    product's real and imaginary sums fuse otherwise in one kernel), else None."""
+    kind = "real"
+    for x in jax.tree.leaves(updates):
+        if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+            return None
+        if x.dtype not in _FOLDABLE:
+            return None
+        if x.dtype.kind == "c":
+            kind = "complex"
+    return kind
+
+
+_FOLDABLE = frozenset(map(np.dtype, ("float32", "float64", "complex64", "complex128")))
 
 
 # The marks are kept here, by function, not as attributes of the functions:
 # ``functools.wraps`` copies a function's attributes to the wrapper it decorates, which
 # may change the updates after the wrapped one (clip them, log them), and a chain
 # folding that wrapper's scaling, or folding a scaling into it, skipped what it did.
-_FIRST_MAP_UPDATES: weakref.WeakSet = weakref.WeakSet()
-_STEP_SIZES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_FIRST_MAP_UPDATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LEAF_FOLDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+# Where the kernels of two blocks become one, XLA:CPU may compute differently from the
+# two passes: LLVM contracts a product and the sum that reads it into one fused
+# multiply-add rounded once (a clipped update in momentum's sum, weight decay added to
+# a quotient by a scalar, which XLA computes as a product), and XLA reassociates two
+# products by scalars (``(u * 0.3) * lr`` as ``u * (0.3 * lr)``): 25-32% of elements an
+# ulp apart. An optimization barrier between them does not last to code generation. So
+# the blocks say what their functions read and return, and a chain joins two only
+# where neither can happen (``core._update_folded``): a product is never read by a sum
+# or, but for the scaling right after a block (the learning rate), by another product.
 
 
-def updates_from_first_map(update: Callable[..., Any]) -> Callable[..., Any]:
-    """Marks a transform's ``update`` that returns as its updates, leaf for leaf, the first
-    output of a ``map_unzip(..., updates_first=True)`` it always makes (once): a
-    scaling after it in a chain may then be folded into that map's eager kernels
-    (``FOLD_EAGER_SCALING``). The update must not change those updates after the map,
-    nor make another ``updates_first`` map before it (the scaling would be applied to
-    the wrong numbers). The mark is the function's own: a function wrapping it
+def updates_from_first_map(
+    update: Callable[..., Any], *, adds_updates: bool = True, returns_product: bool = True
+) -> Callable[..., Any]:
+    """Marks a transform's ``update`` that reads its updates only as the first tree of a
+    ``map_unzip(updates, ..., updates_first=True)`` it always makes (once; their
+    structure and dtypes it may read anywhere) and returns, leaf for leaf, that map's
+    first output as its updates: a chain may then run the elementwise blocks next to it
+    inside that map's eager kernels (``FOLD_EAGER_SCALING``). The update must not change
+    those updates after the map. The mark is the function's own: a function wrapping it
     (``functools.wraps`` included) is not marked.
+
+    Args:
+        update: the transform's update function.
+        adds_updates: the map's function may add its first argument to another value
+            (or subtract it), not only multiply, divide or otherwise transform it (Adam
+            multiplies its gradient; momentum adds it to the buffer). True is safe.
+        returns_product: the map's first output may be a product, or a quotient by a
+            scalar (Adam's is a quotient by an array; Adagrad's a product). True is safe.
 
     Example:
         >>> import jax.numpy as jnp
@@ -548,73 +636,127 @@ def updates_from_first_map(update: Callable[..., Any]) -> Callable[..., Any]:
         ...         (signs,) = tree.map_unzip(jnp.sign, updates, outputs=1, updates_first=True)
         ...         return signs, state
         ...     return gtx.GradientTransformation(
-        ...         lambda params: gtx.EmptyState(), tree.updates_from_first_map(update)
+        ...         lambda params: gtx.EmptyState(),
+        ...         tree.updates_from_first_map(update, adds_updates=False, returns_product=False),
         ...     )
         >>> tx = gtx.chain(sign_of(), gtx.scale(-0.5))  # one eager pass: -0.5 * sign(g)
         >>> tx.update(jnp.array([2.0, -3.0]), tx.init(jnp.zeros(2)))[0].tolist()
         [-0.5, 0.5]
     """
-    _FIRST_MAP_UPDATES.add(update)
+    _FIRST_MAP_UPDATES[update] = (adds_updates, returns_product)
     return update
+
+
+def first_map_of(update: Callable[..., Any]) -> tuple[bool, bool] | None:
+    """``(adds_updates, returns_product)`` of an ``update`` itself marked with
+    ``updates_from_first_map``, else None."""
+    try:
+        return _FIRST_MAP_UPDATES.get(update)
+    except TypeError:  # a callable without weak references (a builtin) or unhashable
+        return None
 
 
 def is_updates_from_first_map(update: Callable[..., Any]) -> bool:
     """Whether ``update`` itself was marked with ``updates_from_first_map``."""
+    return first_map_of(update) is not None
+
+
+def elementwise(
+    update: Callable[..., Any],
+    leaf_fold: Callable[..., LeafFold | None],
+    *,
+    before: bool = False,
+    returns_product: bool = True,
+) -> Callable[..., Any]:
+    """Marks the ``update`` of an elementwise block: one that returns, leaf for leaf, a
+    function of each update leaf and the matching leaves of other trees, and a state.
+    ``leaf_fold(updates, state, params, extra, values)`` returns that function, those
+    trees and that state as a ``LeafFold``, computed as ``update`` computes them, or None
+    where it cannot before the update (a traced state, a state not the block's own: the
+    update then runs as it is). ``values`` says whether ``updates`` are the block's own
+    updates or stand-ins with their structure and dtypes only (the block's updates are
+    those of the block before it, not computed yet): a block whose function needs their
+    values (a global norm) returns None then. A chain may run the block inside the eager
+    kernels of the block before it (``FOLD_EAGER_SCALING``) and, with ``before``, of the
+    block after it: its function multiplies by no constant that XLA could merge with one
+    of that block's (``clip_by_global_norm``'s factor is an array; ``scale`` may
+    multiply by a constant). ``returns_product`` is ``LeafFold``'s, known before the
+    update (whether a block after it that adds its updates may take it before it)."""
+    _LEAF_FOLDS[update] = (leaf_fold, before, returns_product)
+    return update
+
+
+def leaf_fold_of(update: Callable[..., Any]) -> tuple[Callable, bool, bool] | None:
+    """``(leaf_fold, before, returns_product)`` of an elementwise block's ``update``
+    (``elementwise``), else None."""
     try:
-        return update in _FIRST_MAP_UPDATES
-    except TypeError:  # an unhashable callable (no weak reference is a False already)
-        return False
+        return _LEAF_FOLDS.get(update)
+    except TypeError:  # a callable without weak references (a builtin) or unhashable
+        return None
+
+
+def scaled_leaf(step_size: Any) -> Callable[[Any], Any]:
+    """The per-leaf function of a scaling (``scale``): ``u -> step_size * u``
+    (``numerics.scaled``)."""
+
+    def leaf(u):
+        return numerics.scaled(u, step_size)
+
+    return leaf
+
+
+def _scaling_fold(step_size: Any, state: Any) -> LeafFold:
+    return LeafFold(scaled_leaf(step_size), state=state, adds_updates=False, scaling=True)
 
 
 def scaling(update: Callable[..., Any], step_size: Any) -> Callable[..., Any]:
     """Marks a stateless scaling's ``update`` (``scale``) that multiplies the updates by
-    ``step_size`` (``numerics.scaled``) and does nothing else: a chain may fold it into
-    the transform before it (``FOLD_EAGER_SCALING``)."""
-    _STEP_SIZES[update] = lambda state: (step_size, state)
-    return update
+    ``step_size`` (``scaled_leaf``) and does nothing else (``elementwise``)."""
+    return elementwise(update, lambda updates, state, *_: _scaling_fold(step_size, state))
 
 
 def scaling_from_state(
     update: Callable[..., Any], step_size_and_state: Callable[[Any], tuple | None]
 ) -> Callable[..., Any]:
     """Marks the ``update`` of a scaling whose step size its state gives
-    (``scale_by_schedule``, an injected ``scale_by_learning_rate``): it multiplies the
-    updates by a step size (``numerics.scaled``) and changes nothing else.
-    ``step_size_and_state(state)`` returns that step size and the state the update
-    would return, computed as the update computes them, or None where it cannot say
-    so before the update (a traced state, a state that is not the scaling's own: the
-    update then runs as it is). A chain may fold it into the transform before it
-    (``FOLD_EAGER_SCALING``)."""
-    _STEP_SIZES[update] = step_size_and_state
-    return update
+    (``scale_by_schedule``): it multiplies the updates by a step size
+    (``scaled_leaf``) and changes nothing else. ``step_size_and_state(state)`` returns
+    that step size and the state the update would return, computed as the update
+    computes them, or None where it cannot (``elementwise``)."""
 
+    def leaf_fold(updates, state, *_):
+        step = step_size_and_state(state)
+        return None if step is None else _scaling_fold(*step)
 
-def scaling_step(update: Callable[..., Any]) -> Callable[[Any], tuple | None] | None:
-    """For a scaling's ``update`` (``scaling``, ``scaling_from_state``), a function of
-    its state returning its step size and its next state (or None, see
-    ``scaling_from_state``); else None."""
-    try:
-        return _STEP_SIZES.get(update)
-    except TypeError:  # a callable without weak references (a builtin) or unhashable
-        return None
+    return elementwise(update, leaf_fold)
 
 
 def concrete_counter(count: Any) -> bool:
     """Whether ``count`` is a step counter an eager update reads: a 0-d array, not a
-    tracer (``scaling_from_state`` functions use it)."""
+    tracer (``elementwise`` blocks with a schedule use it)."""
     concrete = isinstance(count, jax.Array) and not isinstance(count, jax.core.Tracer)
     return concrete and not count.ndim
 
 
-def _scales_exactly(arg_tuples: list[tuple], groups: Any) -> bool:
-    """Whether a scaling folded into these leaves' kernels gives the numbers of its own
-    pass: the updates (each tuple's first array) float32, float64 or complex."""
-    if not FOLD_EAGER_SCALING or groups is None:
-        return False
-    return all(arg_tuples[indices[0]][0].dtype in _FOLDABLE_DTYPES for _, indices in groups)
+def _folded_fn(fn: Callable, arity: int, before: Any, after: Sequence) -> Callable:
+    """``fn`` of ``arity`` arguments with the leaf folds of a chain (``_FoldRequest``):
+    a function of ``fn``'s arguments followed by the extra leaves of ``before`` and of
+    each of ``after`` (``(fn, count)`` pairs, or ``before`` None)."""
 
+    def folded(*args):
+        main, extra = list(args[:arity]), args[arity:]
+        if before is not None:
+            before_fn, count = before
+            main[0] = before_fn(main[0], *extra[:count])
+            extra = extra[count:]
+        result = fn(*main)
+        first, rest = (result[0], result[1:]) if isinstance(result, tuple) else (result, None)
+        for after_fn, count in after:
+            first = after_fn(first, *extra[:count])
+            extra = extra[count:]
+        return first if rest is None else (first, *rest)
 
-_FOLDABLE_DTYPES = frozenset(map(np.dtype, ("float32", "float64", "complex64", "complex128")))
+    return folded
 
 
 class _EagerKernels:
@@ -659,44 +801,52 @@ class _EagerKernels:
 _EAGER = _EagerKernels()
 
 
-_UNSCALED = object()
-
-
-def _eager_kernel(
-    fn: Callable[..., tuple], step_size: Any = _UNSCALED
-) -> Callable[[list[tuple], Any], list]:
-    """A function of the per-leaf argument tuples and their ``_group_by_signature``
-    returning ``fn``'s results in leaf order: through a cached compiled kernel whose
-    closure arrays are arguments, or ``fn`` leaf by leaf when it cannot be cached (see
-    ``COMPILE_EAGER_LEAF_FUNCTIONS``); with ``step_size``, each result's first output
-    times it (``numerics.scaled``: ``FOLD_EAGER_SCALING``)."""
-    scaled = step_size is not _UNSCALED
-    if scaled:
-        unscaled_fn = fn
-
-        def op_by_op(arg_tuples, groups=None):
-            return [_scale_first(unscaled_fn(*args), step_size) for args in arg_tuples]
-
-    else:
-        op_by_op = lambda arg_tuples, groups=None: [fn(*args) for args in arg_tuples]  # noqa: E731
+def _function_key(fn: Callable) -> tuple[tuple, Any, tuple, list] | None:
+    """A per-leaf function as part of an eager kernel's key: ``(key, closure_def,
+    dynamic, dynamic_values)``, its closure's arrays and NumPy scalars (at positions
+    ``dynamic`` of the flattened closure) being the kernel's arguments; None where it
+    cannot be cached (see ``COMPILE_EAGER_LEAF_FUNCTIONS``)."""
     if type(fn) is not types.FunctionType:
         # A bound method, functools.partial, ufunc or callable object: its code alone
         # (rebuilt below from code and closure) would lose the bound values.
-        return op_by_op
+        return None
     code = fn.__code__
     if code in _EAGER.op_by_op_codes:
-        return op_by_op
+        return None
     try:
         cell_contents = [cell.cell_contents for cell in fn.__closure__ or ()]
     except ValueError:  # a cell not yet assigned
-        return op_by_op
+        return None
     values, closure_def = jax.tree.flatten(cell_contents)
     # NumPy scalars too: arithmetic on a state restored to the host (jax.device_get,
     # pickle) gives them where the state on device gives arrays (-lr, count == 0); as
     # constants of the key they would compile a kernel per value, unlike those arrays.
     dynamic = tuple(i for i, x in enumerate(values) if isinstance(x, _KERNEL_ARGUMENTS))
     static = tuple(_static_key(x) for i, x in enumerate(values) if i not in dynamic)
-    key = (code, closure_def, dynamic, static, fn.__defaults__, fn.__kwdefaults__, scaled)
+    key = (code, closure_def, dynamic, static, fn.__defaults__, fn.__kwdefaults__)
+    return key, closure_def, dynamic, [values[i] for i in dynamic]
+
+
+def _eager_kernel(fn: Callable[..., tuple], folds: tuple | None = None) -> Callable[..., list]:
+    """A function of the per-leaf argument tuples and their ``_group_by_signature``
+    returning ``fn``'s results in leaf order: through a cached compiled kernel whose
+    closure arrays are arguments, or ``fn`` leaf by leaf when it cannot be cached (see
+    ``COMPILE_EAGER_LEAF_FUNCTIONS``). ``folds``: ``(arity, before, after)`` of a chain's
+    elementwise blocks run with ``fn`` (``_folded_fn``; ``FOLD_EAGER_SCALING``), each
+    argument tuple holding their extra leaves after ``fn``'s ``arity`` arguments."""
+    if folds is None:
+        fns, layout, leaf_fn = [fn], None, fn
+    else:
+        arity, before, after = folds
+        fns = [fn, *([before[0]] if before is not None else []), *(f for f, _ in after)]
+        layout = (arity, None if before is None else before[1], tuple(n for _, n in after))
+        leaf_fn = _folded_fn(fn, arity, before, after)
+    op_by_op = lambda arg_tuples, groups=None: [leaf_fn(*args) for args in arg_tuples]  # noqa: E731
+    parts = [_function_key(f) for f in fns]
+    if any(part is None for part in parts):
+        return op_by_op
+    code = fn.__code__
+    key = (code, *parts[0][0][1:], tuple(part[0] for part in parts[1:]), layout)
     try:
         kernel = _EAGER.kernels.get(key)
     except TypeError:  # an unhashable value in the closure
@@ -719,7 +869,9 @@ def _eager_kernel(
         # would otherwise run on the default device alone: gathered there from a leaf
         # sharded over Auto mesh axes (a pmap output), an error on Explicit ones
         kernel = jax.jit(
-            _leaves_kernel(fn, closure_def, dynamic, scaled), static_argnums=1, keep_unused=True
+            _leaves_kernel(fns, [part[1:3] for part in parts], layout),
+            static_argnums=1,
+            keep_unused=True,
         )
         with _EAGER.lock:
             _EAGER.seen_once.discard(key)
@@ -734,9 +886,7 @@ def _eager_kernel(
     elif key in _EAGER.unused.get(code, ()):
         with _EAGER.lock:
             _EAGER.unused[code].discard(key)
-    dynamic_values = tuple(values[i] for i in dynamic)
-    if scaled:
-        dynamic_values += (step_size,)
+    dynamic_values = tuple(value for part in parts for value in part[3])
 
     def run(arg_tuples, groups):
         if groups is None:  # an unhashable non-array argument
@@ -762,7 +912,7 @@ def _eager_kernel(
             with _EAGER.lock:
                 _EAGER.kernels.pop(key, None)
                 _EAGER.unused.get(code, set()).discard(key)
-                _EAGER.op_by_op_codes.add(code)
+                _EAGER.op_by_op_codes.update(f.__code__ for f in fns)
             return op_by_op(arg_tuples)
         return results
 
@@ -872,47 +1022,56 @@ def _arrays(args: tuple, statics: tuple) -> tuple:
     return tuple(x for x, s in zip(args, statics, strict=True) if s is None)
 
 
-def _leaves_kernel(
-    fn: Callable[..., tuple], closure_def: Any, dynamic: tuple[int, ...], scaled: bool = False
-) -> Callable[..., list]:
-    """``fn`` rebuilt as ``g(closure_arrays, statics, leaves) -> [fn(*args) for each
-    leaf]``: the same code, its closure's array values (at positions ``dynamic`` of the
-    flattened closure) taken from the first argument and every other closure value kept
-    (the arrays are not kept: the kernel outlives this call, and they may be large);
-    ``leaves`` holds each leaf's array arguments and ``statics`` the others
-    (``(value, type)``, or ``None`` where an array goes). ``scaled``: the first
-    argument's last value is a step size that multiplies each result's first output."""
+def _leaves_kernel(fns: list[Callable], closures: list[tuple], layout: Any) -> Callable[..., list]:
+    """``fns[0]`` (with the folds of ``layout``, ``_eager_kernel``) rebuilt as
+    ``g(closure_arrays, statics, leaves) -> [fn(*args) for each leaf]``: the same code,
+    each function's closure arrays (``closures``: its ``(closure_def, dynamic)``) taken
+    in turn from the first argument and every other closure value kept (the arrays are
+    not kept: the kernel outlives this call, and they may be large); ``leaves`` holds
+    each leaf's array arguments and ``statics`` the others (``(value, type)``, or
+    ``None`` where an array goes)."""
+    rebuilders = [_rebuilder(f, *closure) for f, closure in zip(fns, closures, strict=True)]
+
+    def kernel(dynamic_values, statics, leaves):
+        rebuilt, start = [], 0
+        for rebuild, (_, dynamic) in zip(rebuilders, closures, strict=True):
+            rebuilt.append(rebuild(dynamic_values[start : start + len(dynamic)]))
+            start += len(dynamic)
+        leaf_fn = rebuilt[0]
+        if layout is not None:
+            arity, before_count, after_counts = layout
+            folds = iter(rebuilt[1:])
+            before = None if before_count is None else (next(folds), before_count)
+            after = [(next(folds), count) for count in after_counts]
+            leaf_fn = _folded_fn(leaf_fn, arity, before, after)
+        results = []
+        for arrays in leaves:
+            arrays = iter(arrays)
+            results.append(leaf_fn(*[next(arrays) if s is None else s[0] for s in statics]))
+        return results
+
+    return kernel
+
+
+def _rebuilder(fn: Callable, closure_def: Any, dynamic: tuple[int, ...]) -> Callable:
+    """A function of ``fn``'s closure arrays (at positions ``dynamic`` of its flattened
+    closure) returning ``fn`` with them: its code, its other closure values."""
     values = jax.tree.leaves([cell.cell_contents for cell in fn.__closure__ or ()])
     values = [None if i in dynamic else value for i, value in enumerate(values)]
     code, globals_, name, defaults, kwdefaults = (
         fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__kwdefaults__
     )  # fmt: skip
 
-    def kernel(dynamic_values, statics, leaves):
-        if scaled:
-            *dynamic_values, step_size = dynamic_values
+    def rebuild(dynamic_values):
         merged = list(values)
         for position, value in zip(dynamic, dynamic_values, strict=True):
             merged[position] = value
         cells = tuple(types.CellType(c) for c in jax.tree.unflatten(closure_def, merged))
         rebuilt_fn = types.FunctionType(code, globals_, name, defaults, cells or None)
         rebuilt_fn.__kwdefaults__ = kwdefaults
-        results = []
-        for arrays in leaves:
-            arrays = iter(arrays)
-            args = [next(arrays) if s is None else s[0] for s in statics]
-            result = rebuilt_fn(*args)
-            results.append(_scale_first(result, step_size) if scaled else result)
-        return results
+        return rebuilt_fn
 
-    return kernel
-
-
-def _scale_first(result: Any, step_size: Any) -> Any:
-    """A per-leaf result with its first output (or its only one) times ``step_size``."""
-    if isinstance(result, tuple):
-        return (numerics.scaled(result[0], step_size), *result[1:])
-    return numerics.scaled(result, step_size)
+    return rebuild
 
 
 def _check_leaves(tree: Any, arg_tuples: list[tuple], indices: list[int] | None = None) -> None:

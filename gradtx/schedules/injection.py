@@ -342,26 +342,26 @@ def schedule_injection(
             count = numerics.safe_increment(state.count)
             return updates, InjectState(count, hyperparams, inner_state)
 
-        def folded_step(state):
-            # An injected scaling (scale_by_learning_rate) at an eager update: its step
-            # size and next state as update computes them, for a chain folding it into
-            # the transform before it (tree.FOLD_EAGER_SCALING). Values read from the
-            # caller's arguments (``live``) take the updates' precision: those go
-            # through update, as do other states and inner transforms.
+        def leaf_fold(updates, state, params, extra, values):
+            # An injected elementwise block (scale_by_learning_rate, add_decayed_weights)
+            # at an eager update: its per-leaf function and next state as update computes
+            # them, for a chain running it inside the kernels of the block next to it
+            # (tree.FOLD_EAGER_SCALING). Values read from the caller's arguments (``live``)
+            # take the updates' precision: those go through update, as do other states and
+            # inner transforms.
             if live or not isinstance(state, InjectState):
                 return None
             if not tree.concrete_counter(state.count):
                 return None
             hyperparams = values_at(state.count, state.hyperparams)
-            inner_step = tree.scaling_step(_build_inner(factory, fixed, hyperparams).update)
-            step = inner_step and inner_step(state.inner_state)
-            if not step:
+            marked = tree.leaf_fold_of(_build_inner(factory, fixed, hyperparams).update)
+            fold = marked and marked[0](updates, state.inner_state, params, extra, values)
+            if fold is None:
                 return None
-            step_size, inner_state = step
             count = numerics.safe_increment(state.count)
-            return step_size, InjectState(count, hyperparams, inner_state)
+            return fold._replace(state=InjectState(count, hyperparams, fold.state))
 
-        return GradientTransformation(init, tree.scaling_from_state(update, folded_step))
+        return GradientTransformation(init, tree.elementwise(update, leaf_fold))
 
     return build
 

@@ -169,7 +169,9 @@ def scale_by_adam(
         )
         return updates, ScaleByAdamState(count, mu, nu)
 
-    return GradientTransformation(init, tree.updates_from_first_map(update))
+    return GradientTransformation(
+        init, tree.updates_from_first_map(update, adds_updates=False, returns_product=False)
+    )
 
 
 class ScaleByAmsgradState(NamedTuple):
@@ -358,7 +360,9 @@ def amsgrad_max(
         )
         return updates, ScaleByAmsgradState(count, mu, nu, nu_max)
 
-    return GradientTransformation(init, tree.updates_from_first_map(update))
+    return GradientTransformation(
+        init, tree.updates_from_first_map(update, adds_updates=False, returns_product=False)
+    )
 
 
 class ScaleByAdamaxState(NamedTuple):
@@ -466,7 +470,9 @@ def scale_by_adamax(
         )
         return updates, ScaleByAdamaxState(count, mu, nu)
 
-    return GradientTransformation(init, tree.updates_from_first_map(update))
+    return GradientTransformation(
+        init, tree.updates_from_first_map(update, adds_updates=False, returns_product=False)
+    )
 
 
 class ScaleByRmsState(NamedTuple):
@@ -613,7 +619,9 @@ def scale_by_rms(
         updates, nu = tree.map_unzip(leaf, updates, state.nu, outputs=2, updates_first=True)
         return updates, ScaleByRmsState(count, nu)
 
-    return GradientTransformation(init, tree.updates_from_first_map(update))
+    return GradientTransformation(
+        init, tree.updates_from_first_map(update, adds_updates=False, returns_product=False)
+    )
 
 
 class ScaleByRssState(NamedTuple):
@@ -710,7 +718,9 @@ def scale_by_rss(
         )
         return updates, ScaleByRssState(sum_of_squares)
 
-    return GradientTransformation(init, tree.updates_from_first_map(update))
+    return GradientTransformation(
+        init, tree.updates_from_first_map(update, adds_updates=False, returns_product=True)
+    )
 
 
 class ScaleByAdadeltaState(NamedTuple):
@@ -794,7 +804,9 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransforma
         )
         return updates, ScaleByAdadeltaState(e_g, e_x)
 
-    return GradientTransformation(init, tree.updates_from_first_map(update))
+    return GradientTransformation(
+        init, tree.updates_from_first_map(update, adds_updates=False, returns_product=True)
+    )
 
 
 class ScaleByRpropState(NamedTuple):
@@ -933,4 +945,6 @@ def scale_by_rprop(
         )
         return updates, ScaleByRpropState(step_sizes, previous_sign)
 
-    return GradientTransformation(init, tree.updates_from_first_map(update))
+    return GradientTransformation(
+        init, tree.updates_from_first_map(update, adds_updates=False, returns_product=True)
+    )

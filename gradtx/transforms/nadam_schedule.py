@@ -144,4 +144,6 @@ def scale_by_nadam_schedule(
         )
         return updates, ScaleByNadamScheduleState(count, mu_product, mu, nu)
 
-    return GradientTransformation(init, tree.updates_from_first_map(update))
+    return GradientTransformation(
+        init, tree.updates_from_first_map(update, adds_updates=False, returns_product=False)
+    )

@@ -114,6 +114,13 @@ def add_decayed_weights(
             )
         if scheduled:
             check.state_of("add_decayed_weights", state, AddDecayedWeightsState)
+        leaf, masks = decayed_leaf(updates, state, params)
+        (decayed,) = tree.map_unzip(
+            leaf, updates, params, *masks, outputs=1, names=("the params",), updates_first=True
+        )
+        return decayed, next_state(state)
+
+    def decayed_leaf(updates, state, params):
         decay = weight_decay(state.count) if scheduled else weight_decay
         if scheduled:  # a concrete value (an un-jitted update) is checked, as in the optimizers
             check.non_negative("weight_decay", decay)
@@ -134,15 +141,35 @@ def add_decayed_weights(
         # Without a mask no tree of True flags is built: an eager update would flatten it
         # and carry a flag per leaf (the same numbers: every leaf is kept)
         masks = () if mask is None else (resolve_mask(mask, params, updates),)
-        (decayed,) = tree.map_unzip(
-            leaf, updates, params, *masks, outputs=1, names=("the params",), updates_first=True
-        )
-        new_state = (
-            AddDecayedWeightsState(numerics.safe_increment(state.count)) if scheduled else state
-        )
-        return decayed, new_state
+        return leaf, masks
 
-    return GradientTransformation(init, tree.updates_from_first_map(update))
+    def next_state(state):
+        return AddDecayedWeightsState(numerics.safe_increment(state.count)) if scheduled else state
+
+    def leaf_fold(updates, state, params, extra, values):
+        # an eager chain's request (tree.FOLD_EAGER_SCALING): the mask reads the updates'
+        # structure only; other states and missing params go through update
+        if params is None or (
+            scheduled
+            and not (
+                isinstance(state, AddDecayedWeightsState) and tree.concrete_counter(state.count)
+            )
+        ):
+            return None
+        leaf, masks = decayed_leaf(updates, state, params)
+        return tree.LeafFold(
+            leaf, (params, *masks), ("the params",), next_state(state), returns_product=False
+        )
+
+    return GradientTransformation(
+        init,
+        tree.elementwise(
+            tree.updates_from_first_map(update, adds_updates=True, returns_product=False),
+            leaf_fold,
+            before=True,
+            returns_product=False,
+        ),
+    )
 
 
 def _require_params(name: str, params: Params | None) -> None:
