@@ -153,9 +153,10 @@ def chain(*transforms: TransformLike) -> GradientTransformation:
 
     ``chain(a, b).update(g, (sa, sb))`` computes ``u, sa = a.update(g, sa)`` then
     ``u, sb = b.update(u, sb)``. Extra keyword arguments reach every transform that
-    accepts them. Optax transforms may be chained too. Un-jitted, a scaling (``scale``,
-    a learning rate, a schedule's value) after a block that allows it runs inside that
-    block's eager kernels: the same numbers, one pass over the leaves fewer
+    accepts them. Optax transforms may be chained too. Un-jitted, the elementwise blocks
+    next to a block with state that allows it (a learning rate, a schedule's value and
+    weight decay after it; weight decay before it) run inside
+    that block's eager kernels: the same numbers, a pass over the leaves fewer for each
     (``tree.FOLD_EAGER_SCALING``).
 
     Example:
@@ -186,7 +187,7 @@ def chain(*transforms: TransformLike) -> GradientTransformation:
 
 def _foldable_blocks(transforms: Sequence[Any]) -> tuple[list[Any], list[Any]]:
     """For each transform of a chain: its ``tree.first_map_of`` (whether its updates are
-    its first map's first output, and how that map reads and returns them) and its
+    its first map's first output, and whether that output may be a product) and its
     ``tree.leaf_fold_of`` (if it is an elementwise block), each None where it has none."""
     first_maps = [tree.first_map_of(t.update) for t in transforms]
     return first_maps, [tree.leaf_fold_of(t.update) for t in transforms]
@@ -229,9 +230,10 @@ def _update_folded(i, update_fns, blocks, updates, states, params, extra):
     if kind is None:
         return None
     before, block = None, i
-    if leaf_folds[i] is not None and next_has_map:
-        _, allowed, product = leaf_folds[i]
-        if allowed and kind == "real" and not (product and first_maps[i + 1][0]):
+    # before the block only a function that returns no product (weight decay's sum):
+    # the block may add its updates or multiply them by scalars (Adam's Nesterov term)
+    if leaf_folds[i] is not None and next_has_map and not leaf_folds[i][1]:
+        if kind == "real":
             before, block = i, i + 1
     if first_maps[block] is None:
         return None
@@ -246,14 +248,17 @@ def _update_folded(i, update_fns, blocks, updates, states, params, extra):
         if before_fold is None:
             return None
     after_folds = []
-    product = first_maps[block][1]
+    product = first_maps[block]
     for j in range(block + 1, after):
+        leaf_fold, returns_product, scaling = leaf_folds[j]
+        if product and not (scaling and j == block + 1):
+            break
         # the updates stand in for the ones the block will return: same structure, dtypes
-        fold = leaf_folds[j][0](updates, states[j], params, extra, False)
-        if fold is None or (product and not (fold.scaling and j == block + 1)):
+        fold = leaf_fold(updates, states[j], params, extra, False)
+        if fold is None:
             break
         after_folds.append(fold)
-        product = fold.returns_product
+        product = returns_product
     if before_fold is None and not after_folds:
         return None
     with tree.folded_into_first_map(updates, before_fold, after_folds) as request:

@@ -377,6 +377,15 @@ def factor(value: Any, dtype: Any) -> Any:
     return jnp.asarray(value).astype(real_dtype(dtype)).astype(dtype)
 
 
+def is_constant_zero(value: Any) -> bool:
+    """Whether a hyperparameter is a Python or NumPy 0, a constant XLA drops from a sum
+    (``x + 0``): a quotient by ``sqrt(v) + eps`` is then one by ``sqrt(v)``, which XLA
+    computes as the product ``x * rsqrt(v)`` (blocks tell a chain that folds eager
+    kernels whether they return a product: ``tree.updates_from_first_map``)."""
+    value = python_number(value)
+    return isinstance(value, int | float) and value == 0
+
+
 def python_number(value: Any) -> Any:
     """A real NumPy scalar as the Python number it holds (the same value: a float32's or
     float64's is exact as a Python float), so that JAX types it weakly, as it does the

@@ -242,59 +242,98 @@ def _map_flat(
     time, ~0.3 ms), so a matching tree of ``rest`` gives its leaves from the flattening
     that compares its structure."""
     leaves, treedef = jax.tree.flatten(tree)
-    flat_rest = []
-    for i, other in enumerate(rest):
-        other_leaves, other_treedef = jax.tree.flatten(other)
-        if other_treedef != treedef:
-            name = names[i] if i < len(names) else "the state"
-            check_same_structure(tree, other, "the updates", name)
-        flat_rest.append(other_leaves)
     # the map of a transform's updates, asked by a chain to run the elementwise blocks
     # next to the transform (FOLD_EAGER_SCALING)
     request = _FOLD_REQUEST.get() if updates_first else None
-    folds = None
-    if request is not None and not request.answered and request.updates is tree:
+    if request is not None and (request.answered or request.updates is not tree):
+        request = None
+    if request is not None:
         request.answered = True
-        folds = _take_folds(request, tree, treedef, flat_rest)
+    # the trees in the order the blocks read them (the one before first), each checked
+    # against ``tree`` as that block's own map checks it
+    before = [] if request is None or request.before is None else [request.before]
+    after = [] if request is None else request.after
+    named = [(other, names[i] if i < len(names) else "the state") for i, other in enumerate(rest)]
+    read = [
+        (other, _fold_tree_name(fold, i)) for fold in before for i, other in enumerate(fold.trees)
+    ]
+    read += named
+    read += [
+        (other, _fold_tree_name(fold, i)) for fold in after for i, other in enumerate(fold.trees)
+    ]
+    flat = []
+    for other, name in read:
+        other_leaves, other_treedef = jax.tree.flatten(other)
+        if other_treedef != treedef:
+            check_same_structure(tree, other, "the updates", name)
+        flat.append(other_leaves)
     if not leaves:
         return [], treedef
     # Python floats as leaves (params = {"scale": 0.5}) become arrays, as under jit
     leaves = [_as_array(x) for x in leaves]
-    flat_rest = [[_as_array(x) for x in flat] for flat in flat_rest]
-    arg_tuples = list(zip(leaves, *flat_rest, strict=True))
-    if leaves and isinstance(leaves[0], jax.core.Tracer):
+    flat = [[_as_array(x) for x in leaves_of] for leaves_of in flat]
+    count_before = sum(len(fold.trees) for fold in before)
+    flat_before, flat_rest = flat[:count_before], flat[count_before : count_before + len(rest)]
+    flat_after = flat[count_before + len(rest) :]
+    if request is None:
+        return _run_leaves(fn, tree, list(zip(leaves, *flat_rest, strict=True))), treedef
+    arity = 1 + len(rest)
+    folds = (
+        arity,
+        None if not before else (before[0].fn, count_before),
+        tuple((fold.fn, len(fold.trees)) for fold in after),
+    )
+    arg_tuples = list(zip(leaves, *flat_rest, *flat_before, *flat_after, strict=True))
+    if not (COMPILE_EAGER_LEAF_FUNCTIONS and all(isinstance(x, jax.Array) for x in leaves)):
+        # op by op (or traced): the joined functions' operations as their passes make them
+        return _run_leaves(fn, tree, arg_tuples, folds), treedef
+    if not any(isinstance(x, jax.core.Tracer) for args in arg_tuples for x in args):
+        groups, splits = _group_by_signature(arg_tuples, own=arity)
+        if groups is not None and not splits:
+            _check_leaves(tree, arg_tuples, [indices[0] for _, indices in groups])
+            return _eager_kernel(fn, folds)(arg_tuples, groups), treedef
+    # Where the blocks' arguments would split the leaves into other kernel calls than
+    # the block's own (a mask's flags, params of another dtype: XLA compiles a call of
+    # one leaf otherwise than one of several), or carry tracers (jax.jvp over the params:
+    # the joined tangents reassociate), each block's function makes its own pass
+    if before:
+        before_args = zip(leaves, *flat_before, strict=True)
+        leaves = _run_leaves(before[0].fn, tree, list(before_args))
+    results = _run_leaves(fn, tree, list(zip(leaves, *flat_rest, strict=True)))
+    start = 0
+    for fold in after:
+        trees = flat_after[start : start + len(fold.trees)]
+        start += len(fold.trees)
+        firsts = [r[0] if isinstance(r, tuple) else r for r in results]
+        new = _run_leaves(fold.fn, tree, list(zip(firsts, *trees, strict=True)))
+        results = [
+            (n, *r[1:]) if isinstance(r, tuple) else n for n, r in zip(new, results, strict=True)
+        ]
+    return results, treedef
+
+
+def _fold_tree_name(fold: LeafFold, i: int) -> str:
+    return fold.names[i] if i < len(fold.names) else "the state"
+
+
+def _run_leaves(fn: Callable, tree: Any, arg_tuples: list[tuple], folds: tuple | None = None):
+    """``fn`` (with ``folds``: ``_folded_fn``) over each leaf's argument tuple: traced,
+    in eager kernels or op by op (``_map_flat``)."""
+    if arg_tuples and isinstance(arg_tuples[0][0], jax.core.Tracer):
         _check_leaves(tree, arg_tuples)
         fn = fn if folds is None else _folded_fn(fn, *folds)
         if TRACE_LEAF_FUNCTION_ONCE:
             fn = _traced_once_per_signature(fn)
-        results = [fn(*args) for args in arg_tuples]
-    elif COMPILE_EAGER_LEAF_FUNCTIONS and all(isinstance(x, jax.Array) for x in leaves):
+        return [fn(*args) for args in arg_tuples]
+    if COMPILE_EAGER_LEAF_FUNCTIONS and all(isinstance(args[0], jax.Array) for args in arg_tuples):
         groups = _group_by_signature(arg_tuples)
         # The leaves of a group share shapes, dtypes and flags, and the groups come in
         # the order of their first leaves: checking those finds the first wrong leaf.
         _check_leaves(tree, arg_tuples, groups and [indices[0] for _, indices in groups])
-        results = _eager_kernel(fn, folds)(arg_tuples, groups)
-    else:
-        _check_leaves(tree, arg_tuples)
-        fn = fn if folds is None else _folded_fn(fn, *folds)
-        results = [fn(*args) for args in arg_tuples]
-    return results, treedef
-
-
-def _take_folds(request: _FoldRequest, tree: Any, treedef: Any, flat_rest: list) -> tuple:
-    """The ``(arity, before, after)`` of a chain's request (``_folded_fn``), the leaves of
-    the trees its folds read appended to ``flat_rest`` (each checked against ``tree``)."""
-    arity = 1 + len(flat_rest)
-    folds = ([request.before] if request.before is not None else []) + request.after
-    for fold in folds:
-        for i, other in enumerate(fold.trees):
-            other_leaves, other_treedef = jax.tree.flatten(other)
-            if other_treedef != treedef:
-                name = fold.names[i] if i < len(fold.names) else "the state"
-                check_same_structure(tree, other, "the updates", name)
-            flat_rest.append(other_leaves)
-    before = None if request.before is None else (request.before.fn, len(request.before.trees))
-    return arity, before, tuple((fold.fn, len(fold.trees)) for fold in request.after)
+        return _eager_kernel(fn, folds)(arg_tuples, groups)
+    _check_leaves(tree, arg_tuples)
+    fn = fn if folds is None else _folded_fn(fn, *folds)
+    return [fn(*args) for args in arg_tuples]
 
 
 def map_leaves(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
@@ -491,20 +530,22 @@ def trace_once(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
 FOLD_EAGER_SCALING = True
 """Whether an un-jitted ``chain`` runs its elementwise blocks inside the eager kernels of
 a block with state next to them: the blocks after it (``scale``, the learning rate of
-every named optimizer, constant, injected or a schedule's value; ``add_decayed_weights``),
-and the one right before it (``clip_by_global_norm``, ``add_decayed_weights``), where
-that block's updates are the first output of its per-leaf map (``scale_by_adam``,
-``trace``... and ``add_decayed_weights``; see ``updates_from_first_map``) and where XLA
-computes the joined functions as it computes their own passes (a product is not read
-by a sum, nor by another product but the learning rate right after the block; complex
-updates take no block before another). The chain
+every named optimizer, constant, injected or a schedule's value; ``add_decayed_weights``)
+and the one right before it (``add_decayed_weights``: PyTorch's L2), where that block's
+updates are the first output of its per-leaf map (``scale_by_adam``, ``trace``... and
+``add_decayed_weights``; see ``updates_from_first_map``) and where XLA computes the
+joined functions as it computes their own passes (no product is read by a sum, nor by
+another product but the learning rate right after the block; complex updates take no
+block before another; a map whose kernel calls the joined arguments would split, a
+mask's flags, or that holds tracers runs the blocks as their own passes). The chain
 asks each elementwise block for its per-leaf function (``elementwise``: the scalars it
-needs, a global norm or a schedule's value, computed first), and the block's map
-applies the one before to its updates and the ones after to its first output, in
-order: one output array per leaf and per block fewer (7-12 us each on XLA:CPU). An
-eager ``gtx.adam`` update on 1,000 leaves makes three arrays a leaf, not four; the
-issue's chain (``clip_by_global_norm``, ``scale_by_adam``, ``add_decayed_weights``, an
-injected learning rate) three, not six. Only float32, float64 and complex updates fold
+needs, a schedule's value, computed first), and the block's map applies the one
+before to its updates and the ones after to its first output, in order: one output
+array per leaf and per block fewer (7-12 us each on XLA:CPU). An eager ``gtx.adam``
+update on 1,000 leaves makes three arrays a leaf, not four; ``gtx.adamw`` three, not
+five; the issue's chain (``clip_by_global_norm``, ``scale_by_adam``,
+``add_decayed_weights``, an injected learning rate) four, not six. Only float32, float64
+and complex updates fold
 (a half-precision update is rounded to its dtype between the blocks, and inside one
 kernel XLA may drop that rounding): the numbers are those of the separate passes, bit
 for bit (``tests/test_performance_equivalence.py``). Under ``jit`` nothing changes (XLA
@@ -521,19 +562,12 @@ class LeafFold(NamedTuple):
         names: what ``trees`` are, for the error that names one not matching the
             updates (``map_unzip``'s ``names``).
         state: the state the block's update returns.
-        adds_updates: ``fn`` may add ``u`` to (or subtract it from) another value.
-        returns_product: ``fn``'s result may be a product (or a quotient by a scalar,
-            which XLA computes as one).
-        scaling: ``fn`` is ``scaled_leaf``'s (a product with a step size and nothing else).
     """
 
     fn: Callable[..., Any]
     trees: tuple = ()
     names: tuple = ()
     state: Any = None
-    adds_updates: bool = True
-    returns_product: bool = True
-    scaling: bool = False
 
 
 class _FoldRequest:
@@ -574,8 +608,9 @@ def folded_into_first_map(updates: Any, before: LeafFold | None, after: list[Lea
 def fold_kind(updates: Any) -> str | None:
     """Whether an un-jitted chain may fold blocks over ``updates`` (``FOLD_EAGER_SCALING``):
     ``"real"`` for concrete float32 or float64 arrays, ``"complex"`` where complex64 or
-    complex128 ones are among them (no block folds before another there: a complex
-    product's real and imaginary sums fuse otherwise in one kernel), else None."""
+    complex128 ones are among them (no block folds before another there: complex
+    arithmetic is sums of products, which one kernel contracted otherwise than two for
+    the issue's chain), else None."""
     kind = "real"
     for x in jax.tree.leaves(updates):
         if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
@@ -599,17 +634,19 @@ _LEAF_FOLDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 # Where the kernels of two blocks become one, XLA:CPU may compute differently from the
 # two passes: LLVM contracts a product and the sum that reads it into one fused
-# multiply-add rounded once (a clipped update in momentum's sum, weight decay added to
-# a quotient by a scalar, which XLA computes as a product), and XLA reassociates two
-# products by scalars (``(u * 0.3) * lr`` as ``u * (0.3 * lr)``): 25-32% of elements an
-# ulp apart. An optimization barrier between them does not last to code generation. So
-# the blocks say what their functions read and return, and a chain joins two only
-# where neither can happen (``core._update_folded``): a product is never read by a sum
-# or, but for the scaling right after a block (the learning rate), by another product.
+# multiply-add rounded once (weight decay added to a product, or to a quotient XLA
+# computes as a product), and XLA reassociates products by scalars (``(u * 0.3) * lr``
+# as ``u * (0.3 * lr)``; a clipped update in Adam's Nesterov term, so
+# ``clip_by_global_norm`` is not folded): 7-58% of elements an ulp apart. An
+# optimization barrier between them does not last to code generation. So the blocks
+# say whether their functions return products, and a chain joins two only where
+# neither can happen (``core._update_folded``): before a block only a function that
+# returns no product (weight decay's sum), after one that returns a product only the
+# scaling right after it (its learning rate: a product of arrays times a scalar).
 
 
 def updates_from_first_map(
-    update: Callable[..., Any], *, adds_updates: bool = True, returns_product: bool = True
+    update: Callable[..., Any], *, returns_product: bool = True
 ) -> Callable[..., Any]:
     """Marks a transform's ``update`` that reads its updates only as the first tree of a
     ``map_unzip(updates, ..., updates_first=True)`` it always makes (once; their
@@ -621,11 +658,10 @@ def updates_from_first_map(
 
     Args:
         update: the transform's update function.
-        adds_updates: the map's function may add its first argument to another value
-            (or subtract it), not only multiply, divide or otherwise transform it (Adam
-            multiplies its gradient; momentum adds it to the buffer). True is safe.
-        returns_product: the map's first output may be a product, or a quotient by a
-            scalar (Adam's is a quotient by an array; Adagrad's a product). True is safe.
+        returns_product: the map's first output may be a product, or a quotient that
+            XLA computes as one (by a scalar, or by a square root: ``x * rsqrt(y)``);
+            only a scaling may then follow inside the kernels (Adam's quotient by
+            ``sqrt(v) + eps`` is none; Adagrad's product is one). True is safe.
 
     Example:
         >>> import jax.numpy as jnp
@@ -637,18 +673,18 @@ def updates_from_first_map(
         ...         return signs, state
         ...     return gtx.GradientTransformation(
         ...         lambda params: gtx.EmptyState(),
-        ...         tree.updates_from_first_map(update, adds_updates=False, returns_product=False),
+        ...         tree.updates_from_first_map(update, returns_product=False),
         ...     )
         >>> tx = gtx.chain(sign_of(), gtx.scale(-0.5))  # one eager pass: -0.5 * sign(g)
         >>> tx.update(jnp.array([2.0, -3.0]), tx.init(jnp.zeros(2)))[0].tolist()
         [-0.5, 0.5]
     """
-    _FIRST_MAP_UPDATES[update] = (adds_updates, returns_product)
+    _FIRST_MAP_UPDATES[update] = returns_product
     return update
 
 
-def first_map_of(update: Callable[..., Any]) -> tuple[bool, bool] | None:
-    """``(adds_updates, returns_product)`` of an ``update`` itself marked with
+def first_map_of(update: Callable[..., Any]) -> bool | None:
+    """The ``returns_product`` of an ``update`` itself marked with
     ``updates_from_first_map``, else None."""
     try:
         return _FIRST_MAP_UPDATES.get(update)
@@ -665,8 +701,8 @@ def elementwise(
     update: Callable[..., Any],
     leaf_fold: Callable[..., LeafFold | None],
     *,
-    before: bool = False,
     returns_product: bool = True,
+    scaling: bool = False,
 ) -> Callable[..., Any]:
     """Marks the ``update`` of an elementwise block: one that returns, leaf for leaf, a
     function of each update leaf and the matching leaves of other trees, and a state.
@@ -676,18 +712,17 @@ def elementwise(
     update then runs as it is). ``values`` says whether ``updates`` are the block's own
     updates or stand-ins with their structure and dtypes only (the block's updates are
     those of the block before it, not computed yet): a block whose function needs their
-    values (a global norm) returns None then. A chain may run the block inside the eager
-    kernels of the block before it (``FOLD_EAGER_SCALING``) and, with ``before``, of the
-    block after it: its function multiplies by no constant that XLA could merge with one
-    of that block's (``clip_by_global_norm``'s factor is an array; ``scale`` may
-    multiply by a constant). ``returns_product`` is ``LeafFold``'s, known before the
-    update (whether a block after it that adds its updates may take it before it)."""
-    _LEAF_FOLDS[update] = (leaf_fold, before, returns_product)
+    values returns None then. A chain may run the block inside the eager kernels of the
+    block before it and, where the function returns no product (``returns_product``:
+    ``add_decayed_weights``' sum), of the block after it (``FOLD_EAGER_SCALING``).
+    ``scaling``: the function is ``scaled_leaf``'s (a product by a step size and
+    nothing else), which may follow a block that returns a product."""
+    _LEAF_FOLDS[update] = (leaf_fold, returns_product, scaling)
     return update
 
 
 def leaf_fold_of(update: Callable[..., Any]) -> tuple[Callable, bool, bool] | None:
-    """``(leaf_fold, before, returns_product)`` of an elementwise block's ``update``
+    """``(leaf_fold, returns_product, scaling)`` of an elementwise block's ``update``
     (``elementwise``), else None."""
     try:
         return _LEAF_FOLDS.get(update)
@@ -705,14 +740,14 @@ def scaled_leaf(step_size: Any) -> Callable[[Any], Any]:
     return leaf
 
 
-def _scaling_fold(step_size: Any, state: Any) -> LeafFold:
-    return LeafFold(scaled_leaf(step_size), state=state, adds_updates=False, scaling=True)
-
-
 def scaling(update: Callable[..., Any], step_size: Any) -> Callable[..., Any]:
     """Marks a stateless scaling's ``update`` (``scale``) that multiplies the updates by
     ``step_size`` (``scaled_leaf``) and does nothing else (``elementwise``)."""
-    return elementwise(update, lambda updates, state, *_: _scaling_fold(step_size, state))
+
+    def leaf_fold(updates, state, *_):
+        return LeafFold(scaled_leaf(step_size), state=state)
+
+    return elementwise(update, leaf_fold, scaling=True)
 
 
 def scaling_from_state(
@@ -725,10 +760,13 @@ def scaling_from_state(
     computes them, or None where it cannot (``elementwise``)."""
 
     def leaf_fold(updates, state, *_):
-        step = step_size_and_state(state)
-        return None if step is None else _scaling_fold(*step)
+        try:
+            step = step_size_and_state(state)
+        except (ValueError, TypeError):  # a bad value: the update says so, in its turn
+            return None
+        return None if step is None else LeafFold(scaled_leaf(step[0]), state=step[1])
 
-    return elementwise(update, leaf_fold)
+    return elementwise(update, leaf_fold, scaling=True)
 
 
 def concrete_counter(count: Any) -> bool:
@@ -801,11 +839,12 @@ class _EagerKernels:
 _EAGER = _EagerKernels()
 
 
-def _function_key(fn: Callable) -> tuple[tuple, Any, tuple, list] | None:
+def _function_key(fn: Callable, floats: bool = False) -> tuple[tuple, Any, tuple, list] | None:
     """A per-leaf function as part of an eager kernel's key: ``(key, closure_def,
-    dynamic, dynamic_values)``, its closure's arrays and NumPy scalars (at positions
-    ``dynamic`` of the flattened closure) being the kernel's arguments; None where it
-    cannot be cached (see ``COMPILE_EAGER_LEAF_FUNCTIONS``)."""
+    dynamic, dynamic_values)``, its closure's arrays and NumPy scalars (and, with
+    ``floats``, Python floats) at positions ``dynamic`` of the flattened closure being
+    the kernel's arguments; None where it cannot be cached (see
+    ``COMPILE_EAGER_LEAF_FUNCTIONS``)."""
     if type(fn) is not types.FunctionType:
         # A bound method, functools.partial, ufunc or callable object: its code alone
         # (rebuilt below from code and closure) would lose the bound values.
@@ -821,7 +860,11 @@ def _function_key(fn: Callable) -> tuple[tuple, Any, tuple, list] | None:
     # NumPy scalars too: arithmetic on a state restored to the host (jax.device_get,
     # pickle) gives them where the state on device gives arrays (-lr, count == 0); as
     # constants of the key they would compile a kernel per value, unlike those arrays.
-    dynamic = tuple(i for i, x in enumerate(values) if isinstance(x, _KERNEL_ARGUMENTS))
+    dynamic = tuple(
+        i
+        for i, x in enumerate(values)
+        if isinstance(x, _KERNEL_ARGUMENTS) or (floats and type(x) is float)
+    )
     static = tuple(_static_key(x) for i, x in enumerate(values) if i not in dynamic)
     key = (code, closure_def, dynamic, static, fn.__defaults__, fn.__kwdefaults__)
     return key, closure_def, dynamic, [values[i] for i in dynamic]
@@ -842,7 +885,12 @@ def _eager_kernel(fn: Callable[..., tuple], folds: tuple | None = None) -> Calla
         layout = (arity, None if before is None else before[1], tuple(n for _, n in after))
         leaf_fn = _folded_fn(fn, arity, before, after)
     op_by_op = lambda arg_tuples, groups=None: [leaf_fn(*args) for args in arg_tuples]  # noqa: E731
-    parts = [_function_key(f) for f in fns]
+    # The folds' Python floats are arguments: a schedule's value, new at every update,
+    # would otherwise make a new kernel key each time, and the block's kernel with the
+    # folds would never compile (the block alone did). As a constant or an argument a
+    # float multiplies or adds the same way (XLA merges no product of the folds' with
+    # another: see updates_from_first_map)
+    parts = [_function_key(f, floats=k > 0) for k, f in enumerate(fns)]
     if any(part is None for part in parts):
         return op_by_op
     code = fn.__code__
@@ -950,13 +998,15 @@ NEEDS_CONCRETE_VALUES = (
 back to running such code op by op."""
 
 
-def _group_by_signature(arg_tuples: list[tuple]) -> list[tuple[tuple, list[int]]] | None:
+def _group_by_signature(arg_tuples: list[tuple], own: int | None = None) -> Any:
     """Leaf indices grouped by the abstract values (shape, dtype, weak type) and
     shardings of their array arguments and the values of the others (static per-leaf
     flags), each group with its statics: for every argument, ``None`` for an array or
     ``(value, type)`` for a static value (the type keeps ``1`` and ``True`` apart in
     jit's cache). The groups come in the order of their first leaves. ``None`` if a
-    static value cannot be hashed."""
+    static value cannot be hashed. With ``own``: the groups and whether the arguments
+    after the first ``own`` split them (the groups of the first ``own`` arguments are
+    fewer), ``(None, True)`` for ``None``."""
     # An array holds its abstract value and sharding, and the arrays of a tree share a
     # few of those objects (each output position of a kernel has its own sharding
     # object): they are read one argument position at a time in C loops (``map``) and
@@ -967,17 +1017,20 @@ def _group_by_signature(arg_tuples: list[tuple]) -> list[tuple[tuple, list[int]]
     # aval and sharding. A position holding other values (static flags, NumPy arrays,
     # tracers, whose aval may be built anew at each read) is numbered by value per leaf.
     if not arg_tuples:
-        return []
+        return [] if own is None else ([], False)
     by_value: dict[Hashable, int] = {}  # avals, shardings, signatures -> their numbers
     columns = []  # for each argument position, a number per leaf
-    for column in zip(*arg_tuples, strict=True):
+    own_columns = None
+    for position, column in enumerate(zip(*arg_tuples, strict=True)):
+        if position == own:
+            own_columns = len(columns)
         try:
             parts = (list(map(_AVAL, column)), list(map(_SHARDING, column)))
         except AttributeError:  # not only concrete arrays
             try:
                 columns.append([by_value.setdefault(_signature(x), len(by_value)) for x in column])
             except TypeError:  # an unhashable static value
-                return None
+                return None if own is None else (None, True)
             continue
         for objects in parts:
             ids = list(map(id, objects))
@@ -995,7 +1048,11 @@ def _group_by_signature(arg_tuples: list[tuple]) -> list[tuple[tuple, list[int]]
     for indices in by_key.values():
         statics = tuple(None if _is_array(x) else (x, type(x)) for x in arg_tuples[indices[0]])
         groups.append((statics, indices))
-    return groups
+    if own is None:
+        return groups
+    if own_columns is None:  # no argument after the first ``own``
+        return groups, False
+    return groups, len({key[:own_columns] for key in by_key}) != len(groups)
 
 
 _AVAL = operator.attrgetter("aval")

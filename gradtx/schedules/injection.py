@@ -265,7 +265,7 @@ def schedule_injection(
         bound.apply_defaults()
         arguments = dict(bound.arguments)
         with check.schedules_allowed():  # schedules are evaluated before factory sees them
-            factory(**arguments)  # validates the hyperparameters where the mistake is made
+            built = factory(**arguments)  # validates the hyperparameters where the mistake is made
         schedules = {
             name: value
             for name, value in arguments.items()
@@ -347,21 +347,34 @@ def schedule_injection(
             # at an eager update: its per-leaf function and next state as update computes
             # them, for a chain running it inside the kernels of the block next to it
             # (tree.FOLD_EAGER_SCALING). Values read from the caller's arguments (``live``)
-            # take the updates' precision: those go through update, as do other states and
-            # inner transforms.
+            # take the updates' precision: those go through update, as do other states,
+            # inner transforms and bad values (the update says so, in its turn).
             if live or not isinstance(state, InjectState):
                 return None
             if not tree.concrete_counter(state.count):
                 return None
-            hyperparams = values_at(state.count, state.hyperparams)
-            marked = tree.leaf_fold_of(_build_inner(factory, fixed, hyperparams).update)
-            fold = marked and marked[0](updates, state.inner_state, params, extra, values)
+            try:
+                hyperparams = values_at(state.count, state.hyperparams)
+                inner = _build_inner(factory, fixed, hyperparams)
+                marked = tree.leaf_fold_of(inner.update)
+                fold = marked and marked[0](updates, state.inner_state, params, extra, values)
+            except (ValueError, TypeError):
+                return None
             if fold is None:
                 return None
             count = numerics.safe_increment(state.count)
             return fold._replace(state=InjectState(count, hyperparams, fold.state))
 
-        return GradientTransformation(init, tree.elementwise(update, leaf_fold))
+        # marked as the optimizer it builds is, where that is an elementwise block (a
+        # learning rate, weight decay: the same blocks at every update)
+        probe = tree.leaf_fold_of(built.update)
+        if probe is None:
+            return GradientTransformation(init, update)
+        _, returns_product, scaling = probe
+        return GradientTransformation(
+            init,
+            tree.elementwise(update, leaf_fold, returns_product=returns_product, scaling=scaling),
+        )
 
     return build
 

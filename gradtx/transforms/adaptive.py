@@ -170,7 +170,7 @@ def scale_by_adam(
         return updates, ScaleByAdamState(count, mu, nu)
 
     return GradientTransformation(
-        init, tree.updates_from_first_map(update, adds_updates=False, returns_product=False)
+        init, tree.updates_from_first_map(update, returns_product=numerics.is_constant_zero(eps))
     )
 
 
@@ -361,7 +361,7 @@ def amsgrad_max(
         return updates, ScaleByAmsgradState(count, mu, nu, nu_max)
 
     return GradientTransformation(
-        init, tree.updates_from_first_map(update, adds_updates=False, returns_product=False)
+        init, tree.updates_from_first_map(update, returns_product=numerics.is_constant_zero(eps))
     )
 
 
@@ -470,9 +470,7 @@ def scale_by_adamax(
         )
         return updates, ScaleByAdamaxState(count, mu, nu)
 
-    return GradientTransformation(
-        init, tree.updates_from_first_map(update, adds_updates=False, returns_product=False)
-    )
+    return GradientTransformation(init, tree.updates_from_first_map(update, returns_product=False))
 
 
 class ScaleByRmsState(NamedTuple):
@@ -620,7 +618,10 @@ def scale_by_rms(
         return updates, ScaleByRmsState(count, nu)
 
     return GradientTransformation(
-        init, tree.updates_from_first_map(update, adds_updates=False, returns_product=False)
+        init,
+        tree.updates_from_first_map(
+            update, returns_product=eps_in_sqrt or numerics.is_constant_zero(eps)
+        ),
     )
 
 
@@ -718,9 +719,7 @@ def scale_by_rss(
         )
         return updates, ScaleByRssState(sum_of_squares)
 
-    return GradientTransformation(
-        init, tree.updates_from_first_map(update, adds_updates=False, returns_product=True)
-    )
+    return GradientTransformation(init, tree.updates_from_first_map(update, returns_product=True))
 
 
 class ScaleByAdadeltaState(NamedTuple):
@@ -804,9 +803,7 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransforma
         )
         return updates, ScaleByAdadeltaState(e_g, e_x)
 
-    return GradientTransformation(
-        init, tree.updates_from_first_map(update, adds_updates=False, returns_product=True)
-    )
+    return GradientTransformation(init, tree.updates_from_first_map(update, returns_product=True))
 
 
 class ScaleByRpropState(NamedTuple):
@@ -945,6 +942,4 @@ def scale_by_rprop(
         )
         return updates, ScaleByRpropState(step_sizes, previous_sign)
 
-    return GradientTransformation(
-        init, tree.updates_from_first_map(update, adds_updates=False, returns_product=True)
-    )
+    return GradientTransformation(init, tree.updates_from_first_map(update, returns_product=True))

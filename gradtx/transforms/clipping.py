@@ -88,10 +88,6 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
 
     def update(updates, state, params=None, **extra):
         del params, extra
-        (clipped,) = tree.map_unzip(clipped_leaf(updates), updates, outputs=1)
-        return clipped, state
-
-    def clipped_leaf(updates):
         norm = tree.global_norm(updates)
         # One scalar factor, 1 exactly at or below the bound (n / c <= 1) and 1 / inf = 0
         # for an infinite norm, NaN for a NaN one; no 0 / 0 for zero updates. A product
@@ -104,14 +100,7 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
             dtype = numerics.compute_dtype(u.dtype)
             return (u.astype(dtype) * numerics.factor(scale, dtype)).astype(u.dtype)
 
-        return leaf
+        (clipped,) = tree.map_unzip(leaf, updates, outputs=1)
+        return clipped, state
 
-    def leaf_fold(updates, state, params, extra, values):
-        # an eager chain's request (tree.FOLD_EAGER_SCALING): the norm needs the updates'
-        # values, so only the block right after this one takes it
-        if not values:
-            return None
-        return tree.LeafFold(clipped_leaf(updates), state=state, adds_updates=False)
-
-    # its factor is an array, never a constant XLA could merge with the next block's
-    return GradientTransformation(_no_state, tree.elementwise(update, leaf_fold, before=True))
+    return GradientTransformation(_no_state, update)

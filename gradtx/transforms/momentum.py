@@ -130,9 +130,7 @@ def trace(
             return updates, DampenedTraceState(numerics.safe_increment(state.count), buffer)
         return updates, TraceState(trace=buffer)
 
-    return GradientTransformation(
-        init, tree.updates_from_first_map(update, adds_updates=True, returns_product=False)
-    )
+    return GradientTransformation(init, tree.updates_from_first_map(update, returns_product=False))
 
 
 def nesterov_lookahead(
@@ -270,6 +268,4 @@ def ema(
         updates, average = tree.map_unzip(leaf, updates, state.ema, outputs=2, updates_first=True)
         return updates, EmaState(count, average)
 
-    return GradientTransformation(
-        init, tree.updates_from_first_map(update, adds_updates=False, returns_product=debias)
-    )
+    return GradientTransformation(init, tree.updates_from_first_map(update, returns_product=debias))

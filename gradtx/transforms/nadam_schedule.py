@@ -145,5 +145,5 @@ def scale_by_nadam_schedule(
         return updates, ScaleByNadamScheduleState(count, mu_product, mu, nu)
 
     return GradientTransformation(
-        init, tree.updates_from_first_map(update, adds_updates=False, returns_product=False)
+        init, tree.updates_from_first_map(update, returns_product=numerics.is_constant_zero(eps))
     )

@@ -231,6 +231,4 @@ def scale_by_radam(
         )
         return updates, ScaleByRadamState(count, mu, nu)
 
-    return GradientTransformation(
-        init, tree.updates_from_first_map(update, adds_updates=False, returns_product=True)
-    )
+    return GradientTransformation(init, tree.updates_from_first_map(update, returns_product=True))

@@ -156,17 +156,17 @@ def add_decayed_weights(
             )
         ):
             return None
-        leaf, masks = decayed_leaf(updates, state, params)
-        return tree.LeafFold(
-            leaf, (params, *masks), ("the params",), next_state(state), returns_product=False
-        )
+        try:
+            leaf, masks = decayed_leaf(updates, state, params)
+        except ValueError:  # a mask not like the updates: update says so, in its turn
+            return None
+        return tree.LeafFold(leaf, (params, *masks), ("the params",), next_state(state))
 
     return GradientTransformation(
         init,
         tree.elementwise(
-            tree.updates_from_first_map(update, adds_updates=True, returns_product=False),
+            tree.updates_from_first_map(update, returns_product=False),
             leaf_fold,
-            before=True,
             returns_product=False,
         ),
     )
