@@ -230,10 +230,10 @@ def _update_folded(i, update_fns, blocks, updates, states, params, extra):
     if kind is None:
         return None
     before, block = None, i
-    # before the block only a function that returns no product (weight decay's sum):
-    # the block may add its updates or multiply them by scalars (Adam's Nesterov term)
+    # before the block only a function that returns no product (weight decay's sum),
+    # and where the block takes one (``tree.updates_from_first_map``)
     if leaf_folds[i] is not None and next_has_map and not leaf_folds[i][1]:
-        if kind == "real":
+        if kind == "real" and first_maps[i + 1][1]:
             before, block = i, i + 1
     if first_maps[block] is None:
         return None
@@ -245,10 +245,11 @@ def _update_folded(i, update_fns, blocks, updates, states, params, extra):
     before_fold = None
     if before is not None:
         before_fold = leaf_folds[before][0](updates, states[before], params, extra, True)
-        if before_fold is None:
+        # a tree not like the updates: the block before says so in its own pass, first
+        if before_fold is None or not tree.all_like(updates, before_fold.trees):
             return None
     after_folds = []
-    product = first_maps[block]
+    product = first_maps[block][0]
     for j in range(block + 1, after):
         leaf_fold, returns_product, scaling = leaf_folds[j]
         if product and not (scaling and j == block + 1):

@@ -383,7 +383,8 @@ def is_constant_zero(value: Any) -> bool:
     computes as the product ``x * rsqrt(v)`` (blocks tell a chain that folds eager
     kernels whether they return a product: ``tree.updates_from_first_map``)."""
     value = python_number(value)
-    return isinstance(value, int | float) and value == 0
+    # (one that float32 rounds to 0, 1e-50, is a 0 there too)
+    return isinstance(value, int | float) and (value == 0 or np.float32(value) == 0)
 
 
 def python_number(value: Any) -> Any:

@@ -287,15 +287,16 @@ def _map_flat(
     if not (COMPILE_EAGER_LEAF_FUNCTIONS and all(isinstance(x, jax.Array) for x in leaves)):
         # op by op (or traced): the joined functions' operations as their passes make them
         return _run_leaves(fn, tree, arg_tuples, folds), treedef
-    if not any(isinstance(x, jax.core.Tracer) for args in arg_tuples for x in args):
+    functions = [fn, *(fold.fn for fold in before), *(fold.fn for fold in after)]
+    if _joins_alike(arg_tuples, functions):
         groups, splits = _group_by_signature(arg_tuples, own=arity)
         if groups is not None and not splits:
             _check_leaves(tree, arg_tuples, [indices[0] for _, indices in groups])
             return _eager_kernel(fn, folds)(arg_tuples, groups), treedef
     # Where the blocks' arguments would split the leaves into other kernel calls than
     # the block's own (a mask's flags, params of another dtype: XLA compiles a call of
-    # one leaf otherwise than one of several), or carry tracers (jax.jvp over the params:
-    # the joined tangents reassociate), each block's function makes its own pass
+    # one leaf otherwise than one of several), carry tracers or have other shardings
+    # (``_joins_alike``), each block's function makes its own pass
     if before:
         before_args = zip(leaves, *flat_before, strict=True)
         leaves = _run_leaves(before[0].fn, tree, list(before_args))
@@ -310,6 +311,30 @@ def _map_flat(
             (n, *r[1:]) if isinstance(r, tuple) else n for n, r in zip(new, results, strict=True)
         ]
     return results, treedef
+
+
+def _joins_alike(arg_tuples: list[tuple], functions: list[Callable]) -> bool:
+    """Whether one kernel of the joined ``functions`` computes what their passes do, as
+    far as their arguments say: no tracer among them or in the functions' closures
+    (``jax.jvp`` over the params or a hyperparameter: the joined tangents reassociate;
+    apart, the traced block's outputs take the traced path), and on several devices,
+    each leaf's arrays sharded alike (XLA partitions the joined program otherwise)."""
+    if any(isinstance(x, jax.core.Tracer) for args in arg_tuples for x in args):
+        return False
+    for function in functions:
+        cells = getattr(function, "__closure__", None) or ()
+        try:
+            values = jax.tree.leaves([cell.cell_contents for cell in cells])
+        except ValueError:  # a cell not yet assigned
+            return False
+        if any(isinstance(x, jax.core.Tracer) for x in values):
+            return False
+    if jax.device_count() > 1:
+        for args in arg_tuples:
+            sharding = args[0].sharding
+            if any(isinstance(x, jax.Array) and x.sharding != sharding for x in args[1:]):
+                return False
+    return True
 
 
 def _fold_tree_name(fold: LeafFold, i: int) -> str:
@@ -605,6 +630,12 @@ def folded_into_first_map(updates: Any, before: LeafFold | None, after: list[Lea
         _FOLD_REQUEST.reset(token)
 
 
+def all_like(updates: Any, trees: Sequence[Any]) -> bool:
+    """Whether every tree of ``trees`` has the structure of ``updates``."""
+    treedef = jax.tree.structure(updates)
+    return all(jax.tree.structure(other) == treedef for other in trees)
+
+
 def fold_kind(updates: Any) -> str | None:
     """Whether an un-jitted chain may fold blocks over ``updates`` (``FOLD_EAGER_SCALING``):
     ``"real"`` for concrete float32 or float64 arrays, ``"complex"`` where complex64 or
@@ -646,7 +677,7 @@ _LEAF_FOLDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def updates_from_first_map(
-    update: Callable[..., Any], *, returns_product: bool = True
+    update: Callable[..., Any], *, returns_product: bool = True, takes_sum_before: bool = False
 ) -> Callable[..., Any]:
     """Marks a transform's ``update`` that reads its updates only as the first tree of a
     ``map_unzip(updates, ..., updates_first=True)`` it always makes (once; their
@@ -662,6 +693,11 @@ def updates_from_first_map(
             XLA computes as one (by a scalar, or by a square root: ``x * rsqrt(y)``);
             only a scaling may then follow inside the kernels (Adam's quotient by
             ``sqrt(v) + eps`` is none; Adagrad's product is one). True is safe.
+        takes_sum_before: an elementwise block that returns a sum (weight decay, L2)
+            may run before the map's function inside its kernels: XLA computes the
+            function on that sum as on the sum read from memory (Adam's Nesterov term,
+            whose quotients by scalars XLA makes products and repeats the sum in, does
+            not). False is safe.
 
     Example:
         >>> import jax.numpy as jnp
@@ -679,12 +715,12 @@ def updates_from_first_map(
         >>> tx.update(jnp.array([2.0, -3.0]), tx.init(jnp.zeros(2)))[0].tolist()
         [-0.5, 0.5]
     """
-    _FIRST_MAP_UPDATES[update] = returns_product
+    _FIRST_MAP_UPDATES[update] = (returns_product, takes_sum_before)
     return update
 
 
-def first_map_of(update: Callable[..., Any]) -> bool | None:
-    """The ``returns_product`` of an ``update`` itself marked with
+def first_map_of(update: Callable[..., Any]) -> tuple[bool, bool] | None:
+    """``(returns_product, takes_sum_before)`` of an ``update`` itself marked with
     ``updates_from_first_map``, else None."""
     try:
         return _FIRST_MAP_UPDATES.get(update)
@@ -762,7 +798,7 @@ def scaling_from_state(
     def leaf_fold(updates, state, *_):
         try:
             step = step_size_and_state(state)
-        except (ValueError, TypeError):  # a bad value: the update says so, in its turn
+        except Exception:  # a bad value: the update says so, in its turn
             return None
         return None if step is None else LeafFold(scaled_leaf(step[0]), state=step[1])
 
@@ -833,6 +869,7 @@ class _EagerKernels:
         self.keys_per_code: dict[Any, int] = {}  # code -> keys seen (a record, no limit)
         self.op_by_op_codes: set[Any] = set()  # code that reads values in Python
         self.unused: dict[Any, set[Hashable]] = {}  # code -> keys of kernels not reused yet
+        self.joined: dict[tuple, tuple] = {}  # a joined signature's one tuple, as its code
         self.lock = threading.Lock()
 
 
@@ -863,7 +900,9 @@ def _function_key(fn: Callable, floats: bool = False) -> tuple[tuple, Any, tuple
     dynamic = tuple(
         i
         for i, x in enumerate(values)
-        if isinstance(x, _KERNEL_ARGUMENTS) or (floats and type(x) is float)
+        # (but 1 and -1: XLA compiles a product by those constants as the identity and a
+        # negation, which keep subnormals and flip a NaN's sign where a product does not)
+        if isinstance(x, _KERNEL_ARGUMENTS) or (floats and type(x) is float and abs(x) != 1)
     )
     static = tuple(_static_key(x) for i, x in enumerate(values) if i not in dynamic)
     key = (code, closure_def, dynamic, static, fn.__defaults__, fn.__kwdefaults__)
@@ -894,6 +933,11 @@ def _eager_kernel(fn: Callable[..., tuple], folds: tuple | None = None) -> Calla
     if any(part is None for part in parts):
         return op_by_op
     code = fn.__code__
+    if layout is not None:
+        # the joined functions' budget of keys and kernels is their own, not the block's
+        # (a third joined variant of one block was left op by op at its second call)
+        joined = (code, tuple(f.__code__ for f in fns[1:]), layout)
+        code = _EAGER.joined.setdefault(joined, joined)
     key = (code, *parts[0][0][1:], tuple(part[0] for part in parts[1:]), layout)
     try:
         kernel = _EAGER.kernels.get(key)

@@ -502,10 +502,22 @@ _REVIEWED = {
         lambda: gtx.adamw(1e-2, weight_decay=0.1, mask={"w0": True, "w1": False}),
         1, [(4, 3), (4, 3)], 4,
     ),
+    # a second review: weight decay before Adam's Nesterov term (its quotients by scalars
+    # made products, the sum repeated in them); an eps that float32 rounds to 0
+    "weight decay before nesterov adam": (
+        lambda: gtx.chain(gtx.add_decayed_weights(0.1), gtx.scale_by_adam(nesterov=True)),
+        0, [(4, 3), (5,)], 4,
+    ),
+    "adam with eps=1e-50, weight decay": (
+        lambda: gtx.chain(
+            gtx.scale_by_adam(eps=1e-50), gtx.add_decayed_weights(0.1), gtx.scale(-0.01)
+        ),
+        0, [(4, 3), (5,)], 4,
+    ),
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("name", [*_REVIEWED, "jvp over the params"])
+@pytest.mark.parametrize("name", [*_REVIEWED, "jvp over the params", "jvp over the decay"])
 def test_chains_a_review_found_folded_otherwise_give_the_bits_of_the_separate_passes(
     name, monkeypatch
 ):
@@ -515,6 +527,18 @@ def test_chains_a_review_found_folded_otherwise_give_the_bits_of_the_separate_pa
 
     def run():
         monkeypatch.setattr(tree, "_EAGER", tree._EagerKernels())
+        if name == "jvp over the decay":  # a tracer in a closure, not among the leaves
+            params, grads_seq = _review_data(0, [(7, 1), (7, 2), (7, 3), (7, 4)], 4)
+
+            def build(wd):
+                return gtx.chain(gtx.add_decayed_weights(wd), gtx.scale_by_adam(), gtx.scale(-0.01))
+
+            state, out = build(0.1).init(params), []
+            for g in grads_seq:
+                step = lambda wd, g=g, s=state: build(wd).update(g, s, params)  # noqa: E731
+                (updates, state), d_updates = jax.jvp(step, (0.1,), (1.0,))
+                out.append((updates, d_updates))
+            return out
         if name == "jvp over the params":
             params, grads_seq = _review_data(0, [(4, 3), (5,)], 3)
             tx = gtx.chain(gtx.scale_by_adam(), gtx.add_decayed_weights(0.1), gtx.scale(-0.1))

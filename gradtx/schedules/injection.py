@@ -358,7 +358,7 @@ def schedule_injection(
                 inner = _build_inner(factory, fixed, hyperparams)
                 marked = tree.leaf_fold_of(inner.update)
                 fold = marked and marked[0](updates, state.inner_state, params, extra, values)
-            except (ValueError, TypeError):
+            except Exception:  # the update says so, in its turn
                 return None
             if fold is None:
                 return None

@@ -170,7 +170,10 @@ def scale_by_adam(
         return updates, ScaleByAdamState(count, mu, nu)
 
     return GradientTransformation(
-        init, tree.updates_from_first_map(update, returns_product=numerics.is_constant_zero(eps))
+        init,
+        tree.updates_from_first_map(
+            update, returns_product=numerics.is_constant_zero(eps), takes_sum_before=not nesterov
+        ),
     )
 
 
@@ -361,7 +364,10 @@ def amsgrad_max(
         return updates, ScaleByAmsgradState(count, mu, nu, nu_max)
 
     return GradientTransformation(
-        init, tree.updates_from_first_map(update, returns_product=numerics.is_constant_zero(eps))
+        init,
+        tree.updates_from_first_map(
+            update, returns_product=numerics.is_constant_zero(eps), takes_sum_before=True
+        ),
     )
 
 
@@ -470,7 +476,9 @@ def scale_by_adamax(
         )
         return updates, ScaleByAdamaxState(count, mu, nu)
 
-    return GradientTransformation(init, tree.updates_from_first_map(update, returns_product=False))
+    return GradientTransformation(
+        init, tree.updates_from_first_map(update, returns_product=False, takes_sum_before=True)
+    )
 
 
 class ScaleByRmsState(NamedTuple):
@@ -620,7 +628,9 @@ def scale_by_rms(
     return GradientTransformation(
         init,
         tree.updates_from_first_map(
-            update, returns_product=eps_in_sqrt or numerics.is_constant_zero(eps)
+            update,
+            returns_product=eps_in_sqrt or numerics.is_constant_zero(eps),
+            takes_sum_before=True,
         ),
     )
 
@@ -719,7 +729,9 @@ def scale_by_rss(
         )
         return updates, ScaleByRssState(sum_of_squares)
 
-    return GradientTransformation(init, tree.updates_from_first_map(update, returns_product=True))
+    return GradientTransformation(
+        init, tree.updates_from_first_map(update, returns_product=True, takes_sum_before=True)
+    )
 
 
 class ScaleByAdadeltaState(NamedTuple):
@@ -803,7 +815,9 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransforma
         )
         return updates, ScaleByAdadeltaState(e_g, e_x)
 
-    return GradientTransformation(init, tree.updates_from_first_map(update, returns_product=True))
+    return GradientTransformation(
+        init, tree.updates_from_first_map(update, returns_product=True, takes_sum_before=True)
+    )
 
 
 class ScaleByRpropState(NamedTuple):
@@ -942,4 +956,6 @@ def scale_by_rprop(
         )
         return updates, ScaleByRpropState(step_sizes, previous_sign)
 
-    return GradientTransformation(init, tree.updates_from_first_map(update, returns_product=True))
+    return GradientTransformation(
+        init, tree.updates_from_first_map(update, returns_product=True, takes_sum_before=True)
+    )

@@ -130,7 +130,9 @@ def trace(
             return updates, DampenedTraceState(numerics.safe_increment(state.count), buffer)
         return updates, TraceState(trace=buffer)
 
-    return GradientTransformation(init, tree.updates_from_first_map(update, returns_product=False))
+    return GradientTransformation(
+        init, tree.updates_from_first_map(update, returns_product=False, takes_sum_before=True)
+    )
 
 
 def nesterov_lookahead(
@@ -268,4 +270,6 @@ def ema(
         updates, average = tree.map_unzip(leaf, updates, state.ema, outputs=2, updates_first=True)
         return updates, EmaState(count, average)
 
-    return GradientTransformation(init, tree.updates_from_first_map(update, returns_product=debias))
+    return GradientTransformation(
+        init, tree.updates_from_first_map(update, returns_product=debias, takes_sum_before=True)
+    )

@@ -145,5 +145,8 @@ def scale_by_nadam_schedule(
         return updates, ScaleByNadamScheduleState(count, mu_product, mu, nu)
 
     return GradientTransformation(
-        init, tree.updates_from_first_map(update, returns_product=numerics.is_constant_zero(eps))
+        init,
+        tree.updates_from_first_map(
+            update, returns_product=numerics.is_constant_zero(eps), takes_sum_before=True
+        ),
     )

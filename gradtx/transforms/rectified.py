@@ -231,4 +231,6 @@ def scale_by_radam(
         )
         return updates, ScaleByRadamState(count, mu, nu)
 
-    return GradientTransformation(init, tree.updates_from_first_map(update, returns_product=True))
+    return GradientTransformation(
+        init, tree.updates_from_first_map(update, returns_product=True, takes_sum_before=True)
+    )

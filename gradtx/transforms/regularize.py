@@ -158,14 +158,14 @@ def add_decayed_weights(
             return None
         try:
             leaf, masks = decayed_leaf(updates, state, params)
-        except ValueError:  # a mask not like the updates: update says so, in its turn
+        except Exception:  # a mask or schedule that fails: update says so, in its turn
             return None
         return tree.LeafFold(leaf, (params, *masks), ("the params",), next_state(state))
 
     return GradientTransformation(
         init,
         tree.elementwise(
-            tree.updates_from_first_map(update, returns_product=False),
+            tree.updates_from_first_map(update, returns_product=False, takes_sum_before=True),
             leaf_fold,
             returns_product=False,
         ),
