@@ -33,6 +33,24 @@ def count_compilations() -> Iterator[list[str]]:
         unregister_duration_listener(listener)
 
 
+@contextlib.contextmanager
+def count_cache_hits() -> Iterator[list[int]]:
+    """Yields a list that receives a 1 for each program the persistent compilation cache
+    serves inside the block (which ``count_compilations`` counts too)."""
+    hits: list[int] = []
+
+    def listener(event: str, duration: float, **kwargs) -> None:
+        del duration, kwargs
+        if event == "/jax/compilation_cache/cache_retrieval_time_sec":
+            hits.append(1)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield hits
+    finally:
+        unregister_duration_listener(listener)
+
+
 def unregister_duration_listener(listener) -> None:
     """Removes a ``jax.monitoring`` duration listener: public after JAX 0.8.0, a private
     function before (jax 0.6.2, what pip resolves for Python 3.10, has only that)."""

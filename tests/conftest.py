@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import atexit
 import inspect
+import shutil
+import tempfile
 
 import jax
 import numpy as np
@@ -15,6 +18,27 @@ if not hasattr(jax, "enable_x64"):
     from jax.experimental import enable_x64
 
     jax.enable_x64 = enable_x64
+
+# Many tests compile programs that an earlier test compiled already: the same HLO from
+# new Python functions, which jit's own caches do not share, and the eager kernels of an
+# emptied kernel cache (the ``fresh_kernels`` fixture). JAX's persistent compilation
+# cache, in a folder of this run's own, gives them the executable compiled the first
+# time, the same machine code (test_performance_equivalence.py and test_examples.py 187
+# -> 141 s). JAX times a retrieval as a backend compilation, which
+# ``compilations.count_compilations`` counts: a test that a step compiles nothing still
+# sees a recompilation (test_jit.py). The examples' subprocesses share the cache
+# (``SHARED_COMPILATIONS``); other subprocesses, which count compilations their own way,
+# do not.
+COMPILATION_CACHE = tempfile.mkdtemp(prefix="gradtx-tests-xla-cache-")
+atexit.register(shutil.rmtree, COMPILATION_CACHE, ignore_errors=True)
+SHARED_COMPILATIONS = {
+    "JAX_COMPILATION_CACHE_DIR": COMPILATION_CACHE,
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
+jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 @pytest.fixture

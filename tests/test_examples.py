@@ -26,32 +26,36 @@ import numpy as np
 import pytest
 
 import gradtx as gtx
+from tests.conftest import SHARED_COMPILATIONS
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def commands(out: Path) -> dict[str, list[str]]:
+    # (in the order they start, two at a time: the runs of compare_optimizers apart, so
+    # that the later ones take the first one's programs from the compilation cache)
     return {
         "compare_optimizers": ["--quick", "--out", str(out / "compare")],
-        # two configurations of both families, 30 steps (an explicit --steps wins over
-        # --quick's 20), another seed; then the default seed again, with progress bars
-        "compare_optimizers seed 1": [
-            *"--quick --only sgd adamw_sgdr --steps 30 --seed 1 --out".split(),
-            str(out / "compare_seed_1"),
-        ],
-        "compare_optimizers seed 0": [
-            *"--only adamw_sgdr --steps 10 --seed 0 --out".split(),
-            str(out / "compare_seed_0"),
-        ],
         # each with a --steps (checkpointing also an --every) other than --quick's: it wins
         "quickstart": ["--quick", "--steps", "120"],
         "ablation": ["--quick", "--steps", "30"],
         "sgd_one_cycle": ["--quick", "--steps", "40", "--out", str(out / "one_cycle")],
         "flax_linen": ["--quick", "--steps", "33"],
         "flax_nnx": ["--quick", "--steps", "33"],
+        # two configurations of both families, 30 steps (an explicit --steps wins over
+        # --quick's 20), another seed
+        "compare_optimizers seed 1": [
+            *"--quick --only sgd adamw_sgdr --steps 30 --seed 1 --out".split(),
+            str(out / "compare_seed_1"),
+        ],
         "checkpointing": [
             *"--quick --steps 24 --every 6 --out".split(),
             str(out / "checkpoints"),
+        ],
+        # the default seed again, with progress bars
+        "compare_optimizers seed 0": [
+            *"--only adamw_sgdr --steps 10 --seed 0 --out".split(),
+            str(out / "compare_seed_0"),
         ],
         "data_parallel": ["--quick", "--steps", "12"],
         "schedules_gallery": ["--quick", "--steps", "80", "--out", str(out / "gallery")],
@@ -66,6 +70,7 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("examples")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["MPLBACKEND"] = "Agg"
+    env.update(SHARED_COMPILATIONS)  # the runs of compare_optimizers share their programs
 
     def run(item):
         name, arguments = item

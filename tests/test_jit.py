@@ -9,7 +9,7 @@ import pytest
 
 import gradtx as gtx
 from tests import zoo
-from tests.compilations import count_compilations
+from tests.compilations import count_cache_hits, count_compilations
 
 
 def loss(params):
@@ -45,6 +45,24 @@ def test_jit_matches_eager_and_a_second_call_compiles_nothing(name):
         np.testing.assert_allclose(ours, eager, rtol=1e-6, atol=1e-7)
     for ours, eager in zip(jax.tree.leaves(jit_state), jax.tree.leaves(eager_state), strict=True):
         np.testing.assert_allclose(ours, eager, rtol=1e-6, atol=1e-7)
+
+
+def test_the_suites_compilation_count_sees_a_program_the_persistent_cache_serves():
+    """The suite runs with JAX's persistent compilation cache (conftest.py): a program
+    compiled again, which the cache serves, still counts (JAX times its retrieval as a
+    backend compilation), or a test that a step compiles nothing could not see a
+    recompilation."""
+    assert jax.config.jax_compilation_cache_dir
+
+    def compile_a_new_step():
+        tx = gtx.adam(0.1)
+        params = {"w": jnp.zeros(3), "b": jnp.array(1.0, jnp.float32)}
+        return jax.jit(make_step(tx))(params, tx.init(params))  # a new function each time
+
+    compile_a_new_step()
+    with count_compilations() as compiled, count_cache_hits() as hits:
+        compile_a_new_step()
+    assert len(compiled) == 1 and hits == [1]
 
 
 @pytest.mark.parametrize("name", zoo.ALL)
