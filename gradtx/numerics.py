@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from typing import Any
 
 import jax
@@ -118,11 +119,17 @@ def promote(*values: Any) -> tuple:
     )
 
 
+_DTYPE = operator.attrgetter("dtype")
+
+
 def leaf_dtypes(tree: Any) -> set[jnp.dtype]:
     """The distinct dtypes of the leaves of ``tree`` (one attribute read per array leaf:
     cheap enough for eager updates of thousands of leaves)."""
     # the distinct dtype objects first (a set of attribute reads), normalized after
-    raw = {getattr(leaf, "dtype", None) for leaf in jax.tree.leaves(tree)}
+    try:
+        raw = set(map(_DTYPE, jax.tree.leaves(tree)))  # read in a C loop
+    except AttributeError:
+        raw = {None}
     if None in raw:  # a Python number among the leaves
         return {
             jnp.dtype(leaf.dtype) if hasattr(leaf, "dtype") else jnp.result_type(leaf)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import itertools
 import math
 import operator
 import re
@@ -119,6 +120,15 @@ def _as_array(leaf: Any) -> Any:
     NumPy scalars such as ``np.float64``, a subclass of float, stay NumPy values as NumPy
     arrays do: the transforms read their dtype as it is)."""
     return jnp.asarray(leaf) if type(leaf) in (float, complex) else leaf
+
+
+def _as_arrays(leaves: list) -> list:
+    """``_as_array`` of each leaf: ``leaves`` itself where none is a Python float or
+    complex (their types read in a C loop: per leaf in Python ~0.25 ms a tree of 1,000)."""
+    kinds = set(map(type, leaves))
+    if float in kinds or complex in kinds:
+        return [_as_array(x) for x in leaves]
+    return leaves
 
 
 def check_inexact(tree: Any, what: str) -> None:
@@ -270,8 +280,8 @@ def _map_flat(
     if not leaves:
         return [], treedef
     # Python floats as leaves (params = {"scale": 0.5}) become arrays, as under jit
-    leaves = [_as_array(x) for x in leaves]
-    flat = [[_as_array(x) for x in leaves_of] for leaves_of in flat]
+    leaves = _as_arrays(leaves)
+    flat = [_as_arrays(leaves_of) for leaves_of in flat]
     count_before = sum(len(fold.trees) for fold in before)
     flat_before, flat_rest = flat[:count_before], flat[count_before : count_before + len(rest)]
     flat_after = flat[count_before + len(rest) :]
@@ -319,7 +329,7 @@ def _joins_alike(arg_tuples: list[tuple], functions: list[Callable]) -> bool:
     (``jax.jvp`` over the params or a hyperparameter: the joined tangents reassociate;
     apart, the traced block's outputs take the traced path), and on several devices,
     each leaf's arrays sharded alike (XLA partitions the joined program otherwise)."""
-    if any(isinstance(x, jax.core.Tracer) for args in arg_tuples for x in args):
+    if _any_tracer(itertools.chain.from_iterable(arg_tuples)):
         return False
     for function in functions:
         cells = getattr(function, "__closure__", None) or ()
@@ -440,11 +450,12 @@ and the same non-array values in its closure (the first call runs op by op, so a
 one-off update never waits for a compilation) and reused from then on; the closure's
 arrays (hyperparameters, bias corrections, schedule values) and NumPy scalars (from a
 state restored to the host: ``-lr`` of a NumPy ``lr``) are its arguments, so an update
-at a later step, or from a restored state, reuses it. ``global_norm`` adds its per-leaf
-sums in compiled chunks too, in the same order, and ``map_leaves`` (``apply_updates``)
-uses the same kernels. An eager Adam update of 1,000 leaves becomes ~6x faster than op
-by op (docs/performance.md). The numbers are those of op-by-op execution within float32
-rounding, bitwise for most transforms; where XLA fuses ``a * b + c`` into one rounding
+at a later step, or from a restored state, reuses it. ``global_norm`` computes its
+per-leaf sums as one vector per kernel call and adds them in one more, in the leaves'
+order, and ``map_leaves`` (``apply_updates``) uses the same kernels. An eager Adam
+update of 1,000 leaves becomes ~6x faster than op by op (docs/performance.md). The
+numbers are those of op-by-op execution within float32 rounding, bitwise for most
+transforms; where XLA fuses ``a * b + c`` into one rounding
 they are the numbers of the jitted step instead
 (``tests/test_performance_equivalence.py``). Per-leaf code that receives a new
 non-array object in its closure at every call (a fresh local function, say) runs op by
@@ -642,18 +653,27 @@ def fold_kind(updates: Any) -> str | None:
     complex128 ones are among them (no block folds before another there: complex
     arithmetic is sums of products, which one kernel contracted otherwise than two for
     the issue's chain), else None."""
-    kind = "real"
-    for x in jax.tree.leaves(updates):
-        if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
-            return None
-        if x.dtype not in _FOLDABLE:
-            return None
-        if x.dtype.kind == "c":
-            kind = "complex"
-    return kind
+    leaves = jax.tree.leaves(updates)
+    # by their types and dtypes, each read in a C loop (per leaf in Python: ~0.5 ms of
+    # an eager update on 1,000 leaves)
+    kinds = set(map(type, leaves))
+    if not all(issubclass(k, jax.Array) for k in kinds) or _any_tracer(kinds, types=True):
+        return None
+    dtypes = set(map(_DTYPE, leaves))
+    if not dtypes <= _FOLDABLE:
+        return None
+    return "complex" if any(dtype.kind == "c" for dtype in dtypes) else "real"
 
 
 _FOLDABLE = frozenset(map(np.dtype, ("float32", "float64", "complex64", "complex128")))
+_DTYPE = operator.attrgetter("dtype")
+
+
+def _any_tracer(values: Any, types: bool = False) -> bool:
+    """Whether any of ``values`` (or, with ``types``, of the types ``values``) is a
+    tracer, from the set of their types (read in a C loop, not one isinstance a value)."""
+    kinds = values if types else set(map(type, values))
+    return any(issubclass(kind, jax.core.Tracer) for kind in kinds)
 
 
 # The marks are kept here, by function, not as attributes of the functions:
@@ -1072,18 +1092,23 @@ def _group_by_signature(arg_tuples: list[tuple], own: int | None = None) -> Any:
             parts = (list(map(_AVAL, column)), list(map(_SHARDING, column)))
         except AttributeError:  # not only concrete arrays
             try:
-                columns.append([by_value.setdefault(_signature(x), len(by_value)) for x in column])
+                numbers = [by_value.setdefault(_signature(x), len(by_value)) for x in column]
             except TypeError:  # an unhashable static value
                 return None if own is None else (None, True)
+            if len(set(numbers)) > 1:  # a position of one value splits no leaves
+                columns.append(numbers)
             continue
         for objects in parts:
             ids = list(map(id, objects))
             distinct = dict(zip(ids, objects, strict=True))
             number = {i: by_value.setdefault(x, len(by_value)) for i, x in distinct.items()}
-            columns.append(list(map(number.__getitem__, ids)))
-    keys = list(zip(*columns, strict=True))
+            if len(set(number.values())) > 1:
+                columns.append(list(map(number.__getitem__, ids)))
     by_key: dict[tuple, list[int]] = {}
-    if len(set(keys)) == 1:  # one signature: no loop over the leaves in Python
+    keys = list(zip(*columns, strict=True))
+    if not columns:  # one signature: no loop over the leaves in Python
+        by_key[()] = list(range(len(arg_tuples)))
+    elif len(set(keys)) == 1:
         by_key[keys[0]] = list(range(len(keys)))
     else:
         for i, key in enumerate(keys):
@@ -1391,18 +1416,76 @@ def _is_inexact(dtype: Any) -> bool:
 
 
 def global_norm(tree: Any) -> jax.Array:
-    """The l2 norm of all leaves together, accumulated in at least float32."""
-
-    def leaf_sum_of_squares(x):
-        x = jnp.asarray(x)
-        dtype = numerics.compute_dtype(numerics.real_dtype(x.dtype))
-        return jnp.sum(numerics.abs_sq(x.astype(numerics.compute_dtype(x.dtype))).astype(dtype))
-
+    """The l2 norm of all leaves together, accumulated in at least float32: each leaf's
+    sum of squares, then their sum in the leaves' order (``_sum_in_order``). Eagerly,
+    from the second call on, compiled kernels give each call's sums as one vector and
+    one more adds them in that order (``_eager_sum_of_squares``)."""
     # map_unzip's traversal without building the tree of sums (one flattening, not three)
-    squares, _ = _map_flat(leaf_sum_of_squares, tree, (), ())
-    if not squares:
+    leaves = jax.tree.leaves(tree)
+    total = _eager_sum_of_squares(tree, leaves)
+    if total is not None:
+        return jnp.sqrt(total)
+    if not leaves:
         return jnp.zeros([], jnp.float32)
+    squares = _run_leaves(_leaf_sum_of_squares, tree, [(x,) for x in _as_arrays(leaves)])
     return jnp.sqrt(_sum_in_order(squares))
+
+
+def _leaf_sum_of_squares(x: Any) -> jax.Array:
+    x = jnp.asarray(x)
+    dtype = numerics.compute_dtype(numerics.real_dtype(x.dtype))
+    return jnp.sum(numerics.abs_sq(x.astype(numerics.compute_dtype(x.dtype))).astype(dtype))
+
+
+def _eager_sum_of_squares(tree: Any, leaves: list) -> jax.Array | None:
+    """``global_norm``'s sum of squares of an eager update's leaves
+    (``COMPILE_EAGER_LEAF_FUNCTIONS``), or None where it takes the path of traced or
+    first calls (``_map_flat`` and ``_sum_in_order``). The leaves' sums come as one vector
+    per kernel call (``_EagerKernels.leaves_per_call`` leaves of one signature), not as
+    one scalar array each (~7 us an output on XLA:CPU), and one call adds them in the
+    leaves' order: the same sums of the same squares, added in the same order."""
+    if not (COMPILE_EAGER_LEAF_FUNCTIONS and len(leaves) > 2):
+        return None
+    # concrete arrays only (a tracer's type is no jax.Array subclass, though it is an
+    # instance), their types read in a C loop
+    if not all(issubclass(kind, jax.Array) for kind in set(map(type, leaves))):
+        return None
+    key = ("global_norm",)
+    if key not in _EAGER.seen_once:  # compiled at the second call, as the kernels are
+        _EAGER.seen_once.add(key)
+        return None
+    arg_tuples = [(x,) for x in leaves]
+    groups = _group_by_signature(arg_tuples)
+    _check_leaves(tree, arg_tuples, [indices[0] for _, indices in groups])
+    vectors, positions, step = [], [], _EAGER.leaves_per_call
+    for _, indices in groups:
+        for start in range(0, len(indices), step):
+            chunk = indices[start : start + step]
+            vectors.append(_stacked_sums_of_squares([leaves[i] for i in chunk]))
+            positions.extend(chunk)
+    dtype = numerics.result_type(*{v.dtype: v for v in vectors}.values())
+    # the position of each leaf's sum in the vectors' concatenation; None where they
+    # come in the leaves' order (one signature)
+    order = None
+    if len(groups) > 1:
+        order = np.empty(len(leaves), np.int32)
+        order[positions] = np.arange(len(leaves), dtype=np.int32)
+    return _add_stacked_in_order(vectors, order, np.dtype(dtype))
+
+
+@jax.jit
+def _stacked_sums_of_squares(leaves: list) -> jax.Array:
+    return jnp.stack([_leaf_sum_of_squares(x) for x in leaves])
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _add_stacked_in_order(vectors: list, order: Any, dtype: Any) -> jax.Array:
+    """``0 + values[0] + values[1] + ...`` left to right, ``values`` being the
+    concatenation of ``vectors`` cast to ``dtype`` and taken in ``order``."""
+    values = jnp.concatenate([v.astype(dtype) for v in vectors])
+    if order is not None:
+        values = values[order]
+    return jax.lax.fori_loop(0, values.shape[0], lambda i, t: t + values[i], jnp.zeros([], dtype))
 
 
 def _sum_in_order(values: list, dtype: Any = None) -> jax.Array:

@@ -871,17 +871,21 @@ def test_eager_kernels_run_many_leaves_per_call(rng, monkeypatch, fresh_kernels)
 
     fast = _run_eager(make(), params, grads_seq[:2])  # op by op, then compiled
     calls = []
+
+    def counted(kernel):
+        return lambda *a, **k: calls.append(1) or kernel(*a, **k)
+
     for key, kernel in list(fresh_kernels.kernels.items()):
-        fresh_kernels.kernels[key] = lambda *a, kernel=kernel, **k: (
-            calls.append(1) or kernel(*a, **k)
-        )
+        fresh_kernels.kernels[key] = counted(kernel)
+    for name in ("_stacked_sums_of_squares", "_add_stacked_in_order"):  # the norm's
+        monkeypatch.setattr(tree, name, counted(getattr(tree, name)))
     with count_compilations() as later:
         fast = _run_eager(make(), fast[0], grads_seq[2:], fast[1])
     assert not later
-    # per step: sum of squares 70/32 -> 3 calls + 1 (bf16), summed in 3 chunks; clip 3 + 1;
-    # Adam 3 + 1; decay 47 masked-in f32 leaves -> 2, the bf16 1, and the masked-out 1;
-    # the learning rate 3 + 1; apply_updates 3 + 1. One call per leaf would be ~450.
-    assert len(calls) == 2 * (4 + 3 + 4 + 4 + 4 + 4 + 4)
+    # per step: sum of squares 70/32 -> 3 calls + 1 (bf16), added in 1; clip 3 + 1; Adam
+    # 3 + 1; decay 47 masked-in f32 leaves -> 2, the bf16 1, and the masked-out 1; the
+    # learning rate 3 + 1; apply_updates 3 + 1. One call per leaf would be ~450.
+    assert len(calls) == 2 * (4 + 1 + 4 + 4 + 4 + 4 + 4)
     monkeypatch.setattr(tree, "COMPILE_EAGER_LEAF_FUNCTIONS", False)
     plain = _run_eager(make(), params, grads_seq)
     for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain), strict=True):
@@ -1023,31 +1027,103 @@ def test_eager_kernels_equal_op_by_op_on_any_mix_of_leaves(leaves, seed):
         )
 
 
-def test_eager_global_norm_adds_the_leaves_in_order(fresh_kernels):
-    # magnitudes from 1 to 1e7: in float32 the order of the additions shows in the result
-    x = [jnp.asarray([10.0 ** (i % 8), 0.5 + i], jnp.float32) for i in range(100)]
+@contextlib.contextmanager
+def _count_stacked_sums(monkeypatch):
+    """Counts the eager global norms that add their leaves' sums from stacked vectors
+    (``tree._eager_sum_of_squares``), not from one array a leaf."""
+    calls = [0]
+    add = tree._add_stacked_in_order
+
+    def counting(*args):
+        calls[0] += 1
+        return add(*args)
+
+    monkeypatch.setattr(tree, "_add_stacked_in_order", counting)
+    yield calls
+
+
+def test_eager_global_norm_adds_the_leaves_in_order(fresh_kernels, monkeypatch):
+    # magnitudes from 1 to 1e7: in float32 the order of the additions shows in the
+    # result; leaves of two shapes taken in turn, so that the kernels' vectors (one
+    # signature each) hold the sums in another order than the leaves'
+    x = [
+        jnp.asarray([10.0 ** (i % 8), 0.5 + i], jnp.float32).reshape([1, 2] if i % 2 else [2])
+        for i in range(100)
+    ]
     squares = [
         np.float32((np.asarray(leaf, np.float64) ** 2).astype(np.float32).sum()) for leaf in x
     ]
-    total = np.float32(0.0)
-    for s in squares:
-        total = np.float32(total + s)
-    assert total != np.sum(np.asarray(squares, np.float32))  # pairwise differs: order shows
-    norms = [tree.global_norm(x) for _ in range(3)]  # op by op, compiled, reused
-    assert ("_sum_in_order",) in fresh_kernels.kernels
+
+    def in_turn(values):
+        total = np.float32(0.0)
+        for value in values:
+            total = np.float32(total + value)
+        return total
+
+    total = in_turn(squares)
+    # the order shows: pairwise, or one signature's leaves before the other's, differ
+    assert total != np.sum(np.asarray(squares, np.float32))
+    assert total != in_turn(squares[::2] + squares[1::2])
+    with _count_stacked_sums(monkeypatch) as stacked:
+        norms = [tree.global_norm(x) for _ in range(3)]  # op by op, compiled, reused
+    assert stacked == [2]
     for norm in norms:
         assert norm.dtype == jnp.float32
         assert float(norm) == float(np.sqrt(total))
 
 
 @pytest.mark.parametrize("count", [33, 97])
-def test_eager_global_norm_counts_the_leaves_past_the_last_full_kernel_call(count, fresh_kernels):
+def test_eager_global_norm_counts_the_leaves_past_the_last_full_kernel_call(
+    count, fresh_kernels, monkeypatch
+):
     # a kernel call adds leaves_per_call (32) leaves: the 33rd and the 97th start a new one
     x = [jnp.full([2], 1.0 + i, jnp.float32) for i in range(count)]
     expected = np.sqrt(2 * np.sum((1.0 + np.arange(count)) ** 2))
-    norms = [tree.global_norm(x) for _ in range(3)]  # op by op, compiled, reused
-    assert ("_sum_in_order",) in fresh_kernels.kernels
+    with _count_stacked_sums(monkeypatch) as stacked:
+        norms = [tree.global_norm(x) for _ in range(3)]  # op by op, compiled, reused
+    assert stacked == [2]
     np.testing.assert_allclose(np.asarray(norms, np.float64), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("with_float64", [False, True])
+def test_eager_global_norm_gives_the_bits_of_its_per_leaf_kernels(
+    with_float64, rng, fresh_kernels, monkeypatch
+):
+    """The eager norm's kernels give each call's sums as one vector, and one more adds
+    them in the leaves' order: the bits of the per-leaf kernels and chunked sums they
+    replaced (one scalar array a leaf), which a norm still takes at its first call."""
+    shapes = [(4096,), (3, 5, 7), (), (100_003,), (37,)]
+    kinds = ["float32", "bfloat16", "complex64"]
+    kinds += ["float64", "complex128"] if with_float64 else []
+    with jax.enable_x64(with_float64):
+        leaves = []
+        for i in range(40):  # the shapes and dtypes in turn: signatures interleaved
+            kind = kinds[i % len(kinds)]
+            values = rng.normal(size=shapes[i % len(shapes)]) * 10.0 ** rng.integers(-3, 4)
+            if kind.startswith("complex"):
+                values = values + 1j * rng.normal(size=values.shape)
+            leaves.append(jnp.asarray(values, kind))
+        tree_ = {"a": leaves[:15], "b": {"c": leaves[15:]}}
+
+        def three_norms():
+            return [np.asarray(tree.global_norm(tree_)) for _ in range(3)]
+
+        with _count_stacked_sums(monkeypatch) as stacked:
+            norms = three_norms()  # op by op, then stacked twice
+        assert stacked == [2]
+        monkeypatch.setattr(tree, "_EAGER", tree._EagerKernels())
+        monkeypatch.setattr(tree, "_eager_sum_of_squares", lambda tree_, leaves: None)
+        per_leaf = three_norms()  # op by op, then per-leaf kernels compiled and reused
+    assert ("_sum_in_order",) in tree._EAGER.kernels
+    assert [n.dtype for n in norms] == [n.dtype for n in per_leaf]
+    assert [n.tobytes() for n in norms] == [n.tobytes() for n in per_leaf]
+
+
+def test_an_eager_global_norm_names_a_wrong_leaf_at_every_call(fresh_kernels):
+    x = [jnp.ones(3), jnp.ones(3), jnp.arange(3), jnp.ones(2)]
+    for _ in range(3):  # op by op, then stacked
+        with pytest.raises(TypeError, match=r"the update at \[2\] has dtype int32"):
+            tree.global_norm(x)
 
 
 def test_eager_apply_updates_gives_the_numbers_of_op_by_op_execution(
