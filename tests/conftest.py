@@ -7,6 +7,7 @@ import atexit
 import inspect
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import numpy as np
@@ -39,6 +40,29 @@ SHARED_COMPILATIONS = {
 jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+# The examples and the 8-device sharding checks run in subprocesses for a minute or so of
+# wall time, while the tests in this process keep about one of CI's two cores busy: they
+# start on a thread of their own once collected (a module's ``start_in_background``),
+# one subprocess at a time, so the waits of their module fixtures overlap the tests
+# before them instead of adding to the run. Collected alone, with no other tests to
+# overlap, their fixtures start them, two subprocesses at a time.
+BACKGROUND = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradtx-tests-background")
+
+
+def pytest_collection_finish(session):
+    modules = {item.module for item in session.items if getattr(item, "module", None)}
+    starts = {m: getattr(m, "start_in_background", None) for m in modules}
+    if all(start is not None for start in starts.values()):
+        return  # nothing else to run meanwhile
+    for module in sorted(modules, key=lambda module: module.__name__):
+        if starts[module] is not None:
+            starts[module](BACKGROUND)
+
+
+def pytest_sessionfinish(session):
+    BACKGROUND.shutdown(wait=False, cancel_futures=True)  # work a stopped run never reads
 
 
 @pytest.fixture

@@ -3,20 +3,24 @@ the main job also runs with its other options (``--only``, ``--steps``, ``--seed
 an explicit ``--steps`` (checkpointing's ``--every``) wins over ``--quick``'s everywhere.
 
 The examples run as subprocesses (``data_parallel.py`` must set ``XLA_FLAGS`` before
-JAX is imported), two at a time to use both cores, once per session; each test then
-reads the output of its example. Bad options are checked in this process, on each
+JAX is imported), once per session: one at a time on a thread started when the tests are
+collected (conftest.py), or two at a time when the module fixture starts them; each test
+then reads the output of its example. Bad options are checked in this process, on each
 example's ``main``: a usage error before anything is loaded.
 """
 
 from __future__ import annotations
 
+import atexit
 import csv
 import functools
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,8 +36,9 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def commands(out: Path) -> dict[str, list[str]]:
-    # (in the order they start, two at a time: the runs of compare_optimizers apart, so
-    # that the later ones take the first one's programs from the compilation cache)
+    # (in the order they start, one or two at a time: the runs of compare_optimizers
+    # apart, so that the later ones take the first one's programs from the compilation
+    # cache)
     return {
         "compare_optimizers": ["--quick", "--out", str(out / "compare")],
         # each with a --steps (checkpointing also an --every) other than --quick's: it wins
@@ -63,11 +68,9 @@ def commands(out: Path) -> dict[str, list[str]]:
     }
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """run name -> (output folder, CompletedProcess); a run name is the example's name and
-    what sets this run apart, if anything."""
-    out = tmp_path_factory.mktemp("examples")
+def run_the_examples(out: Path, workers: int) -> tuple[Path, dict]:
+    """(``out``, run name -> CompletedProcess); a run name is the example's name and what
+    sets this run apart, if anything."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["MPLBACKEND"] = "Agg"
     env.update(SHARED_COMPILATIONS)  # the runs of compare_optimizers share their programs
@@ -83,9 +86,28 @@ def runs(tmp_path_factory):
             timeout=300,
         )
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         completed = dict(pool.map(run, commands(out).items()))
     return out, completed
+
+
+BACKGROUND_RUNS = None
+
+
+def start_in_background(pool):
+    """Called by conftest.py once this module's tests are collected: the examples run one
+    at a time in a folder of their own while the tests before them run."""
+    global BACKGROUND_RUNS
+    out = Path(tempfile.mkdtemp(prefix="gradtx-tests-examples-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
+    BACKGROUND_RUNS = pool.submit(run_the_examples, out, 1)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    if BACKGROUND_RUNS is not None:
+        return BACKGROUND_RUNS.result()
+    return run_the_examples(tmp_path_factory.mktemp("examples"), 2)  # both cores
 
 
 def output_of(runs, name):

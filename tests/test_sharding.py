@@ -838,37 +838,59 @@ def wrapper_states_are_sharded_like_their_parameters(params):
     return results
 
 
+def run_the_checks(at_once: bool) -> dict:
+    """The measurements of ``measure``, in two subprocesses (each half of the checks):
+    both at once, or one after the other."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env["JAX_PLATFORMS"] = "cpu"
+    results = {}
+    for parts in [("first", "second")] if at_once else [("first",), ("second",)]:
+        running = [
+            subprocess.Popen(
+                [sys.executable, __file__, part],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for part in parts
+        ]
+        try:
+            for process in running:
+                stdout, stderr = process.communicate(timeout=300)
+                assert process.returncode == 0, stderr[-3000:]
+                results.update(json.loads(stdout.strip().splitlines()[-1]))
+        finally:
+            for process in running:
+                process.kill()  # the other half, when one failed (nothing once both ended)
+                process.communicate()
+    return results
+
+
+BACKGROUND_CHECKS = None
+
+
+def start_in_background(pool):
+    """Called by conftest.py once this module's tests are collected: the halves run one
+    after the other while the tests before them run."""
+    global BACKGROUND_CHECKS
+    import jax
+
+    if hasattr(jax, "set_mesh"):
+        BACKGROUND_CHECKS = pool.submit(run_the_checks, False)
+
+
 @pytest.fixture(scope="module")
 def measured():
     import jax
 
     if not hasattr(jax, "set_mesh"):
         pytest.skip("these checks need jax.set_mesh (JAX >= 0.7.1)")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    env["JAX_PLATFORMS"] = "cpu"
+    if BACKGROUND_CHECKS is not None:
+        return BACKGROUND_CHECKS.result()
     # two halves at once: XLA compiles a program on one core (one subprocess kept 1.26
     # cores busy), and the tests wait for both
-    running = [
-        subprocess.Popen(
-            [sys.executable, __file__, part],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for part in ("first", "second")
-    ]
-    results = {}
-    try:
-        for process in running:
-            stdout, stderr = process.communicate(timeout=300)
-            assert process.returncode == 0, stderr[-3000:]
-            results.update(json.loads(stdout.strip().splitlines()[-1]))
-    finally:
-        for process in running:
-            process.kill()  # the other half, when one failed (nothing once both ended)
-            process.communicate()
-    return results
+    return run_the_checks(True)
 
 
 def test_the_checks_run_on_eight_devices(measured):
