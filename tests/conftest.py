@@ -1,5 +1,8 @@
-"""Shared fixtures. float64 tests enter ``jax.enable_x64`` through the ``x64`` fixture
-(never globally, so float32 defaults hold everywhere else, doctests included)."""
+"""Shared fixtures and the run's set-up. float64 tests enter ``jax.enable_x64`` through
+the ``x64`` fixture (never globally, so float32 defaults hold everywhere else, doctests
+included). The run shares its compiled programs through JAX's persistent compilation
+cache, and starts the subprocesses of the examples and sharding checks in the background
+(both below)."""
 
 from __future__ import annotations
 
