@@ -1,13 +1,15 @@
 """Shared fixtures and the run's set-up. float64 tests enter ``jax.enable_x64`` through
 the ``x64`` fixture (never globally, so float32 defaults hold everywhere else, doctests
 included). The run shares its compiled programs through JAX's persistent compilation
-cache, and starts the subprocesses of the examples and sharding checks in the background
-(both below)."""
+cache, starts the subprocesses of the examples and sharding checks in the background
+(both below), and runs the modules of ``second_process.MODULES`` in a second pytest
+process beside this one (CI's second core; see tests/second_process.py)."""
 
 from __future__ import annotations
 
 import atexit
 import inspect
+import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import jax
 import numpy as np
 import pytest
+
+from tests import second_process
 
 # jax.enable_x64 is public from JAX 0.8.0; the JAX that pip resolves for Python 3.10
 # (0.6.2) has the same context manager only as jax.experimental.enable_x64.
@@ -33,8 +37,11 @@ if not hasattr(jax, "enable_x64"):
 # sees a recompilation (test_jit.py). The examples' subprocesses share the cache
 # (``SHARED_COMPILATIONS``); other subprocesses, which count compilations their own way,
 # do not.
-COMPILATION_CACHE = tempfile.mkdtemp(prefix="gradtx-tests-xla-cache-")
-atexit.register(shutil.rmtree, COMPILATION_CACHE, ignore_errors=True)
+if second_process.is_second_process():  # the cache of the run that started it
+    COMPILATION_CACHE = os.environ[second_process.CACHE]
+else:
+    COMPILATION_CACHE = tempfile.mkdtemp(prefix="gradtx-tests-xla-cache-")
+    atexit.register(shutil.rmtree, COMPILATION_CACHE, ignore_errors=True)
 SHARED_COMPILATIONS = {
     "JAX_COMPILATION_CACHE_DIR": COMPILATION_CACHE,
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
@@ -52,6 +59,11 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # before them instead of adding to the run. Collected alone, with no other tests to
 # overlap, their fixtures start them, two subprocesses at a time.
 BACKGROUND = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradtx-tests-background")
+
+
+def pytest_configure(config):
+    # the modules of second_process.MODULES run in a second pytest process
+    config.pluginmanager.register(second_process.Plugin(COMPILATION_CACHE), "second-process")
 
 
 def pytest_collection_finish(session):
