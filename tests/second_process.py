@@ -2,14 +2,15 @@
 
 The tests in one process keep about one of CI's two cores busy (XLA compiles a program
 on one core, and most of the suite's time is compilation), so the modules of
-``MODULES``, about two fifths of the in-process time, run in a second process started
-once the run is collected, while this process runs the others. Each of their tests stays
-an item of this run, a ``Proxy`` at its place in the module under the same node id, and
-reports what the test gave there (passed, skipped with its reason, failed with its
-traceback as text); the proxies come last, so they rarely wait. The second process
-writes one line of JSON per phase of a test (``REPORTS``) and shares this run's
-compilation cache. Collected alone (no other test to overlap), the modules run here.
-conftest.py registers the hooks (``Plugin``).
+``MODULES``, about half of the time of a run in one process, run in a second process
+started once the run is collected, while this process runs the others. Each of their
+tests stays an item of this run, a ``Proxy`` at its place in the module under the same
+node id, and reports what the test gave there (passed, skipped with its reason, failed
+with its traceback as text); the proxies come last, so they rarely wait. The second
+process writes one line of JSON per phase of a test (``REPORTS``) and shares this run's
+compilation cache. Collected alone (no other test to overlap), the modules run here, as
+they do with ``--pdb`` or ``GRADTX_TESTS_ONE_PROCESS=1`` set (to debug or profile them in
+a whole run). conftest.py registers the hooks (``Plugin``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from pathlib import Path
 
 import pytest
 
-# the modules of the second process, ~250 s of a ~580 s in-process run when measured
-# (test_performance_equivalence.py alone ~135 s), the others' in this one
+# the modules of the second process: ~300 s of a 583 s run in one process (one
+# measurement; test_performance_equivalence.py alone 135 s), so that it ends with this
+# one (its last test 6.5 s after this one's last in a 454 s run)
 MODULES = frozenset({
     "test_performance_equivalence.py",
     "test_compat_torch.py",
@@ -33,6 +35,9 @@ MODULES = frozenset({
     "test_quantized.py",
     "test_jax_config.py",
     "test_jax_debug_flags.py",
+    "test_dtypes.py",
+    "test_vmap.py",
+    "test_laws.py",
 })  # fmt: skip
 
 REPORTS = "GRADTX_TESTS_REPORTS"
@@ -40,6 +45,9 @@ REPORTS = "GRADTX_TESTS_REPORTS"
 
 CACHE = "GRADTX_TESTS_COMPILATION_CACHE"
 """Set in the second process's environment: the compilation cache it shares."""
+
+ONE_PROCESS = "GRADTX_TESTS_ONE_PROCESS"
+"""Set (to anything) in the environment of a run: every test runs in its process."""
 
 WAIT = 0.05  # seconds between two reads of the reports
 
@@ -174,9 +182,12 @@ def located(item: pytest.Item, report: pytest.TestReport) -> pytest.TestReport:
 def take(session: pytest.Session, cache: str) -> SecondProcess | None:
     """Replaces the items of ``MODULES`` among the session's (those selected) with
     proxies placed last, where the run also collected others, and returns the process,
-    not started, that runs them."""
+    not started, that runs them. Not in the second process itself, nor where the run
+    only collects, debugs failures (``--pdb``) or is told to keep to one process
+    (``ONE_PROCESS`` set)."""
     items = session.items
-    if is_second_process():
+    option = session.config.option
+    if is_second_process() or ONE_PROCESS in os.environ or option.collectonly or option.usepdb:
         return None
     moved = [
         item for item in items if item.path.name in MODULES and item.path.parent.name == "tests"

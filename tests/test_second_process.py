@@ -3,6 +3,7 @@ run, failures and skips included, in a run of a folder of its own."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -83,14 +84,18 @@ def test_the_second_process_reports_each_test_as_the_test_gave_it(tmp_path):
     )
     (tests / taken).write_text(TAKEN.format(reports=second_process.REPORTS))
     (tests / "test_kept.py").write_text(KEPT.format(reports=second_process.REPORTS))
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rfs", "-p", "no:cacheprovider"]
-        + ["-k", "not deselected", "tests"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-    )
+
+    def pytest(*arguments, **environment):
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-rfs", "-p", "no:cacheprovider", *arguments],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, **environment},
+            timeout=120,
+        )
+
+    run = pytest("-k", "not deselected", "tests")
     out = run.stdout
     assert run.returncode == 1, out
     assert "4 failed, 2 passed, 1 skipped, 1 deselected" in out, out
@@ -112,3 +117,12 @@ def test_the_second_process_reports_each_test_as_the_test_gave_it(tmp_path):
     assert not (tmp_path / "deselected-ran").exists()
     # its files removed, and no process left
     assert not list(Path(tmp_path).glob("**/reports.jsonl"))
+
+    # a run that only collects starts no second process (it would run the tests) ...
+    run = pytest("--collect-only", "tests")
+    assert run.returncode == 0 and "8 tests collected" in run.stdout, run.stdout
+    assert not (tmp_path / "deselected-ran").exists()
+    # ... and one told to keep to one process runs them all in it
+    run = pytest("-k", "runs_in", "tests", **{second_process.ONE_PROCESS: "1"})
+    assert "FAILED tests/test_quantized.py::test_runs_in_the_second_process" in run.stdout
+    assert "1 failed, 1 passed" in run.stdout, run.stdout
