@@ -81,10 +81,14 @@ class SecondProcess:
         self.reports = self.folder / "reports.jsonl"
         self.output = self.folder / "output.txt"
         self.reports.touch()
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-        if config.getoption("markexpr"):
-            command += ["-m", config.getoption("markexpr")]
-        self.command = [*command, *nodeids]
+        self.command = [
+            sys.executable,
+            *(f"-W{w}" for w in sys.warnoptions),  # python -W ... -m pytest
+            *(f"-X{k}" if v is True else f"-X{k}={v}" for k, v in sys._xoptions.items()),
+            *("-m", "pytest", "-q", "-p", "no:cacheprovider"),
+            *_options_of(config),
+            *nodeids,
+        ]
         self.cwd = str(config.rootpath)
         self.env = {**os.environ, REPORTS: str(self.reports), CACHE: cache}
         self.popen: subprocess.Popen | None = None
@@ -136,6 +140,25 @@ class SecondProcess:
             phases.append((report["outcome"], report["text"]))
             if report["when"] == "teardown":
                 self.outcomes[report["nodeid"]] = _combined(phases)
+
+
+def _options_of(config: pytest.Config) -> list[str]:
+    """The options of this run that the second process takes too: the configuration
+    file and root folder, ``-m``, ``-W``, ``-o`` and ``--tb`` (others, such as
+    ``--junitxml`` or ``--basetemp``, name files of this process's own)."""
+    option = config.option
+    options = []
+    if option.inifilename:
+        options += ["-c", str(option.inifilename)]
+    if option.rootdir:
+        options += ["--rootdir", str(option.rootdir)]
+    if option.markexpr:
+        options += ["-m", option.markexpr]
+    for warning in option.pythonwarnings or ():
+        options += ["-W", warning]
+    for override in option.override_ini or ():
+        options += ["-o", override]
+    return [*options, f"--tb={option.tbstyle}"]
 
 
 def _combined(phases: list[tuple[str, str]]) -> tuple[str, str]:

@@ -28,6 +28,8 @@ def pytest_configure(config):
 # a module of second_process.MODULES, by its name
 TAKEN = """
 import os
+import warnings
+
 import pytest
 
 
@@ -37,6 +39,10 @@ def test_runs_in_the_second_process():
 
 def test_fails():
     assert 1 + 1 == 3, "deliberately wrong"
+
+
+def test_warns():  # an error with this run's -W error::UserWarning
+    warnings.warn("deliberately warned", UserWarning)
 
 
 def test_skips():
@@ -95,15 +101,16 @@ def test_the_second_process_reports_each_test_as_the_test_gave_it(tmp_path):
             timeout=120,
         )
 
-    run = pytest("-k", "not deselected", "tests")
+    run = pytest("-k", "not deselected", "-W", "error::UserWarning", "tests")
     out = run.stdout
     assert run.returncode == 1, out
-    assert "4 failed, 2 passed, 1 skipped, 1 deselected" in out, out
+    assert "5 failed, 2 passed, 1 skipped, 1 deselected" in out, out
     failed = set(re.findall(r"^FAILED (\S+)", out, re.MULTILINE))
     assert failed == {
         f"tests/{taken}::{name}"
         for name in (
             "test_fails",
+            "test_warns",
             "test_with_a_teardown_that_fails",
             "test_exits_the_process",
             "test_after_the_exit",
@@ -111,6 +118,7 @@ def test_the_second_process_reports_each_test_as_the_test_gave_it(tmp_path):
     }, out
     assert "in the second test process" in out and "deliberately wrong" in out
     assert "RuntimeError: the teardown broke" in out
+    assert "UserWarning: deliberately warned" in out
     assert "(exit status 3) reported no outcome" in out
     # the skip named where it happened, not the proxy
     assert re.search(rf"SKIPPED \[1\] tests/{taken}:\d+: deliberately skipped", out), out
@@ -120,7 +128,7 @@ def test_the_second_process_reports_each_test_as_the_test_gave_it(tmp_path):
 
     # a run that only collects starts no second process (it would run the tests) ...
     run = pytest("--collect-only", "tests")
-    assert run.returncode == 0 and "8 tests collected" in run.stdout, run.stdout
+    assert run.returncode == 0 and "9 tests collected" in run.stdout, run.stdout
     assert not (tmp_path / "deselected-ran").exists()
     # ... and one told to keep to one process runs them all in it
     run = pytest("-k", "runs_in", "tests", **{second_process.ONE_PROCESS: "1"})
