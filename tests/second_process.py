@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -108,9 +109,7 @@ class SecondProcess:
         if self.popen is not None and self.popen.poll() is None:
             self.popen.kill()
             self.popen.wait()
-        for path in (self.reports, self.output):
-            path.unlink(missing_ok=True)
-        self.folder.rmdir()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def outcome(self, nodeid: str) -> tuple[str, str]:
         """``(outcome, text)`` of the test ``nodeid`` once its teardown is reported:
