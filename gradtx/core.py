@@ -218,7 +218,9 @@ def _update_folded(i, update_fns, blocks, updates, states, params, extra):
     per-leaf functions come from their states first (a global norm, a schedule's
     value). Two functions join only where XLA computes them as their own passes do
     (see ``tree.updates_from_first_map``): a product is read by no sum, and by no other
-    product but the scaling right after the block. Returns the updates after the last
+    product but the scaling right after the block, or the block after a product by a
+    scalar computed at the update (clipping's) where it reads its updates in products
+    only. Returns the updates after the last
     block run and the index after it, the blocks' new states set in ``states``; None
     where nothing folds (the block at ``i`` then runs as it is)."""
     first_maps, leaf_folds = blocks
@@ -230,10 +232,14 @@ def _update_folded(i, update_fns, blocks, updates, states, params, extra):
     if kind is None:
         return None
     before, block = None, i
-    # before the block only a function that returns no product (weight decay's sum),
-    # and where the block takes one (``tree.updates_from_first_map``)
-    if leaf_folds[i] is not None and next_has_map and not leaf_folds[i][1]:
-        if kind == "real" and first_maps[i + 1][1]:
+    # before the block only a function that returns no product (weight decay's sum)
+    # where the block takes a sum, or a product by a scalar computed at the update
+    # (clipping's factor) where the block takes such a product
+    # (``tree.updates_from_first_map``)
+    if leaf_folds[i] is not None and next_has_map and kind == "real":
+        _, returns_product, _, value_scaling = leaf_folds[i]
+        _, takes_sum, takes_product = first_maps[i + 1]
+        if (takes_sum and not returns_product) or (takes_product and value_scaling):
             before, block = i, i + 1
     if first_maps[block] is None:
         return None
@@ -251,7 +257,7 @@ def _update_folded(i, update_fns, blocks, updates, states, params, extra):
     after_folds = []
     product = first_maps[block][0]
     for j in range(block + 1, after):
-        leaf_fold, returns_product, scaling = leaf_folds[j]
+        leaf_fold, returns_product, scaling, _ = leaf_folds[j]
         if product and not (scaling and j == block + 1):
             break
         # the updates stand in for the ones the block will return: same structure, dtypes

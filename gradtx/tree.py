@@ -643,6 +643,8 @@ def folded_into_first_map(updates: Any, before: LeafFold | None, after: list[Lea
 
 def all_like(updates: Any, trees: Sequence[Any]) -> bool:
     """Whether every tree of ``trees`` has the structure of ``updates``."""
+    if not trees:  # (no flattening: ~0.3 ms for a dict of 1,000 entries)
+        return True
     treedef = jax.tree.structure(updates)
     return all(jax.tree.structure(other) == treedef for other in trees)
 
@@ -686,18 +688,24 @@ _LEAF_FOLDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # Where the kernels of two blocks become one, XLA:CPU may compute differently from the
 # two passes: LLVM contracts a product and the sum that reads it into one fused
 # multiply-add rounded once (weight decay added to a product, or to a quotient XLA
-# computes as a product), and XLA reassociates products by scalars (``(u * 0.3) * lr``
-# as ``u * (0.3 * lr)``; a clipped update in Adam's Nesterov term, so
-# ``clip_by_global_norm`` is not folded): 7-58% of elements an ulp apart. An
+# computes as a product; a clipped update in ``trace``'s sum), and XLA reassociates
+# products by scalars (``(u * 0.3) * lr`` as ``u * (0.3 * lr)``; a clipped update
+# divided by a scalar in Adam's Nesterov term): 7-58% of elements an ulp apart. An
 # optimization barrier between them does not last to code generation. So the blocks
 # say whether their functions return products, and a chain joins two only where
 # neither can happen (``core._update_folded``): before a block only a function that
-# returns no product (weight decay's sum), after one that returns a product only the
-# scaling right after it (its learning rate: a product of arrays times a scalar).
+# returns no product (weight decay's sum) where the block takes a sum, or a product by
+# a scalar computed at the update (``clip_by_global_norm``'s factor, no constant) where
+# the block reads its updates in products only; after one that returns a product only
+# the scaling right after it (its learning rate: a product of arrays times a scalar).
 
 
 def updates_from_first_map(
-    update: Callable[..., Any], *, returns_product: bool = True, takes_sum_before: bool = False
+    update: Callable[..., Any],
+    *,
+    returns_product: bool = True,
+    takes_sum_before: bool = False,
+    takes_product_before: bool = False,
 ) -> Callable[..., Any]:
     """Marks a transform's ``update`` that reads its updates only as the first tree of a
     ``map_unzip(updates, ..., updates_first=True)`` it always makes (once; their
@@ -718,6 +726,15 @@ def updates_from_first_map(
             function on that sum as on the sum read from memory (Adam's Nesterov term,
             whose quotients by scalars XLA makes products and repeats the sum in, does
             not). False is safe.
+        takes_product_before: a product of each update by a scalar computed at the
+            update (``clip_by_global_norm``'s factor: an array, never a constant) may
+            run before the map's function inside its kernels: the function reads its
+            updates only as factors of products (a square, a product by a constant),
+            in ``abs`` or ``sign``, never as a term of a sum (LLVM would contract the
+            factor's product and that sum into one fused multiply-add: ``trace``, weight
+            decay) nor as a dividend of a scalar (XLA merges that quotient with the
+            factor's product: Adam's Nesterov term). Checked bitwise for each block that
+            says so (``tests/test_performance_equivalence.py``). False is safe.
 
     Example:
         >>> import jax.numpy as jnp
@@ -735,13 +752,13 @@ def updates_from_first_map(
         >>> tx.update(jnp.array([2.0, -3.0]), tx.init(jnp.zeros(2)))[0].tolist()
         [-0.5, 0.5]
     """
-    _FIRST_MAP_UPDATES[update] = (returns_product, takes_sum_before)
+    _FIRST_MAP_UPDATES[update] = (returns_product, takes_sum_before, takes_product_before)
     return update
 
 
-def first_map_of(update: Callable[..., Any]) -> tuple[bool, bool] | None:
-    """``(returns_product, takes_sum_before)`` of an ``update`` itself marked with
-    ``updates_from_first_map``, else None."""
+def first_map_of(update: Callable[..., Any]) -> tuple[bool, bool, bool] | None:
+    """``(returns_product, takes_sum_before, takes_product_before)`` of an ``update``
+    itself marked with ``updates_from_first_map``, else None."""
     try:
         return _FIRST_MAP_UPDATES.get(update)
     except TypeError:  # a callable without weak references (a builtin) or unhashable
@@ -759,6 +776,7 @@ def elementwise(
     *,
     returns_product: bool = True,
     scaling: bool = False,
+    value_scaling: bool = False,
 ) -> Callable[..., Any]:
     """Marks the ``update`` of an elementwise block: one that returns, leaf for leaf, a
     function of each update leaf and the matching leaves of other trees, and a state.
@@ -772,14 +790,18 @@ def elementwise(
     block before it and, where the function returns no product (``returns_product``:
     ``add_decayed_weights``' sum), of the block after it (``FOLD_EAGER_SCALING``).
     ``scaling``: the function is ``scaled_leaf``'s (a product by a step size and
-    nothing else), which may follow a block that returns a product."""
-    _LEAF_FOLDS[update] = (leaf_fold, returns_product, scaling)
+    nothing else), which may follow a block that returns a product. ``value_scaling``:
+    the function is a product by one scalar that ``leaf_fold`` computes from the
+    updates' values at each update (``clip_by_global_norm``'s factor, an array, so never
+    a constant XLA could merge with the next block's), which may run before a block
+    that takes a product before it (``updates_from_first_map``)."""
+    _LEAF_FOLDS[update] = (leaf_fold, returns_product, scaling, value_scaling)
     return update
 
 
-def leaf_fold_of(update: Callable[..., Any]) -> tuple[Callable, bool, bool] | None:
-    """``(leaf_fold, returns_product, scaling)`` of an elementwise block's ``update``
-    (``elementwise``), else None."""
+def leaf_fold_of(update: Callable[..., Any]) -> tuple[Callable, bool, bool, bool] | None:
+    """``(leaf_fold, returns_product, scaling, value_scaling)`` of an elementwise block's
+    ``update`` (``elementwise``), else None."""
     try:
         return _LEAF_FOLDS.get(update)
     except TypeError:  # a callable without weak references (a builtin) or unhashable

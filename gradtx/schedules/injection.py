@@ -370,10 +370,16 @@ def schedule_injection(
         probe = tree.leaf_fold_of(built.update)
         if probe is None:
             return GradientTransformation(init, update)
-        _, returns_product, scaling = probe
+        _, returns_product, scaling, value_scaling = probe
         return GradientTransformation(
             init,
-            tree.elementwise(update, leaf_fold, returns_product=returns_product, scaling=scaling),
+            tree.elementwise(
+                update,
+                leaf_fold,
+                returns_product=returns_product,
+                scaling=scaling,
+                value_scaling=value_scaling,
+            ),
         )
 
     return build

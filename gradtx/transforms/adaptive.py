@@ -172,7 +172,10 @@ def scale_by_adam(
     return GradientTransformation(
         init,
         tree.updates_from_first_map(
-            update, returns_product=numerics.is_constant_zero(eps), takes_sum_before=not nesterov
+            update,
+            returns_product=numerics.is_constant_zero(eps),
+            takes_sum_before=not nesterov,
+            takes_product_before=not nesterov,
         ),
     )
 
@@ -366,7 +369,10 @@ def amsgrad_max(
     return GradientTransformation(
         init,
         tree.updates_from_first_map(
-            update, returns_product=numerics.is_constant_zero(eps), takes_sum_before=True
+            update,
+            returns_product=numerics.is_constant_zero(eps),
+            takes_sum_before=True,
+            takes_product_before=True,
         ),
     )
 
@@ -477,7 +483,10 @@ def scale_by_adamax(
         return updates, ScaleByAdamaxState(count, mu, nu)
 
     return GradientTransformation(
-        init, tree.updates_from_first_map(update, returns_product=False, takes_sum_before=True)
+        init,
+        tree.updates_from_first_map(
+            update, returns_product=False, takes_sum_before=True, takes_product_before=True
+        ),
     )
 
 
@@ -631,6 +640,7 @@ def scale_by_rms(
             update,
             returns_product=eps_in_sqrt or numerics.is_constant_zero(eps),
             takes_sum_before=True,
+            takes_product_before=True,
         ),
     )
 
@@ -730,7 +740,10 @@ def scale_by_rss(
         return updates, ScaleByRssState(sum_of_squares)
 
     return GradientTransformation(
-        init, tree.updates_from_first_map(update, returns_product=True, takes_sum_before=True)
+        init,
+        tree.updates_from_first_map(
+            update, returns_product=True, takes_sum_before=True, takes_product_before=True
+        ),
     )
 
 
@@ -816,7 +829,10 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransforma
         return updates, ScaleByAdadeltaState(e_g, e_x)
 
     return GradientTransformation(
-        init, tree.updates_from_first_map(update, returns_product=True, takes_sum_before=True)
+        init,
+        tree.updates_from_first_map(
+            update, returns_product=True, takes_sum_before=True, takes_product_before=True
+        ),
     )
 
 
@@ -957,5 +973,8 @@ def scale_by_rprop(
         return updates, ScaleByRpropState(step_sizes, previous_sign)
 
     return GradientTransformation(
-        init, tree.updates_from_first_map(update, returns_product=True, takes_sum_before=True)
+        init,
+        tree.updates_from_first_map(
+            update, returns_product=True, takes_sum_before=True, takes_product_before=True
+        ),
     )

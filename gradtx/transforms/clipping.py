@@ -86,8 +86,7 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     """
     check.positive("max_norm", max_norm, allow_inf=True)  # inf: no clipping
 
-    def update(updates, state, params=None, **extra):
-        del params, extra
+    def clipped_leaf(updates):
         norm = tree.global_norm(updates)
         # One scalar factor, 1 exactly at or below the bound (n / c <= 1) and 1 / inf = 0
         # for an infinite norm, NaN for a NaN one; no 0 / 0 for zero updates. A product
@@ -100,7 +99,19 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
             dtype = numerics.compute_dtype(u.dtype)
             return (u.astype(dtype) * numerics.factor(scale, dtype)).astype(u.dtype)
 
-        (clipped,) = tree.map_unzip(leaf, updates, outputs=1)
+        return leaf
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+        (clipped,) = tree.map_unzip(clipped_leaf(updates), updates, outputs=1)
         return clipped, state
 
-    return GradientTransformation(_no_state, update)
+    def leaf_fold(updates, state, params, extra, values):
+        # an eager chain may run the product inside the kernels of the block after it
+        # (Adam's: tree.FOLD_EAGER_SCALING), the norm taken here from the updates
+        del params, extra
+        return tree.LeafFold(clipped_leaf(updates), state=state) if values else None
+
+    return GradientTransformation(
+        _no_state, tree.elementwise(update, leaf_fold, value_scaling=True)
+    )

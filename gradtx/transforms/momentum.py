@@ -271,5 +271,8 @@ def ema(
         return updates, EmaState(count, average)
 
     return GradientTransformation(
-        init, tree.updates_from_first_map(update, returns_product=debias, takes_sum_before=True)
+        init,
+        tree.updates_from_first_map(
+            update, returns_product=debias, takes_sum_before=True, takes_product_before=True
+        ),
     )

@@ -232,5 +232,8 @@ def scale_by_radam(
         return updates, ScaleByRadamState(count, mu, nu)
 
     return GradientTransformation(
-        init, tree.updates_from_first_map(update, returns_product=True, takes_sum_before=True)
+        init,
+        tree.updates_from_first_map(
+            update, returns_product=True, takes_sum_before=True, takes_product_before=not nesterov
+        ),
     )
