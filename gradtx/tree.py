@@ -298,7 +298,11 @@ def _map_flat(
         # op by op (or traced): the joined functions' operations as their passes make them
         return _run_leaves(fn, tree, arg_tuples, folds), treedef
     functions = [fn, *(fold.fn for fold in before), *(fold.fn for fold in after)]
-    if _joins_alike(arg_tuples, functions):
+    # a block that reads half-precision state (a bfloat16 second moment of float32
+    # updates): inside one kernel XLA computed it on the function before it otherwise
+    # than on that function's output read from memory (RMSprop with weight decay or
+    # clipping before it: ~4% of the elements an ulp apart)
+    if _joins_alike(arg_tuples, functions) and not (before and _any_half(flat_rest)):
         groups, splits = _group_by_signature(arg_tuples, own=arity)
         if groups is not None and not splits:
             _check_leaves(tree, arg_tuples, [indices[0] for _, indices in groups])
@@ -306,7 +310,8 @@ def _map_flat(
     # Where the blocks' arguments would split the leaves into other kernel calls than
     # the block's own (a mask's flags, params of another dtype: XLA compiles a call of
     # one leaf otherwise than one of several), carry tracers or have other shardings
-    # (``_joins_alike``), each block's function makes its own pass
+    # (``_joins_alike``), or the block reads half-precision state after a function
+    # before it, each block's function makes its own pass
     if before:
         before_args = zip(leaves, *flat_before, strict=True)
         leaves = _run_leaves(before[0].fn, tree, list(before_args))
@@ -321,6 +326,22 @@ def _map_flat(
             (n, *r[1:]) if isinstance(r, tuple) else n for n, r in zip(new, results, strict=True)
         ]
     return results, treedef
+
+
+_HALF_PRECISION = frozenset(map(jnp.dtype, ("bfloat16", "float16")))
+
+
+def _any_half(flat: list[list]) -> bool:
+    """Whether any of the leaves of ``flat`` (lists of arrays and static flags) is a
+    bfloat16 or float16 array (their dtypes read in a C loop where all are arrays)."""
+    for leaves in flat:
+        try:
+            dtypes = set(map(_DTYPE, leaves))
+        except AttributeError:  # a static flag (a mask's bool) among them
+            dtypes = {getattr(x, "dtype", None) for x in leaves}
+        if not _HALF_PRECISION.isdisjoint(dtypes):
+            return True
+    return False
 
 
 def _joins_alike(arg_tuples: list[tuple], functions: list[Callable]) -> bool:
@@ -567,7 +588,8 @@ FOLD_EAGER_SCALING = True
 """Whether an un-jitted ``chain`` runs its elementwise blocks inside the eager kernels of
 a block with state next to them: the blocks after it (``scale``, the learning rate of
 every named optimizer, constant, injected or a schedule's value; ``add_decayed_weights``)
-and the one right before it (``add_decayed_weights``: PyTorch's L2), where that block's
+and the one right before it (``add_decayed_weights``: PyTorch's L2;
+``clip_by_global_norm``'s product), where that block's
 updates are the first output of its per-leaf map (``scale_by_adam``, ``trace``... and
 ``add_decayed_weights``; see ``updates_from_first_map``) and where XLA computes the
 joined functions as it computes their own passes (no product is read by a sum, nor by
@@ -580,12 +602,14 @@ before to its updates and the ones after to its first output, in order: one outp
 array per leaf and per block fewer (7-12 us each on XLA:CPU). An eager ``gtx.adam``
 update on 1,000 leaves makes three arrays a leaf, not four; ``gtx.adamw`` three, not
 five; the issue's chain (``clip_by_global_norm``, ``scale_by_adam``,
-``add_decayed_weights``, an injected learning rate) four, not six. Only float32, float64
-and complex updates fold
+``add_decayed_weights``, an injected learning rate) three, not six (the clipping's
+product folded before Adam, which reads its updates in products only:
+``takes_product_before``). Only float32, float64 and complex updates fold
 (a half-precision update is rounded to its dtype between the blocks, and inside one
-kernel XLA may drop that rounding): the numbers are those of the separate passes, bit
-for bit (``tests/test_performance_equivalence.py``). Under ``jit`` nothing changes (XLA
-fuses the blocks' loops itself)."""
+kernel XLA may drop that rounding), and no block before one that reads half-precision
+state (a bfloat16 moment): the numbers are those of the separate passes, bit for bit
+(``tests/test_performance_equivalence.py``). Under ``jit`` nothing changes (XLA fuses
+the blocks' loops itself)."""
 
 
 class LeafFold(NamedTuple):
