@@ -311,6 +311,14 @@ def quantize_blockwise(
     blocks, unblock = _as_blocks(x, block_size)
     blocks = blocks.astype(jnp.float32)
     absmax = jnp.max(jnp.abs(blocks), axis=-1)
+    return _quantized_blocks(blocks, absmax, unblock, table, buckets)
+
+
+def _quantized_blocks(
+    blocks: jax.Array, absmax: jax.Array, unblock: Any, table: jax.Array, buckets: Any
+) -> QuantizedArray:
+    """``quantize_blockwise``'s codes and absmax from the float32 ``blocks`` of ``x``
+    and their absmax."""
     normalized = blocks / jnp.where(absmax > 0, absmax, 1.0)[..., None]
     if buckets is None:
         above = jnp.clip(jnp.searchsorted(table, normalized), 1, table.size - 1)
@@ -321,6 +329,29 @@ def quantize_blockwise(
     # absmax is replicated where the leaf's type carries a sharding (4 / block_size
     # bytes a parameter): its blocks may lie across the leaf's partitioned axes
     return QuantizedArray(unblock(nearest.astype(jnp.uint8)), jnp.ravel(tree.gathered(absmax)))
+
+
+def _quantize_unless_equal(
+    x: jax.Array, before: jax.Array, table: jax.Array, block_size: int, buckets: jax.Array
+) -> tuple[QuantizedArray, jax.Array]:
+    """``quantize_blockwise(x, table, block_size, buckets)`` and whether ``x`` equals
+    ``before`` (of its shape), each block's absmax and equality taken in one pass over
+    both (a reduction of two operands): comparing the whole leaf in a pass of its own
+    made XLA:CPU keep the dequantized moments and the new ones as buffers, 4.5 -> 2.0
+    parameter-sized temporaries for 8-bit Adam and ~35 -> ~23 ms a step on 4M."""
+    blocks, unblock = _as_blocks(x, block_size)
+    blocks = blocks.astype(jnp.float32)
+    before_blocks, _ = _as_blocks(before, block_size)
+    if before_blocks.shape != blocks.shape:  # laid out otherwise (explicit shardings)
+        absmax = jnp.max(jnp.abs(blocks), axis=-1)
+        return _quantized_blocks(blocks, absmax, unblock, table, buckets), jnp.all(x == before)
+    absmax, equal = jax.lax.reduce(
+        (jnp.abs(blocks), blocks == before_blocks.astype(jnp.float32)),
+        (np.float32(-np.inf), True),
+        lambda a, b: (jax.lax.max(a[0], b[0]), a[1] & b[1]),
+        (blocks.ndim - 1,),
+    )
+    return _quantized_blocks(blocks, absmax, unblock, table, buckets), jnp.all(equal)
 
 
 def dequantize_blockwise(quantized: QuantizedArray, table: jax.Array, block_size: int) -> jax.Array:
@@ -338,6 +369,7 @@ def dequantize_blockwise(quantized: QuantizedArray, table: jax.Array, block_size
 # s a leaf shape. Inside a trace (jit, the eager kernels) the calls are inlined.
 _quantize_compiled = tree.nested_jit(quantize_blockwise, static_argnums=2)
 _dequantize_compiled = tree.nested_jit(dequantize_blockwise, static_argnums=2)
+_quantize_unless_equal_compiled = tree.nested_jit(_quantize_unless_equal, static_argnums=3)
 
 
 def _path_names(path: tuple) -> set[str]:
@@ -504,12 +536,11 @@ def _requantize_with(block_size: int) -> Any:
     inner update left it as it was."""
 
     def requantize(new, before, old_codes, old_absmax, table, buckets) -> QuantizedArray:
-        fresh = _quantize_compiled(new, table, block_size, buckets)
         # A leaf the inner update left as it was keeps its codes: quantizing the
         # dequantized values again is not the identity (the signed map has 1 but not -1,
         # so a block led by a negative value shrinks by 0.7% each time), and multi_steps
         # leaves the state alone on every accumulating micro-step.
-        unchanged = jnp.all(new == before)
+        fresh, unchanged = _quantize_unless_equal_compiled(new, before, table, block_size, buckets)
         # laid out as they came in on an Explicit mesh (a partitioning the user or a
         # restore gave the state), where this update gathers or replicates them
         return QuantizedArray(
