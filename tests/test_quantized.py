@@ -447,3 +447,26 @@ def test_a_donated_step_holds_only_the_new_moments_as_temporaries(inner, moments
     compiled = compiled_step(gtx.quantized_state(opt), gtx.apply_updates, params, grads)
     temporaries = compiled.memory_analysis().temp_size_in_bytes / params["w"].nbytes
     assert round(temporaries, 1) == moments, temporaries
+
+
+@pytest.mark.parametrize("place", [0, 5, 2047])
+def test_a_nan_moment_element_is_stored_as_its_blocks_absmax_wherever_it_lies(place):
+    """As documented: a NaN gradient makes that step's update NaN, and its moment
+    element is stored as its block's absmax (the last code), the state finite again.
+    The block's absmax was a maximum that skipped the NaN at most places of a block on
+    XLA:CPU but gave -inf at its last, so the whole block's state became inf or NaN."""
+    g = np.linspace(-1.0, 1.0, 4096, dtype=np.float32)
+    g[place] = np.nan
+    tx = gtx.quantized_state(gtx.scale_by_adam(), block_size=2048)
+    state = tx.init(jnp.zeros(4096))
+    step = jax.jit(tx.update)
+    updates, state = step(jnp.asarray(g), state)
+    assert np.isnan(np.asarray(updates)[place])
+    mu, nu = state.inner_state.mu, state.inner_state.nu
+    finite = np.delete(g[:2048], place)
+    # the first block's absmax is that of its numbers: 0.1 * max |g| there, (1 - b2) * g^2
+    np.testing.assert_allclose(mu.absmax[0], 0.1 * np.max(np.abs(finite)), rtol=1e-6)
+    np.testing.assert_allclose(nu.absmax[0], 0.001 * np.max(finite**2), rtol=1e-5)
+    assert mu.codes[place] == 255 and nu.codes[place] == 255
+    updates, state = step(jnp.ones(4096), state)
+    assert np.all(np.isfinite(np.asarray(updates)))
