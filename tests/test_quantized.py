@@ -470,3 +470,58 @@ def test_a_nan_moment_element_is_stored_as_its_blocks_absmax_wherever_it_lies(pl
     assert mu.codes[place] == 255 and nu.codes[place] == 255
     updates, state = step(jnp.ones(4096), state)
     assert np.all(np.isfinite(np.asarray(updates)))
+
+
+def test_gradients_flow_through_an_update_as_through_the_two_reductions(monkeypatch):
+    """The absmax and the check of an unchanged leaf are one reduction of two operands,
+    for which JAX has no derivative: ``jax.grad`` through an update raised a TypeError
+    (meta-gradients through optimizers, ``tests/test_hypergradients.py``). Its
+    derivative is now the absmax's, as ``jnp.max`` gives it: the derivatives of the
+    two reductions taken apart."""
+    table = jnp.asarray(gtx.dynamic_quantization_map(True))
+    buckets = jnp.asarray(quantized_module._code_buckets(True))
+    x = jnp.linspace(-1.0, 1.0, 300, dtype=jnp.float32)
+
+    def absmax_sum(quantize):
+        return jax.grad(lambda x: jnp.sum(quantize(x).absmax * jnp.arange(1.0, 6.0)))(x)
+
+    joined = absmax_sum(
+        lambda x: quantized_module._quantize_unless_equal(x, jnp.zeros(300), table, 64, buckets)[0]
+    )
+    alone = absmax_sum(lambda x: quantize_blockwise(x, table, 64, buckets))
+    np.testing.assert_array_equal(joined, alone)
+    assert np.count_nonzero(np.asarray(joined)) == 5
+
+    def loss(lr):  # two steps of 8-bit Adam, then the parameters' distance to 1
+        tx = gtx.quantized_state(gtx.adam(lr), min_size=1, block_size=64)
+        params = jnp.sin(jnp.arange(528.0)).reshape(16, 33)
+        state = tx.init(params)
+        for k in (1.0, 0.5):
+            updates, state = tx.update(k * jnp.cos(params) - 1, state, params)
+            params = gtx.apply_updates(params, updates)
+        return jnp.sum((params - 1.0) ** 2)
+
+    meta_gradient = jax.jit(jax.grad(loss))(0.01)
+
+    def apart(blocks, equal):
+        return jnp.max(quantized_module._magnitudes(blocks), axis=-1), jnp.all(equal, axis=-1)
+
+    monkeypatch.setattr(quantized_module, "_absmax_and_equal", apart)
+    np.testing.assert_allclose(meta_gradient, jax.jit(jax.grad(loss))(0.01), rtol=1e-6)
+    assert np.isfinite(meta_gradient) and meta_gradient != 0
+
+
+def test_float64_moments_are_compared_in_float64():
+    """Under x64, a float64 state leaf that the inner update changed by less than float32
+    resolves is quantized again (its float32 rounding compared equal)."""
+    table = jnp.asarray(gtx.dynamic_quantization_map(True))
+    buckets = jnp.asarray(quantized_module._code_buckets(True))
+    with jax.enable_x64(True):
+        before = jnp.asarray(np.linspace(-1, 0.5, 4096), jnp.float32)
+        new = before.astype(jnp.float64) * (1 + 1e-12)
+        _, unchanged = quantized_module._quantize_unless_equal(new, before, table, 2048, buckets)
+        assert not unchanged
+        _, unchanged = quantized_module._quantize_unless_equal(
+            before.astype(jnp.float64), before, table, 2048, buckets
+        )
+        assert unchanged

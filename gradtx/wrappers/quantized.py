@@ -347,19 +347,38 @@ def _quantize_unless_equal(
     both (a reduction of two operands): comparing the whole leaf in a pass of its own
     made XLA:CPU keep the dequantized moments and the new ones as buffers, 4.5 -> 2.0
     parameter-sized temporaries for 8-bit Adam and ~37 -> ~20 ms a step on 4M."""
-    blocks, unblock = _as_blocks(x, block_size)
-    blocks = blocks.astype(jnp.float32)
+    raw, unblock = _as_blocks(x, block_size)
+    blocks = raw.astype(jnp.float32)
     before_blocks, _ = _as_blocks(before, block_size)
     if before_blocks.shape != blocks.shape:  # laid out otherwise (explicit shardings)
         absmax = jnp.max(_magnitudes(blocks), axis=-1)
         return _quantized_blocks(blocks, absmax, unblock, table, buckets), jnp.all(x == before)
-    absmax, equal = jax.lax.reduce(
-        (_magnitudes(blocks), blocks == before_blocks.astype(jnp.float32)),
+    # compared in their own dtypes (float64 moments under x64 are not rounded first)
+    absmax, equal = _absmax_and_equal(blocks, raw == before_blocks)
+    return _quantized_blocks(blocks, absmax, unblock, table, buckets), jnp.all(equal)
+
+
+@jax.custom_jvp
+def _absmax_and_equal(blocks: jax.Array, equal: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Each block's absmax (``_magnitudes``) and whether all its ``equal`` flags hold, in
+    one reduction of the two; its derivative is the absmax's as ``jnp.max`` gives it
+    (JAX has none for a reduction of two operands)."""
+    return jax.lax.reduce(
+        (_magnitudes(blocks), equal),
         (np.float32(-np.inf), True),
         lambda a, b: (jax.lax.max(a[0], b[0]), a[1] & b[1]),
         (blocks.ndim - 1,),
     )
-    return _quantized_blocks(blocks, absmax, unblock, table, buckets), jnp.all(equal)
+
+
+@_absmax_and_equal.defjvp
+def _absmax_and_equal_jvp(primals, tangents):
+    blocks, equal = primals
+    outputs = _absmax_and_equal(blocks, equal)
+    _, absmax_tangent = jax.jvp(
+        lambda b: jnp.max(_magnitudes(b), axis=-1), (blocks,), (tangents[0],)
+    )
+    return outputs, (absmax_tangent, np.zeros(outputs[1].shape, jax.dtypes.float0))
 
 
 def dequantize_blockwise(quantized: QuantizedArray, table: jax.Array, block_size: int) -> jax.Array:
