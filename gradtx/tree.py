@@ -349,9 +349,13 @@ def _joins_alike(arg_tuples: list[tuple], functions: list[Callable]) -> bool:
     far as their arguments say: no tracer among them or in the functions' closures
     (``jax.jvp`` over the params or a hyperparameter: the joined tangents reassociate;
     apart, the traced block's outputs take the traced path), and on several devices,
-    each leaf's arrays sharded alike (XLA partitions the joined program otherwise)."""
+    the leaves on one device, the same for all, as are the arrays the joined blocks'
+    functions hold (a clipping's factor, a learning rate): XLA partitions a joined
+    program over several devices otherwise than the passes (leaves on four devices,
+    replicated or some split, gave ~1% of the elements an ulp apart for every fold)."""
     if _any_tracer(itertools.chain.from_iterable(arg_tuples)):
         return False
+    held = []
     for function in functions:
         cells = getattr(function, "__closure__", None) or ()
         try:
@@ -360,11 +364,19 @@ def _joins_alike(arg_tuples: list[tuple], functions: list[Callable]) -> bool:
             return False
         if any(isinstance(x, jax.core.Tracer) for x in values):
             return False
+        if function is not functions[0]:  # (the block's own are in its own kernels)
+            held += [x for x in values if isinstance(x, jax.Array)]
     if jax.device_count() > 1:
         for args in arg_tuples:
             sharding = args[0].sharding
             if any(isinstance(x, jax.Array) and x.sharding != sharding for x in args[1:]):
                 return False
+        shardings = {args[0].sharding for args in arg_tuples}  # (a few objects)
+        devices = {frozenset(sharding.device_set) for sharding in shardings}
+        if len(devices) > 1 or any(len(d) > 1 for d in devices):
+            return False
+        if any(frozenset(x.sharding.device_set) not in devices for x in held):
+            return False
     return True
 
 
@@ -606,8 +618,9 @@ five; the issue's chain (``clip_by_global_norm``, ``scale_by_adam``,
 product folded before Adam, which reads its updates in products only:
 ``takes_product_before``). Only float32, float64 and complex updates fold
 (a half-precision update is rounded to its dtype between the blocks, and inside one
-kernel XLA may drop that rounding), and no block before one that reads half-precision
-state (a bfloat16 moment): the numbers are those of the separate passes, bit for bit
+kernel XLA may drop that rounding), no block before one that reads half-precision
+state (a bfloat16 moment), and nothing where the leaves lie on several devices: the
+numbers are those of the separate passes, bit for bit
 (``tests/test_performance_equivalence.py``). Under ``jit`` nothing changes (XLA fuses
 the blocks' loops itself)."""
 
