@@ -282,6 +282,9 @@ def _map_flat(
     # Python floats as leaves (params = {"scale": 0.5}) become arrays, as under jit
     leaves = _as_arrays(leaves)
     flat = [_as_arrays(leaves_of) for leaves_of in flat]
+    # a state laid out otherwise than its updates on Explicit mesh axes: alike, so that
+    # a function's selects take them (a ShardingTypeError otherwise)
+    leaves, *flat = _layouts_aligned([leaves, *flat])
     count_before = sum(len(fold.trees) for fold in before)
     flat_before, flat_rest = flat[:count_before], flat[count_before : count_before + len(rest)]
     flat_after = flat[count_before + len(rest) :]
@@ -1352,6 +1355,102 @@ def laid_out_like(x: Any, like: Any) -> Any:
     if target is None or current is None or current.spec == target.spec:
         return x
     return _reshard(x, target)
+
+
+def _laid_out_in(x: Any, sharding: Any) -> Any:
+    current = explicit_sharding(x, replicated=True)
+    return x if current is None or current.spec == sharding.spec else _reshard(x, sharding)
+
+
+def _joined_sharding(values: Sequence[Any]) -> Any:
+    """The layout of ``values`` (arrays or their ``jax.eval_shape``, of one shape) as
+    JAX lays out ``a + b``, where two or more lie on Explicit mesh axes in different
+    layouts: every axis partitioned in one of them partitioned so (a replicated array
+    is then sliced, with no communication); None where they agree, where fewer than two
+    lie on such axes, and where two partition an axis otherwise (JAX's own error then)."""
+    shardings = [explicit_sharding(x, replicated=True) for x in values]
+    shardings = [s for s in shardings if s is not None]
+    if len(shardings) < 2:
+        return None
+    ndim = len(_shape(values[0]))
+    specs = [tuple(s.spec) + (None,) * (ndim - len(s.spec)) for s in shardings]
+    if all(spec == specs[0] for spec in specs):
+        return None
+    meshes = {getattr(s.mesh, "abstract_mesh", s.mesh) for s in shardings}
+    joined = []
+    for entries in zip(*specs, strict=True):
+        named = {entry for entry in entries if entry is not None}
+        if len(named) > 1:
+            return None
+        joined.append(named.pop() if named else None)
+    names = jax.tree.leaves(joined)
+    if len(meshes) > 1 or len(names) != len(set(names)):
+        return None
+    return jax.sharding.NamedSharding(shardings[0].mesh, jax.sharding.PartitionSpec(*joined))
+
+
+def laid_out_alike(*arrays: Any) -> tuple:
+    """``arrays`` (one leaf's parameter, gradient and state) laid out alike where they
+    lie on Explicit mesh axes in different layouts (``_joined_sharding``: a replicated
+    array sliced like a partitioned one), so that a select (``jnp.where``), which takes
+    no mixed layouts, reads them as arithmetic does (``a + b`` mixes them: JAX gives
+    the partitioned layout): a state laid out otherwise than its parameters (replicated,
+    by a restore, or partitioned ZeRO-style where the parameters are replicated). Arrays
+    of other shapes than the first, and everything on one device, are left as they are."""
+    if jax.device_count() == 1 or len(arrays) < 2:
+        return arrays
+    shape = getattr(arrays[0], "shape", None)
+    alike = [i for i, x in enumerate(arrays) if _is_array(x) and getattr(x, "shape", None) == shape]
+    target = _joined_sharding([arrays[i] for i in alike]) if shape is not None else None
+    if target is None:
+        return arrays
+    out = list(arrays)
+    for i in alike:
+        out[i] = _laid_out_in(arrays[i], target)
+    return tuple(out)
+
+
+def _layouts_aligned(columns: list[list]) -> list[list]:
+    """``columns`` (a list per argument of a per-leaf function, an entry per leaf) with
+    each leaf's arguments ``laid_out_alike``."""
+    if jax.device_count() == 1 or len(columns) < 2:
+        return columns
+    rows = list(zip(*columns, strict=True))
+    aligned = [laid_out_alike(*row) for row in rows]
+    if all(new is old for new, old in zip(aligned, rows, strict=True)):
+        return columns
+    return [list(column) for column in zip(*aligned, strict=True)]
+
+
+def cond(predicate: Any, true_fun: Callable[[], Any], false_fun: Callable[[], Any]) -> Any:
+    """``jax.lax.cond(predicate, true_fun, false_fun)`` of two functions of no arguments,
+    whose results may lay out a leaf otherwise (a skipped step passes its state through
+    as it came in, the other branch gives it as the step computes it: a state laid out
+    otherwise than its parameters on Explicit mesh axes): each such leaf comes from both
+    branches in the layout that joins theirs (``_joined_sharding``; ``lax.cond`` compares
+    the branches' types, shardings included, a TypeError otherwise). On one device
+    ``jax.lax.cond`` itself."""
+    if jax.device_count() == 1:
+        return jax.lax.cond(predicate, true_fun, false_fun)
+    true_shapes, treedef = jax.tree.flatten(jax.eval_shape(true_fun))
+    false_shapes = treedef.flatten_up_to(jax.eval_shape(false_fun))
+    targets = [_joined_sharding(pair) for pair in zip(true_shapes, false_shapes, strict=True)]
+    if all(target is None for target in targets):
+        return jax.lax.cond(predicate, true_fun, false_fun)
+
+    def laid_out(fun: Callable[[], Any]) -> Callable[[], Any]:
+        def branch():
+            leaves = treedef.flatten_up_to(fun())
+            return treedef.unflatten(
+                [
+                    x if t is None else _laid_out_in(x, t)
+                    for x, t in zip(leaves, targets, strict=True)
+                ]
+            )
+
+        return branch
+
+    return jax.lax.cond(predicate, laid_out(true_fun), laid_out(false_fun))
 
 
 def leaf_path(tree: Any, index: int) -> str:

@@ -141,6 +141,118 @@ def measure(part: str = "all"):
         results["shard_map"] = global_reductions_in_shard_map()
         results["pmap"] = flax_style_pmap_training()
         results["resume"] = orbax_resume_on_other_meshes()
+        results["laid_out_otherwise"] = states_laid_out_otherwise()
+    return results
+
+
+LAID_OUT_OTHERWISE = [
+    "multi_steps",
+    "apply_if_finite",
+    "lookahead",
+    "swats",
+    "rprop",
+    "averaged_sgd",
+    "quantized_multi_steps",
+    "quantized_apply_if_finite",
+]
+
+
+def states_laid_out_otherwise():
+    """Runs in the subprocess: transforms that select between a new and an old value
+    (``jnp.where``, ``lax.cond``) with their state laid out otherwise than the
+    parameters on an Explicit mesh, jitted and un-jitted, 3 steps each: replicated
+    state of parameters sharded over their first axis (a replicated restore), and
+    state sharded over the first axis of replicated parameters (ZeRO-1). How each
+    ends (an error, compilations per jitted step, the state's layout) and the
+    parameters against one device's."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import gradtx as gtx
+
+    def quantized(inner):
+        return gtx.quantized_state(inner, block_size=256, min_size=256)
+
+    transforms = {
+        "multi_steps": lambda: gtx.multi_steps(gtx.adam(0.01), 2),
+        "apply_if_finite": lambda: gtx.apply_if_finite(gtx.adam(0.01), 3),
+        "lookahead": lambda: gtx.lookahead(gtx.adam(0.01), 2, 0.5, reset_state=True),
+        "swats": lambda: gtx.swats(0.01),
+        "rprop": lambda: gtx.rprop(0.01),
+        "averaged_sgd": lambda: gtx.averaged_sgd(0.01),
+        "quantized_multi_steps": lambda: quantized(gtx.multi_steps(gtx.adam(0.01), 2)),
+        "quantized_apply_if_finite": lambda: quantized(gtx.apply_if_finite(gtx.adam(0.01), 3)),
+    }
+    rng = np.random.default_rng(5)
+    params = {
+        "w": jnp.asarray(rng.normal(size=(32, 64)), jnp.float32),
+        "b": jnp.asarray(rng.normal(size=(8,)), jnp.float32),
+    }
+    grads = [jax.tree.map(lambda p, i=i: jnp.sin((i + 2) * p), params) for i in range(3)]
+    mesh = jax.make_mesh((8,), ("data",))
+    replicated = NamedSharding(mesh, P())
+    split = NamedSharding(mesh, P("data"))
+    layouts = {
+        # (the params' layout, a state leaf's layout)
+        "replicated_state": ({"w": split, "b": replicated}, replicated),
+        "zero": ({"w": replicated, "b": replicated}, split),
+    }
+    compilations = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compilations.append(event)
+
+    def train(tx, params, state, jitted):
+        update = jax.jit(tx.update) if jitted else tx.update
+        shardings = jax.tree.map(lambda p: p.sharding, params)  # the gradients' layout
+        counts = []
+        for g in grads:
+            before = len(compilations)
+            updates, state = update(jax.device_put(g, shardings), state, params)
+            params = gtx.apply_updates(params, updates)
+            jax.block_until_ready((params, state))
+            counts.append(len(compilations) - before)
+        return params, state, counts
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    results = {}
+    for name, make in transforms.items():
+        expected, _, _ = train(make(), params, make().init(params), jitted=True)
+        results[name] = {}
+        for layout, (param_shardings, state_sharding) in layouts.items():
+            for jitted in (True, False):
+                key = f"{layout}, {'jitted' if jitted else 'un-jitted'}"
+                with jax.set_mesh(mesh):
+                    tx = make()
+                    laid_out = jax.device_put(params, param_shardings)
+                    state = jax.tree.map(
+                        lambda x, layout=state_sharding: jax.device_put(x, layout) if x.ndim else x,
+                        tx.init(laid_out),
+                    )
+                    try:
+                        actual, new_state, counts = train(tx, laid_out, state, jitted)
+                    except Exception as error:  # noqa: BLE001  (reported, asserted on below)
+                        results[name][key] = {"error": f"{type(error).__name__}: {error}"[:300]}
+                        continue
+                results[name][key] = {
+                    "error": None,
+                    "compilations_per_step": counts,
+                    "state_kept_its_layout": all(
+                        a.sharding.is_equivalent_to(b.sharding, a.ndim)
+                        for a, b in zip(
+                            jax.tree.leaves(state), jax.tree.leaves(new_state), strict=True
+                        )
+                    ),
+                    "max_abs_difference": max(
+                        float(np.max(np.abs(np.asarray(actual[k]) - np.asarray(expected[k]))))
+                        for k in params
+                    ),
+                }
+    jax.monitoring.unregister_event_duration_listener(listener)
     return results
 
 
@@ -1057,6 +1169,25 @@ def test_clip_by_global_norm_in_shard_map_uses_each_shards_own_norm(measured, li
     result = measured["shard_map"][f"clip_by_global_norm_{library}"]
     assert result["from_per_shard_norms"] < 1e-6
     assert result["from_the_global_norm"] > 1e-2
+
+
+@pytest.mark.parametrize("name", LAID_OUT_OTHERWISE)
+def test_a_state_laid_out_otherwise_than_its_parameters_trains(measured, name):
+    """A select (``jnp.where``) takes no mixed layouts and ``lax.cond`` compares its
+    branches' shardings: with a replicated state of sharded parameters (a restore) or
+    a ZeRO-1 state sharded where the parameters are replicated, 22 of these 32 runs
+    were a ShardingTypeError or a cond's TypeError, jitted or not."""
+    for run, result in measured["laid_out_otherwise"][name].items():
+        assert result["error"] is None, (run, result["error"])
+        # the same arithmetic as one device's, in another partitioning
+        assert result["max_abs_difference"] < 1e-6, run
+        if run.startswith("zero"):
+            # a state partitioned where the parameters are not stays so (the parameters
+            # take the partitioned updates' layout: a second compilation)
+            assert result["state_kept_its_layout"], run
+        if run.endswith(", jitted"):
+            # a replicated state takes its parameters' layout in the first step
+            assert result["compilations_per_step"][2] == 0, run
 
 
 RESUMED = ["multi_steps", "quantized_state", "flatten"]

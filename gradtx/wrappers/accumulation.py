@@ -175,11 +175,10 @@ def multi_steps(
             # the inner update (JAX's trace cache), not two.
             traced_once = tree.trace_once(real_step, *args)
             inner_updates = jax.eval_shape(traced_once)[0]
-            new_updates, inner_state = jax.lax.cond(
+            new_updates, inner_state = tree.cond(
                 emit,
-                lambda operand: _cast_state_like(traced_once(), state.inner_state),
-                lambda operand: (zero_updates(inner_updates), state.inner_state),
-                None,
+                lambda: _cast_state_like(traced_once(), state.inner_state),
+                lambda: (zero_updates(inner_updates), state.inner_state),
             )
         elif bool(emit):  # un-jitted: a Python branch; lax.cond would retrace both
             # branches at every call (~140 ms an update on 10 leaves) and bypass the

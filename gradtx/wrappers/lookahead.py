@@ -165,11 +165,11 @@ def lookahead(
                     synced_updates, slow_params = with_sync(True)
                     return synced_updates, slow_params, fresh(slow_params)
 
-                updates, slow_params, inner_state = jax.lax.cond(
+                updates, slow_params, inner_state = tree.cond(
                     sync, synced, lambda: (updates, state.slow_params, inner_state)
                 )
             else:
-                updates, slow_params = jax.lax.cond(
+                updates, slow_params = tree.cond(
                     sync, lambda: with_sync(True), lambda: (updates, state.slow_params)
                 )
         else:
@@ -177,7 +177,9 @@ def lookahead(
             updates, slow_params = with_sync(sync)
             if reset_state:
                 inner_state = jax.tree.map(
-                    lambda new, old: jnp.where(sync, new, old), fresh(slow_params), inner_state
+                    lambda new, old: jnp.where(sync, *tree.laid_out_alike(new, old)),
+                    fresh(slow_params),
+                    inner_state,
                 )
         return updates, LookaheadState(steps_since_sync, slow_params, inner_state)
 
