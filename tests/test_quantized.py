@@ -37,8 +37,12 @@ def test_dynamic_map_is_the_papers_data_type(signed):
 
 # (7, 50): 350 elements, raveled and padded; the others a whole number of blocks, taken
 # from a view that keeps the leading axes: (3, 8, 16, 8) from axis 2, (640,) and
-# (24, 40) from axis 0, (5, 7) one block smaller than block_size
-@pytest.mark.parametrize("shape", [(7, 50), (3, 8, 16, 8), (640,), (24, 40), (5, 7)])
+# (24, 40) from axis 0, (5, 7) one block smaller than block_size; a 0-d leaf is one
+# block of one element, and an empty one has no blocks (an AssertionError and a
+# TypeError of a reshape before)
+@pytest.mark.parametrize(
+    "shape", [(7, 50), (3, 8, 16, 8), (640,), (24, 40), (5, 7), (), (0,), (4, 0, 3)]
+)
 @pytest.mark.parametrize("signed", [True, False])
 def test_quantize_picks_the_nearest_code_of_each_block_normalized_by_its_absmax(rng, signed, shape):
     block_size = 64
@@ -73,6 +77,7 @@ def test_blocks_are_read_from_a_view_that_keeps_as_many_leading_axes_as_can_stay
     assert view((2048, 2048), 2048) == (1, 1, (2048, 2048))  # no unit axis of blocks
     assert view((5, 7), 2048) == (0, 1, (35,))  # a leaf smaller than a block
     assert view((5000,), 2048) is None and view((3, 1000), 2048) is None  # padded
+    assert view((), 2048) is None and view((0,), 2048) == (0, 0, (0, 1))
 
 
 @pytest.mark.parametrize("signed", [True, False])

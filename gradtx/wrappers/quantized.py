@@ -141,7 +141,7 @@ def _block_view(shape: tuple[int, ...], block_size: int) -> tuple[int, int, tupl
     where the leaf is not a whole number of blocks (it is then raveled and padded)."""
     size = math.prod(shape)
     block = max(min(block_size, size), 1)
-    if size % block:
+    if size % block or not shape:  # (a 0-d leaf: one block of one element, raveled)
         return None
     inner = 1  # the elements of shape[axis + 1:]
     for axis in range(len(shape) - 1, -1, -1):
@@ -151,7 +151,7 @@ def _block_view(shape: tuple[int, ...], block_size: int) -> tuple[int, int, tupl
         if shape[axis] % rows == 0:
             blocks = shape[axis] * inner // block
             # (a unit axis of blocks is left out: XLA:CPU reduced such a view slower)
-            view = (*shape[:axis], *((blocks,) if blocks > 1 else ()), block)
+            view = (*shape[:axis], *((blocks,) if blocks != 1 else ()), block)
             return axis, shape[axis] // rows, view
         inner *= shape[axis]
     raise AssertionError("unreachable: axis 0 holds whole blocks")
