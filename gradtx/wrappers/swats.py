@@ -203,7 +203,9 @@ def swats(
             # Traced (jit), a lax.cond: each phase reads and writes only its own state (a
             # select computed both and copied every donated moment first: 108
             # bytes/param for a float32 step, 40 in Adam's phase and 20 in SGD's now).
-            outputs = tree.cond(switched, lambda: phase(True), lambda: phase(False))
+            # Both phases compute every output from the same leaves, which map_unzip
+            # lays out alike: their layouts agree without tree.cond's second trace.
+            outputs = jax.lax.cond(switched, lambda: phase(True), lambda: phase(False))
         else:
             outputs = phase(switched)
         new_updates, mu, nu, momentum, p_dot_p, p_dot_g = outputs
