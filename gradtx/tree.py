@@ -181,12 +181,18 @@ def zeros_like(tree: Any, dtype: Any = None, *, real: bool = False) -> Any:
 
 
 def full_like(tree: Any, fill_value: Any, dtype: Any = None) -> Any:
-    """A tree shaped like ``tree`` filled with ``fill_value`` (leaf dtypes kept by default)."""
+    """A tree shaped like ``tree`` filled with ``fill_value`` (leaf dtypes kept by default),
+    each leaf an array of its own."""
     check_inexact(tree, "parameter")
-    return jax.tree.map(
-        lambda x: jnp.full_like(x, fill_value, dtype if dtype is not None else leaf_dtype(x)),
-        tree,
-    )
+
+    def fill(x: Any) -> Any:
+        filled = jnp.full_like(x, fill_value, dtype if dtype is not None else leaf_dtype(x))
+        # a 0-d leaf filled with a 0-d array of its dtype (a hyperparameter the state
+        # also holds) is that array itself: a state holding one buffer twice, which a
+        # jitted step donating the state refuses ("donate the same buffer twice")
+        return jnp.copy(filled) if filled is fill_value else filled
+
+    return jax.tree.map(fill, tree)
 
 
 def map_unzip(

@@ -65,6 +65,33 @@ def test_the_suites_compilation_count_sees_a_program_the_persistent_cache_serves
     assert len(compiled) == 1 and hits == [1]
 
 
+def distinct_buffers(tree) -> bool:
+    leaves = [x for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)]
+    return len({x.unsafe_buffer_pointer() for x in leaves}) == len(leaves)
+
+
+@pytest.mark.parametrize("name", zoo.ALL)
+def test_the_params_and_an_eager_init_hold_no_buffer_twice(name):
+    """A jitted step that donates the params and the state refuses a buffer given twice
+    ("Attempt to donate the same buffer twice"): the state of a 0-d leaf filled with a
+    hyperparameter that the state also holds was that array itself (Adagrad's
+    accumulator, RMSprop's initial scale, Rprop's step sizes)."""
+    tx = zoo.make(name, 0.05)
+    params = {"w": jnp.zeros(3), "b": jnp.array(1.0, jnp.float32)}
+    assert distinct_buffers((params, tx.init(params)))
+
+
+@pytest.mark.parametrize("name", ["adagrad", "rmsprop", "rprop"])
+def test_a_step_donating_the_params_and_the_state_runs(name):
+    tx = zoo.make(name, 0.05)
+    params = {"w": jnp.zeros(3), "b": jnp.array(1.0, jnp.float32)}
+    step = jax.jit(make_step(tx), donate_argnums=(0, 1))
+    expected, _ = jax.jit(make_step(tx))(params, tx.init(params))
+    actual, _ = step(jax.tree.map(jnp.copy, params), tx.init(params))
+    for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("name", zoo.ALL)
 def test_changing_the_learning_rate_between_jitted_steps_compiles_nothing(name):
     tx = zoo.make(name, 0.05)

@@ -930,7 +930,7 @@ def scale_by_rprop(
                     f"{leaf.dtype.name} (the sign of a complex number is undefined)"
                 )
         return ScaleByRpropState(
-            step_sizes=jax.tree.map(lambda z: jnp.full_like(z, learning_rate), zeros),
+            step_sizes=tree.full_like(zeros, learning_rate),
             previous_sign=zeros,
         )
 
