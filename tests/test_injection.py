@@ -698,3 +698,28 @@ def test_a_traced_float64_hyperparameter_is_float32_unless_every_leaf_is_float64
     assert step_of_the_float64_leaf({"a": ones(jnp.float64), "b": ones(jnp.float64)}) == -0.1
     mixed = step_of_the_float64_leaf({"a": ones(jnp.float32), "b": ones(jnp.float64)})
     assert mixed == -float(np.float32(0.1))
+
+
+def test_a_state_holds_hyperparameter_arrays_of_its_own_not_the_callers():
+    """A jitted step that donates the state deletes every array the state holds and
+    refuses one held twice: an optimizer built with an array learning rate kept that
+    array in each state it made (deleted by the first donated step: the next ``init``,
+    or the caller's own read, failed), and ``set_hyperparams`` put one array into every
+    injected state it reached (two groups of a partition: "donate the same buffer
+    twice"), and the caller's array itself."""
+    params = {"a": jnp.ones(3), "b": jnp.ones(2)}
+    rate, value = jnp.float32(0.05), jnp.float32(0.01)
+    tx = gtx.partition({"x": gtx.adam(rate), "y": gtx.adam(rate)}, {"a": "x", "b": "y"})
+    state = gtx.set_hyperparams(tx.init(params), b1=0.8, eps=value)
+    leaves = [x for x in jax.tree.leaves((rate, value, params, state)) if isinstance(x, jax.Array)]
+    assert len({x.unsafe_buffer_pointer() for x in leaves}) == len(leaves)
+
+    def step(params, state):
+        updates, state = tx.update(jax.tree.map(jnp.sin, params), state, params)
+        return gtx.apply_updates(params, updates), state
+
+    donated = jax.tree.map(jnp.copy, params)
+    _, new_state = jax.jit(step, donate_argnums=(0, 1))(donated, state)
+    assert float(rate) == pytest.approx(0.05) and float(value) == pytest.approx(0.01)
+    assert gtx.get_hyperparams(tx.init(params), path="x")["learning_rate"] == rate
+    assert gtx.get_hyperparams(new_state, path="y")["eps"] == value

@@ -77,10 +77,20 @@ def _is_injectable(value: Any, parameter: inspect.Parameter | None = None) -> bo
 
 
 def _as_float32(name: str, value: Any) -> jax.Array:
-    value = jnp.asarray(value)
-    if value.ndim != 0:
-        raise ValueError(f"hyperparameter {name} must be a scalar, got shape {value.shape}")
-    return value.astype(jnp.float32)
+    array = jnp.asarray(value)
+    if array.ndim != 0:
+        raise ValueError(f"hyperparameter {name} must be a scalar, got shape {array.shape}")
+    return _own(array.astype(jnp.float32), value)
+
+
+def _own(array: jax.Array, given: Any) -> jax.Array:
+    """``array``, or a copy where it is the caller's concrete array ``given``: a state
+    holding the caller's array loses it to a jitted step that donates the state (later
+    reads of it fail: "Array has been deleted"), and holding one array in two places is
+    refused by such a step ("donate the same buffer twice")."""
+    if array is given and not isinstance(given, jax.core.Tracer):
+        return jnp.copy(array)
+    return array
 
 
 def _at_least_float32(name: str, value: Any, leaves: Any) -> jax.Array:
@@ -563,7 +573,8 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
                                 f"jax.pmap(lambda s: gtx.set_hyperparams(s, "
                                 f"{name}=value))(states)"
                             )
-                        hyperparams[name] = _with_value(old, value.astype(old.dtype))
+                        # an array of its own in each injected state it goes to
+                        hyperparams[name] = _with_value(old, _own(value.astype(old.dtype), value))
                         unknown.discard(name)
             inner = replace(here + ".inner_state", node.inner_state)
             return InjectState(node.count, hyperparams, inner)
