@@ -188,11 +188,30 @@ def full_like(tree: Any, fill_value: Any, dtype: Any = None) -> Any:
     def fill(x: Any) -> Any:
         filled = jnp.full_like(x, fill_value, dtype if dtype is not None else leaf_dtype(x))
         # a 0-d leaf filled with a 0-d array of its dtype (a hyperparameter the state
-        # also holds) is that array itself: a state holding one buffer twice, which a
+        # also holds) is that array's buffer (the array itself, or for a leaf committed
+        # to a device a new array over it): a state holding one buffer twice, which a
         # jitted step donating the state refuses ("donate the same buffer twice")
-        return jnp.copy(filled) if filled is fill_value else filled
+        if not jnp.ndim(filled) and _concrete_array(fill_value):
+            return jnp.copy(filled)
+        return filled
 
     return jax.tree.map(fill, tree)
+
+
+def _concrete_array(x: Any) -> bool:
+    return isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+
+
+def own_array(array: Any, given: Any) -> Any:
+    """``array`` (made from ``given``, a value a caller passed in), or a copy where it is
+    the caller's concrete array itself: a state holding a caller's array loses it to a
+    jitted step that donates the state (later reads fail: "Array has been deleted"),
+    and one array held in two places is refused by such a step ("donate the same
+    buffer twice"). Traced values are left alone (a jitted step's outputs are buffers
+    of their own)."""
+    if array is given and _concrete_array(given):
+        return jnp.copy(array)
+    return array
 
 
 def map_unzip(
@@ -1932,7 +1951,9 @@ def tree_set(tree: Any, *, path: str | None = None, **values: Any) -> Any:
 
     Each new value must have the structure and leaf shapes of the old one; array leaves
     are cast to the old leaf's dtype, so a state keeps its structure and dtypes (a
-    jit-compiled step does not recompile). Errors as ``tree_get``. In Flax's
+    jit-compiled step does not recompile), and a caller's array already of that dtype
+    is copied, so that the state holds arrays of its own (a jitted step donating the
+    state deletes them, and refuses one held twice). Errors as ``tree_get``. In Flax's
     ``nnx.Optimizer.opt_state``, which holds the arrays in ``OptArray`` variables, the
     new arrays go into those variables (give arrays, not variables), so
     ``optimizer.opt_state = gtx.tree_set(optimizer.opt_state, ...)`` keeps its graph.
@@ -1951,8 +1972,8 @@ def tree_set(tree: Any, *, path: str | None = None, **values: Any) -> Any:
         (10, dtype('int32'))
 
     Reference: ``optax.tree_utils.tree_set``, with differences: the new values are
-    checked and cast to the old dtypes (Optax stores them as given: ``count=2.``
-    becomes a Python float), several fields of one name are a ValueError, and ``path``
+    checked and cast to the old dtypes, or copied (Optax stores them as given:
+    ``count=2.`` becomes a Python float), several fields of one name are a ValueError, and ``path``
     replaces Optax's ``filtering``.
     """
     for name, value in values.items():
@@ -1968,7 +1989,7 @@ def tree_set(tree: Any, *, path: str | None = None, **values: Any) -> Any:
         def conform(old_leaf, new_leaf, found=found):
             if not hasattr(old_leaf, "dtype"):
                 return new_leaf
-            new_leaf = jnp.asarray(new_leaf)
+            given, new_leaf = new_leaf, jnp.asarray(new_leaf)
             if new_leaf.shape != jnp.shape(old_leaf):
                 raise ValueError(
                     f"tree_set: {found} has shape {list(jnp.shape(old_leaf))}, the new value "
@@ -1979,7 +2000,8 @@ def tree_set(tree: Any, *, path: str | None = None, **values: Any) -> Any:
             old_weak = getattr(old_leaf, "weak_type", False)
             new_weak = getattr(new_leaf, "weak_type", False)  # typed PRNG keys have none
             if new_leaf.dtype == old_leaf.dtype and (old_weak or not new_weak):
-                return new_leaf
+                # an array of the state's own, not the caller's (a donated step deletes it)
+                return own_array(new_leaf, given)
             if jax.dtypes.issubdtype(old_leaf.dtype, jax.dtypes.extended):
                 # a typed PRNG key casts to nothing: the new key must be of its kind
                 raise TypeError(

@@ -70,14 +70,18 @@ def distinct_buffers(tree) -> bool:
     return len({x.unsafe_buffer_pointer() for x in leaves}) == len(leaves)
 
 
+@pytest.mark.parametrize("committed", [False, True])
 @pytest.mark.parametrize("name", zoo.ALL)
-def test_the_params_and_an_eager_init_hold_no_buffer_twice(name):
+def test_the_params_and_an_eager_init_hold_no_buffer_twice(name, committed):
     """A jitted step that donates the params and the state refuses a buffer given twice
     ("Attempt to donate the same buffer twice"): the state of a 0-d leaf filled with a
-    hyperparameter that the state also holds was that array itself (Adagrad's
-    accumulator, RMSprop's initial scale, Rprop's step sizes)."""
+    hyperparameter that the state also holds was that array's buffer (Adagrad's
+    accumulator, RMSprop's initial scale, Rprop's step sizes): the array itself, or,
+    for params committed to a device (``device_put``, a restore), a new array over it."""
     tx = zoo.make(name, 0.05)
     params = {"w": jnp.zeros(3), "b": jnp.array(1.0, jnp.float32)}
+    if committed:
+        params = jax.device_put(params, jax.devices()[0])
     assert distinct_buffers((params, tx.init(params)))
 
 
@@ -85,6 +89,7 @@ def test_the_params_and_an_eager_init_hold_no_buffer_twice(name):
 def test_a_step_donating_the_params_and_the_state_runs(name):
     tx = zoo.make(name, 0.05)
     params = {"w": jnp.zeros(3), "b": jnp.array(1.0, jnp.float32)}
+    params = jax.device_put(params, jax.devices()[0])  # committed, as a restore gives them
     step = jax.jit(make_step(tx), donate_argnums=(0, 1))
     expected, _ = jax.jit(make_step(tx))(params, tx.init(params))
     actual, _ = step(jax.tree.map(jnp.copy, params), tx.init(params))

@@ -100,3 +100,24 @@ def test_tree_set_of_a_typed_key_into_a_raw_key_or_number_is_a_clear_type_error(
         gtx.tree_set(gtx.scale_by_adam().init(jnp.zeros(2)), count=jax.random.key(1))
     state = gtx.tree_set(state, rng_key=jax.random.key_data(jax.random.key(1)))
     assert state.rng_key.dtype == jnp.uint32
+
+
+def test_tree_set_stores_arrays_of_the_states_own():
+    """A jitted step that donates the state deletes the arrays it holds and refuses one
+    held twice: tree_set kept the caller's array where its dtype matched (a learning
+    rate read afterwards: "Array has been deleted"; params set as Adam's mu; one array
+    set as mu and nu)."""
+    params = {"w": jnp.zeros(3)}
+    tx = gtx.adam(0.1)
+    rate, moment = jnp.float32(1e-2), jnp.ones(3)
+    state = gtx.tree_set(tx.init(params), learning_rate=rate)
+    state = gtx.tree_set(state, mu={"w": moment}, nu={"w": moment})
+    leaves = jax.tree.leaves((params, rate, moment, state))
+    assert len({x.unsafe_buffer_pointer() for x in leaves}) == len(leaves)
+
+    def step(params, state):
+        updates, state = tx.update(params, state, params)
+        return gtx.apply_updates(params, updates), state
+
+    jax.jit(step, donate_argnums=(0, 1))(jax.tree.map(jnp.copy, params), state)
+    assert float(rate) == pytest.approx(1e-2) and float(moment[0]) == 1.0

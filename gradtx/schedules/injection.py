@@ -80,17 +80,7 @@ def _as_float32(name: str, value: Any) -> jax.Array:
     array = jnp.asarray(value)
     if array.ndim != 0:
         raise ValueError(f"hyperparameter {name} must be a scalar, got shape {array.shape}")
-    return _own(array.astype(jnp.float32), value)
-
-
-def _own(array: jax.Array, given: Any) -> jax.Array:
-    """``array``, or a copy where it is the caller's concrete array ``given``: a state
-    holding the caller's array loses it to a jitted step that donates the state (later
-    reads of it fail: "Array has been deleted"), and holding one array in two places is
-    refused by such a step ("donate the same buffer twice")."""
-    if array is given and not isinstance(given, jax.core.Tracer):
-        return jnp.copy(array)
-    return array
+    return tree.own_array(array.astype(jnp.float32), value)
 
 
 def _at_least_float32(name: str, value: Any, leaves: Any) -> jax.Array:
@@ -574,7 +564,8 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
                                 f"{name}=value))(states)"
                             )
                         # an array of its own in each injected state it goes to
-                        hyperparams[name] = _with_value(old, _own(value.astype(old.dtype), value))
+                        own = tree.own_array(value.astype(old.dtype), value)
+                        hyperparams[name] = _with_value(old, own)
                         unknown.discard(name)
             inner = replace(here + ".inner_state", node.inner_state)
             return InjectState(node.count, hyperparams, inner)
