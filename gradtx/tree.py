@@ -1792,11 +1792,6 @@ def _zeros_like(x: jax.Array) -> jax.Array:
     return jnp.zeros_like(x)
 
 
-def where(condition: jax.Array, on_true: Any, on_false: Any) -> Any:
-    """Selects whole trees with a scalar ``condition`` (traceable, no Python branching)."""
-    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
-
-
 def _named_children(node: Any) -> list[tuple[str, Any, Any]] | None:
     """``(path piece, key, child)`` for a NamedTuple, dict, list or tuple; None for a leaf.
 
