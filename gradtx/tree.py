@@ -830,11 +830,6 @@ def first_map_of(update: Callable[..., Any]) -> tuple[bool, bool, bool] | None:
         return None
 
 
-def is_updates_from_first_map(update: Callable[..., Any]) -> bool:
-    """Whether ``update`` itself was marked with ``updates_from_first_map``."""
-    return first_map_of(update) is not None
-
-
 def elementwise(
     update: Callable[..., Any],
     leaf_fold: Callable[..., LeafFold | None],
