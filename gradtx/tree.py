@@ -1963,8 +1963,8 @@ def tree_set(tree: Any, *, path: str | None = None, **values: Any) -> Any:
 
     Reference: ``optax.tree_utils.tree_set``, with differences: the new values are
     checked and cast to the old dtypes, or copied (Optax stores them as given:
-    ``count=2.`` becomes a Python float), several fields of one name are a ValueError, and ``path``
-    replaces Optax's ``filtering``.
+    ``count=2.`` becomes a Python float), several fields of one name are a ValueError,
+    and ``path`` replaces Optax's ``filtering``.
     """
     for name, value in values.items():
         pieces = _lookup(tree, name, path)
