@@ -44,6 +44,7 @@ import numpy as np
 import optax
 
 import gradtx as gtx
+from gradtx import eager_kernels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_time import count_fusions, gpt2_small, make_tree, many_small_leaves  # noqa: E402
@@ -315,7 +316,7 @@ def compile_eager_table(shapes, rounds: int, compile_rounds: int, calls_per_roun
             # gradtx's eager kernels are cached by per-leaf code, which flatten(adam)
             # shares with adam: each contender's first two calls start from an empty
             # cache (JAX's own caches of single operations stay shared)
-            gtx.tree._EAGER.__init__()
+            eager_kernels.KERNELS.__init__()
             states[name] = tx.init(params)
             results[name] = eager_calls_ms(tx, states[name], params, grads, 2)
         medians = {name: [] for name in runs}

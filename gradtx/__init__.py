@@ -36,6 +36,9 @@ from gradtx.optimizers import (
     sgd,
 )
 
+# --- introspection ---
+from gradtx.paths import tree_get, tree_set
+
 # --- schedule injection ---
 from gradtx.schedules.injection import (
     InjectState,
@@ -117,9 +120,6 @@ from gradtx.transforms.scaling import (
     scale_by_learning_rate,
     scale_by_schedule,
 )
-
-# --- introspection ---
-from gradtx.tree import tree_get, tree_set
 
 # --- wrappers (issue 4) ---
 from gradtx.wrappers import (

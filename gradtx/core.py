@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import numerics, tree
+from gradtx import folds, numerics, tree
 
 Params = Any
 """A pytree of arrays (``None`` leaves allowed) holding the model's parameters."""
@@ -186,11 +186,11 @@ def chain(*transforms: TransformLike) -> GradientTransformation:
 
 
 def _foldable_blocks(transforms: Sequence[Any]) -> tuple[list[Any], list[Any]]:
-    """For each transform of a chain: its ``tree.first_map_of`` (whether its updates are
+    """For each transform of a chain: its ``folds.first_map_of`` (whether its updates are
     its first map's first output, and whether that output may be a product) and its
-    ``tree.leaf_fold_of`` (if it is an elementwise block), each None where it has none."""
-    first_maps = [tree.first_map_of(t.update) for t in transforms]
-    return first_maps, [tree.leaf_fold_of(t.update) for t in transforms]
+    ``folds.leaf_fold_of`` (if it is an elementwise block), each None where it has none."""
+    first_maps = [folds.first_map_of(t.update) for t in transforms]
+    return first_maps, [folds.leaf_fold_of(t.update) for t in transforms]
 
 
 def _update_in_turn(update_fns, blocks, updates, states, params, extra):
@@ -214,7 +214,7 @@ def _update_folded(i, update_fns, blocks, updates, states, params, extra):
     """Un-jitted, on float32, float64 or complex updates (``tree.FOLD_EAGER_SCALING``):
     the block at ``i`` (or right after an elementwise block at ``i``) whose updates are
     its first map's first output, run with that elementwise block before it and the
-    elementwise blocks after it inside that map (``tree.folded_into_first_map``): their
+    elementwise blocks after it inside that map (``folds.folded_into_first_map``): their
     per-leaf functions come from their states first (a global norm, a schedule's
     value). Two functions join only where XLA computes them as their own passes do
     (see ``tree.updates_from_first_map``): a product is read by no sum, and by no other
@@ -228,7 +228,7 @@ def _update_folded(i, update_fns, blocks, updates, states, params, extra):
     next_has_map = i + 1 < n and first_maps[i + 1] is not None
     if first_maps[i] is None and not (leaf_folds[i] is not None and next_has_map):
         return None
-    kind = tree.fold_kind(updates)
+    kind = folds.fold_kind(updates)
     if kind is None:
         return None
     before, block = None, i
@@ -252,7 +252,7 @@ def _update_folded(i, update_fns, blocks, updates, states, params, extra):
     if before is not None:
         before_fold = leaf_folds[before][0](updates, states[before], params, extra, True)
         # a tree not like the updates: the block before says so in its own pass, first
-        if before_fold is None or not tree.all_like(updates, before_fold.trees):
+        if before_fold is None or not folds.all_like(updates, before_fold.trees):
             return None
     after_folds = []
     product = first_maps[block][0]
@@ -268,7 +268,7 @@ def _update_folded(i, update_fns, blocks, updates, states, params, extra):
         product = returns_product
     if before_fold is None and not after_folds:
         return None
-    with tree.folded_into_first_map(updates, before_fold, after_folds) as request:
+    with folds.folded_into_first_map(updates, before_fold, after_folds) as request:
         new_updates, block_state = update_fns[block](updates, states[block], params, **extra)
     if not request.answered:  # no map over its updates: the blocks run one by one
         return None

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import gradtx as gtx
-from gradtx import tree
+from gradtx import eager_kernels
 from gradtx.compat import keras as gtx_keras
 from tests.compilations import count_compilations
 
@@ -91,18 +91,18 @@ def test_a_state_restored_on_the_host_continues_bitwise_in_a_donating_jitted_ste
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_a_state_restored_on_the_host_continues_bitwise_eagerly(name, monkeypatch):
-    monkeypatch.setattr(tree, "_EAGER", tree._EagerKernels())
+    monkeypatch.setattr(eager_kernels, "KERNELS", eager_kernels.EagerKernels())
     tx = OPTIMIZERS[name]()
     step = _step(tx)
     _run(step, _params(), tx.init(_params()), range(6))  # compiles the eager kernels
     uninterrupted = _run(step, _params(), tx.init(_params()), range(6))
     params, state = _run(step, _params(), tx.init(_params()), range(3))
-    kernels = set(tree._EAGER.kernels)
+    kernels = set(eager_kernels.KERNELS.kernels)
     # NumPy leaves give NumPy scalars in the per-leaf closures (-lr, count == 0), which
     # the kernels take as arguments, as they take the arrays of the state on device:
     # the same kernels, the same numbers
     resumed = _run(step, params, jax.device_get(state), range(3, 6))
-    assert set(tree._EAGER.kernels) == kernels
+    assert set(eager_kernels.KERNELS.kernels) == kernels
     _assert_trees_equal(resumed, uninterrupted)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import gradtx as gtx
-from gradtx import tree
+from gradtx import layout
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -166,7 +166,7 @@ def test_explicit_sharding_is_gathered_where_jax_keeps_reshard_in_experimental(m
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("x"))
     x = jax.device_put(jnp.arange(4.0), sharding)
     with jax.set_mesh(mesh):
-        gathered = tree.gathered(x)
+        gathered = layout.gathered(x)
     # replicated on the leaf's own mesh: a bare P() needs a mesh context (jax.set_mesh)
     (target,) = resharded
     assert isinstance(target, jax.sharding.NamedSharding)

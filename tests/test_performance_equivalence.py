@@ -31,7 +31,7 @@ import optax
 import pytest
 
 import gradtx as gtx
-from gradtx import tree
+from gradtx import eager_kernels, norms, tree
 from gradtx.compat import keras as keras_compat
 from gradtx.compat import torch as torch_compat
 from tests import zoo
@@ -178,8 +178,8 @@ def test_nested_functions_are_inlined_for_the_jaxlib_releases_that_miscompile_ca
 @pytest.fixture
 def fresh_kernels(monkeypatch):
     """An empty kernel cache, so a test sees its own compilations only."""
-    kernels = tree._EagerKernels()
-    monkeypatch.setattr(tree, "_EAGER", kernels)
+    kernels = eager_kernels.EagerKernels()
+    monkeypatch.setattr(eager_kernels, "KERNELS", kernels)
     return kernels
 
 
@@ -358,7 +358,7 @@ def test_eager_elementwise_blocks_folded_into_the_block_next_to_them_give_the_sa
         folded = _run_eager(_FOLDED[name](), params, grads_seq)
         monkeypatch.setattr(tree, "FOLD_EAGER_SCALING", False)
         # an empty cache again: the first update runs op by op here too
-        monkeypatch.setattr(tree, "_EAGER", tree._EagerKernels())
+        monkeypatch.setattr(eager_kernels, "KERNELS", eager_kernels.EagerKernels())
         plain = _run_eager(_FOLDED[name](), params, grads_seq)
     for a, b in zip(jax.tree.leaves(folded), jax.tree.leaves(plain), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -403,7 +403,7 @@ def test_an_eager_chain_runs_its_elementwise_blocks_in_the_kernels_of_the_block_
 
     folded = dispatches()
     monkeypatch.setattr(tree, "FOLD_EAGER_SCALING", False)
-    monkeypatch.setattr(tree, "_EAGER", tree._EagerKernels())
+    monkeypatch.setattr(eager_kernels, "KERNELS", eager_kernels.EagerKernels())
     plain = dispatches()
     assert plain - folded == 2 * blocks_folded, (plain, folded)
 
@@ -471,7 +471,7 @@ def test_clipping_runs_in_the_kernels_of_a_block_that_reads_its_updates_in_produ
 
         folded, folded_calls = run()
         monkeypatch.setattr(tree, "FOLD_EAGER_SCALING", False)
-        monkeypatch.setattr(tree, "_EAGER", tree._EagerKernels())
+        monkeypatch.setattr(eager_kernels, "KERNELS", eager_kernels.EagerKernels())
         plain, plain_calls = run()
     # (the learning rate after the block folds in both: 5 calls)
     assert plain_calls - folded_calls == (10 if folds else 5), (plain_calls, folded_calls)
@@ -604,7 +604,7 @@ def test_chains_a_review_found_folded_otherwise_give_the_bits_of_the_separate_pa
     update (op by op), the second (compiling) and after."""
 
     def run():
-        monkeypatch.setattr(tree, "_EAGER", tree._EagerKernels())
+        monkeypatch.setattr(eager_kernels, "KERNELS", eager_kernels.EagerKernels())
         if name == "jvp over the decay":  # a tracer in a closure, not among the leaves
             params, grads_seq = _review_data(0, [(7, 1), (7, 2), (7, 3), (7, 4)], 3)
 
@@ -964,7 +964,7 @@ def test_eager_kernels_run_many_leaves_per_call(rng, monkeypatch, fresh_kernels)
     for key, kernel in list(fresh_kernels.kernels.items()):
         fresh_kernels.kernels[key] = counted(kernel)
     for name in ("_stacked_sums_of_squares", "_add_stacked_in_order"):  # the norm's
-        monkeypatch.setattr(tree, name, counted(getattr(tree, name)))
+        monkeypatch.setattr(norms, name, counted(getattr(norms, name)))
     with count_compilations() as later:
         fast = _run_eager(make(), fast[0], grads_seq[2:], fast[1])
     assert not later
@@ -988,16 +988,16 @@ def test_eager_leaves_group_by_value_not_by_object():
     assert len({id(x.sharding) for x in outputs}) == 4
     other = jnp.ones(2)
     arg_tuples = [(outputs[0], outputs[1]), (other, other), (outputs[2], outputs[3])]
-    assert [indices for _, indices in tree._group_by_signature(arg_tuples)] == [[0, 2], [1]]
+    assert [indices for _, indices in eager_kernels.group_by_signature(arg_tuples)] == [[0, 2], [1]]
     # a static flag among the arguments groups by its value and type, in leaf order
     flagged = [(outputs[0], True), (outputs[1], 1), (outputs[2], True), (other, True)]
-    groups = tree._group_by_signature(flagged)
+    groups = eager_kernels.group_by_signature(flagged)
     assert [indices for _, indices in groups] == [[0, 2], [1], [3]]
     assert [statics for statics, _ in groups][:2] == [(None, (True, bool)), (None, (1, int))]
     # NumPy arrays group by shape and dtype; an unhashable static value gives no grouping
     numpy_args = [(np.ones(2),), (np.zeros(2),), (np.ones(3),)]
-    assert [i for _, i in tree._group_by_signature(numpy_args)] == [[0, 1], [2]]
-    assert tree._group_by_signature([(outputs[0], [1])]) is None
+    assert [i for _, i in eager_kernels.group_by_signature(numpy_args)] == [[0, 1], [2]]
+    assert eager_kernels.group_by_signature([(outputs[0], [1])]) is None
 
 
 def test_eager_groups_keep_their_leaves_in_order():
@@ -1007,11 +1007,11 @@ def test_eager_groups_keep_their_leaves_in_order():
     # different calls and made hundreds of id groups of 1,000 leaves in the next update
     outputs = jax.jit(lambda xs: [x + 1 for x in xs])([jnp.ones(3)] * 2)
     arg_tuples = [(outputs[0],), (outputs[1],), (outputs[0],)]
-    assert [indices for _, indices in tree._group_by_signature(arg_tuples)] == [[0, 1, 2]]
+    assert [indices for _, indices in eager_kernels.group_by_signature(arg_tuples)] == [[0, 1, 2]]
     # gradients from a jitted step hold a sharding object each: one group still
     grads = jax.jit(lambda xs: [2 * x for x in xs])([jnp.ones(3)] * 40)
     pairs = list(zip(grads, outputs * 20, strict=True))
-    assert [indices for _, indices in tree._group_by_signature(pairs)] == [list(range(40))]
+    assert [indices for _, indices in eager_kernels.group_by_signature(pairs)] == [list(range(40))]
 
 
 class _CountedList(list):
@@ -1053,7 +1053,7 @@ def test_an_eager_update_flattens_each_tree_once_per_pass(rng, fresh_kernels):
 
 _SHAPES = [(3,), (2, 2), ()]
 _DTYPES = [jnp.float32, jnp.bfloat16]
-_MIX_KERNELS = tree._EagerKernels()
+_MIX_KERNELS = eager_kernels.EagerKernels()
 
 
 @hypothesis.settings(max_examples=12, deadline=None, derandomize=True)
@@ -1094,7 +1094,7 @@ def test_eager_kernels_equal_op_by_op_on_any_mix_of_leaves(leaves, seed):
         )
 
     # one kernel cache across the examples, as in a process: a later mix reuses kernels
-    with unittest.mock.patch.object(tree, "_EAGER", _MIX_KERNELS):
+    with unittest.mock.patch.object(eager_kernels, "KERNELS", _MIX_KERNELS):
         fast = _run_eager(make(), params, grads_seq)  # op by op, compiled, reused
     with unittest.mock.patch.object(tree, "COMPILE_EAGER_LEAF_FUNCTIONS", False):
         plain = _run_eager(make(), params, grads_seq)
@@ -1116,15 +1116,15 @@ def test_eager_kernels_equal_op_by_op_on_any_mix_of_leaves(leaves, seed):
 @contextlib.contextmanager
 def _count_stacked_sums(monkeypatch):
     """Counts the eager global norms that add their leaves' sums from stacked vectors
-    (``tree._eager_sum_of_squares``), not from one array a leaf."""
+    (``norms._eager_sum_of_squares``), not from one array a leaf."""
     calls = [0]
-    add = tree._add_stacked_in_order
+    add = norms._add_stacked_in_order
 
     def counting(*args):
         calls[0] += 1
         return add(*args)
 
-    monkeypatch.setattr(tree, "_add_stacked_in_order", counting)
+    monkeypatch.setattr(norms, "_add_stacked_in_order", counting)
     yield calls
 
 
@@ -1151,9 +1151,9 @@ def test_eager_global_norm_adds_the_leaves_in_order(fresh_kernels, monkeypatch):
     assert total != np.sum(np.asarray(squares, np.float32))
     assert total != in_turn(squares[::2] + squares[1::2])
     with _count_stacked_sums(monkeypatch) as stacked:
-        norms = [tree.global_norm(x) for _ in range(3)]  # op by op, compiled, reused
+        results = [norms.global_norm(x) for _ in range(3)]  # op by op, compiled, reused
     assert stacked == [2]
-    for norm in norms:
+    for norm in results:
         assert norm.dtype == jnp.float32
         assert float(norm) == float(np.sqrt(total))
 
@@ -1166,9 +1166,9 @@ def test_eager_global_norm_counts_the_leaves_past_the_last_full_kernel_call(
     x = [jnp.full([2], 1.0 + i, jnp.float32) for i in range(count)]
     expected = np.sqrt(2 * np.sum((1.0 + np.arange(count)) ** 2))
     with _count_stacked_sums(monkeypatch) as stacked:
-        norms = [tree.global_norm(x) for _ in range(3)]  # op by op, compiled, reused
+        results = [norms.global_norm(x) for _ in range(3)]  # op by op, compiled, reused
     assert stacked == [2]
-    np.testing.assert_allclose(np.asarray(norms, np.float64), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(results, np.float64), expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize("with_float64", [False, True])
@@ -1192,24 +1192,24 @@ def test_eager_global_norm_gives_the_bits_of_its_per_leaf_kernels(
         tree_ = {"a": leaves[:15], "b": {"c": leaves[15:]}}
 
         def three_norms():
-            return [np.asarray(tree.global_norm(tree_)) for _ in range(3)]
+            return [np.asarray(norms.global_norm(tree_)) for _ in range(3)]
 
         with _count_stacked_sums(monkeypatch) as stacked:
-            norms = three_norms()  # op by op, then stacked twice
+            stacked_norms = three_norms()  # op by op, then stacked twice
         assert stacked == [2]
-        monkeypatch.setattr(tree, "_EAGER", tree._EagerKernels())
-        monkeypatch.setattr(tree, "_eager_sum_of_squares", lambda tree_, leaves: None)
+        monkeypatch.setattr(eager_kernels, "KERNELS", eager_kernels.EagerKernels())
+        monkeypatch.setattr(norms, "_eager_sum_of_squares", lambda tree_, leaves: None)
         per_leaf = three_norms()  # op by op, then per-leaf kernels compiled and reused
-    assert ("_sum_in_order",) in tree._EAGER.kernels
-    assert [n.dtype for n in norms] == [n.dtype for n in per_leaf]
-    assert [n.tobytes() for n in norms] == [n.tobytes() for n in per_leaf]
+    assert ("sum_in_order",) in eager_kernels.KERNELS.kernels
+    assert [n.dtype for n in stacked_norms] == [n.dtype for n in per_leaf]
+    assert [n.tobytes() for n in stacked_norms] == [n.tobytes() for n in per_leaf]
 
 
 def test_an_eager_global_norm_names_a_wrong_leaf_at_every_call(fresh_kernels):
     x = [jnp.ones(3), jnp.ones(3), jnp.arange(3), jnp.ones(2)]
     for _ in range(3):  # op by op, then stacked
         with pytest.raises(TypeError, match=r"the update at \[2\] has dtype int32"):
-            tree.global_norm(x)
+            norms.global_norm(x)
 
 
 def test_eager_apply_updates_gives_the_numbers_of_op_by_op_execution(
@@ -1284,9 +1284,9 @@ def test_eager_kernels_evicted_by_threads_at_once_raise_nothing(monkeypatch, fre
             time.sleep(0.002)
             super().__delitem__(key)
 
-    monkeypatch.setattr(tree._EagerKernels, "max_kernels", 1)
-    monkeypatch.setattr(tree._EagerKernels, "max_keys_per_code", 100)
-    monkeypatch.setattr(tree._EagerKernels, "max_unused_kernels_per_code", 100)
+    monkeypatch.setattr(eager_kernels.EagerKernels, "max_kernels", 1)
+    monkeypatch.setattr(eager_kernels.EagerKernels, "max_keys_per_code", 100)
+    monkeypatch.setattr(eager_kernels.EagerKernels, "max_unused_kernels_per_code", 100)
     fresh_kernels.kernels = SwitchingDict()
     x = {"a": jnp.ones(3)}
 
@@ -1336,7 +1336,7 @@ def test_eager_updates_in_threads_give_the_numbers_of_one_thread(
     alone = {name: _eager_training(name) for name in THREADED}  # compiles the kernels
     alone = {name: _eager_training(name) for name in THREADED}  # with kernels from step 1
     # 3 kernels: every thread evicts kernels the others use, which then run op by op
-    monkeypatch.setattr(tree._EagerKernels, "max_kernels", max_kernels)
+    monkeypatch.setattr(eager_kernels.EagerKernels, "max_kernels", max_kernels)
     together, errors = _run_in_threads(
         {name: functools.partial(_eager_training, name) for name in THREADED}
     )
@@ -1424,7 +1424,7 @@ def test_an_eager_regularizer_or_lookahead_makes_one_pass_over_the_leaves(
     noise in one pass and added it in another, and split its keys by iterating over an
     array (320 leaves at the default 32 a call: 48 dispatches, 1,000 leaves: 112; now 18
     and 40). Kernels of 8 leaves: a 32-leaf kernel of add_noise's draws compiles in ~5 s."""
-    monkeypatch.setattr(tree._EagerKernels, "leaves_per_call", 8)
+    monkeypatch.setattr(eager_kernels.EagerKernels, "leaves_per_call", 8)
     params = {f"w{i:03d}": jnp.full(8, i / 80, jnp.float32) for i in range(80)}
     dispatches = {}
     for key, tx in (("scale", gtx.scale(2.0)), (name, make())):
@@ -1622,7 +1622,7 @@ def test_adadelta_computes_its_square_roots_twice_to_the_same_bits(rng, monkeypa
         return steps
 
     def runs(tx):  # jitted; eager, op by op then in kernels compiled afresh
-        monkeypatch.setattr(tree, "_EAGER", tree._EagerKernels())
+        monkeypatch.setattr(eager_kernels, "KERNELS", eager_kernels.EagerKernels())
         return [trajectory(tx, run) for run in (jax.jit, lambda f: f)]
 
     tx = gtx.adadelta(0.5, rho=0.9, eps=1e-6)
@@ -1640,7 +1640,7 @@ _FOLDS_ON_SEVERAL_DEVICES = """
 import numpy as np, jax, jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import gradtx as gtx
-from gradtx import tree
+from gradtx import eager_kernels, tree
 
 mesh = jax.make_mesh((4,), ("x",))
 split, replicated = NamedSharding(mesh, P("x")), NamedSharding(mesh, P())
@@ -1665,7 +1665,7 @@ for make in (
     runs = []
     for fold in (True, False):
         tree.FOLD_EAGER_SCALING = fold
-        tree._EAGER = tree._EagerKernels()
+        eager_kernels.KERNELS = eager_kernels.EagerKernels()
         tx = make()
         state, out = tx.init(params), []
         for g in grads:
@@ -1686,7 +1686,7 @@ def test_eager_folds_give_the_bits_of_the_separate_passes_on_several_devices(spl
     kernel of joined blocks otherwise than the blocks' own: clipping, weight decay or a
     learning rate folded into Adam's kernels gave 75-310 elements of 34 leaves of 8 an
     ulp apart at each step. The chain runs them as their own passes there
-    (``tree._joins_alike``): no element apart. Four host devices, in a subprocess."""
+    (``folds.joins_alike``): no element apart. Four host devices, in a subprocess."""
     import subprocess
     import sys
 

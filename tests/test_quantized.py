@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import gradtx as gtx
-from gradtx import tree
+from gradtx import eager_kernels
 from gradtx.wrappers import quantized as quantized_module
 from gradtx.wrappers.quantized import dequantize_blockwise, quantize_blockwise
 from tests.compilations import compiled_step, count_compilations
@@ -383,7 +383,8 @@ def test_eager_updates_quantize_in_the_eager_kernels(monkeypatch):
     """Un-jitted, each moment leaf was dequantized and requantized op by op (8-bit Adam on
     1,000 leaves of 4,096: 3.7 s an update, Adam alone ~40 ms; 190 ms in the kernels, the
     same numbers bitwise): after the kernels compile, no leaf is quantized in Python."""
-    monkeypatch.setattr(tree, "_EAGER", tree._EagerKernels())  # no other test's kernels
+    # no other test's kernels
+    monkeypatch.setattr(eager_kernels, "KERNELS", eager_kernels.EagerKernels())
     params = {f"w{i:02d}": jnp.linspace(-1.0, 1.0, 64) * (i + 1) for i in range(10)}
     grads = jax.tree.map(lambda p: 0.5 * p, params)
     tx = gtx.quantized_state(gtx.adam(0.1), block_size=16, min_size=1)
@@ -411,7 +412,8 @@ def test_an_eager_init_compiles_one_program_per_leaf_shape_and_a_jitted_one_fold
     XLA folded the quantization of the init's zero moments on the host (16 s to compile
     8-bit Adam's init on six GPT-2-sized leaves): the codes came out as a folded uint8
     constant broadcast. The numbers are the same either way (the NumPy reference tests)."""
-    monkeypatch.setattr(tree, "_EAGER", tree._EagerKernels())  # no other test's kernels
+    # no other test's kernels
+    monkeypatch.setattr(eager_kernels, "KERNELS", eager_kernels.EagerKernels())
     tx = gtx.quantized_state(gtx.adam(0.1), block_size=64, min_size=1)
     params = {"a": jnp.ones((48, 40)), "b": jnp.ones((3, 96)), "c": jnp.ones(200)}
     with count_compilations() as compiled:

@@ -255,7 +255,7 @@ def states_laid_out_otherwise():
     jax.monitoring.unregister_event_duration_listener(listener)
     # branches of other structures: lax.cond's own error, on several devices as on one
     try:
-        jax.jit(lambda p: gtx.tree.cond(p, lambda: (1.0, 2.0), lambda: [1.0, 2.0]))(True)
+        jax.jit(lambda p: gtx.layout.cond(p, lambda: (1.0, 2.0), lambda: [1.0, 2.0]))(True)
         results["cond_of_two_structures"] = None
     except Exception as error:  # noqa: BLE001  (reported, asserted on below)
         results["cond_of_two_structures"] = f"{type(error).__name__}: {error}"[:300]

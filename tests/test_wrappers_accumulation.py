@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import gradtx as gtx
-from gradtx import tree
+from gradtx import eager_kernels, tree
 from tests.compilations import count_compilations, count_eager_operations
 
 
@@ -231,7 +231,8 @@ def test_eager_updates_dispatch_no_operation_per_leaf(monkeypatch):
     kernels (a call per 32 leaves). They made and selected the zero accumulators and the
     zero updates one leaf at a time: 258 and 132 operations per update on 64 leaves, 2-4x
     the time of the kernels on 1,000 leaves."""
-    monkeypatch.setattr(tree, "_EAGER", tree._EagerKernels())  # no other test's kernels
+    # no other test's kernels
+    monkeypatch.setattr(eager_kernels, "KERNELS", eager_kernels.EagerKernels())
     params = {f"w{i:02d}": jnp.ones(8) for i in range(64)}
     grads = jax.tree.map(lambda p: 0.5 * p, params)
     tx = gtx.multi_steps(gtx.adam(0.1), 2)

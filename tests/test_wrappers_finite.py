@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import gradtx as gtx
-from gradtx import tree
+from gradtx import eager_kernels, tree
 from tests.compilations import bytes_and_copies, compiled_step, count_eager_operations
 
 
@@ -171,7 +171,8 @@ def test_eager_updates_dispatch_no_operation_per_leaf(monkeypatch):
     """Un-jitted, the finiteness flags and the select run in the eager kernels (a call per
     32 leaves): operations per leaf (131 per update on 64 leaves) took Adam on 1,000
     leaves from ~40 to 210-400 ms an update; 90-100 ms now."""
-    monkeypatch.setattr(tree, "_EAGER", tree._EagerKernels())  # no other test's kernels
+    # no other test's kernels
+    monkeypatch.setattr(eager_kernels, "KERNELS", eager_kernels.EagerKernels())
     params = {f"w{i:02d}": jnp.ones(8) for i in range(64)}
     grads = jax.tree.map(lambda p: 0.5 * p, params)
     tx = gtx.apply_if_finite(gtx.adam(0.1), 2)

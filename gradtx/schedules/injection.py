@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import check, numerics, tree
+from gradtx import check, folds, numerics, paths, tree
 from gradtx.core import GradientTransformation, OptState, TransformLike
 
 
@@ -351,12 +351,12 @@ def schedule_injection(
             # inner transforms and bad values (the update says so, in its turn).
             if live or not isinstance(state, InjectState):
                 return None
-            if not tree.concrete_counter(state.count):
+            if not folds.concrete_counter(state.count):
                 return None
             try:
                 hyperparams = values_at(state.count, state.hyperparams)
                 inner = _build_inner(factory, fixed, hyperparams)
-                marked = tree.leaf_fold_of(inner.update)
+                marked = folds.leaf_fold_of(inner.update)
                 fold = marked and marked[0](updates, state.inner_state, params, extra, values)
             except Exception:  # the update says so, in its turn
                 return None
@@ -367,7 +367,7 @@ def schedule_injection(
 
         # marked as the optimizer it builds is, where that is an elementwise block (a
         # learning rate, weight decay: the same blocks at every update)
-        probe = tree.leaf_fold_of(built.update)
+        probe = folds.leaf_fold_of(built.update)
         if probe is None:
             return GradientTransformation(init, update)
         _, returns_product, scaling, value_scaling = probe
@@ -396,7 +396,7 @@ def _with_value(old: Any, value: jax.Array) -> Any:
 
 def _injected_states(state: OptState) -> list[tuple[str, tuple[str, ...], InjectState]]:
     """Every InjectState inside ``state`` (nested ones too), with its path (printed, and
-    as pieces for ``tree.path_matches``)."""
+    as pieces for ``paths.path_matches``)."""
     found = []
 
     def visit(prefix: tuple[str, ...], subtree: Any) -> None:
@@ -419,8 +419,8 @@ def _none_found(injected: list, path: str | None) -> str:
             "no injected hyperparameters in this state; build the transform with "
             "gradtx.schedule_injection"
         )
-    paths = ", ".join(where or "the root" for where, _, _ in injected)
-    return f"no injected transform under the path {path!r}; the state has them at {paths}"
+    places = ", ".join(where or "the root" for where, _, _ in injected)
+    return f"no injected transform under the path {path!r}; the state has them at {places}"
 
 
 def get_hyperparams(state: OptState, *, path: str | None = None) -> dict[str, jax.Array]:
@@ -453,7 +453,7 @@ def get_hyperparams(state: OptState, *, path: str | None = None) -> dict[str, ja
     wherever it sits in the state).
     """
     injected = _injected_states(state)
-    found = [(p, s) for p, pieces, s in injected if tree.path_matches(pieces, path)]
+    found = [(p, s) for p, pieces, s in injected if paths.path_matches(pieces, path)]
     if not found:
         raise ValueError(_none_found(injected, path))
     merged: dict[str, jax.Array] = {}
@@ -518,7 +518,7 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
         0.0001
     """
     injected = _injected_states(state)
-    targets = [p for p, pieces, _ in injected if tree.path_matches(pieces, path)]
+    targets = [p for p, pieces, _ in injected if paths.path_matches(pieces, path)]
     if not targets:
         raise ValueError(_none_found(injected, path))
     unknown = set(values)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from gradtx import check, numerics, tree
+from gradtx import check, norms, numerics, tree
 from gradtx.core import EmptyState, GradientTransformation
 
 
@@ -87,7 +87,7 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     check.positive("max_norm", max_norm, allow_inf=True)  # inf: no clipping
 
     def clipped_leaf(updates):
-        norm = tree.global_norm(updates)
+        norm = norms.global_norm(updates)
         # One scalar factor, 1 exactly at or below the bound (n / c <= 1) and 1 / inf = 0
         # for an infinite norm, NaN for a NaN one; no 0 / 0 for zero updates. A product
         # with a scalar is cheap enough for XLA to repeat in each loop that reads the

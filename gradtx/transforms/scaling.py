@@ -7,13 +7,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradtx import check, numerics, tree
+from gradtx import check, folds, numerics, tree
 from gradtx.core import EmptyState, GradientTransformation, ScalarOrSchedule, Schedule
 
 
 def _scale_leaves(updates, step_size):
     # the per-leaf function a chain folds into the block before (tree.FOLD_EAGER_SCALING)
-    (scaled,) = tree.map_unzip(tree.scaled_leaf(step_size), updates, outputs=1)
+    (scaled,) = tree.map_unzip(folds.scaled_leaf(step_size), updates, outputs=1)
     return scaled
 
 
@@ -121,7 +121,7 @@ def _scale_by_schedule(step_size_fn: Schedule, owner: str) -> GradientTransforma
     def folded_step(state):
         # an eager update's step size, for a chain folding it into the transform before
         # it (tree.FOLD_EAGER_SCALING); other states go through update
-        if isinstance(state, ScaleByScheduleState) and tree.concrete_counter(state.count):
+        if isinstance(state, ScaleByScheduleState) and folds.concrete_counter(state.count):
             return step_size_and_state(state)
         return None
 

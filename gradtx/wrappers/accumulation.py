@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import check, numerics, tree
+from gradtx import check, eager_kernels, layout, numerics, tree
 from gradtx.core import (
     GradientTransformation,
     OptState,
@@ -175,7 +175,7 @@ def multi_steps(
             # the inner update (JAX's trace cache), not two.
             traced_once = tree.trace_once(real_step, *args)
             inner_updates = jax.eval_shape(traced_once)[0]
-            new_updates, inner_state = tree.cond(
+            new_updates, inner_state = layout.cond(
                 emit,
                 lambda: _cast_state_like(traced_once(), state.inner_state),
                 lambda: (zero_updates(inner_updates), state.inner_state),
@@ -192,7 +192,7 @@ def multi_steps(
                     update_dtypes.clear()
                 try:
                     update_dtypes[key] = jax.eval_shape(real_step, *args)[0]
-                except tree.NEEDS_CONCRETE_VALUES:
+                except eager_kernels.NEEDS_CONCRETE_VALUES:
                     # an inner transform that reads values in Python runs un-jitted
                     # only: until its first real step, zeros of the gradients' dtypes
                     update_dtypes[key] = jax.tree.map(_dtype, updates)

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradtx import check, numerics, tree
+from gradtx import check, layout, numerics, tree
 from gradtx.core import (
     GradientTransformation,
     OptState,
@@ -72,7 +72,7 @@ def _run_or_skip(apply: jax.Array, run, updates, inner_state: OptState, params) 
     def skip():
         return tree.zeros_like_in_dtypes_of(updates, updates_like), inner_state
 
-    return tree.cond(apply, run, skip)
+    return layout.cond(apply, run, skip)
 
 
 def _select(
@@ -93,7 +93,7 @@ def _select(
         i for i, (new, old) in enumerate(zip(new_leaves, old_leaves, strict=True)) if new is not old
     ]
     selected = tree.map_leaves(
-        lambda new, old: jnp.where(apply, *tree.laid_out_alike(new, old)),
+        lambda new, old: jnp.where(apply, *layout.laid_out_alike(new, old)),
         [new_leaves[i] for i in changed],
         [old_leaves[i] for i in changed],
     )

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import check, numerics, tree
+from gradtx import check, eager_kernels, layout, numerics, tree
 from gradtx.core import GradientTransformation, TransformLike, _update_with_extra_args
 
 
@@ -28,7 +28,7 @@ def _concatenate(leaves: list) -> jax.Array:
     # promoted from the dtypes, not the arrays: a weakly typed float32 leaf (made from a
     # Python float) must not take the bfloat16 of the others (optax.flatten does)
     dtype = numerics.result_type(*[x.dtype for x in leaves])
-    return jnp.concatenate([jnp.ravel(tree.gathered(x)).astype(dtype) for x in leaves])
+    return jnp.concatenate([jnp.ravel(layout.gathered(x)).astype(dtype) for x in leaves])
 
 
 def _shape_and_dtype(x: Any) -> tuple[tuple[int, ...], np.dtype]:
@@ -175,7 +175,7 @@ class _EagerInner:
             return None
         try:
             return self.compiled(leaves, inner_state, param_leaves, extra)
-        except (*tree.NEEDS_CONCRETE_VALUES, TypeError):
+        except (*eager_kernels.NEEDS_CONCRETE_VALUES, TypeError):
             # code that reads values in Python, or a non-array argument (a string passed
             # as an extra keyword): op by op from now on, where a real error recurs
             self.op_by_op = True

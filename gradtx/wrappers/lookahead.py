@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradtx import check, numerics, tree
+from gradtx import check, layout, numerics, tree
 from gradtx.core import (
     GradientTransformation,
     OptState,
@@ -165,11 +165,11 @@ def lookahead(
                     synced_updates, slow_params = with_sync(True)
                     return synced_updates, slow_params, fresh(slow_params)
 
-                updates, slow_params, inner_state = tree.cond(
+                updates, slow_params, inner_state = layout.cond(
                     sync, synced, lambda: (updates, state.slow_params, inner_state)
                 )
             else:
-                updates, slow_params = tree.cond(
+                updates, slow_params = layout.cond(
                     sync, lambda: with_sync(True), lambda: (updates, state.slow_params)
                 )
         else:
@@ -177,7 +177,7 @@ def lookahead(
             updates, slow_params = with_sync(sync)
             if reset_state:
                 inner_state = jax.tree.map(
-                    lambda new, old: jnp.where(sync, *tree.laid_out_alike(new, old)),
+                    lambda new, old: jnp.where(sync, *layout.laid_out_alike(new, old)),
                     fresh(slow_params),
                     inner_state,
                 )

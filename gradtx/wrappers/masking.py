@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-from gradtx import check, tree
+from gradtx import check, paths, tree
 from gradtx.core import (
     EmptyState,
     GradientTransformation,
@@ -65,11 +65,11 @@ def _flat_prefix(prefix: Any, full: Any, what: str) -> tuple[Any, list]:
 def _prefix_difference(prefix: Any, full: Any, path: str) -> str | None:
     """Where ``prefix`` stops being a prefix of ``full``: the first container whose keys,
     type or length differ (a leaf of ``prefix`` covers any subtree of ``full``)."""
-    children = tree._named_children(prefix)
+    children = paths.named_children(prefix)
     if children is None:
         return None
     where = path or "the root"
-    full_children = tree._named_children(full)
+    full_children = paths.named_children(full)
     if full_children is None or type(full) is not type(prefix):
         return f"at {where} it has a {type(prefix).__name__} where the updates have {full!r}"
     names = [piece for piece, _, _ in children]
@@ -514,7 +514,7 @@ def reset_group(
             f"{list(current.inner_states)}: pass the transform this state belongs to"
         )
     # in nnx.Optimizer's opt_state, the fresh arrays go into the OptArrays of the old ones
-    group = tree.in_variables_of(current.inner_states[label], fresh.inner_states[label])
+    group = paths.in_variables_of(current.inner_states[label], fresh.inner_states[label])
     reset = PartitionState({**current.inner_states, label: group})
     return jax.tree.map(
         lambda x: reset if x is current else x, state, is_leaf=lambda x: x is current

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import check, tree
+from gradtx import check, layout, tree
 from gradtx.core import GradientTransformation, OptState, TransformLike, _update_with_extra_args
 
 
@@ -186,7 +186,7 @@ def _as_blocks(x: jax.Array, block_size: int) -> tuple[jax.Array, Any]:
     ``x`` raveled (gathered where it is sharded explicitly) and zero-padded."""
     shape = jnp.shape(x)
     found = _block_view(shape, block_size) if _RESHAPE_TAKES_SHARDING else None
-    sharding = tree.explicit_sharding(x)
+    sharding = layout.explicit_sharding(x)
     if found is not None:
         axis, groups, view = found
         if sharding is None:
@@ -197,7 +197,7 @@ def _as_blocks(x: jax.Array, block_size: int) -> tuple[jax.Array, Any]:
                 jnp.reshape(x, view, out_sharding=view_sharding),
                 lambda y: jnp.reshape(y, shape, out_sharding=sharding),
             )
-    flat = jnp.ravel(tree.gathered(x))
+    flat = jnp.ravel(layout.gathered(x))
     return _blocks(flat, block_size), lambda y: jnp.reshape(y.reshape(-1)[: flat.size], shape)
 
 
@@ -269,7 +269,7 @@ def _code_buckets(signed: bool) -> np.ndarray:
 def _lookup(table: jax.Array, indices: jax.Array) -> jax.Array:
     """``table[indices]`` for unsigned indices known to be in bounds (a bare gather),
     partitioned like ``indices`` where their type carries an explicit sharding."""
-    sharding = tree.explicit_sharding(indices)
+    sharding = layout.explicit_sharding(indices)
     if sharding is None:
         return table.at[indices].get(mode="promise_in_bounds")
     return table.at[indices].get(mode="promise_in_bounds", out_sharding=sharding)
@@ -336,7 +336,7 @@ def _quantized_blocks(
         nearest = _nearest_codes(normalized, buckets)
     # absmax is replicated where the leaf's type carries a sharding (4 / block_size
     # bytes a parameter): its blocks may lie across the leaf's partitioned axes
-    return QuantizedArray(unblock(nearest.astype(jnp.uint8)), jnp.ravel(tree.gathered(absmax)))
+    return QuantizedArray(unblock(nearest.astype(jnp.uint8)), jnp.ravel(layout.gathered(absmax)))
 
 
 def _quantize_unless_equal(
@@ -386,7 +386,7 @@ def dequantize_blockwise(quantized: QuantizedArray, table: jax.Array, block_size
     ``quantize_blockwise(x, table, block_size)``, in the shape of ``x``."""
     codes, absmax = quantized
     blocks, unblock = _as_blocks(codes, block_size)
-    scales = jnp.reshape(tree.gathered(absmax), blocks.shape[:-1])
+    scales = jnp.reshape(layout.gathered(absmax), blocks.shape[:-1])
     return unblock(_lookup(table, blocks) * scales[..., None])
 
 
@@ -571,8 +571,8 @@ def _requantize_with(block_size: int) -> Any:
         # laid out as they came in on an Explicit mesh (a partitioning the user or a
         # restore gave the state), where this update gathers or replicates them
         return QuantizedArray(
-            jnp.where(unchanged, old_codes, tree.laid_out_like(fresh.codes, old_codes)),
-            jnp.where(unchanged, old_absmax, tree.laid_out_like(fresh.absmax, old_absmax)),
+            jnp.where(unchanged, old_codes, layout.laid_out_like(fresh.codes, old_codes)),
+            jnp.where(unchanged, old_absmax, layout.laid_out_like(fresh.absmax, old_absmax)),
         )
 
     return requantize

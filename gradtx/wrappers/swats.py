@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradtx import check, numerics, tree
+from gradtx import check, layout, norms, numerics, tree
 from gradtx.core import GradientTransformation, ScalarOrSchedule, Updates
 
 
@@ -204,7 +204,7 @@ def swats(
             # select computed both and copied every donated moment first: 108
             # bytes/param for a float32 step, 40 in Adam's phase and 20 in SGD's now).
             # Both phases compute every output from the same leaves, which map_unzip
-            # lays out alike: their layouts agree without tree.cond's second trace.
+            # lays out alike: their layouts agree without layout.cond's second trace.
             outputs = jax.lax.cond(switched, lambda: phase(True), lambda: phase(False))
         else:
             outputs = phase(switched)
@@ -212,8 +212,8 @@ def swats(
         dtype = tree.leaf_dtype(state.lambda_avg)
         # in leaf order (un-jitted: in compiled chunks, the same additions in the same
         # order; a Python sum dispatched two operations per leaf)
-        p_dot_p = tree._sum_in_order(jax.tree.leaves(p_dot_p), dtype)
-        p_dot_g = tree._sum_in_order(jax.tree.leaves(p_dot_g), dtype)
+        p_dot_p = norms.sum_in_order(jax.tree.leaves(p_dot_p), dtype)
+        p_dot_g = norms.sum_in_order(jax.tree.leaves(p_dot_g), dtype)
         # not ~switched: a state of Python numbers (as jit takes) gives a Python bool,
         # which ~ makes the int -1 or -2 (deprecated from Python 3.12)
         projected = jnp.logical_not(switched) & (p_dot_g != 0)
@@ -247,7 +247,7 @@ def _check_not_sharded_in_shard_map(grads: Updates) -> None:
     hides; this raises instead (under it, nothing is typed and nothing is caught).
     """
     for path, leaf in tree._leaves_with_paths(grads):
-        axes = tree.varying_manual_axes(leaf) if leaf is not None else frozenset()
+        axes = layout.varying_manual_axes(leaf) if leaf is not None else frozenset()
         if axes:
             raise ValueError(
                 f"swats: the gradient at {path or 'the root'} varies over the shard_map "

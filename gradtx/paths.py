@@ -1,0 +1,257 @@
+"""Fields of a state by name: ``tree_get`` and ``tree_set`` (as ``optax.tree_utils``
+reads and writes them), and the path patterns that pick a wrapper's inner state."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from gradtx import check
+from gradtx.tree import check_same_structure, own_array
+
+__all__ = ["tree_get", "tree_set"]
+
+
+def named_children(node: Any) -> list[tuple[str, Any, Any]] | None:
+    """``(path piece, key, child)`` for a NamedTuple, dict, list or tuple; None for a leaf.
+
+    Only NamedTuple fields and dict keys are names ``tree_get`` can find; list and tuple
+    positions are walked through (a chain's state is a tuple) but are not names.
+    """
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+        return [(f".{name}", name, getattr(node, name)) for name in node._fields]
+    if isinstance(node, dict):
+        return [(f"[{key!r}]", key, value) for key, value in node.items()]
+    if isinstance(node, list | tuple):
+        return [(f"[{index}]", None, value) for index, value in enumerate(node)]
+    return None
+
+
+def check_path(path: Any) -> None:
+    """``path=`` is a string or None: a TypeError naming it otherwise."""
+    if path is not None and not isinstance(path, str):
+        hint = (
+            f' (a position is written as a string: path="{path}")'
+            if isinstance(path, int) and not isinstance(path, bool)
+            else ""
+        )
+        raise TypeError(
+            f'path must be a string, such as "[\'decay\']", "0" or "inner_state", or '
+            f"None, got {path!r}{hint}"
+        )
+
+
+def path_matches(pieces: Sequence[str], path: str | None) -> bool:
+    """Whether a state path (its pieces: ``(".inner_states", "['decay']", ".mu")``) is
+    one that ``path=`` picks: consecutive whole pieces of it, as printed
+    (``"['decay']"``, ``"['decay'].inner_state"``, ``"inner_state[0].count"``; a
+    leading field needs no dot), or a key name (``"decay"``; ``"0"`` for a position in
+    a chain or an integer key); ``""`` is the root. Never a part of a name: ``"a"`` does
+    not pick ``.inner_states``."""
+    check_path(path)
+    if path is None:
+        return True
+    if path == "":  # the root only (a state that is itself the injected transform's)
+        return not pieces
+    if path.startswith(("[", ".")):
+        candidates = [path]
+    else:  # a name: a field, a string key, or a position / integer key ("0")
+        candidates = [f".{path}", f"[{path!r}]"] + ([f"[{path}]"] if path.isdigit() else [])
+    for start in range(len(pieces)):
+        joined = ""
+        for piece in pieces[start:]:
+            joined += piece
+            if joined in candidates:
+                return True
+            if len(joined) >= max(map(len, candidates)):
+                break
+    return False
+
+
+def _find_named(tree: Any, name: str, path: str | None) -> list[tuple[str, ...]]:
+    """The paths (as pieces: ``(".inner_state", "[0]", ".mu")``) of every ``name`` field."""
+    found = []
+
+    def visit(prefix: tuple[str, ...], node: Any) -> None:
+        children = named_children(node)
+        if children is None:
+            return
+        for piece, key, child in children:
+            here = (*prefix, piece)
+            if key == name and path_matches(here, path):
+                found.append(here)
+            visit(here, child)
+
+    visit((), tree)
+    return found
+
+
+def _replace_at(node: Any, pieces: tuple[str, ...], value: Any) -> Any:
+    if not pieces:
+        return value
+    piece, rest = pieces[0], pieces[1:]
+    for child_piece, key, child in named_children(node):
+        if child_piece == piece:
+            new_child = _replace_at(child, rest, value)
+            if isinstance(node, tuple) and hasattr(node, "_fields"):
+                return node._replace(**{key: new_child})
+            if isinstance(node, dict):
+                return {**node, key: new_child}
+            index = int(piece[1:-1])
+            items = list(node)
+            items[index] = new_child
+            return type(node)(items)
+    raise AssertionError(f"path piece {piece} vanished")  # _find_named produced it
+
+
+def _lookup(tree: Any, name: str, path: str | None) -> tuple[str, ...]:
+    check_path(path)
+    if path == "":  # the root's: the one nearest the top (a nested injection's outer one)
+        found = _find_named(tree, name, None)
+        nearest = min((len(pieces) for pieces in found), default=0)
+        found = [pieces for pieces in found if len(pieces) == nearest]
+    else:
+        found = _find_named(tree, name, path)
+    where = f" under the path {path!r}" if path is not None else ""
+    if not found:
+        raise KeyError(f"no field or key named {name!r}{where} in this tree")
+    if len(found) > 1:
+        raise ValueError(
+            f"{name!r} is ambiguous{where}: found at "
+            f"{', '.join(''.join(pieces) for pieces in found)}; pass path= with a key of "
+            f"the one you mean"
+        )
+    return found[0]
+
+
+def tree_get(tree: Any, name: str, *, path: str | None = None) -> Any:
+    """The value of the one NamedTuple field or dict key called ``name`` inside ``tree``.
+
+    Searches nested states (chains, named chains, wrappers, injected hyperparameters) for
+    ``name`` (``"count"``, ``"mu"``, ``"learning_rate"``...). Raises KeyError when no
+    field has that name and ValueError, listing the paths, when several do; ``path``
+    picks one: a key or field name on the way (``"decay"``, ``"0"``) or whole pieces of
+    the printed path (``"[0]"``, ``"['decay']"``), never a part of a name; ``""`` picks
+    the one nearest the root (the outer one of a nested injection).
+
+    Args:
+        tree: any tree (an optimizer state, usually).
+        name: a NamedTuple field name or dict key; list and tuple positions are not
+            names.
+        path: None (search everywhere), ``""`` (the nearest the root), or a string as
+            above; another type is a TypeError.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> tx = gtx.chain(gtx.scale_by_adam(), gtx.scale(-0.1))
+        >>> state = tx.init({"w": jnp.zeros(2)})
+        >>> _, state = tx.update({"w": jnp.array([1.0, -2.0])}, state)
+        >>> [round(x, 6) for x in gtx.tree_get(state, "mu")["w"].tolist()]  # (1 - b1) g
+        [0.1, -0.2]
+
+    Reference: ``optax.tree_utils.tree_get``, with differences: a missing name is a
+    KeyError (Optax returns ``default``), several are a ValueError (Optax: KeyError),
+    ``path`` replaces Optax's ``filtering`` function, and a NamedTuple's class name is
+    not a name here.
+    """
+    node = tree
+    for piece in _lookup(tree, name, path):
+        node = next(child for p, _, child in named_children(node) if p == piece)
+    return node
+
+
+def tree_set(tree: Any, *, path: str | None = None, **values: Any) -> Any:
+    """A copy of ``tree`` with the named fields (found as ``tree_get`` finds them) replaced.
+
+    Each new value must have the structure and leaf shapes of the old one; array leaves
+    are cast to the old leaf's dtype, so a state keeps its structure and dtypes (a
+    jit-compiled step does not recompile), and a caller's array already of that dtype
+    is copied, so that the state holds arrays of its own (a jitted step donating the
+    state deletes them, and refuses one held twice). Errors as ``tree_get``. In Flax's
+    ``nnx.Optimizer.opt_state``, which holds the arrays in ``OptArray`` variables, the
+    new arrays go into those variables (give arrays, not variables), so
+    ``optimizer.opt_state = gtx.tree_set(optimizer.opt_state, ...)`` keeps its graph.
+
+    Args:
+        tree: any tree (an optimizer state, usually).
+        path: picks among several fields of one name, as in ``tree_get``.
+        **values: name=new value; a different structure or leaf shape is a ValueError.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import gradtx as gtx
+        >>> state = gtx.scale_by_adam().init(jnp.zeros(2))
+        >>> state = gtx.tree_set(state, count=jnp.asarray(10))
+        >>> int(state.count), state.count.dtype
+        (10, dtype('int32'))
+
+    Reference: ``optax.tree_utils.tree_set``, with differences: the new values are
+    checked and cast to the old dtypes, or copied (Optax stores them as given:
+    ``count=2.`` becomes a Python float), several fields of one name are a ValueError,
+    and ``path`` replaces Optax's ``filtering``.
+    """
+    for name, value in values.items():
+        pieces = _lookup(tree, name, path)
+        found = "".join(pieces)
+        held = tree_get(tree, name, path=path)
+        # nnx.Optimizer's opt_state keeps the arrays in Variables: the new value is
+        # checked against their arrays and put into them (a bare array in their place
+        # changes the graph, and its next update cannot write into a NamedTuple)
+        old = jax.tree.map(check.flax_variable_value, held, is_leaf=check.is_flax_variable)
+        check_same_structure(old, value, f"the current {name!r}", f"the new {name!r}")
+
+        def conform(old_leaf, new_leaf, found=found):
+            if not hasattr(old_leaf, "dtype"):
+                return new_leaf
+            given, new_leaf = new_leaf, jnp.asarray(new_leaf)
+            if new_leaf.shape != jnp.shape(old_leaf):
+                raise ValueError(
+                    f"tree_set: {found} has shape {list(jnp.shape(old_leaf))}, the new value "
+                    f"has shape {list(new_leaf.shape)}"
+                )
+            # A Python number becomes a weakly typed array; a jitted step keys its cache on
+            # weak types too, so it is made strong like the leaf it replaces (astype).
+            old_weak = getattr(old_leaf, "weak_type", False)
+            new_weak = getattr(new_leaf, "weak_type", False)  # typed PRNG keys have none
+            if new_leaf.dtype == old_leaf.dtype and (old_weak or not new_weak):
+                # an array of the state's own, not the caller's (a donated step deletes it)
+                return own_array(new_leaf, given)
+            if jax.dtypes.issubdtype(old_leaf.dtype, jax.dtypes.extended):
+                # a typed PRNG key casts to nothing: the new key must be of its kind
+                raise TypeError(
+                    f"tree_set: {found} is a {old_leaf.dtype} array, the new value is "
+                    f"{new_leaf.dtype}: give a key of the same kind (jax.random.key)"
+                )
+            if jax.dtypes.issubdtype(new_leaf.dtype, jax.dtypes.extended):
+                raise TypeError(
+                    f"tree_set: {found} is a {old_leaf.dtype} array, the new value a "
+                    f"{new_leaf.dtype} key, which casts to no other dtype: give a "
+                    f"{old_leaf.dtype} value (a raw key is jax.random.key_data of the key)"
+                )
+            return new_leaf.astype(old_leaf.dtype)
+
+        new = in_variables_of(held, jax.tree.map(conform, old, value))
+        tree = _replace_at(tree, pieces, new)
+    return tree
+
+
+def in_variables_of(old: Any, new: Any) -> Any:
+    """``new`` with each array put in the Flax ``nnx.Variable`` that holds its place in
+    ``old`` (``new`` itself where ``old`` holds none): ``nnx.Optimizer`` keeps the state's
+    arrays in ``OptArray`` variables, and a bare array in their place changes the graph
+    (its next update cannot write into a NamedTuple: 'Cannot set key ... on immutable
+    node'). A Variable in ``new`` (an ``init`` given the params' Variables) gives its
+    array."""
+    if not any(map(check.is_flax_variable, jax.tree.leaves(old, is_leaf=check.is_flax_variable))):
+        return new
+
+    def put(old_leaf: Any, new_leaf: Any) -> Any:
+        if not check.is_flax_variable(old_leaf):
+            return new_leaf
+        return old_leaf.replace(check.flax_variable_value(new_leaf))
+
+    return jax.tree.map(put, old, new, is_leaf=check.is_flax_variable)
