@@ -13,8 +13,9 @@ import pytest
 
 import gradtx as gtx
 from gradtx import eager_kernels
-from gradtx.wrappers import quantized as quantized_module
-from gradtx.wrappers.quantized import dequantize_blockwise, quantize_blockwise
+from gradtx import quantization as blockwise
+from gradtx.quantization import dequantize_blockwise, quantize_blockwise
+from gradtx.wrappers import quantized as quantized_wrapper
 from tests.compilations import compiled_step, count_compilations
 from tests.reference import quantization
 
@@ -70,7 +71,7 @@ def test_blocks_are_read_from_a_view_that_keeps_as_many_leading_axes_as_can_stay
     """quantized_state quantizes a leaf sharded over its leading axes shard by shard
     (tests/test_sharding.py) when the view of its blocks keeps those axes: the last axis
     that falls into runs of whole blocks (groups), and the shape regrouped before it."""
-    view = quantized_module._block_view
+    view = blockwise._block_view
     assert view((4096, 768), 2048) == (0, 512, (1536, 2048))  # 8 rows hold 3 blocks
     assert view((64, 4096), 2048) == (1, 2, (64, 2, 2048))
     assert view((8, 48, 32), 256) == (1, 6, (8, 6, 256))
@@ -91,7 +92,7 @@ def test_the_bucketed_lookup_gives_the_codes_of_the_binary_search_for_every_floa
     two neighbours (3 and 2 lookups), 8-bit Adam compiled in 4.8-5.9 s on 100 leaves of
     4,096 (3.0-3.3 s now) and stepped in 6.7-7.2 ms (4.4-5.5 ms)."""
     table = gtx.dynamic_quantization_map(signed)
-    buckets = quantized_module._code_buckets(signed)
+    buckets = blockwise.code_buckets(signed)
     thresholds = np.sort(buckets[1:][buckets[1:] < np.finfo(np.float32).max])
     assert thresholds.size == table.size - 1  # each threshold in one bucket, once
     # each is the first float32 that NumPy's float32 arithmetic finds nearer the upper
@@ -131,7 +132,7 @@ def test_the_bucketed_lookup_gives_the_codes_of_the_binary_search_for_every_floa
         return jnp.where(values - lower <= upper - values, above - 1, above)
 
     expected = np.asarray(jax.jit(binary_search)(jnp.asarray(values)))
-    lookup = jax.jit(quantized_module._nearest_codes)
+    lookup = jax.jit(blockwise._nearest_codes)
     actual = np.asarray(lookup(jnp.asarray(values), jnp.asarray(buckets)))
     np.testing.assert_array_equal(actual, expected)
     assert expected.max() == 255 and expected.min() == 0
@@ -392,9 +393,9 @@ def test_eager_updates_quantize_in_the_eager_kernels(monkeypatch):
     for _ in range(2):  # the kernels compile at a function's second sight
         _, state = tx.update(grads, state, params)
     calls = []
-    quantize = quantized_module._quantize_compiled  # what the per-leaf function calls
+    quantize = blockwise.quantize_compiled  # what the per-leaf function calls
     monkeypatch.setattr(
-        quantized_module, "_quantize_compiled", lambda *a, **k: calls.append(1) or quantize(*a, **k)
+        quantized_wrapper, "quantize_compiled", lambda *a, **k: calls.append(1) or quantize(*a, **k)
     )
     eager, _ = tx.update(grads, state, params)
     assert not calls, len(calls)  # one per moment leaf: 20
@@ -486,14 +487,14 @@ def test_gradients_flow_through_an_update_as_through_the_two_reductions(monkeypa
     derivative is now the absmax's, as ``jnp.max`` gives it: the derivatives of the
     two reductions taken apart."""
     table = jnp.asarray(gtx.dynamic_quantization_map(True))
-    buckets = jnp.asarray(quantized_module._code_buckets(True))
+    buckets = jnp.asarray(blockwise.code_buckets(True))
     x = jnp.linspace(-1.0, 1.0, 300, dtype=jnp.float32)
 
     def absmax_sum(quantize):
         return jax.grad(lambda x: jnp.sum(quantize(x).absmax * jnp.arange(1.0, 6.0)))(x)
 
     joined = absmax_sum(
-        lambda x: quantized_module._quantize_unless_equal(x, jnp.zeros(300), table, 64, buckets)[0]
+        lambda x: blockwise._quantize_unless_equal(x, jnp.zeros(300), table, 64, buckets)[0]
     )
     alone = absmax_sum(lambda x: quantize_blockwise(x, table, 64, buckets))
     np.testing.assert_array_equal(joined, alone)
@@ -511,9 +512,9 @@ def test_gradients_flow_through_an_update_as_through_the_two_reductions(monkeypa
     meta_gradient = jax.jit(jax.grad(loss))(0.01)
 
     def apart(blocks, equal):
-        return jnp.max(quantized_module._magnitudes(blocks), axis=-1), jnp.all(equal, axis=-1)
+        return jnp.max(blockwise._magnitudes(blocks), axis=-1), jnp.all(equal, axis=-1)
 
-    monkeypatch.setattr(quantized_module, "_absmax_and_equal", apart)
+    monkeypatch.setattr(blockwise, "_absmax_and_equal", apart)
     np.testing.assert_allclose(meta_gradient, jax.jit(jax.grad(loss))(0.01), rtol=1e-6)
     assert np.isfinite(meta_gradient) and meta_gradient != 0
 
@@ -522,13 +523,13 @@ def test_float64_moments_are_compared_in_float64():
     """Under x64, a float64 state leaf that the inner update changed by less than float32
     resolves is quantized again (its float32 rounding compared equal)."""
     table = jnp.asarray(gtx.dynamic_quantization_map(True))
-    buckets = jnp.asarray(quantized_module._code_buckets(True))
+    buckets = jnp.asarray(blockwise.code_buckets(True))
     with jax.enable_x64(True):
         before = jnp.asarray(np.linspace(-1, 0.5, 4096), jnp.float32)
         new = before.astype(jnp.float64) * (1 + 1e-12)
-        _, unchanged = quantized_module._quantize_unless_equal(new, before, table, 2048, buckets)
+        _, unchanged = blockwise._quantize_unless_equal(new, before, table, 2048, buckets)
         assert not unchanged
-        _, unchanged = quantized_module._quantize_unless_equal(
+        _, unchanged = blockwise._quantize_unless_equal(
             before.astype(jnp.float64), before, table, 2048, buckets
         )
         assert unchanged

@@ -15,7 +15,7 @@ import pytest
 import gradtx as gtx
 from gradtx import check, schedules
 from gradtx.compat import torch as tc
-from gradtx.wrappers.quantized import dynamic_quantization_map
+from gradtx.quantization import dynamic_quantization_map
 
 INF = math.inf
 BIG = 10**10  # beyond int32
