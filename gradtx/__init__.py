@@ -39,6 +39,9 @@ from gradtx.optimizers import (
 # --- introspection ---
 from gradtx.paths import tree_get, tree_set
 
+# --- 8-bit block-wise quantization (issue 7) ---
+from gradtx.quantization import QuantizedArray, dynamic_quantization_map
+
 # --- schedule injection ---
 from gradtx.schedules.injection import (
     InjectState,
@@ -50,20 +53,22 @@ from gradtx.schedules.injection import (
 # --- plateau control (issue 3) ---
 from gradtx.schedules.plateau import ReduceOnPlateauState, reduce_on_plateau
 
-# --- adaptive preconditioners ---
-from gradtx.transforms.adaptive import (
-    ScaleByAdadeltaState,
+# --- adaptive preconditioners: the Adam family; RMSProp, Adagrad, Adadelta, Rprop ---
+from gradtx.transforms.adam import (
     ScaleByAdamaxState,
     ScaleByAdamState,
     ScaleByAmsgradState,
+    amsgrad_max,
+    scale_by_adam,
+    scale_by_adamax,
+)
+from gradtx.transforms.adaptive import (
+    ScaleByAdadeltaState,
     ScaleByRmsState,
     ScaleByRpropState,
     ScaleByRssState,
     ScaleByStddevState,
-    amsgrad_max,
     scale_by_adadelta,
-    scale_by_adam,
-    scale_by_adamax,
     scale_by_rms,
     scale_by_rprop,
     scale_by_rss,
@@ -148,12 +153,7 @@ from gradtx.wrappers import (
 )
 
 # --- 8-bit optimizer state (issue 7) ---
-from gradtx.wrappers.quantized import (
-    QuantizedArray,
-    QuantizedState,
-    dynamic_quantization_map,
-    quantized_state,
-)
+from gradtx.wrappers.quantized import QuantizedState, quantized_state
 
 __version__ = "0.1.0"
 

@@ -16,11 +16,13 @@ import numpy as np
 from gradtx import check
 from gradtx.core import GradientTransformation, ScalarOrSchedule, chain, identity
 from gradtx.schedules.injection import schedule_injection
-from gradtx.transforms.adaptive import (
+from gradtx.transforms.adam import (
     amsgrad_max,
-    scale_by_adadelta,
     scale_by_adam,
     scale_by_adamax,
+)
+from gradtx.transforms.adaptive import (
+    scale_by_adadelta,
     scale_by_rms,
     scale_by_rprop,
     scale_by_rss,

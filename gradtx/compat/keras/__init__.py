@@ -71,11 +71,13 @@ from gradtx.compat.keras.schedules import (
 )
 from gradtx.compat.torch import _is_zero
 from gradtx.core import EmptyState, GradientTransformation, ScalarOrSchedule, named_chain
-from gradtx.transforms.adaptive import (
+from gradtx.transforms.adam import (
     amsgrad_max,
-    scale_by_adadelta,
     scale_by_adam,
     scale_by_adamax,
+)
+from gradtx.transforms.adaptive import (
+    scale_by_adadelta,
     scale_by_rms,
     scale_by_rss,
 )

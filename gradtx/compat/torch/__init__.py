@@ -37,11 +37,13 @@ from gradtx.compat.torch import lr_scheduler
 from gradtx.compat.torch.state_dict import load_plateau_state, load_state_dict
 from gradtx.core import EmptyState, GradientTransformation, ScalarOrSchedule, named_chain
 from gradtx.schedules.injection import InjectState
-from gradtx.transforms.adaptive import (
+from gradtx.transforms.adam import (
     amsgrad_max,
-    scale_by_adadelta,
     scale_by_adam,
     scale_by_adamax,
+)
+from gradtx.transforms.adaptive import (
+    scale_by_adadelta,
     scale_by_rms,
     scale_by_rprop,
     scale_by_rss,

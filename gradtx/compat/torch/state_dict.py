@@ -20,11 +20,13 @@ from gradtx import check
 from gradtx.core import GradientTransformation, Params
 from gradtx.schedules.injection import InjectState
 from gradtx.schedules.plateau import ReduceOnPlateauState
-from gradtx.transforms.adaptive import (
-    ScaleByAdadeltaState,
+from gradtx.transforms.adam import (
     ScaleByAdamaxState,
     ScaleByAdamState,
     ScaleByAmsgradState,
+)
+from gradtx.transforms.adaptive import (
+    ScaleByAdadeltaState,
     ScaleByRmsState,
     ScaleByRpropState,
     ScaleByRssState,
