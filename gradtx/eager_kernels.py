@@ -114,7 +114,7 @@ def eager_kernel(fn: Callable[..., tuple], folds: tuple | None = None) -> Callab
     # would otherwise make a new kernel key each time, and the block's kernel with the
     # folds would never compile (the block alone did). As a constant or an argument a
     # float multiplies or adds the same way (XLA merges no product of the folds' with
-    # another: see updates_from_first_map)
+    # another: see folds.updates_from_first_map)
     parts = [_function_key(f, floats=k > 0) for k, f in enumerate(fns)]
     if any(part is None for part in parts):
         return op_by_op

@@ -19,7 +19,7 @@ def global_norm(values: Any) -> jax.Array:
     sum of squares, then their sum in the leaves' order (``sum_in_order``). Eagerly,
     from the second call on, compiled kernels give each call's sums as one vector and
     one more adds them in that order (``_eager_sum_of_squares``)."""
-    # map_unzip's traversal without building the tree of sums (one flattening, not three)
+    # tree.map_unzip's traversal without building the tree of sums (one flattening, not three)
     leaves = jax.tree.leaves(values)
     total = _eager_sum_of_squares(values, leaves)
     if total is not None:
@@ -39,11 +39,12 @@ def _leaf_sum_of_squares(x: Any) -> jax.Array:
 
 def _eager_sum_of_squares(values: Any, leaves: list) -> jax.Array | None:
     """``global_norm``'s sum of squares of an eager update's leaves
-    (``tree.COMPILE_EAGER_LEAF_FUNCTIONS``), or None where it takes the path of traced or
-    first calls (``tree.map_unzip`` and ``sum_in_order``). The leaves' sums come as one vector
-    per kernel call (``eager_kernels.EagerKernels.leaves_per_call`` leaves of one signature), not as
-    one scalar array each (~7 us an output on XLA:CPU), and one call adds them in the
-    leaves' order: the same sums of the same squares, added in the same order."""
+    (``tree.COMPILE_EAGER_LEAF_FUNCTIONS``), or None where it takes the path of traced
+    or first calls (``tree.run_leaves`` and ``sum_in_order``). The leaves' sums come as
+    one vector per kernel call (``eager_kernels.EagerKernels.leaves_per_call`` leaves of
+    one signature), not as one scalar array each (~7 us an output on XLA:CPU), and one
+    call adds them in the leaves' order: the same sums of the same squares, added in the
+    same order."""
     if not (tree.COMPILE_EAGER_LEAF_FUNCTIONS and len(leaves) > 2):
         return None
     # concrete arrays only (a tracer's type is no jax.Array subclass, though it is an

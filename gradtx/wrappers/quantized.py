@@ -187,7 +187,7 @@ _UNSIGNED_FIELDS = ("nu", "nu_max", "sum_of_squares", "e_g", "e_x")
 
 
 def _dequantize_with(block_size: int) -> Any:
-    """``dequantize_blockwise`` of a leaf's codes and absmax with its table."""
+    """``quantization.dequantize_blockwise`` of a leaf's codes and absmax with its table."""
 
     def dequantize(codes: jax.Array, absmax: jax.Array, table: jax.Array) -> jax.Array:
         return dequantize_compiled(QuantizedArray(codes, absmax), table, block_size)
