@@ -117,3 +117,27 @@ def test_the_state_tools_read_and_set_a_state_restored_on_the_host():
     restored = gtx.set_hyperparams(restored, learning_rate=0.0)
     expected = _run(step, params, gtx.set_hyperparams(state, learning_rate=0.0), range(4, 6))
     _assert_trees_equal(_run(step, params, restored, range(4, 6)), expected)
+
+
+@pytest.mark.parametrize("name", ["adam", "amsgrad", "adamax"])
+def test_a_state_pickled_when_the_adam_family_lived_in_adaptive_loads(name):
+    """The Adam family's state classes were gradtx.transforms.adaptive's until they got a
+    module of their own (gradtx.transforms.adam): a state pickled before names them
+    there, and must load (an AttributeError "Can't get attribute" otherwise)."""
+    state = jax.device_get(getattr(gtx, name)(0.1).init({"w": jnp.ones(3)}))
+    moved = (gtx.ScaleByAdamState, gtx.ScaleByAmsgradState, gtx.ScaleByAdamaxState)
+    modules = {cls: cls.__module__ for cls in moved}
+    try:
+        for cls in moved:
+            cls.__module__ = "gradtx.transforms.adaptive"
+        payload = pickle.dumps(state)
+    finally:
+        for cls, module in modules.items():
+            cls.__module__ = module
+    assert b"gradtx.transforms.adaptive" in payload
+    restored = pickle.loads(payload)
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True)
+    )

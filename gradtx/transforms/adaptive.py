@@ -11,6 +11,14 @@ import jax.numpy as jnp
 from gradtx import check, numerics, tree
 from gradtx.core import GradientTransformation, Updates
 
+# The Adam family's states were classes of this module until it had one of its own:
+# states pickled then name them here (docs/protocol.md: a state pickles).
+from gradtx.transforms.adam import (  # noqa: F401
+    ScaleByAdamaxState,
+    ScaleByAdamState,
+    ScaleByAmsgradState,
+)
+
 
 class ScaleByRmsState(NamedTuple):
     """The state of ``scale_by_rms`` (not centered).
