@@ -178,7 +178,7 @@ def test_a_mask_of_0d_bool_arrays_is_a_mask_tree_as_optax_reads_it(kind, user):
 def test_reading_a_valid_mask_builds_no_leaf_path(monkeypatch):
     """Paths are for the error messages: naming all 1,000 leaves of a mask at every
     eager update took 1.4 ms where reading the bools takes 0.2 ms."""
-    from gradtx import tree
+    from gradtx import masks
 
     def no_paths(*args, **kwargs):
         raise AssertionError("a valid mask's leaves were named")
@@ -186,7 +186,7 @@ def test_reading_a_valid_mask_builds_no_leaf_path(monkeypatch):
     mask = {"w": True, "b": np.bool_(False), "c": jnp.asarray(True), "d": np.asarray(False)}
     monkeypatch.setattr(jax.tree_util, "keystr", no_paths)
     monkeypatch.setattr(jax.tree_util, "tree_flatten_with_path", no_paths)
-    assert tree.mask_flags(mask) == [False, True, False, True]
+    assert masks.mask_flags(mask) == [False, True, False, True]
 
 
 def test_a_mask_computed_from_values_under_jit_is_refused_naming_the_leaf():

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from gradtx import check, numerics, tree
 from gradtx.core import GradientTransformation, ScalarOrSchedule
-from gradtx.transforms.regularize import check_mask, resolve_mask
+from gradtx.masks import check_mask, resolve_mask
 
 
 class DecoupledWeightDecayState(NamedTuple):

@@ -11,6 +11,7 @@ import numpy as np
 
 from gradtx import check, folds, numerics, tree
 from gradtx.core import EmptyState, GradientTransformation, Params, ScalarOrSchedule
+from gradtx.masks import check_mask, resolve_mask
 
 
 class AddDecayedWeightsState(NamedTuple):
@@ -22,36 +23,6 @@ class AddDecayedWeightsState(NamedTuple):
     """
 
     count: jax.Array
-
-
-def resolve_mask(mask: Any, params: Params, updates: Any) -> Any:
-    """The mask as a tree of Python bools with the structure of ``updates``.
-
-    ``mask`` is None (everything), a tree of bools with the structure of the params, or
-    a function ``params -> tree of bools`` (a callable tree of bools, such as a mask
-    built from an Equinox module, is a tree). A bool is a Python or NumPy bool or a 0-d
-    boolean array (``tree.mask_flags``). Masks are static: a traced bool is an error.
-    """
-    treedef = jax.tree.structure(updates)
-    if mask is None or treedef.num_leaves == 0:
-        # no leaves (a group that owns nothing in a ``partition``): nothing to mask
-        return treedef.unflatten([True] * treedef.num_leaves)
-    check.leaves_apart("a transform's mask=", "pass no mask, and put flatten in a masked")
-    mask_tree = mask(params) if tree.is_function_of_params(mask, tree.MASK_LEAVES) else mask
-    if jax.tree.structure(mask_tree) != treedef:
-        tree.check_same_structure(updates, mask_tree, "the updates", "the mask")
-    return treedef.unflatten(tree.mask_flags(mask_tree, treedef))
-
-
-def check_mask(mask: Any) -> None:
-    """A mask as ``resolve_mask`` takes it, checked where the transform is built: not a
-    bare bool, and a function that can take the params."""
-    if isinstance(mask, tree.MASK_LEAVES) or tree.is_bool_scalar_array(mask):
-        raise TypeError(
-            f"mask must be a tree of bools or a function of params, not a bool, got {mask!r}"
-        )
-    if tree.is_function_of_params(mask, tree.MASK_LEAVES):
-        check.takes_one_argument("mask", mask, "the params")
 
 
 def add_decayed_weights(

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-from gradtx import check, paths, tree
+from gradtx import check, masks, paths, tree
 from gradtx.core import (
     EmptyState,
     GradientTransformation,
@@ -116,7 +116,7 @@ def _merge(treedef: Any, parts: list[tuple[list[bool], Any]], fallback: list) ->
 
 def _as_flags(mask_tree: Any, full: Any) -> tuple[Any, list[bool]]:
     treedef, _ = _flat_prefix(mask_tree, full, "the mask")
-    return treedef, tree.mask_flags(mask_tree)
+    return treedef, masks.mask_flags(mask_tree)
 
 
 def _has_no_leaves(params: Any) -> bool:
@@ -198,14 +198,9 @@ def masked(
     check.one_of("masked_leaves", masked_leaves, ("pass", "zero"))
     check.boolean("mask_compatible_extra_args", mask_compatible_extra_args)
     mask_compatible_extra_args = bool(mask_compatible_extra_args)
-    if isinstance(mask, tree.MASK_LEAVES) or tree.is_bool_scalar_array(mask):
-        raise TypeError(
-            f"mask must be a tree of bools or a function of params, not a bool, got {mask!r}"
-        )
+    masks.check_mask(mask)
     # a callable tree of bools (a mask built from an Equinox module) is a tree
-    mask_is_function = tree.is_function_of_params(mask, tree.MASK_LEAVES)
-    if mask_is_function:
-        check.takes_one_argument("mask", mask, "the params")
+    mask_is_function = masks.is_function_of_params(mask, masks.MASK_LEAVES)
     inner_update = _update_with_extra_args(inner, "inner")
 
     def init(params):
@@ -348,7 +343,7 @@ def _resolve_labels(labels: Any, full: Any, names: list[str]) -> tuple[Any, list
     if _is_pattern_dict(labels, full):
         label_tree = _labels_from_patterns(labels, full)
     else:
-        is_function = tree.is_function_of_params(labels, tree.LABEL_LEAVES)
+        is_function = masks.is_function_of_params(labels, masks.LABEL_LEAVES)
         label_tree = labels(full) if is_function else labels
     treedef, _ = _flat_prefix(label_tree, full, "the labels")
     flat = treedef.flatten_up_to(label_tree)
@@ -419,7 +414,7 @@ def partition(
             "params, a function returning one, or a dict {path regex: label}; got an empty "
             "dict"
         )
-    if tree.is_function_of_params(labels, tree.LABEL_LEAVES):
+    if masks.is_function_of_params(labels, masks.LABEL_LEAVES):
         check.takes_one_argument("labels", labels, "the params")
     names = list(transforms)
     update_fns = {
