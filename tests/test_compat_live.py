@@ -653,3 +653,27 @@ def test_live_pytorch_recipes_record_as_the_golden_file(record_recipes, record_t
 def test_live_keras_recipes_record_as_the_golden_file(record_recipes, keras_float64):
     problem = record_recipes.recipe_problem()
     _check_recipes(record_recipes.record_keras(problem), "keras_recipes.json")
+
+
+def test_live_rprop_skips_an_element_whose_gradient_is_nan(record_torch, x64):
+    """torch.sign(nan) is 0: PyTorch's Rprop leaves such an element where it is; so does
+    tc.rprop (its parameter became NaN for good before)."""
+    import jax
+    import torch
+
+    import gradtx as gtx
+    from gradtx.compat import torch as tc
+
+    grads = [[1.0, -2.0, 3.0], [1.0, np.nan, 3.0], [1.0, -2.0, -3.0], [2.0, np.nan, -3.0]]
+    grads += [[1.0, 1.0, 1.0], [-1.0, 1.0, 1.0]]
+    p = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64, requires_grad=True)
+    torch_optimizer = torch.optim.Rprop([p], lr=0.1, etas=(0.4, 1.3))
+    tx = tc.rprop(lr=0.1, etas=(0.4, 1.3))
+    params = jnp.array([1.0, 2.0, 3.0])
+    state, update = tx.init(params), jax.jit(tx.update)
+    for g in grads:
+        p.grad = torch.tensor(g, dtype=torch.float64)
+        torch_optimizer.step()
+        updates, state = update(jnp.array(g), state, params)
+        params = gtx.apply_updates(params, updates)
+    np.testing.assert_allclose(np.asarray(params), p.detach().numpy(), rtol=1e-12)

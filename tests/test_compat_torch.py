@@ -1235,3 +1235,43 @@ def test_asgd_averages_the_params_the_model_holds(dtype):
                 eps = float(jnp.finfo(dtype).eps)
                 np.testing.assert_allclose(got, average, rtol=eps, atol=1e-6, err_msg=checked)
             average = got
+
+
+def _pytorch_rprop(params, grads, lr, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0)):
+    """torch.optim.Rprop's single-tensor loop (PyTorch 2.13) in NumPy, with
+    ``torch.sign``, which is 0 at NaN (``np.sign(nan)`` is NaN)."""
+
+    def torch_sign(x):
+        return np.nan_to_num(np.sign(x), nan=0.0)
+
+    p = np.array(params, np.float64)
+    prev, step = np.zeros_like(p), np.full_like(p, lr)
+    for g in grads:
+        g = np.array(g, np.float64)
+        sign = torch_sign(g * prev)
+        step = np.clip(
+            step * np.where(sign > 0, etas[1], np.where(sign < 0, etas[0], 1.0)), *step_sizes
+        )
+        g = np.where(sign < 0, 0.0, g)
+        p = p - torch_sign(g) * step
+        prev = g
+    return p
+
+
+@pytest.mark.parametrize("jitted", [True, False])
+def test_rprop_skips_an_element_whose_gradient_is_nan_as_pytorch_does(jitted, x64):
+    """torch.sign(nan) is 0: PyTorch's Rprop leaves that element where it is and keeps its
+    step size (the NaN it keeps as prev makes the next sign product 0). tc.rprop's
+    parameter became NaN for good (jnp.sign(nan) is NaN). The torch loop above, in
+    NumPy; test_compat_live reruns the case against PyTorch."""
+    grads = [[1.0, -2.0, 3.0], [1.0, np.nan, 3.0], [1.0, -2.0, -3.0], [2.0, np.nan, -3.0]]
+    grads += [[1.0, 1.0, 1.0], [-1.0, 1.0, 1.0]]
+    tx = tc.rprop(lr=0.1, etas=(0.4, 1.3))
+    params = jnp.array([1.0, 2.0, 3.0])
+    state, update = tx.init(params), jax.jit(tx.update) if jitted else tx.update
+    for g in grads:
+        updates, state = update(jnp.array(g), state, params)
+        params = gtx.apply_updates(params, updates)
+    expected = _pytorch_rprop([1.0, 2.0, 3.0], grads, 0.1, etas=(0.4, 1.3))
+    assert np.all(np.isfinite(expected))
+    np.testing.assert_allclose(np.asarray(params), expected, rtol=1e-12)

@@ -182,6 +182,22 @@ def _real_pairs(x: Any) -> Any:
     return jnp.stack([jnp.real(x), jnp.imag(x)], axis=-1)
 
 
+def _nan_as_zero(g: jax.Array) -> jax.Array:
+    return jnp.where(jnp.isnan(g), jnp.zeros_like(g), g)
+
+
+def _nan_gradients_as_zero(inner: GradientTransformation) -> GradientTransformation:
+    """``inner`` given 0 where a gradient is NaN, as PyTorch's Rprop reads one:
+    ``torch.sign(nan)`` is 0 (``jnp.sign(nan)`` is NaN), so that element takes no step and
+    keeps its step size, and the next step's sign product is 0 either way (PyTorch keeps
+    the NaN as its ``prev``, gradtx a sign of 0). The state is ``inner``'s."""
+
+    def update(updates, state, params=None, **extra):
+        return inner.update(tree.map_leaves(_nan_as_zero, updates), state, params, **extra)
+
+    return GradientTransformation(inner.init, update)
+
+
 def _complex_as_real_pairs(tx: GradientTransformation) -> GradientTransformation:
     """``tx`` with every complex leaf seen as a real array of (real, imaginary) pairs, as
     ``torch.optim`` does (``view_as_real``): Adam's second moment, RMSprop's square
@@ -717,7 +733,9 @@ def rprop(
         1 if s = 0), *step_sizes);   g_t <- 0 where s < 0;   p <- p - sign(g_t) * d_t
 
     with ``d_0 = lr``. Chain: ``scale_by_rprop(lr, *etas, *step_sizes,
-    clip_every_step=True)`` then ``scale(-1)``. The learning rate is only the initial
+    clip_every_step=True)`` then ``scale(-1)``. An element whose gradient is NaN takes no
+    step and keeps its step size, as in PyTorch (``torch.sign(nan)`` is 0; gradtx's
+    ``rprop`` and Optax's make the parameter NaN). The learning rate is only the initial
     step size: a schedule is read once, at step 0 (PyTorch reads the group's lr when
     the state is created and never again).
 
@@ -756,7 +774,11 @@ def rprop(
     blocks += [
         (
             "rprop",
-            scale_by_rprop(initial, eta_minus, eta_plus, min_step, max_step, clip_every_step=True),
+            _nan_gradients_as_zero(
+                scale_by_rprop(
+                    initial, eta_minus, eta_plus, min_step, max_step, clip_every_step=True
+                )
+            ),
         ),
         ("descend", scale(-1.0)),
     ]
