@@ -2,7 +2,8 @@
 from an array's type, arrays of one leaf laid out alike where a select or a ``lax.cond``
 takes no mixed layouts, and a leaf gathered where it must be one vector. On one device
 and on Auto meshes everything here leaves arrays as they are (XLA's partitioner lays
-them out)."""
+them out), but ``placed_like``: a value put into a state where a concrete array was, on
+that array's devices and in its memory."""
 
 from __future__ import annotations
 
@@ -47,6 +48,34 @@ def _reshard(x: Any, sharding: Any) -> Any:
     if reshard is None:  # JAX 0.5.3 to 0.6.x keep it in jax.experimental.shard
         from jax.experimental.shard import reshard
     return reshard(x, sharding)
+
+
+def placed_like(x: Any, old: Any) -> Any:
+    """``x``, a new value for a state's leaf (``tree_set``, ``set_hyperparams``), on the
+    devices and in the memory of ``old``, the concrete array it replaces, where ``old`` is
+    committed to them: a value made here lands uncommitted on the default device, so an
+    optimizer state kept in host memory (``memory_kind="pinned_host"``, moved to the
+    device inside the step) would hold one leaf in device memory, which a jitted step
+    that donates the state reads as a fatal error of jaxlib 0.10.2 ("PjRtBuffer's memory
+    kind does not match sharding's memory kind": the process aborts) and one that does
+    not donates compiles again for. A sharding over devices of other processes is taken
+    only where it replicates the value (each process sets the same one); traced values
+    and arrays placed alike are left as they are."""
+    if not (concrete_array(x) and concrete_array(old)):
+        return x
+    if not getattr(old, "committed", getattr(old, "_committed", False)):
+        return x
+    sharding = old.sharding
+    if x.sharding == sharding or not (
+        sharding.is_fully_addressable or sharding.is_fully_replicated
+    ):
+        return x
+    return jax.device_put(x, sharding)
+
+
+def concrete_array(x: Any) -> bool:
+    """Whether ``x`` is a ``jax.Array`` with a value (not a tracer)."""
+    return isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
 
 
 def gathered(x: Any) -> Any:

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from gradtx import check
+from gradtx import check, layout
 from gradtx.tree import check_same_structure, own_array
 
 __all__ = ["tree_get", "tree_set"]
@@ -171,7 +171,9 @@ def tree_set(tree: Any, *, path: str | None = None, **values: Any) -> Any:
     are cast to the old leaf's dtype, so a state keeps its structure and dtypes (a
     jit-compiled step does not recompile), and a caller's array already of that dtype
     is copied, so that the state holds arrays of its own (a jitted step donating the
-    state deletes them, and refuses one held twice). Errors as ``tree_get``. In Flax's
+    state deletes them, and refuses one held twice), on the devices and in the memory of
+    the array it replaces where that one is committed to them (a state kept in host
+    memory, ``memory_kind="pinned_host"``, stays there). Errors as ``tree_get``. In Flax's
     ``nnx.Optimizer.opt_state``, which holds the arrays in ``OptArray`` variables, the
     new arrays go into those variables (give arrays, not variables), so
     ``optimizer.opt_state = gtx.tree_set(optimizer.opt_state, ...)`` keeps its graph.
@@ -219,7 +221,7 @@ def tree_set(tree: Any, *, path: str | None = None, **values: Any) -> Any:
             new_weak = getattr(new_leaf, "weak_type", False)  # typed PRNG keys have none
             if new_leaf.dtype == old_leaf.dtype and (old_weak or not new_weak):
                 # an array of the state's own, not the caller's (a donated step deletes it)
-                return own_array(new_leaf, given)
+                return own_array(layout.placed_like(new_leaf, old_leaf), given)
             if jax.dtypes.issubdtype(old_leaf.dtype, jax.dtypes.extended):
                 # a typed PRNG key casts to nothing: the new key must be of its kind
                 raise TypeError(
@@ -232,7 +234,7 @@ def tree_set(tree: Any, *, path: str | None = None, **values: Any) -> Any:
                     f"{new_leaf.dtype} key, which casts to no other dtype: give a "
                     f"{old_leaf.dtype} value (a raw key is jax.random.key_data of the key)"
                 )
-            return new_leaf.astype(old_leaf.dtype)
+            return layout.placed_like(new_leaf.astype(old_leaf.dtype), old_leaf)
 
         new = in_variables_of(held, jax.tree.map(conform, old, value))
         tree = _replace_at(tree, pieces, new)

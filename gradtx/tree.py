@@ -210,15 +210,11 @@ def full_like(tree: Any, fill_value: Any, dtype: Any = None) -> Any:
         # also holds) is that array's buffer (the array itself, or for a leaf committed
         # to a device a new array over it): a state holding one buffer twice, which a
         # jitted step donating the state refuses ("donate the same buffer twice")
-        if not jnp.ndim(filled) and _concrete_array(fill_value):
+        if not jnp.ndim(filled) and layout.concrete_array(fill_value):
             return jnp.copy(filled)
         return filled
 
     return jax.tree.map(fill, tree)
-
-
-def _concrete_array(x: Any) -> bool:
-    return isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
 
 
 def own_array(array: Any, given: Any) -> Any:
@@ -228,7 +224,7 @@ def own_array(array: Any, given: Any) -> Any:
     and one array held in two places is refused by such a step ("donate the same
     buffer twice"). Traced values are left alone (a jitted step's outputs are buffers
     of their own)."""
-    if array is given and _concrete_array(given):
+    if array is given and layout.concrete_array(given):
         return jnp.copy(array)
     return array
 

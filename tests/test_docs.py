@@ -99,6 +99,17 @@ def loss_fn(model, images, labels):
     ("docs/examples.md", "tx = gtx.chain(gtx.clip_by_global_norm(1.0),"): (
         "model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))\n"
     ),
+    (
+        "docs/examples.md",
+        "on_device = jax.tree.map(lambda x: x.sharding, opt_state)   # e.g. after jit(tx.init)",
+    ): """
+import functools
+tx = gtx.adam(1e-3)
+params = {"w": jnp.ones(3)}
+param_shardings = jax.tree.map(lambda x: x.sharding, params)
+opt_state = jax.jit(tx.init)(params)
+loss = lambda params, batch: jnp.sum((params["w"] - batch) ** 2)
+""",
     ("docs/examples.md", "import orbax.checkpoint as ocp"): """
 import tempfile
 path = Path(tempfile.mkdtemp()) / "checkpoints"

@@ -130,3 +130,96 @@ def test_update_returns_a_state_of_exactly_the_types_init_made(name):
     after = jax.eval_shape(maybe_update, state, False)
     typeof = getattr(jax, "typeof", None) or jax.api_util.shaped_abstractify  # JAX < 0.5.3
     assert jax.tree.map(typeof, after) == jax.tree.map(typeof, state)
+
+
+def memories():
+    """Shardings of the first device's pinned host memory and of its own, where it has a
+    pinned host memory (JAX's offloading of optimizer state); else a skip."""
+    from jax.sharding import SingleDeviceSharding
+
+    device = jax.devices()[0]
+    kinds = {memory.kind for memory in getattr(device, "addressable_memories", list)()}
+    if "pinned_host" not in kinds:
+        pytest.skip(f"{device} has no pinned_host memory (its memories: {sorted(kinds)})")
+    return (
+        SingleDeviceSharding(device, memory_kind="pinned_host"),
+        SingleDeviceSharding(device, memory_kind="device"),
+    )
+
+
+def offloading_step(tx, host, device):
+    """The training step of JAX's optimizer-state offloading: the state stays in host
+    memory between steps and is moved to the device for the update. It donates the
+    params with the state: donating the state alone aborts the process in jaxlib 0.10.2
+    (XLA:CPU aliases a donated host buffer to the device output of the params' shape;
+    Optax's alike)."""
+
+    def step(params, state):
+        grads = jax.grad(loss)(params)
+        updates, state = tx.update(grads, jax.device_put(state, device), params)
+        return gtx.apply_updates(params, updates), jax.device_put(state, host)
+
+    return jax.jit(step, out_shardings=(device, host), donate_argnums=(0, 1))
+
+
+def memory_kinds(tree) -> set:
+    return {leaf.sharding.memory_kind for leaf in jax.tree.leaves(tree)}
+
+
+HOST_MEMORY_OPTIMIZERS = {
+    "adam": lambda: gtx.adam(0.05),
+    "rprop": lambda: gtx.rprop(0.05),  # selects on the sign of its state
+    "quantized_adam": lambda: gtx.quantized_state(gtx.adam(0.05), block_size=2, min_size=2),
+    "multi_steps": lambda: gtx.multi_steps(gtx.adamw(0.05), 2),  # lax.cond
+    "lookahead": lambda: gtx.lookahead(gtx.sgd(0.05, momentum=0.9), 2, 0.5),
+    "clip_adamw": lambda: gtx.chain(gtx.clip_by_global_norm(1.0), gtx.adamw(0.05)),
+}
+
+
+@pytest.mark.parametrize("name", HOST_MEMORY_OPTIMIZERS)
+def test_a_state_kept_in_host_memory_steps_as_one_on_the_device(name):
+    host, device = memories()
+    tx = HOST_MEMORY_OPTIMIZERS[name]()
+    params = {"w": jnp.array([0.5, 0.25, -1.0]), "b": jnp.array(2.0, jnp.float32)}
+    expected, state = params, tx.init(params)
+    plain = jax.jit(make_step(tx))
+    for _ in range(3):
+        expected, state = plain(expected, state)
+    step = offloading_step(tx, host, device)
+    actual, state = jax.device_put((params, tx.init(params)), (device, host))
+    for _ in range(3):
+        actual, state = step(actual, state)
+    assert memory_kinds(state) == {"pinned_host"}
+    for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_value_set_in_a_state_in_host_memory_stays_there():
+    """``set_hyperparams``, ``tree_set`` and ``reset_group`` put their new arrays where
+    the arrays they replace were: made on the device, a learning rate in a state kept in
+    host memory made the offloading step compile again, or, where it donates the state,
+    aborted the process (jaxlib 0.10.2: "PjRtBuffer's memory kind does not match
+    sharding's memory kind")."""
+    host, device = memories()
+    tx = gtx.partition(
+        {"a": gtx.adam(0.05), "b": gtx.sgd(0.05, momentum=0.9)}, {"w": "a", "b": "b"}
+    )
+    params = {"w": jnp.array([0.5, 0.25, -1.0]), "b": jnp.array(2.0, jnp.float32)}
+    step = offloading_step(tx, host, device)
+    params, state = jax.device_put((params, tx.init(params)), (device, host))
+    for _ in range(2):  # the second takes the first one's committed params
+        params, state = step(params, state)
+    changes = {
+        "set_hyperparams": lambda state: gtx.set_hyperparams(state, learning_rate=0.01),
+        "tree_set": lambda state: gtx.tree_set(
+            state, path=".inner_states['a'].inner_state[0]", count=jnp.asarray(0)
+        ),
+        "reset_group": lambda state: gtx.reset_group(tx, state, "a", params),
+    }
+    for how, change in changes.items():
+        state = change(state)
+        assert memory_kinds(state) == {"pinned_host"}, how
+        with count_compilations() as compiled:
+            params, state = step(params, state)
+        assert compiled == [], how
+    assert memory_kinds(state) == {"pinned_host"}

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import check, folds, numerics, paths, tree
+from gradtx import check, folds, layout, numerics, paths, tree
 from gradtx.core import GradientTransformation, OptState, TransformLike
 
 
@@ -478,7 +478,9 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
     """A new state with the named hyperparameters set, in every injected transform that
     holds them (optionally only those ``path`` picks, as in ``get_hyperparams``).
 
-    The values become float32 scalars, so changing them between steps compiles nothing.
+    The values become float32 scalars, so changing them between steps compiles nothing,
+    each on the devices and in the memory of the value it replaces (a state kept in host
+    memory, ``memory_kind="pinned_host"``, stays there: docs/examples.md).
     A hyperparameter given as a schedule (or traced, inside a jitted step) is recomputed
     from it at the next update (``schedule_injection``); set the ones given as numbers.
     So is a value that an enclosing injector passes in (a gradtx optimizer wrapped in
@@ -563,8 +565,12 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
                                 f"jax.pmap(lambda s: gtx.set_hyperparams(s, "
                                 f"{name}=value))(states)"
                             )
-                        # an array of its own in each injected state it goes to
-                        own = tree.own_array(value.astype(old.dtype), value)
+                        # an array of its own in each injected state it goes to, on
+                        # the devices and in the memory of the value it replaces
+                        placed = layout.placed_like(
+                            value.astype(old.dtype), check.flax_variable_value(old)
+                        )
+                        own = tree.own_array(placed, value)
                         hyperparams[name] = _with_value(old, own)
                         unknown.discard(name)
             inner = replace(here + ".inner_state", node.inner_state)

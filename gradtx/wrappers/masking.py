@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-from gradtx import check, masks, paths, tree
+from gradtx import check, layout, masks, paths, tree
 from gradtx.core import (
     EmptyState,
     GradientTransformation,
@@ -463,7 +463,9 @@ def reset_group(
     partitioned: GradientTransformation, state: OptState, label: str, params: Params
 ) -> OptState:
     """``state`` with the group ``label`` of its ``partition`` re-initialized (its moments,
-    counts... as at init); everything else in ``state`` is returned as it was.
+    counts... as at init); everything else in ``state`` is returned as it was. The fresh
+    arrays lie where those they replace did (their devices, layout and memory: a ZeRO-1
+    layout or a state kept in host memory is kept).
 
     The partition may sit inside a chain or a wrapper (``chain(clip_by_global_norm(1.0),
     partition(...))``, ``multi_steps(partition(...), k)``): ``state`` may be that chain's
@@ -508,12 +510,31 @@ def reset_group(
             f"partitioned has the groups {list(fresh.inner_states)}, the state "
             f"{list(current.inner_states)}: pass the transform this state belongs to"
         )
+    held = current.inner_states[label]
     # in nnx.Optimizer's opt_state, the fresh arrays go into the OptArrays of the old ones
-    group = paths.in_variables_of(current.inner_states[label], fresh.inner_states[label])
+    group = paths.in_variables_of(held, _placed_like(fresh.inner_states[label], held))
     reset = PartitionState({**current.inner_states, label: group})
     return jax.tree.map(
         lambda x: reset if x is current else x, state, is_leaf=lambda x: x is current
     )
+
+
+def _placed_like(fresh: Any, held: Any) -> Any:
+    """``fresh``'s arrays on the devices and in the memory of those of ``held`` that they
+    replace (a state kept in host memory, moments laid out otherwise than their
+    parameters: ``layout.placed_like``), leaf by leaf in order where both have as many
+    leaves of the same shapes (the arrays of Flax variables read out of them)."""
+    fresh_leaves, treedef = jax.tree.flatten(fresh, is_leaf=check.is_flax_variable)
+    held_leaves = jax.tree.leaves(held, is_leaf=check.is_flax_variable)
+    held_leaves = [check.flax_variable_value(x) for x in held_leaves]
+    shapes = lambda leaves: [getattr(x, "shape", None) for x in leaves]  # noqa: E731
+    if shapes([check.flax_variable_value(x) for x in fresh_leaves]) != shapes(held_leaves):
+        return fresh
+    placed = [
+        x if check.is_flax_variable(x) else layout.placed_like(x, old)
+        for x, old in zip(fresh_leaves, held_leaves, strict=True)
+    ]
+    return treedef.unflatten(placed)
 
 
 def _the_partition_state(state: Any, what: str) -> PartitionState:
