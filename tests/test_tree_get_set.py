@@ -121,3 +121,45 @@ def test_tree_set_stores_arrays_of_the_states_own():
 
     jax.jit(step, donate_argnums=(0, 1))(jax.tree.map(jnp.copy, params), state)
     assert float(rate) == pytest.approx(1e-2) and float(moment[0]) == 1.0
+
+
+class Config(dict):
+    """A dict subclass JAX does not know: a leaf to it, a dict to ``tree_get``."""
+
+
+def test_trees_of_one_structure_are_searched_alike_but_for_what_their_leaves_hold():
+    """Where a name sits is found once per tree structure (a state keeps its own from
+    step to step); a dict subclass JAX does not know is a leaf whose keys the structure
+    does not record, so a tree holding one is searched each time."""
+    state = _state()
+    other = jax.tree.map(lambda x: x + 1, state)  # the same structure, other arrays
+    assert gtx.tree_get(state, "mu") is state["adam"].mu
+    assert gtx.tree_get(other, "mu") is other["adam"].mu
+    first = {"opt": _state(), "config": Config(alpha=jnp.ones(1))}
+    second = {"opt": _state(), "config": Config(beta=jnp.ones(1))}
+    assert jax.tree.structure(first) == jax.tree.structure(second)
+    assert gtx.tree_get(first, "alpha") is first["config"]["alpha"]
+    with pytest.raises(KeyError, match="'alpha'"):
+        gtx.tree_get(second, "alpha")
+
+
+class Unhashable:
+    """A pytree node whose auxiliary data cannot be hashed (a list)."""
+
+    def __init__(self, children, data):
+        self.children, self.data = children, data
+
+
+jax.tree_util.register_pytree_node(
+    Unhashable, lambda node: (node.children, list(node.data)), lambda d, c: Unhashable(c, d)
+)
+
+
+def test_a_state_under_a_node_with_unhashable_data_is_found():
+    """Where a structure cannot be hashed (jax 0.10 hashes a structure without its
+    nodes' data; a release that hashes it raises TypeError), it is searched each time."""
+    tx = gtx.adam(0.1)
+    state = Unhashable([tx.init({"w": jnp.zeros(2)})], ["meta"])
+    for lr in (0.2, 0.3):
+        state = gtx.set_hyperparams(state, learning_rate=lr)
+        assert float(gtx.get_hyperparams(state)["learning_rate"]) == pytest.approx(lr)

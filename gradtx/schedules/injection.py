@@ -385,31 +385,56 @@ def schedule_injection(
     return build
 
 
-def _with_value(old: Any, value: jax.Array) -> Any:
-    """``value`` in the container ``old`` came in: Flax's ``nnx.Optimizer`` keeps the
-    state's arrays in ``OptArray`` variables, and replacing one by a bare array would
-    change the state's structure (and retrace the user's ``nnx.jit`` step)."""
-    if isinstance(old, jax.Array | np.ndarray) or not hasattr(old, "replace"):
-        return value
-    return old.replace(value)
+class _Injected(NamedTuple):
+    """An InjectState found inside a state: its path (printed, and as pieces for
+    ``paths.path_matches``), its count and hyperparameters (rebuilt from the state's
+    leaves; its inner state is not), and where its leaves start among the state's
+    (``jax.tree.leaves`` order)."""
+
+    where: str
+    pieces: tuple[str, ...]
+    count: Any
+    hyperparams: dict[str, Any]
+    start: int
 
 
-def _injected_states(state: OptState) -> list[tuple[str, tuple[str, ...], InjectState]]:
-    """Every InjectState inside ``state`` (nested ones too), with its path (printed, and
-    as pieces for ``paths.path_matches``)."""
+_LOCATED: dict = {}
+"""Where ``_locate`` found the InjectStates of a state, by the state's structure."""
+
+
+def _injected_states(state: OptState) -> tuple[list[_Injected], list, Any]:
+    """Every InjectState inside ``state`` (nested ones too), the state's leaves and its
+    structure. Where they sit is found once per structure (``paths.remembered``)."""
+    leaves, structure = jax.tree.flatten(state)
+    located = paths.remembered(_LOCATED, structure, (), lambda: (_locate(state), True))
+    found = []
+    for where, pieces, start, head in located:
+        count, hyperparams = head.unflatten(leaves[start : start + head.num_leaves])
+        found.append(_Injected(where, pieces, count, hyperparams, start))
+    return found, leaves, structure
+
+
+def _locate(state: OptState) -> list[tuple[str, tuple[str, ...], int, Any]]:
+    """(printed path, its pieces, index of its first leaf, the structure of its count and
+    hyperparameters) of every InjectState inside ``state``, outer ones before those in
+    their ``inner_state``."""
     found = []
 
-    def visit(prefix: tuple[str, ...], subtree: Any) -> None:
+    def visit(prefix: tuple[str, ...], subtree: Any, start: int) -> None:
         flat, _ = jax.tree_util.tree_flatten_with_path(
             subtree, is_leaf=lambda x: isinstance(x, InjectState)
         )
         for path, leaf in flat:
-            if isinstance(leaf, InjectState):
-                here = (*prefix, *(jax.tree_util.keystr((key,)) for key in path))
-                found.append(("".join(here), here, leaf))
-                visit((*here, ".inner_state"), leaf.inner_state)
+            if not isinstance(leaf, InjectState):
+                start += 1
+                continue
+            here = (*prefix, *(jax.tree_util.keystr((key,)) for key in path))
+            head = jax.tree.structure((leaf.count, leaf.hyperparams))
+            found.append(("".join(here), here, start, head))
+            visit((*here, ".inner_state"), leaf.inner_state, start + head.num_leaves)
+            start += jax.tree.structure(leaf).num_leaves
 
-    visit((), state)
+    visit((), state, 0)
     return found
 
 
@@ -419,7 +444,7 @@ def _none_found(injected: list, path: str | None) -> str:
             "no injected hyperparameters in this state; build the transform with "
             "gradtx.schedule_injection"
         )
-    places = ", ".join(where or "the root" for where, _, _ in injected)
+    places = ", ".join(i.where or "the root" for i in injected)
     return f"no injected transform under the path {path!r}; the state has them at {places}"
 
 
@@ -452,14 +477,14 @@ def get_hyperparams(state: OptState, *, path: str | None = None) -> dict[str, ja
     Reference: the ``hyperparams`` of ``optax.inject_hyperparams``' state (here found
     wherever it sits in the state).
     """
-    injected = _injected_states(state)
-    found = [(p, s) for p, pieces, s in injected if paths.path_matches(pieces, path)]
+    injected, _, _ = _injected_states(state)
+    found = [(i.where, i.hyperparams) for i in injected if paths.path_matches(i.pieces, path)]
     if not found:
         raise ValueError(_none_found(injected, path))
     merged: dict[str, jax.Array] = {}
     owner: dict[str, str] = {}
     for where, one in found:
-        for name, value in one.hyperparams.items():
+        for name, value in one.items():
             if name in merged:
                 raise ValueError(
                     f"hyperparameter {name!r} is held by several injected transforms "
@@ -519,8 +544,8 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
         >>> round(float(gtx.get_hyperparams(state)["learning_rate"]), 6)
         0.0001
     """
-    injected = _injected_states(state)
-    targets = [p for p, pieces, _ in injected if paths.path_matches(pieces, path)]
+    injected, leaves, structure = _injected_states(state)
+    targets = [i for i in injected if paths.path_matches(i.pieces, path)]
     if not targets:
         raise ValueError(_none_found(injected, path))
     unknown = set(values)
@@ -540,50 +565,41 @@ def set_hyperparams(state: OptState, *, path: str | None = None, **values: Any) 
         check.non_negative("learning_rate", values["learning_rate"])
     converted = {name: _as_float32(name, value) for name, value in values.items()}
 
-    def replace(prefix: str, subtree: Any) -> Any:
-        def visit(key_path, node):
-            if not isinstance(node, InjectState):
-                return node
-            here = prefix + jax.tree_util.keystr(key_path)
-            hyperparams = dict(node.hyperparams)
-            if here in targets:
-                for name, value in converted.items():
-                    if name in hyperparams:
-                        old = hyperparams[name]
-                        shape = tuple(getattr(old, "shape", ()))
-                        if shape:
-                            # a batch of states (jax.vmap(tx.init)): the scalar would
-                            # replace the batch's values, and the next vmapped step fail
-                            raise ValueError(
-                                f"hyperparameter {name} is stored with shape "
-                                f"{list(shape)} at {here or 'the root'}: a batch of "
-                                f"states (jax.vmap(tx.init)) or replicas (jax.pmap("
-                                f"tx.init)), not one state; set each state's value "
-                                f"with jax.vmap(lambda s, v: gtx.set_hyperparams(s, "
-                                f"{name}=v))(states, values) (values = jnp.full("
-                                f"{shape}, value) for the same one), or for replicas "
-                                f"jax.pmap(lambda s: gtx.set_hyperparams(s, "
-                                f"{name}=value))(states)"
-                            )
-                        # an array of its own in each injected state it goes to, on
-                        # the devices and in the memory of the value it replaces
-                        placed = layout.placed_like(
-                            value.astype(old.dtype), check.flax_variable_value(old)
-                        )
-                        own = tree.own_array(placed, value)
-                        hyperparams[name] = _with_value(old, own)
-                        unknown.discard(name)
-            inner = replace(here + ".inner_state", node.inner_state)
-            return InjectState(node.count, hyperparams, inner)
-
-        return jax.tree_util.tree_map_with_path(
-            visit, subtree, is_leaf=lambda x: isinstance(x, InjectState)
-        )
-
-    new_state = replace("", state)
+    leaves = list(leaves)
+    for target in targets:
+        hyperparams = target.hyperparams
+        # the leaf of each hyperparameter among the state's: after the count's, in the
+        # order of the dict's keys (a Flax variable holding it is one leaf too)
+        first = target.start + len(jax.tree.leaves(target.count))
+        index = {}
+        for offset, (key_path, _) in enumerate(jax.tree_util.tree_leaves_with_path(hyperparams)):
+            index[key_path[0].key] = first + offset
+        for name, value in converted.items():
+            if name not in hyperparams:
+                continue
+            old = hyperparams[name]
+            shape = tuple(getattr(old, "shape", ()))
+            if shape:
+                # a batch of states (jax.vmap(tx.init)): the scalar would replace the
+                # batch's values, and the next vmapped step fail
+                raise ValueError(
+                    f"hyperparameter {name} is stored with shape {list(shape)} at "
+                    f"{target.where or 'the root'}: a batch of states (jax.vmap(tx.init)) "
+                    f"or replicas (jax.pmap(tx.init)), not one state; set each state's "
+                    f"value with jax.vmap(lambda s, v: gtx.set_hyperparams(s, {name}=v))("
+                    f"states, values) (values = jnp.full({shape}, value) for the same "
+                    f"one), or for replicas jax.pmap(lambda s: gtx.set_hyperparams(s, "
+                    f"{name}=value))(states)"
+                )
+            # an array of its own in each injected state it goes to, on the devices and
+            # in the memory of the value it replaces (put into the Flax variable that
+            # holds it, if one does, when the state is rebuilt from its leaves)
+            placed = layout.placed_like(value.astype(old.dtype), check.flax_variable_value(old))
+            leaves[index[name]] = tree.own_array(placed, value)
+            unknown.discard(name)
     if unknown:
-        available = sorted({n for _, _, s in _injected_states(state) for n in s.hyperparams})
+        available = sorted({n for i in injected for n in i.hyperparams})
         raise ValueError(
             f"no injected hyperparameter named {sorted(unknown)}; available: {available}"
         )
-    return new_state
+    return structure.unflatten(leaves)
