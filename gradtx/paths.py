@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gradtx import check, layout
 from gradtx.tree import check_same_structure, own_array
@@ -17,10 +18,14 @@ __all__ = ["tree_get", "tree_set"]
 
 
 def named_children(node: Any) -> list[tuple[str, Any, Any]] | None:
-    """``(path piece, key, child)`` for a NamedTuple, dict, list or tuple; None for a leaf.
+    """``(path piece, key, child)`` for a NamedTuple, dict, list, tuple or other pytree
+    node; None for a leaf.
 
     Only NamedTuple fields and dict keys are names ``tree_get`` can find; list and tuple
-    positions are walked through (a chain's state is a tuple) but are not names.
+    positions are walked through (a chain's state is a tuple) but are not names, nor are
+    the children of other pytree nodes (a dataclass such as Flax's ``TrainState``, an
+    Equinox module: walked through, as Optax's ``tree_get`` walks them). Flax
+    ``nnx.Variable``s are leaves here (their arrays are the values found).
     """
     if isinstance(node, tuple) and hasattr(node, "_fields"):
         return [(f".{name}", name, getattr(node, name)) for name in node._fields]
@@ -28,7 +33,19 @@ def named_children(node: Any) -> list[tuple[str, Any, Any]] | None:
         return [(f"[{key!r}]", key, value) for key, value in node.items()]
     if isinstance(node, list | tuple):
         return [(f"[{index}]", None, value) for index, value in enumerate(node)]
-    return None
+    if node is None or isinstance(node, jax.Array | np.ndarray) or check.is_flax_variable(node):
+        return None
+    flat, _ = _one_level(node)
+    if flat == [((), node)]:  # a leaf
+        return None
+    return [(jax.tree_util.keystr(path), None, child) for path, child in flat]
+
+
+def _one_level(node: Any) -> tuple[list, Any]:
+    """The children of a pytree node with their keys, and the node's structure above
+    them (to rebuild it from new children)."""
+    flat, structure = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
+    return flat, structure
 
 
 def check_path(path: Any) -> None:
@@ -138,17 +155,21 @@ def _replace_at(node: Any, pieces: tuple[str, ...], value: Any) -> Any:
     if not pieces:
         return value
     piece, rest = pieces[0], pieces[1:]
-    for child_piece, key, child in named_children(node):
+    for index, (child_piece, key, child) in enumerate(named_children(node)):
         if child_piece == piece:
             new_child = _replace_at(child, rest, value)
             if isinstance(node, tuple) and hasattr(node, "_fields"):
                 return node._replace(**{key: new_child})
             if isinstance(node, dict):
                 return {**node, key: new_child}
-            index = int(piece[1:-1])
-            items = list(node)
-            items[index] = new_child
-            return type(node)(items)
+            if isinstance(node, list | tuple):
+                items = list(node)
+                items[index] = new_child
+                return type(node)(items)
+            flat, structure = _one_level(node)
+            children = [child for _, child in flat]
+            children[index] = new_child
+            return structure.unflatten(children)
     raise AssertionError(f"path piece {piece} vanished")  # _find_named produced it
 
 
@@ -175,8 +196,10 @@ def _lookup(tree: Any, name: str, path: str | None) -> tuple[str, ...]:
 def tree_get(tree: Any, name: str, *, path: str | None = None) -> Any:
     """The value of the one NamedTuple field or dict key called ``name`` inside ``tree``.
 
-    Searches nested states (chains, named chains, wrappers, injected hyperparameters) for
-    ``name`` (``"count"``, ``"mu"``, ``"learning_rate"``...). Raises KeyError when no
+    Searches nested states (chains, named chains, wrappers, injected hyperparameters),
+    and whatever pytree holds them (a Flax ``TrainState``, whose fields are walked
+    through but are not names), for ``name`` (``"count"``, ``"mu"``,
+    ``"learning_rate"``...). Raises KeyError when no
     field has that name and ValueError, listing the paths, when several do; ``path``
     picks one: a key or field name on the way (``"decay"``, ``"0"``) or whole pieces of
     the printed path (``"[0]"``, ``"['decay']"``), never a part of a name; ``""`` picks

@@ -163,3 +163,24 @@ def test_a_state_under_a_node_with_unhashable_data_is_found():
     for lr in (0.2, 0.3):
         state = gtx.set_hyperparams(state, learning_rate=lr)
         assert float(gtx.get_hyperparams(state)["learning_rate"]) == pytest.approx(lr)
+
+
+def test_fields_are_found_through_other_pytree_nodes_such_as_flaxs_train_state():
+    """Optax's tree_get walks through every pytree node; a Flax TrainState (a dataclass)
+    holding the state was a KeyError here."""
+    from flax.training import train_state
+
+    params = {"w": jnp.zeros(2)}
+    state = train_state.TrainState.create(apply_fn=None, params=params, tx=gtx.adam(0.1))
+    assert gtx.tree_get(state, "mu") is state.opt_state.inner_state[0].mu
+    state = gtx.tree_set(state, learning_rate=0.5)
+    assert isinstance(state, train_state.TrainState)
+    assert float(gtx.tree_get(state, "learning_rate")) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"\.opt_state\.count, \.opt_state\.inner_state"):
+        gtx.tree_get(state, "count")  # a dataclass's field is on the path, not a name
+    with pytest.raises(KeyError, match="'step'"):
+        gtx.tree_get(state, "step")
+    assert gtx.tree_get(state, "count", path="inner_state") is state.opt_state.inner_state[0].count
+    updates = {"w": jnp.ones(2)}
+    state = state.apply_gradients(grads=updates)  # the rebuilt TrainState still trains
+    assert int(state.step) == 1
