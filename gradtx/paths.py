@@ -119,8 +119,9 @@ def remembered(
 _NAMED: dict = {}
 """``_find_named``'s answers, by tree structure, name and path."""
 
-# the containers named_children walks that are pytree nodes: the structure says what they
-# hold (an unregistered dict or list subclass is a leaf whose keys it does not record)
+# the dicts, lists and tuples named_children walks that are pytree nodes: the structure
+# says what they hold (an unregistered dict or list subclass is a leaf whose keys it does
+# not record); other pytree nodes are walked as the structure records them
 _NODE_TYPES = (dict, list, tuple, collections.OrderedDict, collections.defaultdict)
 
 
@@ -139,8 +140,8 @@ def _walk_named(tree: Any, name: str, path: str | None) -> tuple[list[tuple[str,
         children = named_children(node)
         if children is None:
             return
-        if type(node) not in _NODE_TYPES and not hasattr(node, "_fields"):
-            by_structure = False
+        if isinstance(node, dict | list | tuple) and type(node) not in _NODE_TYPES:
+            by_structure = by_structure and hasattr(node, "_fields")
         for piece, key, child in children:
             here = (*prefix, piece)
             if key == name and path_matches(here, path):
