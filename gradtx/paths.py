@@ -101,11 +101,12 @@ def remembered(
     state finds (where its injected hyperparameters or a named field sit) depends on its
     structure alone, which a state keeps from step to step, so the walk of its every
     node (3-8 ms on 1,000 leaves) is made once per structure, and later calls cost a
-    flatten (~0.3 ms). A structure that cannot be hashed (a custom node's unhashable
-    data) is walked each time."""
+    flatten (~0.3 ms). A structure that cannot be hashed or compared (a custom node's
+    unhashable data, or an array as its data, which JAX's equality refuses with a
+    ValueError) is walked each time."""
     try:
         found = cache.get((structure, *key))
-    except TypeError:
+    except (TypeError, ValueError):
         return compute()[0]
     if found is None:
         found, keep = compute()

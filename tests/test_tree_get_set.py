@@ -151,16 +151,19 @@ class Unhashable:
 
 
 jax.tree_util.register_pytree_node(
-    Unhashable, lambda node: (node.children, list(node.data)), lambda d, c: Unhashable(c, d)
+    Unhashable, lambda node: (node.children, node.data), lambda d, c: Unhashable(c, d)
 )
 
 
-def test_a_state_under_a_node_with_unhashable_data_is_found():
-    """Where a structure cannot be hashed (jax 0.10 hashes a structure without its
-    nodes' data; a release that hashes it raises TypeError), it is searched each time."""
+@pytest.mark.parametrize("data", [["meta"], np.arange(3)], ids=["list", "array"])
+def test_a_state_under_a_node_with_unhashable_data_is_found(data):
+    """Where a structure cannot be hashed or compared, it is searched each time: jax
+    0.10 hashes a structure without its nodes' data (a release that hashes it raises
+    TypeError) and compares that data with ==, a ValueError for an array (which JAX
+    says not to use as a node's data, but an un-jitted loop can hold)."""
     tx = gtx.adam(0.1)
-    state = Unhashable([tx.init({"w": jnp.zeros(2)})], ["meta"])
-    for lr in (0.2, 0.3):
+    for lr in (0.2, 0.3, 0.4):
+        state = Unhashable([tx.init({"w": jnp.zeros(2)})], data)  # a new one each time
         state = gtx.set_hyperparams(state, learning_rate=lr)
         assert float(gtx.get_hyperparams(state)["learning_rate"]) == pytest.approx(lr)
 
