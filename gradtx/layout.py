@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 _SHARDING = operator.attrgetter("sharding")
@@ -70,7 +71,10 @@ def placed_like(x: Any, old: Any) -> Any:
         sharding.is_fully_addressable or sharding.is_fully_replicated
     ):
         return x
-    return jax.device_put(x, sharding)
+    # a copy first: put on a sharding of the same devices, x itself would come back as a
+    # new array over its own buffer, which the caller (or another leaf given the same
+    # value) still holds, and a jitted step donating the state refuses or deletes
+    return jax.device_put(jnp.copy(x), sharding)
 
 
 def concrete_array(x: Any) -> bool:

@@ -223,3 +223,25 @@ def test_a_value_set_in_a_state_in_host_memory_stays_there():
             params, state = step(params, state)
         assert compiled == [], how
     assert memory_kinds(state) == {"pinned_host"}
+
+
+def test_values_put_on_the_states_sharding_are_buffers_of_their_own():
+    """On a sharding of the same device (a one-device mesh), ``jax.device_put`` gives the
+    value back as a new array over its own buffer: the learning rate set in both of
+    Adam's injections was one buffer (a donating step: "donate the same buffer twice"),
+    and a caller's moments given to ``tree_set`` were deleted by the step."""
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    tx = gtx.chain(gtx.adam(0.05), gtx.adam(0.05))  # two injections holding learning_rate
+    params = jax.device_put({"w": jnp.zeros(3), "b": jnp.array(1.0)}, NamedSharding(mesh, P()))
+    state = jax.device_put(tx.init(params), NamedSharding(mesh, P()))
+    state = gtx.set_hyperparams(state, learning_rate=0.5)
+    mine = {"w": jnp.ones(3), "b": jnp.array(2.0)}
+    state = gtx.tree_set(state, path="[0].inner_state[0]", mu=mine)
+    assert distinct_buffers((params, state))
+    step = jax.jit(make_step(tx), donate_argnums=(0, 1))
+    params, state = step(params, state)
+    assert not any(x.is_deleted() for x in jax.tree.leaves(mine))
+    np.testing.assert_array_equal(mine["w"], np.ones(3))
