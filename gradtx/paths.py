@@ -175,14 +175,15 @@ def _replace_at(node: Any, pieces: tuple[str, ...], value: Any) -> Any:
     raise AssertionError(f"path piece {piece} vanished")  # _find_named produced it
 
 
-def _lookup(tree: Any, name: str, path: str | None) -> tuple[str, ...]:
+def _lookup(tree: Any, name: str, path: str | None, fresh: bool = False) -> tuple[str, ...]:
     check_path(path)
+    find = (lambda *args: _walk_named(*args)[0]) if fresh else _find_named
     if path == "":  # the root's: the one nearest the top (a nested injection's outer one)
-        found = _find_named(tree, name, None)
+        found = find(tree, name, None)
         nearest = min((len(pieces) for pieces in found), default=0)
         found = [pieces for pieces in found if len(pieces) == nearest]
     else:
-        found = _find_named(tree, name, path)
+        found = find(tree, name, path)
     where = f" under the path {path!r}" if path is not None else ""
     if not found:
         raise KeyError(f"no field or key named {name!r}{where} in this tree")
@@ -228,13 +229,33 @@ def tree_get(tree: Any, name: str, *, path: str | None = None) -> Any:
     ``path`` replaces Optax's ``filtering`` function, and a NamedTuple's class name is
     not a name here.
     """
-    return _at(tree, _lookup(tree, name, path))
+    return _found(tree, name, path)[1]
+
+
+class _Stale(LookupError):
+    """A remembered path that this tree does not have: dict keys that compare equal but
+    print otherwise (``1`` and ``True``, ``"a"`` and ``np.str_("a")``) give equal
+    structures."""
+
+
+def _found(tree: Any, name: str, path: str | None) -> tuple[tuple[str, ...], Any]:
+    """The path of the one ``name`` field (``_lookup``) and its value; walked afresh where
+    the remembered path is not this tree's."""
+    pieces = _lookup(tree, name, path)
+    try:
+        return pieces, _at(tree, pieces)
+    except _Stale:
+        pieces = _lookup(tree, name, path, fresh=True)
+        return pieces, _at(tree, pieces)
 
 
 def _at(tree: Any, pieces: tuple[str, ...]) -> Any:
     node = tree
     for piece in pieces:
-        node = next(child for p, _, child in named_children(node) if p == piece)
+        children = named_children(node) or []
+        node = next((child for p, _, child in children if p == piece), _Stale)
+        if node is _Stale:
+            raise _Stale(piece)
     return node
 
 
@@ -271,9 +292,8 @@ def tree_set(tree: Any, *, path: str | None = None, **values: Any) -> Any:
     and ``path`` replaces Optax's ``filtering``.
     """
     for name, value in values.items():
-        pieces = _lookup(tree, name, path)
+        pieces, held = _found(tree, name, path)
         found = "".join(pieces)
-        held = _at(tree, pieces)
         # nnx.Optimizer's opt_state keeps the arrays in Variables: the new value is
         # checked against their arrays and put into them (a bare array in their place
         # changes the graph, and its next update cannot write into a NamedTuple)

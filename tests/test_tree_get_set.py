@@ -187,3 +187,17 @@ def test_fields_are_found_through_other_pytree_nodes_such_as_flaxs_train_state()
     updates = {"w": jnp.ones(2)}
     state = state.apply_gradients(grads=updates)  # the rebuilt TrainState still trains
     assert int(state.step) == 1
+
+
+@pytest.mark.parametrize(
+    "first, second", [(1, True), (0, np.int64(0)), ("a", np.str_("a"))], ids=repr
+)
+def test_dict_keys_equal_but_printed_otherwise_are_found_in_each_tree(first, second):
+    """Keys that compare equal give equal tree structures but other paths: the path
+    remembered for the first tree was not the second's (a StopIteration)."""
+    trees = [{key: gtx.scale_by_adam().init(jnp.zeros(2))} for key in (first, second)]
+    assert jax.tree.structure(trees[0]) == jax.tree.structure(trees[1])
+    for tree, key in zip(trees, (first, second), strict=True):
+        assert gtx.tree_get(tree, "mu") is tree[key].mu
+        new = gtx.tree_set(tree, mu=jnp.full(2, 5.0))
+        np.testing.assert_array_equal(new[key].mu, [5.0, 5.0])
