@@ -20,6 +20,30 @@ import pytest
 OPTIMIZERS = ["adam", "sgd_nesterov", "adamw_schedule", "partitioned"]
 
 
+class Compilations(list):
+    """One entry per XLA compilation while counting (between ``start`` and ``stop``), in
+    the subprocesses below (as ``tests/compilations.py``'s ``count_compilations``, which a
+    script run by path cannot import)."""
+
+    def __init__(self):
+        super().__init__()
+        self._listener = self._on_event  # one object, to unregister it
+
+    def _on_event(self, event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            self.append(event)
+
+    def start(self) -> None:
+        import jax
+
+        jax.monitoring.register_event_duration_secs_listener(self._listener)
+
+    def stop(self) -> None:
+        import jax
+
+        jax.monitoring.unregister_event_duration_listener(self._listener)
+
+
 def measure(part: str = "all"):
     """Runs in the subprocess: trains each optimizer sharded and on one device. ``part``
     "first" or "second" runs half of the checks (two subprocesses run at once, each
@@ -68,13 +92,8 @@ def measure(part: str = "all"):
 
         return step
 
-    compilations = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compilations.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
+    compilations = Compilations()
+    compilations.start()
 
     def state_matches_params(opt_state, params):
         """For every state leaf shaped like a parameter: (how many, how many sharded alike)."""
@@ -201,11 +220,7 @@ def states_laid_out_otherwise():
         "replicated_state": ({"w": split, "b": replicated}, replicated),
         "zero": ({"w": replicated, "b": replicated}, split),
     }
-    compilations = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compilations.append(event)
+    compilations = Compilations()
 
     def train(tx, params, state, jitted):
         update = jax.jit(tx.update) if jitted else tx.update
@@ -219,7 +234,7 @@ def states_laid_out_otherwise():
             counts.append(len(compilations) - before)
         return params, state, counts
 
-    jax.monitoring.register_event_duration_secs_listener(listener)
+    compilations.start()
     results = {}
     for name, make in transforms.items():
         expected, _, _ = train(make(), params, make().init(params), jitted=True)
@@ -253,7 +268,7 @@ def states_laid_out_otherwise():
                         for k in params
                     ),
                 }
-    jax.monitoring.unregister_event_duration_listener(listener)
+    compilations.stop()
     # branches of other structures: lax.cond's own error, on several devices as on one
     try:
         jax.jit(lambda p: gtx.layout.cond(p, lambda: (1.0, 2.0), lambda: [1.0, 2.0]))(True)
@@ -283,13 +298,8 @@ def state_in_host_memory():
     devices = jax.devices()
     if "pinned_host" not in {m.kind for m in devices[0].addressable_memories()}:
         return {"skipped": f"{devices[0]} has no pinned_host memory"}
-    compilations = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compilations.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
+    compilations = Compilations()
+    compilations.start()
 
     def placed_as(state, shardings):
         """Whether every leaf of ``state`` lies in the memory and layout of ``shardings``."""
@@ -385,7 +395,7 @@ def state_in_host_memory():
                         "compilations": len(compilations) - before,
                     }
                 results[f"{name}, {layout_name}"] = result
-    jax.monitoring.unregister_event_duration_listener(listener)
+    compilations.stop()
     return results
 
 
@@ -476,13 +486,8 @@ def orbax_resume_on_other_meshes():
     checkpointer.close()
     shutil.rmtree(folder)
 
-    compilations = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compilations.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
+    compilations = Compilations()
+    compilations.start()
     p, states = restored
     counts = []
     try:  # outside jax.set_mesh, as after a restore in a training script
@@ -494,7 +499,7 @@ def orbax_resume_on_other_meshes():
         error = None
     except Exception as exception:  # noqa: BLE001  (reported, asserted on below)
         error = f"{type(exception).__name__}: {exception}"[:300]
-    jax.monitoring.unregister_event_duration_listener(listener)
+    compilations.stop()
 
     results = {"error": error, "compilations_per_step": counts}
     for i, name in enumerate(optimizers):
@@ -574,13 +579,8 @@ def flax_style_pmap_training():
     pmapped = jax.pmap(step, axis_name="batch", in_axes=(0, 0, 0, None), donate_argnums=(0, 1))
     single = jax.jit(update_all)
     one_params, one_states = (params,) * len(txs), tuple(tx.init(params) for tx in txs)
-    compilations = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compilations.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
+    compilations = Compilations()
+    compilations.start()
     counts = []
     for t, g in enumerate(grads):
         before = len(compilations)
@@ -589,7 +589,7 @@ def flax_style_pmap_training():
         counts.append(len(compilations) - before)
         mean = jax.tree.map(lambda x: np.mean(x, axis=0, dtype=np.float32), g)
         one_params, one_states = single(one_params, one_states, mean, t == nan_at)
-    jax.monitoring.unregister_event_duration_listener(listener)
+    compilations.stop()
 
     leaves = jax.tree.leaves((replicated, states))
     results = {
@@ -613,10 +613,10 @@ def flax_style_pmap_training():
     set_in_pmap = jax.pmap(lambda s: gtx.set_hyperparams(s, learning_rate=0.05), axis_name="batch")
     states = set_in_pmap(states)
     before = len(compilations)
-    jax.monitoring.register_event_duration_secs_listener(listener)
+    compilations.start()
     replicated, states = pmapped(replicated, states, grads[0], False)
     jax.block_until_ready(replicated)
-    jax.monitoring.unregister_event_duration_listener(listener)
+    compilations.stop()
     results["compilations_after_set_in_pmap"] = len(compilations) - before
     results["learning_rate_after_set"] = np.asarray(
         gtx.get_hyperparams(states[1])["learning_rate"]
