@@ -177,6 +177,22 @@ LAID_OUT_OTHERWISE = [
 ]
 
 
+def kernel_and_bias(seed: int) -> tuple[dict, list]:
+    """A (32, 64) kernel and an 8-vector, and three gradients of them: the trees of the
+    checks of states laid out otherwise and kept in host memory (in the subprocess)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    params = {
+        "w": jnp.asarray(rng.normal(size=(32, 64)), jnp.float32),
+        "b": jnp.asarray(rng.normal(size=(8,)), jnp.float32),
+    }
+    grads = [jax.tree.map(lambda p, i=i: jnp.sin((i + 2) * p), params) for i in range(3)]
+    return params, grads
+
+
 def states_laid_out_otherwise():
     """Runs in the subprocess: transforms that select between a new and an old value
     (``jnp.where``, ``lax.cond``) with their state laid out otherwise than the
@@ -186,7 +202,6 @@ def states_laid_out_otherwise():
     ends (an error, compilations per jitted step, the state's layout) and the
     parameters against one device's."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
@@ -206,12 +221,7 @@ def states_laid_out_otherwise():
         "quantized_multi_steps": lambda: quantized(gtx.multi_steps(gtx.adam(0.01), 2)),
         "quantized_apply_if_finite": lambda: quantized(gtx.apply_if_finite(gtx.adam(0.01), 3)),
     }
-    rng = np.random.default_rng(5)
-    params = {
-        "w": jnp.asarray(rng.normal(size=(32, 64)), jnp.float32),
-        "b": jnp.asarray(rng.normal(size=(8,)), jnp.float32),
-    }
-    grads = [jax.tree.map(lambda p, i=i: jnp.sin((i + 2) * p), params) for i in range(3)]
+    params, grads = kernel_and_bias(seed=5)
     mesh = jax.make_mesh((8,), ("data",))
     replicated = NamedSharding(mesh, P())
     split = NamedSharding(mesh, P("data"))
@@ -318,12 +328,7 @@ def state_in_host_memory():
             min_size=256,
         ),
     }
-    rng = np.random.default_rng(6)
-    values = {
-        "w": jnp.asarray(rng.normal(size=(32, 64)), jnp.float32),
-        "b": jnp.asarray(rng.normal(size=(8,)), jnp.float32),
-    }
-    grads = [jax.tree.map(lambda p, i=i: jnp.sin((i + 2) * p), values) for i in range(3)]
+    values, grads = kernel_and_bias(seed=6)
     mesh = jax.make_mesh((8,), ("data",))
     replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     layouts = {"like_params": (split, None), "zero": (replicated, split)}
