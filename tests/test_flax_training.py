@@ -226,6 +226,33 @@ def traced_nnx_training(tx):
     return model, optimizer, train_step, traces
 
 
+def test_set_hyperparams_on_an_nnx_optimizers_opt_state_keeps_its_variables(nnx_0_11, data):
+    """nnx.Optimizer keeps the injected hyperparameters in OptArray variables: the new
+    learning rate goes into them (the state is rebuilt from its leaves), so the jitted
+    step runs on without retracing and takes the new value."""
+    tx = gtx.partition({"kernels": gtx.adam(0.05), "biases": gtx.sgd(0.1)}, KERNELS_AND_BIASES)
+    model, optimizer, train_step, traces = traced_nnx_training(tx)
+    x, y = data
+    train_step(model, optimizer, x[0], y[0])
+
+    def variables(tree):
+        return jax.tree.map(type, tree, is_leaf=lambda v: isinstance(v, nnx.Variable))
+
+    before = variables(optimizer.opt_state)
+    for t, lr in enumerate([0.0, 0.02], start=1):
+        optimizer.opt_state = gtx.set_hyperparams(
+            optimizer.opt_state, path="kernels", learning_rate=lr
+        )
+        assert variables(optimizer.opt_state) == before
+        held = gtx.get_hyperparams(optimizer.opt_state, path="kernels")["learning_rate"]
+        assert float(held[...] if isinstance(held, nnx.Variable) else held) == pytest.approx(lr)
+        kernel = np.asarray(model.hidden.kernel[...])
+        train_step(model, optimizer, x[t], y[t])
+        moved = np.abs(np.asarray(model.hidden.kernel[...]) - kernel).max()
+        assert (moved == 0) == (lr == 0)
+    assert len(traces) == 1
+
+
 def test_an_nnx_training_step_with_a_quantized_state_compiles_once(nnx_0_11, data):
     """nnx.Optimizer's init held each QuantizedArray in an OptVariable as the NamedTuple,
     which a step under nnx.jit gives back as an nnx.State mapping: the state changed
