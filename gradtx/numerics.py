@@ -66,9 +66,18 @@ def scalar_counter(count: Any) -> jax.Array:
     return count
 
 
+def canonical(dtype: Any) -> jnp.dtype:
+    """The dtype JAX gives an array of ``dtype``: float64 and complex128 (a NumPy array's
+    own dtype, ``np.ones(3)``) are float32 and complex64 unless ``jax_enable_x64`` is on.
+    gradtx requests only these: asked for float64 with x64 off, JAX warns ("Explicitly
+    requested dtype float64 ... will be truncated") at every such request, and makes
+    float32 as it does for the NumPy array itself."""
+    return jax.dtypes.canonicalize_dtype(dtype)
+
+
 def real_dtype(dtype: Any) -> jnp.dtype:
-    """The real counterpart of a complex dtype; other dtypes unchanged."""
-    dtype = jnp.dtype(dtype)
+    """The real counterpart of a complex dtype; other dtypes unchanged (``canonical``)."""
+    dtype = canonical(dtype)
     if jnp.issubdtype(dtype, jnp.complexfloating):
         return jnp.finfo(dtype).dtype
     return dtype
@@ -77,9 +86,10 @@ def real_dtype(dtype: Any) -> jnp.dtype:
 def compute_dtype(dtype: Any) -> jnp.dtype:
     """The dtype transform math runs in: at least float32 (complex64 for complex).
 
-    float16/bfloat16 -> float32; float32 and float64 (and complex) are unchanged.
+    float16/bfloat16 -> float32; float32 and float64 (and complex) are unchanged
+    (``canonical``).
     """
-    dtype = jnp.dtype(dtype)
+    dtype = canonical(dtype)
     if jnp.issubdtype(dtype, jnp.complexfloating):
         return promote_types(dtype, jnp.complex64)
     if jnp.issubdtype(dtype, jnp.floating):

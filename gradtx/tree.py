@@ -128,26 +128,39 @@ def _variables_hint(only_ref: list[str], only_other: list[str]) -> str:
 
 
 def leaf_dtype(leaf: Any) -> np.dtype:
-    """A leaf's dtype; a Python number has the dtype JAX gives it (``jnp.asarray``:
-    float32, or float64 under x64), the one it has under ``jit``."""
-    return jnp.dtype(leaf.dtype) if hasattr(leaf, "dtype") else jnp.result_type(leaf)
+    """A leaf's dtype as JAX gives it (``numerics.canonical``: a NumPy float64 array is
+    float32 unless x64 is on); a Python number has the dtype ``jnp.asarray`` gives it
+    (float32, or float64 under x64): the one it has under ``jit``."""
+    if hasattr(leaf, "dtype"):
+        return numerics.canonical(leaf.dtype)
+    return jnp.result_type(leaf)
 
 
 def _as_array(leaf: Any) -> Any:
-    """A Python float or complex as a JAX array (weakly typed, as under ``jit``); others
-    unchanged (bools and ints are static flags of the per-leaf functions, masks say;
-    NumPy scalars such as ``np.float64``, a subclass of float, stay NumPy values as NumPy
-    arrays do: the transforms read their dtype as it is)."""
-    return jnp.asarray(leaf) if type(leaf) in (float, complex) else leaf
+    """A Python float or complex as a JAX array (weakly typed, as under ``jit``), and a
+    NumPy array or scalar of floats or complex numbers as the JAX array ``jit`` makes of
+    it (``numerics.canonical``'s dtype: a float64 array is float32 unless x64 is on;
+    read as it is, it made every transform ask JAX for float64, which warns at each
+    request, and ran op by op at every update); others unchanged (bools and ints are
+    static flags of the per-leaf functions, masks say)."""
+    if type(leaf) in (float, complex):
+        return jnp.asarray(leaf)
+    if isinstance(leaf, np.ndarray | np.generic) and leaf.dtype.kind in "fc":
+        return jnp.asarray(leaf)
+    return leaf
 
 
 def as_arrays(leaves: list) -> list:
     """``_as_array`` of each leaf: ``leaves`` itself where none is a Python float or
-    complex (their types read in a C loop: per leaf in Python ~0.25 ms a tree of 1,000)."""
+    complex or a NumPy value (their types read in a C loop: per leaf in Python ~0.25 ms
+    a tree of 1,000)."""
     kinds = set(map(type, leaves))
-    if float in kinds or complex in kinds:
+    if float in kinds or complex in kinds or any(issubclass(k, _NUMPY_VALUES) for k in kinds):
         return [_as_array(x) for x in leaves]
     return leaves
+
+
+_NUMPY_VALUES = (np.ndarray, np.generic)
 
 
 def check_inexact(tree: Any, what: str) -> None:
@@ -166,8 +179,9 @@ def check_inexact(tree: Any, what: str) -> None:
             )
         dtype = leaf_dtype(leaf)
         if not jnp.issubdtype(dtype, jnp.inexact):
-            # float0's NumPy name is "void"
-            name = "float0" if dtype == jax.dtypes.float0 else dtype.name
+            # float0's NumPy name is "void"; a NumPy leaf's own dtype (int64, not int32)
+            own = jnp.dtype(leaf.dtype) if hasattr(leaf, "dtype") else dtype
+            name = "float0" if own == jax.dtypes.float0 else own.name
             raise TypeError(
                 f"{what} at {path or 'the root'} has dtype {name}; gradient "
                 f"transformations need floating or complex leaves. Mask integer "
@@ -423,7 +437,9 @@ def map_leaves_flat(
     ``None`` and the indices among them to check: the first leaf of each group of one
     signature (shapes, dtypes, shardings) on the eager path, whose groups come in the
     order of their first leaves (so the first wrong leaf is found), or ``None`` for all.
-    ``apply_updates`` flattens its two trees once for its checks and this."""
+    ``apply_updates`` flattens its two trees once for its checks and this. NumPy
+    values of floats become JAX arrays first, as in ``map_unzip`` (``as_arrays``)."""
+    flat_trees = [as_arrays(flat) for flat in flat_trees]
     leaves = flat_trees[0]
     present = [i for i, leaf in enumerate(leaves) if leaf is not None]
     if len(present) == len(leaves):

@@ -273,3 +273,54 @@ def test_numpy_scalar_and_injected_hyperparameters_under_strict_promotion(x64_on
             # may contract a * b + c: within float32 rounding of the op-by-op reference
             for a, e in zip(jax.tree.leaves(eager), jax.tree.leaves(reference), strict=True):
                 np.testing.assert_allclose(a, e, rtol=1e-6, err_msg=name)
+
+
+NUMPY_LEAVES = [
+    *zoo.ALL,
+    *("lookahead", "multi_steps", "masked", "max_norm", "swats", "local_gain"),
+    *("torch_clip_grad_norm", "torch_nadam", "trace_dampened", "scale_by_adadelta"),
+]
+"""The named optimizers, wrappers that copy or select the params, and the transforms
+whose arithmetic read a NumPy leaf's own dtype elsewhere (PyTorch's norm, NAdam's
+schedule, a dampened trace, Adadelta's two moments)."""
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("name", NUMPY_LEAVES)
+def test_numpy_float64_leaves_without_x64_are_float32_as_jax_makes_them(name, monkeypatch):
+    """``np.ones(3)`` is float64, which JAX makes float32 unless x64 is on. gradtx read a
+    NumPy leaf's own dtype and asked JAX for float64 arrays of it (117 of 128 runs of the
+    optimizers, wrappers and PyTorch/Keras counterparts warned "Explicitly requested
+    dtype float64 ... will be truncated", an error under ``-W error``; Optax: none), and
+    its eager updates ran op by op at every call. Now an update of NumPy float64 leaves
+    is that of their float32 JAX arrays, bit for bit and without a warning: eager (op by
+    op, then in the eager kernels) and jitted."""
+    from gradtx import eager_kernels
+
+    def leaves(seed):  # NumPy's float64, as rng.normal gives them
+        rng = np.random.default_rng(seed)
+        return {"w": rng.normal(size=(2, 2)), "b": rng.normal(size=2)}
+
+    def run(convert, update_of):
+        monkeypatch.setattr(eager_kernels, "KERNELS", eager_kernels.EagerKernels())
+        tx = build(name)
+        update = update_of(tx)
+        params = convert(leaves(0))
+        state = tx.init(params)
+        for seed in (1, 2, 3):
+            updates, state = update(convert(leaves(seed)), state, params)
+            params = gtx.apply_updates(params, updates)
+        return [np.asarray(x) for x in jax.tree.leaves((params, state))]
+
+    def numpy(tree_):
+        return tree_
+
+    def float32(tree_):
+        return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree_)
+
+    eager = run(numpy, lambda tx: tx.update)
+    assert eager_kernels.KERNELS.kernels, "NumPy leaves run in the eager kernels too"
+    assert_bitwise_equal(eager, run(float32, lambda tx: tx.update))
+    if name in ("adam", "sgd_momentum", "lookahead"):  # (init's zeros: every optimizer)
+        jitted = run(numpy, lambda tx: jax.jit(tx.update))
+        assert_bitwise_equal(jitted, run(float32, lambda tx: jax.jit(tx.update)))
