@@ -344,6 +344,10 @@ def dtype_or_none(name: str, value: Any) -> None:
         _fail(name, value, "a floating dtype or None")
     if not jnp.issubdtype(dtype, jnp.inexact):
         _fail(name, value, "a floating dtype or None")
+    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 16:
+        # (numerics.is_narrow_float: numerics imports this module)
+        expected = "a floating dtype of 16 bits or more, or None (8-bit moments: "
+        _fail(name, value, expected + "gradtx.quantized_state)")
 
 
 def state_of(owner: str, state: Any, expected: type) -> None:

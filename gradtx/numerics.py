@@ -75,6 +75,19 @@ def canonical(dtype: Any) -> jnp.dtype:
     return jax.dtypes.canonicalize_dtype(dtype)
 
 
+@functools.cache
+def is_narrow_float(dtype: Any) -> bool:
+    """Whether ``dtype`` is a float of fewer than 16 bits (JAX's float8 and float4
+    formats). No gradient transformation runs in them: JAX promotes them implicitly to
+    nothing (a TypePromotionError at the first product with float32), and their
+    resolution and range would lose every update and second moment (float8_e4m3fn
+    steps by 1/8 near 1 and is 0 below 2**-9). Parameters are kept in float32 or
+    bfloat16 and cast to them where a model computes; 8-bit state is
+    ``gradtx.quantized_state``'s."""
+    dtype = jnp.dtype(dtype)
+    return bool(jnp.issubdtype(dtype, jnp.floating)) and jnp.finfo(dtype).bits < 16
+
+
 def real_dtype(dtype: Any) -> jnp.dtype:
     """The real counterpart of a complex dtype; other dtypes unchanged (``canonical``)."""
     dtype = canonical(dtype)
@@ -92,6 +105,8 @@ def compute_dtype(dtype: Any) -> jnp.dtype:
     dtype = canonical(dtype)
     if jnp.issubdtype(dtype, jnp.complexfloating):
         return promote_types(dtype, jnp.complex64)
+    if is_narrow_float(dtype):  # (promotion has no path from them: the leaf checks refuse)
+        return jnp.dtype(jnp.float32)
     if jnp.issubdtype(dtype, jnp.floating):
         return promote_types(dtype, jnp.float32)
     return jnp.dtype(jnp.float32)

@@ -178,6 +178,14 @@ def check_inexact(tree: Any, what: str) -> None:
                 f"nnx.split(model, nnx.Param))."
             )
         dtype = leaf_dtype(leaf)
+        if numerics.is_narrow_float(dtype):
+            raise TypeError(
+                f"{what} at {path or 'the root'} has dtype {dtype.name}; gradient "
+                f"transformations do not run in floats of fewer than 16 bits (no update "
+                f"of such a parameter or moment would survive rounding). Keep the "
+                f"parameters in float32 or bfloat16 and cast them to {dtype.name} where "
+                f"the model computes."
+            )
         if not jnp.issubdtype(dtype, jnp.inexact):
             # float0's NumPy name is "void"; a NumPy leaf's own dtype (int64, not int32)
             own = jnp.dtype(leaf.dtype) if hasattr(leaf, "dtype") else dtype
@@ -674,9 +682,23 @@ def _shape(x: Any) -> tuple[int, ...]:
     return tuple(shape) if shape is not None else jnp.shape(x)
 
 
+def check_inexact_leaves(tree: Any, leaves: list, what: str) -> None:
+    """``check_inexact(tree, what)`` where one of ``tree``'s ``leaves`` is not an array of
+    a dtype transforms run in: a cached test of each leaf's dtype first (~0.1 ms on
+    1,000 leaves), the walk that names the leaf only then. For a wrapper that hides the
+    leaves from its inner transform (``flatten``'s vector)."""
+    for leaf in leaves:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None or not _is_inexact(dtype):
+            check_inexact(tree, what)
+            return
+
+
 @functools.cache
 def _is_inexact(dtype: Any) -> bool:
-    return bool(jnp.issubdtype(dtype, jnp.inexact))
+    """Floating or complex, and not a float of fewer than 16 bits (``check_inexact``
+    names a leaf of either)."""
+    return bool(jnp.issubdtype(dtype, jnp.inexact)) and not numerics.is_narrow_float(dtype)
 
 
 def cast(tree: Any, dtype: Any) -> Any:

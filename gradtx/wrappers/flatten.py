@@ -313,6 +313,7 @@ def flatten(inner: TransformLike, offsets_in_state: bool = False) -> GradientTra
 
     def update(updates, state, params=None, **extra):
         leaves, treedef = jax.tree.flatten(updates)
+        tree.check_inexact_leaves(updates, leaves, "the update")  # named, not the vector
         param_leaves = None
         if params is not None:
             tree.check_same_structure(updates, params, "the updates", "the params")

@@ -899,6 +899,7 @@ def clip_grad_norm(
         leaves = [u for u in jax.tree.leaves(updates) if u is not None]
         if not leaves:
             return updates, state
+        tree.check_inexact_leaves(updates, leaves, "the update")
 
         # Each norm accumulates in at least float32 and is rounded to its input's dtype, as
         # PyTorch's are: |g|^2 in float16 overflows from |g| = 256 (every update 0).
