@@ -164,7 +164,8 @@ _NUMPY_VALUES = (np.ndarray, np.generic)
 
 
 def check_inexact(tree: Any, what: str) -> None:
-    """Raises TypeError naming the first leaf whose dtype is not floating or complex."""
+    """Raises TypeError naming the first leaf whose dtype is not floating or complex, or
+    is a float of fewer than 16 bits (``numerics.is_narrow_float``)."""
     for path, leaf in _leaves_with_paths(tree):
         if leaf is None:
             continue
