@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import gradtx as gtx
+from gradtx import eager_kernels
 from gradtx.compat import torch as gtx_torch
 from tests import zoo
 
@@ -295,7 +296,6 @@ def test_numpy_float64_leaves_without_x64_are_float32_as_jax_makes_them(name, mo
     its eager updates ran op by op at every call. Now an update of NumPy float64 leaves
     is that of their float32 JAX arrays, bit for bit and without a warning: eager (op by
     op, then in the eager kernels) and jitted."""
-    from gradtx import eager_kernels
 
     def leaves(seed):  # NumPy's float64, as rng.normal gives them
         rng = np.random.default_rng(seed)
