@@ -168,7 +168,9 @@ def updates_from_first_map(
             may run before the map's function inside its kernels: XLA computes the
             function on that sum as on the sum read from memory (Adam's Nesterov term,
             whose quotients by scalars XLA makes products and repeats the sum in, does
-            not). False is safe.
+            not; nor does the NAdam schedule's sum of two products, where LLVM's choice
+            of the one to contract into a fused multiply-add changed with the sum
+            joined). False is safe.
         takes_product_before: a product of each update by a scalar computed at the
             update (``clip_by_global_norm``'s factor: an array, never a constant) may
             run before the map's function inside its kernels: the function reads its

@@ -643,6 +643,55 @@ def test_chains_a_review_found_folded_otherwise_give_the_bits_of_the_separate_pa
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.parametrize(
+    "name, make",
+    [
+        (
+            "weight decay after it",
+            lambda: gtx.chain(
+                gtx.scale_by_nadam_schedule(), gtx.add_decayed_weights(0.1), gtx.scale(-0.01)
+            ),
+        ),
+        (
+            "compat.torch.nadam, L2 weight decay",
+            lambda: torch_compat.nadam(lr=1e-2, weight_decay=0.1),
+        ),
+        (
+            "compat.torch.nadam, decoupled weight decay",
+            lambda: torch_compat.nadam(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True),
+        ),
+    ],
+)
+def test_the_nadam_schedule_joins_no_weight_decay_in_compiled_kernels(name, make, monkeypatch):
+    """A fuzz of random chains (folded against separate passes, every kernel compiled by
+    a first run) found the NAdam schedule's blocks joined with weight decay's sum, before
+    or after them, 1-3% of the elements an ulp off the separate passes: its momentum term
+    is a sum of two products, and which one LLVM contracts into a fused multiply-add
+    changed with the sum joined. PyTorch's NAdam with weight decay is such a chain. The
+    compiled kernels give the bits of the separate passes."""
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.normal(size=64) * 10.0, jnp.float32)}
+    grads_seq = [
+        {"w": jnp.asarray(rng.normal(size=64) * 10.0**k, jnp.float32)} for k in (2, -1, 0, 1)
+    ]
+
+    def run():
+        monkeypatch.setattr(eager_kernels, "KERNELS", eager_kernels.EagerKernels())
+        _run_eager(make(), params, grads_seq)  # compiles every kernel
+        tx, out, p = make(), [], params
+        state = tx.init(p)
+        for grads in grads_seq:
+            updates, state = tx.update(grads, state, p)
+            out.append(updates)
+            p = gtx.apply_updates(p, updates)
+        return out
+
+    folded = run()
+    monkeypatch.setattr(tree, "FOLD_EAGER_SCALING", False)
+    for a, b in zip(jax.tree.leaves(folded), jax.tree.leaves(run()), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_a_folded_schedule_is_evaluated_once_an_update_and_compiles_once(fresh_kernels):
     """A schedule is evaluated once per eager update, folded or not (the chain asked an
     injected optimizer that is no elementwise block for its function, evaluating its
