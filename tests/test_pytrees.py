@@ -29,6 +29,7 @@ from flax import nnx, struct
 from flax.core import FrozenDict
 
 import gradtx as gtx
+from gradtx.compat import keras as keras_compat
 from tests import zoo
 from tests.reference.complex_adam import adam_complex
 
@@ -212,6 +213,30 @@ def test_rprop_refuses_complex_parameters_with_a_clear_error():
     with pytest.raises(TypeError, match="complex"):
         state = tx.init(params)
         tx.update({"z": jnp.ones(2, jnp.complex64)}, state, params)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: gtx.clip(0.5), lambda: keras_compat.adam(0.1, clipvalue=0.5)],
+    ids=["clip", "keras clipvalue"],
+)
+def test_clipping_by_value_names_a_complex_update(make, jit):
+    """Complex numbers have no order: ``clip`` (and Keras' ``clipvalue``, which is it)
+    raised JAX's "Clip received a complex value" from inside its map, naming no leaf,
+    jitted or not. It names the leaf now, as ``rprop`` does, and real leaves beside it
+    clip as before."""
+    params = {"x": jnp.zeros(2), "z": jnp.zeros(2, jnp.complex64)}
+    grads = {"x": jnp.array([2.0, -0.25]), "z": jnp.array([1 + 1j, -2j], jnp.complex64)}
+    tx = make()
+    update = jax.jit(tx.update) if jit else tx.update
+    with pytest.raises(
+        TypeError, match=r"clip needs real updates; the update at \['z'\] is complex64"
+    ):
+        update(grads, tx.init(params), params)
+    real = {"x": params["x"]}
+    updates, _ = update({"x": grads["x"]}, tx.init(real), real)
+    assert np.abs(np.asarray(updates["x"])).max() <= 0.5 + 1e-7
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,10 @@ def clip(max_delta: float) -> GradientTransformation:
     Args:
         max_delta: the bound, >= 0 (inf: no clipping).
 
+    Complex updates are refused with a TypeError naming the leaf: complex numbers have
+    no order (``jnp.clip``, ``torch.clamp`` and Keras' ``clipvalue`` refuse them too);
+    ``clip_by_global_norm`` scales them instead.
+
     Example:
         >>> import jax.numpy as jnp
         >>> import gradtx as gtx
@@ -36,6 +40,12 @@ def clip(max_delta: float) -> GradientTransformation:
 
     def update(updates, state, params=None, **extra):
         del params, extra
+        tree.check_real(
+            updates,
+            "update",
+            "clip",
+            "complex numbers have no order: clip_by_global_norm scales them instead",
+        )
 
         def leaf(u):
             bound = numerics.hyperparameter(max_delta, u.dtype)
