@@ -453,12 +453,9 @@ def scale_by_rprop(
 
     def init(params):
         zeros = tree.zeros_like(params)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(zeros):
-            if jnp.iscomplexobj(leaf):
-                raise TypeError(
-                    f"scale_by_rprop needs real parameters; {jax.tree_util.keystr(path)} is "
-                    f"{leaf.dtype.name} (the sign of a complex number is undefined)"
-                )
+        tree.check_real(
+            zeros, "parameter", "scale_by_rprop", "the sign of a complex number is undefined"
+        )
         return ScaleByRpropState(
             step_sizes=tree.full_like(zeros, learning_rate),
             previous_sign=zeros,
