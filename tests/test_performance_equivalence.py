@@ -692,6 +692,107 @@ def test_the_nadam_schedule_joins_no_weight_decay_in_compiled_kernels(name, make
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+# The blocks a random chain is drawn from: every block whose per-leaf map others fold
+# into (in the forms that mark it otherwise), named optimizers and PyTorch/Keras ones
+# (chains themselves), and the elementwise blocks that fold (constant, scheduled,
+# injected, masked)
+def _warmup_cosine():
+    return gtx.schedules.warmup_cosine_decay(0.0, 1e-2, 2, 10)
+
+
+_CHAIN_BLOCKS = {
+    "scale_by_adam": gtx.scale_by_adam,
+    "scale_by_adam(nesterov)": lambda: gtx.scale_by_adam(nesterov=True),
+    "scale_by_adam(eps=0)": lambda: gtx.scale_by_adam(eps=0.0),
+    "scale_by_adam(b1=0, eps_root)": lambda: gtx.scale_by_adam(b1=0.0, eps_root=1e-8),
+    "amsgrad_max": gtx.amsgrad_max,
+    "scale_by_adamax(eps_in_max)": lambda: gtx.scale_by_adamax(eps_in_max=True),
+    "scale_by_rms(centered)": lambda: gtx.scale_by_rms(centered=True),
+    "scale_by_rms(eps_in_sqrt=False)": lambda: gtx.scale_by_rms(eps_in_sqrt=False),
+    "scale_by_rss": gtx.scale_by_rss,
+    "scale_by_adadelta": gtx.scale_by_adadelta,
+    "scale_by_rprop": lambda: gtx.scale_by_rprop(1e-2),
+    "ema": lambda: gtx.ema(0.9),
+    "ema(debias=False)": lambda: gtx.ema(0.9, debias=False),
+    "trace(nesterov)": lambda: gtx.trace(0.9, nesterov=True),
+    "scale_by_radam(nesterov)": lambda: gtx.scale_by_radam(nesterov=True),
+    "scale_by_nadam_schedule": gtx.scale_by_nadam_schedule,
+    "scale_by_local_gain": gtx.scale_by_local_gain,
+    "adamw": lambda: gtx.adamw(1e-2),
+    "compat.torch.nadam, L2": lambda: torch_compat.nadam(lr=1e-2, weight_decay=0.1),
+    "compat.keras.nadam": lambda: keras_compat.nadam(1e-2),
+    "scale": lambda: gtx.scale(-0.3),
+    "scale_by_learning_rate(schedule)": lambda: gtx.scale_by_learning_rate(_warmup_cosine()),
+    "scale_by_schedule": lambda: gtx.scale_by_schedule(lambda t: 0.5 / (1 + t)),
+    "add_decayed_weights": lambda: gtx.add_decayed_weights(0.1),
+    "add_decayed_weights(schedule, mask)": lambda: gtx.add_decayed_weights(
+        lambda t: 0.1 / (1 + t), mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
+    ),
+    "clip_by_global_norm": lambda: gtx.clip_by_global_norm(0.5),
+    "clip": lambda: gtx.clip(0.3),
+    "add_l1": lambda: gtx.add_l1(0.01),
+    "injected scale_by_learning_rate": lambda: gtx.schedule_injection(gtx.scale_by_learning_rate)(
+        learning_rate=_warmup_cosine()
+    ),
+    "injected clip_by_global_norm": lambda: gtx.schedule_injection(gtx.clip_by_global_norm)(
+        max_norm=lambda t: 1.0 / (1 + t)
+    ),
+}
+_FUZZ_EXAMPLES = int(os.environ.get("GRADTX_TESTS_FOLD_FUZZ_EXAMPLES", "8"))
+
+
+@hypothesis.settings(max_examples=_FUZZ_EXAMPLES, deadline=None, derandomize=True)
+@hypothesis.given(
+    names=st.lists(st.sampled_from(sorted(_CHAIN_BLOCKS)), min_size=2, max_size=4),
+    shapes=st.sampled_from([((4, 3), (5,), ()), ((7, 1), (7, 2), (7, 3)), ((33,), (2, 2, 2))]),
+    x64=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_random_chains_folded_eagerly_give_the_bits_of_the_separate_passes(
+    names, shapes, x64, seed
+):
+    """A chain of blocks drawn at random, folded (``tree.FOLD_EAGER_SCALING``) and as
+    separate passes, each run once to compile every kernel and then compared: the same
+    bits, updates and states, over four updates of gradients of magnitudes 1e-4 to 1e2.
+    A fuzz of 1,100 such chains (this test with ``GRADTX_TESTS_FOLD_FUZZ_EXAMPLES`` set;
+    CI runs a few) found the NAdam schedule joined with weight decay
+    (``test_the_nadam_schedule_joins_no_weight_decay_in_compiled_kernels``)."""
+    rng = np.random.default_rng(seed)
+    dtype = jnp.float64 if x64 else jnp.float32
+    with jax.enable_x64(x64):
+        params = {
+            f"w{i}": jnp.asarray(rng.normal(size=shape) * 10.0 ** rng.integers(-2, 2), dtype)
+            for i, shape in enumerate(shapes)
+        }
+        grads_seq = [
+            jax.tree.map(
+                lambda p: jnp.asarray(
+                    rng.normal(size=p.shape) * 10.0 ** rng.integers(-4, 3), p.dtype
+                ),
+                params,
+            )
+            for _ in range(4)
+        ]
+
+        def run():
+            kernels = eager_kernels.EagerKernels()
+            with unittest.mock.patch.object(eager_kernels, "KERNELS", kernels):
+                _run_eager(gtx.chain(*(_CHAIN_BLOCKS[n]() for n in names)), params, grads_seq)
+                tx, p, out = gtx.chain(*(_CHAIN_BLOCKS[n]() for n in names)), params, []
+                state = tx.init(p)
+                for grads in grads_seq:
+                    updates, state = tx.update(grads, state, p)
+                    out.append((updates, state))
+                    p = gtx.apply_updates(p, updates)
+            return out
+
+        folded = run()
+        with unittest.mock.patch.object(tree, "FOLD_EAGER_SCALING", False):
+            plain = run()
+    for a, b in zip(jax.tree.leaves(folded), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_a_folded_schedule_is_evaluated_once_an_update_and_compiles_once(fresh_kernels):
     """A schedule is evaluated once per eager update, folded or not (the chain asked an
     injected optimizer that is no elementwise block for its function, evaluating its
