@@ -13,6 +13,10 @@ def _no_state(params):
     return EmptyState()
 
 
+class _ComplexUpdate(Exception):
+    """Raised inside ``clip``'s map by a complex leaf, for its update to name it."""
+
+
 def clip(max_delta: float) -> GradientTransformation:
     """Clips every element of the updates to ``[-max_delta, max_delta]``.
 
@@ -40,18 +44,25 @@ def clip(max_delta: float) -> GradientTransformation:
 
     def update(updates, state, params=None, **extra):
         del params, extra
-        tree.check_real(
-            updates,
-            "update",
-            "clip",
-            "complex numbers have no order: clip_by_global_norm scales them instead",
-        )
 
         def leaf(u):
+            if jnp.iscomplexobj(u):  # read where the kernel is traced: free once compiled
+                raise _ComplexUpdate
             bound = numerics.hyperparameter(max_delta, u.dtype)
             return jnp.clip(u, -bound, bound).astype(u.dtype)
 
-        (clipped,) = tree.map_unzip(leaf, updates, outputs=1)
+        try:
+            (clipped,) = tree.map_unzip(leaf, updates, outputs=1)
+        except _ComplexUpdate:
+            clipped = None
+        if clipped is None:  # the walk that names the leaf only where one is complex (a
+            # pass of its own over 1,000 leaves: 0.46 ms, ~10% of an eager clip)
+            tree.check_real(
+                updates,
+                "update",
+                "clip",
+                "complex numbers have no order: clip_by_global_norm scales them instead",
+            )
         return clipped, state
 
     return GradientTransformation(_no_state, update)
