@@ -191,6 +191,17 @@ def _run_eager(tx, params, grads_seq, state=None):
     return params, state
 
 
+def _eager_trajectory(tx, params, grads_seq):
+    """``(updates, state)`` of each un-jitted update of ``tx`` over ``grads_seq``, the
+    params moved by each."""
+    state, out = tx.init(params), []
+    for grads in grads_seq:
+        updates, state = tx.update(grads, state, params)
+        out.append((updates, state))
+        params = gtx.apply_updates(params, updates)
+    return out
+
+
 def _assert_one_key_per_code(kernels):
     """An eager update's per-leaf code is keyed by its closure's non-array values: code
     that gets a fresh object there at every update compiles nothing after
@@ -629,13 +640,7 @@ def test_chains_a_review_found_folded_otherwise_give_the_bits_of_the_separate_pa
             ]
         make, seed, shapes, steps = _REVIEWED[name]
         params, grads_seq = _review_data(seed, shapes, steps)
-        tx = make()
-        state, out = tx.init(params), []
-        for grads in grads_seq:
-            updates, state = tx.update(grads, state, params)
-            out.append((updates, state))
-            params = gtx.apply_updates(params, updates)
-        return out
+        return _eager_trajectory(make(), params, grads_seq)
 
     folded = run()
     monkeypatch.setattr(tree, "FOLD_EAGER_SCALING", False)
@@ -678,13 +683,7 @@ def test_the_nadam_schedule_joins_no_weight_decay_in_compiled_kernels(name, make
     def run():
         monkeypatch.setattr(eager_kernels, "KERNELS", eager_kernels.EagerKernels())
         _run_eager(make(), params, grads_seq)  # compiles every kernel
-        tx, out, p = make(), [], params
-        state = tx.init(p)
-        for grads in grads_seq:
-            updates, state = tx.update(grads, state, p)
-            out.append(updates)
-            p = gtx.apply_updates(p, updates)
-        return out
+        return _eager_trajectory(make(), params, grads_seq)
 
     folded = run()
     monkeypatch.setattr(tree, "FOLD_EAGER_SCALING", False)
@@ -778,13 +777,8 @@ def test_random_chains_folded_eagerly_give_the_bits_of_the_separate_passes(
             kernels = eager_kernels.EagerKernels()
             with unittest.mock.patch.object(eager_kernels, "KERNELS", kernels):
                 _run_eager(gtx.chain(*(_CHAIN_BLOCKS[n]() for n in names)), params, grads_seq)
-                tx, p, out = gtx.chain(*(_CHAIN_BLOCKS[n]() for n in names)), params, []
-                state = tx.init(p)
-                for grads in grads_seq:
-                    updates, state = tx.update(grads, state, p)
-                    out.append((updates, state))
-                    p = gtx.apply_updates(p, updates)
-            return out
+                tx = gtx.chain(*(_CHAIN_BLOCKS[n]() for n in names))
+                return _eager_trajectory(tx, params, grads_seq)
 
         folded = run()
         with unittest.mock.patch.object(tree, "FOLD_EAGER_SCALING", False):
