@@ -698,9 +698,8 @@ def check_inexact_leaves(tree: Any, leaves: list, what: str) -> None:
 def check_real(tree: Any, what: str, owner: str, why: str) -> None:
     """Raises TypeError naming the first complex leaf of ``tree`` (the ``what``, e.g.
     "update", at its path) for ``owner``, a transform that needs real values, and
-    ``why``: a cached test of
-    each leaf's dtype first (~0.1 ms on 1,000 leaves), the walk that names the leaf only
-    then."""
+    ``why``: a cached test of each leaf's dtype first (0.46 ms on a dict of 1,000
+    leaves, most of it flattening), the walk that names the leaf only then."""
     for leaf in jax.tree.leaves(tree):
         dtype = getattr(leaf, "dtype", None)
         if isinstance(leaf, complex) or (dtype is not None and _is_complex(dtype)):
