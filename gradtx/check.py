@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-INT32_MAX = int(np.iinfo(np.int32).max)
+from gradtx.numerics import INT32_MAX
 
 _SCHEDULES_ALLOWED = contextvars.ContextVar("gradtx_schedules_allowed", default=False)
 

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-INT32_MAX = jnp.iinfo(jnp.int32).max
+INT32_MAX = int(np.iinfo(np.int32).max)
+"""The largest int32: the step counters' type, and the bound of every count gradtx takes."""
 
 
 def safe_increment(count: jax.Array) -> jax.Array:

@@ -76,7 +76,7 @@ def test_eager_flatten_equals_the_per_leaf_transform(rng, monkeypatch, static_st
     # The vector is float32 (the promoted dtype), so the reference is the per-leaf
     # transform on float32 copies, each result cast back to its leaf's dtype.
     if static_starts:
-        monkeypatch.setattr(flatten_module, "_INT32_MAX", 0)
+        monkeypatch.setattr(flatten_module, "_OFFSETS_MAX", 0)
     inner = gtx.chain(gtx.scale_by_adam(), gtx.add_decayed_weights(0.1))
     tx = gtx.flatten(inner)
     params = _mixed_tree(rng)
@@ -251,7 +251,7 @@ def test_offsets_in_state_check_the_starts(rng):
 
 
 def test_offsets_in_state_refuse_more_elements_than_int32_offsets_address(monkeypatch):
-    monkeypatch.setattr(flatten_module, "_INT32_MAX", 10)
+    monkeypatch.setattr(flatten_module, "_OFFSETS_MAX", 10)
     params = [jnp.zeros(6), jnp.zeros(5)]
     with pytest.raises(ValueError, match="11 elements in all"):
         gtx.flatten(gtx.adam(0.1), offsets_in_state=True).init(params)

@@ -138,11 +138,11 @@ def multi_steps(
                 value.ndim
                 or not np.isreal(value)
                 or value != np.floor(value)
-                or not 1 <= value <= check.INT32_MAX  # inf too: the counters are int32
+                or not 1 <= value <= numerics.INT32_MAX  # inf too: the counters are int32
             ):
                 raise ValueError(
                     f"every_k's schedule must give an integer >= 1 (and at most "
-                    f"{check.INT32_MAX}), got {k!r} at real "
+                    f"{numerics.INT32_MAX}), got {k!r} at real "
                     f"step {int(state.gradient_step)}"
                 )
         k = jnp.maximum(jnp.asarray(k).astype(jnp.int32), 1)

@@ -53,7 +53,7 @@ def _layout(like: list) -> tuple[tuple, tuple[int, ...], int]:
 
 def _unravel(vector: jax.Array, like: list) -> list:
     shapes, starts, size = _layout(like)
-    if isinstance(size, int) and size <= _INT32_MAX:
+    if isinstance(size, int) and size <= _OFFSETS_MAX:
         return _slices(vector, starts, shapes)  # the starts fit the int32 they are passed as
     pieces = jnp.split(vector, starts[1:])  # static starts: any size
     return [
@@ -62,7 +62,9 @@ def _unravel(vector: jax.Array, like: list) -> list:
     ]
 
 
-_INT32_MAX = 2**31 - 1
+_OFFSETS_MAX = numerics.INT32_MAX
+"""The most elements whose start offsets fit int32 (tests lower it to reach the other path)."""
+
 
 # The starts are never negative, so the slices need no wrap-around arithmetic (half the
 # compile time of 1,000 runtime-offset slices); the option exists from jax 0.5.3 on.
@@ -301,10 +303,10 @@ def flatten(inner: TransformLike, offsets_in_state: bool = False) -> GradientTra
                 f"int32 values, which needs concrete shapes, but the params have {size} "
                 "elements in all (a symbolic shape of jax.export); use offsets_in_state=False"
             )
-        if size > _INT32_MAX:
+        if size > _OFFSETS_MAX:
             raise ValueError(
                 f"flatten(offsets_in_state=True) keeps int32 offsets, but the params have "
-                f"{size} elements in all (at most {_INT32_MAX}); use offsets_in_state=False"
+                f"{size} elements in all (at most {_OFFSETS_MAX}); use offsets_in_state=False"
             )
         runs = _runs(shapes)
         return FlattenState(

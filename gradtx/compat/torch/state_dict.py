@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import check
+from gradtx import check, numerics
 from gradtx.core import GradientTransformation, Params
 from gradtx.schedules.injection import InjectState
 from gradtx.schedules.plateau import ReduceOnPlateauState
@@ -65,7 +65,6 @@ _COUNTED = (
     AddNoiseState,
     InjectState,
 )
-_INT32_MAX = int(np.iinfo(np.int32).max)  # the step counters' type
 
 # PyTorch keys with no gradtx field because gradtx derives them from the step (ASGD's
 # eta and mu), and the one read separately (NAdam's mu_product).
@@ -282,10 +281,10 @@ def load_state_dict(
         saved = steps[0][1]
         # PyTorch counts whole steps (in a float tensor); anything else is not a state
         # this run can continue from, and int32 is the counters' type here
-        if not (saved.is_integer() and 0 <= saved <= _INT32_MAX):
+        if not (saved.is_integer() and 0 <= saved <= numerics.INT32_MAX):
             raise ValueError(
                 f"the PyTorch state's 'step' must be a whole number of steps in [0, "
-                f"{_INT32_MAX}], got {saved:g}"
+                f"{numerics.INT32_MAX}], got {saved:g}"
             )
         step = int(saved)
     step_unknown = step is None and not steps and _is_sgd(torch_state_dict)
