@@ -26,9 +26,12 @@ from pathlib import Path
 
 import pytest
 
-# the modules of the second process: ~300 s of a 583 s run in one process (one
-# measurement; test_performance_equivalence.py alone 135 s), so that it ends with this
-# one (its last test 6.5 s after this one's last in a 454 s run)
+# the modules of the second process, so that it ends with this one: ~350 s run alone in
+# one process (test_performance_equivalence.py 171 s) of the suite's ~1,010 s so (one
+# measurement each).
+# Run beside this one, compiling on the other core, they take ~1.5x as long; with
+# test_dtypes.py and test_laws.py here as well (390 s alone) this process waited 89 s for
+# the second one at the end of a 587 s run.
 MODULES = frozenset({
     "test_performance_equivalence.py",
     "test_compat_torch.py",
@@ -36,9 +39,7 @@ MODULES = frozenset({
     "test_quantized.py",
     "test_jax_config.py",
     "test_jax_debug_flags.py",
-    "test_dtypes.py",
     "test_vmap.py",
-    "test_laws.py",
 })  # fmt: skip
 
 REPORTS = "GRADTX_TESTS_REPORTS"
