@@ -2,7 +2,8 @@
 
 Thin additions to ``gradtx.check`` for what only the compatibility layers take: a
 number that may not be a schedule (a Keras schedule's ``initial_learning_rate``), a
-pair (``betas``, ``etas``), a list of step counts (``milestones``).
+pair (``betas``, ``etas``), a list of step counts (``milestones``); and ``is_zero``, the
+static zero with which both libraries leave a term out.
 """
 
 from __future__ import annotations
@@ -70,3 +71,10 @@ def step_counts(name: str, value: Any) -> list[int]:
         check.non_negative_int(f"{name}[{index}]", item)
         counts.append(int(item))
     return counts
+
+
+def is_zero(value: Any) -> bool:
+    """True only for a Python or NumPy number equal to 0, the static case where PyTorch
+    skips a term. Arrays (hyperparameters injected by ``schedule_injection`` arrive as
+    float32 arrays, traced or not) count as non-zero, so the chain keeps one structure."""
+    return isinstance(value, int | float | np.number) and value == 0

@@ -46,6 +46,7 @@ as ``bfloat16(0.999) == 1``).
 from __future__ import annotations
 
 from gradtx import check
+from gradtx.compat._validate import is_zero
 from gradtx.compat.keras.callbacks import (
     ReduceLROnPlateau,
     ReduceLROnPlateauState,
@@ -60,7 +61,6 @@ from gradtx.compat.keras.schedules import (
     piecewise_constant_decay,
     polynomial_decay,
 )
-from gradtx.compat.torch import _is_zero
 from gradtx.core import GradientTransformation, ScalarOrSchedule
 from gradtx.transforms.adam import (
     amsgrad_max,
@@ -99,7 +99,7 @@ __all__ = [
 
 
 def _momentum(momentum: float, nesterov: bool = False) -> list[tuple[str, GradientTransformation]]:
-    return [] if _is_zero(momentum) else [("momentum", trace(momentum, nesterov))]
+    return [] if is_zero(momentum) else [("momentum", trace(momentum, nesterov))]
 
 
 @keras_optimizer

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradtx import check, numerics, tree
-from gradtx.compat.torch import _is_zero
+from gradtx.compat._validate import is_zero
 from gradtx.core import EmptyState, GradientTransformation, ScalarOrSchedule, named_chain
 from gradtx.transforms.clipping import clip
 from gradtx.transforms.decoupled_decay import add_decoupled_weight_decay
@@ -364,7 +364,7 @@ def keras_optimizer(build: Callable[..., Core]) -> Callable[..., GradientTransfo
             arguments["learning_rate"] = _at_update_steps(arguments["learning_rate"], steps)
         core = build(**arguments)
         blocks = list(core.blocks)
-        decayed = core.weight_decay is not None and not _is_zero(core.weight_decay)
+        decayed = core.weight_decay is not None and not is_zero(core.weight_decay)
         if exclude_from_weight_decay is not None and not decayed:
             raise ValueError(
                 f"exclude_from_weight_decay={exclude_from_weight_decay!r} needs a "
@@ -376,11 +376,11 @@ def keras_optimizer(build: Callable[..., Core]) -> Callable[..., GradientTransfo
             decay = add_decoupled_weight_decay(core.weight_decay, core.learning_rate, mask)
             blocks.append(("weight_decay", decay))
         # 0 switches a clipping off, as in Keras (an injected value, an array, stays on)
-        if clipnorm is not None and not _is_zero(clipnorm):
+        if clipnorm is not None and not is_zero(clipnorm):
             blocks.insert(0, ("clipnorm", _clip_each_norm(clipnorm)))
-        elif global_clipnorm is not None and not _is_zero(global_clipnorm):
+        elif global_clipnorm is not None and not is_zero(global_clipnorm):
             blocks.insert(0, ("global_clipnorm", _clip_global_norm(global_clipnorm)))
-        elif clipvalue is not None and not _is_zero(clipvalue):
+        elif clipvalue is not None and not is_zero(clipvalue):
             blocks.insert(0, ("clipvalue", clip(clipvalue)))
         if use_ema and steps is None:
             blocks.append(("ema", _keras_ema(ema_momentum, ema_overwrite_frequency)))
