@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import folds, numerics, tree
+from gradtx import folds, numerics, tree, tree_checks
 
 Params = Any
 """A pytree of arrays (``None`` leaves allowed) holding the model's parameters."""
@@ -341,7 +341,7 @@ def _check_applicable(params: Params, pairs: list[tuple], indices: list[int] | N
         problem = None
         if isinstance(u, jax.ShapeDtypeStruct) or isinstance(p, jax.ShapeDtypeStruct):
             role = "update" if isinstance(u, jax.ShapeDtypeStruct) else "parameter"
-            path = tree.leaf_path(params, index) or "the root"
+            path = tree_checks.leaf_path(params, index) or "the root"
             raise TypeError(
                 f"apply_updates: at {path}, the {role} is a jax.ShapeDtypeStruct, a shape and "
                 f"dtype without values (jax.eval_shape(gtx.apply_updates, params, updates) "
@@ -349,7 +349,7 @@ def _check_applicable(params: Params, pairs: list[tuple], indices: list[int] | N
             )
         if "x" in (p_kind, u_kind):  # a model's function or name left in the tree
             role, leaf = ("parameter", p) if p_kind == "x" else ("update", u)
-            path = tree.leaf_path(params, index) or "the root"
+            path = tree_checks.leaf_path(params, index) or "the root"
             raise TypeError(
                 f"apply_updates: at {path}, the {role} is a {type(leaf).__name__}, not an "
                 f"array (keep only a model's arrays: eqx.filter(model, eqx.is_array))"
@@ -371,7 +371,7 @@ def _check_applicable(params: Params, pairs: list[tuple], indices: list[int] | N
                 "parameter floating"
             )
         if problem:
-            path = tree.leaf_path(params, index) or "the root"
+            path = tree_checks.leaf_path(params, index) or "the root"
             raise ValueError(f"apply_updates: at {path}, {problem}")
 
 
@@ -438,7 +438,7 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     if updates_treedef != treedef or [p is None for p in flat_params] != [
         u is None for u in flat_updates
     ]:
-        tree.check_same_structure(params, updates, "params", "updates")
+        tree_checks.check_same_structure(params, updates, "params", "updates")
 
     def check(pairs, indices):
         _check_applicable(params, pairs, indices)

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from gradtx import check, tree
+from gradtx import check, tree_checks
 from gradtx.core import Params
 
 MASK_LEAVES = (bool, np.bool_)
@@ -119,7 +119,7 @@ def resolve_mask(mask: Any, params: Params, updates: Any) -> Any:
     check.leaves_apart("a transform's mask=", "pass no mask, and put flatten in a masked")
     mask_tree = mask(params) if is_function_of_params(mask, MASK_LEAVES) else mask
     if jax.tree.structure(mask_tree) != treedef:
-        tree.check_same_structure(updates, mask_tree, "the updates", "the mask")
+        tree_checks.check_same_structure(updates, mask_tree, "the updates", "the mask")
     return treedef.unflatten(mask_flags(mask_tree, treedef))
 
 

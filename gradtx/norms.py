@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import eager_kernels, numerics, tree
+from gradtx import eager_kernels, numerics, tree, tree_checks
 
 
 def global_norm(values: Any) -> jax.Array:
@@ -58,7 +58,7 @@ def _eager_sum_of_squares(values: Any, leaves: list) -> jax.Array | None:
         return None
     arg_tuples = [(x,) for x in leaves]
     groups = eager_kernels.group_by_signature(arg_tuples)
-    tree.check_leaves(values, arg_tuples, [indices[0] for _, indices in groups])
+    tree_checks.check_leaves(values, arg_tuples, [indices[0] for _, indices in groups])
     vectors, positions, step = [], [], eager_kernels.KERNELS.leaves_per_call
     for _, indices in groups:
         for start in range(0, len(indices), step):

@@ -76,6 +76,15 @@ def canonical(dtype: Any) -> jnp.dtype:
     return jax.dtypes.canonicalize_dtype(dtype)
 
 
+def leaf_dtype(leaf: Any) -> np.dtype:
+    """A leaf's dtype as JAX gives it (``canonical``: a NumPy float64 array is
+    float32 unless x64 is on); a Python number has the dtype ``jnp.asarray`` gives it
+    (float32, or float64 under x64): the one it has under ``jit``."""
+    if hasattr(leaf, "dtype"):
+        return canonical(leaf.dtype)
+    return jnp.result_type(leaf)
+
+
 @functools.cache
 def is_narrow_float(dtype: Any) -> bool:
     """Whether ``dtype`` is a float of fewer than 16 bits (JAX's float8 and float4

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradtx import check, layout
-from gradtx.tree import check_same_structure, own_array
+from gradtx.tree import own_array
+from gradtx.tree_checks import check_same_structure
 
 __all__ = ["tree_get", "tree_set"]
 

@@ -173,7 +173,7 @@ def reduce_on_plateau(
         value = jnp.asarray(value)
         if value.ndim != 0:
             raise ValueError(f"value must be a scalar metric, got shape {value.shape}")
-        value = value.astype(tree.leaf_dtype(state.best_value))
+        value = value.astype(numerics.leaf_dtype(state.best_value))
         better = is_better(value, state.best_value)
         best_value = jnp.where(better, value, state.best_value)
         num_bad_steps = jnp.where(better, 0, numerics.safe_increment(state.num_bad_steps))
@@ -185,10 +185,10 @@ def reduce_on_plateau(
         scale = jnp.where(reduce & (state.scale - reduced > eps), reduced, state.scale)
         cooldown_counter = jnp.where(reduce, cooldown, cooldown_counter).astype(jnp.int32)
         num_bad_steps = jnp.where(reduce, 0, num_bad_steps).astype(jnp.int32)
-        scale = scale.astype(tree.leaf_dtype(state.scale))
+        scale = scale.astype(numerics.leaf_dtype(state.scale))
         new_state = ReduceOnPlateauState(
             scale=scale,
-            best_value=best_value.astype(tree.leaf_dtype(state.best_value)),
+            best_value=best_value.astype(numerics.leaf_dtype(state.best_value)),
             num_bad_steps=num_bad_steps,
             cooldown_counter=cooldown_counter,
             count=numerics.safe_increment(state.count),

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradtx import check, numerics, tree
+from gradtx import check, numerics, tree, tree_checks
 from gradtx.core import GradientTransformation, Updates
 
 # The Adam family's states were classes of this module until it had one of its own:
@@ -453,7 +453,7 @@ def scale_by_rprop(
 
     def init(params):
         zeros = tree.zeros_like(params)
-        tree.check_real(
+        tree_checks.check_real(
             zeros, "parameter", "scale_by_rprop", "the sign of a complex number is undefined"
         )
         return ScaleByRpropState(

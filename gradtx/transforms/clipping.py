@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from gradtx import check, norms, numerics, tree
+from gradtx import check, norms, numerics, tree, tree_checks
 from gradtx.core import EmptyState, GradientTransformation
 
 
@@ -57,7 +57,7 @@ def clip(max_delta: float) -> GradientTransformation:
             clipped = None
         if clipped is None:  # the walk that names the leaf only where one is complex (a
             # pass of its own over 1,000 leaves: 0.46 ms, ~10% of an eager clip)
-            tree.check_real(
+            tree_checks.check_real(
                 updates,
                 "update",
                 "clip",

@@ -110,7 +110,7 @@ def scale_by_nadam_schedule(
         del params, extra
         check.state_of("scale_by_nadam_schedule", state, ScaleByNadamScheduleState)
         count = numerics.safe_increment(state.count)
-        product_dtype = tree.leaf_dtype(state.mu_product)  # a Python float too, as under jit
+        product_dtype = numerics.leaf_dtype(state.mu_product)  # a Python float too, as under jit
         mu_product = state.mu_product * momentum_at(count, product_dtype)
 
         def leaf(g, m, v):

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import check, eager_kernels, layout, numerics, tree
+from gradtx import check, eager_kernels, layout, numerics, tree, tree_checks
 from gradtx.core import (
     GradientTransformation,
     OptState,
@@ -118,10 +118,10 @@ def multi_steps(
         def accumulator(x):
             # tree.zeros_like keeps the leaf's sharding (also for abstract params), so the
             # accumulator is laid out like the gradients it averages from init on.
-            dtype = accumulator_dtype or numerics.compute_dtype(tree.leaf_dtype(x))
+            dtype = accumulator_dtype or numerics.compute_dtype(numerics.leaf_dtype(x))
             return tree.zeros_like(x, dtype)
 
-        tree.check_inexact(params, "parameter")
+        tree_checks.check_inexact(params, "parameter")
         return MultiStepsState(
             mini_step=jnp.zeros([], jnp.int32),
             gradient_step=jnp.zeros([], jnp.int32),

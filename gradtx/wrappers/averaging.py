@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradtx import check, numerics, tree
+from gradtx import check, numerics, tree, tree_checks
 from gradtx.core import GradientTransformation, Params, param_after_update
 
 
@@ -95,10 +95,10 @@ def copy_params(params: Params, dtype: Any = None, *, at_least_float32: bool = F
     no values: they give zeros of their shape, dtype and sharding, which the restore
     overwrites.
     """
-    tree.check_inexact(params, "parameter")
+    tree_checks.check_inexact(params, "parameter")
 
     def copy(p):
-        own = tree.leaf_dtype(p)  # a Python float leaf has JAX's dtype for it
+        own = numerics.leaf_dtype(p)  # a Python float leaf has JAX's dtype for it
         leaf_dtype = dtype or (numerics.compute_dtype(own) if at_least_float32 else own)
         if isinstance(p, jax.ShapeDtypeStruct):
             return tree.zeros_like(p, leaf_dtype)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import check, eager_kernels, layout, numerics, tree
+from gradtx import check, eager_kernels, layout, numerics, tree, tree_checks
 from gradtx.core import GradientTransformation, TransformLike, _update_with_extra_args
 
 
@@ -285,7 +285,7 @@ def flatten(inner: TransformLike, offsets_in_state: bool = False) -> GradientTra
             return inner_update(_ravel(leaves), inner_state, flat_params, **extra)
 
     def init(params):
-        tree.check_inexact(params, "parameter")
+        tree_checks.check_inexact(params, "parameter")
         leaves = jax.tree.leaves(params)
         if offsets_in_state:
             leaves = [leaves[i] for i in _grouped_by_shape(leaves)]
@@ -315,10 +315,10 @@ def flatten(inner: TransformLike, offsets_in_state: bool = False) -> GradientTra
 
     def update(updates, state, params=None, **extra):
         leaves, treedef = jax.tree.flatten(updates)
-        tree.check_inexact_leaves(updates, leaves, "the update")  # named, not the vector
+        tree_checks.check_inexact_leaves(updates, leaves, "the update")  # named, not the vector
         param_leaves = None
         if params is not None:
-            tree.check_same_structure(updates, params, "the updates", "the params")
+            tree_checks.check_same_structure(updates, params, "the updates", "the params")
             param_leaves = jax.tree.leaves(params)
             # The vector hides the leaves: updates of other shapes but the same total
             # size would take each other's state elements silently.
@@ -326,7 +326,7 @@ def flatten(inner: TransformLike, offsets_in_state: bool = False) -> GradientTra
             for index, (u, p) in enumerate(zip(leaves, param_leaves, strict=True)):
                 if shape(u) != shape(p):  # attribute reads: 0.2 ms an update of 1,000
                     raise ValueError(
-                        f"flatten: at {tree.leaf_path(updates, index) or 'the root'} the "
+                        f"flatten: at {tree_checks.leaf_path(updates, index) or 'the root'} the "
                         f"update has shape {list(np.shape(u))}, the parameter "
                         f"{list(np.shape(p))}"
                     )

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-from gradtx import check, layout, masks, paths, tree
+from gradtx import check, layout, masks, paths, tree, tree_checks
 from gradtx.core import (
     EmptyState,
     GradientTransformation,
@@ -94,7 +94,7 @@ def _select(full: Any, keep: list[bool], treedef: Any, updates: Any = None) -> A
     if full is None:
         return None
     if updates is not None and jax.tree.structure(full) != jax.tree.structure(updates):
-        tree.check_same_structure(updates, full, "the updates", "the params")
+        tree_checks.check_same_structure(updates, full, "the updates", "the params")
     subtrees = treedef.flatten_up_to(full)
     selected = treedef.unflatten([s if k else None for s, k in zip(subtrees, keep, strict=True)])
     # A group that owns nothing at the root (a mask function returning False, labels

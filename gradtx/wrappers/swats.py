@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradtx import check, layout, norms, numerics, tree
+from gradtx import check, layout, norms, numerics, tree, tree_checks
 from gradtx.core import GradientTransformation, ScalarOrSchedule, Updates
 
 
@@ -209,7 +209,7 @@ def swats(
         else:
             outputs = phase(switched)
         new_updates, mu, nu, momentum, p_dot_p, p_dot_g = outputs
-        dtype = tree.leaf_dtype(state.lambda_avg)
+        dtype = numerics.leaf_dtype(state.lambda_avg)
         # in leaf order (un-jitted: in compiled chunks, the same additions in the same
         # order; a Python sum dispatched two operations per leaf)
         p_dot_p = norms.sum_in_order(jax.tree.leaves(p_dot_p), dtype)
@@ -246,7 +246,7 @@ def _check_not_sharded_in_shard_map(grads: Updates) -> None:
     which leaves are slices and which are replicated copies, which ``check_vma=False``
     hides; this raises instead (under it, nothing is typed and nothing is caught).
     """
-    for path, leaf in tree._leaves_with_paths(grads):
+    for path, leaf in tree_checks.leaves_with_paths(grads):
         axes = layout.varying_manual_axes(leaf) if leaf is not None else frozenset()
         if axes:
             raise ValueError(

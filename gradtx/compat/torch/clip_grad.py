@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gradtx import check, numerics, tree
+from gradtx import check, numerics, tree, tree_checks
 from gradtx.compat.torch.chains import check_flags
 from gradtx.core import EmptyState, GradientTransformation
 
@@ -74,7 +74,7 @@ def clip_grad_norm(
         leaves = [u for u in jax.tree.leaves(updates) if u is not None]
         if not leaves:
             return updates, state
-        tree.check_inexact_leaves(updates, leaves, "the update")
+        tree_checks.check_inexact_leaves(updates, leaves, "the update")
 
         # Each norm accumulates in at least float32 and is rounded to its input's dtype, as
         # PyTorch's are: |g|^2 in float16 overflows from |g| = 256 (every update 0).
