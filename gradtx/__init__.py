@@ -43,12 +43,8 @@ from gradtx.paths import tree_get, tree_set
 from gradtx.quantization import QuantizedArray, dynamic_quantization_map
 
 # --- schedule injection ---
-from gradtx.schedules.injection import (
-    InjectState,
-    get_hyperparams,
-    schedule_injection,
-    set_hyperparams,
-)
+from gradtx.schedules.hyperparams import get_hyperparams, set_hyperparams
+from gradtx.schedules.injection import InjectState, schedule_injection
 
 # --- plateau control (issue 3) ---
 from gradtx.schedules.plateau import ReduceOnPlateauState, reduce_on_plateau

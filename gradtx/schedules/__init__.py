@@ -12,12 +12,8 @@ from gradtx.schedules.decay import (
     power_decay,
     step_decay,
 )
-from gradtx.schedules.injection import (
-    InjectState,
-    get_hyperparams,
-    schedule_injection,
-    set_hyperparams,
-)
+from gradtx.schedules.hyperparams import get_hyperparams, set_hyperparams
+from gradtx.schedules.injection import InjectState, schedule_injection
 from gradtx.schedules.join import join
 from gradtx.schedules.plateau import ReduceOnPlateauState, reduce_on_plateau
 

@@ -11,7 +11,8 @@ import numpy as np
 
 from gradtx import check
 from gradtx.core import Params, TransformLike, apply_updates
-from gradtx.schedules.injection import schedule_injection, set_hyperparams
+from gradtx.schedules.hyperparams import set_hyperparams
+from gradtx.schedules.injection import schedule_injection
 
 
 class LRFindResult(NamedTuple):

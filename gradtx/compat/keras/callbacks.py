@@ -19,7 +19,7 @@ import numpy as np
 
 from gradtx import check
 from gradtx.core import OptState
-from gradtx.schedules.injection import get_hyperparams, set_hyperparams
+from gradtx.schedules.hyperparams import get_hyperparams, set_hyperparams
 
 __all__ = ["ReduceLROnPlateau", "ReduceLROnPlateauState", "reduce_lr_on_plateau"]
 
