@@ -100,16 +100,15 @@ from gradtx.transforms.momentum import (
 
 # --- framework parity blocks (issue 5): NAdam schedule, RAdam ---
 from gradtx.transforms.nadam_schedule import ScaleByNadamScheduleState, scale_by_nadam_schedule
-from gradtx.transforms.rectified import ScaleByRadamState, scale_by_radam
 
-# --- regularizers ---
+# --- regularizers and gradient noise ---
+from gradtx.transforms.noise import AddNoiseState, add_noise
+from gradtx.transforms.rectified import ScaleByRadamState, scale_by_radam
 from gradtx.transforms.regularize import (
     AddDecayedWeightsState,
-    AddNoiseState,
     ProximalL1State,
     add_decayed_weights,
     add_l1,
-    add_noise,
     max_norm,
     proximal_l1,
 )

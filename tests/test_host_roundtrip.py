@@ -119,22 +119,34 @@ def test_the_state_tools_read_and_set_a_state_restored_on_the_host():
     _assert_trees_equal(_run(step, params, restored, range(4, 6)), expected)
 
 
-@pytest.mark.parametrize("name", ["adam", "amsgrad", "adamax"])
-def test_a_state_pickled_when_the_adam_family_lived_in_adaptive_loads(name):
-    """The Adam family's state classes were gradtx.transforms.adaptive's until they got a
-    module of their own (gradtx.transforms.adam): a state pickled before names them
-    there, and must load (an AttributeError "Can't get attribute" otherwise)."""
+_ADAM_STATES = (gtx.ScaleByAdamState, gtx.ScaleByAmsgradState, gtx.ScaleByAdamaxState)
+
+
+@pytest.mark.parametrize(
+    ("name", "moved", "old_module"),
+    [
+        ("adam", _ADAM_STATES, "gradtx.transforms.adaptive"),
+        ("amsgrad", _ADAM_STATES, "gradtx.transforms.adaptive"),
+        ("adamax", _ADAM_STATES, "gradtx.transforms.adaptive"),
+        ("noisy_sgd", (gtx.AddNoiseState,), "gradtx.transforms.regularize"),
+    ],
+)
+def test_a_state_pickled_before_its_class_moved_module_loads(name, moved, old_module):
+    """State classes that got a module of their own (the Adam family's, once
+    gradtx.transforms.adaptive's, now gradtx.transforms.adam's; add_noise's, once
+    gradtx.transforms.regularize's, now gradtx.transforms.noise's): a state pickled
+    before names the old module, and must load (an AttributeError "Can't get attribute"
+    otherwise)."""
     state = jax.device_get(getattr(gtx, name)(0.1).init({"w": jnp.ones(3)}))
-    moved = (gtx.ScaleByAdamState, gtx.ScaleByAmsgradState, gtx.ScaleByAdamaxState)
     modules = {cls: cls.__module__ for cls in moved}
     try:
         for cls in moved:
-            cls.__module__ = "gradtx.transforms.adaptive"
+            cls.__module__ = old_module
         payload = pickle.dumps(state)
     finally:
         for cls, module in modules.items():
             cls.__module__ = module
-    assert b"gradtx.transforms.adaptive" in payload
+    assert old_module.encode() in payload
     restored = pickle.loads(payload)
     assert jax.tree.structure(restored) == jax.tree.structure(state)
     assert all(

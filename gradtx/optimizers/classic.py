@@ -23,7 +23,8 @@ from gradtx.transforms.adaptive import (
     scale_by_rss,
 )
 from gradtx.transforms.momentum import trace
-from gradtx.transforms.regularize import add_decayed_weights, add_noise
+from gradtx.transforms.noise import add_noise
+from gradtx.transforms.regularize import add_decayed_weights
 from gradtx.transforms.scaling import scale, scale_by_learning_rate
 
 

@@ -36,8 +36,9 @@ from gradtx.transforms.averaging_sgd import AveragedSgdState
 from gradtx.transforms.decoupled_decay import DecoupledWeightDecayState
 from gradtx.transforms.momentum import DampenedTraceState, TraceState
 from gradtx.transforms.nadam_schedule import ScaleByNadamScheduleState
+from gradtx.transforms.noise import AddNoiseState
 from gradtx.transforms.rectified import ScaleByRadamState
-from gradtx.transforms.regularize import AddDecayedWeightsState, AddNoiseState, ProximalL1State
+from gradtx.transforms.regularize import AddDecayedWeightsState, ProximalL1State
 from gradtx.transforms.scaling import ScaleByScheduleState
 
 # gradtx state type -> {field: PyTorch state key}; "step" fields take PyTorch's step.
