@@ -21,6 +21,10 @@ Wrap one in ``gradtx.schedule_injection`` if you need ``get_hyperparams``.
 
 ``load_state_dict`` turns a PyTorch optimizer ``state_dict()`` into the matching gradtx
 state, so a run started in PyTorch continues here on the same trajectory.
+
+The optimizers are in ``adam_family`` and ``classic``, what their chains share in
+``chains``, ``clip_grad_norm`` in ``clip_grad``, the schedulers in ``lr_scheduler`` and
+the state conversion in ``state_dict``.
 """
 
 from gradtx.compat.torch import lr_scheduler
