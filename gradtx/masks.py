@@ -1,6 +1,8 @@
 """Masks and labels: which leaves a block or a wrapper touches (``masked``,
 ``partition``, the ``mask=`` of the regularizers), given as a tree shaped like the params
-or as a function of the params, read as static Python values when the step is traced."""
+or as a function of the params, read as static Python values when the step is traced;
+and the routing of subtrees by a mask or labels that is a prefix of the params
+(``flat_prefix``, ``select``, ``merge``)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from gradtx import check, tree_checks
+from gradtx import check, paths, tree_checks
 from gradtx.core import Params
 
 MASK_LEAVES = (bool, np.bool_)
@@ -132,3 +134,79 @@ def check_mask(mask: Any) -> None:
         )
     if is_function_of_params(mask, MASK_LEAVES):
         check.takes_one_argument("mask", mask, "the params")
+
+
+def flat_prefix(prefix: Any, full: Any, what: str) -> tuple[Any, list]:
+    """``prefix``'s treedef and the subtrees of ``full`` at its leaves.
+
+    A mask or label tree may be a prefix of the params (``{"encoder": False, ...}``
+    covers every leaf under ``encoder``).
+    """
+    treedef = jax.tree.structure(prefix)
+    try:
+        return treedef, treedef.flatten_up_to(full)
+    except (ValueError, TypeError) as error:
+        difference = _prefix_difference(prefix, full, "")
+        detail = difference or str(error)
+        raise ValueError(f"{what} is not a prefix of the updates' structure: {detail}") from None
+
+
+def _prefix_difference(prefix: Any, full: Any, path: str) -> str | None:
+    """Where ``prefix`` stops being a prefix of ``full``: the first container whose keys,
+    type or length differ (a leaf of ``prefix`` covers any subtree of ``full``)."""
+    children = paths.named_children(prefix)
+    if children is None:
+        return None
+    where = path or "the root"
+    full_children = paths.named_children(full)
+    if full_children is None or type(full) is not type(prefix):
+        return f"at {where} it has a {type(prefix).__name__} where the updates have {full!r}"
+    names = [piece for piece, _, _ in children]
+    full_names = [piece for piece, _, _ in full_children]
+    if sorted(names) != sorted(full_names):
+        missing = sorted(set(full_names) - set(names))
+        extra = sorted(set(names) - set(full_names))
+        return f"at {where} the updates have {', '.join(missing) or 'nothing'} that it lacks" + (
+            f" and it has {', '.join(extra)} that the updates lack" if extra else ""
+        )
+    full_by_name = {piece: child for piece, _, child in full_children}
+    for piece, _, child in children:
+        found = _prefix_difference(child, full_by_name[piece], path + piece)
+        if found:
+            return found
+    return None
+
+
+def select(full: Any, keep: list[bool], treedef: Any, updates: Any = None) -> Any:
+    """``full`` with every subtree not kept replaced by None (an empty subtree); given
+    ``updates``, ``full`` is the params and a structure that differs is named."""
+    if full is None:
+        return None
+    if updates is not None and jax.tree.structure(full) != jax.tree.structure(updates):
+        tree_checks.check_same_structure(updates, full, "the updates", "the params")
+    subtrees = treedef.flatten_up_to(full)
+    selected = treedef.unflatten([s if k else None for s, k in zip(subtrees, keep, strict=True)])
+    # A group that owns nothing at the root (a mask function returning False, labels
+    # returning another group's label) would see None, which to a transform means "no
+    # params given": add_decayed_weights or lookahead would refuse them. An empty tuple
+    # is as empty (no leaves) and is not None.
+    return () if selected is None else selected
+
+
+def merge(treedef: Any, parts: list[tuple[list[bool], Any]], fallback: list) -> Any:
+    """One tree taking each subtree from the part that owns it, else from ``fallback``."""
+    merged = list(fallback)
+    for keep, part in parts:
+        for index, subtree in enumerate(treedef.flatten_up_to(part)):
+            if keep[index]:
+                merged[index] = subtree
+    return treedef.unflatten(merged)
+
+
+def has_no_leaves(params: Any) -> bool:
+    """Whether there is nothing to route: a tree without leaves goes to the inner
+    transforms as it is, whatever the mask or labels. That is a group that owns nothing
+    (``()``) inside another ``masked`` or ``partition``, and the leafless placeholder
+    that ``optax.tree.map_params`` gives ``init`` to find the copies of the params in a
+    state (``optax.masked`` passes it down unmasked too)."""
+    return params is not None and not jax.tree.leaves(params)

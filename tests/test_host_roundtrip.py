@@ -123,21 +123,28 @@ _ADAM_STATES = (gtx.ScaleByAdamState, gtx.ScaleByAmsgradState, gtx.ScaleByAdamax
 
 
 @pytest.mark.parametrize(
-    ("name", "moved", "old_module"),
+    ("make", "moved", "old_module"),
     [
-        ("adam", _ADAM_STATES, "gradtx.transforms.adaptive"),
-        ("amsgrad", _ADAM_STATES, "gradtx.transforms.adaptive"),
-        ("adamax", _ADAM_STATES, "gradtx.transforms.adaptive"),
-        ("noisy_sgd", (gtx.AddNoiseState,), "gradtx.transforms.regularize"),
+        (lambda: gtx.adam(0.1), _ADAM_STATES, "gradtx.transforms.adaptive"),
+        (lambda: gtx.amsgrad(0.1), _ADAM_STATES, "gradtx.transforms.adaptive"),
+        (lambda: gtx.adamax(0.1), _ADAM_STATES, "gradtx.transforms.adaptive"),
+        (lambda: gtx.noisy_sgd(0.1), (gtx.AddNoiseState,), "gradtx.transforms.regularize"),
+        (
+            lambda: gtx.partition({"a": gtx.adam(0.1), "b": gtx.sgd(0.1)}, {"w": "a"}),
+            (gtx.PartitionState,),
+            "gradtx.wrappers.masking",
+        ),
     ],
+    ids=["adam", "amsgrad", "adamax", "noisy_sgd", "partition"],
 )
-def test_a_state_pickled_before_its_class_moved_module_loads(name, moved, old_module):
+def test_a_state_pickled_before_its_class_moved_module_loads(make, moved, old_module):
     """State classes that got a module of their own (the Adam family's, once
     gradtx.transforms.adaptive's, now gradtx.transforms.adam's; add_noise's, once
-    gradtx.transforms.regularize's, now gradtx.transforms.noise's): a state pickled
-    before names the old module, and must load (an AttributeError "Can't get attribute"
+    gradtx.transforms.regularize's, now gradtx.transforms.noise's; partition's, once
+    gradtx.wrappers.masking's, now gradtx.wrappers.partition's): a state pickled before
+    names the old module, and must load (an AttributeError "Can't get attribute"
     otherwise)."""
-    state = jax.device_get(getattr(gtx, name)(0.1).init({"w": jnp.ones(3)}))
+    state = jax.device_get(make().init({"w": jnp.ones(3)}))
     modules = {cls: cls.__module__ for cls in moved}
     try:
         for cls in moved:

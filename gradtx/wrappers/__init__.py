@@ -13,15 +13,8 @@ from gradtx.wrappers.averaging import (
 from gradtx.wrappers.finite import ApplyIfFiniteState, apply_if_finite
 from gradtx.wrappers.flatten import FlattenState, flatten
 from gradtx.wrappers.lookahead import LookaheadState, lookahead
-from gradtx.wrappers.masking import (
-    MaskedState,
-    PartitionState,
-    freeze,
-    masked,
-    partition,
-    reset_group,
-    set_to_zero,
-)
+from gradtx.wrappers.masking import MaskedState, freeze, masked, set_to_zero
+from gradtx.wrappers.partition import PartitionState, partition, reset_group
 from gradtx.wrappers.swats import SwatsState, swats
 
 __all__ = [
