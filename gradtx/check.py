@@ -80,15 +80,18 @@ def flax_variable_value(x: Any) -> Any:
     return x.get_value() if hasattr(type(x), "get_value") else x.value
 
 
-def _is_schedule(value: Any) -> bool:
-    # a Variable is callable (Flax's deprecated __call__ reads it), and one holding an
-    # injected hyperparameter (nnx.Optimizer's opt_state) is a number, not a schedule
+def is_schedule(value: Any) -> bool:
+    """Whether a hyperparameter is a schedule: a callable that is not a type
+    (``jnp.bfloat16``, a ``mu_dtype``, is callable too and stays a static argument) nor
+    a Flax ``nnx.Variable`` (callable through Flax's deprecated ``__call__``, which reads
+    it: one holding an injected hyperparameter, in ``nnx.Optimizer``'s state, is a
+    number)."""
     return callable(value) and not isinstance(value, type) and not is_flax_variable(value)
 
 
 def _concrete(name: str, value: Any, schedule: bool) -> np.ndarray | None:
     """The value as a NumPy array, or None when it cannot be checked now."""
-    if _is_schedule(value):
+    if is_schedule(value):
         if schedule or _SCHEDULES_ALLOWED.get():
             schedule_arity(name, value)  # evaluated later: its signature is checked now
             return None
@@ -319,7 +322,7 @@ def takes_one_argument(
 
 def schedule_arity(name: str, schedule: Any) -> None:
     """A schedule (if ``schedule`` is one) can be called with the step count."""
-    if _is_schedule(schedule):
+    if is_schedule(schedule):
         takes_one_argument(name, schedule, "the step count", kind="a schedule")
 
 

@@ -39,12 +39,6 @@ class InjectState(NamedTuple):
     inner_state: OptState
 
 
-def _is_schedule(value: Any) -> bool:
-    """A schedule is a callable that is not a type: ``jnp.bfloat16`` (a ``mu_dtype``)
-    is callable too, and must stay a static argument."""
-    return callable(value) and not isinstance(value, type)
-
-
 def _declared_float(parameter: inspect.Parameter | None) -> bool:
     """Whether the factory declares this argument a float (by default or annotation)."""
     if parameter is None:
@@ -271,7 +265,7 @@ def schedule_injection(
         schedules = {
             name: value
             for name, value in arguments.items()
-            if name not in static and _is_schedule(value)
+            if name not in static and check.is_schedule(value)
         }
         constants = {
             name: value

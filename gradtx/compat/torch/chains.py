@@ -40,10 +40,6 @@ def check_lr(lr: ScalarOrSchedule) -> ScalarOrSchedule:
     return plain(lr)
 
 
-def is_schedule(value: Any) -> bool:
-    return callable(value) and not isinstance(value, type)
-
-
 def plain(value: Any) -> Any:
     """A 0-d PyTorch tensor (PyTorch takes betas as tensors) as a Python float; anything
     else unchanged."""
@@ -82,7 +78,7 @@ def with_schedules(
     its step). Values of a schedule at step 0 are checked under the PyTorch names in
     ``labels``. Without a schedule this is ``factory(**arguments)``.
     """
-    schedules = {name: arguments[name] for name in labels if is_schedule(arguments[name])}
+    schedules = {name: arguments[name] for name in labels if check.is_schedule(arguments[name])}
     if not schedules:
         return factory(**arguments)
     fixed = {name: value for name, value in arguments.items() if name not in schedules}
